@@ -1,0 +1,1 @@
+"""Bench stage: accuracy, latency and size of every artifact against the teacher."""

@@ -1,0 +1,71 @@
+"""Quality metrics as pure functions of predictions, and prediction with PyTorch models."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgekd.data import Encoded, batches
+from edgekd.models import model_inputs
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Share of labelled rows (label >= 0) predicted right."""
+    labelled = labels >= 0
+    return float((predictions[labelled] == labels[labelled]).mean()) if labelled.any() else float("nan")
+
+
+def macro_f1(predictions: np.ndarray, labels: np.ndarray, *, num_labels: int) -> float:
+    """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
+    labelled = labels >= 0
+    predictions, labels = predictions[labelled], labels[labelled]
+    scores = []
+    for cls in range(num_labels):
+        true_positive = np.sum((predictions == cls) & (labels == cls))
+        predicted, actual = np.sum(predictions == cls), np.sum(labels == cls)
+        if predicted == 0 and actual == 0:
+            continue
+        scores.append(2 * true_positive / (predicted + actual))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def agreement(predictions: np.ndarray, reference: np.ndarray) -> float:
+    """Share of rows where two models predict the same class."""
+    return float((predictions == reference).mean())
+
+
+def mean_kl(logits: np.ndarray, reference_logits: np.ndarray) -> float:
+    """Mean KL(reference || model) of the softmax distributions, in nats."""
+    log_p = _log_softmax(reference_logits.astype(np.float64))
+    log_q = _log_softmax(logits.astype(np.float64))
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@torch.no_grad()
+def torch_logits(model: torch.nn.Module, encoded: Encoded, *, pad_token_id: int,
+                 batch_size: int = 32, device: str = "cpu", progress=None) -> np.ndarray:
+    """Logits of a PyTorch classifier over every row of `encoded`; (rows, num_labels)."""
+    model.eval()
+    outputs = []
+    for batch in batches(encoded, batch_size=batch_size, pad_token_id=pad_token_id):
+        inputs = {k: v.to(device) for k, v in model_inputs(model, batch).items()}
+        outputs.append(model(**inputs).logits.float().cpu())
+        if progress is not None:
+            progress(len(batch["index"]))
+    return torch.cat(outputs).numpy()
+
+
+def quality(logits: np.ndarray, labels: np.ndarray, *, teacher_logits: np.ndarray | None) -> dict:
+    """Accuracy, macro-F1 and, given the teacher's logits, agreement and mean KL to it."""
+    predictions = logits.argmax(-1)
+    result = {"accuracy": accuracy(predictions, labels),
+              "macro_f1": macro_f1(predictions, labels, num_labels=logits.shape[-1])}
+    if teacher_logits is not None:
+        result["agreement"] = agreement(predictions, teacher_logits.argmax(-1))
+        result["kl_to_teacher"] = mean_kl(logits, teacher_logits)
+    return result

