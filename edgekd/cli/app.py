@@ -1,0 +1,75 @@
+"""The typer app, error handling and library quieting shared by every command."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from edgekd.errors import UserError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+    help="Distill a large teacher into a compact student, export it for edge devices, "
+         "and prove the result.\n\n"
+         "Three commands take a teacher to a shipped artifact:\n\n"
+         "    edgekd distill --teacher my-teacher --data train.csv --out runs/student\n\n"
+         "    edgekd export runs/student --target onnx-int8 --out runs/export\n\n"
+         "    edgekd bench --teacher my-teacher --student runs/student "
+         "--artifacts runs/export --data test.csv\n\n"
+         "`edgekd demo` runs all three offline on the bundled MiniLM + BBC News default.")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    _state["debug"] = debug
+    if not debug:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for edgekd's own progress: silence library chatter and their bars."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs on the root logger
+    warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", module=r"transformers.*")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        from torch.jit import TracerWarning
+
+        warnings.filterwarnings("ignore", category=TracerWarning)
+    except ImportError:
+        pass
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn a UserError into one line on stderr and a non-zero exit (traceback with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            if _state["debug"]:
+                raise
+            typer.secho(f"error: {error}", fg="red", err=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted; nothing half-written was kept", fg="yellow", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
