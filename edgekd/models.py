@@ -1,14 +1,18 @@
 """Load teachers and make students.
 
-A student is made from its teacher by layer selection (DistilBERT-style: keep the
-embeddings, a chosen subset of transformer layers and the classifier head). The layer
-list is found generically (the ModuleList in the base model with one entry per hidden
-layer), so BERT, DistilBERT, RoBERTa, ELECTRA and other encoders need no table.
+A student is made three ways: by layer selection from its teacher (DistilBERT-style:
+keep the embeddings, a chosen subset of transformer layers and the classifier head), from
+a shrunk copy of the teacher's configuration (randomly initialised, embeddings inherited
+where their shape allows), or given as a model folder or hub id. The layer list and the
+attention projections are found generically (by structure, not a per-architecture table),
+so BERT, DistilBERT, RoBERTa, ELECTRA and other encoders need no special case, and a model
+where they cannot be found gets an error naming what is missing.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import torch
@@ -135,3 +139,180 @@ def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, 
     accepted = inspect.signature(model.forward).parameters
     names = ("input_ids", "attention_mask", "token_type_ids")
     return {name: batch[name] for name in names if name in batch and name in accepted}
+
+
+# ---------------------------------------------------------------------------- attention modules
+
+# The last component of a projection's module name, per role, across naming conventions
+# (BERT/RoBERTa/ELECTRA `query`, DistilBERT `q_lin`, many newer encoders `q_proj`).
+_PROJECTION_NAMES = {"query": re.compile(r"^(query|q|q_lin|q_proj|query_proj)$"),
+                     "key": re.compile(r"^(key|k|k_lin|k_proj|key_proj)$"),
+                     "value": re.compile(r"^(value|v|v_lin|v_proj|value_proj)$")}
+
+
+def find_attention_projections(model: nn.Module, layer_index: int) -> tuple[nn.Linear, ...]:
+    """The (query, key, value) linear layers of transformer layer `layer_index`.
+
+    Raises a UserError naming the layer when they cannot be found (e.g. a fused qkv
+    projection), since the MiniLM relation loss needs the three separately.
+    """
+    _, layers = find_layer_list(model)
+    layer = layers[layer_index]
+    found = {}
+    for name, module in layer.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        for role, pattern in _PROJECTION_NAMES.items():
+            if pattern.match(name.rpartition(".")[2]):
+                found.setdefault(role, module)
+    missing = [role for role in _PROJECTION_NAMES if role not in found]
+    if missing:
+        raise UserError(f"cannot find the {'/'.join(missing)} projection(s) in layer {layer_index} "
+                        f"of {type(model).__name__}; the MiniLM relation loss needs separate "
+                        "query, key and value linear layers: set --minilm-weight 0")
+    return found["query"], found["key"], found["value"]
+
+
+def use_eager_attention(model: nn.Module) -> None:
+    """Attention probabilities are only returned by the eager implementation."""
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        model.set_attn_implementation("eager")
+
+
+# ---------------------------------------------------------------------------- making students
+
+# `--student-config` keys -> the config attribute holding them. transformers maps the
+# canonical names onto each architecture's own (DistilBERT `dim`, `n_layers`, `n_heads`)
+# through `attribute_map`; only the feed-forward width has no canonical name.
+_SHRINK_KEYS = {"hidden": "hidden_size", "layers": "num_hidden_layers",
+                "heads": "num_attention_heads", "intermediate": None}
+_INTERMEDIATE_NAMES = ("intermediate_size", "hidden_dim", "ffn_dim", "encoder_ffn_dim")
+
+
+def parse_student_config(spec: str) -> dict[str, int]:
+    """`hidden=256,layers=4,heads=4,intermediate=1024` (any subset) -> {key: value}."""
+    values = {}
+    for part in filter(None, (p.strip() for p in str(spec).split(","))):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in _SHRINK_KEYS or not value.strip().isdigit() or int(value) < 1:
+            raise UserError(f"--student-config '{spec}': '{part}' is not KEY=POSITIVE_INT with KEY "
+                            f"one of {', '.join(_SHRINK_KEYS)}; write e.g. hidden=256,layers=4")
+        values[key] = int(value)
+    if not values:
+        raise UserError("--student-config is empty; write e.g. hidden=256,layers=4,heads=4")
+    return values
+
+
+def _intermediate_name(config) -> str:
+    for name in _INTERMEDIATE_NAMES:
+        if hasattr(config, name):
+            return name
+    raise UserError(f"cannot find the feed-forward width in a {type(config).__name__} "
+                    f"(looked for {', '.join(_INTERMEDIATE_NAMES)}); leave out 'intermediate='")
+
+
+def shrunk_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module:
+    """A randomly initialised student with the teacher's architecture, shrunk per `spec`.
+
+    Embedding tensors whose shape still matches (all of them when the width is kept;
+    ELECTRA's factorised embeddings at any width) are copied from the teacher, which
+    is the part of the teacher that transfers without a choice of how to cut it.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    values = parse_student_config(spec)
+    config = copy.deepcopy(teacher.config)
+    teacher_layers = config.num_hidden_layers
+    for key, value in values.items():
+        setattr(config, _SHRINK_KEYS[key] or _intermediate_name(config), value)
+    if config.num_hidden_layers > teacher_layers:
+        raise UserError(f"--student-config asks for {config.num_hidden_layers} layers but the "
+                        f"teacher has {teacher_layers}; a student must not be deeper than its teacher")
+    if config.hidden_size % config.num_attention_heads:
+        raise UserError(f"--student-config: hidden={config.hidden_size} is not divisible by "
+                        f"heads={config.num_attention_heads}; choose a head count that divides it")
+    for stale in ("edgekd_source_layers",):
+        if hasattr(config, stale):
+            delattr(config, stale)
+    torch.manual_seed(seed)
+    student = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    inherited = {name: tensor for name, tensor in teacher.state_dict().items() if "embeddings" in name}
+    own = student.state_dict()
+    with torch.no_grad():
+        for name, tensor in inherited.items():
+            if name in own and own[name].shape == tensor.shape:
+                own[name].copy_(tensor)
+    return student
+
+
+def load_student(source: str | Path, *, teacher: nn.Module) -> tuple[nn.Module, object]:
+    """A given student (folder or hub id). A plain encoder gets a fresh head with the
+    teacher's labels; a classifier must already have the teacher's labels."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(str(source))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load student config from '{source}': {_first_line(error)}; "
+                        "pass a model folder or a hub id you can reach") from error
+    architectures = getattr(config, "architectures", None) or []
+    if any("SequenceClassification" in a for a in architectures):
+        return load_classifier(source, role="student")
+    labels = teacher.config.id2label
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(source), num_labels=len(labels), id2label=dict(labels),
+            label2id={name: index for index, name in labels.items()}, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot load student from '{source}': {_first_line(error)}; "
+                        "check that the folder holds weights, config and tokenizer files") from error
+    return model, tokenizer
+
+
+def check_compatible(teacher: nn.Module, teacher_tokenizer, student: nn.Module,
+                     student_tokenizer) -> None:
+    """Before any training: one vocabulary, one label set, and a student no deeper."""
+    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if len(teacher_vocab) != len(student_vocab) or teacher_vocab != student_vocab:
+        differing = len(set(teacher_vocab.items()) ^ set(student_vocab.items()))
+        raise UserError(f"teacher and student tokenizers differ ({len(teacher_vocab)} vs "
+                        f"{len(student_vocab)} tokens, {differing} entries differ); "
+                        "distillation needs one vocabulary: pick a student with the teacher's tokenizer")
+    embeddings = (teacher.get_input_embeddings().num_embeddings,
+                  student.get_input_embeddings().num_embeddings)
+    if embeddings[0] != embeddings[1]:
+        raise UserError(f"teacher and student embed {embeddings[0]} and {embeddings[1]} token ids; "
+                        "pick a student built for the teacher's vocabulary")
+    teacher_labels = [teacher.config.id2label[i] for i in sorted(teacher.config.id2label)]
+    student_labels = [student.config.id2label[i] for i in sorted(student.config.id2label)]
+    if teacher_labels != student_labels:
+        raise UserError(f"teacher labels {teacher_labels} differ from student labels "
+                        f"{student_labels}; give a student trained on the same labels "
+                        "(or a plain encoder, which gets the teacher's labels)")
+    depth = (teacher.config.num_hidden_layers, student.config.num_hidden_layers)
+    if depth[1] > depth[0]:
+        raise UserError(f"the student has {depth[1]} layers and the teacher {depth[0]}; "
+                        "a student must not be deeper than its teacher")
+
+
+def make_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None = None,
+                 config_spec: str | None = None, model: str | Path | None = None,
+                 seed: int = 0) -> tuple[nn.Module, object]:
+    """The student, made exactly one of three ways, checked against the teacher."""
+    given = [name for name, value in (("--student-layers", layers), ("--student-config", config_spec),
+                                      ("--student", model)) if value]
+    if len(given) != 1:
+        raise UserError(f"choose exactly one way to make the student, got {' and '.join(given) or 'none'}: "
+                        "--student-layers, --student-config or --student")
+    if layers:
+        student = select_layers(teacher, parse_layers(layers, len(find_layer_list(teacher)[1])))
+        tokenizer = teacher_tokenizer
+    elif config_spec:
+        student, tokenizer = shrunk_student(teacher, config_spec, seed=seed), teacher_tokenizer
+    else:
+        student, tokenizer = load_student(model, teacher=teacher)
+    check_compatible(teacher, teacher_tokenizer, student, tokenizer)
+    use_eager_attention(student)
+    return student, tokenizer

@@ -51,3 +51,97 @@ def test_loading_rejects_non_classifiers_and_non_model_folders(tmp_path, tokeniz
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a model folder"):
         load_classifier(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------- students, three ways
+
+from conftest import make_tokenizer
+from edgekd.models import (check_compatible, find_attention_projections, make_student,
+                           parse_student_config, shrunk_student)
+
+ARCHITECTURES = ["bert", "distilbert", "roberta", "electra"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_attention_projections_are_found_generically(arch):
+    model = make_classifier(arch, layers=2, hidden=32)
+    query, key, value = find_attention_projections(model, 1)
+    assert len({id(query), id(key), id(value)}) == 3
+    assert query.in_features == 32 and value.out_features == 32
+
+
+def test_missing_attention_projections_name_what_is_missing():
+    model = make_classifier("bert", layers=2)
+    _, layers = find_layer_list(model)
+    layers[0].attention.self.query = torch.nn.Identity()
+    with pytest.raises(UserError, match="cannot find the query projection.* layer 0 of Bert"):
+        find_attention_projections(model, 0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shrunk_student_has_the_asked_shape_and_reloads_without_edgekd(arch, tmp_path, tokenizer):
+    teacher = make_classifier(arch, layers=4, hidden=32, heads=4)
+    student, student_tokenizer = make_student(teacher, tokenizer,
+                                              config_spec="hidden=16,layers=2,heads=2,intermediate=24")
+    config = student.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (16, 2, 2)
+    assert len(find_layer_list(student)[1]) == 2 and student_tokenizer is tokenizer
+    save_model(student, tokenizer, tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert reloaded.config.id2label == teacher.config.id2label
+    assert sum(p.numel() for p in reloaded.parameters()) < sum(p.numel() for p in teacher.parameters())
+
+
+def test_shrunk_student_keeping_the_width_inherits_the_embeddings(tokenizer):
+    teacher = make_classifier("bert", layers=4, hidden=32)
+    student = shrunk_student(teacher, "layers=2,intermediate=64")
+    torch.testing.assert_close(student.bert.embeddings.word_embeddings.weight,
+                               teacher.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(student.bert.encoder.layer[0].attention.self.query.weight,
+                           teacher.bert.encoder.layer[0].attention.self.query.weight)  # random layers
+
+
+def test_student_config_spec_errors():
+    assert parse_student_config("hidden=256, layers=4") == {"hidden": 256, "layers": 4}
+    for bad in ("width=3", "hidden=", "layers=0", "", "hidden=abc"):
+        with pytest.raises(UserError, match="--student-config"):
+            parse_student_config(bad)
+    teacher = make_classifier("bert", layers=4, hidden=32, heads=4)
+    with pytest.raises(UserError, match="must not be deeper"):
+        shrunk_student(teacher, "layers=6")
+    with pytest.raises(UserError, match="not divisible by heads=3"):
+        shrunk_student(teacher, "hidden=32,heads=3")
+
+
+def test_given_student_plain_encoder_gets_the_teachers_labels(tmp_path, tokenizer):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    teacher = make_classifier("bert", layers=4)
+    DistilBertModel(DistilBertConfig(vocab_size=80, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                     max_position_embeddings=128)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    student, _ = make_student(teacher, tokenizer, model=tmp_path)
+    assert student.config.id2label == teacher.config.id2label
+    assert type(student).__name__ == "DistilBertForSequenceClassification"
+
+
+@pytest.mark.parametrize("case", ["vocabulary", "embedding rows", "labels", "deeper", "two ways"])
+def test_incompatible_students_are_refused_before_training(case, tokenizer):
+    teacher = make_classifier("bert", layers=2)
+    student, student_tokenizer = make_classifier("bert", layers=2, seed=1), make_tokenizer()
+    expected = {"vocabulary": "tokenizers differ", "embedding rows": "embed 80 and 90 token ids",
+                "labels": "labels .* differ", "deeper": "must not be deeper",
+                "two ways": "exactly one way"}[case]
+    if case == "vocabulary":
+        student_tokenizer.add_tokens(["extra"])
+    elif case == "embedding rows":
+        student = make_classifier("bert", layers=2, vocab_size=90)
+    elif case == "labels":
+        student = make_classifier("bert", layers=2, num_labels=2)
+    elif case == "deeper":
+        student = make_classifier("bert", layers=3)
+    with pytest.raises(UserError, match=expected):
+        if case == "two ways":
+            make_student(teacher, tokenizer, layers="1", config_spec="layers=1")
+        else:
+            check_compatible(teacher, tokenizer, student, student_tokenizer)
