@@ -1,0 +1,101 @@
+"""The README's headline numbers: `make demo` cold and warm, and the demo's report.
+
+    python benchmarks/demo.py --cold     # fresh clone, fresh venv, fresh teacher cache (~15 min)
+    python benchmarks/demo.py            # warm rerun of `edgekd demo` in this environment
+
+Goals (checked and written to benchmarks/results/demo.json):
+- student int8 accuracy >= 97% of the teacher's on the held-out test split;
+- student int8 p50 latency (batch 1, 128 tokens, 1 thread) >= 5x faster than the teacher
+  in PyTorch fp32, measured interleaved in one run (inside the demo's bench stage);
+- cold `make demo` < 20 minutes; warm rerun < 8 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "benchmarks" / "results" / "demo.json"
+
+
+def timed(command: list[str], *, cwd: Path, env: dict) -> float:
+    print("$", " ".join(command), f"(in {cwd})", flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=env, check=True)
+    return time.perf_counter() - started
+
+
+def headline(report: dict) -> dict:
+    rows = {row["name"]: row for row in report["rows"]}
+    teacher, int8 = rows["teacher"], rows["student/onnx-int8"]
+    return {
+        "teacher_accuracy": teacher["quality"]["accuracy"],
+        "int8_accuracy": int8["quality"]["accuracy"],
+        "int8_accuracy_ratio": int8["quality"]["accuracy"] / teacher["quality"]["accuracy"],
+        "int8_agreement": int8["quality"]["agreement"],
+        "teacher_p50_ms": teacher["latency"]["p50_ms"],
+        "int8_p50_ms": int8["latency"]["p50_ms"],
+        "int8_speedup": int8["speedup"],
+        "table": [{"name": r["name"], "runtime": r["runtime"], "accuracy": r["quality"]["accuracy"],
+                   "agreement": r["quality"].get("agreement"), "params": r["params"],
+                   "size_bytes": r["size_bytes"], "p50_ms": r["latency"]["p50_ms"],
+                   "iqr_ms": r["latency"]["iqr_ms"], "speedup": r["speedup"]}
+                  for r in report["rows"]],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold", action="store_true", help="time make demo in a fresh clone")
+    parser.add_argument("--note", default="", help="free text stored with the result")
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    times = {}
+    if args.cold:
+        work = Path(tempfile.mkdtemp(prefix="edgekd-cold-"))
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(work / "repo")], check=True)
+        repo = work / "repo"
+        env["EDGEKD_CACHE"] = str(work / "cache")
+        times["cold_make_demo_s"] = timed(["make", "demo"], cwd=repo, env=env)
+        times["warm_make_demo_s"] = timed(["make", "demo"], cwd=repo, env=env)
+        report_path = repo / "runs" / "demo" / "report.json"
+    else:
+        out = Path(tempfile.mkdtemp(prefix="edgekd-warm-")) / "demo"
+        edgekd = Path(sys.executable).parent / "edgekd"
+        times["warm_edgekd_demo_s"] = timed([str(edgekd), "demo", "--out", str(out)], cwd=ROOT, env=env)
+        report_path = out / "report.json"
+    report = json.loads(report_path.read_text())
+    numbers = headline(report)
+    goals = {
+        "int8_accuracy_at_least_97pct_of_teacher": numbers["int8_accuracy_ratio"] >= 0.97,
+        "int8_at_least_5x_faster_than_teacher": numbers["int8_speedup"] >= 5.0,
+    }
+    if "cold_make_demo_s" in times:
+        goals["cold_make_demo_under_20_min"] = times["cold_make_demo_s"] < 20 * 60
+        goals["warm_make_demo_under_8_min"] = times["warm_make_demo_s"] < 8 * 60
+    result = {"benchmark": "demo", "date": time.strftime("%Y-%m-%d"), "times_s": times,
+              "headline": numbers, "goals": goals, "machine": report["machine"],
+              "settings": report["settings"], "note": args.note, "python": platform.python_version()}
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{'model':<20}{'acc %':>8}{'agree %':>9}{'MB':>8}{'p50 ms':>9}{'speedup':>9}")
+    for row in numbers["table"]:
+        print(f"{row['name']:<20}{100 * row['accuracy']:>8.2f}{100 * (row['agreement'] or 0):>9.2f}"
+              f"{row['size_bytes'] / 1e6:>8.1f}{row['p50_ms']:>9.2f}{row['speedup']:>8.1f}x")
+    for name, seconds in times.items():
+        print(f"{name}: {seconds / 60:.1f} min")
+    for goal, passed in goals.items():
+        print(f"{'PASS' if passed else 'FAIL'}  {goal}")
+    print(json.dumps({"goals_passed": all(goals.values()), **times}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Slow tier: the real MiniLM teacher and BBC News articles, end to end through the CLI.
+
+A small slice (a few hundred articles, short sequences, one epoch) keeps it to minutes.
+"""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekd.cli import app
+from edgekd.data import demo_splits, write_jsonl
+from edgekd.demo import build_teacher
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+MAX_LENGTH = 64
+
+
+@pytest.fixture(scope="module")
+def slice_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bbc")
+    splits = demo_splits(seed=0)
+    small = {"train": splits["train"].subset(range(300)),
+             "validation": splits["validation"].subset(range(60)),
+             "test": splits["test"].subset(range(100))}
+    for name, data in small.items():
+        write_jsonl(data, folder / f"{name}.jsonl")
+    return folder, small
+
+
+@pytest.fixture(scope="module")
+def minilm_teacher(slice_files, tmp_path_factory):
+    from dataclasses import replace
+
+    from edgekd.demo import TEACHER_RECIPE
+
+    _, small = slice_files
+    cache = tmp_path_factory.mktemp("cache")
+    recipe = replace(TEACHER_RECIPE, epochs=2, max_length=MAX_LENGTH, lr=2e-4)
+    return build_teacher(small, cache=cache, recipe=recipe, show_progress=False)
+
+
+def test_real_minilm_bbc_pipeline_through_the_cli(slice_files, minilm_teacher, tmp_path):
+    folder, _ = slice_files
+    student, export = tmp_path / "student", tmp_path / "export"
+    result = runner.invoke(app, ["distill", "--teacher", str(minilm_teacher), "--data",
+                                 str(folder / "train.jsonl"), "--validation-data",
+                                 str(folder / "validation.jsonl"), "--out", str(student),
+                                 "--epochs", "1", "--max-length", str(MAX_LENGTH), "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", str(student), "--target", "onnx-fp32",
+                                 "--target", "onnx-int8", "--out", str(export)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["bench", "--teacher", str(minilm_teacher), "--student", str(student),
+                                 "--artifacts", str(export), "--data", str(folder / "test.jsonl"),
+                                 "--max-length", str(MAX_LENGTH), "--sequence-length",
+                                 str(MAX_LENGTH), "--repeats", "10", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads((export / "report.json").read_text())["rows"]}
+    teacher_accuracy = rows["teacher"]["quality"]["accuracy"]
+    assert teacher_accuracy > 0.8  # 300 articles, 2 short epochs: well above the 0.2 of chance
+    assert rows["student/onnx-int8"]["quality"]["accuracy"] > 0.6
+    assert rows["student/onnx-int8"]["quality"]["agreement"] > 0.6
+    # the 2-layer student is smaller than the 6-layer teacher, and its fp32 export is exact
+    assert rows["student"]["params"] < rows["teacher"]["params"]
+    assert rows["student/onnx-fp32"]["quality"]["accuracy"] == rows["student"]["quality"]["accuracy"]
