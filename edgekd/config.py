@@ -31,6 +31,24 @@ class DistillConfig:
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     max_grad_norm: float = 1.0  # gradients are clipped to this global norm
     validation_fraction: float = 0.1  # held out of --data for choosing the best epoch, when no --validation-data
+    # Intermediate losses, each added with its weight (0 = off). Widths may differ: a
+    # learned projection maps student states to the teacher's width for MSE and cosine.
+    hidden_mse_weight: float = 0.0  # TinyBERT hidden-state MSE between mapped layers
+    hidden_cosine_weight: float = 0.0  # DistilBERT cosine loss between mapped layers
+    attention_weight: float = 0.0  # TinyBERT KL between attention distributions of mapped layers
+    minilm_weight: float = 0.0  # MiniLM-v2 q-q, k-k, v-v relation KL of the last layers
+    minilm_relation_heads: int = 0  # heads the relations are split into; 0 = the teacher's head count
+    layer_map: str = ""  # student:teacher layer pairs like "0:1,1:5"; "" = the layers a student was cut from, else uniform
+    gradient_accumulation: int = 1  # each step's batch runs as this many micro-batches (same maths, less memory)
+    max_steps: int = 0  # stop after this many optimiser steps (0 = --epochs decides)
+    checkpoint_every: int = 200  # optimiser steps between checkpoints (0 = only at the end of each epoch)
+    teacher_cache: bool = True  # compute teacher outputs once, store them on disk (fp16), reuse them
+    compile: bool = False  # torch.compile the student (worth it on GPUs for long runs)
+
+    @property
+    def uses_intermediate_losses(self) -> bool:
+        return any(w > 0 for w in (self.hidden_mse_weight, self.hidden_cosine_weight,
+                                   self.attention_weight, self.minilm_weight))
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
@@ -49,3 +67,15 @@ class DistillConfig:
         _check(self.max_grad_norm > 0, f"max grad norm must be > 0, got {self.max_grad_norm}")
         _check(0 <= self.validation_fraction < 1,
                f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
+        for name in ("hidden_mse_weight", "hidden_cosine_weight", "attention_weight", "minilm_weight"):
+            value = getattr(self, name)
+            _check(0 <= value <= 1000 and value == value,
+                   f"--{name.replace('_', '-')} must be between 0 and 1000, got {value}")
+        _check(0 <= self.minilm_relation_heads <= 1024,
+               f"--minilm-relation-heads must be between 0 and 1024, got {self.minilm_relation_heads}")
+        _check(1 <= self.gradient_accumulation <= self.batch_size,
+               f"--gradient-accumulation must be between 1 and --batch-size ({self.batch_size}), "
+               f"got {self.gradient_accumulation}")
+        _check(self.max_steps >= 0, f"--max-steps must be >= 0, got {self.max_steps}")
+        _check(self.checkpoint_every >= 0,
+               f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")

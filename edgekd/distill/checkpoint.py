@@ -1,0 +1,72 @@
+"""Training checkpoints: written atomically, read without unpickling code.
+
+One file, `<out>.checkpoints/checkpoint.pt`, always the latest good state: model and
+projections, optimiser, scheduler, RNG states, position in the data, the best epoch's
+weights and the metrics so far. It is written under a temporary name and renamed, so a
+process killed mid-write leaves the previous checkpoint intact; it is loaded with
+`weights_only=True`, so a tampered file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from edgekd.errors import UserError
+
+FILE_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Beside the output folder, so the atomic write of the student never touches it."""
+    out = Path(out)
+    return out.parent / f"{out.name}.checkpoints"
+
+
+def save(folder: Path, state: dict) -> Path:
+    """Write `state` as the latest checkpoint in `folder`, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / FILE_NAME
+    temporary = folder / f".{FILE_NAME}.tmp-{os.getpid()}"
+    torch.save({"format": FORMAT_VERSION, **state}, temporary)
+    with temporary.open("rb") as handle:  # the data must be on disk before the rename
+        os.fsync(handle.fileno())
+    temporary.replace(final)
+    return final
+
+
+def load(folder: Path) -> dict | None:
+    """The latest checkpoint in `folder`, or None when there is none."""
+    path = Path(folder) / FILE_NAME
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any failure to unpickle or unzip means the file is damaged
+        raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}); "
+                        f"delete {path.parent} to start over, or rerun with --overwrite") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "step" not in state:
+        raise UserError(f"checkpoint {path} is not an edgekd checkpoint of format {FORMAT_VERSION}; "
+                        f"delete {path.parent} to start over, or rerun with --overwrite")
+    return state
+
+
+def remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
