@@ -1,10 +1,11 @@
-"""`edgekd distill`: options -> DistillConfig -> distill stage."""
+"""`edgekd distill`: options (or a recipe of the same options) -> DistillConfig -> distill stage."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
+import click
 import typer
 
 from edgekd.cli.app import app, user_errors
@@ -14,11 +15,18 @@ from edgekd.errors import UserError
 @app.command()
 @user_errors
 def distill(
-    teacher: str = typer.Option(..., help="Teacher: a sequence-classifier folder or hub id."),
-    data: Path = typer.Option(..., help="Training data: .csv, .tsv, .jsonl or .parquet."),
-    out: Path = typer.Option(..., help="Folder for the student (save_pretrained format)."),
-    student_layers: str = typer.Option(
-        "2", help="Teacher layers to keep: a count (evenly spaced) or indices like 0,3,5."),
+    ctx: typer.Context,
+    teacher: Optional[str] = typer.Option(None, help="Teacher: a sequence-classifier folder or hub id."),
+    data: Optional[Path] = typer.Option(None, help="Training data: .csv, .tsv, .jsonl or .parquet."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the student (save_pretrained format)."),
+    recipe: Optional[Path] = typer.Option(
+        None, help="YAML file whose keys are these options (student-layers: 2); flags override it."),
+    student_layers: Optional[str] = typer.Option(
+        None, help="Student = teacher layers: a count (evenly spaced) or indices like 0,3,5 (default 2)."),
+    student_config: Optional[str] = typer.Option(
+        None, help="Student = shrunk teacher config, random init: hidden=256,layers=4,heads=4,intermediate=1024."),
+    student: Optional[str] = typer.Option(
+        None, help="Student = this model folder or hub id (a plain encoder gets the teacher's labels)."),
     validation_data: Optional[Path] = typer.Option(
         None, help="Validation data for choosing the best epoch (default: a slice of --data)."),
     validation_fraction: float = typer.Option(
@@ -29,48 +37,147 @@ def distill(
     text_pair_column: Optional[str] = typer.Option(
         None, help="Column with the second text of text-pair tasks."),
     epochs: int = typer.Option(3, help="Passes over the training data."),
+    max_steps: int = typer.Option(0, help="Stop after this many optimiser steps (0: --epochs decides)."),
     lr: float = typer.Option(1e-4, help="Peak learning rate (AdamW, warm-up then linear decay)."),
-    batch_size: int = typer.Option(16, help="Examples per step."),
+    batch_size: int = typer.Option(16, help="Examples per optimiser step (over all processes)."),
+    gradient_accumulation: int = typer.Option(
+        1, help="Run each step's batch as this many micro-batches (less memory, same result)."),
+    warmup_fraction: float = typer.Option(0.1, help="Share of steps with a rising learning rate."),
+    weight_decay: float = typer.Option(0.01, help="AdamW decoupled weight decay."),
+    max_grad_norm: float = typer.Option(1.0, help="Clip gradients to this global norm."),
     temperature: float = typer.Option(2.0, help="Softmax temperature of the KD term."),
     alpha: float = typer.Option(0.5, help="Weight of hard-label cross-entropy; 1-alpha for KD."),
+    hidden_mse_weight: float = typer.Option(0.0, help="Weight of hidden-state MSE (TinyBERT)."),
+    hidden_cosine_weight: float = typer.Option(0.0, help="Weight of hidden-state cosine loss (DistilBERT)."),
+    attention_weight: float = typer.Option(0.0, help="Weight of attention-distribution KL (TinyBERT)."),
+    minilm_weight: float = typer.Option(0.0, help="Weight of MiniLM-v2 q/k/v relation KL (last layers)."),
+    minilm_relation_heads: int = typer.Option(
+        0, help="Heads the MiniLM relations are split into (0: the teacher's head count)."),
+    layer_map: str = typer.Option(
+        "", help="Student:teacher layer pairs like 0:1,1:5 (default: the layers cut from, else uniform)."),
     max_length: int = typer.Option(128, help="Tokens per example after truncation."),
     seed: int = typer.Option(0, help="Random seed."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on cuda)."),
+    compile: bool = typer.Option(False, help="torch.compile the student."),
+    teacher_cache: bool = typer.Option(
+        True, help="Store teacher outputs on disk once (fp16) and reuse them across epochs and runs."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, help="Where teacher caches live (default $EDGEKD_CACHE/teacher-outputs)."),
+    checkpoint_every: int = typer.Option(
+        200, help="Steps between checkpoints in OUT.checkpoints/ (0: only at epoch ends)."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint of an interrupted run."),
+    overwrite: bool = typer.Option(False, help="Replace --out (and its checkpoints) if they exist."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
-    """Train a compact student to imitate a teacher (soft labels + hard labels).
+    """Train a compact student to imitate a teacher (soft labels, hard labels, hidden
+    states, attention, MiniLM relations: each loss by its weight).
 
     Example:
 
         edgekd distill --teacher runs/teacher --data train.csv --student-layers 2 --out runs/student
+
+        edgekd distill --recipe examples/tinybert.yaml --teacher runs/teacher --data train.csv --out runs/s
+
+        torchrun --nproc_per_node 2 -m edgekd distill --teacher runs/teacher --data train.csv --out runs/s
     """
+    options = dict(ctx.params)
+    if recipe is not None:
+        options.update(recipe_overrides(recipe, ctx))
+    run(**options)
+
+
+def run(*, teacher, data, out, recipe, student_layers, student_config, student, validation_data,
+        validation_fraction, text_column, label_column, text_pair_column, max_length, seed,
+        cache_dir, resume, overwrite, quiet, **training) -> None:
+    """The command after the recipe is merged: load, make the student, call the stage."""
     from edgekd.config import DistillConfig
     from edgekd.data import Columns, load_file, split
     from edgekd.distill.train import distill as run_distill
-    from edgekd.models import find_layer_list, load_classifier, parse_layers, select_layers
+    from edgekd.models import load_classifier, make_student
 
-    config = DistillConfig(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
-                           alpha=alpha, max_length=max_length, seed=seed, device=device,
-                           validation_fraction=validation_fraction)
+    for name, value in (("teacher", teacher), ("data", data), ("out", out)):
+        if value is None:
+            raise UserError(f"--{name} is required (give it as a flag or in the --recipe file)")
+    config = DistillConfig(max_length=max_length, seed=seed, validation_fraction=validation_fraction,
+                           **training)
     columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
-    _check_writable(out, overwrite=overwrite)
+    _check_writable(Path(out), overwrite=overwrite or resume)
     teacher_model, tokenizer = load_classifier(teacher, role="teacher")
-    train = load_file(data, columns=columns, label2id=label2id_of(teacher_model))
+    if not (student_layers or student_config or student):
+        student_layers = "2"
+    student_model, student_tokenizer = make_student(
+        teacher_model, tokenizer, layers=student_layers, config_spec=student_config, model=student, seed=seed)
+    label2id = label2id_of(teacher_model)
+    train = load_file(Path(data), columns=columns, label2id=label2id)
     if validation_data is not None:
-        validation = load_file(validation_data, columns=columns, label2id=label2id_of(teacher_model))
+        validation = load_file(Path(validation_data), columns=columns, label2id=label2id)
     elif config.validation_fraction > 0 and len(train) >= 20:
         validation, train = split(train, fractions=[config.validation_fraction, 1.0], seed=seed)
     else:
         validation = None
-    total = len(find_layer_list(teacher_model)[1])
-    student = select_layers(teacher_model, parse_layers(student_layers, total))
-    result = run_distill(teacher=teacher_model, student=student, tokenizer=tokenizer,
-                         train=train, validation=validation, config=config, out=out,
-                         overwrite=overwrite, show_progress=not quiet)
+    result = run_distill(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
+                         train=train, validation=validation, config=config, out=Path(out),
+                         overwrite=overwrite, show_progress=not quiet, resume=resume, cache_dir=cache_dir)
     summary = "  ".join(f"{k} {v:.4f}" for k, v in result.validation.items())
     typer.echo(f"student written to {result.student_dir} (best epoch {result.best_epoch}"
-               f"{'; validation ' + summary if summary else ''}; {result.seconds:.0f}s)")
+               f"{'; validation ' + summary if summary else ''}; {result.steps} steps, "
+               f"{result.samples_per_second:.1f} samples/s; {result.seconds:.0f}s)")
+
+
+# ---------------------------------------------------------------------------- recipes
+
+def recipe_values(path: Path, command: click.Command) -> dict:
+    """A recipe's values, keyed by parameter name and converted like the flags would be.
+
+    Keys must be the command's option names exactly as typed on the command line
+    without the dashes in front (`student-layers`, `hidden-mse-weight`).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UserError(f"cannot read recipe {path}: {error.strerror}; pass an existing YAML file") from error
+    except yaml.YAMLError as error:
+        raise UserError(f"recipe {path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"recipe {path} must be a mapping of option: value, got {type(loaded).__name__}")
+    options = {param.opts[0].lstrip("-"): param for param in command.params
+               if isinstance(param, click.Option) and param.name != "recipe"}
+    values = {}
+    for key, value in loaded.items():
+        param = options.get(str(key))
+        if param is None:
+            hint = str(key).replace("_", "-")
+            raise UserError(f"recipe {path}: '{key}' is not a distill option"
+                            f"{f'; did you mean {hint}?' if hint in options else ''} "
+                            f"(see edgekd distill --help)")
+        values[param.name] = _convert(param, value, path, str(key))
+    return values
+
+
+def _convert(param: click.Option, value, path: Path, key: str):
+    if value is None:
+        return None
+    try:
+        converted = param.type_cast_value(click.Context(click.Command("recipe")), value)
+    except click.BadParameter as error:
+        raise UserError(f"recipe {path}: {key}: {error.message}") from error
+    if isinstance(param.type, click.Path) or key in ("data", "out", "validation-data", "cache-dir"):
+        return Path(converted)
+    return converted
+
+
+def recipe_overrides(path: Path, ctx: click.Context) -> dict:
+    """Recipe values for the options not given on the command line (flags win)."""
+    from click.core import ParameterSource
+
+    values = recipe_values(path, ctx.command)
+    return {name: value for name, value in values.items()
+            if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
 
 
 def label2id_of(model) -> dict[str, int]:
@@ -79,11 +186,10 @@ def label2id_of(model) -> dict[str, int]:
 
 def _check_writable(out: Path, *, overwrite: bool) -> None:
     """Fail before any work when --out exists (without --overwrite) or cannot be created."""
-    out = Path(out)
+    import os
+
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output folder {out} already exists; pass --overwrite or choose another --out")
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    import os
-
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write under {parent} (permission denied); choose a writable --out")
