@@ -38,7 +38,8 @@ def mean_kl(logits: np.ndarray, reference_logits: np.ndarray) -> float:
     """Mean KL(reference || model) of the softmax distributions, in nats."""
     log_p = _log_softmax(reference_logits.astype(np.float64))
     log_q = _log_softmax(logits.astype(np.float64))
-    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+    per_row = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+    return float(np.mean(np.maximum(per_row, 0.0)))  # KL >= 0; rounding can dip below
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,10 @@ from typing import Callable
 
 import numpy as np
 
+# Above this interquartile range relative to the median, a latency is too noisy to trust:
+# the report warns and suggests more repeats or a quieter machine.
+MAX_RELATIVE_IQR = 0.25
+
 
 def measure_interleaved(runners: dict[str, Callable[[], object]], *, repeats: int,
                         warmup: int = 3, progress=None) -> dict[str, np.ndarray]:
@@ -31,7 +35,20 @@ def measure_interleaved(runners: dict[str, Callable[[], object]], *, repeats: in
 
 def summarize(seconds: np.ndarray) -> dict[str, float]:
     """p50 / p90 / p99 and the interquartile range, in milliseconds."""
-    ms = seconds * 1000
+    ms = np.asarray(seconds) * 1000
     q25, p50, q75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99])
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-            "iqr_ms": float(q75 - q25), "repeats": int(len(ms))}
+            "iqr_ms": float(q75 - q25), "relative_iqr": float((q75 - q25) / p50) if p50 > 0 else 0.0,
+            "repeats": int(len(ms))}
+
+
+def throughput(seconds: np.ndarray, *, batch_size: int) -> dict[str, float]:
+    """Examples per second at `batch_size` from the median call time."""
+    median = float(np.median(seconds))
+    return {"batch_size": batch_size, "examples_per_s": batch_size / median,
+            "p50_ms": median * 1000, "repeats": int(len(seconds))}
+
+
+def noisy(summary: dict[str, float], *, limit: float = MAX_RELATIVE_IQR) -> bool:
+    """True when the spread of a latency summary is too wide to trust its median."""
+    return summary["relative_iqr"] > limit

@@ -1,4 +1,5 @@
-"""The report: a terminal table for people, report.json for scripts, report.md for reviews."""
+"""The report: terminal tables for people, report.json for scripts, report.md for reviews,
+report.png for the eye. The JSON schema is documented in docs/report-schema.md."""
 
 from __future__ import annotations
 
@@ -11,68 +12,152 @@ from rich.table import Table
 
 from edgekd.errors import atomic_write_text
 
-SCHEMA_VERSION = 1
-COLUMNS = [  # (header, key, format)
+SCHEMA_VERSION = 2
+# (header, key, format) of the quality-and-size table
+COLUMNS = [
     ("model", "name", "{}"),
     ("runtime", "runtime", "{}"),
     ("acc %", "accuracy", "{:.2f}"),
+    ("F1 %", "macro_f1", "{:.2f}"),
     ("agree %", "agreement", "{:.2f}"),
+    ("KL", "kl_to_teacher", "{:.4f}"),
     ("params M", "params_m", "{:.2f}"),
     ("MB", "size_mb", "{:.1f}"),
-    ("p50 ms", "p50_ms", "{:.2f}"),
-    ("speedup", "speedup", "{:.1f}x"),
+    ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+    ("+model MB", "model_rss_mb", "{:.0f}"),
 ]
+# (header, key, format) of the speed table
+SPEED_COLUMNS = [
+    ("model", "name", "{}"),
+    ("thr", "threads", "{}"),
+    ("p50 ms", "p50_ms", "{:.2f}"),
+    ("p90 ms", "p90_ms", "{:.2f}"),
+    ("p99 ms", "p99_ms", "{:.2f}"),
+    ("IQR %", "relative_iqr", "{:.0f}"),
+    ("ex/s", "examples_per_s", "{:.1f}"),
+    ("speedup", "speedup", "{:.1f}x"),
+    ("GOP/inf", "gops", "{:.3g}"),
+    ("% peak", "fraction_of_peak", "{:.1f}"),
+]
+NAN = float("nan")
 
 
-def table_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for row in report["rows"]:
-        flat = {"name": row["name"], "runtime": row["runtime"],
-                "accuracy": 100 * row["quality"]["accuracy"],
-                "agreement": 100 * row["quality"].get("agreement", float("nan")),
-                "params_m": row["params"] / 1e6, "size_mb": row["size_bytes"] / 1e6,
-                "p50_ms": row["latency"]["p50_ms"], "speedup": row["speedup"]}
-        rows.append([_format(fmt, flat[key]) for _, key, fmt in COLUMNS])
-    return rows
+def flatten(row: dict) -> dict:
+    """One report row as the flat values the tables show (percentages as 0-100)."""
+    memory = row.get("memory") or {}
+    efficiency = row.get("efficiency") or {}
+    quality = row["quality"]
+    return {
+        "name": row["name"], "runtime": row["runtime"], "threads": row.get("threads", "-"),
+        "accuracy": 100 * quality["accuracy"], "macro_f1": 100 * quality.get("macro_f1", NAN),
+        "agreement": 100 * quality.get("agreement", NAN),
+        "kl_to_teacher": quality.get("kl_to_teacher", NAN),
+        "params_m": row["params"] / 1e6 if row.get("params") is not None else NAN,
+        "size_mb": row["size_bytes"] / 1e6,
+        "peak_rss_mb": memory.get("peak_rss_mb", NAN), "model_rss_mb": memory.get("model_rss_mb", NAN),
+        **{key: row["latency"][key] for key in ("p50_ms", "p90_ms", "p99_ms")},
+        "relative_iqr": 100 * row["latency"].get("relative_iqr", NAN),
+        "examples_per_s": (row.get("throughput") or {}).get("examples_per_s", NAN),
+        "speedup": row["speedup"],
+        "gops": efficiency.get("operations", NAN) / 1e9,
+        "fraction_of_peak": 100 * efficiency.get("fraction_of_peak", NAN),
+    }
+
+
+def table_rows(report: dict, columns=COLUMNS) -> list[list[str]]:
+    return [[_format(fmt, flatten(row)[key]) for _, key, fmt in columns] for row in report["rows"]]
 
 
 def _format(fmt: str, value) -> str:
-    if isinstance(value, float) and math.isnan(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return fmt.format(value)
 
 
+def _titles(report: dict) -> tuple[str, str]:
+    settings = report["settings"]
+    quality = (f"edgekd bench: quality and size, {report['data']['rows']} examples "
+               f"(max {settings['max_length']} tokens)")
+    speed = (f"latency at batch 1, {settings['sequence_length']} tokens, "
+             f"{settings['repeats']} interleaved repeats; throughput at batch "
+             f"{settings.get('throughput_batch_size', '-')}")
+    return quality, speed
+
+
+QUALITY_CAPTION = ("ort: onnxruntime; acc: accuracy on the labels; agree: same prediction as the teacher; KL: mean "
+                   "KL(teacher || model); peak RSS: whole process; +model: added by loading and running")
+SPEED_CAPTION = ("speedup: teacher p50 / model p50; IQR %: spread relative to p50; GOP/inf: "
+                 "matrix-multiply operations per inference; % peak: of the machine's measured matmul peak")
+
+
 def print_table(report: dict, console: Console | None = None) -> None:
-    table = Table(caption="acc: accuracy on the labels; agree: same prediction as the teacher; "
-                          "speedup: teacher p50 / model p50", title=f"edgekd bench — {report['data']['rows']} examples, "
-                        f"latency at batch 1, {report['settings']['sequence_length']} tokens, "
-                        f"{report['settings']['threads']} thread(s)")
-    for header, _, _ in COLUMNS:
-        table.add_column(header, justify="left" if header in ("model", "runtime") else "right")
-    for row in table_rows(report):
-        table.add_row(*row)
+    """Both tables, then the warnings and gate results, on the terminal."""
     if console is None:
         console = Console()
-        console.width = max(console.width, 110)  # pipes default to 80 columns; keep rows on one line
-    console.print(table)
+        console.width = max(console.width, 120)  # pipes default to 80 columns; keep rows on one line
+    quality_title, speed_title = _titles(report)
+    for title, caption, columns in ((quality_title, QUALITY_CAPTION, COLUMNS),
+                                    (speed_title, SPEED_CAPTION, SPEED_COLUMNS)):
+        table = Table(title=title, caption=caption)
+        for header, _, _ in columns:
+            table.add_column(header, justify="left" if header in ("model", "runtime") else "right")
+        for row in table_rows(report, columns):
+            table.add_row(*row)
+        console.print(table)
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    for gate in report.get("gates", []):
+        verdict = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
+        console.print(f"gate {gate['gate']} {gate['artifact']}: {gate['value']:.2f} "
+                      f"(limit {gate['limit']:.2f}, from {gate['source']}) {verdict}")
+
+
+def _markdown_table(report: dict, columns) -> list[str]:
+    headers = [header for header, _, _ in columns]
+    return (["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+            + ["| " + " | ".join(row) + " |" for row in table_rows(report, columns)])
 
 
 def markdown(report: dict) -> str:
-    headers = [header for header, _, _ in COLUMNS]
+    settings, machine = report["settings"], report["machine"]
     lines = ["# edgekd bench report", "",
-             f"{report['data']['rows']} evaluation examples; latency p50 at batch 1, "
-             f"{report['settings']['sequence_length']} tokens, {report['settings']['threads']} "
-             f"thread(s), {report['settings']['repeats']} interleaved repeats. "
-             f"Speedup is relative to the teacher in PyTorch fp32.", "",
-             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
-    machine = report["machine"]
-    lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores; torch "
+             f"{report['data']['rows']} evaluation examples; latency at batch 1, "
+             f"{settings['sequence_length']} tokens, {settings['threads']} thread(s), "
+             f"{settings['repeats']} interleaved repeats. Speedup is relative to the teacher in "
+             "PyTorch fp32.", "", "## Quality and size", ""]
+    lines += _markdown_table(report, COLUMNS) + ["", QUALITY_CAPTION, "", "## Speed", ""]
+    lines += _markdown_table(report, SPEED_COLUMNS) + ["", SPEED_CAPTION, ""]
+    if report.get("gates"):
+        lines += ["## Gates", "", "| gate | model | value | limit | from | result |", "|---|---|---|---|---|---|"]
+        lines += [f"| {g['gate']} | {g['artifact']} | {g['value']:.2f} | {g['limit']:.2f} | "
+                  f"{g['source']} | {'pass' if g['passed'] else 'FAIL'} |" for g in report["gates"]]
+        lines.append("")
+    if report.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    flags = ", ".join(machine.get("flags") or []) or "none found"
+    lines += [f"Machine: {machine['cpu']} ({flags}), {machine['cores']} cores; torch "
               f"{machine['torch']}, onnxruntime {machine['onnxruntime']}.", ""]
     return "\n".join(lines)
 
 
-def write_report(report: dict, folder: Path) -> None:
+def _json_safe(value):
+    """NaN (a metric that could not be measured) as null: strict JSON parsers reject NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_report(report: dict, folder: Path, *, plot: bool = True) -> None:
+    """report.json, report.md and (with `plot`) report.png into `folder`."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(folder / "report.json", json.dumps(_json_safe(report), indent=2) + "\n")
     atomic_write_text(folder / "report.md", markdown(report))
+    if plot:
+        from edgekd.bench.plot import write_plot
+
+        write_plot(report, folder / "report.png")

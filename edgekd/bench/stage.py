@@ -1,90 +1,132 @@
 """The bench stage: teacher, student and every exported artifact on the same data.
 
-Quality: accuracy, macro-F1, agreement with the teacher, mean KL to the teacher.
-Latency: batch 1, fixed sequence length, measured interleaved at the given thread count.
+    quality     accuracy, macro-F1, agreement with the teacher, mean KL to the teacher
+    latency     p50/p90/p99 and IQR at batch 1 for each sequence length, and throughput at
+                a larger batch; warm-up excluded, every model measured interleaved
+    size        bytes on disk, parameters, peak resident memory (one child process each)
+    efficiency  matrix-multiply operations per inference against the machine's peak
+    gates       limits from the command line or the target profiles (see gates.py)
+
+The report it returns is documented in docs/report-schema.md (report.SCHEMA_VERSION).
 """
 
 from __future__ import annotations
 
-import os
-import platform
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from edgekd.bench.accuracy import quality, torch_logits
-from edgekd.bench.latency import measure_interleaved, summarize
+from edgekd.bench import roofline
+from edgekd.bench.accuracy import quality
+from edgekd.bench.gates import GateLimits, check_gates
+from edgekd.bench.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
+from edgekd.bench.machine import machine_info
+from edgekd.bench.memory import MemoryProbe
 from edgekd.bench.report import SCHEMA_VERSION
-from edgekd.data import Encoded, TextDataset, batches, encode
+from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, logits_over,
+                                   runner, torch_candidate)
+from edgekd.data import TextDataset, encode
 from edgekd.errors import UserError
-from edgekd.export.parity import onnx_session
 from edgekd.export.stage import MANIFEST, read_manifest
-from edgekd.models import count_parameters, load_classifier, model_inputs
+from edgekd.models import count_parameters, load_classifier
 from edgekd.progress import progress_bar
+from edgekd.targets import known_targets, load_target
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How the bench measures; every field is recorded in report.json under `settings`."""
+
+    max_length: int = 128  # tokens per example in the accuracy pass (longer rows are cut)
+    sequence_lengths: tuple[int, ...] = (128,)  # latency input lengths; the first is the headline
+    threads: int | None = None  # intra-op threads; None: each artifact's target profile
+    repeats: int = 50  # timed interleaved rounds at batch 1
+    warmup: int = 3  # untimed rounds first (allocations, lazy initialisation)
+    throughput_batch_size: int = 32  # batch for the throughput pass; 0 = skip it
+    measure_memory: bool = True  # peak resident memory, one child process per model
+    roofline: bool = True  # operation counts and the machine's matmul peak
+
+    def __post_init__(self):
+        if self.max_length < 8:
+            raise UserError(f"--max-length must be at least 8, got {self.max_length}")
+        if not self.sequence_lengths or min(self.sequence_lengths) < 1:
+            raise UserError("--sequence-length must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise UserError(f"--repeats must be at least 1 (got {self.repeats}) and the "
+                            f"warm-up at least 0 (got {self.warmup})")
+        if self.throughput_batch_size < 0:
+            raise UserError(f"--throughput-batch must be 0 (off) or more, "
+                            f"got {self.throughput_batch_size}")
+
+    @property
+    def throughput_repeats(self) -> int:
+        return max(5, self.repeats // 5)  # each call is ~batch times longer than at batch 1
 
 
 def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | None,
           data: TextDataset, max_length: int = 128, sequence_length: int = 128,
-          threads: int = 1, repeats: int = 50, show_progress: bool = True,
-          teacher_model=None) -> dict:
-    """Measure every model on `data`; returns the report as a dict (see report.SCHEMA_VERSION)."""
+          threads: int | None = None, repeats: int = 50, show_progress: bool = True,
+          teacher_model=None, sequence_lengths: Sequence[int] | None = None,
+          warmup: int = 3, throughput_batch_size: int = 32, measure_memory: bool = True,
+          measure_roofline: bool = True, gates: GateLimits = GateLimits(),
+          cache_folder: Path | None = None) -> dict:
+    """Measure every model on `data`; returns the report (docs/report-schema.md).
+
+    `teacher_model` is an already loaded (model, tokenizer) pair of `teacher`. Gate results
+    are recorded in the report; the caller decides whether a failure stops it
+    (gates.raise_for_failed_gates).
+    """
+    settings = BenchSettings(
+        max_length=max_length, sequence_lengths=tuple(sequence_lengths or (sequence_length,)),
+        threads=threads, repeats=repeats, warmup=warmup,
+        throughput_batch_size=throughput_batch_size, measure_memory=measure_memory,
+        roofline=measure_roofline)
     if len(data) == 0:
         raise UserError("the evaluation data is empty; give at least one labelled example")
-    teacher_model, tokenizer = (teacher_model if teacher_model is not None
-                                else load_classifier(teacher, role="teacher"))
-    if sequence_length > _max_positions(teacher_model.config):
-        raise UserError(f"--sequence-length {sequence_length} is beyond the model's limit of "
-                        f"{_max_positions(teacher_model.config)} tokens; choose a smaller one")
-    candidates = [("teacher", "pytorch fp32", teacher_model, teacher)]
-    if student is not None:
-        candidates.append(("student", "pytorch fp32",
-                           load_classifier(student, role="student")[0], student))
+    model, tokenizer = teacher_model if teacher_model is not None else load_classifier(teacher, role="teacher")
+    _check_data_labels(data, model)
+    candidates, skipped = _candidates(teacher, model, student, artifacts, settings.threads)
+    for candidate in candidates:
+        _check_candidate(candidate, model, settings)
+    measurement = _measure(candidates, data, tokenizer, settings, show_progress, cache_folder)
+    rows = _rows(candidates, measurement, data)
+    report = {"schema_version": SCHEMA_VERSION, "rows": rows, "machine": measurement["machine"],
+              "data": {"rows": len(data), "labelled_rows": sum(l is not None for l in data.labels),
+                       "labels": data.label_names},
+              "settings": _settings_record(settings, candidates),
+              "peak": measurement["peaks"], "skipped": skipped}
+    report["warnings"] = _warnings(report)
+    report["gates"] = check_gates(rows, gates)
+    return report
+
+
+# ---------------------------------------------------------------------------- what to measure
+
+def _candidates(teacher, teacher_model, student: Path | None, artifacts: Path | None,
+                threads: int | None) -> tuple[list[Candidate], list[dict]]:
+    """Teacher, student and artifacts to measure, and the artifacts skipped (with why)."""
+    loaded, skipped = [], []
     for folder in _artifact_folders(artifacts):
-        manifest = read_manifest(folder)
-        session = onnx_session(folder / manifest["model_file"], threads=threads)
-        candidates.append((f"student/{manifest['target']}", f"ort {manifest['precision']}",
-                           session, folder / manifest["model_file"]))
-
-    encoded = encode(data, tokenizer, max_length=max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    labels = np.array([-1 if label is None else label for label in data.labels])
-    logits = {}
-    with progress_bar("evaluating", total=len(candidates) * len(data),
-                      enabled=show_progress) as advance:
-        for name, _, model, _ in candidates:
-            logits[name] = _logits(model, encoded, pad, advance)
-
-    latency_input = _latency_input(tokenizer, data.texts[0], sequence_length)
-    runners = {name: _runner(model, latency_input) for name, _, model, _ in candidates}
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with progress_bar("latency (interleaved)", total=repeats, enabled=show_progress) as advance:
-            seconds = measure_interleaved(runners, repeats=repeats, progress=advance)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-    teacher_p50 = float(np.median(seconds["teacher"]))
-    rows = []
-    for name, runtime, model, source in candidates:
-        row_quality = quality(logits[name], labels,
-                              teacher_logits=None if name == "teacher" else logits["teacher"])
-        if name == "teacher":
-            row_quality.update(agreement=1.0, kl_to_teacher=0.0)
-        rows.append({"name": name, "runtime": runtime, "source": str(source),
-                     "quality": row_quality, "params": _parameters(model, source),
-                     "size_bytes": _size(source), "latency": summarize(seconds[name]),
-                     "speedup": teacher_p50 / float(np.median(seconds[name]))})
-    return {"schema_version": SCHEMA_VERSION, "rows": rows, "machine": machine_info(),
-            "data": {"rows": len(data), "labels": data.label_names},
-            "settings": {"max_length": max_length, "sequence_length": sequence_length,
-                         "threads": threads, "repeats": repeats, "batch_size": 1}}
-
-
-def _max_positions(config) -> int:
-    return int(getattr(config, "max_position_embeddings", 512) or 512)
+        try:
+            loaded.append(artifact_candidate(folder, threads=threads or _target_threads(folder)))
+        except Unavailable as reason:
+            skipped.append({"artifact": str(folder), "reason": str(reason)})
+    if artifacts is not None and not loaded:
+        raise UserError(f"nothing in {artifacts} can be benchmarked here: "
+                        f"{skipped[0]['reason']}")
+    # PyTorch runs at the artifacts' thread count, so the speedup compares like with like.
+    torch_threads = threads or max([c.threads for c in loaded], default=1)
+    candidates = [torch_candidate("teacher", teacher_model, teacher, threads=torch_threads)]
+    if student is not None:
+        student_model, _ = load_classifier(student, role="student")
+        candidates.append(torch_candidate("student", student_model, student, threads=torch_threads))
+    return candidates + loaded, skipped
 
 
 def _artifact_folders(artifacts: Path | None) -> list[Path]:
@@ -102,72 +144,269 @@ def _artifact_folders(artifacts: Path | None) -> list[Path]:
     return folders
 
 
-def _logits(model, encoded: Encoded, pad: int, advance: Callable) -> np.ndarray:
-    if isinstance(model, torch.nn.Module):
-        return torch_logits(model, encoded, pad_token_id=pad, progress=advance)
-    names = [i.name for i in model.get_inputs()]
-    outputs = []
-    for batch in batches(encoded, batch_size=32, pad_token_id=pad):
-        missing = [n for n in names if n not in batch]
-        if missing:
-            raise UserError(f"the exported model needs inputs {missing} that the data's "
-                            "tokenizer does not produce; export with the teacher's tokenizer")
-        (out,) = model.run(["logits"], {n: batch[n].numpy() for n in names})
-        outputs.append(out.astype(np.float32))
-        advance(len(batch["index"]))
-    return np.concatenate(outputs)
+def _target_threads(folder: Path) -> int:
+    """The thread count of the artifact's target profile; 1 (a phone core) when unknown."""
+    target = read_manifest(folder).get("target")
+    return load_target(target).runtime.threads if target in known_targets() else 1
 
 
-def _latency_input(tokenizer, text: str, length: int) -> dict[str, torch.Tensor]:
-    """A real text, truncated or padded to exactly `length` tokens, batch 1."""
-    encoded = tokenizer([text], truncation=True, max_length=length, padding="max_length",
-                        return_tensors="pt")
-    return dict(encoded)
+# ---------------------------------------------------------------------------- bad input
+
+def _check_data_labels(data: TextDataset, teacher_model) -> None:
+    teacher_labels = [str(teacher_model.config.id2label[i]) for i in sorted(teacher_model.config.id2label)]
+    if list(data.label_names) != teacher_labels:
+        unknown = sorted(set(data.label_names) - set(teacher_labels))
+        raise UserError(f"the evaluation data's labels {unknown or data.label_names} are not "
+                        f"the teacher's ({', '.join(teacher_labels)}); map the data onto the "
+                        "teacher's labels (load_file(..., label2id=teacher label2id))")
 
 
-def _runner(model, inputs: dict[str, torch.Tensor]) -> Callable[[], object]:
-    if isinstance(model, torch.nn.Module):
-        model_feeds = model_inputs(model, inputs)
+def _check_candidate(candidate: Candidate, teacher_model, settings: BenchSettings) -> None:
+    """Fail early, naming the model, when it cannot take the bench's inputs or labels."""
+    config = _config_of(candidate)
+    limit = _max_positions(config) if config is not None else None
+    longest = max(settings.sequence_lengths)
+    if limit is not None and longest > limit:
+        raise UserError(f"--sequence-length {longest} is beyond the limit of {candidate.name} "
+                        f"({limit} tokens); choose {limit} or fewer")
+    if limit is not None and settings.max_length > limit:
+        raise UserError(f"--max-length {settings.max_length} is beyond the limit of "
+                        f"{candidate.name} ({limit} tokens); choose {limit} or fewer")
+    labels = (config or {}).get("id2label")
+    if labels is not None and len(labels) != teacher_model.config.num_labels:
+        raise UserError(f"{candidate.name} predicts {len(labels)} classes but the teacher "
+                        f"{teacher_model.config.num_labels}; bench models trained on the same labels")
 
-        def run_torch():
-            with torch.inference_mode():
-                return model(**model_feeds).logits
-        return run_torch
-    feeds = {i.name: inputs[i.name].numpy() for i in model.get_inputs()}
-    return lambda: model.run(["logits"], feeds)
+
+def _config_of(candidate: Candidate) -> dict | None:
+    if candidate.format == "pytorch":
+        return candidate.model.config.to_dict()
+    if candidate.config_folder is None:
+        return None
+    try:
+        return json.loads((candidate.config_folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # no usable config: the run itself will report mismatches
 
 
-def _parameters(model, source) -> int:
-    if isinstance(model, torch.nn.Module):
-        return count_parameters(model)
+def _max_positions(config: dict) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if config.get(key):
+            return int(config[key])
+    return None
+
+
+# ---------------------------------------------------------------------------- measuring
+
+def _measure(candidates: list[Candidate], data: TextDataset, tokenizer, settings: BenchSettings,
+             show_progress: bool, cache_folder: Path | None) -> dict:
+    headline = settings.sequence_lengths[0]
+    latency_feeds = {length: _token_batch(tokenizer, data.texts[:1], length)
+                     for length in settings.sequence_lengths}
+    # The machine's load before any of our work starts: a busy machine shows up here.
+    machine = machine_info()
+    probes = _start_memory_probes(candidates, latency_feeds[headline]) if settings.measure_memory else {}
+    try:
+        logits = _all_logits(candidates, data, tokenizer, settings, show_progress)
+        memory = {name: probe.result() for name, probe in probes.items()}
+    finally:
+        for probe in probes.values():
+            probe.stop()
+    with _torch_threads(candidates):
+        latency = {length: _interleaved(candidates, latency_feeds[length], settings.repeats,
+                                        settings.warmup, f"latency, {length} tokens", show_progress)
+                   for length in settings.sequence_lengths}
+        batch_seconds = None
+        if settings.throughput_batch_size:
+            batch_texts = [data.texts[i % len(data)] for i in range(settings.throughput_batch_size)]
+            batch_seconds = _interleaved(candidates, _token_batch(tokenizer, batch_texts, headline),
+                                         settings.throughput_repeats, 1,
+                                         f"throughput, batch {settings.throughput_batch_size}",
+                                         show_progress)
+    operations, peaks = ({}, {})
+    if settings.roofline:
+        operations = {c.name: _operations(c, latency_feeds[headline]) for c in candidates}
+        peaks = {str(threads): roofline.matmul_peak(threads=threads, cache_folder=_cache(cache_folder))
+                 for threads in sorted({c.threads for c in candidates})}
+    return {"logits": logits, "memory": memory, "latency": latency, "batch_seconds": batch_seconds,
+            "operations": operations, "peaks": peaks, "machine": machine,
+            "throughput_batch_size": settings.throughput_batch_size, "headline": headline}
+
+
+def _token_batch(tokenizer, texts: list[str], length: int) -> dict[str, np.ndarray]:
+    """Real texts, truncated or padded to exactly `length` tokens each."""
+    encoded = tokenizer(texts, truncation=True, max_length=length, padding="max_length",
+                        return_tensors="np")
+    return {name: np.ascontiguousarray(value, dtype=np.int64) for name, value in encoded.items()}
+
+
+def _start_memory_probes(candidates: list[Candidate], feeds: dict) -> dict[str, MemoryProbe]:
+    probes = {}
+    for candidate in candidates:
+        source = candidate.source
+        if candidate.format == "pytorch" and not Path(source).is_dir():
+            continue  # a hub id: the child would need the hub; measured only from folders
+        probes[candidate.name] = MemoryProbe(
+            model_format=candidate.format, source=source, input_names=candidate.input_names,
+            feeds=feeds, threads=candidate.threads)
+    return probes
+
+
+def _all_logits(candidates, data: TextDataset, tokenizer, settings, show_progress) -> dict:
+    encoded = encode(data, tokenizer, max_length=settings.max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    logits = {}
+    with progress_bar("evaluating", total=len(candidates) * len(data),
+                      enabled=show_progress) as advance:
+        for candidate in candidates:
+            logits[candidate.name] = logits_over(candidate, encoded, pad_token_id=pad, progress=advance)
+    width = logits["teacher"].shape[-1]
+    for name, values in logits.items():
+        if values.shape[-1] != width:
+            raise UserError(f"{name} outputs {values.shape[-1]} classes but the teacher {width}; "
+                            "bench models trained on the same labels")
+    return logits
+
+
+class _torch_threads:
+    """Set PyTorch's intra-op threads for the timed part; restore them afterwards."""
+
+    def __init__(self, candidates: list[Candidate]):
+        self.threads = max(c.threads for c in candidates if c.format == "pytorch")
+
+    def __enter__(self):
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.previous)
+
+
+def _interleaved(candidates, feeds, repeats: int, warmup: int, label: str,
+                 show_progress: bool) -> dict[str, np.ndarray]:
+    runners = {c.name: runner(c, feeds) for c in candidates}
+    with progress_bar(f"{label} (interleaved)", total=repeats, enabled=show_progress) as advance:
+        return measure_interleaved(runners, repeats=repeats, warmup=warmup, progress=advance)
+
+
+def _operations(candidate: Candidate, feeds: dict) -> dict | None:
+    """Matrix-multiply operations of one inference, or None where the format hides its graph."""
+    chosen = {name: feeds[name] for name in candidate.input_names}
+    if candidate.format == "pytorch":
+        return roofline.torch_operations(candidate.model, chosen)
+    if candidate.format == "onnx":
+        return roofline.onnx_operations(candidate.source, chosen)
+    return None  # .ort flatbuffers and .pte programs: no graph the onnx package can read
+
+
+def _cache(cache_folder: Path | None) -> Path:
+    from edgekd.demo import cache_dir
+
+    return cache_dir(cache_folder)
+
+
+# ---------------------------------------------------------------------------- the rows
+
+def _rows(candidates: list[Candidate], measurement: dict, data: TextDataset) -> list[dict]:
+    labels = np.array([-1 if label is None else label for label in data.labels])
+    logits, headline = measurement["logits"], measurement["headline"]
+    teacher_p50 = float(np.median(measurement["latency"][headline]["teacher"]))
+    has_student = any(c.name == "student" for c in candidates)
+    rows = []
+    for candidate in candidates:
+        name = candidate.name
+        row_quality = quality(logits[name], labels,
+                              teacher_logits=None if name == "teacher" else logits["teacher"])
+        if name == "teacher":
+            row_quality.update(agreement=1.0, kl_to_teacher=0.0)
+        seconds = measurement["latency"][headline][name]
+        reference = ("teacher" if candidate.format == "pytorch" or not has_student else "student")
+        rows.append({
+            "name": name, "runtime": candidate.runtime, "format": candidate.format,
+            "precision": candidate.precision, "target": candidate.target,
+            "source": str(candidate.source), "threads": candidate.threads,
+            "quality": row_quality, "reference": None if name == "teacher" else reference,
+            "params": _parameters(candidate), "size_bytes": _size(candidate),
+            "memory": measurement["memory"].get(name),
+            "latency": summarize(seconds),
+            "latency_by_length": {str(length): summarize(by_name[name])
+                                  for length, by_name in measurement["latency"].items()},
+            "throughput": (throughput(measurement["batch_seconds"][name],
+                                      batch_size=measurement["throughput_batch_size"])
+                           if measurement["batch_seconds"] else None),
+            "speedup": teacher_p50 / float(np.median(seconds)),
+            "efficiency": _efficiency(measurement, candidate, float(np.median(seconds))),
+        })
+    accuracy = {row["name"]: row["quality"]["accuracy"] for row in rows}
+    for row in rows:
+        reference = row["reference"] or "teacher"
+        row["accuracy_drop"] = 100 * (accuracy[reference] - row["quality"]["accuracy"])
+        row["accuracy_drop_vs_teacher"] = 100 * (accuracy["teacher"] - row["quality"]["accuracy"])
+    return rows
+
+
+def _efficiency(measurement: dict, candidate: Candidate, seconds: float) -> dict | None:
+    operations = measurement["operations"].get(candidate.name)
+    if operations is None:
+        return None
+    peak = measurement["peaks"][str(candidate.threads)]
+    return roofline.efficiency(operations, seconds=seconds, peak=peak)
+
+
+def _parameters(candidate: Candidate) -> int | None:
+    if candidate.format == "pytorch":
+        return count_parameters(candidate.model)
+    if candidate.format != "onnx":
+        return None  # .ort/.pte: the runtime does not expose its weights to count them
     import onnx
 
-    graph = onnx.load(str(source), load_external_data=False).graph
+    graph = onnx.load(str(candidate.source), load_external_data=False).graph
     return int(sum(np.prod(t.dims) for t in graph.initializer if len(t.dims) >= 1))
 
 
-def _size(source) -> int:
-    path = Path(source)
+def _size(candidate: Candidate) -> int:
+    """Bytes on disk: the model file, or the weight files of a PyTorch folder."""
+    path = Path(candidate.source)
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.glob("*.safetensors")) if path.is_dir() else 0
+    weights = [p for p in path.glob("*") if p.suffix in (".safetensors", ".bin")] if path.is_dir() else []
+    if weights:
+        return sum(p.stat().st_size for p in weights)
+    # A hub id: the bytes of the parameters in memory stand in for the download.
+    return sum(p.numel() * p.element_size() for p in candidate.model.parameters())
 
 
-def machine_info() -> dict:
-    import onnxruntime
+def _settings_record(settings: BenchSettings, candidates: list[Candidate]) -> dict:
+    return {"max_length": settings.max_length, "sequence_length": settings.sequence_lengths[0],
+            "sequence_lengths": list(settings.sequence_lengths),
+            "threads": settings.threads if settings.threads is not None
+            else max(c.threads for c in candidates),
+            "threads_from": "command line" if settings.threads is not None else "target profiles",
+            "repeats": settings.repeats, "warmup": settings.warmup, "batch_size": 1,
+            "throughput_batch_size": settings.throughput_batch_size,
+            "throughput_repeats": settings.throughput_repeats if settings.throughput_batch_size else 0,
+            "measure_memory": settings.measure_memory, "roofline": settings.roofline,
+            "max_relative_iqr": MAX_RELATIVE_IQR, "interleaved": True}
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags_line = next((l for l in Path("/proc/cpuinfo").read_text().splitlines()
-                           if l.startswith(("flags", "Features"))), "")
-        flags = sorted(set(flags_line.split(":", 1)[-1].split()) &
-                       {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "fma"})
-    except OSError:
-        flags = []
-    return {"cpu": cpu, "flags": flags, "cores": os.cpu_count(), "machine": platform.machine(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version()}
+
+def _warnings(report: dict) -> list[str]:
+    warnings = []
+    for row in report["rows"]:
+        for length, summary in row["latency_by_length"].items():
+            if noisy(summary):
+                warnings.append(
+                    f"{row['name']}: latency at {length} tokens spreads too widely to trust "
+                    f"(IQR {summary['iqr_ms']:.2f} ms = {100 * summary['relative_iqr']:.0f}% of "
+                    f"the median); use more --repeats or a quieter machine")
+        if row["memory"] and "error" in row["memory"]:
+            warnings.append(f"{row['name']}: peak memory not measured ({row['memory']['error']})")
+    warnings += [f"skipped {item['artifact']}: {item['reason']}" for item in report["skipped"]]
+    if report["data"]["labelled_rows"] == 0:
+        warnings.append("the evaluation data has no labels: accuracy and F1 are not measured, "
+                        "agreement and KL to the teacher are")
+    machine = report["machine"]
+    if machine["load_average_1m"] > 0.5 * (machine["usable_cores"] or 1):
+        warnings.append(f"the machine was busy (load {machine['load_average_1m']} on "
+                        f"{machine['usable_cores']} cores): compare the ratios, not the absolute "
+                        "times")
+    return warnings

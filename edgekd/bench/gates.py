@@ -1,0 +1,100 @@
+"""Gates: limits a shipped model must meet, so a CI job can stop a bad one (exit code 2).
+
+Gated rows are the shipped ones: every exported artifact, or the PyTorch student when no
+artifacts were given. Each limit comes from the command line when given there, else from
+the budgets of the artifact's target profile (targets/<name>.yaml), else it is not checked.
+
+    accuracy_drop  accuracy points lost against the model a row was made from: an artifact
+                   against the PyTorch student (the teacher when no student was given), the
+                   student against the teacher
+    latency_ms     p50 at batch 1 at the first sequence length
+    size_mb        model file size on disk (weights files for a PyTorch folder), 1 MB = 10^6 bytes
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edgekd.errors import GateFailed, UserError
+
+GATES = ("accuracy_drop", "latency_ms", "size_mb")
+FLAGS = {"accuracy_drop": "--max-accuracy-drop", "latency_ms": "--max-latency-ms",
+         "size_mb": "--max-size-mb"}
+BUDGET_FIELDS = {"accuracy_drop": "max_accuracy_drop", "latency_ms": "max_latency_ms",
+                 "size_mb": "max_size_mb"}
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """Limits from the command line; None: use the target profile's budget, if any."""
+
+    max_accuracy_drop: float | None = None  # accuracy points (0-100 scale)
+    max_latency_ms: float | None = None  # p50 at batch 1, milliseconds
+    max_size_mb: float | None = None  # model file size, MB (10^6 bytes)
+
+    def __post_init__(self):
+        for gate, value in self.by_gate().items():
+            if value is not None and (math.isnan(value) or value < 0):
+                raise UserError(f"{FLAGS[gate]} must be a number >= 0, got {value}")
+
+    def by_gate(self) -> dict[str, float | None]:
+        return {"accuracy_drop": self.max_accuracy_drop, "latency_ms": self.max_latency_ms,
+                "size_mb": self.max_size_mb}
+
+
+def gated_rows(rows: list[dict]) -> list[dict]:
+    shipped = [row for row in rows if row["format"] != "pytorch"]
+    return shipped or [row for row in rows if row["name"] == "student"]
+
+
+def measured(row: dict, gate: str) -> float:
+    if gate == "accuracy_drop":
+        return row["accuracy_drop"]
+    if gate == "latency_ms":
+        return row["latency"]["p50_ms"]
+    return row["size_bytes"] / 1e6
+
+
+def check_gates(rows: list[dict], limits: GateLimits) -> list[dict]:
+    """One result per gate that has a limit, for every gated row."""
+    results = []
+    for row in gated_rows(rows):
+        budgets = _target_budgets(row.get("target"))
+        for gate in GATES:
+            limit, source = limits.by_gate()[gate], "command line"
+            if limit is None:
+                limit, source = budgets.get(gate), f"target {row.get('target')}"
+            if limit is None:
+                continue
+            value = measured(row, gate)
+            results.append({"gate": gate, "artifact": row["name"], "value": value,
+                            "limit": float(limit), "source": source,
+                            # a NaN (no labelled rows) cannot pass an accuracy gate
+                            "passed": bool(value <= limit)})
+    return results
+
+
+def _target_budgets(target_name: str | None) -> dict[str, float | None]:
+    if not target_name:
+        return {}
+    from edgekd.targets import known_targets, load_target
+
+    if target_name not in known_targets():
+        return {}  # exported with a target file this checkout does not have
+    budgets = load_target(target_name).budgets
+    return {gate: getattr(budgets, field) for gate, field in BUDGET_FIELDS.items()}
+
+
+def raise_for_failed_gates(results: list[dict]) -> None:
+    """GateFailed (exit 2) naming every failed gate, its artifact and both numbers."""
+    failed = [result for result in results if not result["passed"]]
+    if failed:
+        raise GateFailed("; ".join(_describe(result) for result in failed))
+
+
+def _describe(result: dict) -> str:
+    unit = {"accuracy_drop": " points", "latency_ms": " ms", "size_mb": " MB"}[result["gate"]]
+    flag = FLAGS[result["gate"]]
+    return (f"gate {flag} failed for {result['artifact']}: {result['value']:.2f}{unit} > "
+            f"limit {result['limit']:.2f}{unit} (from {result['source']})")

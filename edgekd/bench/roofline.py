@@ -1,0 +1,195 @@
+"""Efficiency against the machine's limit: matrix-multiply work per inference vs measured peak.
+
+Only matrix multiplies are counted (MatMul, Gemm and their int8 forms, or PyTorch's
+mm/bmm/addmm): they are nearly all the arithmetic of a transformer encoder, and the only
+work the peak below is measured for. One multiply-add counts as 2 operations.
+
+The peak is a micro-benchmark of one large matrix multiply through onnxruntime, fp32 and
+int8 (uint8 activations x int8 weights, what dynamic quantisation runs), at the thread
+count the models were measured with. It runs once per machine, thread count and
+onnxruntime version and is cached as JSON under the cache folder.
+
+The achieved fraction is ideal time / measured time, where the ideal time does the fp32
+operations at the fp32 peak and the int8 operations at the int8 peak.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Operator: (position of operand A, position of operand B, precision of the arithmetic).
+MATMUL_OPERATORS = {
+    "MatMul": (0, 1, "fp32"), "Gemm": (0, 1, "fp32"), "FusedMatMul": (0, 1, "fp32"),
+    "MatMulInteger": (0, 1, "int8"), "MatMulIntegerToFloat": (0, 1, "int8"),
+    "DynamicQuantizeMatMul": (0, 1, "int8"), "QLinearMatMul": (0, 3, "int8"),
+    "QGemm": (0, 3, "int8"),
+}
+# Shape of the peak micro-benchmark: big enough to run at full speed out of cache.
+PEAK_SHAPE = (256, 1024, 1024)  # (rows, inner, columns)
+PEAK_REPEATS = 15
+
+
+def matmul_operations(a_shape, b_shape, *, transpose_a: bool = False,
+                      transpose_b: bool = False) -> int:
+    """Operations (2 per multiply-add) of A @ B with numpy's broadcasting rules."""
+    a_shape, b_shape = list(a_shape), list(b_shape)
+    if len(a_shape) == 1:
+        a_shape = [1] + a_shape
+    if len(b_shape) == 1:
+        b_shape = b_shape + [1]
+    if transpose_a:
+        a_shape[-2:] = a_shape[-2:][::-1]
+    if transpose_b:
+        b_shape[-2:] = b_shape[-2:][::-1]
+    rows, inner, columns = a_shape[-2], a_shape[-1], b_shape[-1]
+    batch = int(np.prod(np.broadcast_shapes(tuple(a_shape[:-2]), tuple(b_shape[:-2])), dtype=np.int64))
+    return 2 * batch * rows * inner * columns
+
+
+def onnx_operations(model_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    """Matrix-multiply operations of one inference on `feeds`, by precision: {fp32, int8}.
+
+    Shapes inside the graph depend on the inputs (batch, sequence), so the graph is run
+    once with onnxruntime, with every operand of a matrix multiply exposed as an output.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path))
+    initializers = {t.name: list(t.dims) for t in model.graph.initializer}
+    nodes = [node for node in model.graph.node if node.op_type in MATMUL_OPERATORS]
+    wanted = [name for node in nodes for name in _operands(node)
+              if name not in initializers]
+    wanted = list(dict.fromkeys(wanted))
+    shapes = dict(initializers)
+    shapes.update(_run_for_shapes(model, wanted, feeds))
+    totals = {"fp32": 0, "int8": 0}
+    for node in nodes:
+        a_name, b_name = _operands(node)
+        attributes = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        totals[MATMUL_OPERATORS[node.op_type][2]] += matmul_operations(
+            shapes[a_name], shapes[b_name], transpose_a=bool(attributes.get("transA", 0)),
+            transpose_b=bool(attributes.get("transB", 0)))
+    return totals
+
+
+def _operands(node) -> tuple[str, str]:
+    a_position, b_position, _ = MATMUL_OPERATORS[node.op_type]
+    return node.input[a_position], node.input[b_position]
+
+
+def _run_for_shapes(model, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    import onnx
+    import onnxruntime as ort
+
+    if not names:
+        return {}
+    graph_outputs = {output.name for output in model.graph.output}
+    for name in names:
+        if name not in graph_outputs:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    # No fusions: the operands must stay the tensors the graph file names.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    inputs = {i.name: feeds[i.name] for i in session.get_inputs()}
+    return {name: list(value.shape) for name, value in zip(names, session.run(names, inputs))}
+
+
+def torch_operations(model, feeds: dict) -> dict[str, int]:
+    """Matrix-multiply operations of one PyTorch forward pass, counted by FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(**{name: torch.as_tensor(value) for name, value in feeds.items()})
+    return {"fp32": int(counter.get_total_flops()), "int8": 0}
+
+
+def matmul_peak(*, threads: int, cache_folder: Path | None) -> dict:
+    """The machine's fp32 and int8 matrix-multiply peak in Gop/s at `threads`, cached."""
+    from edgekd.bench.machine import machine_info
+
+    machine = machine_info()
+    key = f"{machine['cpu']}|{','.join(machine['flags'])}|threads={threads}|ort={machine['onnxruntime']}"
+    cache_file = None if cache_folder is None else Path(cache_folder) / "machine" / "matmul-peak.json"
+    cached = _read_json(cache_file)
+    if key in cached:
+        return {**cached[key], "cached": True}
+    peak = {"fp32_gops": _measure_peak("fp32", threads=threads),
+            "int8_gops": _measure_peak("int8", threads=threads),
+            "shape": list(PEAK_SHAPE), "threads": threads, "measured_at": time.time()}
+    if cache_file is not None:
+        from edgekd.errors import atomic_write_text
+
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache_file, json.dumps({**_read_json(cache_file), key: peak}, indent=2))
+    return {**peak, "cached": False}
+
+
+def _read_json(path: Path | None) -> dict:
+    try:
+        return json.loads(path.read_text()) if path is not None else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # a missing or corrupt cache only costs one measurement
+
+
+def _measure_peak(precision: str, *, threads: int) -> float:
+    """Best Gop/s of one (rows x inner) @ (inner x columns) multiply through onnxruntime."""
+    import onnxruntime as ort
+
+    rows, inner, columns = PEAK_SHAPE
+    model = peak_graph(precision)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    generator = np.random.default_rng(0)
+    if precision == "int8":
+        feeds = {"a": generator.integers(0, 256, size=(rows, inner), dtype=np.uint8)}
+    else:
+        feeds = {"a": generator.standard_normal((rows, inner), dtype=np.float32)}
+    for _ in range(3):
+        session.run(None, feeds)
+    best = float("inf")
+    for _ in range(PEAK_REPEATS):
+        started = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - started)
+    return matmul_operations((rows, inner), (inner, columns)) / best / 1e9
+
+
+def peak_graph(precision: str):
+    """One matrix multiply with constant weights: MatMul (fp32) or MatMulInteger (int8)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows, inner, columns = PEAK_SHAPE
+    generator = np.random.default_rng(1)
+    if precision == "int8":
+        weights = generator.integers(-128, 128, size=(inner, columns), dtype=np.int8)
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["c"])
+        a_type, c_type = TensorProto.UINT8, TensorProto.INT32
+    else:
+        weights = generator.standard_normal((inner, columns), dtype=np.float32)
+        node = helper.make_node("MatMul", ["a", "b"], ["c"])
+        a_type, c_type = TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph([node], "peak", [helper.make_tensor_value_info("a", a_type, [rows, inner])],
+                              [helper.make_tensor_value_info("c", c_type, [rows, columns])],
+                              initializer=[numpy_helper.from_array(weights, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def efficiency(operations: dict[str, int], *, seconds: float, peak: dict) -> dict:
+    """Achieved Gop/s and the fraction of the machine's peak an inference of `seconds` reaches."""
+    ideal_seconds = (operations["fp32"] / (peak["fp32_gops"] * 1e9)
+                     + operations["int8"] / (peak["int8_gops"] * 1e9))
+    total = operations["fp32"] + operations["int8"]
+    return {"operations": total, "fp32_operations": operations["fp32"],
+            "int8_operations": operations["int8"], "achieved_gops": total / seconds / 1e9,
+            "ideal_ms": ideal_seconds * 1000, "fraction_of_peak": ideal_seconds / seconds}

@@ -1,0 +1,177 @@
+"""Every model a bench compares, behind one small interface: logits over data, and a runner.
+
+Formats and the runtime each is measured with:
+
+    pytorch  the teacher and student folders, PyTorch fp32 (eager)
+    onnx     model.onnx through onnxruntime's CPU execution provider
+    ort      model.ort through onnxruntime with ONNX Runtime Mobile's session settings
+    pte      model.pte through the ExecuTorch runtime (XNNPACK), when executorch is installed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edgekd.data import Encoded, batches
+from edgekd.errors import UserError
+from edgekd.export.stage import MANIFEST, read_manifest
+from edgekd.models import model_inputs
+
+ACCURACY_BATCH_SIZE = 32
+
+
+@dataclass
+class Candidate:
+    """One model to measure: a row of the report."""
+
+    name: str  # row name: teacher, student, student/<target>
+    runtime: str  # what runs it, as the table shows it: "ort int8-dynamic" (ort = onnxruntime)
+    format: str  # pytorch | onnx | ort | pte
+    source: Path  # model folder (pytorch) or model file
+    model: object  # torch.nn.Module, onnxruntime.InferenceSession or an ExecuTorch method
+    input_names: list[str]  # the token inputs the model takes, in order
+    threads: int  # intra-op threads its latency is measured with
+    precision: str = "fp32"
+    target: str | None = None  # the export target (targets/<name>.yaml) it was built for
+    config_folder: Path | None = None  # folder with config.json (sequence limit, labels)
+    notes: list[str] = field(default_factory=list)
+
+
+def torch_candidate(name: str, model: torch.nn.Module, source: Path | str, *,
+                    threads: int) -> Candidate:
+    names = list(model_inputs(model, {n: None for n in
+                                      ("input_ids", "attention_mask", "token_type_ids")}))
+    return Candidate(name=name, runtime="pytorch fp32", format="pytorch", source=Path(source),
+                     model=model, input_names=names, threads=threads,
+                     config_folder=Path(source) if Path(source).is_dir() else None)
+
+
+def artifact_candidate(folder: Path, *, threads: int) -> Candidate:
+    """The artifact exported into `folder`; raises Unavailable when its runtime is missing."""
+    manifest = read_manifest(folder)
+    artifact_format = manifest.get("format", "onnx")
+    if artifact_format not in LOADERS:
+        raise UserError(f"{folder / MANIFEST}: format '{artifact_format}' is not one of "
+                        f"{', '.join(LOADERS)}; export the artifact again with this edgekd")
+    model_path = folder / manifest.get("model_file", "model.onnx")
+    if not model_path.is_file():
+        raise UserError(f"{folder}: model file {model_path.name} named in {MANIFEST} is missing; "
+                        "export the artifact again")
+    model, input_names, runtime = LOADERS[artifact_format](model_path, manifest, threads)
+    precision = manifest.get("precision", "fp32")
+    return Candidate(name=f"student/{manifest.get('target', folder.name)}",
+                     runtime=f"{runtime} {precision}", format=artifact_format,
+                     source=model_path, model=model, input_names=input_names, threads=threads,
+                     precision=precision, target=manifest.get("target"),
+                     config_folder=folder if (folder / "config.json").is_file() else None)
+
+
+class Unavailable(Exception):
+    """The runtime an artifact needs is not installed: the row is skipped with a note."""
+
+
+def _load_onnx(path: Path, manifest: dict, threads: int):
+    from edgekd.export.parity import onnx_session
+
+    session = onnx_session(path, threads=threads)
+    return session, [i.name for i in session.get_inputs()], "ort"
+
+
+def _load_ort(path: Path, manifest: dict, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # What ONNX Runtime Mobile does: read the flatbuffer format, run from its bytes
+    # without copying the weights, keep the optimisations recorded at conversion time.
+    options.add_session_config_entry("session.load_model_format", "ORT")
+    options.add_session_config_entry("session.use_ort_model_bytes_directly", "1")
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise UserError(f"onnxruntime cannot load {path} as an ORT-format model: "
+                        f"{str(error).splitlines()[0][:200]}; export it again") from error
+    return session, [i.name for i in session.get_inputs()], "ort-mobile"
+
+
+def _load_pte(path: Path, manifest: dict, threads: int):
+    try:
+        from executorch.runtime import Runtime
+    except ImportError as error:
+        raise Unavailable("the ExecuTorch runtime is not installed "
+                          "(pip install executorch); .pte artifacts were skipped") from error
+    try:
+        program = Runtime.get().load_program(path)
+        method = program.load_method("forward")
+    except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with C++ text
+        raise UserError(f"ExecuTorch cannot load {path}: {str(error).splitlines()[0][:200]}; "
+                        "export it again") from error
+    return method, list(manifest.get("inputs", {"input_ids": 0, "attention_mask": 0})), "executorch"
+
+
+LOADERS: dict[str, Callable] = {"onnx": _load_onnx, "ort": _load_ort, "pte": _load_pte}
+
+
+def feeds_of(candidate: Candidate, batch: dict) -> dict[str, np.ndarray]:
+    """The arrays a candidate takes from a batch, or a UserError naming what is missing."""
+    missing = [name for name in candidate.input_names if name not in batch]
+    if missing:
+        raise UserError(f"{candidate.name} needs inputs {missing} that the evaluation "
+                        "tokenizer does not produce; export the model with the teacher's "
+                        "tokenizer")
+    return {name: np.asarray(batch[name]) for name in candidate.input_names}
+
+
+def predict(candidate: Candidate, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """Logits for one batch of token arrays; (batch, num_labels)."""
+    if candidate.format == "pytorch":
+        with torch.inference_mode():
+            tensors = {name: torch.from_numpy(array) for name, array in feeds.items()}
+            return candidate.model(**tensors).logits.float().numpy()
+    if candidate.format == "pte":
+        outputs = candidate.model.execute([torch.from_numpy(feeds[n]) for n in candidate.input_names])
+        return np.asarray(outputs[0], dtype=np.float32)
+    try:
+        (logits,) = candidate.model.run(["logits"], feeds)
+    except Exception as error:  # onnxruntime: wrong dtype, ids beyond the vocabulary...
+        raise UserError(f"{candidate.name} cannot run on the evaluation data: "
+                        f"{str(error).splitlines()[0][:200]}; the artifact was exported for "
+                        "another tokenizer or vocabulary than the teacher's") from error
+    return logits.astype(np.float32)
+
+
+def logits_over(candidate: Candidate, encoded: Encoded, *, pad_token_id: int,
+                progress: Callable[[int], None]) -> np.ndarray:
+    """Logits over every row of `encoded`, in order; (rows, num_labels)."""
+    # ExecuTorch programs are usually exported for batch 1: feed them one row at a time.
+    batch_size = 1 if candidate.format == "pte" else ACCURACY_BATCH_SIZE
+    outputs = []
+    for batch in batches(encoded, batch_size=batch_size, pad_token_id=pad_token_id):
+        outputs.append(predict(candidate, feeds_of(candidate, {k: v.numpy() for k, v in batch.items()})))
+        progress(len(batch["index"]))
+    return np.concatenate(outputs)
+
+
+def runner(candidate: Candidate, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+    """A call that runs one forward pass on fixed inputs, for latency measurement."""
+    chosen = feeds_of(candidate, feeds)
+    if candidate.format == "pytorch":
+        tensors = {name: torch.from_numpy(array) for name, array in chosen.items()}
+        model = candidate.model
+
+        def run_torch():
+            with torch.inference_mode():
+                return model(**tensors).logits
+        return run_torch
+    if candidate.format == "pte":
+        inputs = [torch.from_numpy(chosen[n]) for n in candidate.input_names]
+        return lambda: candidate.model.execute(inputs)
+    session = candidate.model
+    return lambda: session.run(["logits"], chosen)
