@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 
 from edgekd.cli.app import app, user_errors
@@ -126,7 +125,7 @@ def run(*, teacher, data, out, recipe, student_layers, student_config, student, 
 
 # ---------------------------------------------------------------------------- recipes
 
-def recipe_values(path: Path, command: click.Command) -> dict:
+def recipe_values(path: Path, command) -> dict:
     """A recipe's values, keyed by parameter name and converted like the flags would be.
 
     Keys must be the command's option names exactly as typed on the command line
@@ -145,8 +144,9 @@ def recipe_values(path: Path, command: click.Command) -> dict:
         return {}
     if not isinstance(loaded, dict):
         raise UserError(f"recipe {path} must be a mapping of option: value, got {type(loaded).__name__}")
+    # typer ships its own copy of click, so options are recognised by shape, not class.
     options = {param.opts[0].lstrip("-"): param for param in command.params
-               if isinstance(param, click.Option) and param.name != "recipe"}
+               if param.param_type_name == "option" and param.name != "recipe"}
     values = {}
     for key, value in loaded.items():
         param = options.get(str(key))
@@ -155,29 +155,25 @@ def recipe_values(path: Path, command: click.Command) -> dict:
             raise UserError(f"recipe {path}: '{key}' is not a distill option"
                             f"{f'; did you mean {hint}?' if hint in options else ''} "
                             f"(see edgekd distill --help)")
-        values[param.name] = _convert(param, value, path, str(key))
+        values[param.name] = _convert(param, value, path, str(key), context=typer.Context(command))
     return values
 
 
-def _convert(param: click.Option, value, path: Path, key: str):
+def _convert(param, value, path: Path, key: str, *, context):
+    """The value as the flag's parser would have made it (paths become Path objects)."""
     if value is None:
         return None
     try:
-        converted = param.type_cast_value(click.Context(click.Command("recipe")), value)
-    except click.BadParameter as error:
-        raise UserError(f"recipe {path}: {key}: {error.message}") from error
-    if isinstance(param.type, click.Path) or key in ("data", "out", "validation-data", "cache-dir"):
-        return Path(converted)
-    return converted
+        return param.process_value(context, value)
+    except typer.BadParameter as error:
+        raise UserError(f"recipe {path}: {key}: {value!r}: {error.message}") from error
 
 
-def recipe_overrides(path: Path, ctx: click.Context) -> dict:
+def recipe_overrides(path: Path, ctx: typer.Context) -> dict:
     """Recipe values for the options not given on the command line (flags win)."""
-    from click.core import ParameterSource
-
     values = recipe_values(path, ctx.command)
     return {name: value for name, value in values.items()
-            if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+            if ctx.get_parameter_source(name).name in ("DEFAULT", "DEFAULT_MAP")}
 
 
 def label2id_of(model) -> dict[str, int]:
