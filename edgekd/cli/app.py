@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import sys
-from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable
 
 import typer
 
@@ -68,8 +66,23 @@ def user_errors(command: Callable) -> Callable:
                 raise
             typer.secho(f"error: {error}", fg="red", err=True)
             raise typer.Exit(error.exit_code) from None
+        except OSError as error:
+            if _state["debug"] or not _is_storage_error(error):
+                raise
+            where = f" {error.filename}" if getattr(error, "filename", None) else ""
+            typer.secho(f"error: cannot write{where}: {error.strerror or error}; free some space "
+                        "or choose a writable output folder (nothing half-written was kept)",
+                        fg="red", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.secho("interrupted; nothing half-written was kept", fg="yellow", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _is_storage_error(error: OSError) -> bool:
+    """Full disk, read-only file system, permission denied: the user can act on these."""
+    import errno
+
+    return error.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
