@@ -40,7 +40,8 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=parent))
+        sweep_stale(final)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=parent))
     except OSError as error:
         raise UserError(f"cannot write to {parent}: {error.strerror}; "
                         "choose a writable --out") from error
@@ -56,6 +57,34 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         staging.rename(final)
+
+
+def sweep_stale(final: Path) -> None:
+    """Clean up after a process that was killed inside `atomic_dir` for `final`.
+
+    Its staging folder (`.NAME.partial-PID-*`) is deleted; if it died between moving the
+    old `final` aside (`.NAME.old-PID`) and moving the new one in, the old one is put back.
+    Folders of processes that are still running are left alone.
+    """
+    for leftover in sorted(final.parent.glob(f".{final.name}.*-*")):
+        kind, _, rest = leftover.name[len(final.name) + 2:].partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not final.exists():
+            leftover.rename(final)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_text(path: Path, text: str) -> None:
