@@ -1,0 +1,93 @@
+"""The teacher cache: stored outputs equal the teacher's, reused when nothing changed,
+rebuilt when weights, data or tokenisation change."""
+
+import json
+
+import numpy as np
+import torch
+
+from conftest import make_classifier, make_rows, make_tokenizer
+from edgekd.data import TextDataset, batches, encode
+from edgekd.distill.cache import TeacherCache, open_or_build
+from edgekd.distill.distributed import Ranks
+from edgekd.distill.objective import Needs, forward_outputs
+
+NEEDS = Needs(hidden_layers=(0, 2), attention_layers=(1,), qkv_layer=2)
+
+
+def _encoded(rows=20, max_length=24, seed=4):
+    texts = [r["text"] for r in make_rows(rows, seed=seed)]
+    dataset = TextDataset(texts=texts, labels=[None] * rows, label_names=["a", "b", "c"])
+    return encode(dataset, make_tokenizer(), max_length=max_length)
+
+
+def _build(teacher, encoded, root, needs=NEEDS):
+    return open_or_build(teacher, encoded, needs, root=root, device=torch.device("cpu"), pad_token_id=0,
+                         ranks=Ranks(), batch_size=8, show_progress=False)
+
+
+def _count_forwards(model):
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_cached_outputs_equal_the_teachers_in_fp16(tmp_path):
+    teacher = make_classifier("bert", layers=3)
+    encoded = _encoded()
+    cache = _build(teacher, encoded, tmp_path)
+    batch = next(batches(encoded, batch_size=7, pad_token_id=0, shuffle=True, seed=1))
+    with torch.no_grad():
+        expected = forward_outputs(teacher, batch, NEEDS)
+    got = cache.gather(batch["index"].tolist(), width=batch["input_ids"].shape[1], device=torch.device("cpu"))
+    mask = batch["attention_mask"].bool()
+    close = dict(rtol=2e-3, atol=2e-3)  # fp16 storage
+    torch.testing.assert_close(got["logits"], expected["logits"], **close)
+    for layer in (0, 2):
+        torch.testing.assert_close(got["hidden"][layer][mask], expected["hidden"][layer][mask], **close)
+    pair_mask = mask[:, None, :, None] & mask[:, None, None, :]
+    torch.testing.assert_close(got["attention"][1].masked_fill(~pair_mask, 0),
+                               expected["attention"][1].masked_fill(~pair_mask, 0), **close)
+    for stored, reference in zip(got["qkv"], expected["qkv"]):
+        torch.testing.assert_close(stored[mask], reference[mask], **close)
+    arrays = list(cache.folder.rglob("*.npy"))
+    assert {np.load(a, mmap_mode="r").dtype for a in arrays if "offsets" not in a.name} == {np.dtype("float16")}
+
+
+def test_cache_is_reused_and_rebuilt_when_anything_it_depends_on_changes(tmp_path):
+    teacher = make_classifier("bert", layers=3)
+    encoded = _encoded()
+    first = _build(teacher, encoded, tmp_path)
+    calls = _count_forwards(teacher)
+    assert _build(teacher, encoded, tmp_path).folder == first.folder and not calls  # reused, teacher idle
+    folders = {first.folder}
+    with torch.no_grad():
+        changed = make_classifier("bert", layers=3)
+        changed.classifier.bias += 0.01  # weights changed
+    folders.add(_build(changed, encoded, tmp_path).folder)
+    folders.add(_build(teacher, _encoded(seed=5), tmp_path).folder)  # data changed
+    folders.add(_build(teacher, _encoded(max_length=12), tmp_path).folder)  # tokenisation changed
+    folders.add(_build(teacher, encoded, tmp_path, needs=Needs()).folder)  # stored outputs changed
+    assert len(folders) == 5 and calls  # every change rebuilt with the teacher
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_cache_of_two_parts_reads_like_one(tmp_path):
+    # What two torchrun ranks write (rows 0, 2, 4, ... and 1, 3, 5, ...) reads back in row order.
+    from edgekd.distill.cache import _build_part, _finish
+
+    teacher = make_classifier("bert", layers=3)
+    encoded = _encoded(rows=11)
+    staging = tmp_path / ".staging"
+    for part in (0, 1):
+        _build_part(teacher, encoded, NEEDS, folder=staging / f"part-{part}", part=part, parts=2,
+                    device=torch.device("cpu"), pad_token_id=0, batch_size=4, description="", show_progress=False)
+    _finish(staging, tmp_path / "two", rows=11, parts=2, needs=NEEDS, heads={"1": 4})
+    one = _build(teacher, encoded, tmp_path / "one")
+    two = TeacherCache(tmp_path / "two")
+    rows = list(range(11))
+    width = max(len(ids) for ids in encoded.input_ids)
+    cpu = torch.device("cpu")
+    a, b = one.gather(rows, width=width, device=cpu), two.gather(rows, width=width, device=cpu)
+    assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["attention"][1], b["attention"][1])
+    assert json.loads((tmp_path / "two" / "meta.json").read_text())["parts"] == 2
