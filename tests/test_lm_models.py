@@ -1,0 +1,78 @@
+"""Loading causal LMs and making students: layer selection, shrunk config, given; vocab checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgekd.errors import UserError
+from edgekd.lm.models import load_causal_lm, make_lm_student, shared_vocabulary
+from lm_tiny import make_llama, make_lm_tokenizer, save_llama
+
+
+@pytest.fixture
+def teacher_folder(tmp_path):
+    return save_llama(tmp_path / "teacher", layers=4)
+
+
+def test_layer_selection_student_matches_teacher_layers(teacher_folder):
+    teacher, tokenizer = load_causal_lm(teacher_folder)
+    student, _ = make_lm_student(teacher, tokenizer, layers="0,3")
+    assert student.config.num_hidden_layers == 2
+    ids = torch.tensor([[2, 10, 11, 12, 13]])
+    # the KV cache is indexed by the renumbered layer_idx: cached decoding equals a full pass
+    full = student(ids).logits[:, -1]
+    prefix = student(ids[:, :-1], use_cache=True)
+    step = student(ids[:, -1:], past_key_values=prefix.past_key_values).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
+    layers = student.model.layers
+    torch.testing.assert_close(layers[1].mlp.up_proj.weight, teacher.model.layers[3].mlp.up_proj.weight)
+
+
+def test_shrunk_student_keeps_embeddings(teacher_folder):
+    teacher, tokenizer = load_causal_lm(teacher_folder)
+    student, _ = make_lm_student(teacher, tokenizer, config_spec="layers=2,intermediate=16")
+    assert student.config.num_hidden_layers == 2 and student.config.intermediate_size == 16
+    torch.testing.assert_close(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+
+
+def test_given_student_with_padded_vocabulary_shares_rows(teacher_folder, tmp_path):
+    teacher, tokenizer = load_causal_lm(teacher_folder)
+    given = save_llama(tmp_path / "student", layers=1, vocab_size=64)
+    student, student_tokenizer = make_lm_student(teacher, tokenizer, model=str(given))
+    assert shared_vocabulary(teacher, tokenizer, student, student_tokenizer) == 52
+
+
+def test_different_tokenizers_are_refused(teacher_folder, tmp_path):
+    teacher, tokenizer = load_causal_lm(teacher_folder)
+    other = tmp_path / "other"
+    make_llama(layers=1, vocab_size=53).save_pretrained(other)
+    make_lm_tokenizer(extra_words=("zebra",)).save_pretrained(other)
+    with pytest.raises(UserError, match="tokenizers differ"):
+        make_lm_student(teacher, tokenizer, model=str(other))
+
+
+def test_a_classifier_is_not_a_causal_lm(teacher_dir):
+    with pytest.raises(UserError, match="not a causal language model"):
+        load_causal_lm(teacher_dir)
+
+
+def test_corrupt_gguf_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    broken = tmp_path / "model.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(UserError, match="corrupt") as caught:
+        load_causal_lm(broken)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "cache" / "gguf").exists() or not any((tmp_path / "cache" / "gguf").iterdir())
+
+
+def test_missing_gguf(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_causal_lm(tmp_path / "absent.gguf")
+
+
+def test_student_made_exactly_one_way(teacher_folder):
+    teacher, tokenizer = load_causal_lm(teacher_folder)
+    with pytest.raises(UserError, match="exactly one way"):
+        make_lm_student(teacher, tokenizer, layers="2", config_spec="layers=1")
