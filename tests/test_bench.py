@@ -3,6 +3,7 @@
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -124,12 +125,9 @@ def test_ort_format_runs_with_mobile_settings(teacher_dir, exported, teacher, da
     assert rows["student/ort-mobile"]["quality"] == pytest.approx(rows["student/onnx-int8"]["quality"], abs=1e-4)
 
 
-def test_pte_is_skipped_with_a_note_without_executorch(teacher_dir, exported, teacher, data, tmp_path):
-    try:
-        import executorch.runtime  # noqa: F401
-        pytest.skip("executorch is installed: .pte files run instead of being skipped")
-    except ImportError:
-        pass
+def test_pte_is_skipped_with_a_note_without_executorch(teacher_dir, exported, teacher, data, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # import fails as if not installed
     folder = tmp_path / "artifacts" / "executorch"
     folder.mkdir(parents=True)
     (folder / "model.pte").write_bytes(b"\0" * 16)
@@ -194,3 +192,17 @@ def test_bench_rejects_a_model_whose_inputs_do_not_match_the_data(teacher_dir, t
     with pytest.raises(UserError, match=r"student/vision needs inputs \['pixel_values'\]"):
         bench(teacher=teacher_dir, student=None, artifacts=tmp_path / "artifacts", data=data,
               teacher_model=teacher, show_progress=False, measure_memory=False)
+
+
+def test_artifacts_of_the_teacher_are_the_baseline_rows(teacher_dir, student_dir, exported, teacher,
+                                                        data, tmp_path):
+    baseline = tmp_path / "teacher-export"
+    export(teacher_dir, targets=[load_target("onnx-fp32")], out=baseline)
+    report = bench(teacher=teacher_dir, student=student_dir, artifacts=[baseline, exported], data=data,
+                   teacher_model=teacher, measure_roofline=False, **FAST)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["teacher", "student", "teacher/onnx-fp32", "student/onnx-fp32",
+                          "student/onnx-int8"]
+    assert rows["teacher/onnx-fp32"]["reference"] == "teacher"
+    assert rows["teacher/onnx-fp32"]["quality"]["agreement"] == 1.0  # the teacher, exported
+    assert rows["student/onnx-int8"]["reference"] == "student"

@@ -138,6 +138,7 @@ def _onnxruntime(spec: dict, feeds: dict):
         options = ort.SessionOptions()
         options.intra_op_num_threads = spec["threads"]
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if spec["format"] == "ort":
             options.add_session_config_entry("session.load_model_format", "ORT")
             options.add_session_config_entry("session.use_ort_model_bytes_directly", "1")
@@ -151,6 +152,12 @@ def _executorch(spec: dict, feeds: dict):
     from executorch.runtime import Runtime
 
     runtime = Runtime.get()
+    try:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(spec["threads"])
+    except (ImportError, AttributeError):
+        pass  # older releases: the pool keeps its default size
 
     def load():
         method = runtime.load_program(Path(spec["source"])).load_method("forward")

@@ -39,6 +39,7 @@ class Candidate:
     precision: str = "fp32"
     target: str | None = None  # the export target (targets/<name>.yaml) it was built for
     config_folder: Path | None = None  # folder with config.json (sequence limit, labels)
+    origin: str = "student"  # the model an artifact was exported from: teacher or student
     notes: list[str] = field(default_factory=list)
 
 
@@ -47,12 +48,16 @@ def torch_candidate(name: str, model: torch.nn.Module, source: Path | str, *,
     names = list(model_inputs(model, {n: None for n in
                                       ("input_ids", "attention_mask", "token_type_ids")}))
     return Candidate(name=name, runtime="pytorch fp32", format="pytorch", source=Path(source),
-                     model=model, input_names=names, threads=threads,
+                     model=model, input_names=names, threads=threads, origin=name,
                      config_folder=Path(source) if Path(source).is_dir() else None)
 
 
-def artifact_candidate(folder: Path, *, threads: int) -> Candidate:
-    """The artifact exported into `folder`; raises Unavailable when its runtime is missing."""
+def artifact_candidate(folder: Path, *, threads: int, teacher_folder: Path | None = None) -> Candidate:
+    """The artifact exported into `folder`; raises Unavailable when its runtime is missing.
+
+    Its row is named `<origin>/<target>`: `teacher/onnx-int8` when it was exported from
+    `teacher_folder` (the no-distillation baseline), else `student/onnx-int8`.
+    """
     manifest = read_manifest(folder)
     artifact_format = manifest.get("format", "onnx")
     if artifact_format not in LOADERS:
@@ -64,7 +69,11 @@ def artifact_candidate(folder: Path, *, threads: int) -> Candidate:
                         "export the artifact again")
     model, input_names, runtime = LOADERS[artifact_format](model_path, manifest, threads)
     precision = manifest.get("precision", "fp32")
-    return Candidate(name=f"student/{manifest.get('target', folder.name)}",
+    source = manifest.get("source_student")
+    from_teacher = (teacher_folder is not None and source is not None
+                    and Path(source).resolve() == Path(teacher_folder).resolve())
+    origin = "teacher" if from_teacher else "student"
+    return Candidate(name=f"{origin}/{manifest.get('target', folder.name)}", origin=origin,
                      runtime=f"{runtime} {precision}", format=artifact_format,
                      source=model_path, model=model, input_names=input_names, threads=threads,
                      precision=precision, target=manifest.get("target"),
@@ -76,29 +85,35 @@ class Unavailable(Exception):
 
 
 def _load_onnx(path: Path, manifest: dict, threads: int):
-    from edgekd.export.parity import onnx_session
-
-    session = onnx_session(path, threads=threads)
+    session = _session(path, threads=threads, mobile=False)
     return session, [i.name for i in session.get_inputs()], "ort"
 
 
 def _load_ort(path: Path, manifest: dict, threads: int):
+    session = _session(path, threads=threads, mobile=True)
+    return session, [i.name for i in session.get_inputs()], "ort-mobile"
+
+
+def _session(path: Path, *, threads: int, mobile: bool):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # What ONNX Runtime Mobile does: read the flatbuffer format, run from its bytes
-    # without copying the weights, keep the optimisations recorded at conversion time.
-    options.add_session_config_entry("session.load_model_format", "ORT")
-    options.add_session_config_entry("session.use_ort_model_bytes_directly", "1")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Models are timed interleaved on the same cores: a thread pool that keeps spinning
+    # after its call would steal the cores of whichever model runs next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if mobile:
+        # What ONNX Runtime Mobile does: read the flatbuffer format and run from its
+        # bytes without copying the weights, with the optimisations baked in at conversion.
+        options.add_session_config_entry("session.load_model_format", "ORT")
+        options.add_session_config_entry("session.use_ort_model_bytes_directly", "1")
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise UserError(f"onnxruntime cannot load {path} as an ORT-format model: "
-                        f"{str(error).splitlines()[0][:200]}; export it again") from error
-    return session, [i.name for i in session.get_inputs()], "ort-mobile"
+        raise UserError(f"onnxruntime cannot load {path}: {str(error).splitlines()[0][:200]}; "
+                        "the file is corrupt or truncated, export it again") from error
 
 
 def _load_pte(path: Path, manifest: dict, threads: int):
@@ -107,6 +122,13 @@ def _load_pte(path: Path, manifest: dict, threads: int):
     except ImportError as error:
         raise Unavailable("the ExecuTorch runtime is not installed "
                           "(pip install executorch); .pte artifacts were skipped") from error
+    try:
+        from executorch.extension.pybindings import portable_lib
+
+        # One process-wide pool: the last .pte loaded sets its size.
+        portable_lib._unsafe_reset_threadpool(threads)
+    except (ImportError, AttributeError):
+        pass  # older releases: the pool keeps its default size (all cores)
     try:
         program = Runtime.get().load_program(path)
         method = program.load_method("forward")

@@ -69,7 +69,7 @@ class BenchSettings:
         return max(5, self.repeats // 5)  # each call is ~batch times longer than at batch 1
 
 
-def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | None,
+def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequence[Path] | None,
           data: TextDataset, max_length: int = 128, sequence_length: int = 128,
           threads: int | None = None, repeats: int = 50, show_progress: bool = True,
           teacher_model=None, sequence_lengths: Sequence[int] | None = None,
@@ -78,6 +78,9 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | None,
           cache_folder: Path | None = None) -> dict:
     """Measure every model on `data`; returns the report (docs/report-schema.md).
 
+    `artifacts` is the --out folder of edgekd export (or one artifact folder), or a list of
+    them: artifacts exported from the teacher itself are named teacher/<target>, the
+    baseline a user would ship without distillation.
     `teacher_model` is an already loaded (model, tokenizer) pair of `teacher`. Gate results
     are recorded in the report; the caller decides whether a failure stops it
     (gates.raise_for_failed_gates).
@@ -108,18 +111,26 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | None,
 
 # ---------------------------------------------------------------------------- what to measure
 
-def _candidates(teacher, teacher_model, student: Path | None, artifacts: Path | None,
+def _candidates(teacher, teacher_model, student: Path | None, artifacts,
                 threads: int | None) -> tuple[list[Candidate], list[dict]]:
     """Teacher, student and artifacts to measure, and the artifacts skipped (with why)."""
+    given = [] if artifacts is None else [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
+    teacher_folder = Path(teacher) if Path(teacher).is_dir() else None
     loaded, skipped = [], []
-    for folder in _artifact_folders(artifacts):
+    for folder in [folder for place in given for folder in _artifact_folders(place)]:
         try:
-            loaded.append(artifact_candidate(folder, threads=threads or _target_threads(folder)))
+            loaded.append(artifact_candidate(folder, threads=threads or _target_threads(folder),
+                                             teacher_folder=teacher_folder))
         except Unavailable as reason:
             skipped.append({"artifact": str(folder), "reason": str(reason)})
-    if artifacts is not None and not loaded:
-        raise UserError(f"nothing in {artifacts} can be benchmarked here: "
+    if given and not loaded:
+        raise UserError(f"nothing in {', '.join(map(str, given))} can be benchmarked here: "
                         f"{skipped[0]['reason']}")
+    names = [c.name for c in loaded]
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise UserError(f"two artifacts would both be reported as {duplicate}; "
+                        "bench artifacts of different targets or different models")
     # PyTorch runs at the artifacts' thread count, so the speedup compares like with like.
     torch_threads = threads or max([c.threads for c in loaded], default=1)
     candidates = [torch_candidate("teacher", teacher_model, teacher, threads=torch_threads)]
@@ -129,9 +140,7 @@ def _candidates(teacher, teacher_model, student: Path | None, artifacts: Path | 
     return candidates + loaded, skipped
 
 
-def _artifact_folders(artifacts: Path | None) -> list[Path]:
-    if artifacts is None:
-        return []
+def _artifact_folders(artifacts: Path) -> list[Path]:
     artifacts = Path(artifacts)
     if not artifacts.is_dir():
         raise UserError(f"artifacts folder {artifacts} does not exist; run edgekd export first")
@@ -320,7 +329,9 @@ def _rows(candidates: list[Candidate], measurement: dict, data: TextDataset) -> 
         if name == "teacher":
             row_quality.update(agreement=1.0, kl_to_teacher=0.0)
         seconds = measurement["latency"][headline][name]
-        reference = ("teacher" if candidate.format == "pytorch" or not has_student else "student")
+        # What this row was made from: artifacts from their PyTorch model, the student from the teacher.
+        made_from_student = candidate.format != "pytorch" and candidate.origin == "student" and has_student
+        reference = "student" if made_from_student else "teacher"
         rows.append({
             "name": name, "runtime": candidate.runtime, "format": candidate.format,
             "precision": candidate.precision, "target": candidate.target,

@@ -17,7 +17,9 @@ def bench(
     teacher: str = typer.Option(..., help="Teacher folder or hub id (the reference)."),
     data: Path = typer.Option(..., help="Labelled evaluation data (.csv, .tsv, .jsonl, .parquet)."),
     student: Optional[Path] = typer.Option(None, help="Student folder (PyTorch) to include."),
-    artifacts: Optional[Path] = typer.Option(None, help="Output folder of edgekd export."),
+    artifacts: Optional[List[Path]] = typer.Option(
+        None, help="Output folder of edgekd export; repeatable (artifacts exported from the "
+                   "teacher itself are reported as teacher/<target>, the no-distillation baseline)."),
     out: Optional[Path] = typer.Option(
         None, help="Where report.json, .md and .png go (default: --artifacts, else runs/bench)."),
     text_column: str = typer.Option("text", help="Column with the input text."),
@@ -60,12 +62,12 @@ def bench(
     teacher_model, tokenizer = load_classifier(teacher, role="teacher")
     columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
     dataset = load_file(data, columns=columns, label2id=label2id_of(teacher_model))
-    report = run_bench(teacher=teacher, student=student, artifacts=artifacts, data=dataset,
+    report = run_bench(teacher=teacher, student=student, artifacts=artifacts or None, data=dataset,
                        max_length=max_length, sequence_lengths=sequence_length, threads=threads,
                        repeats=repeats, throughput_batch_size=throughput_batch,
                        measure_memory=memory, measure_roofline=roofline, gates=gates,
                        show_progress=not quiet, teacher_model=(teacher_model, tokenizer))
-    folder = Path(out or (artifacts if artifacts is not None else "runs/bench"))
+    folder = Path(out or (artifacts[0] if artifacts else "runs/bench"))
     write_report(report, folder, plot=plot)
     print_table(report)
     typer.echo(f"report written to {folder}/report.json, report.md"
