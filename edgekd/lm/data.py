@@ -1,0 +1,79 @@
+"""Text for language modelling: tokenise, mark which tokens are learnt, batch.
+
+Each text becomes one example, truncated to `max_length` tokens. An optional prompt is
+prepended and masked out of the loss (labels -100), as is padding; examples are padded on
+the right to the longest in their batch.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from edgekd.errors import UserError
+
+
+@dataclass(frozen=True)
+class LMExamples:
+    """Token ids per example and, per token, whether it is learnt (not prompt)."""
+
+    input_ids: list[list[int]]
+    learnt: list[list[bool]]
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def predicted_tokens(self) -> int:
+        """Next-token predictions that count: learnt tokens after the first position."""
+        return sum(sum(flags[1:]) for flags in self.learnt)
+
+
+def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
+                 prompts: Sequence[str] | None = None) -> LMExamples:
+    """Tokenise; texts shorter than two tokens are dropped (nothing to predict)."""
+    if prompts is not None and len(prompts) != len(texts):
+        raise UserError(f"{len(prompts)} prompts for {len(texts)} texts; give one prompt per text")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise UserError("the tokenizer has neither a pad nor an end-of-text token; add one")
+    ids, learnt = [], []
+    for index, text in enumerate(texts):
+        prompt_ids = tokenizer(prompts[index], add_special_tokens=False)["input_ids"] if prompts else []
+        text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        tokens = (prompt_ids + text_ids)[:max_length]
+        if len(tokens) < 2:
+            continue
+        ids.append(tokens)
+        learnt.append([position >= len(prompt_ids) for position in range(len(tokens))])
+    if not ids:
+        raise UserError("no text has two or more tokens; give longer training texts")
+    return LMExamples(input_ids=ids, learnt=learnt, pad_token_id=int(pad))
+
+
+def collate(examples: LMExamples, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask and labels (-100 on prompt and padding), right-padded."""
+    width = max(len(examples.input_ids[i]) for i in indices)
+    input_ids = torch.full((len(indices), width), examples.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+    labels = torch.full((len(indices), width), -100, dtype=torch.long)
+    for row, index in enumerate(indices):
+        tokens = torch.tensor(examples.input_ids[index])
+        input_ids[row, :len(tokens)] = tokens
+        attention_mask[row, :len(tokens)] = 1
+        labels[row, :len(tokens)] = torch.where(torch.tensor(examples.learnt[index]), tokens, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "index": torch.tensor(list(indices))}
+
+
+def batches(examples: LMExamples, *, batch_size: int, shuffle: bool, seed: int = 0
+            ) -> Iterator[dict[str, torch.Tensor]]:
+    order = list(range(len(examples)))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    for start in range(0, len(order), batch_size):
+        yield collate(examples, order[start:start + batch_size])
