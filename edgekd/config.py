@@ -41,7 +41,7 @@ class DistillConfig:
     layer_map: str = ""  # student:teacher layer pairs like "0:1,1:5"; "" = the layers a student was cut from, else uniform
     gradient_accumulation: int = 1  # each step's batch runs as this many micro-batches (same maths, less memory)
     max_steps: int = 0  # stop after this many optimiser steps (0 = --epochs decides)
-    checkpoint_every: int = 200  # optimiser steps between checkpoints (0 = only at the end of each epoch)
+    checkpoint_every: int = 200  # optimiser steps between checkpoints, also written at epoch ends (0 = none)
     teacher_cache: bool = True  # compute teacher outputs once, store them on disk (fp16), reuse them
     compile: bool = False  # torch.compile the student (worth it on GPUs for long runs)
 

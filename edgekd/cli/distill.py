@@ -63,7 +63,7 @@ def distill(
     cache_dir: Optional[Path] = typer.Option(
         None, help="Where teacher caches live (default $EDGEKD_CACHE/teacher-outputs)."),
     checkpoint_every: int = typer.Option(
-        200, help="Steps between checkpoints in OUT.checkpoints/ (0: only at epoch ends)."),
+        200, help="Steps between checkpoints in OUT.checkpoints/, also at epoch ends (0: no checkpoints)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint of an interrupted run."),
     overwrite: bool = typer.Option(False, help="Replace --out (and its checkpoints) if they exist."),
     quiet: bool = typer.Option(False, help="No progress bars."),

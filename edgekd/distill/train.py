@@ -401,7 +401,8 @@ class _Loop:
                 {k: v.detach().cpu() for k, v in self.trainee.student.state_dict().items()})
         progress.epoch += 1
         progress.batches_done = 0
-        self._save(progress)
+        if self.config.checkpoint_every:
+            self._save(progress)
 
     def _evaluate(self) -> dict:
         if self.validation is None:
