@@ -1,0 +1,113 @@
+"""Run an exported causal LM (edgekd.lm.export) step by step in ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import UserError
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    new_tokens: list[int]
+    prefill_seconds: float
+    decode_seconds: float  # all steps after the first token
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        steps = len(self.new_tokens) - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
+
+
+class OnnxDecoder:
+    """An exported artifact folder (edgekd.json + model.onnx/.ort) as a greedy generator."""
+
+    def __init__(self, folder: Path, *, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        manifest_path = folder / "edgekd.json"
+        if not manifest_path.is_file():
+            raise UserError(f"{folder} is not an exported causal LM (no edgekd.json); "
+                            "run edgekd lm-export first")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("task") != "causal-lm":
+            raise UserError(f"{folder} holds a {self.manifest.get('task', 'classifier')} artifact, "
+                            "not a causal LM; pass a folder written by edgekd lm-export")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(folder / self.manifest["model_file"]), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own types for bad files
+            raise UserError(f"cannot open {folder / self.manifest['model_file']}: "
+                            f"{str(error).splitlines()[0][:200]}; export it again") from error
+        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_")]
+        shape = self.session.get_inputs()[2].shape  # (batch, kv_heads, past, head_dim)
+        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.max_length = int(self.manifest["max_length"])
+        self.folder = folder
+
+    def check_length(self, prompt_tokens: int, new_tokens: int) -> None:
+        if prompt_tokens + new_tokens > self.max_length:
+            raise UserError(f"the prompt has {prompt_tokens} tokens and {new_tokens} new tokens were "
+                            f"asked for, but the model was exported for at most {self.max_length}; "
+                            "shorten the prompt, ask for fewer tokens or export with a larger --max-length")
+        if prompt_tokens == 0:
+            raise UserError("the prompt is empty; give at least one word")
+
+    def prefill(self, prompt_ids: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits of the last prompt position and the cache after the prompt."""
+        feed = {"input_ids": np.asarray([prompt_ids], dtype=np.int64),
+                "attention_mask": np.ones((1, len(prompt_ids)), dtype=np.int64)}
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        feed.update({name: empty for name in self.past_names})
+        logits, *presents = self.session.run(None, feed)
+        return logits[0, -1], presents
+
+    def step(self, token: int, presents: list[np.ndarray], length: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One new token on top of a cache of `length - 1` positions."""
+        feed = {"input_ids": np.asarray([[token]], dtype=np.int64),
+                "attention_mask": np.ones((1, length), dtype=np.int64)}
+        feed.update(zip(self.past_names, presents))
+        logits, *presents = self.session.run(None, feed)
+        return logits[0, -1], presents
+
+    def greedy(self, prompt_ids: list[int], *, new_tokens: int, stop_at_eos: bool = True) -> list[int]:
+        return self.generate_ids(prompt_ids, new_tokens=new_tokens, stop_at_eos=stop_at_eos)[0]
+
+    def generate_ids(self, prompt_ids: list[int], *, new_tokens: int, stop_at_eos: bool = True
+                     ) -> tuple[list[int], float, float]:
+        """Greedy tokens, prefill seconds (to the first token), decode seconds (the rest)."""
+        self.check_length(len(prompt_ids), new_tokens)
+        eos = self.manifest.get("eos_token_id")
+        started = time.perf_counter()
+        logits, presents = self.prefill(list(prompt_ids))
+        produced = [int(logits.argmax())]
+        prefill_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        while len(produced) < new_tokens and not (stop_at_eos and produced[-1] == eos):
+            logits, presents = self.step(produced[-1], presents, len(prompt_ids) + len(produced))
+            produced.append(int(logits.argmax()))
+        return produced, prefill_seconds, time.perf_counter() - started
+
+
+def generate(artifact: Path, prompt: str, *, new_tokens: int = 32, threads: int = 1) -> Generation:
+    """Greedy continuation of `prompt` by the exported model in `artifact`."""
+    from transformers import AutoTokenizer
+
+    decoder = OnnxDecoder(artifact, threads=threads)
+    tokenizer = AutoTokenizer.from_pretrained(str(artifact))
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    produced, prefill_seconds, decode_seconds = decoder.generate_ids(prompt_ids, new_tokens=new_tokens)
+    text = tokenizer.decode(produced, skip_special_tokens=True)
+    return Generation(text=text, prompt_tokens=len(prompt_ids), new_tokens=produced,
+                      prefill_seconds=prefill_seconds, decode_seconds=decode_seconds)
