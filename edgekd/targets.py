@@ -1,4 +1,10 @@
-"""Device targets are data: `targets/<name>.yaml` says what to build and how to judge it."""
+"""Device targets are data: `targets/<name>.yaml` says what to build and how to judge it.
+
+A target file names a format, a precision, quantisation options, the opset, the graph
+optimisation level, runtime settings and budgets. A device profile (`laptop-x86`,
+`phone-arm64`, ...) is a target file that starts from another with `base:` and
+overrides what differs, section by section, so a new device needs a YAML file, no code.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,18 @@ from edgekd.errors import UserError
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 FORMATS = ("onnx", "ort", "pte")
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
+INTEGER_TYPES = ("int8", "uint8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+EXPORTERS = ("torchscript", "dynamo", "optimum")
+EXECUTION_PROVIDERS = ("cpu", "xnnpack", "nnapi", "coreml")
+EXECUTORCH_BACKENDS = ("xnnpack", "portable")
+
+
+def _require(condition: bool, message: str) -> None:
+    """Range checks of the dataclasses below; the loader adds the file name."""
+    if not condition:
+        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -19,33 +37,91 @@ class Quantization:
     """How int8 models are made (onnxruntime.quantization)."""
 
     weight_type: str = "int8"  # int8 or uint8
+    activation_type: str = "uint8"  # static int8 only; dynamic int8 always scales to uint8
     per_channel: bool = False  # one scale per output channel instead of per tensor
     reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI that saturate
     op_types: tuple[str, ...] = ("MatMul", "Gemm")  # operator types to quantise
+    calibration_method: str = "minmax"  # static int8: minmax, entropy or percentile
+    calibration_samples: int = 128  # static int8: training rows run to collect ranges
+    percentile: float = 99.999  # percentile calibration: share of values kept in range
+    nodes_kept_float: tuple[str, ...] = ()  # node names never quantised
+    accuracy_aware: bool = True  # keep the most sensitive nodes float until the budget holds
+    max_nodes_kept_float: int = 12  # give up (and fail) after keeping this many in float
+
+    def __post_init__(self) -> None:
+        _require(self.weight_type in INTEGER_TYPES, f"weight_type must be one of {INTEGER_TYPES}")
+        _require(self.activation_type in INTEGER_TYPES,
+                 f"activation_type must be one of {INTEGER_TYPES}")
+        _require(self.calibration_method in CALIBRATION_METHODS,
+                 f"calibration_method must be one of {CALIBRATION_METHODS}")
+        _require(1 <= self.calibration_samples <= 100_000, "calibration_samples must be 1 to 100000")
+        _require(90.0 <= self.percentile < 100.0, "percentile must be in [90, 100)")
+        _require(len(self.op_types) > 0, "op_types must name at least one operator type")
+        _require(0 <= self.max_nodes_kept_float <= 1000, "max_nodes_kept_float must be 0 to 1000")
 
 
 @dataclass(frozen=True)
 class Runtime:
+    """How the artifact is meant to run on the device."""
+
     threads: int = 1  # intra-op threads when benchmarking (1 = one phone core)
+    execution_provider: str = "cpu"  # onnxruntime provider the device uses (ort format)
+    executorch_backend: str = "xnnpack"  # ExecuTorch backend the .pte is delegated to
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.threads <= 256, "threads must be 1 to 256")
+        _require(self.execution_provider in EXECUTION_PROVIDERS,
+                 f"execution_provider must be one of {EXECUTION_PROVIDERS}")
+        _require(self.executorch_backend in EXECUTORCH_BACKENDS,
+                 f"executorch_backend must be one of {EXECUTORCH_BACKENDS}")
 
 
 @dataclass(frozen=True)
 class Budgets:
-    max_accuracy_drop: float | None = None  # points of accuracy lost vs the fp32 student
-    max_latency_ms: float | None = None  # p50 at batch 1
-    max_size_mb: float | None = None  # model file size
+    """Limits an artifact must keep; a broken budget is an error, not a warning."""
+
+    max_accuracy_drop: float = 1.0  # points of accuracy lost vs the fp32 student
+    max_latency_ms: float | None = None  # p50 at batch 1 (checked by edgekd bench)
+    max_size_mb: float | None = None  # model file size, checked at export
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.max_accuracy_drop <= 100.0, "max_accuracy_drop must be 0 to 100")
+        _require(self.max_latency_ms is None or self.max_latency_ms > 0,
+                 "max_latency_ms must be positive")
+        _require(self.max_size_mb is None or self.max_size_mb > 0, "max_size_mb must be positive")
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
-    description: str
-    format: str
-    precision: str
-    opset: int = 17
+    description: str  # one line, shown by `edgekd targets`
+    format: str  # onnx, ort or pte
+    precision: str  # fp32, fp16, int8-dynamic or int8-static
+    opset: int = 17  # ONNX opset of the exported graph
+    exporter: str = "torchscript"  # torchscript keeps ONNX Runtime's fusions; dynamo; optimum
+    graph_optimization_level: str = "all"  # onnxruntime level for sessions and .ort conversion
     quantization: Quantization = field(default_factory=Quantization)
     runtime: Runtime = field(default_factory=Runtime)
     budgets: Budgets = field(default_factory=Budgets)
+
+    def __post_init__(self) -> None:
+        _require(self.format in FORMATS, f"format '{self.format}' is not one of {FORMATS}")
+        _require(self.precision in PRECISIONS,
+                 f"precision '{self.precision}' is not one of {PRECISIONS}")
+        _require(14 <= self.opset <= 21, "opset must be 14 to 21")
+        _require(self.exporter in EXPORTERS, f"exporter must be one of {EXPORTERS}")
+        _require(self.graph_optimization_level in OPTIMIZATION_LEVELS,
+                 f"graph_optimization_level must be one of {OPTIMIZATION_LEVELS}")
+        _require(self.format != "pte" or self.precision == "fp32",
+                 "format pte supports precision fp32 (XNNPACK runs it in fp32 kernels)")
+
+    @property
+    def is_int8(self) -> bool:
+        return self.precision.startswith("int8")
+
+
+SECTIONS = {"quantization": Quantization, "runtime": Runtime, "budgets": Budgets}
+TOP_LEVEL_KEYS = {f.name for f in fields(Target)} - {"name"}
 
 
 def known_targets() -> list[str]:
@@ -54,49 +130,80 @@ def known_targets() -> list[str]:
 
 def load_target(name_or_path: str) -> Target:
     """A target by name (targets/<name>.yaml) or by the path of a YAML file."""
+    path = _target_path(name_or_path)
+    raw = _merged(path, seen=())
+    try:
+        return _build(raw, name=path.stem)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"target file {path}: {error}") from error
+
+
+def _target_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        path = TARGETS_DIR / f"{name_or_path}.yaml"
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    path = TARGETS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise UserError(f"unknown target '{name_or_path}'; known targets: "
                         f"{', '.join(known_targets())} (or pass a path to a target YAML file)")
+    return path
+
+
+def _merged(path: Path, *, seen: tuple[Path, ...]) -> dict:
+    """The file's keys over those of its `base:` target, section by section."""
+    raw = _read_yaml(path)
+    base_name = raw.pop("base", None)
+    if base_name is None:
+        return raw
+    if path.resolve() in seen:
+        raise UserError(f"target file {path}: 'base' chain loops back to itself")
+    base_path = _target_path(str(base_name))
+    merged = _merged(base_path, seen=seen + (path.resolve(),))
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise UserError(f"target file {path} is not valid YAML: {str(error).splitlines()[0]}") from error
     if not isinstance(raw, dict):
         raise UserError(f"target file {path} must be a mapping of keys to values")
-    return _build(path, raw)
-
-
-def _build(path: Path, raw: dict) -> Target:
-    sections = {"quantization": Quantization, "runtime": Runtime, "budgets": Budgets}
-    values = {"name": path.stem}
     for key, value in raw.items():
-        if key in sections:
-            values[key] = _section(path, key, sections[key], value or {})
-        elif key in {f.name for f in fields(Target)} - {"name"}:
-            values[key] = value
-        else:
+        if key in SECTIONS:
+            _check_section(path, key, value)
+        elif key not in TOP_LEVEL_KEYS | {"base"}:
             raise UserError(f"target file {path}: unknown key '{key}'; known keys: "
-                            f"{', '.join(sorted({f.name for f in fields(Target)} - {'name'}))}")
-    for key in ("description", "format", "precision"):
-        if key not in values:
-            raise UserError(f"target file {path}: missing key '{key}'")
-    if values["format"] not in FORMATS:
-        raise UserError(f"target file {path}: format '{values['format']}' is not one of {FORMATS}")
-    if values["precision"] not in PRECISIONS:
-        raise UserError(f"target file {path}: precision '{values['precision']}' "
-                        f"is not one of {PRECISIONS}")
-    return Target(**values)
+                            f"{', '.join(sorted(TOP_LEVEL_KEYS | {'base'}))}")
+    return raw
 
 
-def _section(path: Path, name: str, cls, raw: dict):
+def _check_section(path: Path, name: str, raw) -> None:
+    if raw is None:
+        return
     if not isinstance(raw, dict):
         raise UserError(f"target file {path}: '{name}' must be a mapping")
-    known = {f.name for f in fields(cls)}
-    unknown = set(raw) - known
+    known = {f.name for f in fields(SECTIONS[name])}
+    unknown = sorted(set(raw) - known)
     if unknown:
-        raise UserError(f"target file {path}: unknown key '{name}.{sorted(unknown)[0]}'; "
+        raise UserError(f"target file {path}: unknown key '{name}.{unknown[0]}'; "
                         f"known keys under '{name}': {', '.join(sorted(known))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def _build(raw: dict, *, name: str) -> Target:
+    for key in ("description", "format", "precision"):
+        if key not in raw:
+            raise ValueError(f"missing key '{key}'")
+    values = {"name": name}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            values[key] = SECTIONS[key](**{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in (value or {}).items()})
+        else:
+            values[key] = value
+    return Target(**values)

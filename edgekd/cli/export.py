@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,32 +19,92 @@ def export(
     target: List[str] = typer.Option(
         ["onnx-int8"], help="Target name from `edgekd targets` or a YAML file; repeatable."),
     out: Path = typer.Option(..., help="Folder that receives one sub-folder per target."),
+    data: Optional[Path] = typer.Option(
+        None, help="Validation data (.csv/.jsonl/.parquet): every artifact's accuracy is held "
+                   "to its target's budget on it. Without it, only random-batch parity is checked."),
+    calibration_data: Optional[Path] = typer.Option(
+        None, help="Training samples for static int8 calibration (default: --data)."),
+    text_column: str = typer.Option("text", help="Column with the input text."),
+    label_column: str = typer.Option("label", help="Column with labels; empty: agreement only."),
+    text_pair_column: Optional[str] = typer.Option(
+        None, help="Column with the second text of text-pair tasks."),
+    max_length: int = typer.Option(128, help="Tokens per example after truncation."),
+    exporter: Optional[str] = typer.Option(
+        None, help="Override the targets' exporter: torchscript, dynamo or optimum."),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):
-    """Convert a student to ONNX (and quantise it) for each target, checked against PyTorch.
+    """Convert a student for each target (ONNX, .ort, .pte; fp32, fp16, int8), checked
+    against PyTorch and, with --data, held to each target's accuracy budget.
 
     Example:
 
-        edgekd export runs/student --target onnx-fp32 --target onnx-int8 --out runs/export
+        edgekd export runs/student --target onnx-fp32 --target onnx-int8 --data val.csv --out runs/export
     """
+    from edgekd.export.stage import check_student_folder, export as run_export
+    from edgekd.targets import EXPORTERS, load_target
+
+    targets = [load_target(name) for name in target]
+    if exporter is not None and exporter not in EXPORTERS:
+        raise UserError(f"--exporter '{exporter}' is not one of {', '.join(EXPORTERS)}")
+    if not 2 <= max_length <= 8192:
+        raise UserError(f"--max-length {max_length} is out of range; choose 2 to 8192")
+    check_student_folder(student)
+    validation = _dataset(data, student, text_column, label_column, text_pair_column)
+    calibration = _dataset(calibration_data, student, text_column, None, text_pair_column)
+    artifacts = run_export(
+        student, targets=targets, out=out, overwrite=overwrite, exporter=exporter,
+        validation=validation, validation_source=str(data) if data else "validation data",
+        calibration=calibration,
+        calibration_source=str(calibration_data) if calibration_data else "calibration data",
+        max_length=max_length)
+    _print_summary(artifacts, out, checked_accuracy=validation is not None)
+
+
+def _dataset(path: Optional[Path], student: Path, text_column: str, label_column: Optional[str],
+             text_pair_column: Optional[str]):
+    """A data file read with the student's label names, or None when no file was given."""
+    if path is None:
+        return None
+    from edgekd.data import Columns, load_file
+
+    config = json.loads((Path(student) / "config.json").read_text())
+    label2id = {str(name): int(index) for index, name in (config.get("id2label") or {}).items()}
+    columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
+    return load_file(path, columns=columns, label2id=label2id)
+
+
+def _print_summary(artifacts, out: Path, *, checked_accuracy: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgekd.export.stage import export as run_export
-    from edgekd.targets import load_target
-
-    targets = [load_target(name) for name in target]
-    if not Path(student).is_dir():
-        raise UserError(f"student folder {student} does not exist; run edgekd distill first")
-    artifacts = run_export(Path(student), targets=targets, out=out, overwrite=overwrite)
     table = Table(title=f"exported to {out}")
-    for header in ("target", "precision", "size (MB)", "max |Δlogit|", "agreement", "seconds"):
+    for header in ("target", "format", "precision", "size (MB)", "parity", "accuracy",
+                   "float nodes", "seconds"):
         table.add_column(header)
-    for a in artifacts:
-        table.add_row(a.target, a.precision, f"{a.size_bytes / 1e6:.1f}",
-                      f"{a.parity.max_abs_diff:.1e}", f"{100 * a.parity.agreement:.1f}%",
-                      f"{a.seconds:.1f}")
-    Console().print(table)
+    for artifact in artifacts:
+        table.add_row(artifact.target, artifact.format, artifact.precision,
+                      f"{artifact.size_bytes / 1e6:.2f}", _parity_cell(artifact.parity),
+                      _accuracy_cell(artifact.accuracy), str(len(artifact.nodes_kept_float)),
+                      f"{artifact.seconds:.1f}")
+    console = Console()
+    console.print(table)
+    if not checked_accuracy:
+        console.print("accuracy not checked: no --data given, artifacts were checked on random "
+                      "batches only (the manifests say so)")
+
+
+def _parity_cell(parity) -> str:
+    if parity.tolerance is None:  # int8: agreement is the check
+        return f"agree {100 * parity.agreement:.0f}%"
+    return f"{parity.max_abs_diff:.1e} ≤ {parity.tolerance:.0e}"
+
+
+def _accuracy_cell(accuracy) -> str:
+    if accuracy is None:
+        return "not checked"
+    if accuracy.accuracy is None:
+        return f"agree {accuracy.agreement:.1f}%"
+    return f"{accuracy.accuracy:.1f}% ({-accuracy.drop:+.2f})"
 
 
 @app.command()
@@ -54,4 +115,5 @@ def targets():
 
     for name in known_targets():
         target = load_target(name)
-        typer.echo(f"{name:<20} {target.format:<5} {target.precision:<13} {target.description}")
+        typer.echo(f"{name:<17} {target.format:<4} {target.precision:<12} "
+                   f"{target.runtime.threads:>2} thr  {target.description}")

@@ -1,7 +1,9 @@
-"""PyTorch classifier -> ONNX with dynamic batch and sequence axes.
+"""PyTorch classifier -> ONNX with dynamic batch and sequence axes; fp16 conversion.
 
-The TorchScript exporter is used on the eager attention path: ONNX Runtime then
-recognises and fuses the attention blocks (sdpa and dynamo exports lose that fusion).
+The TorchScript exporter is used on the eager attention path by default: its graph is the
+one ONNX Runtime's transformer optimiser recognises (attention, LayerNorm and GELU
+fusions); sdpa and dynamo exports lose the attention fusion. The dynamo exporter is
+selectable (`exporter: dynamo` in a target) for models the TorchScript tracer cannot handle.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from pathlib import Path
 
 import torch
 
+from edgekd.errors import UserError
 from edgekd.models import model_inputs
 
 
-class _LogitsOnly(torch.nn.Module):
+class LogitsOnly(torch.nn.Module):
     """Wraps a classifier so the graph has exactly the named inputs and one `logits` output."""
 
     def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
@@ -30,17 +33,66 @@ def input_names_of(model: torch.nn.Module, tokenizer) -> list[str]:
     return list(model_inputs(model, dict(sample)))
 
 
-def export_onnx(model: torch.nn.Module, tokenizer, path: Path, *, opset: int) -> list[str]:
+def trace_sample(tokenizer, input_names: list[str]) -> tuple[torch.Tensor, ...]:
+    """Two rows of different lengths, padded: the trace sees batch > 1 and a real mask."""
+    sample = tokenizer(["an example sentence to trace the graph", "a shorter one"],
+                       padding=True, return_tensors="pt")
+    return tuple(sample[name] for name in input_names)
+
+
+def export_onnx(model: torch.nn.Module, tokenizer, path: Path, *, opset: int,
+                exporter: str = "torchscript") -> list[str]:
     """Write `model` as ONNX to `path`; returns the graph's input names."""
     model = model.eval().float()
     input_names = input_names_of(model, tokenizer)
-    sample = tokenizer(["an example sentence to trace the graph", "a shorter one"],
-                       padding=True, return_tensors="pt")
-    args = tuple(sample[name] for name in input_names)
-    axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    axes["logits"] = {0: "batch"}
-    with torch.no_grad():
-        torch.onnx.export(_LogitsOnly(model, input_names), args, str(path), dynamo=False,
-                          input_names=input_names, output_names=["logits"],
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+    args = trace_sample(tokenizer, input_names)
+    wrapped = LogitsOnly(model, input_names)
+    try:
+        with torch.no_grad():
+            if exporter == "dynamo":
+                _export_dynamo(wrapped, args, input_names, path, opset=opset)
+            else:
+                axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+                axes["logits"] = {0: "batch"}
+                torch.onnx.export(wrapped, args, str(path), dynamo=False,
+                                  input_names=input_names, output_names=["logits"],
+                                  dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+    except UserError:
+        raise
+    except Exception as error:  # tracer and exporter raise many types with long texts
+        raise UserError(f"the {exporter} exporter cannot convert {type(model).__name__}: "
+                        f"{str(error).strip().splitlines()[0][:200]}; try another exporter "
+                        "(--exporter dynamo, or --exporter optimum in the optimum environment)") from error
     return input_names
+
+
+def _export_dynamo(wrapped: torch.nn.Module, args: tuple, input_names: list[str], path: Path,
+                   *, opset: int) -> None:
+    batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=8192)
+    shapes = tuple({0: batch, 1: sequence} for _ in input_names)
+    program = torch.onnx.export(wrapped, args, dynamo=True, input_names=input_names,
+                                output_names=["logits"], dynamic_shapes=shapes,
+                                opset_version=opset, optimize=True)
+    program.save(str(path))
+
+
+def check_onnx_file(path: Path) -> None:
+    """A clear error for a corrupt or truncated ONNX file, before any runtime sees it."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as error:  # onnx raises ValidationError or protobuf DecodeError
+        raise UserError(f"{path} is not a valid ONNX model ({str(error).strip().splitlines()[0][:160]}); "
+                        "the file is corrupt or truncated, export it again") from error
+
+
+def convert_fp16(source: Path, destination: Path) -> None:
+    """fp16 weights and compute; inputs and the logits output stay as they were (int64, fp32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    # keep_io_types: callers feed the same arrays and get fp32 logits from every target.
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(converted, str(destination))

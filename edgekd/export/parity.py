@@ -28,17 +28,46 @@ class Parity:
         return self.tolerance is None or self.max_abs_diff <= self.tolerance
 
 
-def onnx_session(path: Path, *, threads: int = 1):
+OPTIMIZATION_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                       "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def onnx_session(path: Path, *, threads: int = 1, optimization_level: str = "all",
+                 ort_format: bool = False):
+    """An onnxruntime CPU session; `ort_format` loads a .ort file the way ORT Mobile does."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               OPTIMIZATION_LEVELS[optimization_level])
+    if ort_format:
+        options.add_session_config_entry("session.load_model_format", "ORT")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
         raise UserError(f"onnxruntime cannot load {path}: {str(error).splitlines()[0][:200]}; "
                         "the file is corrupt or truncated, export it again") from error
+
+
+class ExecutorchSession:
+    """An ExecuTorch method behind the `run(["logits"], feeds)` call of an onnxruntime session."""
+
+    def __init__(self, path: Path, input_names: list[str]) -> None:
+        from executorch.runtime import Runtime
+
+        try:
+            self.method = Runtime.get().load_program(Path(path)).load_method("forward")
+        except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with C++ text
+            raise UserError(f"ExecuTorch cannot load {path}: {str(error).splitlines()[0][:200]}; "
+                            "the file is corrupt or truncated, export it again") from error
+        self.input_names = input_names
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[name]))
+                                       for name in self.input_names])
+        return [np.asarray(outputs[0], dtype=np.float32)]
 
 
 def random_batches(tokenizer, input_names: list[str], *, seed: int = 0,

@@ -1,29 +1,47 @@
 """The export stage: a student folder in, one checked artifact folder per target out.
 
-OUT/<target>/ holds model.onnx, the student's config.json and tokenizer files (so the
-folder loads with plain onnxruntime or Optimum's ORTModel classes) and edgekd.json, a
-manifest with the target, precision, versions, parity results and size.
+OUT/<target>/ holds the model file (model.onnx, model.ort or model.pte), the student's
+config.json and tokenizer files (so an ONNX folder loads with plain onnxruntime or
+Optimum's ORTModel classes) and edgekd.json, a manifest with the target, precision,
+versions, parity and accuracy results, size and the nodes kept in float.
+
+Every artifact is loaded back in its own runtime and checked against the PyTorch
+student; a failed check raises, and `atomic_dir` leaves no partial folder behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from edgekd.errors import UserError, atomic_dir, atomic_write_text
-from edgekd.export.onnx import export_onnx
-from edgekd.export.parity import LOGIT_TOLERANCE, Parity, check_parity, onnx_session, random_batches
-from edgekd.export.quantize import quantize_dynamic
+import numpy as np
+import torch
+
+from edgekd.data import TextDataset, batches, encode
+from edgekd.errors import GateFailed, UserError, atomic_dir, atomic_write_text
+from edgekd.export.mobile import PTE_FILE, convert_to_ort, export_pte, required_operators
+from edgekd.export.onnx import check_onnx_file, convert_fp16, export_onnx, input_names_of
+from edgekd.export.parity import (LOGIT_TOLERANCE, ExecutorchSession, Parity, check_parity,
+                                  onnx_session, random_batches)
+from edgekd.export.quantize import (calibrate, quantizable_nodes, quantize_dynamic,
+                                    quantize_static)
+from edgekd.export.sensitivity import Int8Search, quantize_within_budget
+from edgekd.export.validation import Accuracy, ValidationSet, measure, session_logits, validation_set
 from edgekd.models import load_classifier
 from edgekd.targets import Target
 
 MODEL_FILE = "model.onnx"
 MANIFEST = "edgekd.json"
+SCHEMA_VERSION = 2
+CALIBRATION_BATCH_SIZE = 8
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
 
 
 @dataclass(frozen=True)
@@ -38,82 +56,306 @@ class Artifact:
     size_bytes: int
     parity: Parity
     seconds: float
+    accuracy: Accuracy | None = None  # None when no validation data was given
+    nodes_kept_float: tuple[str, ...] = ()
 
 
-def export(student_dir: Path, *, targets: list[Target], out: Path,
-           overwrite: bool = False) -> list[Artifact]:
-    """Export the student in `student_dir` for every target into `out/<target>/`."""
-    student_dir = Path(student_dir)
+@dataclass
+class _Context:
+    """What every target of one export shares: the student, its data, the fp32 ONNX files."""
+
+    student_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    input_names: list[str]
+    scratch: Path
+    validation: ValidationSet | None
+    calibration: list[dict[str, np.ndarray]]
+    calibration_source: str
+    fp32_files: dict[tuple[str, int], Path] = field(default_factory=dict)
+
+
+def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bool = False,
+           validation: TextDataset | None = None, validation_source: str = "validation data",
+           calibration: TextDataset | None = None, calibration_source: str = "calibration data",
+           max_length: int = 128, exporter: str | None = None) -> list[Artifact]:
+    """Export the student in `student_dir` for every target into `out/<target>/`.
+
+    `validation` (labelled or not) holds every artifact to its accuracy budget; without
+    it, artifacts are checked on random batches only and the manifest says so.
+    `calibration` feeds static int8 (default: a sample of `validation`). `exporter`
+    overrides the targets' exporter (torchscript, dynamo or optimum).
+    """
+    student_dir, out = Path(student_dir), Path(out)
+    _check_request(student_dir, targets, out, overwrite=overwrite)
+    if exporter is not None:
+        targets = [replace(target, exporter=exporter) for target in targets]
     model, tokenizer = load_classifier(student_dir, role="student")
-    for target in targets:
-        if target.format != "onnx" or target.precision not in ("fp32", "int8-dynamic"):
-            raise UserError(f"target '{target.name}' ({target.format}, {target.precision}) "
-                            "is not supported by this exporter yet")
-        if (Path(out) / target.name).exists() and not overwrite:
-            raise UserError(f"{Path(out) / target.name} already exists; "
-                            "pass --overwrite to replace it or choose another --out")
-    artifacts = []
+    input_names = input_names_of(model, tokenizer)
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch:
-        fp32_path = Path(scratch) / "fp32.onnx"
-        input_names = export_onnx(model, tokenizer, fp32_path, opset=max(t.opset for t in targets))
-        for target in targets:
-            artifacts.append(_export_one(target, fp32_path, input_names, model, tokenizer,
-                                         student_dir, Path(out), overwrite=overwrite))
-    return artifacts
+        context = _Context(
+            student_dir=student_dir, model=model, tokenizer=tokenizer, input_names=input_names,
+            scratch=Path(scratch),
+            validation=None if validation is None else validation_set(
+                validation, model=model, tokenizer=tokenizer, input_names=input_names,
+                max_length=max_length, source=validation_source),
+            **_calibration_feeds(calibration if calibration is not None else validation,
+                                 tokenizer, input_names, targets, max_length=max_length,
+                                 source=calibration_source if calibration is not None
+                                 else validation_source))
+        return [_export_one(target, context, out, overwrite=overwrite) for target in targets]
 
 
-def _export_one(target: Target, fp32_path: Path, input_names: list[str], model, tokenizer,
-                student_dir: Path, out: Path, *, overwrite: bool) -> Artifact:
+def _check_request(student_dir: Path, targets: list[Target], out: Path, *, overwrite: bool) -> None:
+    """Everything that can be refused before minutes of work: folders, names, duplicates."""
+    check_student_folder(student_dir)
+    if not targets:
+        raise UserError("no target given; pass --target (see edgekd targets)")
+    names = [target.name for target in targets]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise UserError(f"target {duplicates[0]} is given twice; pass each --target once")
+    for target in targets:
+        if (out / target.name).exists() and not overwrite:
+            raise UserError(f"{out / target.name} already exists; "
+                            "pass --overwrite to replace it or choose another --out")
+
+
+def check_student_folder(student_dir: Path) -> None:
+    """A clear error for a missing folder, or one without config.json or tokenizer files."""
+    student_dir = Path(student_dir)
+    if not student_dir.is_dir():
+        raise UserError(f"student folder {student_dir} does not exist; run edgekd distill first")
+    if not (student_dir / "config.json").is_file():
+        raise UserError(f"student folder {student_dir} has no config.json; pass a folder "
+                        "written by edgekd distill or save_pretrained")
+    if not any((student_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"student folder {student_dir} has no tokenizer files "
+                        f"({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer beside the "
+                        "model with tokenizer.save_pretrained")
+
+
+def _calibration_feeds(dataset: TextDataset | None, tokenizer, input_names: list[str],
+                       targets: list[Target], *, max_length: int, source: str) -> dict:
+    """Token batches for static int8 calibration: training samples, else random batches."""
+    samples = max((t.quantization.calibration_samples for t in targets
+                   if t.precision == "int8-static"), default=0)
+    if samples == 0:
+        return {"calibration": [], "calibration_source": "none (no static int8 target)"}
+    if dataset is None:
+        shapes = [(CALIBRATION_BATCH_SIZE, 64)] * max(1, samples // CALIBRATION_BATCH_SIZE)
+        return {"calibration": random_batches(tokenizer, input_names, seed=1, shapes=shapes),
+                "calibration_source": "random token batches (no data given: pass --data or "
+                                      "--calibration-data for ranges that fit real text)"}
+    indices = sorted(random.Random(0).sample(range(len(dataset)), min(samples, len(dataset))))
+    encoded = encode(dataset.subset(indices), tokenizer, max_length=max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    feeds = [{name: batch[name].numpy() for name in input_names}
+             for batch in batches(encoded, batch_size=CALIBRATION_BATCH_SIZE, pad_token_id=pad)]
+    return {"calibration": feeds, "calibration_source": f"{source} ({len(indices)} rows)"}
+
+
+# ------------------------------------------------------------------------------ one target
+
+def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool) -> Artifact:
     started = time.perf_counter()
     with atomic_dir(out / target.name, overwrite=overwrite) as staging:
-        model_path = staging / MODEL_FILE
-        if target.precision == "fp32":
-            shutil.copyfile(fp32_path, model_path)
+        details: dict = {}
+        if target.format == "pte":
+            model_path = staging / PTE_FILE
+            details["delegation"] = export_pte(
+                context.model, context.tokenizer, context.input_names, model_path,
+                backend=target.runtime.executorch_backend,
+                max_sequence=int(getattr(context.model.config, "max_position_embeddings", 512)))
+            session = ExecutorchSession(model_path, context.input_names)
         else:
-            quantize_dynamic(fp32_path, model_path, target.quantization)
-        parity = check_parity(onnx_session(model_path), model,
-                              random_batches(tokenizer, input_names),
-                              tolerance=LOGIT_TOLERANCE.get(target.precision))
-        if not parity.passed:
-            raise UserError(f"target '{target.name}': exported logits differ from PyTorch by "
-                            f"{parity.max_abs_diff:.2e} (> {parity.tolerance:.0e}); "
-                            "the export is wrong, report it with the model's config")
-        model.config.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+            onnx_path = (staging if target.format == "onnx" else context.scratch / target.name) / MODEL_FILE
+            onnx_path.parent.mkdir(parents=True, exist_ok=True)
+            details.update(_build_onnx(target, context, onnx_path))
+            model_path, session = _finish_onnx_format(target, onnx_path, staging, details)
+        parity = _checked_parity(target, session, context)
+        accuracy = _checked_accuracy(target, session, context)
         size = model_path.stat().st_size
-        _write_manifest(staging / MANIFEST, target, student_dir, input_names, parity, size)
+        _check_size(target, size)
+        context.model.config.save_pretrained(staging)
+        context.tokenizer.save_pretrained(staging)
+        seconds = time.perf_counter() - started
+        _write_manifest(staging / MANIFEST, target, context, model_path.name, parity, accuracy,
+                        size, details, seconds)
     return Artifact(target=target.name, folder=out / target.name,
-                    model_file=out / target.name / MODEL_FILE, format=target.format,
-                    precision=target.precision, size_bytes=size, parity=parity,
-                    seconds=time.perf_counter() - started)
+                    model_file=out / target.name / model_path.name, format=target.format,
+                    precision=target.precision, size_bytes=size, parity=parity, seconds=seconds,
+                    accuracy=accuracy, nodes_kept_float=tuple(details.get("nodes_kept_float", ())))
 
 
-def _write_manifest(path: Path, target: Target, student_dir: Path, input_names: list[str],
-                    parity: Parity, size: int) -> None:
-    import onnx
-    import onnxruntime
-    import torch
-    import transformers
+def _finish_onnx_format(target: Target, onnx_path: Path, staging: Path, details: dict):
+    """The ONNX file as the target ships it (as is, or converted to .ort) and a session on it."""
+    if target.format == "onnx":
+        return onnx_path, onnx_session(onnx_path, optimization_level=target.graph_optimization_level)
+    ort_path, config_path = convert_to_ort(onnx_path, staging,
+                                           optimization_level=target.graph_optimization_level)
+    details["required_operators_file"] = config_path.name
+    details["required_operators"] = required_operators(config_path)
+    return ort_path, onnx_session(ort_path, ort_format=True)
 
+
+def _fp32_onnx(target: Target, context: _Context) -> Path:
+    """The fp32 export for this target's exporter and opset, made once per export."""
+    key = (target.exporter, target.opset)
+    if key not in context.fp32_files:
+        path = context.scratch / f"fp32-{target.exporter}-{target.opset}.onnx"
+        if target.exporter == "optimum":
+            from edgekd.export.optimum import export_with_optimum
+
+            names = export_with_optimum(context.student_dir, path, opset=target.opset)
+        else:
+            names = export_onnx(context.model, context.tokenizer, path, opset=target.opset,
+                                exporter=target.exporter)
+        if names != context.input_names:
+            raise UserError(f"the {target.exporter} exporter made a graph with inputs {names}, "
+                            f"but the student takes {context.input_names}; use another exporter")
+        check_onnx_file(path)
+        context.fp32_files[key] = path
+    return context.fp32_files[key]
+
+
+def _build_onnx(target: Target, context: _Context, destination: Path) -> dict:
+    """Write the target's precision of the ONNX model to `destination`; returns manifest details."""
+    source = _fp32_onnx(target, context)
+    if target.precision == "fp32":
+        shutil.copyfile(source, destination)
+        return {}
+    if target.precision == "fp16":
+        convert_fp16(source, destination)
+        return {}
+    return _build_int8(target, context, source, destination)
+
+
+def _build_int8(target: Target, context: _Context, source: Path, destination: Path) -> dict:
+    options = target.quantization
+    preset = list(options.nodes_kept_float)
+    details: dict = {"quantization": asdict(options)}
+    if target.precision == "int8-static":
+        cache = context.scratch / f"{target.name}.calibration.json"
+        calibrate(source, cache, options, context.calibration)
+        details["calibration"] = {"method": options.calibration_method,
+                                  "source": context.calibration_source,
+                                  "batches": len(context.calibration)}
+
+        def quantize(path: Path, kept: list[str]) -> None:
+            quantize_static(source, path, options, cache=cache, nodes_kept_float=preset + kept)
+    else:
+        def quantize(path: Path, kept: list[str]) -> None:
+            quantize_dynamic(source, path, options, nodes_kept_float=preset + kept)
+
+    if context.validation is None or not options.accuracy_aware:
+        quantize(destination, [])
+        details["nodes_kept_float"] = preset
+        return details
+    search = quantize_within_budget(
+        quantize, destination, candidates=quantizable_nodes(
+            source, options, weights_only=target.precision == "int8-dynamic"),
+        validation=context.validation, budget=target.budgets.max_accuracy_drop,
+        max_nodes_kept_float=options.max_nodes_kept_float)
+    details.update(nodes_kept_float=preset + search.nodes_kept_float,
+                   sensitivity=[{"node": node, "mean_logit_error": round(score, 6)}
+                                for node, score in search.sensitivity],
+                   accuracy_before_search=asdict(search.first_accuracy))
+    if not search.accuracy.passed:
+        raise GateFailed(_search_failure(target, search))
+    return details
+
+
+def _search_failure(target: Target, search: Int8Search) -> str:
+    return (f"target '{target.name}': int8 loses {search.first_accuracy.drop:.2f} points on "
+            f"{search.accuracy.source} (budget {target.budgets.max_accuracy_drop:g}), and still "
+            f"{search.accuracy.drop:.2f} with {len(search.nodes_kept_float)} most sensitive nodes "
+            "kept in float; raise quantization.max_nodes_kept_float or budgets.max_accuracy_drop, "
+            "or use onnx-fp16")
+
+
+# ------------------------------------------------------------------------------ checks
+
+def _checked_parity(target: Target, session, context: _Context) -> Parity:
+    parity = check_parity(session, context.model,
+                          random_batches(context.tokenizer, context.input_names),
+                          tolerance=LOGIT_TOLERANCE.get(target.precision))
+    if not parity.passed:
+        raise UserError(f"target '{target.name}': exported logits differ from PyTorch by "
+                        f"{parity.max_abs_diff:.2e} (> {parity.tolerance:.0e}); "
+                        "the export is wrong, report it with the model's config")
+    return parity
+
+
+def _checked_accuracy(target: Target, session, context: _Context) -> Accuracy | None:
+    if context.validation is None:
+        return None
+    accuracy = measure(session_logits(session, context.validation.feeds_list), context.validation,
+                       budget=target.budgets.max_accuracy_drop)
+    if not accuracy.passed:
+        raise GateFailed(f"target '{target.name}': loses {accuracy.drop:.2f} points of accuracy "
+                         f"on {accuracy.source} (agreement with fp32 {accuracy.agreement:.1f}%), "
+                         f"over its budget of {accuracy.budget:g}; raise "
+                         "budgets.max_accuracy_drop or choose a higher precision")
+    return accuracy
+
+
+def _check_size(target: Target, size: int) -> None:
+    limit = target.budgets.max_size_mb
+    if limit is not None and size > limit * 1e6:
+        raise GateFailed(f"target '{target.name}': model file is {size / 1e6:.1f} MB, over its "
+                         f"budget of {limit:g} MB; choose a smaller student or int8")
+
+
+# ------------------------------------------------------------------------------ manifest
+
+def _write_manifest(path: Path, target: Target, context: _Context, model_file: str,
+                    parity: Parity, accuracy: Accuracy | None, size: int, details: dict,
+                    seconds: float) -> None:
     manifest = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "target": target.name,
+        "description": target.description,
         "format": target.format,
         "precision": target.precision,
-        "opset": target.opset,
-        "model_file": MODEL_FILE,
-        "source_student": str(student_dir.resolve()),
-        "source_sha256": _weights_hash(student_dir),
-        "inputs": {name: ["batch", "sequence"] for name in input_names},
+        "opset": target.opset if target.format != "pte" else None,
+        "exporter": target.exporter if target.format != "pte" else "torch.export",
+        "graph_optimization_level": target.graph_optimization_level,
+        "model_file": model_file,
+        "source_student": str(context.student_dir.resolve()),
+        "source_sha256": _weights_hash(context.student_dir),
+        "inputs": {name: ["batch", "sequence"] for name in context.input_names},
         "outputs": {"logits": ["batch", "num_labels"]},
         "parity": asdict(parity),
+        "accuracy": asdict(accuracy) if accuracy is not None else {
+            "checked": False,
+            "note": "no validation data given: checked on random batches only, accuracy "
+                    "budget not held; pass --data to measure it"},
         "size_bytes": size,
-        "nodes_kept_float": [],
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__,
-                     "transformers": transformers.__version__},
+        "nodes_kept_float": details.pop("nodes_kept_float", []),
+        "runtime": asdict(target.runtime),
+        "budgets": asdict(target.budgets),
+        **details,
+        "seconds": round(seconds, 2),
+        "versions": _versions(),
     }
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import transformers
+
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__}
+    try:
+        from importlib.metadata import version
+
+        versions["executorch"] = version("executorch")
+    except Exception:  # PackageNotFoundError: ExecuTorch is optional
+        pass
+    return versions
 
 
 def _weights_hash(student_dir: Path) -> str:

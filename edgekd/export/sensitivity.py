@@ -1,0 +1,69 @@
+"""Accuracy-aware int8: keep the nodes that quantise worst in float until the budget holds.
+
+1. Quantise everything asked for; if the accuracy drop on validation data is within the
+   budget, done.
+2. Otherwise score each quantised node alone: quantise only that node and measure the
+   mean logit error against the fp32 student (a smooth score; accuracy moves in steps).
+3. Keep nodes in float, most damaging first, one at a time, until the drop is within
+   the budget or `max_nodes_kept_float` is reached; the caller fails in the second case.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekd.export.parity import onnx_session
+from edgekd.export.validation import Accuracy, ValidationSet, mean_logit_error, measure, session_logits
+
+# quantize(destination, nodes_kept_float): writes an int8 model keeping those nodes float
+Quantizer = Callable[[Path, list[str]], None]
+
+
+@dataclass(frozen=True)
+class Int8Search:
+    accuracy: Accuracy  # of the model finally written
+    first_accuracy: Accuracy  # with every candidate node quantised
+    nodes_kept_float: list[str]  # chosen by the search, in the order they were kept
+    sensitivity: list[tuple[str, float]] = field(default_factory=list)  # most damaging first
+
+
+def accuracy_of(path: Path, validation: ValidationSet, *, budget: float) -> Accuracy:
+    logits = session_logits(onnx_session(path), validation.feeds_list)
+    return measure(logits, validation, budget=budget)
+
+
+def quantize_within_budget(quantize: Quantizer, destination: Path, *, candidates: list[str],
+                           validation: ValidationSet, budget: float,
+                           max_nodes_kept_float: int) -> Int8Search:
+    """Write the int8 model to `destination`, keeping nodes float as needed (see module doc)."""
+    quantize(destination, [])
+    first = accuracy_of(destination, validation, budget=budget)
+    if first.passed or max_nodes_kept_float == 0 or not candidates:
+        return Int8Search(accuracy=first, first_accuracy=first, nodes_kept_float=[])
+    ranked = node_sensitivity(quantize, candidates=candidates, validation=validation)
+    kept: list[str] = []
+    accuracy = first
+    for node, _ in ranked[:max_nodes_kept_float]:
+        kept.append(node)
+        quantize(destination, kept)
+        accuracy = accuracy_of(destination, validation, budget=budget)
+        if accuracy.passed:
+            break
+    return Int8Search(accuracy=accuracy, first_accuracy=first, nodes_kept_float=kept,
+                      sensitivity=ranked)
+
+
+def node_sensitivity(quantize: Quantizer, *, candidates: list[str],
+                     validation: ValidationSet) -> list[tuple[str, float]]:
+    """(node, mean logit error with only that node quantised), most damaging first."""
+    scores = []
+    with tempfile.TemporaryDirectory(prefix="edgekd-sensitivity-") as scratch:
+        path = Path(scratch) / "one-node.onnx"
+        for node in candidates:
+            quantize(path, [other for other in candidates if other != node])
+            logits = session_logits(onnx_session(path), validation.feeds_list)
+            scores.append((node, mean_logit_error(logits, validation)))
+    return sorted(scores, key=lambda item: -item[1])
