@@ -187,5 +187,7 @@ def _check_writable(out: Path, *, overwrite: bool) -> None:
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output folder {out} already exists; pass --overwrite or choose another --out")
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if parent != out and not parent.is_dir():
+        raise UserError(f"cannot create {out}: {parent} is a file, not a folder; choose another --out")
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write under {parent} (permission denied); choose a writable --out")
