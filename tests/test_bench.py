@@ -206,3 +206,13 @@ def test_artifacts_of_the_teacher_are_the_baseline_rows(teacher_dir, student_dir
     assert rows["teacher/onnx-fp32"]["reference"] == "teacher"
     assert rows["teacher/onnx-fp32"]["quality"]["agreement"] == 1.0  # the teacher, exported
     assert rows["student/onnx-int8"]["reference"] == "student"
+
+
+def test_bench_rejects_a_student_with_another_vocabulary(teacher_dir, teacher, data, tmp_path):
+    from conftest import make_classifier, make_tokenizer
+    from edgekd.models import save_model
+
+    save_model(make_classifier("bert", layers=1, vocab_size=40), make_tokenizer(), tmp_path / "student")
+    with pytest.raises(UserError, match="student knows 40 token ids but the teacher's tokenizer produces 74"):
+        bench(teacher=teacher_dir, student=tmp_path / "student", artifacts=None, data=data,
+              teacher_model=teacher, show_progress=False, measure_memory=False)

@@ -96,7 +96,7 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
     _check_data_labels(data, model)
     candidates, skipped = _candidates(teacher, model, student, artifacts, settings.threads)
     for candidate in candidates:
-        _check_candidate(candidate, model, settings)
+        _check_candidate(candidate, model, tokenizer, settings)
     measurement = _measure(candidates, data, tokenizer, settings, show_progress, cache_folder)
     rows = _rows(candidates, measurement, data)
     report = {"schema_version": SCHEMA_VERSION, "rows": rows, "machine": measurement["machine"],
@@ -170,9 +170,13 @@ def _check_data_labels(data: TextDataset, teacher_model) -> None:
                         "teacher's labels (load_file(..., label2id=teacher label2id))")
 
 
-def _check_candidate(candidate: Candidate, teacher_model, settings: BenchSettings) -> None:
+def _check_candidate(candidate: Candidate, teacher_model, tokenizer, settings: BenchSettings) -> None:
     """Fail early, naming the model, when it cannot take the bench's inputs or labels."""
     config = _config_of(candidate)
+    vocabulary = (config or {}).get("vocab_size")
+    if vocabulary and len(tokenizer) > vocabulary:
+        raise UserError(f"{candidate.name} knows {vocabulary} token ids but the teacher's tokenizer "
+                        f"produces {len(tokenizer)}; bench models that share the teacher's tokenizer")
     limit = _max_positions(config) if config is not None else None
     longest = max(settings.sequence_lengths)
     if limit is not None and longest > limit:
@@ -221,17 +225,8 @@ def _measure(candidates: list[Candidate], data: TextDataset, tokenizer, settings
     finally:
         for probe in probes.values():
             probe.stop()
-    with _torch_threads(candidates):
-        latency = {length: _interleaved(candidates, latency_feeds[length], settings.repeats,
-                                        settings.warmup, f"latency, {length} tokens", show_progress)
-                   for length in settings.sequence_lengths}
-        batch_seconds = None
-        if settings.throughput_batch_size:
-            batch_texts = [data.texts[i % len(data)] for i in range(settings.throughput_batch_size)]
-            batch_seconds = _interleaved(candidates, _token_batch(tokenizer, batch_texts, headline),
-                                         settings.throughput_repeats, 1,
-                                         f"throughput, batch {settings.throughput_batch_size}",
-                                         show_progress)
+    latency, batch_seconds = _time_all(candidates, data, tokenizer, latency_feeds, settings,
+                                       show_progress)
     operations, peaks = ({}, {})
     if settings.roofline:
         operations = {c.name: _operations(c, latency_feeds[headline]) for c in candidates}
@@ -240,6 +235,23 @@ def _measure(candidates: list[Candidate], data: TextDataset, tokenizer, settings
     return {"logits": logits, "memory": memory, "latency": latency, "batch_seconds": batch_seconds,
             "operations": operations, "peaks": peaks, "machine": machine,
             "throughput_batch_size": settings.throughput_batch_size, "headline": headline}
+
+
+def _time_all(candidates, data: TextDataset, tokenizer, latency_feeds: dict, settings: BenchSettings,
+              show_progress: bool) -> tuple[dict, dict | None]:
+    """Seconds per call at batch 1 for each length, and at the throughput batch (or None)."""
+    with _torch_threads(candidates):
+        latency = {length: _interleaved(candidates, latency_feeds[length], settings.repeats,
+                                        settings.warmup, f"latency, {length} tokens", show_progress)
+                   for length in settings.sequence_lengths}
+        if not settings.throughput_batch_size:
+            return latency, None
+        batch_texts = [data.texts[i % len(data)] for i in range(settings.throughput_batch_size)]
+        batch_feeds = _token_batch(tokenizer, batch_texts, settings.sequence_lengths[0])
+        batch_seconds = _interleaved(candidates, batch_feeds, settings.throughput_repeats, 1,
+                                     f"throughput, batch {settings.throughput_batch_size}",
+                                     show_progress)
+    return latency, batch_seconds
 
 
 def _token_batch(tokenizer, texts: list[str], length: int) -> dict[str, np.ndarray]:
@@ -318,42 +330,41 @@ def _cache(cache_folder: Path | None) -> Path:
 
 def _rows(candidates: list[Candidate], measurement: dict, data: TextDataset) -> list[dict]:
     labels = np.array([-1 if label is None else label for label in data.labels])
-    logits, headline = measurement["logits"], measurement["headline"]
-    teacher_p50 = float(np.median(measurement["latency"][headline]["teacher"]))
     has_student = any(c.name == "student" for c in candidates)
-    rows = []
-    for candidate in candidates:
-        name = candidate.name
-        row_quality = quality(logits[name], labels,
-                              teacher_logits=None if name == "teacher" else logits["teacher"])
-        if name == "teacher":
-            row_quality.update(agreement=1.0, kl_to_teacher=0.0)
-        seconds = measurement["latency"][headline][name]
-        # What this row was made from: artifacts from their PyTorch model, the student from the teacher.
-        made_from_student = candidate.format != "pytorch" and candidate.origin == "student" and has_student
-        reference = "student" if made_from_student else "teacher"
-        rows.append({
-            "name": name, "runtime": candidate.runtime, "format": candidate.format,
-            "precision": candidate.precision, "target": candidate.target,
-            "source": str(candidate.source), "threads": candidate.threads,
-            "quality": row_quality, "reference": None if name == "teacher" else reference,
-            "params": _parameters(candidate), "size_bytes": _size(candidate),
-            "memory": measurement["memory"].get(name),
-            "latency": summarize(seconds),
-            "latency_by_length": {str(length): summarize(by_name[name])
-                                  for length, by_name in measurement["latency"].items()},
-            "throughput": (throughput(measurement["batch_seconds"][name],
-                                      batch_size=measurement["throughput_batch_size"])
-                           if measurement["batch_seconds"] else None),
-            "speedup": teacher_p50 / float(np.median(seconds)),
-            "efficiency": _efficiency(measurement, candidate, float(np.median(seconds))),
-        })
+    rows = [_row(candidate, measurement, labels, has_student=has_student) for candidate in candidates]
     accuracy = {row["name"]: row["quality"]["accuracy"] for row in rows}
     for row in rows:
         reference = row["reference"] or "teacher"
         row["accuracy_drop"] = 100 * (accuracy[reference] - row["quality"]["accuracy"])
         row["accuracy_drop_vs_teacher"] = 100 * (accuracy["teacher"] - row["quality"]["accuracy"])
     return rows
+
+
+def _row(candidate: Candidate, measurement: dict, labels: np.ndarray, *, has_student: bool) -> dict:
+    name, logits, headline = candidate.name, measurement["logits"], measurement["headline"]
+    row_quality = quality(logits[name], labels,
+                          teacher_logits=None if name == "teacher" else logits["teacher"])
+    if name == "teacher":
+        row_quality.update(agreement=1.0, kl_to_teacher=0.0)
+    seconds = measurement["latency"][headline][name]
+    teacher_p50 = float(np.median(measurement["latency"][headline]["teacher"]))
+    # What this row was made from: artifacts from their PyTorch model, the student from the teacher.
+    made_from_student = candidate.format != "pytorch" and candidate.origin == "student" and has_student
+    batch_seconds = measurement["batch_seconds"]
+    return {
+        "name": name, "runtime": candidate.runtime, "format": candidate.format,
+        "precision": candidate.precision, "target": candidate.target,
+        "source": str(candidate.source), "threads": candidate.threads, "quality": row_quality,
+        "reference": None if name == "teacher" else "student" if made_from_student else "teacher",
+        "params": _parameters(candidate), "size_bytes": _size(candidate),
+        "memory": measurement["memory"].get(name), "latency": summarize(seconds),
+        "latency_by_length": {str(length): summarize(by_name[name])
+                              for length, by_name in measurement["latency"].items()},
+        "throughput": (throughput(batch_seconds[name], batch_size=measurement["throughput_batch_size"])
+                       if batch_seconds else None),
+        "speedup": teacher_p50 / float(np.median(seconds)),
+        "efficiency": _efficiency(measurement, candidate, float(np.median(seconds))),
+    }
 
 
 def _efficiency(measurement: dict, candidate: Candidate, seconds: float) -> dict | None:
