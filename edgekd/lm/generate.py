@@ -73,6 +73,15 @@ class OnnxDecoder:
         logits, *presents = self.session.run(None, feed)
         return logits[0, -1], presents
 
+    def all_logits(self, ids: list[int]) -> np.ndarray:
+        """(len(ids), vocab) logits of one sequence in a single pass (for perplexity)."""
+        self.check_length(len(ids), 0)
+        feed = {"input_ids": np.asarray([ids], dtype=np.int64),
+                "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        feed.update({name: empty for name in self.past_names})
+        return self.session.run(["logits"], feed)[0][0]
+
     def step(self, token: int, presents: list[np.ndarray], length: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """One new token on top of a cache of `length - 1` positions."""
         feed = {"input_ids": np.asarray([[token]], dtype=np.int64),

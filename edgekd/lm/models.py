@@ -103,7 +103,7 @@ def dequantised_gguf(path: Path) -> Path:
 
 def _read_gguf(path: Path):
     """Dequantise with transformers (needs `gguf`); any parse failure is a corrupt file."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading .gguf files needs the gguf package: pip install gguf accelerate")

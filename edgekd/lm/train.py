@@ -49,6 +49,8 @@ class LMDistillConfig:
     warmup_fraction: float = 0.1  # share of steps with a linearly rising learning rate
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     max_grad_norm: float = 1.0  # gradients are clipped to this global norm
+    train_embeddings: bool = True  # False freezes token embeddings and output head: the
+    # student starts from the teacher's, and on a CPU this skips the largest weight gradient
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
@@ -137,6 +139,8 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
                                             config=config, device=device, vocabulary=vocabulary,
                                             log_file=staging / "metrics.jsonl", show_progress=show_progress)
         student.cpu().eval()
+        for parameter in student.parameters():
+            parameter.requires_grad_(True)
         student.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / "edgekd-train.json").write_text(json.dumps(
@@ -158,7 +162,11 @@ def _batches_forever(train: LMExamples, *, batch_size: int, seed: int):
 def _loop(student, teacher, cache, train: LMExamples, *, config: LMDistillConfig,
           device: torch.device, vocabulary: int, log_file: Path, show_progress: bool):
     student.to(device).train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if not config.train_embeddings:
+        student.get_input_embeddings().weight.requires_grad_(False)
+        student.get_output_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
                 else contextlib.nullcontext())
     stream = _batches_forever(train, batch_size=config.batch_size, seed=config.seed)
@@ -176,7 +184,7 @@ def _loop(student, teacher, cache, train: LMExamples, *, config: LMDistillConfig
                                  vocabulary=vocabulary, config=config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             loss_value = loss.item()
             tokens += int((batch["labels"][:, 1:] != -100).sum())
