@@ -78,11 +78,11 @@ def _print_summary(artifacts, out: Path, *, checked_accuracy: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"exported to {out}")
-    for header in ("target", "format", "precision", "size (MB)", "parity", "accuracy",
-                   "float nodes", "seconds"):
-        table.add_column(header)
+    table.add_column("target", no_wrap=True)
+    for header in ("format", "MB", "parity", "accuracy (Δ)", "float", "s"):
+        table.add_column(header, justify="left" if header in ("format", "parity") else "right")
     for artifact in artifacts:
-        table.add_row(artifact.target, artifact.format, artifact.precision,
+        table.add_row(artifact.target, f"{artifact.format} {artifact.precision}",
                       f"{artifact.size_bytes / 1e6:.2f}", _parity_cell(artifact.parity),
                       _accuracy_cell(artifact.accuracy), str(len(artifact.nodes_kept_float)),
                       f"{artifact.seconds:.1f}")
@@ -104,7 +104,7 @@ def _accuracy_cell(accuracy) -> str:
         return "not checked"
     if accuracy.accuracy is None:
         return f"agree {accuracy.agreement:.1f}%"
-    return f"{accuracy.accuracy:.1f}% ({-accuracy.drop:+.2f})"
+    return f"{accuracy.accuracy:.1f}% ({(-accuracy.drop or 0.0):+.2f})"
 
 
 @app.command()

@@ -69,7 +69,8 @@ def export_onnx(model: torch.nn.Module, tokenizer, path: Path, *, opset: int,
 def _export_dynamo(wrapped: torch.nn.Module, args: tuple, input_names: list[str], path: Path,
                    *, opset: int) -> None:
     batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=8192)
-    shapes = tuple({0: batch, 1: sequence} for _ in input_names)
+    # One entry: the wrapper takes its inputs as *args, a single tuple to torch.export.
+    shapes = (tuple({0: batch, 1: sequence} for _ in input_names),)
     program = torch.onnx.export(wrapped, args, dynamo=True, input_names=input_names,
                                 output_names=["logits"], dynamic_shapes=shapes,
                                 opset_version=opset, optimize=True)
@@ -85,6 +86,14 @@ def check_onnx_file(path: Path) -> None:
     except Exception as error:  # onnx raises ValidationError or protobuf DecodeError
         raise UserError(f"{path} is not a valid ONNX model ({str(error).strip().splitlines()[0][:160]}); "
                         "the file is corrupt or truncated, export it again") from error
+
+
+def opset_of(path: Path) -> int:
+    """The default-domain opset a file was written with (dynamo raises 17 to 18)."""
+    import onnx
+
+    imports = onnx.load(str(path), load_external_data=False).opset_import
+    return next(i.version for i in imports if i.domain in ("", "ai.onnx"))
 
 
 def convert_fp16(source: Path, destination: Path) -> None:

@@ -26,7 +26,8 @@ import torch
 from edgekd.data import TextDataset, batches, encode
 from edgekd.errors import GateFailed, UserError, atomic_dir, atomic_write_text
 from edgekd.export.mobile import PTE_FILE, convert_to_ort, export_pte, required_operators
-from edgekd.export.onnx import check_onnx_file, convert_fp16, export_onnx, input_names_of
+from edgekd.export.onnx import (check_onnx_file, convert_fp16, export_onnx, input_names_of,
+                                opset_of)
 from edgekd.export.parity import (LOGIT_TOLERANCE, ExecutorchSession, Parity, check_parity,
                                   onnx_session, random_batches)
 from edgekd.export.quantize import (calibrate, quantizable_nodes, quantize_dynamic,
@@ -222,13 +223,14 @@ def _fp32_onnx(target: Target, context: _Context) -> Path:
 def _build_onnx(target: Target, context: _Context, destination: Path) -> dict:
     """Write the target's precision of the ONNX model to `destination`; returns manifest details."""
     source = _fp32_onnx(target, context)
+    details = {"opset": opset_of(source)}
     if target.precision == "fp32":
         shutil.copyfile(source, destination)
-        return {}
-    if target.precision == "fp16":
+    elif target.precision == "fp16":
         convert_fp16(source, destination)
-        return {}
-    return _build_int8(target, context, source, destination)
+    else:
+        details.update(_build_int8(target, context, source, destination))
+    return details
 
 
 def _build_int8(target: Target, context: _Context, source: Path, destination: Path) -> dict:
@@ -318,7 +320,7 @@ def _write_manifest(path: Path, target: Target, context: _Context, model_file: s
         "description": target.description,
         "format": target.format,
         "precision": target.precision,
-        "opset": target.opset if target.format != "pte" else None,
+        "opset": details.get("opset"),  # as written; None for .pte
         "exporter": target.exporter if target.format != "pte" else "torch.export",
         "graph_optimization_level": target.graph_optimization_level,
         "model_file": model_file,
@@ -332,10 +334,10 @@ def _write_manifest(path: Path, target: Target, context: _Context, model_file: s
             "note": "no validation data given: checked on random batches only, accuracy "
                     "budget not held; pass --data to measure it"},
         "size_bytes": size,
-        "nodes_kept_float": details.pop("nodes_kept_float", []),
+        "nodes_kept_float": details.get("nodes_kept_float", []),
         "runtime": asdict(target.runtime),
         "budgets": asdict(target.budgets),
-        **details,
+        **{key: value for key, value in details.items() if key not in ("opset", "nodes_kept_float")},
         "seconds": round(seconds, 2),
         "versions": _versions(),
     }
