@@ -245,8 +245,10 @@ class _Loop:
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         warmup_steps = max(1, round(config.warmup_fraction * self.total_steps))
+        # fused: one kernel over all parameters, several times faster on CPU than the
+        # per-tensor loop (the embedding matrix alone is most of a small student).
         self.optimizer = torch.optim.AdamW(trainee.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: _schedule(step, total_steps=self.total_steps,
                                                    warmup_steps=warmup_steps))
