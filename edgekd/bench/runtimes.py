@@ -153,20 +153,20 @@ def feeds_of(candidate: Candidate, batch: dict) -> dict[str, np.ndarray]:
 
 def predict(candidate: Candidate, feeds: dict[str, np.ndarray]) -> np.ndarray:
     """Logits for one batch of token arrays; (batch, num_labels)."""
-    if candidate.format == "pytorch":
-        with torch.inference_mode():
-            tensors = {name: torch.from_numpy(array) for name, array in feeds.items()}
-            return candidate.model(**tensors).logits.float().numpy()
-    if candidate.format == "pte":
-        outputs = candidate.model.execute([torch.from_numpy(feeds[n]) for n in candidate.input_names])
-        return np.asarray(outputs[0], dtype=np.float32)
     try:
+        if candidate.format == "pytorch":
+            with torch.inference_mode():
+                tensors = {name: torch.from_numpy(array) for name, array in feeds.items()}
+                return candidate.model(**tensors).logits.float().numpy()
+        if candidate.format == "pte":
+            outputs = candidate.model.execute([torch.from_numpy(feeds[n]) for n in candidate.input_names])
+            return np.asarray(outputs[0], dtype=np.float32)
         (logits,) = candidate.model.run(["logits"], feeds)
-    except Exception as error:  # onnxruntime: wrong dtype, ids beyond the vocabulary...
+        return logits.astype(np.float32)
+    except Exception as error:  # wrong dtype, ids beyond the vocabulary, shapes out of range...
         raise UserError(f"{candidate.name} cannot run on the evaluation data: "
-                        f"{str(error).splitlines()[0][:200]}; the artifact was exported for "
-                        "another tokenizer or vocabulary than the teacher's") from error
-    return logits.astype(np.float32)
+                        f"{str(error).strip().splitlines()[0][:200]}; it was made for another "
+                        "tokenizer, vocabulary or input shape than the teacher's") from error
 
 
 def logits_over(candidate: Candidate, encoded: Encoded, *, pad_token_id: int,
