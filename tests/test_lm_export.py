@@ -7,7 +7,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from edgekd.errors import UserError
 from edgekd.lm.export import export_lm, torch_greedy

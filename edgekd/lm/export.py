@@ -164,22 +164,28 @@ def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bo
                         f"choose from {', '.join(LM_TARGETS)}")
     model, tokenizer = load_causal_lm(student_dir, role="student")
     limit = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
+    if limit < 8:
+        raise UserError(f"--max-length {max_length} is too short to generate anything; use at least 8")
+    # parity prompts fit the exported maximum with room for the generated tokens
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"][:limit // 2] for p in PARITY_PROMPTS]
+    parity_tokens = min(parity_tokens, limit - max(len(p) for p in prompts))
     artifacts = []
     with atomic_dir(Path(out), overwrite=overwrite) as staging:
         reference = staging / ".fp32" / "model.onnx"
         reference.parent.mkdir()
         export_fp32(model, reference)
-        expected = torch_greedy(model, tokenizer, PARITY_PROMPTS, new_tokens=parity_tokens)
+        expected = torch_greedy(model, tokenizer, prompts, new_tokens=parity_tokens)
         for name in targets:
             artifacts.append(_write_target(LM_TARGETS[name], reference, staging / name, model=model,
-                                           tokenizer=tokenizer, expected=expected, max_length=limit,
-                                           parity_tokens=parity_tokens))
+                                           tokenizer=tokenizer, prompts=prompts, expected=expected,
+                                           max_length=limit, parity_tokens=parity_tokens))
         shutil.rmtree(reference.parent)
     return [LMArtifact(**{**a.__dict__, "folder": Path(out) / a.target}) for a in artifacts]
 
 
 def _write_target(target: LMTarget, reference: Path, folder: Path, *, model, tokenizer,
-                  expected: list[list[int]], max_length: int, parity_tokens: int) -> LMArtifact:
+                  prompts: list[list[int]], expected: list[list[int]], max_length: int,
+                  parity_tokens: int) -> LMArtifact:
     from edgekd.lm.generate import OnnxDecoder
 
     folder.mkdir(parents=True)
@@ -201,8 +207,7 @@ def _write_target(target: LMTarget, reference: Path, folder: Path, *, model, tok
                 "layers": model.config.num_hidden_layers, "eos_token_id": tokenizer.eos_token_id}
     (folder / "edgekd.json").write_text(json.dumps(manifest, indent=2))
     decoder = OnnxDecoder(folder, threads=1)
-    produced = [decoder.greedy(tokenizer(p, add_special_tokens=False)["input_ids"], new_tokens=parity_tokens,
-                               stop_at_eos=False) for p in PARITY_PROMPTS]
+    produced = [decoder.greedy(ids, new_tokens=parity_tokens, stop_at_eos=False) for ids in prompts]
     agreement = _token_agreement(expected, produced)
     if target.precision == "fp32" and agreement < 1.0:
         raise UserError(f"the fp32 ONNX export generates different tokens from PyTorch "
@@ -231,10 +236,12 @@ def _token_agreement(expected: list[list[int]], produced: list[list[int]]) -> fl
 
 @torch.no_grad()
 def torch_greedy(model: torch.nn.Module, tokenizer, prompts, *, new_tokens: int) -> list[list[int]]:
-    """PyTorch's greedy continuation of each prompt (new tokens only, no early stop)."""
+    """PyTorch's greedy continuation of each prompt (text or token ids; new tokens only, no
+    early stop)."""
     results = []
     for prompt in prompts:
-        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                            if isinstance(prompt, str) else list(prompt)])
         output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                 min_new_tokens=new_tokens, do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id or 0)

@@ -1,0 +1,97 @@
+"""The causal-LM commands through typer's runner: the happy path and one line per bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekd.cli import app
+from lm_tiny import make_llama, make_lm_tokenizer, make_texts, save_llama
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(result, pattern, *, code=1):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert re.search(pattern, result.output), result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
+
+
+@pytest.fixture
+def lm_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    teacher = save_llama(tmp_path / "teacher", layers=3, seed=1)
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(make_texts(16)))
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(4, seed=2)))
+    return teacher, train, test
+
+
+def test_distill_export_generate_bench(lm_files, tmp_path):
+    teacher, train, test = lm_files
+    student, export = tmp_path / "student", tmp_path / "export"
+    result = run("lm-distill", "--teacher", teacher, "--data", train, "--out", student,
+                 "--student-layers", "1", "--steps", "4", "--batch-size", "4", "--max-length", "24",
+                 "--top-k", "8", "--divergence", "jsd", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "B/token" in result.output and (student / "model.safetensors").is_file()
+    result = run("lm-export", student, "--out", export, "--target", "fp32", "--target", "int4",
+                 "--max-length", "64")
+    assert result.exit_code == 0, result.output
+    assert "greedy tokens equal to PyTorch: 100%" in result.output
+    result = run("generate", export / "int4", "--prompt", "the cat", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("the cat")
+    result = run("lm-bench", "--teacher", teacher, "--student", student, "--artifacts", export,
+                 "--data", test, "--out", tmp_path / "report", "--new-tokens", "4", "--rounds", "1")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student", "student-fp32", "student-int4"}
+    assert report["models"]["student-fp32"]["perplexity"] == pytest.approx(
+        report["models"]["student"]["perplexity"], rel=1e-3)
+    assert 0 <= report["models"]["student-int4"]["top1_agreement"] <= 1
+
+
+def test_vocabulary_mismatch(lm_files, tmp_path):
+    teacher, train, _ = lm_files
+    other = tmp_path / "other"
+    make_llama(layers=1, vocab_size=53).save_pretrained(other)
+    make_lm_tokenizer(extra_words=("zebra",)).save_pretrained(other)
+    result = run("lm-distill", "--teacher", teacher, "--data", train, "--out", tmp_path / "s",
+                 "--student", other, "--steps", "1", "--quiet")
+    assert_clean_error(result, "tokenizers differ")
+    assert not (tmp_path / "s").exists()
+
+
+def test_teacher_that_is_not_a_causal_lm(lm_files, teacher_dir, tmp_path):
+    _, train, _ = lm_files
+    result = run("lm-distill", "--teacher", teacher_dir, "--data", train, "--out", tmp_path / "s",
+                 "--student-layers", "1", "--quiet")
+    assert_clean_error(result, "not a causal language model")
+
+
+def test_corrupt_gguf(lm_files, tmp_path):
+    _, train, _ = lm_files
+    broken = tmp_path / "teacher.gguf"
+    broken.write_bytes(b"not a gguf file at all")
+    result = run("lm-distill", "--teacher", broken, "--data", train, "--out", tmp_path / "s",
+                 "--student-layers", "1", "--quiet")
+    assert_clean_error(result, "corrupt")
+
+
+def test_prompt_longer_than_exported_maximum(lm_files, tmp_path):
+    teacher, _, _ = lm_files
+    assert run("lm-export", teacher, "--out", tmp_path / "e", "--target", "fp32",
+               "--max-length", "16").exit_code == 0
+    result = run("generate", tmp_path / "e" / "fp32", "--prompt", " ".join(["the"] * 14),
+                 "--max-new-tokens", "4")
+    assert_clean_error(result, "exported for at most 16")
