@@ -2,8 +2,10 @@
 (.onnx, .ort), and one clear error for each bad input."""
 
 import json
+import re
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from edgekd.export.stage import export
 from edgekd.models import load_classifier
 from edgekd.targets import load_target
 
+SCHEMA_DOC = Path(__file__).resolve().parent.parent / "docs" / "report-schema.md"
 FAST = dict(max_length=32, sequence_length=32, repeats=3, warmup=1, throughput_batch_size=4,
             measure_memory=False, show_progress=False)
 
@@ -98,6 +101,13 @@ def test_report_schema_rows_for_teacher_student_and_every_artifact(teacher_dir, 
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["torch"] and machine["onnxruntime"] and "flags" in machine
     assert {g["gate"] for g in report["gates"]} == {"accuracy_drop"}  # the targets' only budget
+    assert "p50 ms @16" in markdown(report)
+    # every key a report holds is documented in docs/report-schema.md
+    documented = set(re.findall(r"`(\w+)`", SCHEMA_DOC.read_text()))
+    keys = set(report) | {k for row in report["rows"] for k in row} | set(report["settings"]) | set(machine)
+    keys |= {k for row in report["rows"] for part in ("latency", "efficiency", "throughput")
+             for k in row[part]} | {k for gate in report["gates"] for k in gate}
+    assert keys <= documented, sorted(keys - documented)
     write_report(report, tmp_path / "report")
     written = json.loads((tmp_path / "report" / "report.json").read_text())
     assert written["rows"][0]["name"] == "teacher" and (tmp_path / "report" / "report.png").stat().st_size > 0

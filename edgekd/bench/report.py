@@ -104,12 +104,30 @@ def print_table(report: dict, console: Console | None = None) -> None:
         for row in table_rows(report, columns):
             table.add_row(*row)
         console.print(table)
+    if len(report["settings"].get("sequence_lengths", [])) > 1:
+        headers, rows = length_rows(report)
+        table = Table(title="latency by sequence length, batch 1")
+        for header in headers:
+            table.add_column(header, justify="left" if header == "model" else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
     for warning in report.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
     for gate in report.get("gates", []):
         verdict = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
         console.print(f"gate {gate['gate']} {gate['artifact']}: {gate['value']:.2f} "
                       f"(limit {gate['limit']:.2f}, from {gate['source']}) {verdict}")
+
+
+def length_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of p50 latency per sequence length (when several were measured)."""
+    lengths = report["settings"].get("sequence_lengths") or [report["settings"]["sequence_length"]]
+    headers = ["model"] + [f"p50 ms @{length}" for length in lengths]
+    rows = [[row["name"]] + [_format("{:.2f}", row.get("latency_by_length", {}).get(str(length), {})
+                                     .get("p50_ms", NAN)) for length in lengths]
+            for row in report["rows"]]
+    return headers, rows
 
 
 def _markdown_table(report: dict, columns) -> list[str]:
@@ -127,6 +145,10 @@ def markdown(report: dict) -> str:
              "PyTorch fp32.", "", "## Quality and size", ""]
     lines += _markdown_table(report, COLUMNS) + ["", QUALITY_CAPTION, "", "## Speed", ""]
     lines += _markdown_table(report, SPEED_COLUMNS) + ["", SPEED_CAPTION, ""]
+    if len(settings.get("sequence_lengths", [])) > 1:
+        headers, rows = length_rows(report)
+        lines += ["## Latency by sequence length", "", "| " + " | ".join(headers) + " |",
+                  "|" + "---|" * len(headers)] + ["| " + " | ".join(row) + " |" for row in rows] + [""]
     if report.get("gates"):
         lines += ["## Gates", "", "| gate | model | value | limit | from | result |", "|---|---|---|---|---|---|"]
         lines += [f"| {g['gate']} | {g['artifact']} | {g['value']:.2f} | {g['limit']:.2f} | "
