@@ -112,6 +112,8 @@ def select_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     parent_name, _, attribute = name.rpartition(".")
     setattr(student.get_submodule(parent_name) if parent_name else student, attribute, kept)
     student.config.num_hidden_layers = len(layers)
+    if getattr(student.config, "layer_types", None):  # decoders mixing full and sliding attention
+        student.config.layer_types = [student.config.layer_types[i] for i in layers]
     student.config.edgekd_source_layers = list(layers)
     return student
 

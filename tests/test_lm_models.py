@@ -76,3 +76,18 @@ def test_student_made_exactly_one_way(teacher_folder):
     teacher, tokenizer = load_causal_lm(teacher_folder)
     with pytest.raises(UserError, match="exactly one way"):
         make_lm_student(teacher, tokenizer, layers="2", config_spec="layers=1")
+
+
+def test_layer_selection_keeps_each_layers_attention_type(tmp_path):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=52, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+                         sliding_window=4, max_window_layers=2)
+    teacher = AutoModelForCausalLM.from_config(config).eval()
+    student, _ = make_lm_student(teacher, make_lm_tokenizer(), layers="0,3")
+    assert student.config.layer_types == ["full_attention", "sliding_attention"]
+    student.save_pretrained(tmp_path / "student")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
+    ids = torch.tensor([[2, 10, 11, 12, 13, 14, 15, 16, 17]])
+    torch.testing.assert_close(reloaded(ids).logits, student(ids).logits)
