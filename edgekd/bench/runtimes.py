@@ -184,6 +184,7 @@ def logits_over(candidate: Candidate, encoded: Encoded, *, pad_token_id: int,
 def runner(candidate: Candidate, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
     """A call that runs one forward pass on fixed inputs, for latency measurement."""
     chosen = feeds_of(candidate, feeds)
+    predict(candidate, chosen)  # a model that cannot take this shape fails here, in one clear line
     if candidate.format == "pytorch":
         tensors = {name: torch.from_numpy(array) for name, array in chosen.items()}
         model = candidate.model

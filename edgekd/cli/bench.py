@@ -19,7 +19,7 @@ def bench(
     student: Optional[Path] = typer.Option(None, help="Student folder (PyTorch) to include."),
     artifacts: Optional[List[Path]] = typer.Option(
         None, help="Output folder of edgekd export; repeatable (artifacts exported from the "
-                   "teacher itself are reported as teacher/<target>, the no-distillation baseline)."),
+                   "teacher itself are reported as teacher/TARGET, the no-distillation baseline)."),
     out: Optional[Path] = typer.Option(
         None, help="Where report.json, .md and .png go (default: --artifacts, else runs/bench)."),
     text_column: str = typer.Option("text", help="Column with the input text."),
