@@ -189,5 +189,6 @@ def _loop(student, teacher, cache, train: LMExamples, *, config: LMDistillConfig
             loss_value = loss.item()
             tokens += int((batch["labels"][:, 1:] != -100).sum())
             log.write(json.dumps({"step": step + 1, "loss": loss_value, "lr": lr}) + "\n")
+            log.flush()  # a long run can be followed with tail -f
             advance(1, loss=loss_value)
     return time.perf_counter() - started, tokens, loss_value
