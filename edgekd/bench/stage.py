@@ -94,11 +94,13 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
         raise UserError("the evaluation data is empty; give at least one labelled example")
     model, tokenizer = teacher_model if teacher_model is not None else load_classifier(teacher, role="teacher")
     _check_data_labels(data, model)
-    candidates, skipped = _candidates(teacher, model, student, artifacts, settings.threads)
+    candidates, skipped = _candidates(teacher, model, student=student, artifacts=artifacts,
+                                      threads=settings.threads)
     for candidate in candidates:
-        _check_candidate(candidate, model, tokenizer, settings)
-    measurement = _measure(candidates, data, tokenizer, settings, show_progress, cache_folder)
-    rows = _rows(candidates, measurement, data)
+        _check_candidate(candidate, teacher_model=model, tokenizer=tokenizer, settings=settings)
+    measurement = _measure(candidates, data=data, tokenizer=tokenizer, settings=settings,
+                           show_progress=show_progress, cache_folder=cache_folder)
+    rows = _rows(candidates, measurement=measurement, data=data)
     report = {"schema_version": SCHEMA_VERSION, "rows": rows, "machine": measurement["machine"],
               "data": {"rows": len(data), "labelled_rows": sum(l is not None for l in data.labels),
                        "labels": data.label_names},
@@ -111,7 +113,7 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
 
 # ---------------------------------------------------------------------------- what to measure
 
-def _candidates(teacher, teacher_model, student: Path | None, artifacts,
+def _candidates(teacher, teacher_model, *, student: Path | None, artifacts,
                 threads: int | None) -> tuple[list[Candidate], list[dict]]:
     """Teacher, student and artifacts to measure, and the artifacts skipped (with why)."""
     given = [] if artifacts is None else [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
@@ -170,7 +172,8 @@ def _check_data_labels(data: TextDataset, teacher_model) -> None:
                         "teacher's labels (load_file(..., label2id=teacher label2id))")
 
 
-def _check_candidate(candidate: Candidate, teacher_model, tokenizer, settings: BenchSettings) -> None:
+def _check_candidate(candidate: Candidate, *, teacher_model, tokenizer,
+                     settings: BenchSettings) -> None:
     """Fail early, naming the model, when it cannot take the bench's inputs or labels."""
     config = _config_of(candidate)
     vocabulary = (config or {}).get("vocab_size")
@@ -211,7 +214,7 @@ def _max_positions(config: dict) -> int | None:
 
 # ---------------------------------------------------------------------------- measuring
 
-def _measure(candidates: list[Candidate], data: TextDataset, tokenizer, settings: BenchSettings,
+def _measure(candidates: list[Candidate], *, data: TextDataset, tokenizer, settings: BenchSettings,
              show_progress: bool, cache_folder: Path | None) -> dict:
     headline = settings.sequence_lengths[0]
     latency_feeds = {length: _token_batch(tokenizer, data.texts[:1], length)
@@ -220,13 +223,15 @@ def _measure(candidates: list[Candidate], data: TextDataset, tokenizer, settings
     machine = machine_info()
     probes = _start_memory_probes(candidates, latency_feeds[headline]) if settings.measure_memory else {}
     try:
-        logits = _all_logits(candidates, data, tokenizer, settings, show_progress)
+        logits = _all_logits(candidates, data=data, tokenizer=tokenizer, settings=settings,
+                             show_progress=show_progress)
         memory = {name: probe.result() for name, probe in probes.items()}
     finally:
         for probe in probes.values():
             probe.stop()
-    latency, batch_seconds = _time_all(candidates, data, tokenizer, latency_feeds, settings,
-                                       show_progress)
+    latency, batch_seconds = _time_all(candidates, data=data, tokenizer=tokenizer,
+                                       latency_feeds=latency_feeds, settings=settings,
+                                       show_progress=show_progress)
     operations, peaks = ({}, {})
     if settings.roofline:
         operations = {c.name: _operations(c, latency_feeds[headline]) for c in candidates}
@@ -237,20 +242,21 @@ def _measure(candidates: list[Candidate], data: TextDataset, tokenizer, settings
             "throughput_batch_size": settings.throughput_batch_size, "headline": headline}
 
 
-def _time_all(candidates, data: TextDataset, tokenizer, latency_feeds: dict, settings: BenchSettings,
-              show_progress: bool) -> tuple[dict, dict | None]:
+def _time_all(candidates, *, data: TextDataset, tokenizer, latency_feeds: dict,
+              settings: BenchSettings, show_progress: bool) -> tuple[dict, dict | None]:
     """Seconds per call at batch 1 for each length, and at the throughput batch (or None)."""
     with _torch_threads(candidates):
-        latency = {length: _interleaved(candidates, latency_feeds[length], settings.repeats,
-                                        settings.warmup, f"latency, {length} tokens", show_progress)
+        latency = {length: _interleaved(candidates, latency_feeds[length], repeats=settings.repeats,
+                                        warmup=settings.warmup, label=f"latency, {length} tokens",
+                                        show_progress=show_progress)
                    for length in settings.sequence_lengths}
         if not settings.throughput_batch_size:
             return latency, None
         batch_texts = [data.texts[i % len(data)] for i in range(settings.throughput_batch_size)]
         batch_feeds = _token_batch(tokenizer, batch_texts, settings.sequence_lengths[0])
-        batch_seconds = _interleaved(candidates, batch_feeds, settings.throughput_repeats, 1,
-                                     f"throughput, batch {settings.throughput_batch_size}",
-                                     show_progress)
+        batch_seconds = _interleaved(candidates, batch_feeds, repeats=settings.throughput_repeats,
+                                     warmup=1, label=f"throughput, batch {settings.throughput_batch_size}",
+                                     show_progress=show_progress)
     return latency, batch_seconds
 
 
@@ -273,7 +279,8 @@ def _start_memory_probes(candidates: list[Candidate], feeds: dict) -> dict[str, 
     return probes
 
 
-def _all_logits(candidates, data: TextDataset, tokenizer, settings, show_progress) -> dict:
+def _all_logits(candidates, *, data: TextDataset, tokenizer, settings: BenchSettings,
+                show_progress: bool) -> dict:
     encoded = encode(data, tokenizer, max_length=settings.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logits = {}
@@ -303,7 +310,7 @@ class _torch_threads:
         torch.set_num_threads(self.previous)
 
 
-def _interleaved(candidates, feeds, repeats: int, warmup: int, label: str,
+def _interleaved(candidates, feeds, *, repeats: int, warmup: int, label: str,
                  show_progress: bool) -> dict[str, np.ndarray]:
     runners = {c.name: runner(c, feeds) for c in candidates}
     with progress_bar(f"{label} (interleaved)", total=repeats, enabled=show_progress) as advance:
@@ -328,10 +335,11 @@ def _cache(cache_folder: Path | None) -> Path:
 
 # ---------------------------------------------------------------------------- the rows
 
-def _rows(candidates: list[Candidate], measurement: dict, data: TextDataset) -> list[dict]:
+def _rows(candidates: list[Candidate], *, measurement: dict, data: TextDataset) -> list[dict]:
     labels = np.array([-1 if label is None else label for label in data.labels])
     has_student = any(c.name == "student" for c in candidates)
-    rows = [_row(candidate, measurement, labels, has_student=has_student) for candidate in candidates]
+    rows = [_row(candidate, measurement=measurement, labels=labels, has_student=has_student)
+            for candidate in candidates]
     accuracy = {row["name"]: row["quality"]["accuracy"] for row in rows}
     for row in rows:
         reference = row["reference"] or "teacher"
@@ -340,7 +348,7 @@ def _rows(candidates: list[Candidate], measurement: dict, data: TextDataset) -> 
     return rows
 
 
-def _row(candidate: Candidate, measurement: dict, labels: np.ndarray, *, has_student: bool) -> dict:
+def _row(candidate: Candidate, *, measurement: dict, labels: np.ndarray, has_student: bool) -> dict:
     name, logits, headline = candidate.name, measurement["logits"], measurement["headline"]
     row_quality = quality(logits[name], labels,
                           teacher_logits=None if name == "teacher" else logits["teacher"])
