@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text stored with the result")
     args = parser.parse_args()
 
+    from edgekd.bench.machine import busy
     from edgekd.bench.report import print_table
     from edgekd.bench.stage import bench
     from edgekd.cli.app import quiet_libraries
@@ -137,7 +138,7 @@ def main() -> None:
               "student_int8_vs_teacher_int8": comparison(rows, total),
               "evaluation_articles": total, "settings": report["settings"], "peak": report["peak"],
               "machine": report["machine"], "warnings": report["warnings"],
-              "shared_machine": report["machine"]["load_average_1m"] > 0.5 * report["machine"]["usable_cores"],
+              "shared_machine": busy(report["machine"]),
               "wall_s": time.perf_counter() - started, "note": args.note}
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")

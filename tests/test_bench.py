@@ -226,3 +226,14 @@ def test_bench_rejects_a_student_with_another_vocabulary(teacher_dir, teacher, d
     with pytest.raises(UserError, match="student knows 40 token ids but the teacher's tokenizer produces 74"):
         bench(teacher=teacher_dir, student=tmp_path / "student", artifacts=None, data=data,
               teacher_model=teacher, show_progress=False, measure_memory=False)
+
+
+def test_machine_info_records_what_int8_speed_depends_on():
+    from edgekd.bench.machine import INSTRUCTION_FLAGS, busy, machine_info
+
+    machine = machine_info()
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["torch"] and machine["onnxruntime"]
+    assert set(machine["flags"]) <= set(INSTRUCTION_FLAGS)
+    # the bench's own loading makes a load of about 1: only more than the cores is "busy"
+    assert busy({"load_average_1m": 2.5, "usable_cores": 2})
+    assert not busy({"load_average_1m": 1.2, "usable_cores": 2})

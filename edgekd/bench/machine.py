@@ -24,7 +24,7 @@ def machine_info() -> dict:
             "machine": platform.machine(), "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(),
             # The 1-minute load average when the bench started: above the core count,
-            # other work shared the CPUs and latencies carry its noise.
+            # other work shared the CPUs and latencies carry its noise (see `busy`).
             "load_average_1m": round(load[0], 2),
             **{package: _version(package) for package in VERSIONED_PACKAGES}}
 
@@ -49,3 +49,12 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def busy(machine: dict) -> bool:
+    """True when more work than cores was running as the bench started: a shared machine.
+
+    The bench's own loading adds about 1 to the load, so only a load above the number of
+    usable cores says that something else competed for them.
+    """
+    return machine["load_average_1m"] > (machine.get("usable_cores") or machine.get("cores") or 1)

@@ -24,7 +24,7 @@ from edgekd.bench import roofline
 from edgekd.bench.accuracy import quality
 from edgekd.bench.gates import GateLimits, check_gates
 from edgekd.bench.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
-from edgekd.bench.machine import machine_info
+from edgekd.bench.machine import busy, machine_info
 from edgekd.bench.memory import MemoryProbe
 from edgekd.bench.report import SCHEMA_VERSION
 from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, logits_over,
@@ -435,7 +435,7 @@ def _warnings(report: dict) -> list[str]:
         warnings.append("the evaluation data has no labels: accuracy and F1 are not measured, "
                         "agreement and KL to the teacher are")
     machine = report["machine"]
-    if machine["load_average_1m"] > 0.5 * (machine["usable_cores"] or 1):
+    if busy(machine):
         warnings.append(f"the machine was busy (load {machine['load_average_1m']} on "
                         f"{machine['usable_cores']} cores): compare the ratios, not the absolute "
                         "times")
