@@ -237,3 +237,15 @@ def test_machine_info_records_what_int8_speed_depends_on():
     # the bench's own loading makes a load of about 1: only more than the cores is "busy"
     assert busy({"load_average_1m": 2.5, "usable_cores": 2})
     assert not busy({"load_average_1m": 1.2, "usable_cores": 2})
+
+
+def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
+    from edgekd.bench.runtimes import artifact_candidate
+
+    (tmp_path / "outside.onnx").write_bytes(b"")
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    (folder / "edgekd.json").write_text(json.dumps({"target": "x", "format": "onnx",
+                                                    "model_file": "../outside.onnx"}))
+    with pytest.raises(UserError, match="model_file must name a file inside"):
+        artifact_candidate(folder, threads=1)

@@ -58,12 +58,16 @@ def artifact_candidate(folder: Path, *, threads: int, teacher_folder: Path | Non
     Its row is named `<origin>/<target>`: `teacher/onnx-int8` when it was exported from
     `teacher_folder` (the no-distillation baseline), else `student/onnx-int8`.
     """
+    folder = Path(folder)
     manifest = read_manifest(folder)
     artifact_format = manifest.get("format", "onnx")
     if artifact_format not in LOADERS:
         raise UserError(f"{folder / MANIFEST}: format '{artifact_format}' is not one of "
                         f"{', '.join(LOADERS)}; export the artifact again with this edgekd")
-    model_path = folder / manifest.get("model_file", "model.onnx")
+    model_path = folder / str(manifest.get("model_file", "model.onnx"))
+    if model_path.resolve().parent != folder.resolve():  # a manifest must not point elsewhere
+        raise UserError(f"{folder / MANIFEST}: model_file must name a file inside {folder}, "
+                        f"got '{manifest.get('model_file')}'; export the artifact again")
     if not model_path.is_file():
         raise UserError(f"{folder}: model file {model_path.name} named in {MANIFEST} is missing; "
                         "export the artifact again")
