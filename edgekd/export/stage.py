@@ -74,6 +74,9 @@ class _Context:
     calibration: list[dict[str, np.ndarray]]
     calibration_source: str
     fp32_files: dict[tuple[str, int], Path] = field(default_factory=dict)
+    # int8 models already built in this export, by everything that decides their bytes:
+    # ort-mobile reuses onnx-int8's model (and its accuracy search) instead of redoing it.
+    int8_files: dict[tuple, tuple[Path, dict]] = field(default_factory=dict)
 
 
 def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bool = False,
@@ -234,6 +237,17 @@ def _build_onnx(target: Target, context: _Context, destination: Path) -> dict:
 
 
 def _build_int8(target: Target, context: _Context, source: Path, destination: Path) -> dict:
+    """An int8 model within the budget, or the copy of one this export already built."""
+    key = (source, target.precision, target.quantization, target.budgets.max_accuracy_drop)
+    if key not in context.int8_files:
+        built = context.scratch / f"int8-{len(context.int8_files)}.onnx"
+        context.int8_files[key] = (built, _quantize_int8(target, context, source, built))
+    built, details = context.int8_files[key]
+    shutil.copyfile(built, destination)
+    return dict(details)
+
+
+def _quantize_int8(target: Target, context: _Context, source: Path, destination: Path) -> dict:
     options = target.quantization
     preset = list(options.nodes_kept_float)
     details: dict = {"quantization": asdict(options)}

@@ -32,6 +32,12 @@ class ValidationSet:
     def labelled(self) -> int:
         return int((self.labels >= 0).sum())
 
+    def head(self, count: int) -> ValidationSet:
+        """The first `count` batches (all of them when there are fewer)."""
+        rows = sum(len(next(iter(feeds.values()))) for feeds in self.feeds_list[:count])
+        return ValidationSet(source=self.source, feeds_list=self.feeds_list[:count],
+                             labels=self.labels[:rows], reference_logits=self.reference_logits[:rows])
+
 
 @dataclass(frozen=True)
 class Accuracy:
