@@ -302,19 +302,25 @@ def check_compatible(teacher: nn.Module, teacher_tokenizer, student: nn.Module,
 def make_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None = None,
                  config_spec: str | None = None, model: str | Path | None = None,
                  seed: int = 0) -> tuple[nn.Module, object]:
-    """The student, made exactly one of three ways, checked against the teacher."""
+    """The student, made one of three ways, checked against the teacher.
+
+    `layers` with `model` cuts those layers out of the given model instead of the teacher
+    (e.g. a few layers of the pretrained encoder the teacher was fine-tuned from).
+    """
     given = [name for name, value in (("--student-layers", layers), ("--student-config", config_spec),
                                       ("--student", model)) if value]
-    if len(given) != 1:
+    if len(given) != 1 and given != ["--student-layers", "--student"]:
         raise UserError(f"choose exactly one way to make the student, got {' and '.join(given) or 'none'}: "
-                        "--student-layers, --student-config or --student")
-    if layers:
+                        "--student-layers, --student-config or --student (or --student with --student-layers)")
+    if model:
+        student, tokenizer = load_student(model, teacher=teacher)
+        if layers:
+            student = select_layers(student, parse_layers(layers, len(find_layer_list(student)[1])))
+    elif layers:
         student = select_layers(teacher, parse_layers(layers, len(find_layer_list(teacher)[1])))
         tokenizer = teacher_tokenizer
-    elif config_spec:
-        student, tokenizer = shrunk_student(teacher, config_spec, seed=seed), teacher_tokenizer
     else:
-        student, tokenizer = load_student(model, teacher=teacher)
+        student, tokenizer = shrunk_student(teacher, config_spec, seed=seed), teacher_tokenizer
     check_compatible(teacher, teacher_tokenizer, student, tokenizer)
     use_eager_attention(student)
     return student, tokenizer

@@ -145,3 +145,19 @@ def test_incompatible_students_are_refused_before_training(case, tokenizer):
             make_student(teacher, tokenizer, layers="1", config_spec="layers=1")
         else:
             check_compatible(teacher, tokenizer, student, student_tokenizer)
+
+
+def test_given_student_with_layers_cuts_the_given_model(tmp_path, tokenizer):
+    # e.g. two layers of the pretrained encoder the teacher was fine-tuned from
+    from transformers import BertConfig, BertModel
+
+    teacher = make_classifier("bert", layers=4)
+    pretrained = BertModel(BertConfig(vocab_size=80, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=130))
+    pretrained.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    student, _ = make_student(teacher, tokenizer, model=tmp_path, layers="0,3")
+    assert student.config.num_hidden_layers == 2 and student.config.edgekd_source_layers == [0, 3]
+    torch.testing.assert_close(student.bert.encoder.layer[1].output.dense.weight,
+                               pretrained.encoder.layer[3].output.dense.weight)
+    assert student.config.id2label == teacher.config.id2label

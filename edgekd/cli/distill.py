@@ -25,7 +25,8 @@ def distill(
     student_config: Optional[str] = typer.Option(
         None, help="Student = shrunk teacher config, random init: hidden=256,layers=4,heads=4,intermediate=1024."),
     student: Optional[str] = typer.Option(
-        None, help="Student = this model folder or hub id (a plain encoder gets the teacher's labels)."),
+        None, help="Student = this model folder or hub id (a plain encoder gets the teacher's labels); "
+                   "with --student-layers, those layers of it."),
     validation_data: Optional[Path] = typer.Option(
         None, help="Validation data for choosing the best epoch (default: a slice of --data)."),
     validation_fraction: float = typer.Option(
