@@ -87,10 +87,31 @@ def cache_speedup(teacher, student, examples, cache, config, *, rounds: int = 3)
             "speedup": medians["teacher_online"] / medians["top_k_cache"]}
 
 
+def train_baseline(config, work: Path):
+    """The same student, the same steps and data, cross-entropy only: OUT/ce-only."""
+    from edgekd.lm.data import encode_texts
+    from edgekd.lm.demo import demo_texts
+    from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student
+    from edgekd.lm.train import distill_lm
+
+    teacher, tokenizer = load_causal_lm(dequantised_gguf(demo_gguf_path()))
+    train = encode_texts(demo_texts(config)[0], tokenizer, max_length=config.distill.max_length)
+    baseline, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers)
+    distill_lm(teacher=None, student=baseline, tokenizer=tokenizer, train=train,
+               config=replace(config.distill, ce_weight=1.0), out=work / "ce-only", overwrite=True,
+               vocabulary=teacher.get_output_embeddings().out_features, show_progress=True)
+    return baseline
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--note", default="", help="Free text saved with the result (e.g. machine load).")
     parser.add_argument("--out", type=Path, default=None, help="Working folder (default: a temporary one).")
+    parser.add_argument("--baseline-only", action="store_true",
+                        help="Only train the cross-entropy-only student into OUT/ce-only (to run it "
+                             "in a second process beside the demo).")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Reuse a finished demo (OUT/demo/report.json) and CE-only student in OUT.")
     arguments = parser.parse_args()
     torch.manual_seed(0)
 
@@ -99,15 +120,22 @@ def main() -> None:
     from edgekd.lm.data import encode_texts
     from edgekd.lm.demo import LMDemoConfig, demo_texts, lm_demo
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student
-    from edgekd.lm.train import distill_lm
 
     config = LMDemoConfig()
     work = arguments.out or Path(tempfile.mkdtemp(prefix="edgekd-lm-demo-"))
+    if arguments.baseline_only:
+        train_baseline(config, work)
+        return
     started = time.perf_counter()
-    report = lm_demo(work / "demo", config=config, overwrite=True)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.with_suffix(".partial.json").write_text(json.dumps(report, indent=2, default=str))
-    demo_seconds = time.perf_counter() - started
+    partial = RESULT.with_suffix(".partial.json")
+    if arguments.reuse and partial.is_file() and (work / "demo" / "report.json").is_file():
+        report = json.loads(partial.read_text())  # the demo's report, timings included
+        demo_seconds = sum(report["demo"]["timings"].values())
+    else:
+        report = lm_demo(work / "demo", config=config, overwrite=True)
+        demo_seconds = time.perf_counter() - started
+        RESULT.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(report, indent=2, default=str))
     print(format_table(report), flush=True)
 
     # the baseline: same student, same steps, cross-entropy only
@@ -117,10 +145,10 @@ def main() -> None:
     train_texts, eval_texts = demo_texts(config)
     train = encode_texts(train_texts, tokenizer, max_length=config.distill.max_length)
     held_out = encode_texts(eval_texts, tokenizer, max_length=config.distill.max_length * 2)
-    baseline, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers)
-    baseline_config = replace(config.distill, ce_weight=1.0)
-    distill_lm(teacher=None, student=baseline, tokenizer=tokenizer, train=train, config=baseline_config,
-               out=work / "ce-only", overwrite=True, vocabulary=vocabulary, show_progress=True)
+    if arguments.reuse and (work / "ce-only" / "model.safetensors").is_file():
+        baseline, _ = load_causal_lm(work / "ce-only", role="student")
+    else:
+        baseline = train_baseline(config, work)
     distilled, _ = load_causal_lm(work / "demo" / "student", role="student")
     nll = {"teacher": per_text_nll(teacher, held_out), "distilled": per_text_nll(distilled, held_out),
            "ce_only": per_text_nll(baseline, held_out)}
