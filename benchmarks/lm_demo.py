@@ -87,6 +87,16 @@ def cache_speedup(teacher, student, examples, cache, config, *, rounds: int = 3)
             "speedup": medians["teacher_online"] / medians["top_k_cache"]}
 
 
+def demo_config(arguments):
+    """The demo's defaults, with the budget given on the command line (for a loaded machine)."""
+    from edgekd.lm.demo import LMDemoConfig
+
+    defaults = LMDemoConfig()
+    distill = replace(defaults.distill, steps=arguments.steps or defaults.distill.steps,
+                      lr=arguments.lr or defaults.distill.lr)
+    return replace(defaults, distill=distill, eval_texts=arguments.eval_texts or defaults.eval_texts)
+
+
 def train_baseline(config, work: Path):
     """The same student, the same steps and data, cross-entropy only: OUT/ce-only."""
     from edgekd.lm.data import encode_texts
@@ -112,19 +122,22 @@ def main() -> None:
                              "in a second process beside the demo).")
     parser.add_argument("--reuse", action="store_true",
                         help="Reuse a finished demo (OUT/demo/report.json) and CE-only student in OUT.")
+    parser.add_argument("--steps", type=int, default=None, help="Distillation steps (default: the demo's).")
+    parser.add_argument("--lr", type=float, default=None, help="Peak learning rate (default: the demo's).")
+    parser.add_argument("--eval-texts", type=int, default=None, help="Held-out texts (default: the demo's).")
     arguments = parser.parse_args()
     torch.manual_seed(0)
 
     from edgekd.lm.cache import open_or_build
     from edgekd.lm.bench import format_table
     from edgekd.lm.data import encode_texts
-    from edgekd.lm.demo import LMDemoConfig, demo_texts, lm_demo
+    from edgekd.lm.demo import demo_texts, lm_demo
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student
 
-    config = LMDemoConfig()
+    config = demo_config(arguments)
     work = arguments.out or Path(tempfile.mkdtemp(prefix="edgekd-lm-demo-"))
     if arguments.baseline_only:
-        train_baseline(config, work)
+        train_baseline(demo_config(arguments), work)
         return
     started = time.perf_counter()
     partial = RESULT.with_suffix(".partial.json")
