@@ -24,6 +24,8 @@ TEACHER_RECIPE = DistillConfig(epochs=1, lr=1e-4, batch_size=16, max_length=128,
 STUDENT_RECIPE = DistillConfig(epochs=2, lr=1e-4, batch_size=16, max_length=128, seed=0,
                                temperature=2.0, alpha=0.5)
 STUDENT_LAYERS = "2"
+TEACHER_KEY_FIELDS = ("epochs", "lr", "batch_size", "max_length", "seed", "alpha",
+                      "warmup_fraction", "weight_decay", "max_grad_norm")
 
 
 def cache_dir(override: Path | None = None) -> Path:
@@ -50,7 +52,10 @@ def build_teacher(splits: dict[str, TextDataset], *, cache: Path, recipe: Distil
     from edgekd.distill.train import distill
 
     train = splits["train"]
-    key = hashlib.sha256(json.dumps({"recipe": asdict(recipe), "rows": len(train),
+    # Only the settings that shape the teacher's weights key the cache: new options of
+    # DistillConfig (at their defaults) must not force a rebuild of a teacher already built.
+    settings = {name: getattr(recipe, name) for name in TEACHER_KEY_FIELDS}
+    key = hashlib.sha256(json.dumps({"recipe": settings, "rows": len(train),
                                      "first": train.texts[:3], "labels": train.label_names},
                                     sort_keys=True).encode()).hexdigest()[:12]
     folder = cache / "teachers" / f"minilm-l6-bbc-{key}"
