@@ -4,13 +4,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgekd-installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast test-optimum bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[demo,test]"
+	$(PIP) install -q -c constraints.txt -e ".[demo,test,executorch]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,8 +22,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# optimum-onnx pins transformers<4.58: Optimum interop is tested in its own environment.
+OPTIMUM_VENV ?= .venv-optimum
+test-optimum:
+	test -x $(OPTIMUM_VENV)/bin/python || python3 -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(OPTIMUM_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[optimum,test]"
+	$(OPTIMUM_VENV)/bin/python -m pytest -q tests/test_export_optimum.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/demo.py
 
 clean:
-	rm -rf $(VENV) .edgekd-cache runs
+	rm -rf $(VENV) $(OPTIMUM_VENV) .edgekd-cache runs
