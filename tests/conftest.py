@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+# Tests never read or write the user's cache (teachers, teacher outputs, machine peaks).
+os.environ["EDGEKD_CACHE"] = tempfile.mkdtemp(prefix="edgekd-test-cache-")
 
 LABELS = ["negative", "neutral", "positive"]
 KEYWORDS = {"negative": ["awful", "bad", "poor"], "neutral": ["table", "chair", "door"],

@@ -34,7 +34,7 @@ def test_distill_export_bench_end_to_end(teacher_dir, train_file, test_file, tmp
     assert (artifacts / "onnx-int8" / "model.onnx").is_file()
     result = run("bench", "--teacher", teacher_dir, "--student", student, "--artifacts", artifacts,
                  "--data", test_file, "--repeats", "3", "--max-length", "32",
-                 "--sequence-length", "32", "--quiet")
+                 "--sequence-length", "32", "--no-memory", "--quiet")
     assert result.exit_code == 0, result.output
     report = json.loads((artifacts / "report.json").read_text())
     assert len(report["rows"]) == 4 and (artifacts / "report.md").is_file()
