@@ -43,6 +43,8 @@ def quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs on the root logger
+    # torchao (pulled in by executorch, imported by transformers) warns through torch's own logger
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
     warnings.filterwarnings("ignore", module=r"transformers.*")
     warnings.filterwarnings("ignore", category=UserWarning)
