@@ -5,11 +5,13 @@
 Demo data (BBC News): of the training articles only 25 keep their label (5 per class,
 drawn by the seed); the rest are unlabelled. To fit 2 shared CPU cores, the pool is the
 25 labelled articles plus the first (--pool - 25) unlabelled ones (320 by default, of
-1,627), and each run is --steps optimiser steps at batch 16 (60 = three passes over 320).
-The same 2-layer student (layers 0 and 5 of the *pretrained* all-MiniLM-L6-v2, with a
-fresh classification head: `--student <MiniLM folder> --student-layers 0,5`; the teacher
-is the same encoder fine-tuned on all labelled training articles) trains for the same steps with the same seed under four recipes, each a
-file in examples/evidence/ read exactly as `edgekd distill --recipe` reads it:
+1,475 in the demo training split), and each run is --steps optimiser steps at batch 16
+(60 = three passes over 320). The same 2-layer student (layers 0 and 5 of the
+*pretrained* all-MiniLM-L6-v2 with a fresh classification head, i.e.
+`--student <MiniLM folder> --student-layers 0,5`; the teacher is that encoder fine-tuned
+on all labelled training articles) trains for the same steps with the same seed under
+four recipes, each a file in examples/evidence/ read exactly as `edgekd distill --recipe`
+reads it:
 
     (a) cross-entropy only, on the 25 labelled articles
     (b) soft-label KD on all articles (CE on the labelled ones)
