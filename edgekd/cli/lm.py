@@ -66,6 +66,23 @@ def lm_distill(
 
         edgekd lm-distill --teacher HuggingFaceTB/SmolLM2-360M --data text.txt --student-layers 8 --out runs/lm
     """
+    run_lm_distill(teacher=teacher, data=data, out=out, student_layers=student_layers,
+                   student_config=student_config, student=student, text_column=text_column,
+                   prompt_column=prompt_column, steps=steps, lr=lr, batch_size=batch_size,
+                   max_length=max_length, divergence=divergence, beta=beta, temperature=temperature,
+                   ce_weight=ce_weight, top_k=top_k, freeze_embeddings=freeze_embeddings, seed=seed,
+                   device=device, overwrite=overwrite, quiet=quiet)
+
+
+def run_lm_distill(*, teacher: str, data: Path, out: Path, student_layers: Optional[str] = None,
+                   student_config: Optional[str] = None, student: Optional[str] = None,
+                   text_column: str = "text", prompt_column: Optional[str] = None, steps: int = 200,
+                   lr: float = 3e-4, batch_size: int = 8, max_length: int = 128,
+                   divergence: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
+                   ce_weight: float = 0.5, top_k: int = 64, freeze_embeddings: bool = False,
+                   seed: int = 0, device: str = "auto", overwrite: bool = False,
+                   quiet: bool = False) -> None:
+    """`lm-distill` with plain defaults, so `edgekd distill --task causal-lm` can call it."""
     from edgekd.lm.data import encode_texts
     from edgekd.lm.models import load_causal_lm, make_lm_student, shared_vocabulary
     from edgekd.lm.train import LMDistillConfig, distill_lm
