@@ -7,6 +7,7 @@ that (the accuracy-aware search makes many) reuses it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Iterable
 
@@ -113,11 +114,19 @@ class _scratch_output:
 
 def mask_path_nodes(model_path: Path) -> set[str]:
     """Names of the nodes between the attention-mask input and the Softmax nodes it feeds."""
+    path = Path(model_path)
+    return set(_mask_path_nodes(str(path.resolve()), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _mask_path_nodes(path: str, modified: int) -> frozenset[str]:
+    # Cached by file and modification time: the accuracy search quantises the same
+    # source file dozens of times, and reading a large graph costs seconds each time.
     import onnx
 
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    graph = onnx.load(path, load_external_data=False).graph
     if MASK_INPUT not in {i.name for i in graph.input}:
-        return set()
+        return frozenset()
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -130,7 +139,7 @@ def mask_path_nodes(model_path: Path) -> set[str]:
             reached.add(node.name)
             if node.op_type != "Softmax":  # its output, probabilities, is finite again
                 frontier.extend(node.output)
-    return reached
+    return frozenset(reached)
 
 
 def quantizable_nodes(model_path: Path, options: Quantization, *, weights_only: bool) -> list[str]:
