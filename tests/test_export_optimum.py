@@ -17,6 +17,24 @@ from edgekd.targets import load_target  # noqa: E402
 TEXTS = ["great good table w1 w2", "awful w3 w4 w5 w6 w7 w8", "chair", "fine w9 poor w10 door"]
 
 
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    """The tiny 2-layer student of conftest, its tokenizer built from a vocab file:
+    transformers 4 (which optimum-onnx needs) takes no in-memory vocabulary."""
+    from conftest import FILLER, KEYWORDS, make_classifier
+    from transformers import BertTokenizerFast
+
+    from edgekd.models import save_model
+
+    folder = tmp_path_factory.mktemp("optimum-student")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + FILLER + [
+        w for words in KEYWORDS.values() for w in words]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    save_model(make_classifier("bert", layers=2), BertTokenizerFast(vocab_file=str(folder / "vocab.txt")),
+               folder)
+    return folder
+
+
 def _pytorch_logits(student_dir, tokenizer, encoded):
     model, _ = load_classifier(student_dir)
     with torch.no_grad():
