@@ -45,6 +45,7 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except OSError as error:
         raise UserError(f"cannot write to {parent}: {error.strerror}; "
                         "choose a writable --out") from error
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes owner-only folders; outputs are ordinary folders
     try:
         yield staging
     except BaseException:
@@ -75,6 +76,12 @@ def sweep_stale(final: Path) -> None:
             leftover.rename(final)
         else:
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _alive(pid: int) -> bool:

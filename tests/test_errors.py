@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from edgekd.errors import UserError, atomic_dir, sweep_stale
+from edgekd.errors import UserError, _umask, atomic_dir, sweep_stale
 
 
 def test_failure_inside_leaves_nothing_and_keeps_the_old_folder(tmp_path):
@@ -32,6 +32,7 @@ def test_success_replaces_and_refuses_without_overwrite(tmp_path):
         (staging / "b").write_text("2")
     assert sorted(p.name for p in final.iterdir()) == ["b"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert final.stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's owner-only 0o700
 
 
 def _dead_pid() -> int:
