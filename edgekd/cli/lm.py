@@ -163,7 +163,7 @@ def lm_bench(
 @user_errors
 def lm_demo(
     out: Path = typer.Option(Path("runs/lm-demo"), help="Folder for student, artifacts and report."),
-    steps: int = typer.Option(80, help="Distillation steps (the default fits a 2-core CPU)."),
+    steps: int = typer.Option(30, help="Distillation steps (the default fits a 2-core CPU)."),
     student_layers: str = typer.Option("10", help="SmolLM2 layers the student keeps (of 30)."),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
     quiet: bool = typer.Option(False, help="No progress bars."),
