@@ -12,6 +12,7 @@ where they cannot be found gets an error naming what is missing.
 from __future__ import annotations
 
 import copy
+import pickle
 import re
 from pathlib import Path
 
@@ -35,6 +36,10 @@ def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise UserError(f"{role} '{source}' needs its own Python code to load; edgekd never "
+                            "runs a model's code unless you pass --trust-remote-code "
+                            "(only for folders you trust)") from error
         raise UserError(f"cannot load {role} config from '{source}': {_first_line(error)}; "
                         "pass a model folder or a hub id you can reach") from error
     architectures = getattr(config, "architectures", None) or []
@@ -45,6 +50,10 @@ def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
         model = AutoModelForSequenceClassification.from_pretrained(
             source, attn_implementation="eager", trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except pickle.UnpicklingError as error:
+        raise UserError(f"{role} '{source}' stores its weights as a pickle that holds more than "
+                        "tensors; edgekd never runs such files: convert the weights to "
+                        "safetensors from a source you trust") from error
     except (OSError, ValueError, RuntimeError) as error:
         raise UserError(f"cannot load {role} from '{source}': {_first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error

@@ -43,6 +43,8 @@ def bench(
         None, help="Gate: model file size in MB (default: its target's budget)."),
     plot: bool = typer.Option(True, help="Write report.png (accuracy vs latency, size)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    trust_remote_code: bool = typer.Option(
+        False, help="Allow model folders to run their own Python code (only for sources you trust)."),
 ):
     """Compare teacher, student and exported artifacts: accuracy, agreement, size, memory,
     latency and throughput, measured interleaved. Exits with code 2 when a gate fails.
@@ -59,7 +61,8 @@ def bench(
 
     gates = GateLimits(max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
                        max_size_mb=max_size_mb)
-    teacher_model, tokenizer = load_classifier(teacher, role="teacher")
+    teacher_model, tokenizer = load_classifier(teacher, role="teacher",
+                                               trust_remote_code=trust_remote_code)
     columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
     dataset = load_file(data, columns=columns, label2id=label2id_of(teacher_model))
     report = run_bench(teacher=teacher, student=student, artifacts=artifacts or None, data=dataset,

@@ -68,6 +68,8 @@ def distill(
     resume: bool = typer.Option(False, help="Continue from the checkpoint of an interrupted run."),
     overwrite: bool = typer.Option(False, help="Replace --out (and its checkpoints) if they exist."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    trust_remote_code: bool = typer.Option(
+        False, help="Allow model folders to run their own Python code (only for sources you trust)."),
 ):
     """Train a compact student to imitate a teacher (soft labels, hard labels, hidden
     states, attention, MiniLM relations: each loss by its weight).
@@ -88,7 +90,7 @@ def distill(
 
 def run(*, teacher, data, out, recipe, student_layers, student_config, student, validation_data,
         validation_fraction, text_column, label_column, text_pair_column, max_length, seed,
-        cache_dir, resume, overwrite, quiet, **training) -> None:
+        cache_dir, resume, overwrite, quiet, trust_remote_code=False, **training) -> None:
     """The command after the recipe is merged: load, make the student, call the stage."""
     from edgekd.config import DistillConfig
     from edgekd.data import Columns, load_file, split
@@ -102,7 +104,8 @@ def run(*, teacher, data, out, recipe, student_layers, student_config, student, 
                            **training)
     columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
     _check_writable(Path(out), overwrite=overwrite or resume)
-    teacher_model, tokenizer = load_classifier(teacher, role="teacher")
+    teacher_model, tokenizer = load_classifier(teacher, role="teacher",
+                                               trust_remote_code=trust_remote_code)
     if not (student_layers or student_config or student):
         student_layers = "2"
     student_model, student_tokenizer = make_student(
