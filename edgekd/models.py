@@ -25,6 +25,7 @@ from edgekd.errors import UserError
 def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
                     trust_remote_code: bool = False):
     """Load a sequence classifier and its tokenizer from a folder or hub id."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     source = str(name_or_path)
@@ -54,7 +55,7 @@ def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
         raise UserError(f"{role} '{source}' stores its weights as a pickle that holds more than "
                         "tensors; edgekd never runs such files: convert the weights to "
                         "safetensors from a source you trust") from error
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise UserError(f"cannot load {role} from '{source}': {_first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error
     model.eval()

@@ -68,13 +68,13 @@ def user_errors(command: Callable) -> Callable:
                 raise
             typer.secho(f"error: {error}", fg="red", err=True)
             raise typer.Exit(error.exit_code) from None
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001 - only storage failures are turned into a line
             if _state["debug"] or not _is_storage_error(error):
                 raise
             where = f" {error.filename}" if getattr(error, "filename", None) else ""
-            typer.secho(f"error: cannot write{where}: {error.strerror or error}; free some space "
-                        "or choose a writable output folder (nothing half-written was kept)",
-                        fg="red", err=True)
+            reason = getattr(error, "strerror", None) or _first_line(error)
+            typer.secho(f"error: cannot write{where}: {reason}; free some space or choose a "
+                        "writable output folder (nothing half-written was kept)", fg="red", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.secho("interrupted; nothing half-written was kept", fg="yellow", err=True)
@@ -83,8 +83,21 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _is_storage_error(error: OSError) -> bool:
-    """Full disk, read-only file system, permission denied: the user can act on these."""
+def _is_storage_error(error: Exception) -> bool:
+    """Full disk, read-only file system, permission denied: the user can act on these.
+
+    Libraries that write through their own code (safetensors, torch.save) raise their own
+    types, so besides OSError's errno the message is read too."""
     import errno
 
-    return error.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
+    if isinstance(error, OSError) and error.errno in (
+            errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM):
+        return True
+    text = str(error)
+    return any(marker in text for marker in ("No space left on device", "os error 28",
+                                             "Read-only file system", "Disk quota exceeded"))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
