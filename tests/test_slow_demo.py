@@ -55,7 +55,9 @@ def test_real_minilm_bbc_pipeline_through_the_cli(slice_files, minilm_teacher, t
     result = runner.invoke(app, ["bench", "--teacher", str(minilm_teacher), "--student", str(student),
                                  "--artifacts", str(export), "--data", str(folder / "test.jsonl"),
                                  "--max-length", str(MAX_LENGTH), "--sequence-length",
-                                 str(MAX_LENGTH), "--repeats", "10", "--quiet"])
+                                 str(MAX_LENGTH), "--repeats", "10", "--quiet",
+                                 # a one-epoch student on 100 articles: gates are not under test here
+                                 "--max-accuracy-drop", "50"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads((export / "report.json").read_text())["rows"]}
     teacher_accuracy = rows["teacher"]["quality"]["accuracy"]
