@@ -82,6 +82,25 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def run_cli(*args):
+    """The CLI through typer's runner, arguments stringified."""
+    from typer.testing import CliRunner
+
+    from edgekd.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(result, pattern, *, code=1):
+    """One `error:` line matching `pattern`, exit `code`, no traceback."""
+    import re
+
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert re.search(pattern, result.output), result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
+
+
 @pytest.fixture
 def tokenizer():
     return make_tokenizer()

@@ -5,22 +5,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_rows, write_jsonl
+from conftest import assert_clean_error, make_rows, run_cli as run, write_jsonl
 from edgekd.cli import app
 
 runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_error(result, pattern, *, code=1):
-    import re
-
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    assert re.search(pattern, result.output), result.output
 
 
 def test_distill_export_bench_end_to_end(teacher_dir, train_file, test_file, tmp_path):

@@ -1,24 +1,9 @@
 """`edgekd export` through typer's runner: several targets, --data, one clear line per bad input."""
 
 import json
-import re
-
-from typer.testing import CliRunner
-
-from conftest import make_rows, write_jsonl
-from edgekd.cli import app
-
-runner = CliRunner()
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_error(result, pattern, *, code=1):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    assert re.search(pattern, result.output), result.output
+from conftest import assert_clean_error, make_rows, run_cli as run, write_jsonl
 
 
 def test_several_targets_with_data_print_one_summary_row_each(student_dir, tmp_path):

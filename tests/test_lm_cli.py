@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
-from typer.testing import CliRunner
 
-from edgekd.cli import app
+from conftest import assert_clean_error, run_cli as run
 from lm_tiny import make_llama, make_lm_tokenizer, make_texts, save_llama
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_error(result, pattern, *, code=1):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    assert re.search(pattern, result.output), result.output
-    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
 
 
 @pytest.fixture
