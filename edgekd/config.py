@@ -5,9 +5,20 @@ The CLI builds these from its options, so a config and a command line say the sa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgekd.errors import UserError
+
+
+def cache_dir(override: Path | None = None) -> Path:
+    """Where edgekd keeps what it builds once (demo teachers, teacher outputs, dequantised
+    GGUF models, the machine's matmul peak): `override`, else $EDGEKD_CACHE, else
+    ~/.cache/edgekd."""
+    if override is not None:
+        return Path(override)
+    return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
 
 
 def _check(condition: bool, message: str) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
-from edgekd.config import DistillConfig
+from edgekd.config import DistillConfig, cache_dir
 from edgekd.data import TextDataset, demo_splits
 from edgekd.errors import UserError
 from edgekd.progress import console
@@ -27,12 +26,6 @@ STUDENT_LAYERS = "2"
 TEACHER_KEY_FIELDS = ("epochs", "lr", "batch_size", "max_length", "seed", "alpha",
                       "warmup_fraction", "weight_decay", "max_grad_norm")
 
-
-def cache_dir(override: Path | None = None) -> Path:
-    """Where built teachers live: --cache-dir, else $EDGEKD_CACHE, else ~/.cache/edgekd."""
-    if override is not None:
-        return Path(override)
-    return Path(os.environ.get("EDGEKD_CACHE", Path.home() / ".cache" / "edgekd"))
 
 
 def minilm_path() -> Path:

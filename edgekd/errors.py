@@ -20,6 +20,12 @@ class UserError(Exception):
     exit_code = 1
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors (its type if empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class GateFailed(UserError):
     """A bench gate (accuracy drop, latency, size) failed: exit code 2 for CI jobs."""
 

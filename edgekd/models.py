@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 
 
 def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
@@ -41,7 +41,7 @@ def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
             raise UserError(f"{role} '{source}' needs its own Python code to load; edgekd never "
                             "runs a model's code unless you pass --trust-remote-code "
                             "(only for folders you trust)") from error
-        raise UserError(f"cannot load {role} config from '{source}': {_first_line(error)}; "
+        raise UserError(f"cannot load {role} config from '{source}': {first_line(error)}; "
                         "pass a model folder or a hub id you can reach") from error
     architectures = getattr(config, "architectures", None) or []
     if architectures and not any("SequenceClassification" in a for a in architectures):
@@ -56,15 +56,11 @@ def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
                         "tensors; edgekd never runs such files: convert the weights to "
                         "safetensors from a source you trust") from error
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise UserError(f"cannot load {role} from '{source}': {_first_line(error)}; "
+        raise UserError(f"cannot load {role} from '{source}': {first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error
     model.eval()
     return model, tokenizer
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -266,7 +262,7 @@ def load_student(source: str | Path, *, teacher: nn.Module) -> tuple[nn.Module, 
     try:
         config = AutoConfig.from_pretrained(str(source))
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load student config from '{source}': {_first_line(error)}; "
+        raise UserError(f"cannot load student config from '{source}': {first_line(error)}; "
                         "pass a model folder or a hub id you can reach") from error
     architectures = getattr(config, "architectures", None) or []
     if any("SequenceClassification" in a for a in architectures):
@@ -278,7 +274,7 @@ def load_student(source: str | Path, *, teacher: nn.Module) -> tuple[nn.Module, 
             label2id={name: index for index, name in labels.items()}, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError, RuntimeError) as error:
-        raise UserError(f"cannot load student from '{source}': {_first_line(error)}; "
+        raise UserError(f"cannot load student from '{source}': {first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error
     return model, tokenizer
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -61,7 +60,7 @@ def workspace(tmp_path_factory, teacher_dir, student_dir):
     (broken_artifact / "edgekd.json").write_text(json.dumps(
         {"schema_version": 2, "target": "onnx-fp32", "format": "onnx", "precision": "fp32",
          "model_file": "model.onnx"}))
-    from conftest import make_classifier, make_tokenizer
+    from conftest import make_classifier
     from transformers import BertTokenizer
 
     other_vocabulary = root / "other-vocabulary-teacher"

@@ -3,7 +3,6 @@
 import json
 import pickle
 
-import pytest
 from typer.testing import CliRunner
 
 from conftest import make_config, make_tokenizer

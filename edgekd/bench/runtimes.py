@@ -19,6 +19,7 @@ import torch
 
 from edgekd.data import Encoded, batches
 from edgekd.errors import UserError
+from edgekd.export.parity import load_pte_method, open_session
 from edgekd.export.stage import MANIFEST, read_manifest
 from edgekd.models import model_inputs
 
@@ -113,16 +114,12 @@ def _session(path: Path, *, threads: int, mobile: bool):
         # bytes without copying the weights, with the optimisations baked in at conversion.
         options.add_session_config_entry("session.load_model_format", "ORT")
         options.add_session_config_entry("session.use_ort_model_bytes_directly", "1")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise UserError(f"onnxruntime cannot load {path}: {str(error).splitlines()[0][:200]}; "
-                        "the file is corrupt or truncated, export it again") from error
+    return open_session(path, options)
 
 
 def _load_pte(path: Path, manifest: dict, threads: int):
     try:
-        from executorch.runtime import Runtime
+        import executorch.runtime  # noqa: F401 - only to know whether the runtime is installed
     except ImportError as error:
         raise Unavailable("the ExecuTorch runtime is not installed "
                           "(pip install executorch); .pte artifacts were skipped") from error
@@ -133,13 +130,7 @@ def _load_pte(path: Path, manifest: dict, threads: int):
         portable_lib._unsafe_reset_threadpool(threads)
     except (ImportError, AttributeError):
         pass  # older releases: the pool keeps its default size (all cores)
-    try:
-        program = Runtime.get().load_program(path)
-        method = program.load_method("forward")
-    except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with C++ text
-        raise UserError(f"ExecuTorch cannot load {path}: {str(error).splitlines()[0][:200]}; "
-                        "export it again") from error
-    return method, list(manifest.get("inputs", {"input_ids": 0, "attention_mask": 0})), "executorch"
+    return load_pte_method(path), list(manifest.get("inputs", {"input_ids": 0, "attention_mask": 0})), "executorch"
 
 
 LOADERS: dict[str, Callable] = {"onnx": _load_onnx, "ort": _load_ort, "pte": _load_pte}

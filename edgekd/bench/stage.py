@@ -328,7 +328,7 @@ def _operations(candidate: Candidate, feeds: dict) -> dict | None:
 
 
 def _cache(cache_folder: Path | None) -> Path:
-    from edgekd.demo import cache_dir
+    from edgekd.config import cache_dir
 
     return cache_dir(cache_folder)
 

@@ -7,7 +7,7 @@ from typing import Callable
 
 import typer
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
@@ -72,7 +72,7 @@ def user_errors(command: Callable) -> Callable:
             if _state["debug"] or not _is_storage_error(error):
                 raise
             where = f" {error.filename}" if getattr(error, "filename", None) else ""
-            reason = getattr(error, "strerror", None) or _first_line(error)
+            reason = getattr(error, "strerror", None) or first_line(error)
             typer.secho(f"error: cannot write{where}: {reason}; free some space or choose a "
                         "writable output folder (nothing half-written was kept)", fg="red", err=True)
             raise typer.Exit(1) from None
@@ -97,7 +97,3 @@ def _is_storage_error(error: Exception) -> bool:
     return any(marker in text for marker in ("No space left on device", "os error 28",
                                              "Read-only file system", "Disk quota exceeded"))
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

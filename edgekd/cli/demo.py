@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from edgekd.cli.app import app, user_errors
-from edgekd.errors import UserError
 
 
 @app.command()

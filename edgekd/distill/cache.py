@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edgekd.config import cache_dir
 from edgekd.data import Encoded, batches
 from edgekd.distill.distributed import Ranks
 from edgekd.distill.objective import Needs, forward_outputs
@@ -41,8 +41,7 @@ QKV_NAMES = ("query", "key", "value")
 
 def default_cache_root() -> Path:
     """$EDGEKD_CACHE/teacher-outputs, else ~/.cache/edgekd/teacher-outputs."""
-    base = os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd"
-    return Path(base) / "teacher-outputs"
+    return cache_dir() / "teacher-outputs"
 
 
 def cache_key(teacher: torch.nn.Module, encoded: Encoded, needs: Needs) -> str:

@@ -107,8 +107,6 @@ def _distill(teacher, student, tokenizer, train: TextDataset, validation: TextDa
     trainee = Trainee(student, objective)
     checkpoints = checkpoint.checkpoint_dir(out)
     saved = _saved_state(checkpoints, config=config, resume=resume, overwrite=overwrite, ranks=ranks)
-    if saved is not None and ranks.is_main:
-        _remove_partial_outputs(out)
     output = atomic_dir(out, overwrite=overwrite) if ranks.is_main else contextlib.nullcontext(None)
     with output as staging:
         teacher_started = time.perf_counter()
@@ -160,13 +158,6 @@ def _saved_state(folder: Path, *, config: DistillConfig, resume: bool, overwrite
                         f"not {getattr(config, first)!r}; resume with the same options or pass --overwrite")
     return state
 
-
-def _remove_partial_outputs(out: Path) -> None:
-    """Staging folders of `out` left by a killed run (see errors.atomic_dir)."""
-    import shutil
-
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- teacher outputs

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 from edgekd.models import model_inputs
 
 # Max abs logit difference allowed against PyTorch fp32, per precision.
@@ -44,10 +44,28 @@ def onnx_session(path: Path, *, threads: int = 1, optimization_level: str = "all
                                                OPTIMIZATION_LEVELS[optimization_level])
     if ort_format:
         options.add_session_config_entry("session.load_model_format", "ORT")
+    return open_session(path, options)
+
+
+def open_session(path: Path, options):
+    """A CPU InferenceSession of `path`; a file onnxruntime cannot load is one clear error."""
+    import onnxruntime as ort
+
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise UserError(f"onnxruntime cannot load {path}: {str(error).splitlines()[0][:200]}; "
+        raise UserError(f"onnxruntime cannot load {path}: {first_line(error)[:200]}; "
+                        "the file is corrupt or truncated, export it again") from error
+
+
+def load_pte_method(path: Path):
+    """The `forward` method of a .pte program; a file ExecuTorch cannot load is one clear error."""
+    from executorch.runtime import Runtime
+
+    try:
+        return Runtime.get().load_program(Path(path)).load_method("forward")
+    except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with C++ text
+        raise UserError(f"ExecuTorch cannot load {path}: {first_line(error)[:200]}; "
                         "the file is corrupt or truncated, export it again") from error
 
 
@@ -55,13 +73,7 @@ class ExecutorchSession:
     """An ExecuTorch method behind the `run(["logits"], feeds)` call of an onnxruntime session."""
 
     def __init__(self, path: Path, input_names: list[str]) -> None:
-        from executorch.runtime import Runtime
-
-        try:
-            self.method = Runtime.get().load_program(Path(path)).load_method("forward")
-        except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with C++ text
-            raise UserError(f"ExecuTorch cannot load {path}: {str(error).splitlines()[0][:200]}; "
-                            "the file is corrupt or truncated, export it again") from error
+        self.method = load_pte_method(path)
         self.input_names = input_names
 
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from edgekd.errors import UserError, atomic_dir
 from edgekd.lm.data import LMExamples, collate
-from edgekd.lm.models import cache_root
+from edgekd.config import cache_dir
 from edgekd.progress import progress_bar
 
 FORMAT_VERSION = 1
@@ -100,7 +100,7 @@ def open_or_build(teacher: torch.nn.Module, examples: LMExamples, *, top_k: int,
     if not 1 <= top_k <= vocabulary:
         raise UserError(f"--top-k {top_k} must be between 1 and the vocabulary size {vocabulary}")
     key = cache_key(teacher, examples, top_k=top_k, temperature=temperature, vocabulary=vocabulary)
-    folder = Path(root or cache_root() / "lm-top-k") / key
+    folder = Path(root or cache_dir() / "lm-top-k") / key
     if not (folder / "meta.json").is_file():
         build(teacher, examples, folder=folder, top_k=top_k, temperature=temperature,
               vocabulary=vocabulary, batch_size=batch_size, device=device, show_progress=show_progress)

