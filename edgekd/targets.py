@@ -83,9 +83,13 @@ class Budgets:
     max_accuracy_drop: float = 1.0  # points of accuracy lost vs the fp32 student
     max_latency_ms: float | None = None  # p50 at batch 1 (checked by edgekd bench)
     max_size_mb: float | None = None  # model file size, checked at export
+    # A drop over max_accuracy_drop counts when the validation rows show it is real: its
+    # one-sided p-value is below this (edgekd/export/validation.py). 1: every excess counts.
+    drop_significance: float = 0.05
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.max_accuracy_drop <= 100.0, "max_accuracy_drop must be 0 to 100")
+        _require(0.0 < self.drop_significance <= 1.0, "drop_significance must be in (0, 1]")
         _require(self.max_latency_ms is None or self.max_latency_ms > 0,
                  "max_latency_ms must be positive")
         _require(self.max_size_mb is None or self.max_size_mb > 0, "max_size_mb must be positive")

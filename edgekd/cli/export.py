@@ -88,6 +88,10 @@ def _print_summary(artifacts, out: Path, *, checked_accuracy: bool) -> None:
                       f"{artifact.seconds:.1f}")
     console = Console()
     console.print(table)
+    for artifact in artifacts:
+        if artifact.accuracy is not None and artifact.accuracy.within_noise:
+            console.print(f"{artifact.target}: {artifact.accuracy.describe()}; pass more --data "
+                          "rows to measure the drop more finely")
     if not checked_accuracy:
         console.print("accuracy not checked: no --data given, artifacts were checked on random "
                       "batches only (the manifests say so)")
@@ -104,7 +108,8 @@ def _accuracy_cell(accuracy) -> str:
         return "not checked"
     if accuracy.accuracy is None:
         return f"agree {accuracy.agreement:.1f}%"
-    return f"{accuracy.accuracy:.1f}% ({(-accuracy.drop or 0.0):+.2f})"
+    noise = " ~" if accuracy.within_noise else ""  # explained below the table
+    return f"{accuracy.accuracy:.1f}% ({(-accuracy.drop or 0.0):+.2f}){noise}"
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """Accuracy-aware int8: keep the nodes that quantise worst in float until the budget holds.
 
 1. Quantise everything asked for; if the accuracy drop on validation data is within the
-   budget, done.
+   budget (or over it by no more than chance explains: see edgekd/export/validation.py),
+   done.
 2. Otherwise score each quantised node alone: quantise only that node and measure the
    mean logit error against the fp32 student (a smooth score; accuracy moves in steps).
 3. Keep nodes in float, most damaging first, one at a time, until the drop is within
@@ -17,6 +18,7 @@ from typing import Callable
 
 from edgekd.export.parity import onnx_session
 from edgekd.export.validation import Accuracy, ValidationSet, mean_logit_error, measure, session_logits
+from edgekd.targets import Budgets
 
 # quantize(destination, nodes_kept_float): writes an int8 model keeping those nodes float
 Quantizer = Callable[[Path, list[str]], None]
@@ -33,17 +35,17 @@ class Int8Search:
     sensitivity: list[tuple[str, float]] = field(default_factory=list)  # most damaging first
 
 
-def accuracy_of(path: Path, validation: ValidationSet, *, budget: float) -> Accuracy:
+def accuracy_of(path: Path, validation: ValidationSet, *, budgets: Budgets) -> Accuracy:
     logits = session_logits(onnx_session(path), validation.feeds_list)
-    return measure(logits, validation, budget=budget)
+    return measure(logits, validation, budgets=budgets)
 
 
 def quantize_within_budget(quantize: Quantizer, destination: Path, *, candidates: list[str],
-                           validation: ValidationSet, budget: float,
+                           validation: ValidationSet, budgets: Budgets,
                            max_nodes_kept_float: int) -> Int8Search:
     """Write the int8 model to `destination`, keeping nodes float as needed (see module doc)."""
     quantize(destination, [])
-    first = accuracy_of(destination, validation, budget=budget)
+    first = accuracy_of(destination, validation, budgets=budgets)
     if first.passed or max_nodes_kept_float == 0 or not candidates:
         return Int8Search(accuracy=first, first_accuracy=first, nodes_kept_float=[])
     ranked = node_sensitivity(quantize, candidates=candidates,
@@ -53,7 +55,7 @@ def quantize_within_budget(quantize: Quantizer, destination: Path, *, candidates
     for node, _ in ranked[:max_nodes_kept_float]:
         kept.append(node)
         quantize(destination, kept)
-        accuracy = accuracy_of(destination, validation, budget=budget)
+        accuracy = accuracy_of(destination, validation, budgets=budgets)
         if accuracy.passed:
             break
     return Int8Search(accuracy=accuracy, first_accuracy=first, nodes_kept_float=kept,

@@ -271,7 +271,7 @@ def _quantize_int8(target: Target, context: _Context, source: Path, destination:
     search = quantize_within_budget(
         quantize, destination, candidates=quantizable_nodes(
             source, options, weights_only=target.precision == "int8-dynamic"),
-        validation=context.validation, budget=target.budgets.max_accuracy_drop,
+        validation=context.validation, budgets=target.budgets,
         max_nodes_kept_float=options.max_nodes_kept_float)
     details.update(nodes_kept_float=preset + search.nodes_kept_float,
                    sensitivity=[{"node": node, "mean_logit_error": round(score, 6)}
@@ -285,7 +285,8 @@ def _quantize_int8(target: Target, context: _Context, source: Path, destination:
 def _search_failure(target: Target, search: Int8Search) -> str:
     return (f"target '{target.name}': int8 loses {search.first_accuracy.drop:.2f} points on "
             f"{search.accuracy.source} (budget {target.budgets.max_accuracy_drop:g}), and still "
-            f"{search.accuracy.drop:.2f} with {len(search.nodes_kept_float)} most sensitive nodes "
+            f"{search.accuracy.drop:.2f} (p={search.accuracy.p_value:.3g}) with "
+            f"{len(search.nodes_kept_float)} most sensitive nodes "
             "kept in float; raise quantization.max_nodes_kept_float or budgets.max_accuracy_drop, "
             "or use onnx-fp16")
 
@@ -307,11 +308,11 @@ def _checked_accuracy(target: Target, session, context: _Context) -> Accuracy | 
     if context.validation is None:
         return None
     accuracy = measure(session_logits(session, context.validation.feeds_list), context.validation,
-                       budget=target.budgets.max_accuracy_drop)
+                       budgets=target.budgets)
     if not accuracy.passed:
         raise GateFailed(f"target '{target.name}': loses {accuracy.drop:.2f} points of accuracy "
-                         f"on {accuracy.source} (agreement with fp32 {accuracy.agreement:.1f}%), "
-                         f"over its budget of {accuracy.budget:g}; raise "
+                         f"on {accuracy.source} (agreement with fp32 {accuracy.agreement:.1f}%, "
+                         f"p={accuracy.p_value:.3g}), over its budget of {accuracy.budget:g}; raise "
                          "budgets.max_accuracy_drop or choose a higher precision")
     return accuracy
 
@@ -343,7 +344,7 @@ def _write_manifest(path: Path, target: Target, context: _Context, model_file: s
         "inputs": {name: ["batch", "sequence"] for name in context.input_names},
         "outputs": {"logits": ["batch", "num_labels"]},
         "parity": asdict(parity),
-        "accuracy": asdict(accuracy) if accuracy is not None else {
+        "accuracy": {**asdict(accuracy), "verdict": accuracy.describe()} if accuracy is not None else {
             "checked": False,
             "note": "no validation data given: checked on random batches only, accuracy "
                     "budget not held; pass --data to measure it"},

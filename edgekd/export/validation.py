@@ -4,10 +4,20 @@ With labelled data the accuracy drop is measured in points; with unlabelled data
 share of predictions that changed stands in for it (every changed prediction may be a
 lost one). Without data nothing can be said about accuracy: the artifact is checked on
 random batches only and the manifest says so.
+
+A drop over the budget counts only when the validation rows show it is real. On 150
+rows one changed prediction moves accuracy by 0.67 points, so a quantised model that
+flips two rows one way is "over" a 1-point budget by chance alone. Each measurement
+carries a one-sided exact p-value: with labels, McNemar's test on the rows the artifact
+got wrong that the fp32 student got right against the reverse (is the artifact worse at
+all?); without labels, a binomial test of the changed-prediction rate against the
+budget. The drop fails the budget when it is over it and p < `significance`
+(the target's `budgets.drop_significance`; 1 makes every excess count).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +25,7 @@ import torch
 
 from edgekd.data import TextDataset, batches, encode
 from edgekd.models import model_inputs
+from edgekd.targets import Budgets
 
 BATCH_SIZE = 32
 
@@ -49,10 +60,29 @@ class Accuracy:
     agreement: float  # percent of rows predicted as the fp32 student predicts them
     drop: float  # points lost: accuracy drop with labels, else percent of changed predictions
     budget: float  # the target's max_accuracy_drop
+    p_value: float = 1.0  # one-sided exact test that the drop is real (see module doc)
+    significance: float = 0.05  # an excess over the budget counts when p_value is below this
+
+    @property
+    def over_budget(self) -> bool:
+        return self.drop > self.budget + 1e-9
 
     @property
     def passed(self) -> bool:
-        return self.drop <= self.budget + 1e-9
+        return not self.over_budget or self.p_value >= self.significance
+
+    @property
+    def within_noise(self) -> bool:
+        """Over the budget, but not shown to be real by these validation rows."""
+        return self.over_budget and self.passed
+
+    def describe(self) -> str:
+        """One line for the export summary and the manifest."""
+        if not self.over_budget:
+            return f"drop {self.drop:.2f} within budget {self.budget:g}"
+        verdict = "within noise" if self.passed else "significant"
+        return (f"drop {self.drop:.2f} over budget {self.budget:g} on {self.rows} rows, {verdict} "
+                f"(p={self.p_value:.3g}, threshold {self.significance:g})")
 
 
 def validation_set(dataset: TextDataset, *, model: torch.nn.Module, tokenizer,
@@ -77,8 +107,8 @@ def session_logits(session, feeds_list: list[dict[str, np.ndarray]]) -> np.ndarr
                            for feeds in feeds_list])
 
 
-def measure(logits: np.ndarray, validation: ValidationSet, *, budget: float) -> Accuracy:
-    """Accuracy, agreement and drop of `logits` (rows, num_labels) on `validation`."""
+def measure(logits: np.ndarray, validation: ValidationSet, *, budgets: Budgets) -> Accuracy:
+    """Accuracy, agreement, drop and its p-value of `logits` (rows, num_labels) on `validation`."""
     predictions = logits.argmax(-1)
     reference = validation.reference_logits.argmax(-1)
     agreement = 100.0 * float((predictions == reference).mean())
@@ -88,12 +118,33 @@ def measure(logits: np.ndarray, validation: ValidationSet, *, budget: float) -> 
         reference_accuracy = 100.0 * float((reference[labelled] == gold).mean())
         accuracy = 100.0 * float((predictions[labelled] == gold).mean())
         drop = reference_accuracy - accuracy
+        was_right, is_right = reference[labelled] == gold, predictions[labelled] == gold
+        worse, better = int((was_right & ~is_right).sum()), int((~was_right & is_right).sum())
+        p_value = binomial_tail(worse, worse + better, 0.5)  # McNemar, exact, one-sided
     else:
         reference_accuracy = accuracy = None
         drop = 100.0 - agreement
+        changed = int((predictions != reference).sum())
+        p_value = binomial_tail(changed, len(predictions), budgets.max_accuracy_drop / 100.0)
     return Accuracy(source=validation.source, rows=len(predictions), labelled=int(labelled.sum()),
                     reference_accuracy=reference_accuracy, accuracy=accuracy, agreement=agreement,
-                    drop=drop, budget=budget)
+                    drop=drop, budget=budgets.max_accuracy_drop, p_value=p_value,
+                    significance=budgets.drop_significance)
+
+
+def binomial_tail(successes: int, trials: int, probability: float) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, probability), exact (log space)."""
+    if successes <= 0:
+        return 1.0
+    if probability <= 0.0:
+        return 0.0
+    if probability >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(probability), math.log1p(-probability)
+    terms = [math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
+             + k * log_p + (trials - k) * log_q for k in range(successes, trials + 1)]
+    peak = max(terms)
+    return min(1.0, math.exp(peak) * sum(math.exp(t - peak) for t in terms))
 
 
 def mean_logit_error(logits: np.ndarray, validation: ValidationSet) -> float:
