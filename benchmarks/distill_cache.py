@@ -5,7 +5,7 @@
 Demo teacher (MiniLM-L6 fine-tuned on BBC News) -> 2-layer student (teacher layers 0 and 5),
 CPU, max length 128, batch 16, the demo's KD recipe. Runs alternate (no cache, cache,
 no cache, cache, ...) in one process so machine noise hits both alike; the ratio of
-the medians is the result. "cache" is the loop reading a cache that already exists
+each repeat's pair is the result (the median over repeats). "cache" is the loop reading a cache that already exists
 (a later epoch or a later run); the one-off build time is reported beside it, with
 what it means for a whole run. Goal: cache >= 1.8x the samples/s of no cache.
 """
@@ -70,9 +70,11 @@ def main() -> None:
                 runs[mode].append(run)
                 print(f"repeat {repeat + 1} {mode:9s} {run['samples_per_second']:7.1f} samples/s", flush=True)
     median = {mode: statistics.median(r["samples_per_second"] for r in values) for mode, values in runs.items()}
-    ratio = median["cache"] / median["no_cache"]
-    # Each repeat ran the two modes back to back: their ratio sees the same machine load.
+    ratio_of_medians = median["cache"] / median["no_cache"]
+    # Each repeat ran the two modes back to back: their ratio sees the same machine load,
+    # where the medians of the two modes may come from repeats under different loads.
     pair_ratios = [c["samples_per_second"] / n["samples_per_second"] for n, c in zip(runs["no_cache"], runs["cache"])]
+    ratio = statistics.median(pair_ratios)
     # CPU time per sample (whole distill call, setup included) hardly moves with other jobs' load.
     cpu_ratio = (statistics.median(r["samples_per_cpu_second"] for r in runs["cache"])
                  / statistics.median(r["samples_per_cpu_second"] for r in runs["no_cache"]))
@@ -83,13 +85,14 @@ def main() -> None:
     print(f"\n{'mode':12s} {'median samples/s':>17s}")
     for mode in ("no_cache", "cache"):
         print(f"{mode:12s} {median[mode]:17.1f}")
-    print(f"ratio cache / no cache: {ratio:.2f}x (goal >= {GOAL}x: {'met' if ratio >= GOAL else 'NOT met'}); "
-          f"per repeat {', '.join(f'{r:.2f}x' for r in pair_ratios)}, median {statistics.median(pair_ratios):.2f}x")
+    print(f"ratio cache / no cache, median over repeats: {ratio:.2f}x (goal >= {GOAL}x: "
+          f"{'met' if ratio >= GOAL else 'NOT met'}); per repeat {', '.join(f'{r:.2f}x' for r in pair_ratios)}; "
+          f"ratio of the modes' medians {ratio_of_medians:.2f}x")
     print(f"ratio of samples per CPU-second (whole run, setup included): {cpu_ratio:.2f}x")
     print("whole run incl. cold-cache build, speed-up by epochs: "
           + ", ".join(f"{e} epochs {v:.2f}x" for e, v in cold.items()))
     result = {"goal": f"cache >= {GOAL}x samples/s of no cache", "met": ratio >= GOAL, "ratio": ratio,
-              "pair_ratios": pair_ratios, "median_pair_ratio": statistics.median(pair_ratios),
+              "pair_ratios": pair_ratios, "ratio_of_medians": ratio_of_medians,
               "cpu_time_ratio": cpu_ratio,
               "median_samples_per_second": median, "runs": runs, "cache_build_seconds": build_seconds,
               "cold_cache_whole_run_speedup_by_epochs": cold, "rows": args.rows,

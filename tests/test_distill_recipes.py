@@ -8,9 +8,11 @@ import typer
 from typer.testing import CliRunner
 
 from edgekd.cli import app
-from edgekd.cli.distill import recipe_values, run
+from edgekd.cli.distill import CAUSAL_LM_ONLY_OPTIONS, CLASSIFICATION_ONLY_OPTIONS, recipe_values, run
+from edgekd.cli.lm import run_lm_distill
 from edgekd.config import DistillConfig
 from edgekd.errors import UserError
+from edgekd.lm.train import LMDistillConfig
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 RECIPES = sorted(EXAMPLES.rglob("*.yaml"))
@@ -37,15 +39,35 @@ def test_shipped_recipe_matches_the_cli(recipe):
     DistillConfig(**training)
 
 
+def _options(command_name: str) -> set[str]:
+    command = typer.main.get_command(app).commands[command_name]
+    return {param.name for param in command.params if param.param_type_name == "option"}
+
+
 def test_every_config_field_is_a_cli_option_and_back():
     # run() passes everything it does not use itself straight into DistillConfig, so the
     # two lists must match exactly: a new field without an option (or the reverse) fails here.
+    # --task and the causal-LM options are taken off before run() is called.
     import inspect
 
-    options = {param.name for param in _distill_command().params if param.param_type_name == "option"}
+    options = _options("distill") - {"task", *CAUSAL_LM_ONLY_OPTIONS}
     used_by_run = {name for name, p in inspect.signature(run).parameters.items() if p.kind is p.KEYWORD_ONLY}
     config_fields = set(DistillConfig.__dataclass_fields__)
     assert options - used_by_run == config_fields - {"max_length", "seed", "validation_fraction"}
+
+
+def test_causal_lm_options_are_lm_distills_and_reach_its_config():
+    # distill --task causal-lm hands every option that is not classification-only to
+    # run_lm_distill by name, and lm-distill is its short form: the three lists must agree,
+    # and every LMDistillConfig field must be reachable from the command line.
+    import inspect
+
+    lm_parameters = set(inspect.signature(run_lm_distill).parameters)
+    assert _options("distill") - {"task", "recipe", *CLASSIFICATION_ONLY_OPTIONS} == lm_parameters
+    assert _options("lm-distill") == lm_parameters
+    renamed = {"train_embeddings": "freeze_embeddings"}  # a flag that switches the field off
+    config_fields = {renamed.get(name, name) for name in LMDistillConfig.__dataclass_fields__}
+    assert config_fields - {"bf16"} <= lm_parameters  # bf16 is always on for CUDA from the CLI
 
 
 def test_recipe_errors_name_the_key(tmp_path):

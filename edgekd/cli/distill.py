@@ -1,4 +1,10 @@
-"""`edgekd distill`: options (or a recipe of the same options) -> DistillConfig -> distill stage."""
+"""`edgekd distill`: options (or a recipe of the same options) -> a config -> one stage.
+
+`--task classification` (the default) builds a DistillConfig for the encoder stage;
+`--task causal-lm` hands the options it shares with `lm-distill` to that command's
+function, edgekd.cli.lm.run_lm_distill. An option that only the other task uses is
+refused by name rather than silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -10,69 +16,120 @@ import typer
 from edgekd.cli.app import app, user_errors
 from edgekd.errors import UserError
 
+CLASSIFICATION = "Classification only"
+CAUSAL_LM = "Causal LM only (--task causal-lm)"
+
+# Options only one task reads (the parameter names); every other option serves both.
+CLASSIFICATION_ONLY_OPTIONS = (
+    "validation_data", "validation_fraction", "label_column", "text_pair_column", "epochs", "max_steps",
+    "gradient_accumulation", "alpha", "hidden_mse_weight", "hidden_cosine_weight", "attention_weight",
+    "minilm_weight", "minilm_relation_heads", "layer_map", "compile", "teacher_cache", "trust_remote_code")
+CAUSAL_LM_ONLY_OPTIONS = ("prompt_column", "steps", "divergence", "beta", "ce_weight", "top_k",
+                          "freeze_embeddings")
+
 
 @app.command()
 @user_errors
 def distill(
     ctx: typer.Context,
-    teacher: Optional[str] = typer.Option(None, help="Teacher: a sequence-classifier folder or hub id."),
-    data: Optional[Path] = typer.Option(None, help="Training data: .csv, .tsv, .jsonl or .parquet."),
+    task: str = typer.Option(
+        "classification", help="classification (a sequence-classifier teacher) or causal-lm "
+                               "(a decoder language model: next-token distributions)."),
+    teacher: Optional[str] = typer.Option(
+        None, help="Teacher folder or hub id: a sequence classifier, or with --task causal-lm any "
+                   "AutoModelForCausalLM (or a .gguf file)."),
+    data: Optional[Path] = typer.Option(
+        None, help="Training data: .csv, .tsv, .jsonl or .parquet (causal-lm also: .txt, one text per line)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the student (save_pretrained format)."),
     recipe: Optional[Path] = typer.Option(
         None, help="YAML file whose keys are these options (student-layers: 2); flags override it."),
     student_layers: Optional[str] = typer.Option(
-        None, help="Student = teacher layers: a count (evenly spaced) or indices like 0,3,5 (default 2)."),
+        None, help="Student = teacher layers: a count (evenly spaced) or indices like 0,3,5 "
+                   "(classification default 2)."),
     student_config: Optional[str] = typer.Option(
         None, help="Student = shrunk teacher config, random init: hidden=256,layers=4,heads=4,intermediate=1024."),
     student: Optional[str] = typer.Option(
         None, help="Student = this model folder or hub id (a plain encoder gets the teacher's labels); "
                    "with --student-layers, those layers of it."),
     validation_data: Optional[Path] = typer.Option(
-        None, help="Validation data for choosing the best epoch (default: a slice of --data)."),
+        None, help="Validation data for choosing the best epoch (default: a slice of --data).",
+        rich_help_panel=CLASSIFICATION),
     validation_fraction: float = typer.Option(
-        0.1, help="Share of --data held out for validation when --validation-data is absent."),
+        0.1, help="Share of --data held out for validation when --validation-data is absent.",
+        rich_help_panel=CLASSIFICATION),
     text_column: str = typer.Option("text", help="Column with the input text."),
     label_column: str = typer.Option(
-        "label", help="Column with labels (names or indices); empty rows learn from soft labels."),
+        "label", help="Column with labels (names or indices); empty rows learn from soft labels.",
+        rich_help_panel=CLASSIFICATION),
     text_pair_column: Optional[str] = typer.Option(
-        None, help="Column with the second text of text-pair tasks."),
-    epochs: int = typer.Option(3, help="Passes over the training data."),
-    max_steps: int = typer.Option(0, help="Stop after this many optimiser steps (0: --epochs decides)."),
-    lr: float = typer.Option(1e-4, help="Peak learning rate (AdamW, warm-up then linear decay)."),
-    batch_size: int = typer.Option(16, help="Examples per optimiser step (over all processes)."),
+        None, help="Column with the second text of text-pair tasks.", rich_help_panel=CLASSIFICATION),
+    prompt_column: Optional[str] = typer.Option(
+        None, help="Column with a prompt, prepended to the text and not learnt.", rich_help_panel=CAUSAL_LM),
+    epochs: int = typer.Option(3, help="Passes over the training data.", rich_help_panel=CLASSIFICATION),
+    max_steps: int = typer.Option(0, help="Stop after this many optimiser steps (0: --epochs decides).",
+                                  rich_help_panel=CLASSIFICATION),
+    steps: int = typer.Option(200, help="Optimiser steps (the data is cycled as often as needed).",
+                              rich_help_panel=CAUSAL_LM),
+    lr: float = typer.Option(
+        1e-4, help="Peak learning rate (AdamW, warm-up then linear decay; causal-lm default 3e-4)."),
+    batch_size: int = typer.Option(
+        16, help="Examples per optimiser step, over all processes (causal-lm default 8)."),
     gradient_accumulation: int = typer.Option(
-        1, help="Run each step's batch as this many micro-batches (less memory, same result)."),
+        1, help="Run each step's batch as this many micro-batches (less memory, same result).",
+        rich_help_panel=CLASSIFICATION),
     warmup_fraction: float = typer.Option(0.1, help="Share of steps with a rising learning rate."),
     weight_decay: float = typer.Option(0.01, help="AdamW decoupled weight decay."),
     max_grad_norm: float = typer.Option(1.0, help="Clip gradients to this global norm."),
-    temperature: float = typer.Option(2.0, help="Softmax temperature of the KD term."),
-    alpha: float = typer.Option(0.5, help="Weight of hard-label cross-entropy; 1-alpha for KD."),
-    hidden_mse_weight: float = typer.Option(0.0, help="Weight of hidden-state MSE (TinyBERT)."),
-    hidden_cosine_weight: float = typer.Option(0.0, help="Weight of hidden-state cosine loss (DistilBERT)."),
-    attention_weight: float = typer.Option(0.0, help="Weight of attention-distribution KL (TinyBERT)."),
-    minilm_weight: float = typer.Option(0.0, help="Weight of MiniLM-v2 q/k/v relation KL (last layers)."),
+    temperature: float = typer.Option(
+        2.0, help="Softmax temperature of the KD term (causal-lm: inside the divergence, default 1.0)."),
+    alpha: float = typer.Option(0.5, help="Weight of hard-label cross-entropy; 1-alpha for KD.",
+                                rich_help_panel=CLASSIFICATION),
+    hidden_mse_weight: float = typer.Option(0.0, help="Weight of hidden-state MSE (TinyBERT).",
+                                            rich_help_panel=CLASSIFICATION),
+    hidden_cosine_weight: float = typer.Option(0.0, help="Weight of hidden-state cosine loss (DistilBERT).",
+                                               rich_help_panel=CLASSIFICATION),
+    attention_weight: float = typer.Option(0.0, help="Weight of attention-distribution KL (TinyBERT).",
+                                           rich_help_panel=CLASSIFICATION),
+    minilm_weight: float = typer.Option(0.0, help="Weight of MiniLM-v2 q/k/v relation KL (last layers).",
+                                        rich_help_panel=CLASSIFICATION),
     minilm_relation_heads: int = typer.Option(
-        0, help="Heads the MiniLM relations are split into (0: the teacher's head count)."),
+        0, help="Heads the MiniLM relations are split into (0: the teacher's head count).",
+        rich_help_panel=CLASSIFICATION),
     layer_map: str = typer.Option(
-        "", help="Student:teacher layer pairs like 0:1,1:5 (default: the layers cut from, else uniform)."),
+        "", help="Student:teacher layer pairs like 0:1,1:5 (default: the layers cut from, else uniform).",
+        rich_help_panel=CLASSIFICATION),
+    divergence: str = typer.Option("forward_kl", help="forward_kl, reverse_kl or jsd.", rich_help_panel=CAUSAL_LM),
+    beta: float = typer.Option(0.5, help="JSD weight on the teacher (0 forward KL, 1 reverse KL).",
+                               rich_help_panel=CAUSAL_LM),
+    ce_weight: float = typer.Option(0.5, help="Weight of next-token cross-entropy; the rest is the divergence.",
+                                    rich_help_panel=CAUSAL_LM),
+    top_k: int = typer.Option(64, help="Teacher tokens cached per position (0: run the teacher every step).",
+                              rich_help_panel=CAUSAL_LM),
+    freeze_embeddings: bool = typer.Option(False, help="Keep the token embeddings and output head fixed.",
+                                           rich_help_panel=CAUSAL_LM),
     max_length: int = typer.Option(128, help="Tokens per example after truncation."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on cuda)."),
-    compile: bool = typer.Option(False, help="torch.compile the student."),
+    compile: bool = typer.Option(False, help="torch.compile the student.", rich_help_panel=CLASSIFICATION),
     teacher_cache: bool = typer.Option(
-        True, help="Store teacher outputs on disk once (fp16) and reuse them across epochs and runs."),
+        True, help="Store teacher outputs on disk once (fp16) and reuse them across epochs and runs.",
+        rich_help_panel=CLASSIFICATION),
     cache_dir: Optional[Path] = typer.Option(
-        None, help="Where teacher caches live (default $EDGEKD_CACHE/teacher-outputs)."),
+        None, help="Where teacher caches live (default $EDGEKD_CACHE/teacher-outputs; causal-lm: "
+                   "$EDGEKD_CACHE/lm-top-k)."),
     checkpoint_every: int = typer.Option(
-        200, help="Steps between checkpoints in OUT.checkpoints/, also at epoch ends (0: no checkpoints)."),
+        200, help="Steps between checkpoints in OUT.checkpoints/, also at epoch ends (0: no checkpoints; "
+                  "causal-lm default 50)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint of an interrupted run."),
     overwrite: bool = typer.Option(False, help="Replace --out (and its checkpoints) if they exist."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     trust_remote_code: bool = typer.Option(
-        False, help="Allow model folders to run their own Python code (only for sources you trust)."),
+        False, help="Allow model folders to run their own Python code (only for sources you trust).",
+        rich_help_panel=CLASSIFICATION),
 ):
-    """Train a compact student to imitate a teacher (soft labels, hard labels, hidden
-    states, attention, MiniLM relations: each loss by its weight).
+    """Train a compact student to imitate a teacher: a text classifier (soft labels, hard
+    labels, hidden states, attention, MiniLM relations: each loss by its weight) or, with
+    --task causal-lm, a decoder language model (next-token KL or JSD, top-k teacher cache).
 
     Example:
 
@@ -80,12 +137,51 @@ def distill(
 
         edgekd distill --recipe examples/tinybert.yaml --teacher runs/teacher --data train.csv --out runs/s
 
+        edgekd distill --task causal-lm --teacher HuggingFaceTB/SmolLM2-360M --data text.txt --student-layers 8 --out runs/lm
+
         torchrun --nproc_per_node 2 -m edgekd distill --teacher runs/teacher --data train.csv --out runs/s
     """
-    options = dict(ctx.params)
+    from edgekd.cli.lm import checked_task, given_options
+
+    options, given = dict(ctx.params), given_options(ctx)
     if recipe is not None:
-        options.update(recipe_overrides(recipe, ctx))
-    run(**options)
+        overrides = recipe_overrides(recipe, ctx)
+        options.update(overrides)
+        given |= set(overrides)
+    task = checked_task(options.pop("task"))
+    causal_lm_options = {name: options.pop(name) for name in CAUSAL_LM_ONLY_OPTIONS}
+    if task == "causal-lm":
+        run_causal_lm({**options, **causal_lm_options}, given=given)
+    else:
+        _check_classification(options, given=given)
+        run(**options)
+
+
+def run_causal_lm(options: dict, *, given: set[str]) -> None:
+    """`--task causal-lm`: the options given (the rest keep lm-distill's defaults) -> run_lm_distill."""
+    import inspect
+
+    from edgekd.cli.lm import refuse_options, run_lm_distill
+
+    refuse_options(given, CLASSIFICATION_ONLY_OPTIONS, task="causal-lm")
+    _require(options)
+    accepted = set(inspect.signature(run_lm_distill).parameters)
+    run_lm_distill(**{name: options[name] for name in accepted & (given | {"teacher", "data", "out"})})
+
+
+def _check_classification(options: dict, *, given: set[str]) -> None:
+    from edgekd.cli.lm import detected_task, refuse_options
+
+    refuse_options(given, CAUSAL_LM_ONLY_OPTIONS, task="classification")
+    if options["teacher"] is not None and detected_task(options["teacher"]) == "causal-lm":
+        raise UserError(f"teacher '{options['teacher']}' is a causal language model; "
+                        "pass --task causal-lm to distil it")
+
+
+def _require(options: dict) -> None:
+    for name in ("teacher", "data", "out"):
+        if options[name] is None:
+            raise UserError(f"--{name} is required (give it as a flag or in the --recipe file)")
 
 
 def run(*, teacher, data, out, recipe, student_layers, student_config, student, validation_data,
@@ -97,13 +193,11 @@ def run(*, teacher, data, out, recipe, student_layers, student_config, student, 
     from edgekd.distill.train import distill as run_distill
     from edgekd.models import load_classifier, make_student
 
-    for name, value in (("teacher", teacher), ("data", data), ("out", out)):
-        if value is None:
-            raise UserError(f"--{name} is required (give it as a flag or in the --recipe file)")
+    _require({"teacher": teacher, "data": data, "out": out})
     config = DistillConfig(max_length=max_length, seed=seed, validation_fraction=validation_fraction,
                            **training)
     columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
-    _check_writable(Path(out), overwrite=overwrite or resume)
+    check_writable(Path(out), overwrite=overwrite or resume)
     teacher_model, tokenizer = load_classifier(teacher, role="teacher",
                                                trust_remote_code=trust_remote_code)
     if not (student_layers or student_config or student):
@@ -184,7 +278,7 @@ def label2id_of(model) -> dict[str, int]:
     return {str(name): int(i) for i, name in model.config.id2label.items()}
 
 
-def _check_writable(out: Path, *, overwrite: bool) -> None:
+def check_writable(out: Path, *, overwrite: bool) -> None:
     """Fail before any work when --out exists (without --overwrite) or cannot be created."""
     import os
 

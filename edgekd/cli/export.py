@@ -1,4 +1,4 @@
-"""`edgekd export` and `edgekd targets`."""
+"""`edgekd export` (classifiers and causal LMs) and `edgekd targets`."""
 
 from __future__ import annotations
 
@@ -12,37 +12,68 @@ from edgekd.cli.app import app, user_errors
 from edgekd.errors import UserError
 
 
+CLASSIFICATION = "Classification only"
+# Options only classifier exports read (parameter names); --target, --out, --max-length and
+# --overwrite serve both tasks.
+CLASSIFICATION_ONLY_OPTIONS = ("data", "calibration_data", "text_column", "label_column",
+                               "text_pair_column", "exporter")
+
+
 @app.command()
 @user_errors
 def export(
-    student: Path = typer.Argument(..., help="Student folder written by edgekd distill."),
+    ctx: typer.Context,
+    student: Path = typer.Argument(
+        ..., help="Student folder written by edgekd distill (classifier or causal LM)."),
+    task: Optional[str] = typer.Option(
+        None, help="classification or causal-lm (default: read from the student's config.json)."),
     target: List[str] = typer.Option(
-        ["onnx-int8"], help="Target name from `edgekd targets` or a YAML file; repeatable."),
+        ["onnx-int8"], help="Target name from `edgekd targets` or a YAML file; repeatable. Causal LMs: "
+                            "fp32, int8, int4 or int8-ort (default fp32, int8 and int4)."),
     out: Path = typer.Option(..., help="Folder that receives one sub-folder per target."),
     data: Optional[Path] = typer.Option(
         None, help="Validation data (.csv/.jsonl/.parquet): every artifact's accuracy is held "
-                   "to its target's budget on it. Without it, only random-batch parity is checked."),
+                   "to its target's budget on it. Without it, only random-batch parity is checked.",
+        rich_help_panel=CLASSIFICATION),
     calibration_data: Optional[Path] = typer.Option(
-        None, help="Training samples for static int8 calibration (default: --data)."),
-    text_column: str = typer.Option("text", help="Column with the input text."),
-    label_column: str = typer.Option("label", help="Column with labels; empty: agreement only."),
+        None, help="Training samples for static int8 calibration (default: --data).",
+        rich_help_panel=CLASSIFICATION),
+    text_column: str = typer.Option("text", help="Column with the input text.", rich_help_panel=CLASSIFICATION),
+    label_column: str = typer.Option("label", help="Column with labels; empty: agreement only.",
+                                     rich_help_panel=CLASSIFICATION),
     text_pair_column: Optional[str] = typer.Option(
-        None, help="Column with the second text of text-pair tasks."),
-    max_length: int = typer.Option(128, help="Tokens per example after truncation."),
+        None, help="Column with the second text of text-pair tasks.", rich_help_panel=CLASSIFICATION),
+    max_length: int = typer.Option(
+        128, help="Tokens per example after truncation (causal LMs: longest prompt + generated "
+                  "tokens, default 512)."),
     exporter: Optional[str] = typer.Option(
-        None, help="Override the targets' exporter: torchscript, dynamo or optimum."),
+        None, help="Override the targets' exporter: torchscript, dynamo or optimum.",
+        rich_help_panel=CLASSIFICATION),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):
     """Convert a student for each target (ONNX, .ort, .pte; fp32, fp16, int8), checked
-    against PyTorch and, with --data, held to each target's accuracy budget.
+    against PyTorch and, with --data, held to each target's accuracy budget. A causal LM
+    (found from its config.json, or --task causal-lm) becomes ONNX with a key/value cache
+    (fp32, int8, int4, int8-ort), its greedy generation checked token for token.
 
     Example:
 
         edgekd export runs/student --target onnx-fp32 --target onnx-int8 --data val.csv --out runs/export
+
+        edgekd export runs/lm --target int4 --out runs/lm-export
     """
+    from edgekd.cli.lm import given_options, resolved_task
+
+    given = given_options(ctx)
+    if resolved_task(task, student) == "causal-lm":
+        _export_causal_lm(student, targets=list(target) if "target" in given else None, out=out,
+                          max_length=max_length if "max_length" in given else None,
+                          overwrite=overwrite, given=given)
+        return
     from edgekd.export.stage import check_student_folder, export as run_export
     from edgekd.targets import EXPORTERS, load_target
 
+    _refuse_causal_lm_targets(target)
     targets = [load_target(name) for name in target]
     if exporter is not None and exporter not in EXPORTERS:
         raise UserError(f"--exporter '{exporter}' is not one of {', '.join(EXPORTERS)}")
@@ -58,6 +89,32 @@ def export(
         calibration_source=str(calibration_data) if calibration_data else "calibration data",
         max_length=max_length)
     _print_summary(artifacts, out, checked_accuracy=validation is not None)
+
+
+def _export_causal_lm(student: Path, *, targets: Optional[list[str]], out: Path, max_length: Optional[int],
+                      overwrite: bool, given: set[str]) -> None:
+    """A causal LM: its own targets (the defaults of lm-export unless --target is given)."""
+    from edgekd.cli.lm import LM_EXPORT_DEFAULT_TARGETS, refuse_options, run_lm_export
+    from edgekd.lm.export import LM_TARGETS
+
+    refuse_options(given, CLASSIFICATION_ONLY_OPTIONS, task="causal-lm")
+    for name in targets or []:
+        if name not in LM_TARGETS:
+            raise UserError(f"target '{name}' is not a causal-LM target; {student} is a causal LM: "
+                            f"choose from {', '.join(LM_TARGETS)}")
+    run_lm_export(student, targets=targets or LM_EXPORT_DEFAULT_TARGETS, out=out,
+                  max_length=max_length or 512, overwrite=overwrite)
+
+
+def _refuse_causal_lm_targets(names: list[str]) -> None:
+    """A causal-LM target name asked for a classifier: say which targets fit."""
+    from edgekd.lm.export import LM_TARGETS
+    from edgekd.targets import known_targets
+
+    for name in names:
+        if name in LM_TARGETS and name not in known_targets():
+            raise UserError(f"target '{name}' is for causal LMs, and this student is a classifier; "
+                            f"choose from {', '.join(known_targets())} (or pass --task causal-lm for a causal LM)")
 
 
 def _dataset(path: Optional[Path], student: Path, text_column: str, label_column: Optional[str],

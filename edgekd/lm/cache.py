@@ -30,9 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgekd.config import cache_dir
+from edgekd.distill.distributed import Ranks
 from edgekd.errors import UserError, atomic_dir
 from edgekd.lm.data import LMExamples, collate
-from edgekd.config import cache_dir
 from edgekd.progress import progress_bar
 
 FORMAT_VERSION = 1
@@ -95,15 +96,19 @@ class TopKCache:
 def open_or_build(teacher: torch.nn.Module, examples: LMExamples, *, top_k: int,
                   temperature: float, vocabulary: int, root: Path | None = None,
                   batch_size: int = 8, device: torch.device = torch.device("cpu"),
-                  show_progress: bool = True) -> TopKCache:
-    """The cache for this teacher, text, k and temperature: opened if built before."""
+                  show_progress: bool = True, ranks: Ranks = Ranks()) -> TopKCache:
+    """The cache for this teacher, text, k and temperature: opened if built before.
+
+    Under torchrun rank 0 builds it while the other ranks wait, then every rank opens it:
+    the teacher runs over the text once, however many processes train."""
     if not 1 <= top_k <= vocabulary:
         raise UserError(f"--top-k {top_k} must be between 1 and the vocabulary size {vocabulary}")
     key = cache_key(teacher, examples, top_k=top_k, temperature=temperature, vocabulary=vocabulary)
     folder = Path(root or cache_dir() / "lm-top-k") / key
-    if not (folder / "meta.json").is_file():
+    if ranks.is_main and not (folder / "meta.json").is_file():
         build(teacher, examples, folder=folder, top_k=top_k, temperature=temperature,
               vocabulary=vocabulary, batch_size=batch_size, device=device, show_progress=show_progress)
+    ranks.barrier()
     return TopKCache.open(folder)
 
 

@@ -77,6 +77,29 @@ def check_is_causal_lm(config, *, role: str, source: str) -> None:
                         "pass an AutoModelForCausalLM")
 
 
+def is_causal_lm_folder(source: str | Path) -> bool:
+    """Whether a model folder (or .gguf file) holds a causal LM, judged from config.json alone:
+    its architectures, else (none saved) a model type with a causal-LM head and no masked-LM
+    one (decoder families; BERT and kin have both)."""
+    import json
+
+    path = Path(source)
+    if path.suffix.lower() == ".gguf":
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    architectures = config.get("architectures") or []
+    if architectures:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    model_type = config.get("model_type")
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def dequantised_gguf(path: Path) -> Path:
     """A safetensors folder holding the dequantised GGUF model, built once and cached.
 

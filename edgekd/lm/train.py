@@ -1,9 +1,10 @@
-"""The causal-LM distillation loop: one explicit loop over a fixed budget of steps.
+"""Causal-LM distillation: the stage that prepares the teacher, runs the loop, saves the student.
 
 The teacher is used one of two ways: online (its full next-token distribution every
 step) or, with `top_k > 0`, through the sparse top-k cache built once before the first
 step (edgekd/lm/cache.py). With no teacher, or `ce_weight` 1, the loop is plain
-language-model fine-tuning, the baseline that distillation is measured against.
+language-model fine-tuning, the baseline that distillation is measured against. The loop
+itself, with its checkpoints, resume and torchrun support, is edgekd/lm/loop.py.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import torch
 
+from edgekd.distill import checkpoint, distributed
+from edgekd.distill.distributed import Ranks
 from edgekd.errors import UserError, atomic_dir
 from edgekd.lm.cache import TopKCache, open_or_build
-from edgekd.lm.data import LMExamples, batches
-from edgekd.lm.losses import (DIVERGENCES, causal_lm_cross_entropy, distillation_loss,
-                              shift_for_next_token, sparse_distillation_loss)
-from edgekd.progress import progress_bar
+from edgekd.lm.data import LMExamples
+from edgekd.lm.loop import LMLoop, learning_rate, saved_state, step_loss  # noqa: F401 (public here too)
+from edgekd.lm.losses import DIVERGENCES
 
 
 def _check(condition: bool, message: str) -> None:
@@ -51,6 +53,7 @@ class LMDistillConfig:
     max_grad_norm: float = 1.0  # gradients are clipped to this global norm
     train_embeddings: bool = True  # False freezes token embeddings and output head: the
     # student starts from the teacher's, and on a CPU this skips the largest weight gradient
+    checkpoint_every: int = 50  # steps between checkpoints in OUT.checkpoints/ (0: none)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
@@ -64,7 +67,10 @@ class LMDistillConfig:
         _check(0 <= self.ce_weight <= 1, f"--ce-weight must be in [0, 1], got {self.ce_weight}")
         _check(self.top_k >= 0, f"--top-k must be 0 (dense teacher) or positive, got {self.top_k}")
         _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device}")
-        _check(0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        _check(0 <= self.warmup_fraction < 1, f"--warmup-fraction must be in [0, 1), got {self.warmup_fraction}")
+        _check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        _check(self.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
+        _check(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
 
 
 @dataclass(frozen=True)
@@ -80,115 +86,83 @@ class LMDistillResult:
     cache_bytes_per_token: float = 0.0
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        ("cpu" if name == "auto" else name))
-
-
-def learning_rate(step: int, *, total: int, peak: float, warmup_fraction: float) -> float:
-    """Linear warm-up to `peak`, then linear decay to 0."""
-    warmup = max(1, int(total * warmup_fraction))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * max(0.0, (total - step) / max(1, total - warmup))
-
-
-def step_loss(student: torch.nn.Module, batch: dict, *, teacher: torch.nn.Module | None,
-              cache: TopKCache | None, vocabulary: int, config: LMDistillConfig) -> torch.Tensor:
-    """ce_weight * next-token CE + (1 - ce_weight) * divergence from the teacher."""
-    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits, targets, mask = shift_for_next_token(logits[..., :vocabulary], batch["labels"])
-    cross_entropy = causal_lm_cross_entropy(logits, targets)
-    if config.ce_weight == 1 or (teacher is None and cache is None):
-        return cross_entropy
-    options = dict(kind=config.divergence, beta=config.beta, temperature=config.temperature, mask=mask)
-    if cache is not None:
-        top_ids, top_log_probs = cache.gather(batch["index"].tolist(), width=batch["input_ids"].shape[1])
-        divergence = sparse_distillation_loss(logits, top_ids.to(logits.device),
-                                              top_log_probs.to(logits.device), **options)
-    else:
-        with torch.no_grad():
-            teacher_logits = teacher(input_ids=batch["input_ids"],
-                                     attention_mask=batch["attention_mask"]).logits
-        divergence = distillation_loss(logits, teacher_logits[:, :-1, :vocabulary], **options)
-    return config.ce_weight * cross_entropy + (1 - config.ce_weight) * divergence
-
-
 def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokenizer,
                train: LMExamples, config: LMDistillConfig, out: Path, vocabulary: int,
                overwrite: bool = False, show_progress: bool = True,
-               cache_root: Path | None = None) -> LMDistillResult:
-    """Train `student` on `train` for `config.steps` steps and save it to `out`."""
-    device = pick_device(config.device)
+               cache_root: Path | None = None, resume: bool = False) -> LMDistillResult:
+    """Train `student` on `train` for `config.steps` steps and save it to `out`.
+
+    With `resume` the run continues from the checkpoint beside `out` (OUT.checkpoints/).
+    Under torchrun every rank calls this: each trains on its rows of every batch, and
+    rank 0 alone builds the teacher cache and writes checkpoints, metrics and the student.
+    """
+    ranks, device, started = distributed.setup(config.device)
+    try:
+        return _distill_lm(teacher, student, tokenizer, train, config=config, out=Path(out),
+                           vocabulary=vocabulary, overwrite=overwrite, resume=resume,
+                           show_progress=show_progress and ranks.is_main, cache_root=cache_root,
+                           ranks=ranks, device=device)
+    finally:
+        distributed.teardown(started)
+
+
+def _distill_lm(teacher, student, tokenizer, train: LMExamples, *, config: LMDistillConfig, out: Path,
+                vocabulary: int, overwrite: bool, resume: bool, show_progress: bool,
+                cache_root: Path | None, ranks: Ranks, device: torch.device) -> LMDistillResult:
     torch.manual_seed(config.seed)
+    checkpoints = checkpoint.checkpoint_dir(out)  # beside `out`: the atomic write of the student spares it
+    saved = saved_state(checkpoints, config=config, texts=len(train), resume=resume, overwrite=overwrite,
+                        ranks=ranks)
     uses_teacher = teacher is not None and config.ce_weight < 1
-    cache, teacher_seconds = None, 0.0
-    if uses_teacher:
-        teacher.to(device).eval()
-    if uses_teacher and config.top_k:
-        started = time.perf_counter()
-        cache = open_or_build(teacher, train, top_k=config.top_k, temperature=config.temperature,
-                              vocabulary=vocabulary, root=cache_root, device=device,
-                              show_progress=show_progress)
-        teacher_seconds = time.perf_counter() - started
-        teacher.cpu()  # the loop reads the cache; free the device for the student
-    with atomic_dir(Path(out), overwrite=overwrite) as staging:
-        seconds, tokens, final_loss = _loop(student, teacher if uses_teacher else None, cache, train,
-                                            config=config, device=device, vocabulary=vocabulary,
-                                            log_file=staging / "metrics.jsonl", show_progress=show_progress)
+    output = atomic_dir(out, overwrite=overwrite) if ranks.is_main else contextlib.nullcontext(None)
+    with output as staging:
+        cache, teacher_seconds = _teacher_cache(teacher if uses_teacher else None, train, config=config,
+                                                vocabulary=vocabulary, device=device, root=cache_root,
+                                                ranks=ranks, show_progress=show_progress)
+        loop = LMLoop(student, teacher=teacher if uses_teacher and cache is None else None, cache=cache,
+                      train=train, config=config, vocabulary=vocabulary, device=device, ranks=ranks,
+                      checkpoints=checkpoints, metrics_path=staging / "metrics.jsonl" if staging else None,
+                      show_progress=show_progress)
+        progress, seconds = loop.run(saved)
         student.cpu().eval()
-        for parameter in student.parameters():
-            parameter.requires_grad_(True)
-        student.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / "edgekd-train.json").write_text(json.dumps(
-            {"config": asdict(config), "teacher": getattr(getattr(teacher, "config", None), "_name_or_path", None),
-             "seconds": seconds, "teacher_seconds": teacher_seconds}, indent=2))
-    return LMDistillResult(student_dir=Path(out), steps=config.steps, seconds=seconds,
-                           teacher_seconds=teacher_seconds, tokens_per_second=tokens / max(seconds, 1e-9),
-                           final_loss=final_loss,
+        if staging is not None:
+            _save_student(student, tokenizer, staging, config=config, teacher=teacher, seconds=seconds,
+                          teacher_seconds=teacher_seconds)
+    ranks.barrier()
+    if ranks.is_main:
+        checkpoint.remove(checkpoints)  # the run finished: its student replaces the checkpoints
+    return LMDistillResult(student_dir=out, steps=config.steps, seconds=seconds,
+                           teacher_seconds=teacher_seconds,
+                           tokens_per_second=progress.tokens / max(seconds, 1e-9),
+                           final_loss=progress.records[-1]["loss"] if progress.records else math.nan,
                            cache_bytes_per_token=cache.bytes_per_token if cache else 0.0)
 
 
-def _batches_forever(train: LMExamples, *, batch_size: int, seed: int):
-    epoch = 0
-    while True:
-        yield from batches(train, batch_size=batch_size, shuffle=True, seed=seed + epoch)
-        epoch += 1
+def _teacher_cache(teacher: torch.nn.Module | None, train: LMExamples, *, config: LMDistillConfig,
+                   vocabulary: int, device: torch.device, root: Path | None, ranks: Ranks,
+                   show_progress: bool) -> tuple[TopKCache | None, float]:
+    """The top-k cache (built by rank 0 once, opened by every rank) and the seconds it took;
+    (None, 0) when the teacher runs in the loop or is not used."""
+    if teacher is None:
+        return None, 0.0
+    teacher.to(device).eval()
+    if not config.top_k:
+        return None, 0.0
+    started = time.perf_counter()
+    cache = open_or_build(teacher, train, top_k=config.top_k, temperature=config.temperature,
+                          vocabulary=vocabulary, root=root, device=device, ranks=ranks,
+                          show_progress=show_progress)
+    teacher.cpu()  # the loop reads the cache; free the device for the student
+    return cache, time.perf_counter() - started
 
 
-def _loop(student, teacher, cache, train: LMExamples, *, config: LMDistillConfig,
-          device: torch.device, vocabulary: int, log_file: Path, show_progress: bool):
-    student.to(device).train()
-    if not config.train_embeddings:
-        student.get_input_embeddings().weight.requires_grad_(False)
-        student.get_output_embeddings().weight.requires_grad_(False)
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
-                else contextlib.nullcontext())
-    stream = _batches_forever(train, batch_size=config.batch_size, seed=config.seed)
-    started, tokens, loss_value = time.perf_counter(), 0, math.nan
-    with progress_bar("distill", total=config.steps, enabled=show_progress) as advance, \
-            log_file.open("w") as log:
-        for step in range(config.steps):
-            batch = next(stream)
-            lr = learning_rate(step, total=config.steps, peak=config.lr, warmup_fraction=config.warmup_fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            device_batch = {name: tensor.to(device) for name, tensor in batch.items()}
-            with autocast:
-                loss = step_loss(student, device_batch, teacher=teacher, cache=cache,
-                                 vocabulary=vocabulary, config=config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            loss_value = loss.item()
-            tokens += int((batch["labels"][:, 1:] != -100).sum())
-            log.write(json.dumps({"step": step + 1, "loss": loss_value, "lr": lr}) + "\n")
-            log.flush()  # a long run can be followed with tail -f
-            advance(1, loss=loss_value)
-    return time.perf_counter() - started, tokens, loss_value
+def _save_student(student: torch.nn.Module, tokenizer, folder: Path, *, config: LMDistillConfig,
+                  teacher: torch.nn.Module | None, seconds: float, teacher_seconds: float) -> None:
+    for parameter in student.parameters():  # frozen embeddings load as trainable again
+        parameter.requires_grad_(True)
+    student.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    teacher_name = getattr(getattr(teacher, "config", None), "_name_or_path", None)
+    (folder / "edgekd-train.json").write_text(json.dumps(
+        {"config": asdict(config), "teacher": teacher_name, "seconds": seconds,
+         "teacher_seconds": teacher_seconds}, indent=2))

@@ -1,0 +1,84 @@
+"""Causal-LM distillation under torchrun: two gloo processes on CPU, started by the real
+`torchrun ... -m edgekd distill --task causal-lm` command, match one process trained on the
+same global batches; rank 0 alone builds the teacher cache and writes the student."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from conftest import run_cli as run
+from edgekd.distill.distributed import Ranks
+from edgekd.errors import UserError
+from edgekd.lm.cache import open_or_build
+from edgekd.lm.data import encode_texts
+from lm_tiny import make_llama, make_lm_tokenizer, make_texts, save_llama
+
+LR = 3e-3
+
+
+def _args(teacher, train, out, cache) -> list[str]:
+    # 13 texts in batches of 4: the last batch of each epoch has one row, so one rank gets none
+    return [str(a) for a in ("distill", "--task", "causal-lm", "--teacher", teacher, "--data", train,
+                             "--out", out, "--student-layers", "1", "--steps", "8", "--batch-size", "4",
+                             "--max-length", "24", "--lr", LR, "--top-k", "8", "--divergence", "jsd",
+                             "--checkpoint-every", "3", "--device", "cpu", "--cache-dir", cache, "--quiet")]
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    # setup
+    teacher = save_llama(tmp_path / "teacher", layers=3, seed=1)
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(make_texts(13)))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # execute: two processes under torchrun, then one process with the same global batch
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "edgekd"]
+    process = subprocess.run([*torchrun, *_args(teacher, train, tmp_path / "ddp", tmp_path / "cache-ddp")],
+                             env=environment, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    result = run(*_args(teacher, train, tmp_path / "single", tmp_path / "cache-single"))
+    assert result.exit_code == 0, result.output
+    # assert: the ranks stayed in sync (the loop checks and would have failed) and match one process
+    ddp = load_file(tmp_path / "ddp" / "model.safetensors")
+    single = load_file(tmp_path / "single" / "model.safetensors")
+    assert ddp.keys() == single.keys()
+    differences = torch.cat([(ddp[name] - single[name]).abs().flatten() for name in single])
+    # The same gradient up to float rounding: each rank's token-mean loss is weighted by its
+    # share of the batch's tokens (measured: at most 1e-7 apart; an unweighted mean of the
+    # ranks' means with a rank without rows at full weight, moves parameters by ~1e-2).
+    assert differences.max().item() < 1e-5
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))  # one log, written by rank 0 alone
+    single_losses = [json.loads(line)["loss"]
+                     for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in records]), torch.tensor(single_losses),
+                               atol=1e-4, rtol=1e-4)
+    # one teacher cache, nothing half-built left, and no checkpoints after the finished run
+    assert len([p for p in (tmp_path / "cache-ddp").iterdir() if (p / "meta.json").is_file()]) == 1
+    assert not list((tmp_path / "cache-ddp").glob(".*"))
+    assert not (tmp_path / "ddp.checkpoints").exists()
+
+
+def test_only_rank_0_builds_the_teacher_cache(tmp_path):
+    # A one-process gloo group answers the barriers; Ranks says which rank this process plays.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        tokenizer, teacher = make_lm_tokenizer(), make_llama(layers=2, seed=1)
+        examples = encode_texts(make_texts(6), tokenizer, max_length=16)
+        options = dict(top_k=4, temperature=1.0, vocabulary=52, root=tmp_path / "cache", show_progress=False)
+        with pytest.raises(UserError, match="unreadable"):  # rank 1 opens what rank 0 built: nothing yet
+            open_or_build(teacher, examples, ranks=Ranks(rank=1, world=2), **options)
+        assert not list((tmp_path / "cache").glob("*/meta.json"))
+        built = open_or_build(teacher, examples, ranks=Ranks(rank=0, world=2), **options)
+        opened = open_or_build(teacher, examples, ranks=Ranks(rank=1, world=2), **options)
+        assert opened.folder == built.folder and opened.token_ids.shape == built.token_ids.shape
+    finally:
+        dist.destroy_process_group()
