@@ -28,6 +28,7 @@ import torch
 
 from edgekd.bench.accuracy import quality, torch_logits
 from edgekd.config import DistillConfig
+from edgekd.cpu_memory import reuse_freed_memory
 from edgekd.data import Encoded, TextDataset, batches, encode
 from edgekd.distill import checkpoint, distributed
 from edgekd.distill.cache import default_cache_root, open_or_build
@@ -70,6 +71,7 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
         raise UserError("the training data has no labels and there is no teacher to learn from")
     if teacher is None and config.uses_intermediate_losses:
         raise UserError("hidden, attention and MiniLM losses need a teacher; set their weights to 0")
+    reuse_freed_memory()  # each step's large gradient buffers reuse the last step's pages
     ranks, device, started = distributed.setup(config.device)
     try:
         return _distill(teacher, student, tokenizer, train, validation, config=config, out=Path(out),

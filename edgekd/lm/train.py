@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from edgekd.cpu_memory import reuse_freed_memory
 from edgekd.distill import checkpoint, distributed
 from edgekd.distill.distributed import Ranks
 from edgekd.errors import UserError, atomic_dir
@@ -96,6 +97,7 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
     Under torchrun every rank calls this: each trains on its rows of every batch, and
     rank 0 alone builds the teacher cache and writes checkpoints, metrics and the student.
     """
+    reuse_freed_memory()  # each step's large gradient buffers reuse the last step's pages
     ranks, device, started = distributed.setup(config.device)
     try:
         return _distill_lm(teacher, student, tokenizer, train, config=config, out=Path(out),
