@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--student", type=Path, default=Path("/work/demo-run/student"))
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--pte", action="store_true", help="also export and time ExecuTorch .pte")
+    parser.add_argument("--note", default="2 cores, possibly shared with other jobs; ratios are "
+                                          "interleaved medians", help="what the machine was doing")
     args = parser.parse_args()
 
     from edgekd.bench.stage import machine_info
@@ -135,10 +137,9 @@ def main() -> None:
         "settings": {"batch": 1, "sequence": 128, "threads": 1, "repeats": args.repeats,
                      "interleaved": True, "validation": "demo validation split (150)",
                      "calibration": "demo train split", "test": "demo test split (500)"},
-        "machine": {**machine_info(), "shared": True,
+        "machine": {**machine_info(),
                     "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-                    "note": "2 cores shared with other jobs while measuring; ratios are "
-                            "interleaved medians"},
+                    "note": args.note},
         "pytorch_test_accuracy": pytorch_accuracy,
         "ort_targets_export_seconds": export_seconds,
         "pte_export_seconds": pte_seconds if args.pte else None,
