@@ -7,7 +7,7 @@ import torch
 
 from edgekd.errors import UserError
 from edgekd.lm.models import load_causal_lm, make_lm_student, shared_vocabulary
-from lm_tiny import make_llama, make_lm_tokenizer, save_llama
+from lm_tiny import make_llama, make_lm_tokenizer, make_texts, save_llama
 
 
 @pytest.fixture
@@ -91,3 +91,45 @@ def test_layer_selection_keeps_each_layers_attention_type(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
     ids = torch.tensor([[2, 10, 11, 12, 13, 14, 15, 16, 17]])
     torch.testing.assert_close(reloaded(ids).logits, student(ids).logits)
+
+
+def _probe(tokenizer, count: int = 6):
+    from edgekd.lm.data import collate, encode_texts
+
+    examples = encode_texts(make_texts(count, seed=3), tokenizer, max_length=32)
+    return collate(examples, list(range(len(examples))))
+
+
+def test_a_layer_count_drops_the_block_that_changes_the_hidden_state_least():
+    """Layers 2 and 3 are made identities (their attention and MLP outputs zeroed, so the
+    residual passes through): keeping 4 of 6 must drop exactly them, and the student then
+    predicts exactly as the teacher does."""
+    from edgekd.lm.models import redundant_block
+
+    teacher, tokenizer = make_llama(layers=6), make_lm_tokenizer()
+    with torch.no_grad():
+        for index in (2, 3):
+            teacher.model.layers[index].self_attn.o_proj.weight.zero_()
+            teacher.model.layers[index].mlp.down_proj.weight.zero_()
+    probe = _probe(tokenizer)
+    assert redundant_block(teacher, probe, keep=4) == [0, 1, 4, 5]
+    student, _ = make_lm_student(teacher, tokenizer, layers="4", probe=probe)
+    with torch.no_grad():
+        inputs = {"input_ids": probe["input_ids"], "attention_mask": probe["attention_mask"]}
+        assert torch.allclose(student(**inputs).logits, teacher(**inputs).logits, atol=1e-5)
+
+
+def test_the_last_layer_is_always_kept_and_indices_are_taken_as_given():
+    from edgekd.lm.models import redundant_block
+
+    teacher, tokenizer = make_llama(layers=6), make_lm_tokenizer()
+    with torch.no_grad():  # the last two layers are identities, but the last one must stay
+        for index in (4, 5):
+            teacher.model.layers[index].self_attn.o_proj.weight.zero_()
+            teacher.model.layers[index].mlp.down_proj.weight.zero_()
+    probe = _probe(tokenizer)
+    kept = redundant_block(teacher, probe, keep=4)
+    assert kept[-1] == 5 and len(kept) == 4
+    student, _ = make_lm_student(teacher, tokenizer, layers="0,2,4,5", probe=probe)
+    assert len(student.model.layers) == 4
+    assert torch.equal(student.model.layers[1].mlp.up_proj.weight, teacher.model.layers[2].mlp.up_proj.weight)

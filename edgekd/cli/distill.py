@@ -44,8 +44,9 @@ def distill(
     recipe: Optional[Path] = typer.Option(
         None, help="YAML file whose keys are these options (student-layers: 2); flags override it."),
     student_layers: Optional[str] = typer.Option(
-        None, help="Student = teacher layers: a count (evenly spaced) or indices like 0,3,5 "
-                   "(classification default 2)."),
+        None, help="Student = teacher layers: a count or indices like 0,3,5 (classification default 2). "
+                   "A count is evenly spaced for classifiers; for causal LMs it drops the contiguous "
+                   "block that changes the hidden state least on the training text."),
     student_config: Optional[str] = typer.Option(
         None, help="Student = shrunk teacher config, random init: hidden=256,layers=4,heads=4,intermediate=1024."),
     student: Optional[str] = typer.Option(

@@ -92,7 +92,8 @@ def lm_distill(
     data: Path = typer.Option(..., help="Training text: .txt (one per line), .csv, .jsonl or .parquet."),
     out: Path = typer.Option(..., help="Folder for the student (save_pretrained format)."),
     student_layers: Optional[str] = typer.Option(
-        None, help="Teacher layers to keep: a count (evenly spaced) or indices like 0,5,11."),
+        None, help="Teacher layers to keep: a count (drops the contiguous block that changes the "
+                   "hidden state least on the training text) or indices like 0,5,11."),
     student_config: Optional[str] = typer.Option(
         None, help="Shrunk configuration, e.g. hidden=256,layers=4,heads=4,intermediate=1024."),
     student: Optional[str] = typer.Option(None, help="A given student: folder or hub id (same tokenizer)."),
@@ -151,8 +152,8 @@ def run_lm_distill(*, teacher: str, data: Path, out: Path, student_layers: Optio
                    quiet: bool = False) -> None:
     """`lm-distill` with plain defaults, so `edgekd distill --task causal-lm` can call it."""
     from edgekd.cli.distill import check_writable
-    from edgekd.lm.data import encode_texts
-    from edgekd.lm.models import load_causal_lm, make_lm_student, shared_vocabulary
+    from edgekd.lm.data import collate, encode_texts
+    from edgekd.lm.models import PROBE_TEXTS, load_causal_lm, make_lm_student, shared_vocabulary
     from edgekd.lm.train import LMDistillConfig, distill_lm
 
     config = LMDistillConfig(steps=steps, lr=lr, batch_size=batch_size, max_length=max_length,
@@ -164,10 +165,12 @@ def run_lm_distill(*, teacher: str, data: Path, out: Path, student_layers: Optio
     check_writable(Path(out), overwrite=overwrite or resume)
     texts, prompts = read_texts(data, text_column=text_column, prompt_column=prompt_column)
     teacher_model, tokenizer = load_causal_lm(teacher)
-    student_model, student_tokenizer = make_lm_student(
-        teacher_model, tokenizer, layers=student_layers, config_spec=student_config, model=student, seed=seed)
-    vocabulary = shared_vocabulary(teacher_model, tokenizer, student_model, student_tokenizer)
     examples = encode_texts(texts, tokenizer, max_length=max_length, prompts=prompts)
+    probe = collate(examples, list(range(min(PROBE_TEXTS, len(examples)))))  # picks a layer count's block
+    student_model, student_tokenizer = make_lm_student(
+        teacher_model, tokenizer, layers=student_layers, config_spec=student_config, model=student,
+        seed=seed, probe=probe)
+    vocabulary = shared_vocabulary(teacher_model, tokenizer, student_model, student_tokenizer)
     result = distill_lm(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
                         train=examples, config=config, out=out, vocabulary=vocabulary,
                         overwrite=overwrite, show_progress=not quiet, resume=resume,

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from edgekd.errors import UserError
 from edgekd.lm.bench import bench_lm, format_table
-from edgekd.lm.data import encode_texts
+from edgekd.lm.data import collate, encode_texts
 from edgekd.lm.export import export_lm
-from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student
+from edgekd.lm.models import (PROBE_TEXTS, demo_gguf_path, dequantised_gguf, load_causal_lm,
+                              make_lm_student)
 from edgekd.lm.train import LMDistillConfig, distill_lm
 
 
@@ -58,7 +59,8 @@ def lm_demo(out: Path, *, config: LMDemoConfig = LMDemoConfig(), teacher_source:
     timings["teacher_load_seconds"] = time.perf_counter() - started
     train_texts, eval_texts = texts or demo_texts(config)
     examples = encode_texts(train_texts, tokenizer, max_length=config.distill.max_length)
-    student, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers)
+    probe = collate(examples, list(range(min(PROBE_TEXTS, len(examples)))))
+    student, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers, probe=probe)
     result = distill_lm(teacher=teacher, student=student, tokenizer=tokenizer, train=examples,
                         config=config.distill, out=out / "student", overwrite=overwrite,
                         vocabulary=teacher.get_output_embeddings().out_features,
