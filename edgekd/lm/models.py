@@ -210,6 +210,13 @@ def make_lm_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None
     return student, tokenizer
 
 
+def probe_batch(examples) -> dict[str, torch.Tensor]:
+    """The first PROBE_TEXTS training texts as one batch: what `redundant_block` measures on."""
+    from edgekd.lm.data import collate
+
+    return collate(examples, list(range(min(PROBE_TEXTS, len(examples)))))
+
+
 def redundant_block(teacher: nn.Module, probe: dict[str, torch.Tensor], *, keep: int) -> list[int]:
     """The `keep` layers left after dropping the contiguous block that changes the hidden
     state least: the block from layer s to s+n-1 whose input and output (hidden states s
