@@ -133,3 +133,27 @@ def test_cross_entropy_after_shift_skips_padding_and_prompt():
     assert shifted.shape == (2, 4, 11) and mask.sum().item() == 3 + 3
     expected = F.cross_entropy(shifted[mask], targets[mask])
     torch.testing.assert_close(causal_lm_cross_entropy(shifted, targets), expected)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_sparse_loss_gradient_stays_finite_when_the_top_k_holds_all_the_mass(kind):
+    """A confident student puts all its float32 probability on the teacher's top k: the tail
+    is log(0) there, and neither the loss nor its gradient may become nan or inf."""
+    logits = torch.zeros(2, 3, 50)
+    logits[..., 7] = 200.0  # float32 softmax: exactly 1 on token 7
+    logits.requires_grad_(True)
+    top_ids = torch.arange(8).expand(2, 3, 8)
+    teacher = torch.log_softmax(torch.randn(2, 3, 8), dim=-1) - 0.1  # teacher keeps a tail
+    loss = sparse_distillation_loss(logits, top_ids, teacher, kind=kind)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_log_one_minus_exp_gradient_is_finite_at_both_ends():
+    from edgekd.lm.losses import log_one_minus_exp
+
+    x = torch.tensor([-1e-6, -0.5, -0.7, -50.0], requires_grad=True)
+    log_one_minus_exp(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.allclose(log_one_minus_exp(x.detach()), torch.log(1 - torch.exp(x.detach().double())).float(),
+                          rtol=1e-4)

@@ -102,10 +102,16 @@ def generalised_jsd(student_logits, teacher_logits, *, beta=0.5, temperature=1.0
 
 
 def log_one_minus_exp(log_mass: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x <= 0, stable at both ends (Maechler 2012)."""
+    """log(1 - exp(x)) for x <= 0, stable at both ends (Maechler 2012).
+
+    Each branch only ever sees inputs it is finite on: torch.where passes gradients through
+    both branches, and an inf in the unused one would turn the gradient into nan.
+    """
     log_mass = log_mass.clamp(max=0.0)
-    return torch.where(log_mass > -math.log(2), torch.log(-torch.expm1(log_mass)),
-                       torch.log1p(-torch.exp(log_mass)))
+    near_zero = log_mass > -math.log(2)
+    from_expm1 = torch.log(-torch.expm1(torch.where(near_zero, log_mass, -1.0)))
+    from_log1p = torch.log1p(-torch.exp(torch.where(near_zero, -1.0, log_mass)))
+    return torch.where(near_zero, from_expm1, from_log1p)
 
 
 # The tail bucket never drops below this probability: float32 rounding can make the top-k
@@ -115,7 +121,10 @@ TAIL_FLOOR = 1e-10
 
 def with_tail(top_log_probs: torch.Tensor) -> torch.Tensor:
     """(..., k) log-probabilities of the top-k tokens -> (..., k + 1) with the tail bucket last."""
-    tail = log_one_minus_exp(torch.logsumexp(top_log_probs, dim=-1, keepdim=True))
+    # A confident model puts all its float32 mass on the top k: cap the mass at 1 - floor
+    # first, so the tail's log stays finite and so does its gradient.
+    log_mass = torch.logsumexp(top_log_probs, dim=-1, keepdim=True).clamp(max=math.log1p(-TAIL_FLOOR))
+    tail = log_one_minus_exp(log_mass)
     return torch.cat([top_log_probs, tail.clamp(min=math.log(TAIL_FLOOR))], dim=-1)
 
 
