@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from edgekd.distill.distributed import Ranks
 from edgekd.errors import UserError
+from edgekd.progress import console
 
 FILE_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -70,3 +74,34 @@ def restore_rng(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def to_resume(folder: Path, *, config, resumable_changes: set[str], resume: bool, overwrite: bool,
+              ranks: Ranks, check: Callable[[dict], None] | None = None) -> dict | None:
+    """The checkpoint to continue from (with --resume), written with the options of `config`
+    but for `resumable_changes`, after the caller's own `check` of what it holds. Without
+    --resume a leftover checkpoint of an unfinished run is refused, or removed with --overwrite."""
+    if not resume:
+        if (folder / FILE_NAME).exists():
+            if not overwrite:
+                raise UserError(f"{folder} holds a checkpoint of an unfinished run; pass --resume "
+                                "to continue it or --overwrite to start over")
+            ranks.barrier()
+            if ranks.is_main:
+                remove(folder)
+        return None
+    state = load(folder)  # a damaged file is a one-line UserError
+    if state is None:
+        if ranks.is_main:
+            console.print(f"no checkpoint in {folder}: starting from step 0")
+        return None
+    if check is not None:
+        check(state)
+    saved_config = state.get("config", {})
+    changed = sorted(k for k, v in asdict(config).items()
+                     if k not in resumable_changes and saved_config.get(k) != v)
+    if changed:
+        first = changed[0]
+        raise UserError(f"the checkpoint in {folder} was written with {first}={saved_config.get(first)!r}, "
+                        f"not {getattr(config, first)!r}; resume with the same options or pass --overwrite")
+    return state

@@ -138,28 +138,8 @@ def _distill(teacher, student, tokenizer, train: TextDataset, validation: TextDa
 def _saved_state(folder: Path, *, config: DistillConfig, resume: bool, overwrite: bool,
                  ranks: Ranks) -> dict | None:
     """The checkpoint to continue from (with --resume), after checking it fits this run."""
-    if not resume:
-        if (folder / checkpoint.FILE_NAME).exists():
-            if not overwrite:
-                raise UserError(f"{folder} holds a checkpoint of an unfinished run; pass --resume "
-                                "to continue it or --overwrite to start over")
-            ranks.barrier()
-            if ranks.is_main:
-                checkpoint.remove(folder)
-        return None
-    state = checkpoint.load(folder)
-    if state is None:
-        console.print(f"no checkpoint in {folder}: starting from step 0")
-        return None
-    saved_config = state.get("config", {})
-    changed = sorted(k for k, v in asdict(config).items()
-                     if k not in RESUMABLE_CHANGES and saved_config.get(k) != v)
-    if changed:
-        first = changed[0]
-        raise UserError(f"the checkpoint in {folder} was written with {first}={saved_config.get(first)!r}, "
-                        f"not {getattr(config, first)!r}; resume with the same options or pass --overwrite")
-    return state
-
+    return checkpoint.to_resume(folder, config=config, resumable_changes=RESUMABLE_CHANGES,
+                                resume=resume, overwrite=overwrite, ranks=ranks)
 
 
 # ---------------------------------------------------------------------------- teacher outputs

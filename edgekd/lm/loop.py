@@ -106,35 +106,15 @@ class LMProgress:
 def saved_state(folder: Path, *, config: LMDistillConfig, texts: int, resume: bool, overwrite: bool,
                 ranks: Ranks) -> dict | None:
     """The checkpoint to continue from (with `resume`), after checking it fits this run."""
-    if not resume:
-        if (folder / checkpoint.FILE_NAME).exists():
-            if not overwrite:
-                raise UserError(f"{folder} holds a checkpoint of an unfinished run; pass --resume "
-                                "to continue it or --overwrite to start over")
-            ranks.barrier()
-            if ranks.is_main:
-                checkpoint.remove(folder)
-        return None
-    state = checkpoint.load(folder)  # a damaged file is a one-line UserError
-    if state is None:
-        if ranks.is_main:
-            console.print(f"no checkpoint in {folder}: starting from step 0")
-        return None
-    _check_fits(state, config=config, texts=texts, folder=folder)
-    return state
+    return checkpoint.to_resume(folder, config=config, resumable_changes=RESUMABLE_CHANGES,
+                                resume=resume, overwrite=overwrite, ranks=ranks,
+                                check=lambda state: _check_fits(state, texts=texts, folder=folder))
 
 
-def _check_fits(state: dict, *, config: LMDistillConfig, texts: int, folder: Path) -> None:
+def _check_fits(state: dict, *, texts: int, folder: Path) -> None:
     if "student" not in state or "stream" not in state:
         raise UserError(f"the checkpoint in {folder} is not from a causal-LM run; resume it with the "
                         "command that wrote it, or pass --overwrite to start over")
-    saved_config = state.get("config", {})
-    changed = sorted(k for k, v in asdict(config).items()
-                     if k not in RESUMABLE_CHANGES and saved_config.get(k) != v)
-    if changed:
-        first = changed[0]
-        raise UserError(f"the checkpoint in {folder} was written with {first}={saved_config.get(first)!r}, "
-                        f"not {getattr(config, first)!r}; resume with the same options or pass --overwrite")
     if state["stream"]["texts"] != texts:
         raise UserError(f"the checkpoint in {folder} was written for {state['stream']['texts']} training "
                         f"texts, not {texts}; resume with the same --data or pass --overwrite")
