@@ -105,8 +105,10 @@ def test_export_names_the_targets_that_fit(lm, student_dir, tmp_path):
     result = run("export", student_dir, "--target", "int4", "--out", tmp_path / "e")
     assert_clean_error(result, "target 'int4' is for causal LMs, and this student is a classifier; "
                                "choose from .*onnx-int8")
-    result = run("export", lm["student"], "--target", "fp32", "--data", lm["test"], "--out", tmp_path / "e")
-    assert_clean_error(result, "--data is an option of --task classification only")
+    result = run("export", lm["student"], "--target", "fp32", "--label-column", "y", "--out", tmp_path / "e")
+    assert_clean_error(result, "--label-column is an option of --task classification only")
+    result = run("export", student_dir, "--max-perplexity-ratio", "1.2", "--out", tmp_path / "e")
+    assert_clean_error(result, "--max-perplexity-ratio is an option of --task causal-lm only")
     result = run("export", lm["student"], "--task", "classification", "--out", tmp_path / "e")
     assert_clean_error(result, "holds a causal language model, not a classifier; pass --task causal-lm")
     result = run("export", student_dir, "--task", "causal-lm", "--target", "fp32", "--out", tmp_path / "e")

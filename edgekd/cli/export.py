@@ -13,10 +13,11 @@ from edgekd.errors import UserError
 
 
 CLASSIFICATION = "Classification only"
-# Options only classifier exports read (parameter names); --target, --out, --max-length and
-# --overwrite serve both tasks.
-CLASSIFICATION_ONLY_OPTIONS = ("data", "calibration_data", "text_column", "label_column",
-                               "text_pair_column", "exporter")
+CAUSAL_LM = "Causal LM only"
+# Options only classifier exports read (parameter names); --target, --out, --data,
+# --text-column, --max-length and --overwrite serve both tasks.
+CLASSIFICATION_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter")
+CAUSAL_LM_ONLY_OPTIONS = ("max_perplexity_ratio",)
 
 
 @app.command()
@@ -33,12 +34,13 @@ def export(
     out: Path = typer.Option(..., help="Folder that receives one sub-folder per target."),
     data: Optional[Path] = typer.Option(
         None, help="Validation data (.csv/.jsonl/.parquet): every artifact's accuracy is held "
-                   "to its target's budget on it. Without it, only random-batch parity is checked.",
-        rich_help_panel=CLASSIFICATION),
+                   "to its target's budget on it. Without it, only random-batch parity is checked. "
+                   "Causal LMs: held-out text (.txt too) for the perplexity budget; without it, "
+                   "text sampled from the student."),
     calibration_data: Optional[Path] = typer.Option(
         None, help="Training samples for static int8 calibration (default: --data).",
         rich_help_panel=CLASSIFICATION),
-    text_column: str = typer.Option("text", help="Column with the input text.", rich_help_panel=CLASSIFICATION),
+    text_column: str = typer.Option("text", help="Column with the input text."),
     label_column: str = typer.Option("label", help="Column with labels; empty: agreement only.",
                                      rich_help_panel=CLASSIFICATION),
     text_pair_column: Optional[str] = typer.Option(
@@ -49,6 +51,10 @@ def export(
     exporter: Optional[str] = typer.Option(
         None, help="Override the targets' exporter: torchscript, dynamo or optimum.",
         rich_help_panel=CLASSIFICATION),
+    max_perplexity_ratio: Optional[float] = typer.Option(
+        None, help="Largest perplexity of a quantised export over the fp32 export's (default: int8 "
+                   "1.1, int4 1.5); int8 keeps its worst-quantising MatMuls float until it holds.",
+        rich_help_panel=CAUSAL_LM),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):
     """Convert a student for each target (ONNX, .ort, .pte; fp32, fp16, int8), checked
@@ -62,14 +68,16 @@ def export(
 
         edgekd export runs/lm --target int4 --out runs/lm-export
     """
-    from edgekd.cli.lm import given_options, resolved_task
+    from edgekd.cli.lm import given_options, refuse_options, resolved_task
 
     given = given_options(ctx)
     if resolved_task(task, student) == "causal-lm":
         _export_causal_lm(student, targets=list(target) if "target" in given else None, out=out,
                           max_length=max_length if "max_length" in given else None,
-                          overwrite=overwrite, given=given)
+                          overwrite=overwrite, given=given, data=data, text_column=text_column,
+                          max_perplexity_ratio=max_perplexity_ratio)
         return
+    refuse_options(given, CAUSAL_LM_ONLY_OPTIONS, task="classification")
     from edgekd.export.stage import check_student_folder, export as run_export
     from edgekd.targets import EXPORTERS, load_target
 
@@ -92,7 +100,8 @@ def export(
 
 
 def _export_causal_lm(student: Path, *, targets: Optional[list[str]], out: Path, max_length: Optional[int],
-                      overwrite: bool, given: set[str]) -> None:
+                      overwrite: bool, given: set[str], data: Optional[Path], text_column: str,
+                      max_perplexity_ratio: Optional[float]) -> None:
     """A causal LM: its own targets (the defaults of lm-export unless --target is given)."""
     from edgekd.cli.lm import LM_EXPORT_DEFAULT_TARGETS, refuse_options, run_lm_export
     from edgekd.lm.export import LM_TARGETS
@@ -103,7 +112,8 @@ def _export_causal_lm(student: Path, *, targets: Optional[list[str]], out: Path,
             raise UserError(f"target '{name}' is not a causal-LM target; {student} is a causal LM: "
                             f"choose from {', '.join(LM_TARGETS)}")
     run_lm_export(student, targets=targets or LM_EXPORT_DEFAULT_TARGETS, out=out,
-                  max_length=max_length or 512, overwrite=overwrite)
+                  max_length=max_length or 512, overwrite=overwrite, data=data, text_column=text_column,
+                  max_perplexity_ratio=max_perplexity_ratio)
 
 
 def _refuse_causal_lm_targets(names: list[str]) -> None:

@@ -181,6 +181,12 @@ def run_lm_distill(*, teacher: str, data: Path, out: Path, student_layers: Optio
 
 
 LM_EXPORT_DEFAULT_TARGETS = ["fp32", "int8", "int4"]
+GATE_DATA_HELP = ("Held-out text (.txt, one per line, or CSV/JSONL/Parquet) that quantised causal-LM "
+                  "exports are held to their perplexity budget on (the first 16 texts); without it, "
+                  "text sampled from the student.")
+MAX_RATIO_HELP = ("Causal LMs: largest perplexity of a quantised export over the fp32 export's "
+                  "(default: int8 1.1, int4 1.5). int8 keeps the MatMuls that quantise worst in "
+                  "float until it holds; int4 fails over it.")
 
 
 @app.command("lm-export")
@@ -190,27 +196,38 @@ def lm_export(
     out: Path = typer.Option(..., help="Folder for one sub-folder per target."),
     target: List[str] = typer.Option(LM_EXPORT_DEFAULT_TARGETS, help="fp32, int8, int4 or int8-ort; repeatable."),
     max_length: int = typer.Option(512, help="Longest prompt + generated tokens the artifact accepts."),
+    data: Optional[Path] = typer.Option(None, help=GATE_DATA_HELP),
+    text_column: str = typer.Option("text", help="Column with the text (CSV/JSONL/Parquet --data)."),
+    max_perplexity_ratio: Optional[float] = typer.Option(None, help=MAX_RATIO_HELP),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
 ):
-    """Export a causal LM to ONNX with a KV cache, checked against PyTorch greedy decoding
-    (the short form of `edgekd export --task causal-lm`).
+    """Export a causal LM to ONNX with a KV cache, checked against PyTorch greedy decoding,
+    quantised targets held to a perplexity budget (the short form of `edgekd export --task
+    causal-lm`).
 
     Example:
 
-        edgekd lm-export runs/lm --target int4 --out runs/lm-export
+        edgekd lm-export runs/lm --target int8 --data held-out.txt --out runs/lm-export
     """
-    run_lm_export(student_dir, targets=list(target), out=out, max_length=max_length, overwrite=overwrite)
+    run_lm_export(student_dir, targets=list(target), out=out, max_length=max_length, overwrite=overwrite,
+                  data=data, text_column=text_column, max_perplexity_ratio=max_perplexity_ratio)
 
 
 def run_lm_export(student_dir: Path, *, targets: list[str], out: Path, max_length: int = 512,
-                  overwrite: bool = False) -> None:
+                  overwrite: bool = False, data: Optional[Path] = None, text_column: str = "text",
+                  max_perplexity_ratio: Optional[float] = None) -> None:
     from edgekd.lm.export import export_lm
 
-    for artifact in export_lm(student_dir, targets=targets, out=out, overwrite=overwrite,
-                              max_length=max_length):
+    texts = read_texts(data, text_column=text_column, prompt_column=None)[0] if data else None
+    artifacts = export_lm(student_dir, targets=targets, out=out, overwrite=overwrite, max_length=max_length,
+                          gate_texts=texts, gate_source=str(data) if data else "",
+                          max_perplexity_ratio=max_perplexity_ratio)
+    for artifact in artifacts:
+        gate = (f"  perplexity {artifact.perplexity_ratio:.3f}x fp32" if artifact.perplexity_ratio else "")
+        kept = f" ({artifact.kept_float} MatMuls kept float)" if artifact.kept_float else ""
         typer.echo(f"{artifact.target:<10} {artifact.folder / artifact.model_file}  "
                    f"{artifact.size_bytes / 2**20:.1f} MB  greedy tokens equal to PyTorch: "
-                   f"{artifact.greedy_agreement:.0%}")
+                   f"{artifact.greedy_agreement:.0%}{gate}{kept}")
 
 
 @app.command("lm-bench")

@@ -8,7 +8,10 @@ one more call with the presents fed back. Position ids and the causal mask are c
 inside the graph from `attention_mask`, so a caller needs nothing model-specific.
 
 Every export is generated greedily in ONNX Runtime and compared token for token with
-PyTorch's greedy generation (fp32 must match exactly; a mismatch is an error).
+PyTorch's greedy generation (fp32 must match exactly; a mismatch is an error). Quantised
+exports are held to a perplexity budget on gate text (the user's held-out text, or text
+sampled from the fp32 model when none is given): int8 by a search over which MatMuls stay
+float (edgekd/lm/quantize.py), int4 by a check that fails the export when over budget.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from pathlib import Path
 
 import torch
 
-from edgekd.errors import UserError, atomic_dir
+from edgekd.errors import GateFailed, UserError, atomic_dir
 
 OPSET = 17
+GATE_TEXTS = 16  # texts the perplexity budget is measured on
+GATE_TOKENS = 128  # tokens per gate text
 
 
 @dataclass(frozen=True)
@@ -33,13 +38,19 @@ class LMTarget:
     precision: str  # fp32, int8 (dynamic, MatMul weights) or int4 (MatMulNBits, weight-only)
     ort_format: bool = False  # also convert to ONNX Runtime Mobile's .ort
     description: str = ""
+    # largest perplexity / fp32 perplexity on the gate text (None: no perplexity gate)
+    max_perplexity_ratio: float | None = None
 
 
 LM_TARGETS = {
     "fp32": LMTarget("fp32", "fp32", description="reference export; greedy tokens equal PyTorch's"),
-    "int8": LMTarget("int8", "int8", description="dynamic int8 MatMul weights and activations"),
-    "int4": LMTarget("int4", "int4", description="4-bit weight-only MatMulNBits, block 32, fp32 compute"),
-    "int8-ort": LMTarget("int8-ort", "int8", ort_format=True, description="int8 as .ort for ORT Mobile"),
+    "int8": LMTarget("int8", "int8", max_perplexity_ratio=1.10,
+                     description="dynamic int8 MatMuls; the worst-quantising ones stay float "
+                                 "so perplexity stays within 1.1x fp32"),
+    "int4": LMTarget("int4", "int4", max_perplexity_ratio=1.50,
+                     description="4-bit weight-only MatMulNBits, block 32; fails over 1.5x fp32 perplexity"),
+    "int8-ort": LMTarget("int8-ort", "int8", ort_format=True, max_perplexity_ratio=1.10,
+                         description="int8 (searched as above) as .ort for ORT Mobile"),
 }
 
 
@@ -117,20 +128,15 @@ def export_fp32(model: torch.nn.Module, path: Path) -> None:
                         f"{str(error).strip().splitlines()[0][:200]}") from error
 
 
-def quantize_int8(source: Path, destination: Path) -> None:
-    """Dynamic int8 on MatMul weights (per channel); activations quantised at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(source), str(destination), op_types_to_quantize=["MatMul"],
-                     per_channel=True, weight_type=QuantType.QInt8)
-
-
 def quantize_int4(source: Path, destination: Path) -> None:
     """4-bit weight-only MatMulNBits, symmetric blocks of 32; accuracy level 4 lets the CPU
     kernel multiply in int8, the fast path on x86 and ARM."""
+    import logging
+
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=32,
                                      is_symmetric=True, accuracy_level=4)
     quantizer.process()
@@ -147,21 +153,47 @@ class LMArtifact:
     size_bytes: int
     greedy_agreement: float  # share of generated tokens equal to PyTorch's greedy tokens
     exact: bool  # every generated token equal
+    perplexity_ratio: float | None = None  # on the gate text, against the fp32 export
+    kept_float: int = 0  # MatMuls the int8 search kept in float
 
 
 PARITY_PROMPTS = ("The government said on Monday that", "Shares in the company",
                   "The film, which stars")
 
 
+@dataclass(frozen=True)
+class Gate:
+    """The text quantised exports are held to, and the fp32 export's perplexity on it."""
+
+    texts: list[list[int]]
+    source: str  # where the text came from, for the manifest
+    fp32_perplexity: float
+
+    def describe(self, perplexity: float, budget: float) -> dict:
+        return {"source": self.source, "texts": len(self.texts),
+                "tokens": sum(len(ids) - 1 for ids in self.texts),
+                "fp32_perplexity": self.fp32_perplexity, "perplexity": perplexity,
+                "ratio": perplexity / self.fp32_perplexity, "max_ratio": budget}
+
+
 def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bool = False,
-              max_length: int = 512, parity_tokens: int = 16) -> list[LMArtifact]:
-    """Export the causal LM in `student_dir` to `out/<target>/` for each target, each checked."""
+              max_length: int = 512, parity_tokens: int = 16, gate_texts: list[str] | None = None,
+              gate_source: str = "held-out text", max_perplexity_ratio: float | None = None,
+              show_progress: bool = True) -> list[LMArtifact]:
+    """Export the causal LM in `student_dir` to `out/<target>/` for each target, each checked.
+
+    Quantised targets are held to `max_perplexity_ratio` (default: each target's own) on
+    `gate_texts`; without them, on text sampled from the student itself.
+    """
     from edgekd.lm.models import load_causal_lm
 
     unknown = [name for name in targets if name not in LM_TARGETS]
     if unknown or not targets:
         raise UserError(f"unknown causal-LM target(s) {', '.join(unknown) or '(none)'}; "
                         f"choose from {', '.join(LM_TARGETS)}")
+    if max_perplexity_ratio is not None and not max_perplexity_ratio >= 1:
+        raise UserError(f"--max-perplexity-ratio {max_perplexity_ratio} is below 1, which not even "
+                        "the fp32 export meets; use e.g. 1.1")
     model, tokenizer = load_causal_lm(student_dir, role="student")
     limit = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
     if limit < 8:
@@ -169,30 +201,93 @@ def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bo
     # parity prompts fit the exported maximum with room for the generated tokens
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"][:limit // 2] for p in PARITY_PROMPTS]
     parity_tokens = min(parity_tokens, limit - max(len(p) for p in prompts))
+    report = console_report if show_progress else (lambda message: None)
     artifacts = []
     with atomic_dir(Path(out), overwrite=overwrite) as staging:
         reference = staging / ".fp32" / "model.onnx"
         reference.parent.mkdir()
         export_fp32(model, reference)
         expected = torch_greedy(model, tokenizer, prompts, new_tokens=parity_tokens)
+        gate = None
+        if any(LM_TARGETS[name].max_perplexity_ratio for name in targets):
+            gate = _gate(model, tokenizer, reference, texts=gate_texts, source=gate_source,
+                         tokens=min(GATE_TOKENS, limit))
         for name in targets:
-            artifacts.append(_write_target(LM_TARGETS[name], reference, staging / name, model=model,
+            target = LM_TARGETS[name]
+            budget = max_perplexity_ratio or target.max_perplexity_ratio
+            artifacts.append(_write_target(target, reference, staging / name, model=model,
                                            tokenizer=tokenizer, prompts=prompts, expected=expected,
-                                           max_length=limit, parity_tokens=parity_tokens))
+                                           max_length=limit, parity_tokens=parity_tokens,
+                                           gate=gate if budget else None, budget=budget, report=report))
         shutil.rmtree(reference.parent)
     return [LMArtifact(**{**a.__dict__, "folder": Path(out) / a.target}) for a in artifacts]
 
 
+def console_report(message: str) -> None:
+    from edgekd.progress import console
+
+    console.print(message)
+
+
+def _gate(model, tokenizer, reference: Path, *, texts: list[str] | None, source: str, tokens: int) -> Gate:
+    from edgekd.lm.data import encode_texts
+    from edgekd.lm.quantize import SequenceScorer
+
+    if texts:
+        ids = encode_texts(texts[:GATE_TEXTS], tokenizer, max_length=tokens).input_ids
+    else:
+        ids, source = sampled_texts(model, tokenizer, count=GATE_TEXTS // 2, tokens=tokens), \
+            f"{GATE_TEXTS // 2} texts sampled from the fp32 student"
+    return Gate(texts=ids, source=source,
+                fp32_perplexity=SequenceScorer(reference, threads=torch.get_num_threads()).perplexity(ids))
+
+
+@torch.no_grad()
+def sampled_texts(model: torch.nn.Module, tokenizer, *, count: int, tokens: int, seed: int = 0
+                  ) -> list[list[int]]:
+    """`count` sequences of `tokens` ids sampled from the model (temperature 1, no top-k or
+    top-p), each started from the beginning-of-text token: text in the model's own
+    distribution, for a perplexity gate when the user gives no held-out text."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise UserError("the tokenizer has no beginning- or end-of-text token to sample gate text "
+                        "from; give held-out text with --data")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ids = torch.full((count, 1), start, dtype=torch.long)
+        output = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                top_k=0, top_p=1.0, max_new_tokens=tokens - 1, min_new_tokens=tokens - 1,
+                                pad_token_id=tokenizer.pad_token_id or start)
+    return output.tolist()
+
+
 def _write_target(target: LMTarget, reference: Path, folder: Path, *, model, tokenizer,
                   prompts: list[list[int]], expected: list[list[int]], max_length: int,
-                  parity_tokens: int) -> LMArtifact:
+                  parity_tokens: int, gate: Gate | None, budget: float | None,
+                  report) -> LMArtifact:
     from edgekd.lm.generate import OnnxDecoder
+    from edgekd.lm.quantize import SequenceScorer, search_int8
 
     folder.mkdir(parents=True)
     onnx_path = folder / "model.onnx"
-    {"fp32": lambda: shutil.copyfile(reference, onnx_path),
-     "int8": lambda: quantize_int8(reference, onnx_path),
-     "int4": lambda: quantize_int4(reference, onnx_path)}[target.precision]()
+    search = None
+    if target.precision == "fp32":
+        shutil.copyfile(reference, onnx_path)
+    elif target.precision == "int8":  # every int8 target has a budget, so a gate
+        search = search_int8(reference, onnx_path, texts=gate.texts, budget=budget,
+                             fp32_perplexity=gate.fp32_perplexity, threads=torch.get_num_threads(),
+                             report=report)
+    else:
+        quantize_int4(reference, onnx_path)
+    perplexity = None
+    if gate is not None:
+        perplexity = (search.perplexity if search is not None else
+                      SequenceScorer(onnx_path, threads=torch.get_num_threads()).perplexity(gate.texts))
+        if perplexity > budget * gate.fp32_perplexity:
+            raise GateFailed(f"target '{target.name}': perplexity {perplexity:.2f} on {gate.source} is "
+                             f"{perplexity / gate.fp32_perplexity:.2f}x the fp32 export's "
+                             f"({gate.fp32_perplexity:.2f}), over its budget of {budget:g}x; raise "
+                             "--max-perplexity-ratio or choose int8 or fp32")
     model_file = onnx_path.name
     if target.ort_format:
         from edgekd.export.mobile import convert_to_ort
@@ -215,10 +310,16 @@ def _write_target(target: LMTarget, reference: Path, folder: Path, *, model, tok
     size = sum(path.stat().st_size for path in folder.iterdir() if path.name.startswith("model."))
     manifest["parity"] = {"greedy_agreement": agreement, "prompts": len(PARITY_PROMPTS),
                           "new_tokens": parity_tokens}
+    if gate is not None:
+        manifest["perplexity_gate"] = gate.describe(perplexity, budget)
+    if search is not None:
+        manifest["int8_search"] = search.describe()
     manifest["size_bytes"] = size
     (folder / "edgekd.json").write_text(json.dumps(manifest, indent=2))
     return LMArtifact(target=target.name, folder=folder, model_file=model_file, size_bytes=size,
-                      greedy_agreement=agreement, exact=agreement == 1.0)
+                      greedy_agreement=agreement, exact=agreement == 1.0,
+                      perplexity_ratio=perplexity / gate.fp32_perplexity if gate else None,
+                      kept_float=len(search.kept_float) if search else 0)
 
 
 def _token_agreement(expected: list[list[int]], produced: list[list[int]]) -> float:

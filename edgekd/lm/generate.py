@@ -26,12 +26,37 @@ class Generation:
         return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
 
 
+def open_lm_session(path: Path, *, threads: int = 1):
+    """An ONNX Runtime session on an exported causal LM file, with the names of its cache
+    inputs and their (kv_heads, head_dim)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own types for bad files
+        raise UserError(f"cannot open {path}: {str(error).splitlines()[0][:200]}; export it again") from error
+    past_names = [i.name for i in session.get_inputs() if i.name.startswith("past_")]
+    shape = session.get_inputs()[2].shape  # (batch, kv_heads, past, head_dim)
+    return session, past_names, int(shape[1]), int(shape[3])
+
+
+def prefill_feed(ids: list[int], past_names: list[str], *, kv_heads: int, head_dim: int
+                 ) -> dict[str, np.ndarray]:
+    """Inputs for one pass over `ids` with an empty cache."""
+    feed = {"input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+    empty = np.zeros((1, kv_heads, 0, head_dim), dtype=np.float32)
+    feed.update({name: empty for name in past_names})
+    return feed
+
+
 class OnnxDecoder:
     """An exported artifact folder (edgekd.json + model.onnx/.ort) as a greedy generator."""
 
     def __init__(self, folder: Path, *, threads: int = 1) -> None:
-        import onnxruntime as ort
-
         folder = Path(folder)
         manifest_path = folder / "edgekd.json"
         if not manifest_path.is_file():
@@ -41,18 +66,8 @@ class OnnxDecoder:
         if self.manifest.get("task") != "causal-lm":
             raise UserError(f"{folder} holds a {self.manifest.get('task', 'classifier')} artifact, "
                             "not a causal LM; pass a folder written by edgekd lm-export")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(folder / self.manifest["model_file"]), options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own types for bad files
-            raise UserError(f"cannot open {folder / self.manifest['model_file']}: "
-                            f"{str(error).splitlines()[0][:200]}; export it again") from error
-        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_")]
-        shape = self.session.get_inputs()[2].shape  # (batch, kv_heads, past, head_dim)
-        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.session, self.past_names, self.kv_heads, self.head_dim = open_lm_session(
+            folder / self.manifest["model_file"], threads=threads)
         self.max_length = int(self.manifest["max_length"])
         self.folder = folder
 
@@ -66,21 +81,16 @@ class OnnxDecoder:
 
     def prefill(self, prompt_ids: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Logits of the last prompt position and the cache after the prompt."""
-        feed = {"input_ids": np.asarray([prompt_ids], dtype=np.int64),
-                "attention_mask": np.ones((1, len(prompt_ids)), dtype=np.int64)}
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
-        feed.update({name: empty for name in self.past_names})
-        logits, *presents = self.session.run(None, feed)
+        logits, *presents = self.session.run(None, self._prefill_feed(prompt_ids))
         return logits[0, -1], presents
 
     def all_logits(self, ids: list[int]) -> np.ndarray:
         """(len(ids), vocab) logits of one sequence in a single pass (for perplexity)."""
         self.check_length(len(ids), 0)
-        feed = {"input_ids": np.asarray([ids], dtype=np.int64),
-                "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
-        feed.update({name: empty for name in self.past_names})
-        return self.session.run(["logits"], feed)[0][0]
+        return self.session.run(["logits"], self._prefill_feed(ids))[0][0]
+
+    def _prefill_feed(self, ids: list[int]) -> dict[str, np.ndarray]:
+        return prefill_feed(ids, self.past_names, kv_heads=self.kv_heads, head_dim=self.head_dim)
 
     def step(self, token: int, presents: list[np.ndarray], length: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """One new token on top of a cache of `length - 1` positions."""
