@@ -14,6 +14,7 @@ import torch
 from conftest import assert_clean_error, run_cli as run
 from edgekd.errors import GateFailed, UserError
 from edgekd.lm.export import export_fp32, export_lm, sampled_texts
+from edgekd.lm.models import load_causal_lm
 from edgekd.lm.quantize import Int8Builder, SequenceScorer, quantize_weight, save_onnx, weight_matmuls
 from lm_tiny import make_llama, make_lm_tokenizer, make_texts
 
@@ -57,33 +58,85 @@ def test_the_int8_graph_equals_onnxruntimes_dynamic_quantiser(fp32_model, tmp_pa
     assert weight_matmuls(model.graph)[0].weight in {t.name for t in rebuilt.graph.initializer}
 
 
+def save(model, folder):
+    model.save_pretrained(folder)
+    make_lm_tokenizer().save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def outlier_student(tmp_path_factory):
     """A tiny Llama with peaked predictions whose lm_head input has one channel 1000x the
     others (moved from the final norm into lm_head: the fp32 function is unchanged).
-    Per-tensor int8 activations and 4-bit blocks both wreck that one MatMul."""
-    model, tokenizer = make_llama(layers=2, seed=4), make_lm_tokenizer()
+    Per-tensor int8 activations and 4-bit blocks both wreck lm_head; smoothing can fold
+    the channel back into the norm's weight."""
+    model = make_llama(layers=2, seed=4)
     with torch.no_grad():
         model.lm_head.weight.mul_(4)
         model.model.norm.weight[0] /= 1000
         model.lm_head.weight[:, 0] *= 1000
-    folder = tmp_path_factory.mktemp("outlier") / "student"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save(model, tmp_path_factory.mktemp("outlier") / "student")
 
 
-def test_int8_search_keeps_the_outlier_matmul_float(outlier_student, tmp_path):
+@pytest.fixture(scope="module")
+def attention_outlier_student(tmp_path_factory):
+    """The same peaked Llama with the outlier at the input of layer 1's o_proj instead
+    (value channel 3 of key/value head 0 x1000, o_proj's matching columns / 1000): the
+    attention output comes through a reshape, so no exact fold exists and the search
+    must keep o_proj float."""
+    model = make_llama(layers=2, seed=4)
+    attention = model.model.layers[1].self_attn
+    head_dim, groups = 8, 2  # 32 wide, 4 heads, 2 key/value heads
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4)
+        attention.v_proj.weight[3] *= 1000
+        for head in range(groups):  # the query heads that read key/value head 0
+            attention.o_proj.weight[:, head * head_dim + 3] /= 1000
+    return save(model, tmp_path_factory.mktemp("attention-outlier") / "student")
+
+
+def test_smoothing_keeps_the_function_and_moves_the_outlier_into_lm_head(outlier_student, tmp_path):
+    from edgekd.lm.quantize import matmul_errors, smooth
+
+    path = tmp_path / "model.onnx"
+    model, _ = load_causal_lm(outlier_student, role="student")
+    export_fp32(model, path)
+    graph = onnx.load(str(path))
+    texts = sampled_texts(model, make_lm_tokenizer(), count=4, tokens=24)
+    sites = weight_matmuls(graph.graph)
+    before = dict((site.node, error) for site, error in matmul_errors(graph, sites, texts, threads=1))
+    assert max(before, key=before.get) == "/model/lm_head/MatMul" and before["/model/lm_head/MatMul"] > 0.5
+    smoothed = smooth(graph, sites, texts, threads=1)
+    assert smoothed == 2 * 3 + 1  # per layer q/k/v, gate/up and down; lm_head; never o_proj
+    save_onnx(graph, tmp_path / "smoothed.onnx")
+    logits = [SequenceScorer(p).session.run(["logits"], SequenceScorer(p).feed(texts[0]))[0]
+              for p in (path, tmp_path / "smoothed.onnx")]
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-3)
+    after = dict((site.node, error) for site, error in matmul_errors(graph, sites, texts, threads=1))
+    assert after["/model/lm_head/MatMul"] < before["/model/lm_head/MatMul"] / 10
+
+
+def test_int8_of_a_norm_outlier_needs_no_float_matmul(outlier_student, tmp_path):
     artifact, = export_lm(outlier_student, targets=["int8"], out=tmp_path / "e", max_length=40,
                           parity_tokens=8, show_progress=False)
     manifest = json.loads((tmp_path / "e" / "int8" / "edgekd.json").read_text())
     search, gate = manifest["int8_search"], manifest["perplexity_gate"]
-    assert search["worst_matmuls"][0]["node"] == "/model/lm_head/MatMul"
-    assert search["probes"][0]["kept_float"] == 0
-    assert search["probes"][0]["perplexity"] > 1.5 * search["fp32_perplexity"]  # all int8: far over
-    assert search["kept_float"] == ["/model/lm_head/MatMul"] and artifact.kept_float == 1
+    assert search["smoothed_activations"] == 7 and search["kept_float"] == [] and artifact.kept_float == 0
     assert gate["ratio"] <= gate["max_ratio"] == 1.1 and artifact.perplexity_ratio == gate["ratio"]
     assert gate["source"] == "8 texts sampled from the fp32 student" and gate["texts"] == 8
+
+
+def test_int8_search_keeps_the_attention_outlier_matmul_float(attention_outlier_student, tmp_path):
+    artifact, = export_lm(attention_outlier_student, targets=["int8"], out=tmp_path / "e", max_length=40,
+                          parity_tokens=8, show_progress=False)
+    manifest = json.loads((tmp_path / "e" / "int8" / "edgekd.json").read_text())
+    search, gate = manifest["int8_search"], manifest["perplexity_gate"]
+    worst = "/model/model/layers.1/self_attn/o_proj/MatMul"
+    assert search["worst_matmuls"][0]["node"] == worst
+    assert search["probes"][0]["kept_float"] == 0
+    assert search["probes"][0]["perplexity"] > 1.1 * search["fp32_perplexity"]  # all int8: over budget
+    assert search["kept_float"] == [worst] and artifact.kept_float == 1
+    assert gate["ratio"] <= 1.1
     ops = [node.op_type for node in onnx.load(str(tmp_path / "e" / "int8" / "model.onnx")).graph.node]
     assert ops.count("MatMulInteger") == 14
 
