@@ -35,8 +35,10 @@ def test_smollm2_gguf_distil_export_generate(tmp_path):
                         config=config, out=tmp_path / "student", vocabulary=49152,
                         show_progress=False, cache_root=tmp_path / "cache")
     assert result.cache_bytes_per_token == 16 * 2 + 16 * 2
+    # a 2-layer cut after 2 steps loses much more to 4 bits than a trained student: this test
+    # is about the pipeline, the perplexity gate is pinned in test_lm_quantize.py
     artifacts = export_lm(tmp_path / "student", targets=["fp32", "int4"], out=tmp_path / "export",
-                          max_length=48, parity_tokens=4)
+                          max_length=48, parity_tokens=4, max_perplexity_ratio=10.0)
     assert artifacts[0].exact
     generation = generate(tmp_path / "export" / "int4", "The government said", new_tokens=4)
     assert 1 <= len(generation.new_tokens) <= 4
