@@ -60,13 +60,14 @@ def export(
     """Convert a student for each target (ONNX, .ort, .pte; fp32, fp16, int8), checked
     against PyTorch and, with --data, held to each target's accuracy budget. A causal LM
     (found from its config.json, or --task causal-lm) becomes ONNX with a key/value cache
-    (fp32, int8, int4, int8-ort), its greedy generation checked token for token.
+    (fp32, int8, int4, int8-ort), its greedy generation checked token for token and its
+    quantised targets held to a perplexity budget against fp32.
 
     Example:
 
         edgekd export runs/student --target onnx-fp32 --target onnx-int8 --data val.csv --out runs/export
 
-        edgekd export runs/lm --target int4 --out runs/lm-export
+        edgekd export runs/lm --target int8 --data held-out.txt --out runs/lm-export
     """
     from edgekd.cli.lm import given_options, refuse_options, resolved_task
 
