@@ -160,13 +160,14 @@ def test_sampled_gate_text_is_reproducible():
 def test_export_holds_int8_to_the_users_text_and_ratio(outlier_student, tmp_path):
     held = tmp_path / "held.txt"
     held.write_text("\n".join(make_texts(6, seed=5)))
-    result = run("export", outlier_student, "--target", "int8", "--data", held, "--max-perplexity-ratio",
-                 "1.05", "--max-length", "40", "--out", tmp_path / "e")
+    result = run("export", outlier_student, "--target", "fp32", "--target", "int8", "--data", held,
+                 "--max-perplexity-ratio", "1.05", "--max-length", "40", "--out", tmp_path / "e")
     assert result.exit_code == 0, result.output
     assert "perplexity" in result.output and "x fp32" in result.output
     gate = json.loads((tmp_path / "e" / "int8" / "edgekd.json").read_text())["perplexity_gate"]
     assert gate["source"] == str(held) and gate["texts"] == 6 and gate["max_ratio"] == 1.05
     assert gate["ratio"] <= 1.05
+    assert "perplexity_gate" not in json.loads((tmp_path / "e" / "fp32" / "edgekd.json").read_text())
     result = run("lm-export", outlier_student, "--target", "int8", "--max-perplexity-ratio", "0.9",
                  "--out", tmp_path / "f")
     assert_clean_error(result, "--max-perplexity-ratio 0.9 is below 1")

@@ -215,8 +215,8 @@ def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bo
             gate = _gate(model, tokenizer, reference, texts=gate_texts, source=gate_source,
                          tokens=min(GATE_TOKENS, limit))
         for name in targets:
-            target = LM_TARGETS[name]
-            budget = max_perplexity_ratio or target.max_perplexity_ratio
+            target = LM_TARGETS[name]  # --max-perplexity-ratio replaces the quantised targets' budgets
+            budget = target.max_perplexity_ratio and (max_perplexity_ratio or target.max_perplexity_ratio)
             artifacts.append(_write_target(target, reference, staging / name, model=model,
                                            tokenizer=tokenizer, prompts=prompts, expected=expected,
                                            max_length=limit, parity_tokens=parity_tokens,
@@ -238,8 +238,8 @@ def _gate(model, tokenizer, reference: Path, *, texts: list[str] | None, source:
     if texts:
         ids = encode_texts(texts[:GATE_TEXTS], tokenizer, max_length=tokens).input_ids
     else:
-        ids, source = sampled_texts(model, tokenizer, count=GATE_TEXTS // 2, tokens=tokens), \
-            f"{GATE_TEXTS // 2} texts sampled from the fp32 student"
+        ids = sampled_texts(model, tokenizer, count=GATE_TEXTS // 2, tokens=tokens)
+        source = f"{len(ids)} texts sampled from the fp32 student"
     return Gate(texts=ids, source=source,
                 fp32_perplexity=SequenceScorer(reference, threads=torch.get_num_threads()).perplexity(ids))
 
@@ -259,7 +259,7 @@ def sampled_texts(model: torch.nn.Module, tokenizer, *, count: int, tokens: int,
         ids = torch.full((count, 1), start, dtype=torch.long)
         output = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
                                 top_k=0, top_p=1.0, max_new_tokens=tokens - 1, min_new_tokens=tokens - 1,
-                                pad_token_id=tokenizer.pad_token_id or start)
+                                pad_token_id=start if tokenizer.pad_token_id is None else tokenizer.pad_token_id)
     return output.tolist()
 
 
