@@ -95,10 +95,20 @@ def teardown(started: bool) -> None:
         dist.destroy_process_group()
 
 
-def parameters_in_sync(module: torch.nn.Module, ranks: Ranks) -> bool:
-    """Whether every rank holds the same parameters (a cheap fingerprint per rank)."""
+def wrap(module: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+    """The module in DistributedDataParallel under torchrun; itself in a single process."""
     if not ranks.distributed:
-        return True
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def check_in_sync(module: torch.nn.Module, ranks: Ranks) -> None:
+    """Raise unless every rank holds the same parameters (a cheap fingerprint per rank)."""
+    if not ranks.distributed:
+        return
     fingerprint = float(sum(p.detach().double().sum() + p.detach().double().abs().sum()
                             for p in module.parameters()))
-    return len(set(ranks.gather(fingerprint))) == 1
+    if len(set(ranks.gather(fingerprint))) != 1:
+        raise UserError("the ranks' students drifted apart; report this with the torchrun command")

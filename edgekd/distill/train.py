@@ -229,12 +229,7 @@ class _Loop:
         self.tensorboard = _tensorboard(metrics_path.parent / "tensorboard") if metrics_path else None
 
     def _wrap(self, trainee: Trainee) -> torch.nn.Module:
-        model = trainee
-        if self.ranks.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            model = DistributedDataParallel(
-                trainee, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        model = distributed.wrap(trainee, self.ranks, self.device)
         return torch.compile(model) if self.config.compile else model
 
     # -- checkpoints
@@ -285,8 +280,7 @@ class _Loop:
             self._end_epoch(progress, seconds=time.perf_counter() - epoch_started)
             if progress.step >= self.total_steps:
                 break
-        if not distributed.parameters_in_sync(self.trainee, self.ranks):
-            raise UserError("the ranks' students drifted apart; report this with the torchrun command")
+        distributed.check_in_sync(self.trainee, self.ranks)
         if progress.best_state is not None:
             self.trainee.student.load_state_dict(progress.best_state)
         return progress, seen / training_seconds if training_seconds else 0.0

@@ -135,19 +135,11 @@ class LMLoop:
             student.get_output_embeddings().weight.requires_grad_(False)
         self.trainable = [p for p in student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
-        self.model = self._wrap(student)
+        self.model = distributed.wrap(student, self.ranks, self.device)
         self.stream = BatchStream(len(train), config.batch_size, config.seed)
         # bf16 autocast on CUDA only: on a CPU fp32 is faster
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
                          else contextlib.nullcontext())
-
-    def _wrap(self, student: torch.nn.Module) -> torch.nn.Module:
-        if not self.ranks.distributed:
-            return student
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(
-            student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # -- the loop
 
@@ -171,8 +163,7 @@ class LMLoop:
                 advance(1, loss=loss)
                 if every and progress.step % every == 0:
                     self._save(progress)
-        if not distributed.parameters_in_sync(self.student, self.ranks):
-            raise UserError("the ranks' students drifted apart; report this with the torchrun command")
+        distributed.check_in_sync(self.student, self.ranks)
         return progress, time.perf_counter() - started
 
     def _step(self, progress: LMProgress) -> tuple[float, float, int]:
