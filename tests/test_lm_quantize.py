@@ -96,7 +96,7 @@ def attention_outlier_student(tmp_path_factory):
 
 
 def test_smoothing_keeps_the_function_and_moves_the_outlier_into_lm_head(outlier_student, tmp_path):
-    from edgekd.lm.quantize import matmul_errors, smooth
+    from edgekd.lm.quantize import smooth
 
     path = tmp_path / "model.onnx"
     model, _ = load_causal_lm(outlier_student, role="student")
@@ -104,7 +104,7 @@ def test_smoothing_keeps_the_function_and_moves_the_outlier_into_lm_head(outlier
     graph = onnx.load(str(path))
     texts = sampled_texts(model, make_lm_tokenizer(), count=4, tokens=24)
     sites = weight_matmuls(graph.graph)
-    before = dict((site.node, error) for site, error in matmul_errors(graph, sites, texts, threads=1))
+    before = dict((site.node, error) for site, error in Int8Builder(graph).ranked_errors(texts, threads=1))
     assert max(before, key=before.get) == "/model/lm_head/MatMul" and before["/model/lm_head/MatMul"] > 0.5
     smoothed = smooth(graph, sites, texts, threads=1)
     assert smoothed == 2 * 3 + 1  # per layer q/k/v, gate/up and down; lm_head; never o_proj
@@ -112,7 +112,7 @@ def test_smoothing_keeps_the_function_and_moves_the_outlier_into_lm_head(outlier
     logits = [SequenceScorer(p).session.run(["logits"], SequenceScorer(p).feed(texts[0]))[0]
               for p in (path, tmp_path / "smoothed.onnx")]
     np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-3)
-    after = dict((site.node, error) for site, error in matmul_errors(graph, sites, texts, threads=1))
+    after = dict((site.node, error) for site, error in Int8Builder(graph).ranked_errors(texts, threads=1))
     assert after["/model/lm_head/MatMul"] < before["/model/lm_head/MatMul"] / 10
 
 

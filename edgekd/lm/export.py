@@ -210,7 +210,7 @@ def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bo
         reference.parent.mkdir()
         export_fp32(model, reference)
         expected = torch_greedy(model, tokenizer, prompts, new_tokens=parity_tokens)
-        gate = None
+        gate, searched = None, {}
         if any(LM_TARGETS[name].max_perplexity_ratio for name in targets):
             gate = _gate(model, tokenizer, reference, texts=gate_texts, source=gate_source,
                          tokens=min(GATE_TOKENS, limit))
@@ -220,7 +220,8 @@ def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bo
             artifacts.append(_write_target(target, reference, staging / name, model=model,
                                            tokenizer=tokenizer, prompts=prompts, expected=expected,
                                            max_length=limit, parity_tokens=parity_tokens,
-                                           gate=gate if budget else None, budget=budget, report=report))
+                                           gate=gate if budget else None, budget=budget, searched=searched,
+                                           report=report))
         shutil.rmtree(reference.parent)
     return [LMArtifact(**{**a.__dict__, "folder": Path(out) / a.target}) for a in artifacts]
 
@@ -266,7 +267,9 @@ def sampled_texts(model: torch.nn.Module, tokenizer, *, count: int, tokens: int,
 def _write_target(target: LMTarget, reference: Path, folder: Path, *, model, tokenizer,
                   prompts: list[list[int]], expected: list[list[int]], max_length: int,
                   parity_tokens: int, gate: Gate | None, budget: float | None,
-                  report) -> LMArtifact:
+                  searched: dict, report) -> LMArtifact:
+    """Write one target's folder; `searched` keeps each budget's int8 search (int8 and
+    int8-ort share it)."""
     from edgekd.lm.generate import OnnxDecoder
     from edgekd.lm.quantize import SequenceScorer, search_int8
 
@@ -276,9 +279,15 @@ def _write_target(target: LMTarget, reference: Path, folder: Path, *, model, tok
     if target.precision == "fp32":
         shutil.copyfile(reference, onnx_path)
     elif target.precision == "int8":  # every int8 target has a budget, so a gate
-        search = search_int8(reference, onnx_path, texts=gate.texts, budget=budget,
-                             fp32_perplexity=gate.fp32_perplexity, threads=torch.get_num_threads(),
-                             report=report)
+        if budget not in searched:
+            result = reference.parent / f"int8-{budget:g}" / onnx_path.name
+            result.parent.mkdir()
+            searched[budget] = result, search_int8(
+                reference, result, texts=gate.texts, budget=budget, fp32_perplexity=gate.fp32_perplexity,
+                threads=torch.get_num_threads(), report=report)
+        result, search = searched[budget]
+        for file in result.parent.iterdir():  # model.onnx, and model.onnx.data when large
+            shutil.copyfile(file, folder / file.name)
     else:
         quantize_int4(reference, onnx_path)
     perplexity = None

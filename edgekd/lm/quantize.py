@@ -182,6 +182,32 @@ class Int8Builder:
         return built
 
 
+    def ranked_errors(self, texts: list[list[int]], *, threads: int) -> list[tuple[WeightMatMul, float]]:
+        """Each weight MatMul's relative output error under dynamic int8, worst first:
+        sqrt(sum |Y_int8 - Y|^2 / sum |Y|^2) over every token of `texts`, with the weights
+        quantised as `build` writes them."""
+        import torch
+        from onnx import numpy_helper
+
+        initializers = {tensor.name: tensor for tensor in self.model.graph.initializer}
+        weights = {name: torch.from_numpy(numpy_helper.to_array(initializers[name]).copy())
+                   for name in self.weights}
+        dequantised = {name: torch.from_numpy(values.astype(np.float32) * scale)
+                       for name, (values, scale) in self.weights.items()}
+        squared_error = dict.fromkeys((site.output for site in self.sites), 0.0)
+        squared_norm = dict.fromkeys((site.output for site in self.sites), 0.0)
+        for values in captured(self.model, [site.activation for site in self.sites], texts, threads=threads):
+            for site in self.sites:
+                x = torch.from_numpy(values[site.activation]).reshape(-1, weights[site.weight].shape[0])
+                exact = x @ weights[site.weight]
+                approximate = quantize_activation(x) @ dequantised[site.weight]
+                squared_error[site.output] += float(((approximate - exact) ** 2).sum())
+                squared_norm[site.output] += float((exact ** 2).sum())
+        errors = [(site, math.sqrt(squared_error[site.output] / max(squared_norm[site.output], 1e-30)))
+                  for site in self.sites]
+        return sorted(errors, key=lambda pair: -pair[1])
+
+
 def save_onnx(model, path: Path) -> None:
     """One file when it fits protobuf's limit, else the weights beside it in `<name>.data`."""
     import onnx
@@ -282,32 +308,6 @@ def smooth(model, sites: list[WeightMatMul], texts: list[list[int]], *, threads:
     return len(targets)
 
 
-def matmul_errors(model, sites: list[WeightMatMul], texts: list[list[int]], *, threads: int
-                  ) -> list[tuple[WeightMatMul, float]]:
-    """Each weight MatMul's relative output error under dynamic int8, worst first:
-    sqrt(sum |Y_int8 - Y|^2 / sum |Y|^2) over every token of `texts`."""
-    import torch
-    from onnx import numpy_helper
-
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    weights = {site.weight: torch.from_numpy(numpy_helper.to_array(initializers[site.weight]).copy())
-               for site in sites}
-    dequantised = {name: torch.from_numpy(values.astype(np.float32) * scale)
-                   for name, (values, scale) in ((n, quantize_weight(w.numpy())) for n, w in weights.items())}
-    squared_error = dict.fromkeys((site.output for site in sites), 0.0)
-    squared_norm = dict.fromkeys((site.output for site in sites), 0.0)
-    for values in captured(model, [site.activation for site in sites], texts, threads=threads):
-        for site in sites:
-            x = torch.from_numpy(values[site.activation]).reshape(-1, weights[site.weight].shape[0])
-            exact = x @ weights[site.weight]
-            approximate = quantize_activation(x) @ dequantised[site.weight]
-            squared_error[site.output] += float(((approximate - exact) ** 2).sum())
-            squared_norm[site.output] += float((exact ** 2).sum())
-    errors = [(site, math.sqrt(squared_error[site.output] / max(squared_norm[site.output], 1e-30)))
-              for site in sites]
-    return sorted(errors, key=lambda pair: -pair[1])
-
-
 # ---------------------------------------------------------------------------- perplexity
 
 class SequenceScorer:
@@ -355,7 +355,7 @@ def search_int8(reference: Path, destination: Path, *, texts: list[list[int]], b
     builder = Int8Builder(model)  # quantises the smoothed weights
     report(f"int8: fp32 perplexity {fp32:.2f} on {len(texts)} texts; {smoothed} activations smoothed; "
            f"scoring {len(builder.sites)} MatMuls")
-    ranking = matmul_errors(model, builder.sites, calibration, threads=threads)
+    ranking = builder.ranked_errors(calibration, threads=threads)
     measured: dict[int, float] = {}
 
     def perplexity_with(kept: int) -> float:
