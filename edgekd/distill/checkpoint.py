@@ -105,3 +105,10 @@ def to_resume(folder: Path, *, config, resumable_changes: set[str], resume: bool
         raise UserError(f"the checkpoint in {folder} was written with {first}={saved_config.get(first)!r}, "
                         f"not {getattr(config, first)!r}; resume with the same options or pass --overwrite")
     return state
+
+
+def non_finite_message(folder: Path, loss: float, *, step: int) -> str:
+    """What to tell a user whose loss stopped being finite at `step` (1-based)."""
+    where = (f"the last good checkpoint is kept in {folder}; lower --lr and rerun with --resume"
+             if (folder / FILE_NAME).exists() else "no checkpoint was written yet; lower --lr or check the data")
+    return f"the loss became {loss} at step {step}; {where}"

@@ -337,7 +337,8 @@ class _Loop:
         loss_sum = self.ranks.sum(loss_sum)  # a NaN or inf on any rank shows up on all
         if not torch.isfinite(loss_sum):
             self.optimizer.zero_grad(set_to_none=True)
-            raise UserError(self._non_finite_message(loss_sum, progress))
+            raise UserError(checkpoint.non_finite_message(self.checkpoints, float(loss_sum),
+                                                          step=progress.step + 1))
         torch.nn.utils.clip_grad_norm_(self.trainee.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -349,12 +350,6 @@ class _Loop:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with autocast:
             return self.model(micro, teacher)
-
-    def _non_finite_message(self, loss: torch.Tensor, progress: Progress) -> str:
-        kept = checkpoint.FILE_NAME if (self.checkpoints / checkpoint.FILE_NAME).exists() else None
-        where = (f"the last good checkpoint is kept in {self.checkpoints}; lower --lr and rerun with --resume"
-                 if kept else "no checkpoint was written yet; lower --lr or check the data")
-        return f"the loss became {float(loss)} at step {progress.step + 1}; {where}"
 
     def _end_epoch(self, progress: Progress, *, seconds: float) -> None:
         """Evaluate, keep the best student, log, checkpoint at the epoch boundary."""

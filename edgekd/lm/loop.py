@@ -191,16 +191,11 @@ class LMLoop:
         batch_loss = self.ranks.sum(loss.detach() * weight / self.ranks.world)  # NaN anywhere: everywhere
         if not torch.isfinite(batch_loss):
             self.optimizer.zero_grad(set_to_none=True)
-            raise UserError(self._non_finite_message(batch_loss, progress))
+            raise UserError(checkpoint.non_finite_message(self.checkpoints, float(batch_loss),
+                                                          step=progress.step + 1))
         torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
         self.optimizer.step()
         return float(batch_loss), lr, tokens
-
-    def _non_finite_message(self, loss: torch.Tensor, progress: LMProgress) -> str:
-        kept = (self.checkpoints / checkpoint.FILE_NAME).exists()
-        where = (f"the last good checkpoint is kept in {self.checkpoints}; lower --lr and rerun with --resume"
-                 if kept else "no checkpoint was written yet; lower --lr or check the data")
-        return f"the loss became {float(loss)} at step {progress.step + 1}; {where}"
 
     # -- checkpoints
 
