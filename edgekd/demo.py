@@ -48,7 +48,9 @@ def build_teacher(splits: dict[str, TextDataset], *, cache: Path, recipe: Distil
     # Only the settings that shape the teacher's weights key the cache: new options of
     # DistillConfig (at their defaults) must not force a rebuild of a teacher already built.
     settings = {name: getattr(recipe, name) for name in TEACHER_KEY_FIELDS}
-    key = hashlib.sha256(json.dumps({"recipe": settings, "rows": len(train),
+    # "draws" changes when the loop draws its randomness differently (2: CPU dropout masks
+    # drawn in bulk), so a teacher fine-tuned by an older loop is not reused as if current.
+    key = hashlib.sha256(json.dumps({"recipe": settings, "rows": len(train), "draws": 2,
                                      "first": train.texts[:3], "labels": train.label_names},
                                     sort_keys=True).encode()).hexdigest()[:12]
     folder = cache / "teachers" / f"minilm-l6-bbc-{key}"

@@ -33,6 +33,7 @@ from edgekd.data import Encoded, TextDataset, batches, encode
 from edgekd.distill import checkpoint, distributed
 from edgekd.distill.cache import default_cache_root, open_or_build
 from edgekd.distill.distributed import Ranks
+from edgekd.distill.dropout import training_masks
 from edgekd.distill.objective import Needs, Objective, Trainee, forward_outputs
 from edgekd.errors import UserError, atomic_dir
 from edgekd.models import save_model
@@ -348,7 +349,7 @@ class _Loop:
     def _forward(self, micro: dict) -> tuple[torch.Tensor, dict]:
         teacher = self.teacher_targets(micro) if self.teacher_targets is not None else None
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
+        with autocast, training_masks(self.device, compiled=self.config.compile):
             return self.model(micro, teacher)
 
     def _end_epoch(self, progress: Progress, *, seconds: float) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from edgekd.distill import checkpoint, distributed
 from edgekd.distill.distributed import Ranks
+from edgekd.distill.dropout import training_masks
 from edgekd.errors import UserError
 from edgekd.lm.cache import TopKCache
 from edgekd.lm.data import LMExamples, collate
@@ -183,7 +184,7 @@ class LMLoop:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         device_batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
-        with self.autocast:
+        with self.autocast, training_masks(self.device):
             loss = step_loss(self.model, device_batch, teacher=self.teacher, cache=self.cache,
                              vocabulary=self.vocabulary, config=self.config)
         self.optimizer.zero_grad(set_to_none=True)
