@@ -1,6 +1,6 @@
 """Export stage numbers on the demo student (MiniLM cut to 2 layers, BBC News).
 
-    python benchmarks/export_bench.py [--student /work/demo-run/student] [--pte]
+    python benchmarks/export_bench.py [--student runs/demo/student] [--pte]   # after `make demo`
 
 Goals (checked and written to benchmarks/results/export_bench.json):
 - int8 p50 latency <= 0.7x the fp32 ONNX model (batch 1, 128 tokens, 1 thread, interleaved);
@@ -67,7 +67,7 @@ def latency(artifacts, tokenizer, text: str, *, repeats: int) -> dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", type=Path, default=Path("/work/demo-run/student"))
+    parser.add_argument("--student", type=Path, default=ROOT / "runs" / "demo" / "student")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--pte", action="store_true", help="also export and time ExecuTorch .pte")
     parser.add_argument("--note", default="2 cores, possibly shared with other jobs; ratios are "
