@@ -1,6 +1,6 @@
 """Teacher cache: distillation samples/s on the demo with the cache vs the teacher in the loop.
 
-    EDGEKD_CACHE=/work/edgekd-cache python benchmarks/distill_cache.py [--rows 320 --repeats 3]
+    python benchmarks/distill_cache.py [--rows 320 --repeats 3]
 
 Demo teacher (MiniLM-L6 fine-tuned on BBC News) -> 2-layer student (teacher layers 0 and 5),
 CPU, max length 128, batch 16, the demo's KD recipe. Runs alternate (no cache, cache,
