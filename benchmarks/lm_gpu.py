@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -20,27 +19,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 RESULT = Path(__file__).resolve().parent / "results" / "lm_gpu.json"
 TOLERANCE = 0.05  # relative perplexity difference
-
-
-@torch.no_grad()
-def perplexity(model, examples) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for ids in examples.input_ids:
-        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-        total += float(F.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
-        count += len(ids) - 1
-    return math.exp(total / count)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="Distillation steps on each device.")
     args = parser.parse_args()
+    from edgekd.lm.bench import quality, torch_logits_fn
     from edgekd.lm.data import encode_texts
     from edgekd.lm.demo import LMDemoConfig, demo_texts
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student, probe_batch
@@ -63,7 +51,8 @@ def main() -> None:
                                 vocabulary=teacher.get_output_embeddings().out_features,
                                 cache_root=Path(work) / f"cache-{device}", show_progress=False)
             trained, _ = load_causal_lm(Path(work) / device, role="student")
-            runs[device] = {"perplexity": perplexity(trained, held_out), "final_loss": result.final_loss,
+            held_out_quality = quality(torch_logits_fn(trained), held_out, vocabulary=trained.config.vocab_size)
+            runs[device] = {"perplexity": held_out_quality["perplexity"], "final_loss": result.final_loss,
                             "tokens_per_second": result.tokens_per_second, "seconds": result.seconds}
             teacher.cpu()
             print(device, json.dumps(runs[device]), flush=True)
