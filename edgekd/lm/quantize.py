@@ -125,6 +125,8 @@ class Int8Builder:
     def __init__(self, model) -> None:
         from onnx import numpy_helper
 
+        if not any(opset.domain in ("", "ai.onnx") and opset.version >= 11 for opset in model.opset_import):
+            raise ValueError("dynamic int8 needs opset 11 or newer")
         self.model = model
         self.sites = weight_matmuls(model.graph)
         initializers = {tensor.name: tensor for tensor in model.graph.initializer}
@@ -172,15 +174,11 @@ class Int8Builder:
             nodes, self.model.graph.name, list(self.model.graph.input), list(self.model.graph.output),
             initializer=[t for t in self.model.graph.initializer if t.name in still_used] + new_initializers,
             value_info=list(self.model.graph.value_info))
-        if not any(opset.domain in ("", "ai.onnx") and opset.version >= 11
-                   for opset in self.model.opset_import):
-            raise ValueError("dynamic int8 needs opset 11 or newer")
         built = helper.make_model(graph, producer_name="edgekd")
         del built.opset_import[:]
         built.opset_import.extend(self.model.opset_import)
         built.ir_version = self.model.ir_version
         return built
-
 
     def ranked_errors(self, texts: list[list[int]], *, threads: int) -> list[tuple[WeightMatMul, float]]:
         """Each weight MatMul's relative output error under dynamic int8, worst first:
