@@ -188,6 +188,7 @@ def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bo
     `gate_texts`; without them, on text sampled from the student itself.
     """
     from edgekd.lm.models import load_causal_lm
+    from edgekd.progress import console
 
     unknown = [name for name in targets if name not in LM_TARGETS]
     if unknown or not targets:
@@ -203,7 +204,7 @@ def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bo
     # parity prompts fit the exported maximum with room for the generated tokens
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"][:limit // 2] for p in PARITY_PROMPTS]
     parity_tokens = min(parity_tokens, limit - max(len(p) for p in prompts))
-    report = console_report if show_progress else (lambda message: None)
+    report = console.print if show_progress else (lambda message: None)
     artifacts = []
     with atomic_dir(Path(out), overwrite=overwrite) as staging:
         reference = staging / ".fp32" / "model.onnx"
@@ -224,12 +225,6 @@ def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bo
                                            report=report))
         shutil.rmtree(reference.parent)
     return [LMArtifact(**{**a.__dict__, "folder": Path(out) / a.target}) for a in artifacts]
-
-
-def console_report(message: str) -> None:
-    from edgekd.progress import console
-
-    console.print(message)
 
 
 def _gate(model, tokenizer, reference: Path, *, texts: list[str] | None, source: str, tokens: int) -> Gate:
