@@ -169,7 +169,7 @@ def main() -> None:
             for key, (_, recipe_config, layers) in recipes.items():
                 config = replace(recipe_config, seed=seed, max_steps=steps, checkpoint_every=0, device="cpu")
                 # (a) never sees the unlabelled articles: it trains on the 25 for the same steps.
-                data = few.subset(labelled) if config.alpha == 1 else few
+                data = few.subset(labelled) if config.hard_label_weight == 1 else few
                 run = run_one(teacher, tokenizer, data, test_encoded, test_labels, teacher_test_logits,
                               config=config, layers=layers, work=work, cache_root=cache_root)
                 runs[key].append({"seed": seed, **run})

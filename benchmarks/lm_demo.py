@@ -92,7 +92,7 @@ def demo_config(arguments):
     from edgekd.lm.demo import LMDemoConfig
 
     defaults = LMDemoConfig()
-    distill = replace(defaults.distill, steps=arguments.steps or defaults.distill.steps,
+    distill = replace(defaults.distill, max_steps=arguments.steps or defaults.distill.max_steps,
                       lr=arguments.lr or defaults.distill.lr)
     return replace(defaults, distill=distill, eval_texts=arguments.eval_texts or defaults.eval_texts)
 
@@ -108,7 +108,7 @@ def train_baseline(config, work: Path):
     train = encode_texts(demo_texts(config)[0], tokenizer, max_length=config.distill.max_length)
     baseline, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers, probe=probe_batch(train))
     distill_lm(teacher=None, student=baseline, tokenizer=tokenizer, train=train,
-               config=replace(config.distill, ce_weight=1.0), out=work / "ce-only", overwrite=True,
+               config=replace(config.distill, hard_label_weight=1.0), out=work / "ce-only", overwrite=True,
                vocabulary=teacher.get_output_embeddings().out_features, show_progress=True)
     return baseline
 
@@ -129,7 +129,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     from edgekd.lm.cache import open_or_build
-    from edgekd.lm.bench import format_table
+    from edgekd.bench.report import print_table
     from edgekd.lm.data import encode_texts
     from edgekd.lm.demo import demo_texts, lm_demo
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student, probe_batch
@@ -149,7 +149,7 @@ def main() -> None:
         demo_seconds = time.perf_counter() - started
         RESULT.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(report, indent=2, default=str))
-    print(format_table(report), flush=True)
+    print_table(report)
 
     # the baseline: same student, same steps, cross-entropy only
     teacher_dir = dequantised_gguf(demo_gguf_path())
@@ -178,16 +178,15 @@ def main() -> None:
                     "dense_fp16_bytes_per_token": vocabulary * 2,
                     "build_seconds": cache.build_seconds, **speed}
 
-    models = report["models"]
-    quantised = {name: row for name, row in models.items() if name in ("student-int8", "student-int4")}
-    best = max(quantised, key=lambda name: quantised[name]["decode_speedup_vs_teacher"])
+    rows = {row["name"]: row for row in report["rows"]}
+    quantised = {name: row for name, row in rows.items() if name in ("student/onnx-int8", "student/onnx-int4")}
+    best = max(quantised, key=lambda name: quantised[name]["speedup"])
     goals = {
         "quantised_decode_speedup_at_least_4x": {
-            "value": quantised[best]["decode_speedup_vs_teacher"], "artifact": best,
-            "met": quantised[best]["decode_speedup_vs_teacher"] >= 4},
+            "value": quantised[best]["speedup"], "artifact": best, "met": quantised[best]["speedup"] >= 4},
         "student_perplexity_at_most_1.5x_teacher": {
-            "value": models["student"]["perplexity_ratio_vs_teacher"],
-            "met": models["student"]["perplexity_ratio_vs_teacher"] <= 1.5},
+            "value": rows["student"]["perplexity_ratio_vs_teacher"],
+            "met": rows["student"]["perplexity_ratio_vs_teacher"] <= 1.5},
         "distilled_beats_ce_only": {
             "distilled_perplexity": comparison["distilled"]["perplexity"],
             "ce_only_perplexity": comparison["ce_only"]["perplexity"],

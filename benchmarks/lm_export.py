@@ -40,40 +40,44 @@ def main() -> None:
 
     import onnx
 
-    from edgekd.lm.bench import bench_lm, format_table
+    from edgekd.bench.report import print_table
+    from edgekd.lm.bench import bench_lm
     from edgekd.lm.demo import LMDemoConfig, demo_texts
     from edgekd.lm.export import export_lm
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf
     from edgekd.lm.quantize import Int8Builder, save_onnx
+    from edgekd.targets import load_target
 
     config = LMDemoConfig()
     train_texts, eval_texts = demo_texts(config)
     work = args.out or Path(tempfile.mkdtemp(prefix="edgekd-lm-export-"))
     export = work / "export"
     started = time.perf_counter()
-    artifacts = export_lm(args.student, targets=["fp32", "int8", "int4"], out=export, overwrite=True,
+    artifacts = export_lm(args.student, targets=[load_target(name) for name in ("onnx-fp32", "onnx-int8", "onnx-int4")],
+                          out=export, overwrite=True,
                           max_length=max(256, config.distill.max_length), gate_texts=train_texts,
                           gate_source="BBC News training articles")
     export_seconds = time.perf_counter() - started
     # every MatMul quantised: the int8 folder with the unsearched graph
-    shutil.copytree(export / "int8", export / "int8-all")
-    fp32_graph = onnx.load(str(export / "fp32" / "model.onnx"))
+    shutil.copytree(export / "onnx-int8", export / "int8-all")
+    fp32_graph = onnx.load(str(export / "onnx-fp32" / "model.onnx"))
     save_onnx(Int8Builder(fp32_graph).build(), export / "int8-all" / "model.onnx")
+    manifest_path = export / "int8-all" / "edgekd.json"  # its own row: student/int8-all
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), "target": "int8-all"}))
     del fp32_graph
     report = bench_lm(teacher_dir=dequantised_gguf(demo_gguf_path()), student_dir=args.student,
                       artifacts=export, texts=eval_texts, max_length=config.distill.max_length,
                       rounds=args.rounds)
-    print(format_table(report))
-    models = report["models"]
-    int8, fp32 = models["student-int8"], models["student-fp32"]
-    manifest = json.loads((export / "int8" / "edgekd.json").read_text())
+    print_table(report)
+    rows = {row["name"]: row for row in report["rows"]}
+    int8, fp32 = rows["student/onnx-int8"], rows["student/onnx-fp32"]
+    manifest = json.loads((export / "onnx-int8" / "edgekd.json").read_text())
     goals = {
         "int8_perplexity_within_1.1x_fp32": {
-            "value": int8["perplexity"] / fp32["perplexity"],
-            "met": int8["perplexity"] <= 1.1 * fp32["perplexity"]},
-        "int8_decode_at_least_4x_teacher": {
-            "value": int8["decode_speedup_vs_teacher"], "met": int8["decode_speedup_vs_teacher"] >= 4}}
-    result = {"goals": goals, "models": models, "held_out_texts": report["held_out_texts"],
+            "value": int8["quality"]["perplexity"] / fp32["quality"]["perplexity"],
+            "met": int8["quality"]["perplexity"] <= 1.1 * fp32["quality"]["perplexity"]},
+        "int8_decode_at_least_4x_teacher": {"value": int8["speedup"], "met": int8["speedup"] >= 4}}
+    result = {"goals": goals, "rows": report["rows"], "held_out_texts": report["data"]["rows"],
               "int8_search": {k: v for k, v in manifest["int8_search"].items() if k != "kept_float"},
               "int8_kept_float": manifest["int8_search"]["kept_float"],
               "perplexity_gate": {a.target: a.perplexity_ratio for a in artifacts if a.perplexity_ratio},

@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for device in ("cuda", "cpu"):
             student, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers, probe=probe_batch(train))
-            distill_config = replace(config.distill, steps=args.steps, device=device)
+            distill_config = replace(config.distill, max_steps=args.steps, device=device)
             result = distill_lm(teacher=teacher, student=student, tokenizer=tokenizer, train=train,
                                 config=distill_config, out=Path(work) / device,
                                 vocabulary=teacher.get_output_embeddings().out_features,

@@ -34,7 +34,7 @@ class DistillConfig:
     lr: float = 1e-4  # peak AdamW learning rate, reached after warm-up
     batch_size: int = 16  # examples per optimiser step
     temperature: float = 2.0  # softens both distributions in the KL term (loss scaled by T^2)
-    alpha: float = 0.5  # weight of hard-label cross-entropy; (1 - alpha) goes to soft labels
+    hard_label_weight: float = 0.5  # weight of hard-label cross-entropy; the rest goes to soft labels (KD)
     max_length: int = 128  # tokens per example after truncation
     seed: int = 0  # shuffling, dropout and initialisation
     device: str = "auto"  # auto (cuda when available), cpu or cuda
@@ -67,7 +67,8 @@ class DistillConfig:
         _check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         _check(0 < self.temperature <= 100,
                f"--temperature must be in (0, 100], got {self.temperature}")
-        _check(0 <= self.alpha <= 1, f"--alpha must be between 0 and 1, got {self.alpha}")
+        _check(0 <= self.hard_label_weight <= 1,
+               f"--hard-label-weight must be between 0 and 1, got {self.hard_label_weight}")
         _check(8 <= self.max_length <= 8192,
                f"--max-length must be between 8 and 8192 tokens, got {self.max_length}")
         _check(self.device in ("auto", "cpu", "cuda"),

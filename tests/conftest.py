@@ -49,11 +49,14 @@ def make_config(arch: str = "bert", *, layers: int = 4, hidden: int = 32, heads:
     if arch == "distilbert":
         return AutoConfig.for_model("distilbert", n_layers=layers, dim=hidden, n_heads=heads,
                                     hidden_dim=4 * hidden, max_position_embeddings=128, **common)
+    extra = {"electra": {"embedding_size": hidden}, "albert": {"embedding_size": hidden // 2},
+             # relative attention over both content and position: DeBERTa-v2's own path
+             "deberta-v2": {"relative_attention": True, "pos_att_type": ["p2c", "c2p"],
+                            "max_relative_positions": 64, "position_buckets": 32}}.get(arch, {})
     return AutoConfig.for_model(arch, num_hidden_layers=layers, hidden_size=hidden,
                                 num_attention_heads=heads, intermediate_size=4 * hidden,
                                 max_position_embeddings=130, pad_token_id=0,
-                                **({"embedding_size": hidden} if arch == "electra" else {}),
-                                **common)
+                                **extra, **common)
 
 
 def make_classifier(arch: str = "bert", *, seed: int = 0, **config_options):

@@ -76,7 +76,7 @@ def test_gradient_accumulation_matches_one_big_batch(train_file, tmp_path):
         result = runner.invoke(app, [str(a) for a in [
             "distill", "--teacher", teacher_dir, "--data", train_file, "--out", out, "--epochs", "1",
             "--student-layers", "1", "--batch-size", "16", "--gradient-accumulation", accumulation,
-            "--max-length", "16", "--quiet", "--cache-dir", tmp_path / "cache", "--alpha", "0"]])
+            "--max-length", "16", "--quiet", "--cache-dir", tmp_path / "cache", "--hard-label-weight", "0"]])
         assert result.exit_code == 0, result.output
         students.append(load_file(out / "model.safetensors"))
     for name in students[0]:  # soft labels only: a per-row mean, so the pieces add up exactly

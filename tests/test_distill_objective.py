@@ -14,7 +14,7 @@ from edgekd.distill.objective import (Objective, Trainee, default_layer_map, for
 from edgekd.errors import UserError
 from edgekd.models import model_inputs, select_layers, shrunk_student
 
-ALL_LOSSES = dict(alpha=0.5, hidden_mse_weight=1.0, hidden_cosine_weight=1.0, attention_weight=1.0,
+ALL_LOSSES = dict(hard_label_weight=0.5, hidden_mse_weight=1.0, hidden_cosine_weight=1.0, attention_weight=1.0,
                   minilm_weight=1.0)
 
 

@@ -8,8 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 from edgekd.cli import app
-from edgekd.cli.distill import CAUSAL_LM_ONLY_OPTIONS, CLASSIFICATION_ONLY_OPTIONS, recipe_values, run
-from edgekd.cli.lm import run_lm_distill
+from edgekd.cli.distill import CAUSAL_LM_ONLY_OPTIONS, TEXT_ONLY_OPTIONS, recipe_values, run
 from edgekd.config import DistillConfig
 from edgekd.errors import UserError
 from edgekd.lm.train import LMDistillConfig
@@ -56,18 +55,17 @@ def test_every_config_field_is_a_cli_option_and_back():
     assert options - used_by_run == config_fields - {"max_length", "seed", "validation_fraction"}
 
 
-def test_causal_lm_options_are_lm_distills_and_reach_its_config():
-    # distill --task causal-lm hands every option that is not classification-only to
-    # run_lm_distill by name, and lm-distill is its short form: the three lists must agree,
-    # and every LMDistillConfig field must be reachable from the command line.
-    import inspect
-
-    lm_parameters = set(inspect.signature(run_lm_distill).parameters)
-    assert _options("distill") - {"task", "recipe", *CLASSIFICATION_ONLY_OPTIONS} == lm_parameters
-    assert _options("lm-distill") == lm_parameters
+def test_every_causal_lm_config_field_is_an_option_both_tasks_share_or_its_own():
+    # run_causal_lm builds LMDistillConfig from the options given by their names: every field
+    # must be an option of distill, and none of them one the text task keeps to itself.
+    options = _options("distill")
     renamed = {"train_embeddings": "freeze_embeddings"}  # a flag that switches the field off
-    config_fields = {renamed.get(name, name) for name in LMDistillConfig.__dataclass_fields__}
-    assert config_fields - {"bf16"} <= lm_parameters  # bf16 is always on for CUDA from the CLI
+    config_fields = {renamed.get(name, name) for name in LMDistillConfig.__dataclass_fields__} - {"bf16"}
+    assert config_fields <= options  # bf16 is always on for CUDA from the CLI
+    assert not config_fields & set(TEXT_ONLY_OPTIONS)
+    # the options both tasks read have one name: epochs, max steps and the hard-label weight among them
+    shared = set(DistillConfig.__dataclass_fields__) & set(LMDistillConfig.__dataclass_fields__)
+    assert {"epochs", "max_steps", "hard_label_weight", "lr", "batch_size", "temperature"} <= shared
 
 
 def test_recipe_errors_name_the_key(tmp_path):

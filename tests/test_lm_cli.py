@@ -1,4 +1,5 @@
-"""The causal-LM commands through typer's runner: the happy path and one line per bad input."""
+"""The main commands on a causal LM through typer's runner: the happy path and one line per bad
+input; the task is read from the teacher and the student."""
 
 from __future__ import annotations
 
@@ -24,26 +25,32 @@ def lm_files(tmp_path, monkeypatch):
 def test_distill_export_generate_bench(lm_files, tmp_path):
     teacher, train, test = lm_files
     student, export = tmp_path / "student", tmp_path / "export"
-    result = run("lm-distill", "--teacher", teacher, "--data", train, "--out", student,
-                 "--student-layers", "1", "--steps", "4", "--batch-size", "4", "--max-length", "24",
+    result = run("distill", "--teacher", teacher, "--data", train, "--out", student,
+                 "--student-layers", "1", "--max-steps", "4", "--batch-size", "4", "--max-length", "24",
                  "--top-k", "8", "--divergence", "jsd", "--quiet")
     assert result.exit_code == 0, result.output
     assert "B/token" in result.output and (student / "model.safetensors").is_file()
-    result = run("lm-export", student, "--out", export, "--target", "fp32", "--target", "int4",
+    result = run("export", student, "--out", export, "--target", "onnx-fp32", "--target", "onnx-int4",
                  "--max-length", "64")
     assert result.exit_code == 0, result.output
     assert "greedy tokens equal to PyTorch: 100%" in result.output
-    result = run("generate", export / "int4", "--prompt", "the cat", "--max-new-tokens", "4")
+    result = run("generate", export / "onnx-int4", "--prompt", "the cat", "--max-new-tokens", "4")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("the cat")
-    result = run("lm-bench", "--teacher", teacher, "--student", student, "--artifacts", export,
-                 "--data", test, "--out", tmp_path / "report", "--new-tokens", "4", "--rounds", "1")
+    result = run("bench", "--teacher", teacher, "--student", student, "--artifacts", export,
+                 "--data", test, "--out", tmp_path / "report", "--new-tokens", "4", "--rounds", "1",
+                 "--max-perplexity-ratio", "100")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert set(report["models"]) == {"teacher", "student", "student-fp32", "student-int4"}
-    assert report["models"]["student-fp32"]["perplexity"] == pytest.approx(
-        report["models"]["student"]["perplexity"], rel=1e-3)
-    assert 0 <= report["models"]["student-int4"]["top1_agreement"] <= 1
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows) == ["teacher", "student", "student/onnx-fp32", "student/onnx-int4"]
+    assert rows["student/onnx-fp32"]["quality"]["perplexity"] == pytest.approx(
+        rows["student"]["quality"]["perplexity"], rel=1e-3)
+    assert rows["student/onnx-fp32"]["perplexity_ratio"] == pytest.approx(1.0, rel=1e-3)  # against the student
+    assert 0 <= rows["student/onnx-int4"]["quality"]["top1_agreement"] <= 1
+    assert (tmp_path / "report" / "report.md").is_file()
+    gated = {(gate["gate"], gate["artifact"]) for gate in report["gates"]}
+    assert ("perplexity_ratio", "student/onnx-int4") in gated and all(g["passed"] for g in report["gates"])
 
 
 def test_vocabulary_mismatch(lm_files, tmp_path):
@@ -51,32 +58,33 @@ def test_vocabulary_mismatch(lm_files, tmp_path):
     other = tmp_path / "other"
     make_llama(layers=1, vocab_size=53).save_pretrained(other)
     make_lm_tokenizer(extra_words=("zebra",)).save_pretrained(other)
-    result = run("lm-distill", "--teacher", teacher, "--data", train, "--out", tmp_path / "s",
-                 "--student", other, "--steps", "1", "--quiet")
+    result = run("distill", "--teacher", teacher, "--data", train, "--out", tmp_path / "s",
+                 "--student", other, "--max-steps", "1", "--quiet")
     assert_clean_error(result, "tokenizers differ")
     assert not (tmp_path / "s").exists()
 
 
 def test_teacher_that_is_not_a_causal_lm(lm_files, teacher_dir, tmp_path):
     _, train, _ = lm_files
-    result = run("lm-distill", "--teacher", teacher_dir, "--data", train, "--out", tmp_path / "s",
-                 "--student-layers", "1", "--quiet")
-    assert_clean_error(result, "not a causal language model")
+    result = run("distill", "--task", "causal-lm", "--teacher", teacher_dir, "--data", train,
+                 "--out", tmp_path / "s", "--student-layers", "1", "--quiet")
+    assert_clean_error(result, "holds a text-classification model, not a causal-lm one; "
+                               "pass --task text-classification")
 
 
 def test_corrupt_gguf(lm_files, tmp_path):
     _, train, _ = lm_files
     broken = tmp_path / "teacher.gguf"
     broken.write_bytes(b"not a gguf file at all")
-    result = run("lm-distill", "--teacher", broken, "--data", train, "--out", tmp_path / "s",
+    result = run("distill", "--teacher", broken, "--data", train, "--out", tmp_path / "s",
                  "--student-layers", "1", "--quiet")
     assert_clean_error(result, "corrupt")
 
 
 def test_prompt_longer_than_exported_maximum(lm_files, tmp_path):
     teacher, _, _ = lm_files
-    assert run("lm-export", teacher, "--out", tmp_path / "e", "--target", "fp32",
+    assert run("export", teacher, "--out", tmp_path / "e", "--target", "onnx-fp32",
                "--max-length", "16").exit_code == 0
-    result = run("generate", tmp_path / "e" / "fp32", "--prompt", " ".join(["the"] * 14),
+    result = run("generate", tmp_path / "e" / "onnx-fp32", "--prompt", " ".join(["the"] * 14),
                  "--max-new-tokens", "4")
     assert_clean_error(result, "exported for at most 16")

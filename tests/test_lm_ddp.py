@@ -27,7 +27,7 @@ LR = 3e-3
 def _args(teacher, train, out, cache) -> list[str]:
     # 13 texts in batches of 4: the last batch of each epoch has one row, so one rank gets none
     return [str(a) for a in ("distill", "--task", "causal-lm", "--teacher", teacher, "--data", train,
-                             "--out", out, "--student-layers", "1", "--steps", "8", "--batch-size", "4",
+                             "--out", out, "--student-layers", "1", "--max-steps", "8", "--batch-size", "4",
                              "--max-length", "24", "--lr", LR, "--top-k", "8", "--divergence", "jsd",
                              "--checkpoint-every", "3", "--device", "cpu", "--cache-dir", cache, "--quiet")]
 

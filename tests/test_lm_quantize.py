@@ -16,6 +16,7 @@ from edgekd.errors import GateFailed, UserError
 from edgekd.lm.export import export_fp32, export_lm, sampled_texts
 from edgekd.lm.models import load_causal_lm
 from edgekd.lm.quantize import Int8Builder, SequenceScorer, quantize_weight, save_onnx, weight_matmuls
+from edgekd.targets import load_target
 from lm_tiny import make_llama, make_lm_tokenizer, make_texts
 
 
@@ -117,9 +118,9 @@ def test_smoothing_keeps_the_function_and_moves_the_outlier_into_lm_head(outlier
 
 
 def test_int8_of_a_norm_outlier_needs_no_float_matmul(outlier_student, tmp_path):
-    artifact, = export_lm(outlier_student, targets=["int8"], out=tmp_path / "e", max_length=40,
-                          parity_tokens=8, show_progress=False)
-    manifest = json.loads((tmp_path / "e" / "int8" / "edgekd.json").read_text())
+    artifact, = export_lm(outlier_student, targets=targets("onnx-int8"), out=tmp_path / "e",
+                          max_length=40, parity_tokens=8, show_progress=False)
+    manifest = json.loads((tmp_path / "e" / "onnx-int8" / "edgekd.json").read_text())
     search, gate = manifest["int8_search"], manifest["perplexity_gate"]
     assert search["smoothed_activations"] == 7 and search["kept_float"] == [] and artifact.kept_float == 0
     assert gate["ratio"] <= gate["max_ratio"] == 1.1 and artifact.perplexity_ratio == gate["ratio"]
@@ -127,9 +128,9 @@ def test_int8_of_a_norm_outlier_needs_no_float_matmul(outlier_student, tmp_path)
 
 
 def test_int8_search_keeps_the_attention_outlier_matmul_float(attention_outlier_student, tmp_path):
-    artifact, = export_lm(attention_outlier_student, targets=["int8"], out=tmp_path / "e", max_length=40,
-                          parity_tokens=8, show_progress=False)
-    manifest = json.loads((tmp_path / "e" / "int8" / "edgekd.json").read_text())
+    artifact, = export_lm(attention_outlier_student, targets=targets("onnx-int8"), out=tmp_path / "e",
+                          max_length=40, parity_tokens=8, show_progress=False)
+    manifest = json.loads((tmp_path / "e" / "onnx-int8" / "edgekd.json").read_text())
     search, gate = manifest["int8_search"], manifest["perplexity_gate"]
     worst = "/model/model/layers.1/self_attn/o_proj/MatMul"
     assert search["worst_matmuls"][0]["node"] == worst
@@ -137,15 +138,17 @@ def test_int8_search_keeps_the_attention_outlier_matmul_float(attention_outlier_
     assert search["probes"][0]["perplexity"] > 1.1 * search["fp32_perplexity"]  # all int8: over budget
     assert search["kept_float"] == [worst] and artifact.kept_float == 1
     assert gate["ratio"] <= 1.1
-    ops = [node.op_type for node in onnx.load(str(tmp_path / "e" / "int8" / "model.onnx")).graph.node]
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "e" / "onnx-int8" / "model.onnx")).graph.node]
     assert ops.count("MatMulInteger") == 14
 
 
 def test_int4_over_its_budget_fails_and_writes_nothing(outlier_student, tmp_path):
-    with pytest.raises(GateFailed, match=r"target 'int4': perplexity .* over its budget of 2x"):
-        export_lm(outlier_student, targets=["fp32", "int4"], out=tmp_path / "e", max_length=40,
-                  parity_tokens=8, show_progress=False)
-    assert not (tmp_path / "e").exists()
+    with pytest.raises(GateFailed, match=r"target 'onnx-int4': perplexity .* over its budget of 2x"):
+        export_lm(outlier_student, targets=targets("onnx-fp32", "onnx-int4"), out=tmp_path / "e",
+                  max_length=40, parity_tokens=8, show_progress=False)
+    # each target folder is written whole or not at all, as for classifiers
+    assert (tmp_path / "e" / "onnx-fp32" / "edgekd.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["onnx-fp32"]
 
 
 def test_sampled_gate_text_is_reproducible():
@@ -160,15 +163,15 @@ def test_sampled_gate_text_is_reproducible():
 def test_export_holds_int8_to_the_users_text_and_ratio(outlier_student, tmp_path):
     held = tmp_path / "held.txt"
     held.write_text("\n".join(make_texts(6, seed=5)))
-    result = run("export", outlier_student, "--target", "fp32", "--target", "int8", "--data", held,
+    result = run("export", outlier_student, "--target", "onnx-fp32", "--target", "onnx-int8", "--data", held,
                  "--max-perplexity-ratio", "1.05", "--max-length", "40", "--out", tmp_path / "e")
     assert result.exit_code == 0, result.output
     assert "perplexity" in result.output and "x fp32" in result.output
-    gate = json.loads((tmp_path / "e" / "int8" / "edgekd.json").read_text())["perplexity_gate"]
+    gate = json.loads((tmp_path / "e" / "onnx-int8" / "edgekd.json").read_text())["perplexity_gate"]
     assert gate["source"] == str(held) and gate["texts"] == 6 and gate["max_ratio"] == 1.05
     assert gate["ratio"] <= 1.05
-    assert "perplexity_gate" not in json.loads((tmp_path / "e" / "fp32" / "edgekd.json").read_text())
-    result = run("lm-export", outlier_student, "--target", "int8", "--max-perplexity-ratio", "0.9",
+    assert "perplexity_gate" not in json.loads((tmp_path / "e" / "onnx-fp32" / "edgekd.json").read_text())
+    result = run("export", outlier_student, "--target", "onnx-int8", "--max-perplexity-ratio", "0.9",
                  "--out", tmp_path / "f")
     assert_clean_error(result, "--max-perplexity-ratio 0.9 is below 1")
     assert not (tmp_path / "f").exists()
@@ -176,4 +179,8 @@ def test_export_holds_int8_to_the_users_text_and_ratio(outlier_student, tmp_path
 
 def test_a_budget_below_one_is_refused_before_any_work(outlier_student, tmp_path):
     with pytest.raises(UserError, match="below 1"):
-        export_lm(outlier_student, targets=["int8"], out=tmp_path / "e", max_perplexity_ratio=0.99)
+        export_lm(outlier_student, targets=targets("onnx-int8"), out=tmp_path / "e", max_perplexity_ratio=0.99)
+
+
+def targets(*names: str):
+    return [load_target(name) for name in names]

@@ -53,7 +53,7 @@ def lm_run(tmp_path, monkeypatch):
     def args(out: Path, *extra) -> list[str]:
         # 4 batches per epoch: 12 steps cross two epoch boundaries
         return [str(a) for a in ("distill", "--task", "causal-lm", "--teacher", teacher, "--data", train,
-                                 "--out", out, "--student-layers", "1", "--steps", "12", "--batch-size", "4",
+                                 "--out", out, "--student-layers", "1", "--max-steps", "12", "--batch-size", "4",
                                  "--max-length", "24", "--lr", "3e-3", "--top-k", "8",
                                  "--checkpoint-every", "3", "--device", "cpu", "--quiet", *extra)]
     return args
@@ -114,7 +114,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(loop, "step_loss", poisoned)
     out = tmp_path / "student"
-    config = LMDistillConfig(steps=10, batch_size=4, max_length=24, top_k=0, checkpoint_every=2, device="cpu")
+    config = LMDistillConfig(max_steps=10, batch_size=4, max_length=24, top_k=0, checkpoint_every=2, device="cpu")
     with pytest.raises(UserError, match=r"^the loss became nan at step 6; the last good checkpoint is kept in "
                                         r".*student.checkpoints; lower --lr and rerun with --resume$"):
         distill_lm(teacher=teacher, student=student, tokenizer=tokenizer, train=examples, config=config,
@@ -136,7 +136,7 @@ def test_resume_refuses_a_corrupt_checkpoint_and_leaves_it_alone(lm_run, tmp_pat
 
 def test_a_leftover_checkpoint_needs_resume_or_overwrite_and_matching_options(lm_run, tmp_path):
     out = tmp_path / "student"
-    written_with = LMDistillConfig(steps=12, batch_size=4, max_length=24, lr=3e-3, top_k=8, divergence="jsd")
+    written_with = LMDistillConfig(max_steps=12, batch_size=4, max_length=24, lr=3e-3, top_k=8, divergence="jsd")
     checkpoint.save(checkpoint.checkpoint_dir(out), {"step": 3, "student": {}, "config": asdict(written_with),
                                                      "stream": {"epoch": 0, "batch": 3, "texts": 16}})
     result = run(*lm_run(out))

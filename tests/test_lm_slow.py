@@ -29,7 +29,7 @@ def test_smollm2_gguf_distil_export_generate(tmp_path):
     texts = demo_splits()["train"].texts[:4]
     examples = encode_texts(texts, tokenizer, max_length=32)
     student, _ = make_lm_student(teacher, tokenizer, layers="2")
-    config = LMDistillConfig(steps=2, batch_size=2, max_length=32, top_k=16, train_embeddings=False,
+    config = LMDistillConfig(max_steps=2, batch_size=2, max_length=32, top_k=16, train_embeddings=False,
                              device="cpu")
     result = distill_lm(teacher=teacher, student=student, tokenizer=tokenizer, train=examples,
                         config=config, out=tmp_path / "student", vocabulary=49152,
@@ -37,8 +37,12 @@ def test_smollm2_gguf_distil_export_generate(tmp_path):
     assert result.cache_bytes_per_token == 16 * 2 + 16 * 2
     # a 2-layer cut after 2 steps loses much more to 4 bits than a trained student: this test
     # is about the pipeline, the perplexity gate is pinned in test_lm_quantize.py
-    artifacts = export_lm(tmp_path / "student", targets=["fp32", "int4"], out=tmp_path / "export",
+    artifacts = export_lm(tmp_path / "student", targets=targets("onnx-fp32", "onnx-int4"), out=tmp_path / "export",
                           max_length=48, parity_tokens=4, max_perplexity_ratio=10.0)
     assert artifacts[0].exact
-    generation = generate(tmp_path / "export" / "int4", "The government said", new_tokens=4)
+    generation = generate(tmp_path / "export" / "onnx-int4", "The government said", new_tokens=4)
     assert 1 <= len(generation.new_tokens) <= 4
+
+
+def targets(*names: str):
+    return [load_target(name) for name in names]

@@ -1,6 +1,6 @@
-"""`--task causal-lm` on the main commands: distill, export, bench and demo reach the causal-LM
-stages (export and bench find the task in config.json), and an option of the other task is
-one clear line."""
+"""One set of commands for every task: distill, export and bench read the task from the
+teacher's or student's config.json (--task names it when needed), share option names and
+the target vocabulary, and an option of the other task is one clear line."""
 
 from __future__ import annotations
 
@@ -16,57 +16,61 @@ from lm_tiny import make_texts, save_llama
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
     """A tiny Llama teacher, training and held-out text, and a student distilled from them
-    with `edgekd distill --task causal-lm`."""
+    with `edgekd distill` (the task read from the teacher)."""
     folder = tmp_path_factory.mktemp("lm")
     teacher = save_llama(folder / "teacher", layers=3, seed=1)
     train, test = folder / "train.txt", folder / "test.jsonl"
     train.write_text("\n".join(make_texts(16)))
     test.write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(4, seed=2)))
     student = folder / "student"
-    result = run("distill", "--task", "causal-lm", "--teacher", teacher, "--data", train, "--out", student,
-                 "--student-layers", "1", "--steps", "4", "--batch-size", "4", "--max-length", "24",
+    result = run("distill", "--teacher", teacher, "--data", train, "--out", student,
+                 "--student-layers", "1", "--max-steps", "4", "--batch-size", "4", "--max-length", "24",
                  "--top-k", "8", "--cache-dir", folder / "cache", "--quiet")
     assert result.exit_code == 0, result.output
     return {"teacher": teacher, "train": train, "test": test, "student": student, "folder": folder}
 
 
-def test_distill_causal_lm_keeps_lm_defaults_and_equals_lm_distill(lm, tmp_path):
-    # the options not given keep lm-distill's defaults, not the classifier's
+def test_distill_causal_lm_keeps_lm_defaults(lm):
+    # the options not given keep the causal-LM defaults, not the classifier's
     written = json.loads((lm["student"] / "edgekd-train.json").read_text())["config"]
     assert (written["lr"], written["temperature"], written["checkpoint_every"]) == (3e-4, 1.0, 50)
-    assert written["batch_size"] == 4 and written["top_k"] == 8 and written["steps"] == 4
+    assert written["batch_size"] == 4 and written["top_k"] == 8 and written["max_steps"] == 4
     assert not (lm["folder"] / "student.checkpoints").exists()
-    # lm-distill is the same code path: the same options make the same student
-    alias = tmp_path / "alias"
-    result = run("lm-distill", "--teacher", lm["teacher"], "--data", lm["train"], "--out", alias,
-                 "--student-layers", "1", "--steps", "4", "--batch-size", "4", "--max-length", "24",
-                 "--top-k", "8", "--cache-dir", lm["folder"] / "cache", "--quiet")
+
+
+def test_epochs_and_the_hard_label_weight_mean_the_same_for_a_causal_lm(lm, tmp_path):
+    # 16 texts at batch 4: one epoch is 4 steps, as --max-steps 4 made above
+    out = tmp_path / "student"
+    result = run("distill", "--teacher", lm["teacher"], "--data", lm["train"], "--out", out,
+                 "--student-layers", "1", "--epochs", "1", "--batch-size", "4", "--max-length", "24",
+                 "--top-k", "8", "--hard-label-weight", "0.5", "--cache-dir", lm["folder"] / "cache", "--quiet")
     assert result.exit_code == 0, result.output
-    expected, produced = load_file(lm["student"] / "model.safetensors"), load_file(alias / "model.safetensors")
+    assert "(4 steps" in result.output
+    expected, produced = load_file(lm["student"] / "model.safetensors"), load_file(out / "model.safetensors")
     assert expected.keys() == produced.keys() and all((expected[k] == produced[k]).all() for k in expected)
 
 
 def test_a_recipe_can_choose_the_task(lm, tmp_path):
     recipe = tmp_path / "lm.yaml"
-    recipe.write_text("task: causal-lm\nstudent-layers: '1'\nsteps: 2\nbatch-size: 4\nmax-length: 16\n"
-                      "divergence: reverse_kl\nce-weight: 0.25\ntop-k: 0\nquiet: true\n")
+    recipe.write_text("task: causal-lm\nstudent-layers: '1'\nmax-steps: 2\nbatch-size: 4\nmax-length: 16\n"
+                      "divergence: reverse_kl\nhard-label-weight: 0.25\ntop-k: 0\nquiet: true\n")
     out = tmp_path / "student"
     result = run("distill", "--recipe", recipe, "--teacher", lm["teacher"], "--data", lm["train"],
-                 "--out", out, "--steps", "3")
+                 "--out", out, "--max-steps", "3")
     assert result.exit_code == 0, result.output
     written = json.loads((out / "edgekd-train.json").read_text())["config"]
-    assert (written["divergence"], written["ce_weight"], written["top_k"]) == ("reverse_kl", 0.25, 0)
-    assert written["steps"] == 3  # the flag beat the recipe's 2
+    assert (written["divergence"], written["hard_label_weight"], written["top_k"]) == ("reverse_kl", 0.25, 0)
+    assert written["max_steps"] == 3  # the flag beat the recipe's 2
 
 
-@pytest.mark.parametrize("extra, option", [(["--alpha", "0.3"], "--alpha"),
+@pytest.mark.parametrize("extra, option", [(["--validation-fraction", "0.3"], "--validation-fraction"),
                                            (["--label-column", "y"], "--label-column"),
                                            (["--hidden-mse-weight", "1"], "--hidden-mse-weight"),
-                                           (["--epochs", "2"], "--epochs")])
+                                           (["--teacher-cache"], "--teacher-cache")])
 def test_classification_options_are_refused_for_causal_lm(lm, tmp_path, extra, option):
-    result = run("distill", "--task", "causal-lm", "--teacher", lm["teacher"], "--data", lm["train"],
+    result = run("distill", "--teacher", lm["teacher"], "--data", lm["train"],
                  "--out", tmp_path / "s", "--student-layers", "1", *extra)
-    assert_clean_error(result, f"{option} is an option of --task classification only; drop it")
+    assert_clean_error(result, f"{option} is an option of --task text-classification only; drop it")
     assert not (tmp_path / "s").exists()
 
 
@@ -75,61 +79,96 @@ def test_causal_lm_options_and_teachers_are_refused_for_classification(lm, teach
                  "--divergence", "jsd")
     assert_clean_error(result, "--divergence is an option of --task causal-lm only; "
                                "drop it, or pass --task causal-lm")
-    result = run("distill", "--teacher", lm["teacher"], "--data", lm["train"], "--out", tmp_path / "s",
-                 "--student-layers", "1")
-    assert_clean_error(result, "is a causal language model; pass --task causal-lm")
+    result = run("distill", "--task", "text-classification", "--teacher", lm["teacher"], "--data", lm["train"],
+                 "--out", tmp_path / "s", "--student-layers", "1")
+    assert_clean_error(result, "holds a causal-lm model, not a text-classification one; pass --task causal-lm")
     result = run("distill", "--task", "seq2seq", "--teacher", teacher_dir, "--data", train_file,
                  "--out", tmp_path / "s")
-    assert_clean_error(result, "--task must be classification or causal-lm, got 'seq2seq'")
+    assert_clean_error(result, "--task must be one of text-classification, causal-lm, got 'seq2seq'")
 
 
 def test_export_and_bench_find_a_causal_lm_in_config_json(lm, tmp_path):
     export = tmp_path / "export"
-    result = run("export", lm["student"], "--target", "fp32", "--target", "int8", "--out", export)
+    result = run("export", lm["student"], "--target", "onnx-fp32", "--target", "onnx-int8", "--out", export)
     assert result.exit_code == 0, result.output
     assert "greedy tokens equal to PyTorch: 100%" in result.output
-    assert sorted(p.name for p in export.iterdir()) == ["fp32", "int8"]
+    assert sorted(p.name for p in export.iterdir()) == ["onnx-fp32", "onnx-int8"]
+    manifest = json.loads((export / "onnx-int8" / "edgekd.json").read_text())
+    assert (manifest["task"], manifest["target"], manifest["precision"]) == ("causal-lm", "onnx-int8", "int8-dynamic")
     result = run("bench", "--teacher", lm["teacher"], "--student", lm["student"], "--artifacts", export,
-                 "--data", lm["test"], "--new-tokens", "4", "--rounds", "1")
+                 "--data", lm["test"], "--new-tokens", "4", "--rounds", "1", "--max-perplexity-ratio", "100")
     assert result.exit_code == 0, result.output
     assert "ppl" in result.output and "decode t/s" in result.output
     report = json.loads((export / "report.json").read_text())  # beside the artifacts, as for classifiers
-    assert report["task"] == "causal-lm"
-    assert set(report["models"]) == {"teacher", "student", "student-fp32", "student-int8"}
+    assert report["task"] == "causal-lm" and report["schema_version"] == 3
+    assert [row["name"] for row in report["rows"]] == ["teacher", "student", "student/onnx-fp32", "student/onnx-int8"]
+
+
+def test_causal_lm_bench_gates_exit_2_and_still_write_the_report(lm, tmp_path):
+    export = tmp_path / "export"
+    assert run("export", lm["student"], "--target", "onnx-int4", "--out", export,
+               "--max-perplexity-ratio", "100").exit_code == 0
+    # decode can never be this fast: the latency gate fails
+    result = run("bench", "--teacher", lm["teacher"], "--student", lm["student"], "--artifacts", export,
+                 "--data", lm["test"], "--new-tokens", "4", "--rounds", "1", "--max-latency-ms", "0.0001",
+                 "--out", tmp_path / "report")
+    assert_clean_error(result, r"gate --max-latency-ms failed for student/onnx-int4: .* ms > limit 0.00 ms "
+                               r"\(from command line\)", code=2)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    failed = [gate for gate in report["gates"] if not gate["passed"]]
+    assert [(gate["gate"], gate["artifact"]) for gate in failed] == [("latency_ms", "student/onnx-int4")]
+    # the perplexity budget of the target (onnx-int4: 2x) is the default, against the student
+    gate = next(g for g in report["gates"] if g["gate"] == "perplexity_ratio")
+    assert (gate["limit"], gate["source"]) == (2.0, "target onnx-int4")
+    row = next(r for r in report["rows"] if r["name"] == "student/onnx-int4")
+    assert gate["value"] == pytest.approx(row["quality"]["perplexity"]
+                                          / report["rows"][1]["quality"]["perplexity"])
+    # a perplexity ratio below 1 cannot be met by anything
+    result = run("bench", "--teacher", lm["teacher"], "--student", lm["student"], "--data", lm["test"],
+                 "--max-perplexity-ratio", "0.5")
+    assert_clean_error(result, "--max-perplexity-ratio must be at least 1")
 
 
 def test_export_names_the_targets_that_fit(lm, student_dir, tmp_path):
-    result = run("export", lm["student"], "--target", "onnx-int8", "--out", tmp_path / "e")
-    assert_clean_error(result, "target 'onnx-int8' is not a causal-LM target; "
-                               ".* choose from fp32, int8, int4, int8-ort")
-    result = run("export", student_dir, "--target", "int4", "--out", tmp_path / "e")
-    assert_clean_error(result, "target 'int4' is for causal LMs, and this student is a classifier; "
-                               "choose from .*onnx-int8")
-    result = run("export", lm["student"], "--target", "fp32", "--label-column", "y", "--out", tmp_path / "e")
-    assert_clean_error(result, "--label-column is an option of --task classification only")
+    result = run("export", lm["student"], "--target", "onnx-fp16", "--out", tmp_path / "e")
+    assert_clean_error(result, "target 'onnx-fp16' does not apply to causal-lm models .*; for causal-lm "
+                               "choose from .*onnx-fp32, onnx-int4, onnx-int8, ort-mobile")
+    result = run("export", lm["student"], "--target", "int4", "--out", tmp_path / "e")
+    assert_clean_error(result, "unknown target 'int4'; known targets: .*onnx-int4")
+    result = run("export", lm["student"], "--target", "onnx-fp32", "--label-column", "y", "--out", tmp_path / "e")
+    assert_clean_error(result, "--label-column is an option of --task text-classification only")
     result = run("export", student_dir, "--max-perplexity-ratio", "1.2", "--out", tmp_path / "e")
     assert_clean_error(result, "--max-perplexity-ratio is an option of --task causal-lm only")
-    result = run("export", lm["student"], "--task", "classification", "--out", tmp_path / "e")
-    assert_clean_error(result, "holds a causal language model, not a classifier; pass --task causal-lm")
-    result = run("export", student_dir, "--task", "causal-lm", "--target", "fp32", "--out", tmp_path / "e")
-    assert_clean_error(result, "not a causal language model")
+    result = run("export", lm["student"], "--task", "text-classification", "--out", tmp_path / "e")
+    assert_clean_error(result, "holds a causal-lm model, not a text-classification one; pass --task causal-lm")
+    result = run("export", student_dir, "--task", "causal-lm", "--target", "onnx-fp32", "--out", tmp_path / "e")
+    assert_clean_error(result, "holds a text-classification model, not a causal-lm one")
     assert not (tmp_path / "e").exists()
+
+
+def test_targets_lists_every_target_by_task():
+    result = run("targets")
+    assert result.exit_code == 0, result.output
+    text, causal_lm = result.output.split("causal-lm:")
+    assert "onnx-fp16" in text and "executorch" in text and "onnx-int4" in text
+    assert "onnx-int8" in causal_lm and "onnx-int4" in causal_lm and "ort-mobile" in causal_lm
+    assert "onnx-fp16" not in causal_lm and "executorch" not in causal_lm
 
 
 def test_bench_refuses_classifier_options_for_a_causal_lm(lm, tmp_path):
     result = run("bench", "--teacher", lm["teacher"], "--student", lm["student"], "--data", lm["test"],
                  "--repeats", "3")
-    assert_clean_error(result, "--repeats is an option of --task classification only")
+    assert_clean_error(result, "--repeats is an option of --task text-classification only")
 
 
 def test_demo_routes_by_task(tmp_path):
-    # --steps 0 is refused by the causal-LM demo's own config, before any model is loaded
-    result = run("demo", "--task", "causal-lm", "--steps", "0", "--out", tmp_path / "d")
-    assert_clean_error(result, "--steps must be at least 1")
-    result = run("demo", "--task", "causal-lm", "--epochs", "1", "--out", tmp_path / "d")
-    assert_clean_error(result, "--epochs is an option of --task classification only")
-    result = run("demo", "--steps", "5", "--out", tmp_path / "d")
-    assert_clean_error(result, "--steps is an option of --task causal-lm only")
+    # --max-steps 0 with --epochs 0 is refused by the causal-LM demo's own config, before any model is loaded
+    result = run("demo", "--task", "causal-lm", "--epochs", "0", "--out", tmp_path / "d")
+    assert_clean_error(result, "--epochs must be at least 1")
+    result = run("demo", "--task", "causal-lm", "--repeats", "1", "--out", tmp_path / "d")
+    assert_clean_error(result, "--repeats is an option of --task text-classification only")
+    result = run("demo", "--student-layers", "5", "--out", tmp_path / "d")
+    assert_clean_error(result, "--student-layers is an option of --task causal-lm only")
     assert not (tmp_path / "d").exists()
 
 

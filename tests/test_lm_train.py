@@ -57,14 +57,14 @@ def test_cache_holds_the_teachers_top_k_compactly(setup, tmp_path):
 def test_full_k_cache_gives_the_dense_loss(setup, tmp_path):
     teacher, tokenizer, examples = setup
     student = make_llama(layers=1, seed=2)
-    config = LMDistillConfig(ce_weight=0.0, top_k=52, temperature=1.5, divergence="jsd", beta=0.3)
+    config = LMDistillConfig(hard_label_weight=0.0, top_k=52, temperature=1.5, divergence="jsd", beta=0.3)
     cache = open_or_build(teacher, examples, top_k=52, temperature=1.5, vocabulary=52,
                           root=tmp_path, show_progress=False)
     batch = collate(examples, [0, 5, 7])
     with torch.no_grad():
         sparse = step_loss(student, batch, teacher=None, cache=cache, vocabulary=52, config=config)
         dense = step_loss(student, batch, teacher=teacher, cache=None, vocabulary=52,
-                          config=LMDistillConfig(ce_weight=0.0, top_k=0, temperature=1.5,
+                          config=LMDistillConfig(hard_label_weight=0.0, top_k=0, temperature=1.5,
                                                  divergence="jsd", beta=0.3))
     torch.testing.assert_close(sparse, dense, atol=2e-3, rtol=2e-3)
 
@@ -72,7 +72,7 @@ def test_full_k_cache_gives_the_dense_loss(setup, tmp_path):
 def test_padding_does_not_change_the_loss(setup):
     teacher, tokenizer, examples = setup
     student = make_llama(layers=1, seed=2)
-    config = LMDistillConfig(ce_weight=0.5, top_k=0)
+    config = LMDistillConfig(hard_label_weight=0.5, top_k=0)
     short = min(range(len(examples)), key=lambda i: len(examples.input_ids[i]))
     long = max(range(len(examples)), key=lambda i: len(examples.input_ids[i]))
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_distillation_moves_the_student_towards_the_teacher(setup, tmp_path, top
         return distillation_loss(shifted, teacher_logits[:, :-1], mask=mask).item()
 
     before = divergence(student)
-    config = LMDistillConfig(steps=30, lr=3e-3, batch_size=8, ce_weight=0.0, top_k=top_k, device="cpu")
+    config = LMDistillConfig(max_steps=30, lr=3e-3, batch_size=8, hard_label_weight=0.0, top_k=top_k, device="cpu")
     result = distill_lm(teacher=teacher, student=student, tokenizer=tokenizer, train=examples,
                         config=config, out=tmp_path / "student", vocabulary=52, show_progress=False,
                         cache_root=tmp_path / "cache")
@@ -112,7 +112,7 @@ def test_distillation_moves_the_student_towards_the_teacher(setup, tmp_path, top
 def test_cross_entropy_only_without_teacher(setup, tmp_path):
     _, tokenizer, examples = setup
     student = make_llama(layers=1, seed=3)
-    config = LMDistillConfig(steps=20, lr=3e-3, ce_weight=1.0, device="cpu")
+    config = LMDistillConfig(max_steps=20, lr=3e-3, hard_label_weight=1.0, device="cpu")
     result = distill_lm(teacher=None, student=student, tokenizer=tokenizer, train=examples, config=config,
                         out=tmp_path / "ce", vocabulary=52, show_progress=False)
     losses = [float(line.split('"loss": ')[1].split(",")[0])
@@ -122,7 +122,7 @@ def test_cross_entropy_only_without_teacher(setup, tmp_path):
 
 @pytest.mark.parametrize("options, message", [({"divergence": "kl"}, "divergence"),
                                               ({"beta": 1.5}, "beta"), ({"top_k": -1}, "top-k"),
-                                              ({"ce_weight": 2.0}, "ce-weight")])
+                                              ({"hard_label_weight": 2.0}, "hard-label-weight")])
 def test_config_is_range_checked(options, message):
     with pytest.raises(UserError, match=message):
         LMDistillConfig(**options)

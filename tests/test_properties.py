@@ -94,7 +94,7 @@ def test_attention_and_relation_losses_are_finite_and_zero_at_identity(batch, he
 def test_config_accepts_exactly_the_valid_ranges(epochs, lr, batch_size, temperature, alpha):
     valid = epochs >= 1 and 0 < lr < 1 and batch_size >= 1 and 0 < temperature <= 100 and 0 <= alpha <= 1
     try:
-        DistillConfig(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha)
+        DistillConfig(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, hard_label_weight=alpha)
         accepted = True
     except UserError as error:
         accepted = False

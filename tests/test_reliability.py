@@ -79,7 +79,7 @@ def distill_args(teacher, data, out, *extra):
 # (name, argument list builder, expected fragment of the one error line)
 CASES = [
     ("missing data", lambda w, t, s, o: distill_args(t, w / "nope.csv", o), "does not exist"),
-    ("data is a folder", lambda w, t, s, o: distill_args(t, w / "a-folder.csv", o), "does not exist"),
+    ("data is a folder", lambda w, t, s, o: distill_args(t, w / "a-folder.csv", o), "is a folder, not a data file"),
     ("empty csv", lambda w, t, s, o: distill_args(t, w / "empty.csv", o), "has no rows"),
     ("header-only csv", lambda w, t, s, o: distill_args(t, w / "header-only.csv", o), "has no rows"),
     ("malformed jsonl", lambda w, t, s, o: distill_args(t, w / "broken.jsonl", o), "not valid JSON"),

@@ -48,7 +48,8 @@ def test_static_int8_target_calibrates_on_matmul_and_gemm_only():
     ("- a\n- b\n", "must be a mapping"),
     ("format: onnx\nprecision: fp32\n", "mine.yaml: missing key 'description'"),
     ("description: x\nformat: tflite\nprecision: fp32\n", "format 'tflite' is not one of"),
-    ("description: x\nformat: onnx\nprecision: int4\n", "precision 'int4' is not one of"),
+    ("description: x\nformat: onnx\nprecision: int2\n", "precision 'int2' is not one of"),
+    ("description: x\nformat: onnx\nprecision: fp32\ntasks: [translation]\n", "tasks must list one or more of"),
     ("description: x\nformat: onnx\nprecision: fp32\nruntime:\n  threads: 0\n", "threads must be 1 to 256"),
     ("description: x\nformat: onnx\nprecision: int8-static\nquantization:\n  calibration_method: kl\n",
      "calibration_method must be one of"),
@@ -95,7 +96,9 @@ def test_targets_command_lists_every_target_with_its_description():
 
     result = CliRunner().invoke(app, ["targets"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == len(known_targets())
-    for line, name in zip(lines, known_targets()):
-        assert line.startswith(name) and load_target(name).description in line
+    lines = [line.strip() for line in result.output.strip().splitlines() if line.startswith("  ")]
+    listed = [line.split()[0] for line in lines]
+    # every target once under each task it serves, with its description
+    assert sorted(listed) == sorted(name for name in known_targets() for _ in load_target(name).tasks)
+    for line in lines:
+        assert load_target(line.split()[0]).description in line

@@ -4,11 +4,16 @@ Gated rows are the shipped ones: every exported artifact, or the PyTorch student
 artifacts were given. Each limit comes from the command line when given there, else from
 the budgets of the artifact's target profile (targets/<name>.yaml), else it is not checked.
 
-    accuracy_drop  accuracy points lost against the model a row was made from: an artifact
-                   against the PyTorch student (the teacher when no student was given), the
-                   student against the teacher
-    latency_ms     p50 at batch 1 at the first sequence length
-    size_mb        model file size on disk (weights files for a PyTorch folder), 1 MB = 10^6 bytes
+    accuracy_drop     classifiers: accuracy points lost against the model a row was made from:
+                      an artifact against the PyTorch student (the teacher when no student was
+                      given), the student against the teacher
+    perplexity_ratio  causal LMs: perplexity over that of the model a row was made from (same
+                      references)
+    latency_ms        classifiers: p50 at batch 1 at the first sequence length; causal LMs:
+                      decode time per generated token (median of the interleaved rounds)
+    size_mb           model file size on disk (weights files for a PyTorch folder), 1 MB = 10^6 bytes
+
+A gate applies to the rows that have its measurement: every gate serves every task it can.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from dataclasses import dataclass
 
 from edgekd.errors import GateFailed, UserError
 
-GATES = ("accuracy_drop", "latency_ms", "size_mb")
-FLAGS = {"accuracy_drop": "--max-accuracy-drop", "latency_ms": "--max-latency-ms",
-         "size_mb": "--max-size-mb"}
-BUDGET_FIELDS = {"accuracy_drop": "max_accuracy_drop", "latency_ms": "max_latency_ms",
-                 "size_mb": "max_size_mb"}
+GATES = ("accuracy_drop", "perplexity_ratio", "latency_ms", "size_mb")
+FLAGS = {"accuracy_drop": "--max-accuracy-drop", "perplexity_ratio": "--max-perplexity-ratio",
+         "latency_ms": "--max-latency-ms", "size_mb": "--max-size-mb"}
+BUDGET_FIELDS = {"accuracy_drop": "max_accuracy_drop", "perplexity_ratio": "max_perplexity_ratio",
+                 "latency_ms": "max_latency_ms", "size_mb": "max_size_mb"}
+UNITS = {"accuracy_drop": " points", "perplexity_ratio": "x", "latency_ms": " ms", "size_mb": " MB"}
 
 
 @dataclass(frozen=True)
@@ -30,17 +36,21 @@ class GateLimits:
     """Limits from the command line; None: use the target profile's budget, if any."""
 
     max_accuracy_drop: float | None = None  # accuracy points (0-100 scale)
-    max_latency_ms: float | None = None  # p50 at batch 1, milliseconds
+    max_perplexity_ratio: float | None = None  # perplexity over the reference's
+    max_latency_ms: float | None = None  # p50 at batch 1 (causal LMs: per decoded token), milliseconds
     max_size_mb: float | None = None  # model file size, MB (10^6 bytes)
 
     def __post_init__(self):
         for gate, value in self.by_gate().items():
             if value is not None and (math.isnan(value) or value < 0):
                 raise UserError(f"{FLAGS[gate]} must be a number >= 0, got {value}")
+        if self.max_perplexity_ratio is not None and self.max_perplexity_ratio < 1:
+            raise UserError(f"--max-perplexity-ratio must be at least 1 (the reference itself is at 1), "
+                            f"got {self.max_perplexity_ratio}")
 
     def by_gate(self) -> dict[str, float | None]:
-        return {"accuracy_drop": self.max_accuracy_drop, "latency_ms": self.max_latency_ms,
-                "size_mb": self.max_size_mb}
+        return {"accuracy_drop": self.max_accuracy_drop, "perplexity_ratio": self.max_perplexity_ratio,
+                "latency_ms": self.max_latency_ms, "size_mb": self.max_size_mb}
 
 
 def gated_rows(rows: list[dict]) -> list[dict]:
@@ -48,9 +58,10 @@ def gated_rows(rows: list[dict]) -> list[dict]:
     return shipped or [row for row in rows if row["name"] == "student"]
 
 
-def measured(row: dict, gate: str) -> float:
-    if gate == "accuracy_drop":
-        return row["accuracy_drop"]
+def measured(row: dict, gate: str) -> float | None:
+    """The row's value for `gate`; None when the row's task has no such measurement."""
+    if gate in ("accuracy_drop", "perplexity_ratio"):
+        return row.get(gate)
     if gate == "latency_ms":
         return row["latency"]["p50_ms"]
     return row["size_bytes"] / 1e6
@@ -62,12 +73,14 @@ def check_gates(rows: list[dict], limits: GateLimits) -> list[dict]:
     for row in gated_rows(rows):
         budgets = _target_budgets(row.get("target"))
         for gate in GATES:
+            value = measured(row, gate)
+            if value is None:
+                continue
             limit, source = limits.by_gate()[gate], "command line"
             if limit is None:
                 limit, source = budgets.get(gate), f"target {row.get('target')}"
             if limit is None:
                 continue
-            value = measured(row, gate)
             results.append({"gate": gate, "artifact": row["name"], "value": value,
                             "limit": float(limit), "source": source,
                             # a NaN (no labelled rows) cannot pass an accuracy gate
@@ -94,7 +107,7 @@ def raise_for_failed_gates(results: list[dict]) -> None:
 
 
 def _describe(result: dict) -> str:
-    unit = {"accuracy_drop": " points", "latency_ms": " ms", "size_mb": " MB"}[result["gate"]]
+    unit = UNITS[result["gate"]]
     flag = FLAGS[result["gate"]]
     return (f"gate {flag} failed for {result['artifact']}: {result['value']:.2f}{unit} > "
             f"limit {result['limit']:.2f}{unit} (from {result['source']})")

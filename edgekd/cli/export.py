@@ -1,4 +1,10 @@
-"""`edgekd export` (classifiers and causal LMs) and `edgekd targets`."""
+"""`edgekd export` (every task) and `edgekd targets`.
+
+One target vocabulary for every task (targets/*.yaml, each saying which tasks it applies
+to); the task is read from the student's config.json. A text classifier goes to
+edgekd.export.stage, a causal LM to edgekd.lm.export; both write one checked, atomic
+folder per target with the same manifest (edgekd/manifest.py).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,12 @@ from typing import List, Optional
 import typer
 
 from edgekd.cli.app import app, user_errors
+from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
 from edgekd.errors import UserError
 
-
-CLASSIFICATION = "Classification only"
-CAUSAL_LM = "Causal LM only"
-# Options only classifier exports read (parameter names); --target, --out, --data,
-# --text-column, --max-length and --overwrite serve both tasks.
-CLASSIFICATION_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter")
+TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter")
 CAUSAL_LM_ONLY_OPTIONS = ("max_perplexity_ratio",)
+CAUSAL_LM_DEFAULT_TARGETS = ["onnx-fp32", "onnx-int8", "onnx-int4"]
 
 
 @app.command()
@@ -25,72 +28,73 @@ CAUSAL_LM_ONLY_OPTIONS = ("max_perplexity_ratio",)
 def export(
     ctx: typer.Context,
     student: Path = typer.Argument(
-        ..., help="Student folder written by edgekd distill (classifier or causal LM)."),
+        ..., help="Student folder written by edgekd distill (or any save_pretrained folder)."),
     task: Optional[str] = typer.Option(
-        None, help="classification or causal-lm (default: read from the student's config.json)."),
+        None, help="text-classification or causal-lm (default: read from the student's config.json)."),
     target: List[str] = typer.Option(
-        ["onnx-int8"], help="Target name from `edgekd targets` or a YAML file; repeatable. Causal LMs: "
-                            "fp32, int8, int4 or int8-ort (default fp32, int8 and int4)."),
+        ["onnx-int8"], help="Target name from `edgekd targets` or a YAML file; repeatable (causal LMs "
+                            "default to onnx-fp32, onnx-int8 and onnx-int4)."),
     out: Path = typer.Option(..., help="Folder that receives one sub-folder per target."),
     data: Optional[Path] = typer.Option(
-        None, help="Validation data (.csv/.jsonl/.parquet): every artifact's accuracy is held "
-                   "to its target's budget on it. Without it, only random-batch parity is checked. "
-                   "Causal LMs: held-out text (.txt too) for the perplexity budget; without it, "
-                   "text sampled from the student."),
+        None, help="Validation data (a file, a saved dataset or a hub id, as for distill): every artifact "
+                   "is held to its target's budget on it (accuracy; causal LMs: perplexity). Without it "
+                   "classifiers are checked on random batches, causal LMs on text sampled from the student."),
+    split: Optional[str] = typer.Option(None, help="Split of a --data dataset (default: validation)."),
     calibration_data: Optional[Path] = typer.Option(
         None, help="Training samples for static int8 calibration (default: --data).",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     text_column: str = typer.Option("text", help="Column with the input text."),
     label_column: str = typer.Option("label", help="Column with labels; empty: agreement only.",
-                                     rich_help_panel=CLASSIFICATION),
+                                     rich_help_panel=TEXT_CLASSIFICATION),
     text_pair_column: Optional[str] = typer.Option(
-        None, help="Column with the second text of text-pair tasks.", rich_help_panel=CLASSIFICATION),
+        None, help="Column with the second text of text-pair tasks.", rich_help_panel=TEXT_CLASSIFICATION),
     max_length: int = typer.Option(
         128, help="Tokens per example after truncation (causal LMs: longest prompt + generated "
                   "tokens, default 512)."),
     exporter: Optional[str] = typer.Option(
         None, help="Override the targets' exporter: torchscript, dynamo or optimum.",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     max_perplexity_ratio: Optional[float] = typer.Option(
-        None, help="Largest perplexity of a quantised export over the fp32 export's (default: int8 "
-                   "1.1, int4 2); int8 keeps its worst-quantising MatMuls float until it holds.",
-        rich_help_panel=CAUSAL_LM),
+        None, help="Largest perplexity of a quantised export over the fp32 export's (default: the target's "
+                   "budget: onnx-int8 1.1, onnx-int4 2); int8 keeps its worst-quantising MatMuls float "
+                   "until it holds.", rich_help_panel=CAUSAL_LM),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):
-    """Convert a student for each target (ONNX, .ort, .pte; fp32, fp16, int8), checked
-    against PyTorch and, with --data, held to each target's accuracy budget. A causal LM
-    (found from its config.json, or --task causal-lm) becomes ONNX with a key/value cache
-    (fp32, int8, int4, int8-ort), its greedy generation checked token for token and its
-    quantised targets held to a perplexity budget against fp32.
+    """Convert a student for each target (ONNX, .ort, .pte; fp32, fp16, int8, int4), each
+    checked against PyTorch and, with --data, held to its target's budget. A classifier's
+    logits are compared; a causal LM becomes ONNX with a key/value cache, its greedy tokens
+    compared with PyTorch's and its quantised targets held to a perplexity budget.
 
     Example:
 
         edgekd export runs/student --target onnx-fp32 --target onnx-int8 --data val.csv --out runs/export
 
-        edgekd export runs/lm --target int8 --data held-out.txt --out runs/lm-export
+        edgekd export runs/lm --target onnx-int8 --data held-out.txt --out runs/lm-export
     """
-    from edgekd.cli.lm import given_options, refuse_options, resolved_task
+    from edgekd.export.stage import check_request
+    from edgekd.targets import load_targets_for
+    from edgekd.tasks import resolve
 
     given = given_options(ctx)
-    if resolved_task(task, student) == "causal-lm":
-        _export_causal_lm(student, targets=list(target) if "target" in given else None, out=out,
-                          max_length=max_length if "max_length" in given else None,
-                          overwrite=overwrite, given=given, data=data, text_column=text_column,
-                          max_perplexity_ratio=max_perplexity_ratio)
-        return
-    refuse_options(given, CAUSAL_LM_ONLY_OPTIONS, task="classification")
-    from edgekd.export.stage import check_student_folder, export as run_export
-    from edgekd.targets import EXPORTERS, load_target
-
-    _refuse_causal_lm_targets(target)
-    targets = [load_target(name) for name in target]
-    if exporter is not None and exporter not in EXPORTERS:
-        raise UserError(f"--exporter '{exporter}' is not one of {', '.join(EXPORTERS)}")
+    task = resolve(task, student)
+    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
+    names = list(target) if "target" in given or task != "causal-lm" else CAUSAL_LM_DEFAULT_TARGETS
+    targets = load_targets_for(names, task)
     if not 2 <= max_length <= 8192:
         raise UserError(f"--max-length {max_length} is out of range; choose 2 to 8192")
-    check_student_folder(student)
-    validation = _dataset(data, student, text_column, label_column, text_pair_column)
-    calibration = _dataset(calibration_data, student, text_column, None, text_pair_column)
+    check_request(student, targets, out, overwrite=overwrite)
+    if task == "causal-lm":
+        _export_causal_lm(student, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
+                          text_column=text_column, max_length=max_length if "max_length" in given else 512,
+                          max_perplexity_ratio=max_perplexity_ratio)
+        return
+    from edgekd.export.stage import export as run_export
+    from edgekd.targets import EXPORTERS
+
+    if exporter is not None and exporter not in EXPORTERS:
+        raise UserError(f"--exporter '{exporter}' is not one of {', '.join(EXPORTERS)}")
+    validation = _dataset(data, student, text_column, label_column, text_pair_column, split=split)
+    calibration = _dataset(calibration_data, student, text_column, None, text_pair_column, split="train")
     artifacts = run_export(
         student, targets=targets, out=out, overwrite=overwrite, exporter=exporter,
         validation=validation, validation_source=str(data) if data else "validation data",
@@ -100,36 +104,26 @@ def export(
     _print_summary(artifacts, out, checked_accuracy=validation is not None)
 
 
-def _export_causal_lm(student: Path, *, targets: Optional[list[str]], out: Path, max_length: Optional[int],
-                      overwrite: bool, given: set[str], data: Optional[Path], text_column: str,
+def _export_causal_lm(student: Path, *, targets, out: Path, overwrite: bool, data: Optional[Path],
+                      split: Optional[str], text_column: str, max_length: int,
                       max_perplexity_ratio: Optional[float]) -> None:
-    """A causal LM: its own targets (the defaults of lm-export unless --target is given)."""
-    from edgekd.cli.lm import LM_EXPORT_DEFAULT_TARGETS, refuse_options, run_lm_export
-    from edgekd.lm.export import LM_TARGETS
+    from edgekd.lm.data import read_texts
+    from edgekd.lm.export import export_lm
 
-    refuse_options(given, CLASSIFICATION_ONLY_OPTIONS, task="causal-lm")
-    for name in targets or []:
-        if name not in LM_TARGETS:
-            raise UserError(f"target '{name}' is not a causal-LM target; {student} is a causal LM: "
-                            f"choose from {', '.join(LM_TARGETS)}")
-    run_lm_export(student, targets=targets or LM_EXPORT_DEFAULT_TARGETS, out=out,
-                  max_length=max_length or 512, overwrite=overwrite, data=data, text_column=text_column,
-                  max_perplexity_ratio=max_perplexity_ratio)
-
-
-def _refuse_causal_lm_targets(names: list[str]) -> None:
-    """A causal-LM target name asked for a classifier: say which targets fit."""
-    from edgekd.lm.export import LM_TARGETS
-    from edgekd.targets import known_targets
-
-    for name in names:
-        if name in LM_TARGETS and name not in known_targets():
-            raise UserError(f"target '{name}' is for causal LMs, and this student is a classifier; "
-                            f"choose from {', '.join(known_targets())} (or pass --task causal-lm for a causal LM)")
+    texts = read_texts(data, text_column=text_column, split=split, default_split="validation")[0] if data else None
+    artifacts = export_lm(student, targets=targets, out=out, overwrite=overwrite, max_length=max_length,
+                          gate_texts=texts, gate_source=str(data) if data else "",
+                          max_perplexity_ratio=max_perplexity_ratio)
+    for artifact in artifacts:
+        gate = f"  perplexity {artifact.perplexity_ratio:.3f}x fp32" if artifact.perplexity_ratio else ""
+        kept = f" ({artifact.kept_float} MatMuls kept float)" if artifact.kept_float else ""
+        typer.echo(f"{artifact.target:<12} {artifact.folder / artifact.model_file}  "
+                   f"{artifact.size_bytes / 2**20:.1f} MB  greedy tokens equal to PyTorch: "
+                   f"{artifact.greedy_agreement:.0%}{gate}{kept}")
 
 
 def _dataset(path: Optional[Path], student: Path, text_column: str, label_column: Optional[str],
-             text_pair_column: Optional[str]):
+             text_pair_column: Optional[str], *, split: Optional[str]):
     """A data file read with the student's label names, or None when no file was given."""
     if path is None:
         return None
@@ -138,7 +132,9 @@ def _dataset(path: Optional[Path], student: Path, text_column: str, label_column
     config = json.loads((Path(student) / "config.json").read_text())
     label2id = {str(name): int(index) for index, name in (config.get("id2label") or {}).items()}
     columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
-    return load_file(path, columns=columns, label2id=label2id)
+    default = "validation" if label_column else "train"
+    return load_file(path, columns=columns, label2id=label2id, split=split if label_column else None,
+                     default_split=default)
 
 
 def _print_summary(artifacts, out: Path, *, checked_accuracy: bool) -> None:
@@ -183,10 +179,14 @@ def _accuracy_cell(accuracy) -> str:
 @app.command()
 @user_errors
 def targets():
-    """List the device targets (targets/*.yaml) with a one-line description each."""
+    """List the device targets (targets/*.yaml) by task, with a one-line description each.
+    A target serves every task it lists; device profiles inherit from a target with `base:`."""
     from edgekd.targets import known_targets, load_target
+    from edgekd.tasks import TASKS
 
-    for name in known_targets():
-        target = load_target(name)
-        typer.echo(f"{name:<17} {target.format:<4} {target.precision:<12} "
-                   f"{target.runtime.threads:>2} thr  {target.description}")
+    for task in TASKS.values():
+        typer.echo(f"{task.name}: {task.summary}")
+        for name in known_targets(task.name):
+            target = load_target(name)
+            typer.echo(f"  {name:<17} {target.format:<4} {target.precision:<12} "
+                       f"{target.runtime.threads:>2} thr  {target.description}")

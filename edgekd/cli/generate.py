@@ -12,7 +12,7 @@ from edgekd.cli.app import app, user_errors
 @app.command()
 @user_errors
 def generate(
-    artifact: Path = typer.Argument(..., help="A target folder written by lm-export (e.g. runs/lm-export/int4)."),
+    artifact: Path = typer.Argument(..., help="A causal-LM target folder written by edgekd export (e.g. runs/lm-export/onnx-int4)."),
     prompt: str = typer.Option(..., help="Text to continue."),
     max_new_tokens: int = typer.Option(32, help="Tokens to generate (greedy; stops at end-of-text)."),
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads."),
@@ -21,7 +21,7 @@ def generate(
 
     Example:
 
-        edgekd generate runs/lm-export/int4 --prompt "The government said"
+        edgekd generate runs/lm-export/onnx-int4 --prompt "The government said"
     """
     from edgekd.errors import UserError
     from edgekd.lm.generate import generate as run_generate

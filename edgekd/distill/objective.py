@@ -109,7 +109,7 @@ def _width(config) -> int:
 
 
 class Objective(nn.Module):
-    """alpha * CE + (1 - alpha) * KD + the weighted intermediate losses.
+    """w * CE + (1 - w) * KD (w: the hard-label weight) + the weighted intermediate losses.
 
     Holds the learned projections (student width -> teacher width, one per mapped layer)
     that the MSE and cosine losses need when widths differ; they train with the student
@@ -159,7 +159,7 @@ class Objective(nn.Module):
 
     @property
     def needs_teacher_logits(self) -> bool:
-        return self.config.alpha < 1
+        return self.config.hard_label_weight < 1
 
     def forward(self, student: dict, teacher: dict | None, labels: torch.Tensor,
                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -167,7 +167,7 @@ class Objective(nn.Module):
         config = self.config
         teacher_logits = teacher["logits"] if teacher is not None else None
         parts = {"kd": kd_loss(student["logits"], teacher_logits, labels,
-                               temperature=config.temperature, alpha=config.alpha)}
+                               temperature=config.temperature, alpha=config.hard_label_weight)}
         if teacher is not None:
             parts.update(self._intermediate(student, teacher, attention_mask))
         total = torch.stack(list(parts.values())).sum()

@@ -48,7 +48,7 @@ RESUMABLE_CHANGES = {"device", "checkpoint_every", "compile", "teacher_cache"}
 class DistillResult:
     """What `distill` wrote and how the kept student did on the validation data."""
 
-    student_dir: Path
+    student_dir: Path | None  # None on the ranks other than 0 under torchrun (rank 0 writes)
     best_epoch: int
     validation: dict  # accuracy, macro_f1, agreement, kl_to_teacher (empty without validation)
     seconds: float
@@ -131,7 +131,7 @@ def _distill(teacher, student, tokenizer, train: TextDataset, validation: TextDa
     ranks.barrier()
     if ranks.is_main:
         checkpoint.remove(checkpoints)  # the run finished: its student replaces the checkpoints
-    return DistillResult(student_dir=out, best_epoch=progress.best_epoch, validation=progress.best_metrics,
+    return DistillResult(student_dir=out if ranks.is_main else None, best_epoch=progress.best_epoch, validation=progress.best_metrics,
                          seconds=time.perf_counter() - started, steps=progress.step,
                          samples_per_second=samples_per_second, teacher_seconds=teacher_seconds)
 

@@ -17,7 +17,7 @@ import torch
 
 from edgekd.errors import UserError
 from edgekd.export.onnx import LogitsOnly, trace_sample
-from edgekd.export.parity import OPTIMIZATION_LEVELS
+from edgekd.sessions import OPTIMIZATION_LEVELS
 
 ORT_FILE = "model.ort"
 REQUIRED_OPERATORS_FILE = "required_operators.config"

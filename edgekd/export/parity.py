@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgekd.errors import UserError, first_line
 from edgekd.models import model_inputs
+from edgekd.sessions import ExecutorchSession, onnx_session  # noqa: F401 (re-exported for tests and benchmarks)
 
 # Max abs logit difference allowed against PyTorch fp32, per precision.
 LOGIT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
@@ -26,60 +25,6 @@ class Parity:
     @property
     def passed(self) -> bool:
         return self.tolerance is None or self.max_abs_diff <= self.tolerance
-
-
-OPTIMIZATION_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                       "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-
-
-def onnx_session(path: Path, *, threads: int = 1, optimization_level: str = "all",
-                 ort_format: bool = False):
-    """An onnxruntime CPU session; `ort_format` loads a .ort file the way ORT Mobile does."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                               OPTIMIZATION_LEVELS[optimization_level])
-    if ort_format:
-        options.add_session_config_entry("session.load_model_format", "ORT")
-    return open_session(path, options)
-
-
-def open_session(path: Path, options):
-    """A CPU InferenceSession of `path`; a file onnxruntime cannot load is one clear error."""
-    import onnxruntime as ort
-
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise UserError(f"onnxruntime cannot load {path}: {first_line(error)[:200]}; "
-                        "the file is corrupt or truncated, export it again") from error
-
-
-def load_pte_method(path: Path):
-    """The `forward` method of a .pte program; a file ExecuTorch cannot load is one clear error."""
-    from executorch.runtime import Runtime
-
-    try:
-        return Runtime.get().load_program(Path(path)).load_method("forward")
-    except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with C++ text
-        raise UserError(f"ExecuTorch cannot load {path}: {first_line(error)[:200]}; "
-                        "the file is corrupt or truncated, export it again") from error
-
-
-class ExecutorchSession:
-    """An ExecuTorch method behind the `run(["logits"], feeds)` call of an onnxruntime session."""
-
-    def __init__(self, path: Path, input_names: list[str]) -> None:
-        self.method = load_pte_method(path)
-        self.input_names = input_names
-
-    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[name]))
-                                       for name in self.input_names])
-        return [np.asarray(outputs[0], dtype=np.float32)]
 
 
 def random_batches(tokenizer, input_names: list[str], *, seed: int = 0,

@@ -1,4 +1,5 @@
-"""ONNX fp32 -> int8 with onnxruntime.quantization: dynamic, or static QDQ with calibration.
+"""ONNX fp32 -> int8 with onnxruntime.quantization (dynamic, or static QDQ with calibration)
+and -> 4-bit weight-only MatMulNBits.
 
 Calibration is kept apart from quantisation: `calibrate` runs the training samples once
 and writes the activation ranges to a cache file, and every `quantize_static` call after
@@ -33,6 +34,23 @@ def quantize_dynamic(source: Path, destination: Path, options: Quantization, *,
                          per_channel=options.per_channel, reduce_range=options.reduce_range,
                          op_types_to_quantize=list(options.op_types),
                          nodes_to_exclude=_excluded(source, nodes_kept_float))
+
+
+def quantize_int4(source: Path, destination: Path) -> None:
+    """4-bit weight-only MatMulNBits, symmetric blocks of 32; accuracy level 4 lets the CPU
+    kernel multiply in int8, the fast path on x86 and ARM. Files over protobuf's limit keep
+    their weights beside them."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=32,
+                                     is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    large = quantizer.model.model.ByteSize() >= 1_900_000_000
+    quantizer.model.save_model_to_file(str(destination), use_external_data_format=large)
 
 
 class _Feeds:

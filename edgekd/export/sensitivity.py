@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekd.export.parity import onnx_session
+from edgekd.sessions import onnx_session
 from edgekd.export.validation import Accuracy, ValidationSet, mean_logit_error, measure, session_logits
 from edgekd.targets import Budgets
 

@@ -11,8 +11,6 @@ student; a failed check raises, and `atomic_dir` leaves no partial folder behind
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import shutil
 import tempfile
@@ -24,22 +22,21 @@ import numpy as np
 import torch
 
 from edgekd.data import TextDataset, batches, encode
-from edgekd.errors import GateFailed, UserError, atomic_dir, atomic_write_text
+from edgekd.errors import GateFailed, UserError, atomic_dir
+from edgekd.manifest import write_manifest
 from edgekd.export.mobile import PTE_FILE, convert_to_ort, export_pte, required_operators
 from edgekd.export.onnx import (check_onnx_file, convert_fp16, export_onnx, input_names_of,
                                 opset_of)
-from edgekd.export.parity import (LOGIT_TOLERANCE, ExecutorchSession, Parity, check_parity,
-                                  onnx_session, random_batches)
+from edgekd.export.parity import LOGIT_TOLERANCE, Parity, check_parity, random_batches
 from edgekd.export.quantize import (calibrate, quantizable_nodes, quantize_dynamic,
-                                    quantize_static)
+                                    quantize_int4, quantize_static)
 from edgekd.export.sensitivity import Int8Search, quantize_within_budget
 from edgekd.export.validation import Accuracy, ValidationSet, measure, session_logits, validation_set
 from edgekd.models import load_classifier
+from edgekd.sessions import ExecutorchSession, onnx_session
 from edgekd.targets import Target
 
 MODEL_FILE = "model.onnx"
-MANIFEST = "edgekd.json"
-SCHEMA_VERSION = 2
 CALIBRATION_BATCH_SIZE = 8
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model", "tokenizer.model")
@@ -91,7 +88,7 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     overrides the targets' exporter (torchscript, dynamo or optimum).
     """
     student_dir, out = Path(student_dir), Path(out)
-    _check_request(student_dir, targets, out, overwrite=overwrite)
+    check_request(student_dir, targets, out, overwrite=overwrite)
     if exporter is not None:
         targets = [replace(target, exporter=exporter) for target in targets]
     model, tokenizer = load_classifier(student_dir, role="student")
@@ -110,7 +107,7 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
         return [_export_one(target, context, out, overwrite=overwrite) for target in targets]
 
 
-def _check_request(student_dir: Path, targets: list[Target], out: Path, *, overwrite: bool) -> None:
+def check_request(student_dir: Path, targets: list[Target], out: Path, *, overwrite: bool) -> None:
     """Everything that can be refused before minutes of work: folders, names, duplicates."""
     check_student_folder(student_dir)
     if not targets:
@@ -184,7 +181,9 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
         context.model.config.save_pretrained(staging)
         context.tokenizer.save_pretrained(staging)
         seconds = time.perf_counter() - started
-        _write_manifest(staging / MANIFEST, target, context, model_path.name, parity, accuracy,
+        # the graph's own inputs: an exporter drops those the model ignores
+        inputs = getattr(session, "input_names", context.input_names)
+        _write_manifest(staging, target, context, model_path.name, inputs, parity, accuracy,
                         size, details, seconds)
     return Artifact(target=target.name, folder=out / target.name,
                     model_file=out / target.name / model_path.name, format=target.format,
@@ -231,6 +230,8 @@ def _build_onnx(target: Target, context: _Context, destination: Path) -> dict:
         shutil.copyfile(source, destination)
     elif target.precision == "fp16":
         convert_fp16(source, destination)
+    elif target.precision == "int4":
+        quantize_int4(source, destination)
     else:
         details.update(_build_int8(target, context, source, destination))
     return details
@@ -326,71 +327,20 @@ def _check_size(target: Target, size: int) -> None:
 
 # ------------------------------------------------------------------------------ manifest
 
-def _write_manifest(path: Path, target: Target, context: _Context, model_file: str,
-                    parity: Parity, accuracy: Accuracy | None, size: int, details: dict,
+def _write_manifest(folder: Path, target: Target, context: _Context, model_file: str,
+                    inputs: list[str], parity: Parity, accuracy: Accuracy | None, size: int, details: dict,
                     seconds: float) -> None:
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "target": target.name,
-        "description": target.description,
-        "format": target.format,
-        "precision": target.precision,
-        "opset": details.get("opset"),  # as written; None for .pte
-        "exporter": target.exporter if target.format != "pte" else "torch.export",
-        "graph_optimization_level": target.graph_optimization_level,
-        "model_file": model_file,
-        "source_student": str(context.student_dir.resolve()),
-        "source_sha256": _weights_hash(context.student_dir),
-        "inputs": {name: ["batch", "sequence"] for name in context.input_names},
-        "outputs": {"logits": ["batch", "num_labels"]},
-        "parity": asdict(parity),
-        "accuracy": {**asdict(accuracy), "verdict": accuracy.describe()} if accuracy is not None else {
-            "checked": False,
-            "note": "no validation data given: checked on random batches only, accuracy "
-                    "budget not held; pass --data to measure it"},
-        "size_bytes": size,
-        "nodes_kept_float": details.get("nodes_kept_float", []),
-        "runtime": asdict(target.runtime),
-        "budgets": asdict(target.budgets),
-        **{key: value for key, value in details.items() if key not in ("opset", "nodes_kept_float")},
-        "seconds": round(seconds, 2),
-        "versions": _versions(),
-    }
-    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
-
-
-def _versions() -> dict:
-    import onnx
-    import onnxruntime
-    import transformers
-
-    versions = {"torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__}
-    try:
-        from importlib.metadata import version
-
-        versions["executorch"] = version("executorch")
-    except Exception:  # PackageNotFoundError: ExecuTorch is optional
-        pass
-    return versions
-
-
-def _weights_hash(student_dir: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(student_dir.glob("*.safetensors")):
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_manifest(folder: Path) -> dict:
-    """The manifest of an artifact folder, with a clear error when it is missing or broken."""
-    path = Path(folder) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise UserError(f"{folder} has no {MANIFEST}; it is not an edgekd artifact folder "
-                        "(run edgekd export first)") from error
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is corrupt ({error.msg}); export the artifact again") from error
+    write_manifest(
+        folder, task="text-classification", target=target, model_file=model_file,
+        student_dir=context.student_dir, inputs={name: ["batch", "sequence"] for name in inputs},
+        outputs={"logits": ["batch", "num_labels"]}, parity=asdict(parity), size_bytes=size, seconds=seconds,
+        details={
+            "opset": details.get("opset"),  # as written; None for .pte
+            "exporter": target.exporter if target.format != "pte" else "torch.export",
+            "graph_optimization_level": target.graph_optimization_level,
+            "accuracy": {**asdict(accuracy), "verdict": accuracy.describe()} if accuracy is not None else {
+                "checked": False,
+                "note": "no validation data given: checked on random batches only, accuracy "
+                        "budget not held; pass --data to measure it"},
+            "nodes_kept_float": details.get("nodes_kept_float", []),
+            **{key: value for key, value in details.items() if key not in ("opset", "nodes_kept_float")}})

@@ -10,7 +10,6 @@ added by loading and running each model; size on disk.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import re
 import statistics
@@ -23,13 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgekd.errors import UserError, atomic_write_text
+from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
 from edgekd.lm.generate import OnnxDecoder
 from edgekd.lm.models import load_causal_lm
-
-REPORT_VERSION = 1
-
 
 # ---------------------------------------------------------------------------- quality
 
@@ -125,87 +121,140 @@ def interleaved_speeds(runners: dict[str, Callable[[], Speed]], *, rounds: int) 
             for name, runs in samples.items()}
 
 
-def folder_megabytes(folder: Path, pattern: str) -> float:
-    if Path(folder).is_file():  # a .gguf teacher
-        return Path(folder).stat().st_size / 2**20
-    return sum(p.stat().st_size for p in Path(folder).glob(pattern)) / 2**20
+def folder_bytes(folder: Path, pattern: str) -> int:
+    """Bytes of the files matching `pattern` in `folder` (of the file, for a .gguf teacher)."""
+    if Path(folder).is_file():
+        return Path(folder).stat().st_size
+    return sum(p.stat().st_size for p in Path(folder).glob(pattern))
 
 
 # ---------------------------------------------------------------------------- the stage
 
-def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | None,
-             texts: list[str], out: Path | None = None, max_length: int = 128,
-             prompt_tokens: int = 64, new_tokens: int = 64, rounds: int = 3) -> dict:
-    """Quality and speed of teacher (PyTorch), student (PyTorch) and each exported target."""
+@dataclass(frozen=True)
+class _Model:
+    """One model to measure: a row of the report."""
+
+    name: str  # teacher, student, student/<target> or teacher/<target>
+    runtime: str
+    format: str  # pytorch | onnx | ort
+    precision: str
+    target: str | None
+    source: Path
+    load: Callable[[], object]
+    size_bytes: int
+    reference: str | None  # what it was made from: its quality ratio is against that row
+
+
+def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | list[Path] | None,
+             texts: list[str], max_length: int = 128, prompt_tokens: int = 64, new_tokens: int = 64,
+             rounds: int = 3, gates=None) -> dict:
+    """Quality and speed of teacher (PyTorch), student (PyTorch) and each exported target;
+    the report has the schema of every task's (docs/report-schema.md), gates included
+    (`gates`: edgekd.bench.gates.GateLimits; the caller decides whether a failure stops it)."""
+    from edgekd.bench.gates import GateLimits, check_gates
+    from edgekd.bench.machine import busy, machine_info
+    from edgekd.bench.report import SCHEMA_VERSION
+    from edgekd.lm.data import encode_texts
+
     if student_dir is None and artifacts is None:
         raise UserError("nothing to compare with the teacher; pass --student and/or --artifacts")
+    if new_tokens < 2 or rounds < 1:
+        raise UserError(f"--new-tokens must be at least 2 (got {new_tokens}) and --rounds at least 1 (got {rounds})")
+    models = _models(teacher_dir, student_dir, artifacts)
+    examples = encode_texts(texts, _checked_tokenizer(teacher_dir, student_dir), max_length=max_length)
+    machine = machine_info()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # every speed is at 1 thread; restored on the way out
     try:
-        return _bench(teacher_dir=teacher_dir, student_dir=student_dir, artifacts=artifacts, texts=texts,
-                      out=out, max_length=max_length, prompt_tokens=prompt_tokens,
-                      new_tokens=new_tokens, rounds=rounds)
+        rows, prompt = _measure(models, examples, prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds)
     finally:
         torch.set_num_threads(threads)
-
-
-def _bench(*, teacher_dir, student_dir, artifacts, texts, out, max_length, prompt_tokens,
-           new_tokens, rounds) -> dict:
-    from edgekd.lm.data import encode_texts
-
-    candidates = {"teacher": ("pytorch-fp32", lambda: load_causal_lm(teacher_dir)[0],
-                              folder_megabytes(teacher_dir, "*.safetensors"))}
-    if student_dir is not None:
-        candidates["student"] = ("pytorch-fp32", lambda: load_causal_lm(student_dir, role="student")[0],
-                                 folder_megabytes(student_dir, "*.safetensors"))
-    for folder in _artifact_folders(artifacts):
-        precision = json.loads((folder / "edgekd.json").read_text())["precision"]
-        candidates[f"student-{folder.name}"] = (f"onnxruntime-{precision}",
-                                                lambda f=folder: OnnxDecoder(f, threads=1),
-                                                folder_megabytes(folder, "model.*"))
-    teacher_tokenizer = _checked_tokenizer(teacher_dir, student_dir)
-    examples = encode_texts(texts, teacher_tokenizer, max_length=max_length)
-    rows, loaded, teacher_top1, vocabulary = {}, {}, None, None
-    for name, (runtime, load, size) in candidates.items():
-        # peak memory: what loading the model and scoring the held-out text added
-        gc.collect()
-        reset_peak_memory()
-        before = resident_megabytes()
-        model = load()
-        if vocabulary is None:
-            vocabulary = model.get_output_embeddings().out_features
-        logits_fn = onnx_logits_fn(model) if isinstance(model, OnnxDecoder) else torch_logits_fn(model)
-        if teacher_top1 is None:
-            teacher_top1 = top1_predictions(logits_fn, examples, vocabulary=vocabulary)
-        rows[name] = {"runtime": runtime, "size_mb": round(size, 2),
-                      **quality(logits_fn, examples, vocabulary=vocabulary,
-                                teacher_top1=None if name == "teacher" else teacher_top1)}
-        rows[name]["peak_memory_mb"] = round(resident_megabytes("VmHWM") - before, 1)
-        loaded[name] = model
-    prompt = _prompt(examples, prompt_tokens)
-    runners = {name: (lambda m=model: onnx_decode(m, prompt, new_tokens)) if isinstance(model, OnnxDecoder)
-               else (lambda m=model: torch_decode(m, prompt, new_tokens)) for name, model in loaded.items()}
-    for name, speed in interleaved_speeds(runners, rounds=rounds).items():
-        rows[name].update(speed)
-    for row in rows.values():
-        row["decode_speedup_vs_teacher"] = row["decode_tokens_per_second"] / rows["teacher"]["decode_tokens_per_second"]
-        row["perplexity_ratio_vs_teacher"] = row["perplexity"] / rows["teacher"]["perplexity"]
-    report = {"version": REPORT_VERSION, "task": "causal-lm", "threads": 1,
-              "held_out_texts": len(examples), "prompt_tokens": len(prompt), "new_tokens": new_tokens,
-              "rounds": rounds, "models": rows}
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(out) / "report.json", json.dumps(report, indent=2))
+    report = {"schema_version": SCHEMA_VERSION, "task": "causal-lm", "rows": rows, "machine": machine,
+              "data": {"rows": len(examples), "tokens": examples.predicted_tokens},
+              "settings": {"max_length": max_length, "prompt_tokens": len(prompt), "new_tokens": new_tokens,
+                           "rounds": rounds, "threads": 1, "batch_size": 1, "interleaved": True},
+              "skipped": [], "warnings": []}
+    if busy(machine):
+        report["warnings"].append(f"the machine was busy (load {machine['load_average_1m']} on "
+                                  f"{machine['usable_cores']} cores): compare the ratios, not the absolute times")
+    report["gates"] = check_gates(rows, gates or GateLimits())
     return report
 
 
-def _artifact_folders(artifacts: Path | None) -> list[Path]:
-    if artifacts is None:
-        return []
-    folders = [f for f in sorted(Path(artifacts).iterdir()) if (f / "edgekd.json").is_file()] \
-        if Path(artifacts).is_dir() else []
-    if not folders:
-        raise UserError(f"{artifacts} holds no exported causal LM (no */edgekd.json); run edgekd lm-export")
+def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Model]:
+    from edgekd.manifest import read_manifest
+
+    models = [_Model("teacher", "pytorch fp32", "pytorch", "fp32", None, Path(teacher_dir),
+                     lambda: load_causal_lm(teacher_dir)[0], folder_bytes(teacher_dir, "*.safetensors"), None)]
+    if student_dir is not None:
+        models.append(_Model("student", "pytorch fp32", "pytorch", "fp32", None, Path(student_dir),
+                             lambda: load_causal_lm(student_dir, role="student")[0],
+                             folder_bytes(student_dir, "*.safetensors"), "teacher"))
+    for folder in _artifact_folders(artifacts):
+        manifest = read_manifest(folder)
+        if manifest["task"] != "causal-lm":
+            raise UserError(f"{folder} holds a {manifest['task']} artifact, not a causal LM; bench it "
+                            "with its own teacher")
+        source = manifest.get("source_student")
+        origin = "teacher" if source and Path(source).resolve() == Path(teacher_dir).resolve() else "student"
+        runtime = "ort-mobile" if manifest["format"] == "ort" else "ort"
+        models.append(_Model(f"{origin}/{manifest['target']}", f"{runtime} {manifest['precision']}",
+                             manifest["format"], manifest["precision"], manifest["target"],
+                             folder / manifest["model_file"], lambda f=folder: OnnxDecoder(f, threads=1),
+                             folder_bytes(folder, "model.*"),
+                             "student" if origin == "student" and student_dir is not None else "teacher"))
+    return models
+
+
+def _measure(models: list[_Model], examples: LMExamples, *, prompt_tokens: int, new_tokens: int,
+             rounds: int) -> tuple[list[dict], list[int]]:
+    """Every model's quality (loaded one by one: peak memory is each one's own), then decode
+    speed, all models interleaved."""
+    rows, loaded, teacher_top1, vocabulary = [], {}, None, None
+    for model in models:
+        gc.collect()
+        reset_peak_memory()
+        before = resident_megabytes()
+        instance = model.load()
+        if vocabulary is None:
+            vocabulary = instance.get_output_embeddings().out_features
+        logits_fn = onnx_logits_fn(instance) if isinstance(instance, OnnxDecoder) else torch_logits_fn(instance)
+        if teacher_top1 is None:
+            teacher_top1 = top1_predictions(logits_fn, examples, vocabulary=vocabulary)
+        row_quality = quality(logits_fn, examples, vocabulary=vocabulary,
+                              teacher_top1=None if model.name == "teacher" else teacher_top1)
+        rows.append({"name": model.name, "runtime": model.runtime, "format": model.format,
+                     "precision": model.precision, "target": model.target, "source": str(model.source),
+                     "threads": 1, "quality": row_quality, "reference": model.reference,
+                     "size_bytes": model.size_bytes,
+                     # what loading the model and scoring the held-out text added to this process
+                     "memory": {"model_rss_mb": round(resident_megabytes("VmHWM") - before, 1)}})
+        loaded[model.name] = instance
+    prompt = _prompt(examples, prompt_tokens)
+    runners = {name: (lambda m=instance: onnx_decode(m, prompt, new_tokens)) if isinstance(instance, OnnxDecoder)
+               else (lambda m=instance: torch_decode(m, prompt, new_tokens)) for name, instance in loaded.items()}
+    speeds = interleaved_speeds(runners, rounds=rounds)
+    perplexity = {row["name"]: row["quality"]["perplexity"] for row in rows}
+    for row in rows:
+        speed = speeds[row["name"]]
+        row["latency"] = {"p50_ms": 1000 / speed["decode_tokens_per_second"], **speed}  # decode, per token
+        row["speedup"] = speed["decode_tokens_per_second"] / speeds["teacher"]["decode_tokens_per_second"]
+        row["perplexity_ratio"] = perplexity[row["name"]] / perplexity[row["reference"] or "teacher"]
+        row["perplexity_ratio_vs_teacher"] = perplexity[row["name"]] / perplexity["teacher"]
+    return rows, prompt
+
+
+def _artifact_folders(artifacts) -> list[Path]:
+    """Artifact folders under each --artifacts folder (or the folder itself, when it is one)."""
+    from edgekd.manifest import MANIFEST
+
+    given = [] if artifacts is None else [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
+    folders = []
+    for root in map(Path, given):
+        found = [root] if (root / MANIFEST).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
+        if not found:
+            raise UserError(f"{root} holds no exported causal LM (no */{MANIFEST}); run edgekd export first")
+        folders += found
     return folders
 
 
@@ -228,16 +277,3 @@ def _checked_tokenizer(teacher_dir: Path, student_dir: Path | None):
 def _prompt(examples: LMExamples, length: int) -> list[int]:
     longest = max(examples.input_ids, key=len)
     return longest[:length]
-
-
-def format_table(report: dict) -> str:
-    header = (f"{'model':<18}{'runtime':<22}{'ppl':>9}{'ppl x':>7}{'top1':>7}"
-              f"{'prefill t/s':>13}{'decode t/s':>12}{'x teacher':>10}{'MB':>9}{'peak MB':>9}")
-    lines = [header, "-" * len(header)]
-    for name, row in report["models"].items():
-        agreement = f"{row['top1_agreement']:.3f}" if "top1_agreement" in row else "-"
-        lines.append(f"{name:<18}{row['runtime']:<22}{row['perplexity']:>9.2f}"
-                     f"{row['perplexity_ratio_vs_teacher']:>7.2f}{agreement:>7}"
-                     f"{row['prefill_tokens_per_second']:>13.1f}{row['decode_tokens_per_second']:>12.1f}"
-                     f"{row['decode_speedup_vs_teacher']:>10.2f}{row['size_mb']:>9.1f}{row['peak_memory_mb']:>9.0f}")
-    return "\n".join(lines)

@@ -77,3 +77,22 @@ def batches(examples: LMExamples, *, batch_size: int, shuffle: bool, seed: int =
         random.Random(seed).shuffle(order)
     for start in range(0, len(order), batch_size):
         yield collate(examples, order[start:start + batch_size])
+
+
+def read_texts(source, *, text_column: str = "text", prompt_column: str | None = None,
+               split: str | None = None, default_split: str | None = None
+               ) -> tuple[list[str], list[str] | None]:
+    """Texts (and prompts) from any data `edgekd.data.read_rows` reads (a .txt file: one text
+    per non-empty line)."""
+    from edgekd.data import read_rows
+
+    rows = read_rows(source, split=split, default_split=default_split)
+    if not rows:
+        raise UserError(f"{source} has no texts; give at least one")
+    for column in filter(None, (text_column, prompt_column)):
+        if column not in rows[0]:
+            raise UserError(f"{source} has no column '{column}' (columns: {', '.join(map(str, rows[0]))}); "
+                            "pass --text-column/--prompt-column")
+    texts = [str(row[text_column]) for row in rows]
+    prompts = [str(row[prompt_column] or "") for row in rows] if prompt_column else None
+    return texts, prompts

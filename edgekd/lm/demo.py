@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.errors import UserError
-from edgekd.lm.bench import bench_lm, format_table
+from edgekd.lm.bench import bench_lm
 from edgekd.lm.data import encode_texts
-from edgekd.lm.export import LM_TARGETS, export_lm
+from edgekd.lm.export import export_lm
 from edgekd.lm.models import (demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student,
                               probe_batch)
 from edgekd.lm.train import LMDistillConfig, distill_lm
@@ -31,10 +31,10 @@ class LMDemoConfig:
     student_layers: str = "20"  # of SmolLM2's 30: the most redundant block of 10 is dropped
     train_texts: int = 400  # BBC training articles (each truncated to max_length tokens)
     eval_texts: int = 24  # held-out BBC test articles for perplexity and agreement
-    distill: LMDistillConfig = LMDistillConfig(steps=150, lr=5e-4, batch_size=4, max_length=128,
-                                               top_k=64, ce_weight=0.5, train_embeddings=False,
+    distill: LMDistillConfig = LMDistillConfig(max_steps=150, lr=5e-4, batch_size=4, max_length=128,
+                                               top_k=64, hard_label_weight=0.5, train_embeddings=False,
                                                device="cpu")
-    targets: tuple[str, ...] = ("fp32", "int8", "int4")
+    targets: tuple[str, ...] = ("onnx-fp32", "onnx-int8", "onnx-int4")
 
     def __post_init__(self) -> None:
         if self.train_texts < 1 or self.eval_texts < 1:
@@ -51,8 +51,13 @@ def demo_texts(config: LMDemoConfig) -> tuple[list[str], list[str]]:
 def lm_demo(out: Path, *, config: LMDemoConfig = LMDemoConfig(), teacher_source: str | Path | None = None,
             overwrite: bool = False, show_progress: bool = True,
             texts: tuple[list[str], list[str]] | None = None) -> dict:
-    """Distil, export and bench; returns the bench report with the paths and timings added."""
+    """Distil, export and bench; returns the bench report with the paths and timings added
+    (also written to OUT/report.json and report.md)."""
+    from edgekd.bench.report import print_table, write_report
+    from edgekd.targets import load_targets_for
+
     out = Path(out)
+    targets = load_targets_for(list(config.targets), "causal-lm")
     timings, started = {}, time.perf_counter()
     teacher_dir = Path(teacher_source) if teacher_source else dequantised_gguf(demo_gguf_path())
     teacher, tokenizer = load_causal_lm(teacher_dir)
@@ -70,14 +75,14 @@ def lm_demo(out: Path, *, config: LMDemoConfig = LMDemoConfig(), teacher_source:
     started = time.perf_counter()
     # quantised exports are held to their perplexity budget on training text, so that the
     # held-out text stays unseen until the bench
-    artifacts = export_lm(out / "student", targets=list(config.targets), out=out / "export",
+    artifacts = export_lm(out / "student", targets=targets, out=out / "export",
                           overwrite=overwrite, max_length=max(256, config.distill.max_length),
                           gate_texts=train_texts, gate_source="BBC News training articles",
                           show_progress=show_progress)
     timings["export_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
     report = bench_lm(teacher_dir=teacher_dir, student_dir=out / "student", artifacts=out / "export",
-                      texts=eval_texts, out=out, max_length=config.distill.max_length)
+                      texts=eval_texts, max_length=config.distill.max_length)
     timings["bench_seconds"] = time.perf_counter() - started
     report["demo"] = {"timings": timings, "student_layers": config.student_layers,
                       "cache_bytes_per_token": result.cache_bytes_per_token,
@@ -85,7 +90,8 @@ def lm_demo(out: Path, *, config: LMDemoConfig = LMDemoConfig(), teacher_source:
                       "parity": {a.target: a.greedy_agreement for a in artifacts},
                       "perplexity_gate": {a.target: a.perplexity_ratio for a in artifacts if a.perplexity_ratio},
                       "int8_kept_float": {a.target: a.kept_float for a in artifacts
-                                          if LM_TARGETS[a.target].precision == "int8"}}
+                                          if a.precision == "int8-dynamic"}}
+    write_report(report, out)
     if show_progress:
-        print(format_table(report))
+        print_table(report)
     return report

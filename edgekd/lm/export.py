@@ -16,44 +16,21 @@ float (edgekd/lm/quantize.py), int4 by a check that fails the export when over b
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import dataclass
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from edgekd.errors import GateFailed, UserError, atomic_dir
+from edgekd.manifest import write_manifest
+from edgekd.targets import Target
 
 OPSET = 17
 GATE_TEXTS = 16  # texts the perplexity budget is measured on
 GATE_TOKENS = 128  # tokens per gate text
-
-
-@dataclass(frozen=True)
-class LMTarget:
-    """One way to ship a causal LM."""
-
-    name: str
-    precision: str  # fp32, int8 (dynamic, MatMul weights) or int4 (MatMulNBits, weight-only)
-    ort_format: bool = False  # also convert to ONNX Runtime Mobile's .ort
-    description: str = ""
-    # largest perplexity / fp32 perplexity on the gate text (None: no perplexity gate)
-    max_perplexity_ratio: float | None = None
-
-
-LM_TARGETS = {
-    "fp32": LMTarget("fp32", "fp32", description="reference export; greedy tokens equal PyTorch's"),
-    "int8": LMTarget("int8", "int8", max_perplexity_ratio=1.10,
-                     description="dynamic int8 MatMuls; the worst-quantising ones stay float "
-                                 "so perplexity stays within 1.1x fp32"),
-    # 4-bit round-to-nearest weights commonly cost a small decoder a third or more of its
-    # perplexity; the gate is there to stop a broken export, not to grade a working one
-    "int4": LMTarget("int4", "int4", max_perplexity_ratio=2.0,
-                     description="4-bit weight-only MatMulNBits, block 32; fails over 2x fp32 perplexity"),
-    "int8-ort": LMTarget("int8-ort", "int8", ort_format=True, max_perplexity_ratio=1.10,
-                         description="int8 (searched as above) as .ort for ORT Mobile"),
-}
 
 
 class DecoderWithCache(torch.nn.Module):
@@ -130,21 +107,6 @@ def export_fp32(model: torch.nn.Module, path: Path) -> None:
                         f"{str(error).strip().splitlines()[0][:200]}") from error
 
 
-def quantize_int4(source: Path, destination: Path) -> None:
-    """4-bit weight-only MatMulNBits, symmetric blocks of 32; accuracy level 4 lets the CPU
-    kernel multiply in int8, the fast path on x86 and ARM."""
-    import logging
-
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=32,
-                                     is_symmetric=True, accuracy_level=4)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(destination), use_external_data_format=False)
-
-
 @dataclass(frozen=True)
 class LMArtifact:
     """One exported target: where it is and how it compared with PyTorch."""
@@ -157,6 +119,7 @@ class LMArtifact:
     exact: bool  # every generated token equal
     perplexity_ratio: float | None = None  # on the gate text, against the fp32 export
     kept_float: int = 0  # MatMuls the int8 search kept in float
+    precision: str = "fp32"
 
 
 PARITY_PROMPTS = ("The government said on Monday that", "Shares in the company",
@@ -178,25 +141,27 @@ class Gate:
                 "ratio": perplexity / self.fp32_perplexity, "max_ratio": budget}
 
 
-def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bool = False,
+def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bool = False,
               max_length: int = 512, parity_tokens: int = 16, gate_texts: list[str] | None = None,
               gate_source: str = "held-out text", max_perplexity_ratio: float | None = None,
               show_progress: bool = True) -> list[LMArtifact]:
-    """Export the causal LM in `student_dir` to `out/<target>/` for each target, each checked.
+    """Export the causal LM in `student_dir` to `out/<target>/` for each target, each checked
+    and each written atomically.
 
-    Quantised targets are held to `max_perplexity_ratio` (default: each target's own) on
-    `gate_texts`; without them, on text sampled from the student itself.
+    Quantised targets are held to `max_perplexity_ratio` (default: each target's own
+    budgets.max_perplexity_ratio) on `gate_texts`; without them, on text sampled from the
+    student itself.
     """
     from edgekd.lm.models import load_causal_lm
     from edgekd.progress import console
 
-    unknown = [name for name in targets if name not in LM_TARGETS]
-    if unknown or not targets:
-        raise UserError(f"unknown causal-LM target(s) {', '.join(unknown) or '(none)'}; "
-                        f"choose from {', '.join(LM_TARGETS)}")
     if max_perplexity_ratio is not None and not max_perplexity_ratio >= 1:
         raise UserError(f"--max-perplexity-ratio {max_perplexity_ratio} is below 1, which not even "
                         "the fp32 export meets; use e.g. 1.1")
+    for target in targets:
+        if target.precision not in LM_PRECISIONS or target.format not in ("onnx", "ort"):
+            raise UserError(f"target '{target.name}' ({target.format} {target.precision}) cannot be built "
+                            f"for a causal LM; choose a target of {', '.join(LM_PRECISIONS)} precision")
     model, tokenizer = load_causal_lm(student_dir, role="student")
     limit = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
     if limit < 8:
@@ -205,26 +170,49 @@ def export_lm(student_dir: Path, *, targets: list[str], out: Path, overwrite: bo
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"][:limit // 2] for p in PARITY_PROMPTS]
     parity_tokens = min(parity_tokens, limit - max(len(p) for p in prompts))
     report = console.print if show_progress else (lambda message: None)
-    artifacts = []
-    with atomic_dir(Path(out), overwrite=overwrite) as staging:
-        reference = staging / ".fp32" / "model.onnx"
+    with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch:
+        reference = Path(scratch) / "fp32" / "model.onnx"
         reference.parent.mkdir()
         export_fp32(model, reference)
-        expected = torch_greedy(model, tokenizer, prompts, new_tokens=parity_tokens)
-        gate, searched = None, {}
-        if any(LM_TARGETS[name].max_perplexity_ratio for name in targets):
-            gate = _gate(model, tokenizer, reference, texts=gate_texts, source=gate_source,
-                         tokens=min(GATE_TOKENS, limit))
-        for name in targets:
-            target = LM_TARGETS[name]  # --max-perplexity-ratio replaces the quantised targets' budgets
-            budget = target.max_perplexity_ratio and (max_perplexity_ratio or target.max_perplexity_ratio)
-            artifacts.append(_write_target(target, reference, staging / name, model=model,
-                                           tokenizer=tokenizer, prompts=prompts, expected=expected,
-                                           max_length=limit, parity_tokens=parity_tokens,
-                                           gate=gate if budget else None, budget=budget, searched=searched,
-                                           report=report))
-        shutil.rmtree(reference.parent)
-    return [LMArtifact(**{**a.__dict__, "folder": Path(out) / a.target}) for a in artifacts]
+        context = _LMContext(student_dir=Path(student_dir), model=model, tokenizer=tokenizer, reference=reference,
+                             scratch=Path(scratch), prompts=prompts, max_length=limit, parity_tokens=parity_tokens,
+                             expected=torch_greedy(model, tokenizer, prompts, new_tokens=parity_tokens),
+                             report=report)
+        budgets = {target.name: _budget(target, max_perplexity_ratio) for target in targets}
+        if any(budgets.values()):
+            context.gate = _gate(model, tokenizer, reference, texts=gate_texts, source=gate_source,
+                                 tokens=min(GATE_TOKENS, limit))
+        return [_export_target(target, context, Path(out), budget=budgets[target.name], overwrite=overwrite)
+                for target in targets]
+
+
+LM_PRECISIONS = ("fp32", "int8-dynamic", "int4")
+
+
+def _budget(target: Target, override: float | None) -> float | None:
+    """The perplexity budget of a quantised target (--max-perplexity-ratio replaces the
+    target's own); None for fp32, which is checked token for token instead."""
+    if target.precision == "fp32":
+        return None
+    return override or target.budgets.max_perplexity_ratio
+
+
+@dataclass
+class _LMContext:
+    """What every target of one causal-LM export shares."""
+
+    student_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    reference: Path  # the fp32 export
+    scratch: Path
+    prompts: list[list[int]]
+    expected: list[list[int]]  # PyTorch's greedy tokens after each prompt
+    max_length: int
+    parity_tokens: int
+    report: object
+    gate: Gate | None = None
+    searched: dict = field(default_factory=dict)  # budget -> (int8 file, search): shared by int8 targets
 
 
 def _gate(model, tokenizer, reference: Path, *, texts: list[str] | None, source: str, tokens: int) -> Gate:
@@ -259,73 +247,108 @@ def sampled_texts(model: torch.nn.Module, tokenizer, *, count: int, tokens: int,
     return output.tolist()
 
 
-def _write_target(target: LMTarget, reference: Path, folder: Path, *, model, tokenizer,
-                  prompts: list[list[int]], expected: list[list[int]], max_length: int,
-                  parity_tokens: int, gate: Gate | None, budget: float | None,
-                  searched: dict, report) -> LMArtifact:
-    """Write one target's folder; `searched` keeps each budget's int8 search (int8 and
-    int8-ort share it)."""
-    from edgekd.lm.generate import OnnxDecoder
-    from edgekd.lm.quantize import SequenceScorer, search_int8
+def _export_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,
+                   overwrite: bool) -> LMArtifact:
+    """Build, check and write one target's folder (atomically: a failed check leaves none)."""
+    from edgekd.lm.quantize import SequenceScorer
 
-    folder.mkdir(parents=True)
-    onnx_path = folder / "model.onnx"
-    search = None
-    if target.precision == "fp32":
-        shutil.copyfile(reference, onnx_path)
-    elif target.precision == "int8":  # every int8 target has a budget, so a gate
-        if budget not in searched:
-            result = reference.parent / f"int8-{budget:g}" / onnx_path.name
-            result.parent.mkdir()
-            searched[budget] = result, search_int8(
-                reference, result, texts=gate.texts, budget=budget, fp32_perplexity=gate.fp32_perplexity,
-                threads=torch.get_num_threads(), report=report)
-        result, search = searched[budget]
-        for file in result.parent.iterdir():  # model.onnx, and model.onnx.data when large
-            shutil.copyfile(file, folder / file.name)
-    else:
-        quantize_int4(reference, onnx_path)
-    perplexity = None
-    if gate is not None:
-        perplexity = (search.perplexity if search is not None else
-                      SequenceScorer(onnx_path, threads=torch.get_num_threads()).perplexity(gate.texts))
-        if perplexity > budget * gate.fp32_perplexity:
-            raise GateFailed(f"target '{target.name}': perplexity {perplexity:.2f} on {gate.source} is "
-                             f"{perplexity / gate.fp32_perplexity:.2f}x the fp32 export's "
-                             f"({gate.fp32_perplexity:.2f}), over its budget of {budget:g}x; raise "
-                             "--max-perplexity-ratio or choose int8 or fp32")
-    model_file = onnx_path.name
-    if target.ort_format:
-        from edgekd.export.mobile import convert_to_ort
+    started = time.perf_counter()
+    with atomic_dir(out / target.name, overwrite=overwrite) as staging:
+        onnx_path = context.scratch / target.name / "model.onnx"
+        onnx_path.parent.mkdir()
+        search = _build(target, context, onnx_path, budget=budget)
+        perplexity = None
+        if budget is not None:
+            perplexity = (search.perplexity if search is not None else
+                          SequenceScorer(onnx_path, threads=torch.get_num_threads()).perplexity(context.gate.texts))
+            _check_perplexity(target, perplexity, context.gate, budget)
+        if target.format == "ort":
+            from edgekd.export.mobile import convert_to_ort
 
-        convert_to_ort(onnx_path, folder, optimization_level="basic")
-        onnx_path.unlink()
-        model_file = "model.ort"
-    model.config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    manifest = {"task": "causal-lm", "target": target.name, "precision": target.precision,
-                "model_file": model_file, "max_length": max_length,
-                "layers": model.config.num_hidden_layers, "eos_token_id": tokenizer.eos_token_id}
-    (folder / "edgekd.json").write_text(json.dumps(manifest, indent=2))
-    decoder = OnnxDecoder(folder, threads=1)
-    produced = [decoder.greedy(ids, new_tokens=parity_tokens, stop_at_eos=False) for ids in prompts]
-    agreement = _token_agreement(expected, produced)
-    if target.precision == "fp32" and agreement < 1.0:
-        raise UserError(f"the fp32 ONNX export generates different tokens from PyTorch "
-                        f"({agreement:.0%} agree); the export is wrong, please report it")
-    size = sum(path.stat().st_size for path in folder.iterdir() if path.name.startswith("model."))
-    manifest["parity"] = {"greedy_agreement": agreement, "prompts": len(PARITY_PROMPTS),
-                          "new_tokens": parity_tokens}
-    if gate is not None:
-        manifest["perplexity_gate"] = gate.describe(perplexity, budget)
-    if search is not None:
-        manifest["int8_search"] = search.describe()
-    manifest["size_bytes"] = size
-    (folder / "edgekd.json").write_text(json.dumps(manifest, indent=2))
-    return LMArtifact(target=target.name, folder=folder, model_file=model_file, size_bytes=size,
+            convert_to_ort(onnx_path, staging, optimization_level=target.graph_optimization_level)
+            model_file = "model.ort"
+        else:
+            for file in onnx_path.parent.iterdir():  # model.onnx, and model.onnx.data when large
+                shutil.copyfile(file, staging / file.name)
+            model_file = onnx_path.name
+        context.model.config.save_pretrained(staging)
+        context.tokenizer.save_pretrained(staging)
+        details = {"max_length": context.max_length, "layers": context.model.config.num_hidden_layers,
+                   "eos_token_id": context.tokenizer.eos_token_id}
+        agreement = _greedy_agreement(staging, context, {"task": "causal-lm", "model_file": model_file, **details})
+        if target.precision == "fp32" and agreement < 1.0:
+            raise UserError(f"the fp32 ONNX export generates different tokens from PyTorch "
+                            f"({agreement:.0%} agree); the export is wrong, please report it")
+        size = sum(path.stat().st_size for path in staging.iterdir() if path.name.startswith("model."))
+        if budget is not None:
+            details["perplexity_gate"] = context.gate.describe(perplexity, budget)
+        if search is not None:
+            details["int8_search"] = search.describe()
+        if target.precision != "fp32":
+            details["quantization"] = QUANTIZATION_SCHEMES[target.precision]
+        layers = context.model.config.num_hidden_layers
+        inputs, outputs = io_names(layers)
+        write_manifest(staging, task="causal-lm", target=target, model_file=model_file,
+                       student_dir=context.student_dir,
+                       inputs={name: AXES.get(name, ["batch", "kv_heads", "past", "head_dim"]) for name in inputs},
+                       outputs={name: AXES.get(name, ["batch", "kv_heads", "total", "head_dim"]) for name in outputs},
+                       parity={"greedy_agreement": agreement, "prompts": len(context.prompts),
+                               "new_tokens": context.parity_tokens, "exact": agreement == 1.0},
+                       size_bytes=size, seconds=time.perf_counter() - started, details=details)
+    return LMArtifact(target=target.name, folder=out / target.name, model_file=model_file, size_bytes=size,
                       greedy_agreement=agreement, exact=agreement == 1.0,
-                      perplexity_ratio=perplexity / gate.fp32_perplexity if gate else None,
-                      kept_float=len(search.kept_float) if search else 0)
+                      perplexity_ratio=perplexity / context.gate.fp32_perplexity if budget is not None else None,
+                      kept_float=len(search.kept_float) if search else 0, precision=target.precision)
+
+
+AXES = {"input_ids": ["batch", "new"], "attention_mask": ["batch", "total"], "logits": ["batch", "new", "vocab"]}
+# What a causal LM's quantised targets are made of (the target's quantization section
+# describes the encoder quantiser; a causal LM's int8 is searched against perplexity).
+QUANTIZATION_SCHEMES = {
+    "int8-dynamic": {"weights": "int8 per output channel, symmetric", "activations": "uint8 per tensor at run time",
+                     "smoothing": "activation outliers moved into the weights where exact",
+                     "kept_float": "the worst-quantising MatMuls, until the perplexity budget holds"},
+    "int4": {"weights": "4-bit MatMulNBits, symmetric blocks of 32", "activations": "float (int8 kernel, level 4)"}}
+
+
+def _build(target: Target, context: _LMContext, destination: Path, *, budget: float | None):
+    """Write the target's precision of the model to `destination`; the int8 search, if any."""
+    from edgekd.export.quantize import quantize_int4
+    from edgekd.lm.quantize import search_int8
+
+    if target.precision == "fp32":
+        shutil.copyfile(context.reference, destination)
+        return None
+    if target.precision == "int4":
+        quantize_int4(context.reference, destination)
+        return None
+    if budget not in context.searched:  # int8 targets of one budget share one search
+        result = context.scratch / f"int8-{budget:g}" / destination.name
+        result.parent.mkdir()
+        context.searched[budget] = result, search_int8(
+            context.reference, result, texts=context.gate.texts, budget=budget,
+            fp32_perplexity=context.gate.fp32_perplexity, threads=torch.get_num_threads(), report=context.report)
+    result, search = context.searched[budget]
+    for file in result.parent.iterdir():  # model.onnx, and model.onnx.data when large
+        shutil.copyfile(file, destination.parent / file.name)
+    return search
+
+
+def _check_perplexity(target: Target, perplexity: float, gate: Gate, budget: float) -> None:
+    if perplexity > budget * gate.fp32_perplexity:
+        raise GateFailed(f"target '{target.name}': perplexity {perplexity:.2f} on {gate.source} is "
+                         f"{perplexity / gate.fp32_perplexity:.2f}x the fp32 export's "
+                         f"({gate.fp32_perplexity:.2f}), over its budget of {budget:g}x; raise "
+                         "--max-perplexity-ratio or choose onnx-int8 or onnx-fp32")
+
+
+def _greedy_agreement(folder: Path, context: _LMContext, manifest: dict) -> float:
+    """Share of PyTorch's greedy tokens the artifact in `folder` reproduces."""
+    from edgekd.lm.generate import OnnxDecoder
+
+    decoder = OnnxDecoder(folder, threads=1, manifest=manifest)
+    produced = [decoder.greedy(ids, new_tokens=context.parity_tokens, stop_at_eos=False) for ids in context.prompts]
+    return _token_agreement(context.expected, produced)
 
 
 def _token_agreement(expected: list[list[int]], produced: list[list[int]]) -> float:

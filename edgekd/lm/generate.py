@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,16 +55,15 @@ def prefill_feed(ids: list[int], past_names: list[str], *, kv_heads: int, head_d
 class OnnxDecoder:
     """An exported artifact folder (edgekd.json + model.onnx/.ort) as a greedy generator."""
 
-    def __init__(self, folder: Path, *, threads: int = 1) -> None:
+    def __init__(self, folder: Path, *, threads: int = 1, manifest: dict | None = None) -> None:
+        """`manifest`: the folder's manifest when it is not written yet (during export)."""
+        from edgekd.manifest import read_manifest
+
         folder = Path(folder)
-        manifest_path = folder / "edgekd.json"
-        if not manifest_path.is_file():
-            raise UserError(f"{folder} is not an exported causal LM (no edgekd.json); "
-                            "run edgekd lm-export first")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = manifest if manifest is not None else read_manifest(folder)
         if self.manifest.get("task") != "causal-lm":
-            raise UserError(f"{folder} holds a {self.manifest.get('task', 'classifier')} artifact, "
-                            "not a causal LM; pass a folder written by edgekd lm-export")
+            raise UserError(f"{folder} holds a {self.manifest.get('task')} artifact, not a causal LM; "
+                            "pass a folder that edgekd export wrote for a causal LM")
         self.session, self.past_names, self.kv_heads, self.head_dim = open_lm_session(
             folder / self.manifest["model_file"], threads=threads)
         self.max_length = int(self.manifest["max_length"])

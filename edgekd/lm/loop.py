@@ -49,11 +49,11 @@ def learning_rate(step: int, *, total: int, peak: float, warmup_fraction: float)
 
 def step_loss(student: torch.nn.Module, batch: dict, *, teacher: torch.nn.Module | None,
               cache: TopKCache | None, vocabulary: int, config: LMDistillConfig) -> torch.Tensor:
-    """ce_weight * next-token CE + (1 - ce_weight) * divergence from the teacher."""
+    """w * next-token CE + (1 - w) * divergence from the teacher (w: the hard-label weight)."""
     logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits, targets, mask = shift_for_next_token(logits[..., :vocabulary], batch["labels"])
     cross_entropy = causal_lm_cross_entropy(logits, targets)
-    if config.ce_weight == 1 or (teacher is None and cache is None):
+    if config.hard_label_weight == 1 or (teacher is None and cache is None):
         return cross_entropy
     options = dict(kind=config.divergence, beta=config.beta, temperature=config.temperature, mask=mask)
     if cache is not None:
@@ -65,7 +65,7 @@ def step_loss(student: torch.nn.Module, batch: dict, *, teacher: torch.nn.Module
             teacher_logits = teacher(input_ids=batch["input_ids"],
                                      attention_mask=batch["attention_mask"]).logits
         divergence = distillation_loss(logits, teacher_logits[:, :-1, :vocabulary], **options)
-    return config.ce_weight * cross_entropy + (1 - config.ce_weight) * divergence
+    return config.hard_label_weight * cross_entropy + (1 - config.hard_label_weight) * divergence
 
 
 @dataclass
@@ -138,6 +138,7 @@ class LMLoop:
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.model = distributed.wrap(student, self.ranks, self.device)
         self.stream = BatchStream(len(train), config.batch_size, config.seed)
+        self.total_steps = config.total_steps(len(train))
         # bf16 autocast on CUDA only: on a CPU fp32 is faster
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
                          else contextlib.nullcontext())
@@ -145,7 +146,7 @@ class LMLoop:
     # -- the loop
 
     def run(self, saved: dict | None) -> tuple[LMProgress, float]:
-        """Train to `config.steps`; returns the progress and the seconds this process trained."""
+        """Train to `total_steps`; returns the progress and the seconds this process trained."""
         if saved:
             progress = self._restore(saved)
         else:
@@ -154,9 +155,9 @@ class LMLoop:
         for record in progress.records:
             self._write(record)
         started, every = time.perf_counter(), self.config.checkpoint_every
-        with progress_bar("distill", total=self.config.steps, enabled=self.show_progress) as advance:
+        with progress_bar("distill", total=self.total_steps, enabled=self.show_progress) as advance:
             advance(progress.step)
-            while progress.step < self.config.steps:
+            while progress.step < self.total_steps:
                 loss, lr, tokens = self._step(progress)
                 progress.step += 1
                 progress.tokens += tokens
@@ -179,7 +180,7 @@ class LMLoop:
         # tokens, times the world size that DDP's mean divides out, the summed gradient is
         # the gradient of the mean over all the batch's tokens (weight 1 in one process).
         weight = local_tokens / max(tokens, 1) * self.ranks.world
-        lr = learning_rate(progress.step, total=self.config.steps, peak=self.config.lr,
+        lr = learning_rate(progress.step, total=self.total_steps, peak=self.config.lr,
                            warmup_fraction=self.config.warmup_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

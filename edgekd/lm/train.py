@@ -2,7 +2,7 @@
 
 The teacher is used one of two ways: online (its full next-token distribution every
 step) or, with `top_k > 0`, through the sparse top-k cache built once before the first
-step (edgekd/lm/cache.py). With no teacher, or `ce_weight` 1, the loop is plain
+step (edgekd/lm/cache.py). With no teacher, or `hard_label_weight` 1, the loop is plain
 language-model fine-tuning, the baseline that distillation is measured against. The loop
 itself, with its checkpoints, resume and torchrun support, is edgekd/lm/loop.py.
 """
@@ -37,14 +37,15 @@ def _check(condition: bool, message: str) -> None:
 class LMDistillConfig:
     """How a causal-LM student learns from its teacher."""
 
-    steps: int = 200  # optimiser steps (the loop cycles over the data as often as needed)
+    epochs: int = 3  # passes over the training texts
+    max_steps: int = 0  # stop after this many optimiser steps (0 = --epochs decides)
     lr: float = 3e-4  # peak AdamW learning rate, reached after warm-up
     batch_size: int = 8  # texts per step
     max_length: int = 128  # tokens per text after truncation
     divergence: str = "forward_kl"  # forward_kl, reverse_kl or jsd
     beta: float = 0.5  # JSD weight on the teacher (0 -> forward KL, 1 -> reverse KL)
     temperature: float = 1.0  # softens both distributions inside the divergence (times T^2)
-    ce_weight: float = 0.5  # weight of next-token cross-entropy; 1 - ce_weight goes to the divergence
+    hard_label_weight: float = 0.5  # weight of next-token cross-entropy; the rest goes to the divergence
     top_k: int = 64  # teacher tokens cached per position; 0 runs the teacher every step (dense)
     seed: int = 0  # shuffling and initialisation
     device: str = "auto"  # auto (cuda when available), cpu or cuda
@@ -57,7 +58,8 @@ class LMDistillConfig:
     checkpoint_every: int = 50  # steps between checkpoints in OUT.checkpoints/ (0: none)
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        _check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        _check(self.max_steps >= 0, f"--max-steps must be >= 0, got {self.max_steps}")
         _check(0 < self.lr < 1, f"--lr must be in (0, 1), got {self.lr}")
         _check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         _check(2 <= self.max_length <= 1_000_000, f"--max-length must be at least 2, got {self.max_length}")
@@ -65,7 +67,8 @@ class LMDistillConfig:
                f"--divergence {self.divergence!r} is not one of {', '.join(DIVERGENCES)}")
         _check(0 <= self.beta <= 1, f"--beta must be in [0, 1], got {self.beta}")
         _check(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
-        _check(0 <= self.ce_weight <= 1, f"--ce-weight must be in [0, 1], got {self.ce_weight}")
+        _check(0 <= self.hard_label_weight <= 1,
+               f"--hard-label-weight must be in [0, 1], got {self.hard_label_weight}")
         _check(self.top_k >= 0, f"--top-k must be 0 (dense teacher) or positive, got {self.top_k}")
         _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device}")
         _check(0 <= self.warmup_fraction < 1, f"--warmup-fraction must be in [0, 1), got {self.warmup_fraction}")
@@ -73,12 +76,17 @@ class LMDistillConfig:
         _check(self.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
         _check(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
 
+    def total_steps(self, texts: int) -> int:
+        """Optimiser steps of a run over `texts` training texts: --max-steps, else --epochs
+        passes of ceil(texts / batch_size) batches."""
+        return self.max_steps or self.epochs * math.ceil(texts / self.batch_size)
+
 
 @dataclass(frozen=True)
 class LMDistillResult:
     """What the loop wrote and how fast it went."""
 
-    student_dir: Path
+    student_dir: Path | None  # None on the ranks other than 0 under torchrun (rank 0 writes)
     steps: int
     seconds: float  # the loop alone (teacher cache ready)
     teacher_seconds: float  # building or opening the top-k cache (0 when dense or no teacher)
@@ -91,7 +99,7 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
                train: LMExamples, config: LMDistillConfig, out: Path, vocabulary: int,
                overwrite: bool = False, show_progress: bool = True,
                cache_root: Path | None = None, resume: bool = False) -> LMDistillResult:
-    """Train `student` on `train` for `config.steps` steps and save it to `out`.
+    """Train `student` on `train` for `config.total_steps(len(train))` steps and save it to `out`.
 
     With `resume` the run continues from the checkpoint beside `out` (OUT.checkpoints/).
     Under torchrun every rank calls this: each trains on its rows of every batch, and
@@ -115,7 +123,7 @@ def _distill_lm(teacher, student, tokenizer, train: LMExamples, *, config: LMDis
     checkpoints = checkpoint.checkpoint_dir(out)  # beside `out`: the atomic write of the student spares it
     saved = saved_state(checkpoints, config=config, texts=len(train), resume=resume, overwrite=overwrite,
                         ranks=ranks)
-    uses_teacher = teacher is not None and config.ce_weight < 1
+    uses_teacher = teacher is not None and config.hard_label_weight < 1
     output = atomic_dir(out, overwrite=overwrite) if ranks.is_main else contextlib.nullcontext(None)
     with output as staging:
         cache, teacher_seconds = _teacher_cache(teacher if uses_teacher else None, train, config=config,
@@ -133,7 +141,7 @@ def _distill_lm(teacher, student, tokenizer, train: LMExamples, *, config: LMDis
     ranks.barrier()
     if ranks.is_main:
         checkpoint.remove(checkpoints)  # the run finished: its student replaces the checkpoints
-    return LMDistillResult(student_dir=out, steps=config.steps, seconds=seconds,
+    return LMDistillResult(student_dir=out if ranks.is_main else None, steps=progress.step, seconds=seconds,
                            teacher_seconds=teacher_seconds,
                            tokens_per_second=progress.tokens / max(seconds, 1e-9),
                            final_loss=progress.records[-1]["loss"] if progress.records else math.nan,

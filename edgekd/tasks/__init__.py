@@ -1,0 +1,110 @@
+"""Tasks: what a model does, read from its config, and which stages' pieces differ by it.
+
+Every stage (distill, export, bench) is written once; a task says only what truly differs
+between a text classifier and a decoder language model: which Auto class loads it, how
+rows become batches, what the student matches, how an export is checked and what the bench
+reports. `TASKS` is the one place a task is named; `detect` reads it from a teacher or
+student (its config.json `architectures`, or a .gguf file), so `--task` is rarely needed.
+
+Adding a task is one module beside text.py and causal_lm.py and one entry below
+(docs/architecture.md lists what an adapter provides).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekd.errors import UserError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One kind of model edgekd distils, exports and benches."""
+
+    name: str  # as typed after --task and written in manifests and reports
+    summary: str  # one line for --help and `edgekd targets`
+    auto_class: str  # the transformers Auto class that loads teachers and students
+    architecture_endings: tuple[str, ...]  # config.architectures entries of this task end so
+    quality_metric: str  # the bench's headline quality number
+    parity: str  # how an export is compared with PyTorch
+
+    def matches(self, config: dict) -> bool:
+        """Whether a config.json (as a dict) describes a model of this task."""
+        return any(a.endswith(self.architecture_endings) for a in config.get("architectures") or [])
+
+
+TEXT_CLASSIFICATION = Task(
+    name="text-classification", summary="sequence classifiers (BERT, DistilBERT, RoBERTa, DeBERTa-v2, ALBERT, ...)",
+    auto_class="AutoModelForSequenceClassification", architecture_endings=("ForSequenceClassification",),
+    quality_metric="accuracy", parity="logits within the target's tolerance")
+CAUSAL_LM = Task(
+    name="causal-lm", summary="decoder language models (Llama, SmolLM2, Qwen2, GPT-2, ...)",
+    auto_class="AutoModelForCausalLM", architecture_endings=("ForCausalLM", "LMHeadModel"),
+    quality_metric="perplexity", parity="greedy tokens equal to PyTorch's")
+
+TASKS = {task.name: task for task in (TEXT_CLASSIFICATION, CAUSAL_LM)}
+DEFAULT_TASK = TEXT_CLASSIFICATION.name
+
+
+def check_task(name: str) -> Task:
+    """The task named by --task, or one line listing the known names."""
+    if name not in TASKS:
+        raise UserError(f"--task must be one of {', '.join(TASKS)}, got '{name}'")
+    return TASKS[name]
+
+
+def task_of_config(config: dict) -> str | None:
+    """The task a config.json describes: by `architectures`, else (none saved) by model type:
+    a decoder family (a causal-LM head and no masked-LM one) is a causal LM, anything else
+    with a model type is taken for an encoder classifier."""
+    for task in TASKS.values():
+        if task.matches(config):
+            return task.name
+    if config.get("architectures"):
+        return None  # a model of no task edgekd knows (a masked LM, a seq2seq model, ...)
+    model_type = config.get("model_type")
+    if model_type is None:
+        return None
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return CAUSAL_LM.name
+    return TEXT_CLASSIFICATION.name
+
+
+def read_config(source: str | Path) -> dict | None:
+    """config.json of a local model folder, or None (not a folder, no readable config)."""
+    try:
+        return json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def detect(*sources) -> str | None:
+    """The task of the first source that is a local model folder or a .gguf file (hub ids are
+    not looked up here: their loader says what they are); None when no source tells."""
+    for source in sources:
+        if source is None:
+            continue
+        if str(source).lower().endswith(".gguf"):
+            return CAUSAL_LM.name
+        config = read_config(source)
+        if config is not None:
+            return task_of_config(config)
+    return None
+
+
+def resolve(task: str | None, *sources) -> str:
+    """--task as given (after checking it fits the model folders), else the detected task."""
+    detected = detect(*sources)
+    if task is None:
+        return detected or DEFAULT_TASK
+    check_task(task)
+    if detected is not None and detected != task:
+        folder = next(str(s) for s in sources if s is not None and detect(s) is not None)
+        raise UserError(f"{folder} holds a {detected} model, not a {task} one; "
+                        f"pass --task {detected} (or leave --task out)")
+    return task
