@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import typer
 
-from edgekd.bench.accuracy import quality, torch_logits
+from edgekd.metrics import quality, torch_logits
 from edgekd.cli import app
 from edgekd.cli.distill import recipe_values
 from edgekd.config import DistillConfig

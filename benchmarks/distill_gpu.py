@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.bench.accuracy import quality, torch_logits
+from edgekd.metrics import quality, torch_logits
 from edgekd.data import demo_splits, encode
 from edgekd.demo import STUDENT_RECIPE, build_teacher, cache_dir
 from edgekd.distill.train import distill

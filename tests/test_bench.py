@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.bench.accuracy import accuracy, agreement, macro_f1, mean_kl
+from edgekd.metrics import accuracy, agreement, macro_f1, mean_kl
 from edgekd.bench.latency import measure_interleaved, noisy, summarize, throughput
 from edgekd.bench.report import SCHEMA_VERSION, markdown, write_report
 from edgekd.bench.stage import bench

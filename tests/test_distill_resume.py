@@ -27,12 +27,12 @@ from edgekd.models import load_classifier, select_layers
 # everything else is the real command line in a real process.
 SLOW_DRIVER = """
 import sys, time
-import edgekd.distill.train as train
-step = train._Loop._step
+import edgekd.distill.loop as loop
+step = loop.Loop._step
 def slow_step(self, batch, progress):
     time.sleep(0.2)
     return step(self, batch, progress)
-train._Loop._step = slow_step
+loop.Loop._step = slow_step
 from edgekd.cli import main
 sys.argv = ["edgekd"] + sys.argv[1:]
 main()
@@ -125,7 +125,9 @@ def test_resume_refuses_a_corrupt_checkpoint_and_leaves_it_alone(teacher_dir, tr
 
 def test_a_leftover_checkpoint_needs_resume_or_overwrite_and_matching_options(teacher_dir, train_file, tmp_path):
     out = tmp_path / "student"
-    checkpoint.save(checkpoint.checkpoint_dir(out), {"step": 3, "config": {**DistillConfig().__dict__, "lr": 5e-4}})
+    # 64 rows, 6 of them held out for validation: 58 training examples
+    checkpoint.save(checkpoint.checkpoint_dir(out), {"step": 3, "config": {**DistillConfig().__dict__, "lr": 5e-4},
+                                                     "task": "text-classification", "examples": 58})
     runner = CliRunner()
     result = runner.invoke(app, _args(teacher_dir, train_file, out, tmp_path / "cache"))
     assert result.exit_code == 1 and "pass --resume to continue it or --overwrite" in result.output

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from conftest import assert_clean_error, run_cli as run
 from edgekd.distill import checkpoint
 from edgekd.errors import UserError
-from edgekd.lm import loop
+from edgekd.lm import train as lm_train
 from edgekd.lm.data import encode_texts
 from edgekd.lm.models import make_lm_student
 from edgekd.lm.train import LMDistillConfig, distill_lm
@@ -30,12 +30,12 @@ from lm_tiny import make_llama, make_lm_tokenizer, make_texts, save_llama
 # checkpoints; everything else is the real command line in a real process.
 SLOW_DRIVER = """
 import sys, time
-import edgekd.lm.loop as loop
-step = loop.LMLoop._step
-def slow_step(self, progress):
+import edgekd.distill.loop as loop
+step = loop.Loop._step
+def slow_step(self, indices, progress):
     time.sleep(0.2)
-    return step(self, progress)
-loop.LMLoop._step = slow_step
+    return step(self, indices, progress)
+loop.Loop._step = slow_step
 from edgekd.cli import main
 sys.argv = ["edgekd"] + sys.argv[1:]
 main()
@@ -61,7 +61,7 @@ def lm_run(tmp_path, monkeypatch):
 
 def _losses(folder: Path) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in records]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_student(lm_run, tmp_path):
@@ -84,8 +84,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_student(lm_run, tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
     state = checkpoint.load(saved.parent)
-    assert 3 <= state["step"] < 12 and state["step"] % 3 == 0
-    assert state["stream"]["epoch"] * 4 + state["stream"]["batch"] == state["step"]
+    # every 3 steps and at the end of each epoch of 4 batches
+    assert 3 <= state["step"] < 12 and (state["step"] % 3 == 0 or state["step"] % 4 == 0)
+    assert (state["epoch"] - 1) * 4 + state["batches_done"] == state["step"]
     assert not killed.exists()  # the student is only written at the very end
     # execute: resume in another process
     result = run(*lm_run(killed, "--resume"))
@@ -105,14 +106,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     examples = encode_texts(make_texts(16), tokenizer, max_length=24)
     student, _ = make_lm_student(teacher, tokenizer, layers="1")
     calls = {"count": 0}
-    step_loss = loop.step_loss
+    step_loss = lm_train.step_loss
 
     def poisoned(*args, **kwargs):
         calls["count"] += 1
         loss = step_loss(*args, **kwargs)
         return loss * float("nan") if calls["count"] == 6 else loss
 
-    monkeypatch.setattr(loop, "step_loss", poisoned)
+    monkeypatch.setattr(lm_train, "step_loss", poisoned)
     out = tmp_path / "student"
     config = LMDistillConfig(max_steps=10, batch_size=4, max_length=24, top_k=0, checkpoint_every=2, device="cpu")
     with pytest.raises(UserError, match=r"^the loss became nan at step 6; the last good checkpoint is kept in "
@@ -137,8 +138,8 @@ def test_resume_refuses_a_corrupt_checkpoint_and_leaves_it_alone(lm_run, tmp_pat
 def test_a_leftover_checkpoint_needs_resume_or_overwrite_and_matching_options(lm_run, tmp_path):
     out = tmp_path / "student"
     written_with = LMDistillConfig(max_steps=12, batch_size=4, max_length=24, lr=3e-3, top_k=8, divergence="jsd")
-    checkpoint.save(checkpoint.checkpoint_dir(out), {"step": 3, "student": {}, "config": asdict(written_with),
-                                                     "stream": {"epoch": 0, "batch": 3, "texts": 16}})
+    checkpoint.save(checkpoint.checkpoint_dir(out), {"step": 3, "trainee": {}, "config": asdict(written_with),
+                                                     "task": "causal-lm", "examples": 16})
     result = run(*lm_run(out))
     assert_clean_error(result, "holds a checkpoint of an unfinished run; "
                                "pass --resume to continue it or --overwrite")
@@ -148,12 +149,13 @@ def test_a_leftover_checkpoint_needs_resume_or_overwrite_and_matching_options(lm
     other = tmp_path / "other.txt"
     other.write_text("\n".join(make_texts(5)))
     result = run(*lm_run(out, "--resume", "--divergence", "jsd", "--checkpoint-every", "5", "--data", other))
-    assert_clean_error(result, "was written for 16 training texts, not 5; resume with the same --data")
+    assert_clean_error(result, "was written for 16 training examples, not 5; resume with the same --data")
     assert checkpoint.load(checkpoint.checkpoint_dir(out))["step"] == 3  # refused, not touched
 
 
 def test_an_encoder_checkpoint_is_not_resumed_as_a_causal_lm(lm_run, tmp_path):
     out = tmp_path / "student"
-    checkpoint.save(checkpoint.checkpoint_dir(out), {"step": 3, "trainee": {}, "config": {"epochs": 3}})
+    checkpoint.save(checkpoint.checkpoint_dir(out), {"step": 3, "trainee": {}, "config": {"epochs": 3},
+                                                     "task": "text-classification", "examples": 16})
     result = run(*lm_run(out, "--resume"))
-    assert_clean_error(result, "is not from a causal-LM run")
+    assert_clean_error(result, "is not from a causal-lm run")

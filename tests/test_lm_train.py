@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,7 +107,9 @@ def test_distillation_moves_the_student_towards_the_teacher(setup, tmp_path, top
                         cache_root=tmp_path / "cache")
     assert divergence(student) < 0.7 * before
     assert (result.student_dir / "model.safetensors").is_file()
-    assert (result.student_dir / "metrics.jsonl").read_text().count("\n") == 30
+    records = [json.loads(line) for line in (result.student_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in records if "loss" in r]) == 30  # one a step, then one an epoch (as for classifiers)
+    assert [r["epoch"] for r in records if "validation" in r] == list(range(1, 11))  # 3 batches an epoch
     assert result.cache_bytes_per_token == (32 if top_k else 0)
 
 
@@ -115,8 +119,8 @@ def test_cross_entropy_only_without_teacher(setup, tmp_path):
     config = LMDistillConfig(max_steps=20, lr=3e-3, hard_label_weight=1.0, device="cpu")
     result = distill_lm(teacher=None, student=student, tokenizer=tokenizer, train=examples, config=config,
                         out=tmp_path / "ce", vocabulary=52, show_progress=False)
-    losses = [float(line.split('"loss": ')[1].split(",")[0])
-              for line in (result.student_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [record["loss"] for record in map(json.loads, (result.student_dir / "metrics.jsonl").read_text().splitlines())
+              if "loss" in record]
     assert losses[-1] < 0.8 * losses[0]
 
 

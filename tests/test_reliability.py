@@ -140,8 +140,8 @@ def test_bad_input_is_one_line_nonzero_and_touches_nothing(name, build, expected
 SLOW_DRIVER = """
 import sys, time
 import edgekd.distill.checkpoint as checkpoint
-import edgekd.distill.train as train
-step, save = train._Loop._step, checkpoint.save
+import edgekd.distill.loop as loop
+step, save = loop.Loop._step, checkpoint.save
 def slow_step(self, batch, progress):
     time.sleep(0.1)
     return step(self, batch, progress)
@@ -154,9 +154,9 @@ def slow_save(folder, state):
     time.sleep(0.4)
     temporary.unlink()
     return save(folder, state)
-train._Loop._step = slow_step
+loop.Loop._step = slow_step
 checkpoint.save = slow_save
-train.checkpoint.save = slow_save
+loop.checkpoint.save = slow_save
 from edgekd.cli import main
 sys.argv = ["edgekd"] + sys.argv[1:]
 main()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from edgekd.bench import roofline
-from edgekd.bench.accuracy import quality
+from edgekd.metrics import quality
 from edgekd.bench.gates import GateLimits, check_gates
 from edgekd.bench.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
 from edgekd.bench.machine import busy, machine_info

@@ -1,15 +1,15 @@
-"""Causal-LM distillation: the stage that prepares the teacher, runs the loop, saves the student.
+"""Causal-LM distillation: the stage that prepares the teacher, hands the task's pieces to
+the one training loop (edgekd/distill/loop.py) and saves the student.
 
 The teacher is used one of two ways: online (its full next-token distribution every
 step) or, with `top_k > 0`, through the sparse top-k cache built once before the first
 step (edgekd/lm/cache.py). With no teacher, or `hard_label_weight` 1, the loop is plain
-language-model fine-tuning, the baseline that distillation is measured against. The loop
-itself, with its checkpoints, resume and torchrun support, is edgekd/lm/loop.py.
+language-model fine-tuning, the baseline that distillation is measured against. A batch's
+loss is a mean over its predicted tokens, so the loop weighs micro-batches and ranks by them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -18,14 +18,17 @@ from pathlib import Path
 
 import torch
 
-from edgekd.cpu_memory import reuse_freed_memory
-from edgekd.distill import checkpoint, distributed
 from edgekd.distill.distributed import Ranks
-from edgekd.errors import UserError, atomic_dir
+from edgekd.distill.loop import Trainee, train as loop_train
+from edgekd.errors import UserError
 from edgekd.lm.cache import TopKCache, open_or_build
-from edgekd.lm.data import LMExamples
-from edgekd.lm.loop import LMLoop, learning_rate, saved_state, step_loss  # noqa: F401 (public here too)
-from edgekd.lm.losses import DIVERGENCES
+from edgekd.lm.data import LMExamples, collate
+from edgekd.lm.losses import (DIVERGENCES, causal_lm_cross_entropy, distillation_loss, shift_for_next_token,
+                              sparse_distillation_loss)
+
+# Settings a checkpoint may be resumed under although they differ from the original run:
+# they change where the run goes and how often it saves, not what it computes.
+RESUMABLE_CHANGES = {"device", "checkpoint_every"}
 
 
 def _check(condition: bool, message: str) -> None:
@@ -105,47 +108,67 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
     Under torchrun every rank calls this: each trains on its rows of every batch, and
     rank 0 alone builds the teacher cache and writes checkpoints, metrics and the student.
     """
-    reuse_freed_memory()  # each step's large gradient buffers reuse the last step's pages
-    ranks, device, started = distributed.setup(config.device)
-    try:
-        return _distill_lm(teacher, student, tokenizer, train, config=config, out=Path(out),
-                           vocabulary=vocabulary, overwrite=overwrite, resume=resume,
-                           show_progress=show_progress and ranks.is_main, cache_root=cache_root,
-                           ranks=ranks, device=device)
-    finally:
-        distributed.teardown(started)
-
-
-def _distill_lm(teacher, student, tokenizer, train: LMExamples, *, config: LMDistillConfig, out: Path,
-                vocabulary: int, overwrite: bool, resume: bool, show_progress: bool,
-                cache_root: Path | None, ranks: Ranks, device: torch.device) -> LMDistillResult:
-    torch.manual_seed(config.seed)
-    checkpoints = checkpoint.checkpoint_dir(out)  # beside `out`: the atomic write of the student spares it
-    saved = saved_state(checkpoints, config=config, texts=len(train), resume=resume, overwrite=overwrite,
-                        ranks=ranks)
     uses_teacher = teacher is not None and config.hard_label_weight < 1
-    output = atomic_dir(out, overwrite=overwrite) if ranks.is_main else contextlib.nullcontext(None)
-    with output as staging:
-        cache, teacher_seconds = _teacher_cache(teacher if uses_teacher else None, train, config=config,
-                                                vocabulary=vocabulary, device=device, root=cache_root,
-                                                ranks=ranks, show_progress=show_progress)
-        loop = LMLoop(student, teacher=teacher if uses_teacher and cache is None else None, cache=cache,
-                      train=train, config=config, vocabulary=vocabulary, device=device, ranks=ranks,
-                      checkpoints=checkpoints, metrics_path=staging / "metrics.jsonl" if staging else None,
-                      show_progress=show_progress)
-        progress, seconds = loop.run(saved)
-        student.cpu().eval()
-        if staging is not None:
-            _save_student(student, tokenizer, staging, config=config, teacher=teacher, seconds=seconds,
-                          teacher_seconds=teacher_seconds)
-    ranks.barrier()
-    if ranks.is_main:
-        checkpoint.remove(checkpoints)  # the run finished: its student replaces the checkpoints
-    return LMDistillResult(student_dir=out if ranks.is_main else None, steps=progress.step, seconds=seconds,
-                           teacher_seconds=teacher_seconds,
-                           tokens_per_second=progress.tokens / max(seconds, 1e-9),
-                           final_loss=progress.records[-1]["loss"] if progress.records else math.nan,
+    found: dict = {}
+
+    def prepare(*, device: torch.device, ranks: Ranks, show_progress: bool) -> Trainee:
+        cache, found["teacher_seconds"] = _teacher_cache(
+            teacher if uses_teacher else None, train, config=config, vocabulary=vocabulary, device=device,
+            root=cache_root, ranks=ranks, show_progress=show_progress)
+        found["cache"] = cache
+        online = teacher if uses_teacher and cache is None else None
+        if not config.train_embeddings:
+            student.get_input_embeddings().weight.requires_grad_(False)
+            student.get_output_embeddings().weight.requires_grad_(False)
+
+        def loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+            return step_loss(model, batch, teacher=online, cache=cache, vocabulary=vocabulary, config=config), {}
+
+        return Trainee(task="causal-lm", module=student, student=student, examples=len(train),
+                       collate=lambda indices: collate(train, indices), units=predicted_tokens, loss=loss,
+                       autocast=config.bf16)
+
+    def save(folder: Path, seconds: float) -> None:
+        _save_student(student.eval(), tokenizer, folder, config=config, teacher=teacher, seconds=seconds,
+                      teacher_seconds=found["teacher_seconds"])
+
+    trained = loop_train(task="causal-lm", config=config, out=out, examples=len(train), prepare=prepare,
+                         save=save, resumable_changes=RESUMABLE_CHANGES, overwrite=overwrite, resume=resume,
+                         show_progress=show_progress)
+    student.eval()
+    records = [record for record in trained.progress.records if "loss" in record]
+    cache = found["cache"]
+    return LMDistillResult(student_dir=trained.out, steps=trained.progress.step, seconds=trained.seconds,
+                           teacher_seconds=found["teacher_seconds"], tokens_per_second=trained.units_per_second,
+                           final_loss=records[-1]["loss"] if records else math.nan,
                            cache_bytes_per_token=cache.bytes_per_token if cache else 0.0)
+
+
+def step_loss(student: torch.nn.Module, batch: dict, *, teacher: torch.nn.Module | None,
+              cache: TopKCache | None, vocabulary: int, config: LMDistillConfig) -> torch.Tensor:
+    """w * next-token CE + (1 - w) * divergence from the teacher (w: the hard-label weight),
+    each a mean over the batch's predicted tokens."""
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits, targets, mask = shift_for_next_token(logits[..., :vocabulary], batch["labels"])
+    cross_entropy = causal_lm_cross_entropy(logits, targets)
+    if config.hard_label_weight == 1 or (teacher is None and cache is None):
+        return cross_entropy
+    options = dict(kind=config.divergence, beta=config.beta, temperature=config.temperature, mask=mask)
+    if cache is not None:
+        top_ids, top_log_probs = cache.gather(batch["index"].tolist(), width=batch["input_ids"].shape[1])
+        divergence = sparse_distillation_loss(logits, top_ids.to(logits.device),
+                                              top_log_probs.to(logits.device), **options)
+    else:
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"]).logits
+        divergence = distillation_loss(logits, teacher_logits[:, :-1, :vocabulary], **options)
+    return config.hard_label_weight * cross_entropy + (1 - config.hard_label_weight) * divergence
+
+
+def predicted_tokens(batch: dict) -> int:
+    """Next-token predictions a batch's loss is a mean over: learnt tokens after the first."""
+    return int((batch["labels"][:, 1:] != -100).sum())
 
 
 def _teacher_cache(teacher: torch.nn.Module | None, train: LMExamples, *, config: LMDistillConfig,

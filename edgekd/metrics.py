@@ -1,4 +1,5 @@
-"""Quality metrics as pure functions of predictions, and prediction with PyTorch models."""
+"""Quality metrics as pure functions of predictions, and prediction with PyTorch models: used
+by training (validation), export and bench alike, so no stage imports another for them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,353 @@
+"""The training loop, one for every task: epochs (or a step budget), accumulation,
+checkpoints, resume, DistributedDataParallel, a stop on a non-finite loss.
+
+A task hands the loop a `Trainee`: what learns (the student, and a classifier's learned
+projections), how global batches are made from example indices, what a micro-batch's loss
+is a mean over (rows; a causal LM's predicted tokens) and the loss itself (which reads the
+teacher's outputs from a cache or runs the teacher). The loop owns everything else:
+
+    every epoch   the examples in a new order (seed + epoch), cut into global batches
+    every step    this rank's rows of the batch, in `gradient_accumulation` micro-batches,
+                  each weighted by its share of the batch's units, so the summed gradient is
+                  that of the whole batch's mean loss on any number of ranks; AdamW with
+                  linear warm-up and decay; gradients clipped to `max_grad_norm`
+    every epoch   validation (when the task gives one): the best epoch's student is kept
+    checkpoints   every `checkpoint_every` steps and at epoch ends (edgekd/distill/checkpoint.py):
+                  `resume` continues mid-epoch and, on CPU, ends with exactly the student an
+                  uninterrupted run makes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edgekd.distill import checkpoint, distributed
+from edgekd.distill.distributed import Ranks
+from edgekd.distill.dropout import training_masks
+from edgekd.errors import UserError
+from edgekd.progress import console, progress_bar
+
+
+@dataclass
+class Trainee:
+    """What a task gives the loop."""
+
+    task: str  # recorded in checkpoints: a run resumes only a checkpoint of its own task
+    module: torch.nn.Module  # everything that learns: one optimiser, one DDP wrapper, one checkpoint
+    student: torch.nn.Module  # what is validated and kept (inside `module`, or `module` itself)
+    examples: int  # training examples
+    collate: Callable[[list[int]], dict]  # example indices -> a batch of tensors (with "index")
+    units: Callable[[dict], int]  # what a batch's loss is a mean over: its rows, or predicted tokens
+    loss: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]  # (wrapped module, batch) -> mean, parts
+    evaluate: Callable[[], dict] | None = None  # validation metrics of the student (None: no validation)
+    autocast: bool = True  # bf16 autocast on CUDA
+
+
+@dataclass
+class Progress:
+    """Where training stands; everything a checkpoint needs besides the tensors' owners."""
+
+    step: int = 0
+    epoch: int = 1
+    batches_done: int = 0  # global batches of `epoch` already trained on
+    units: int = 0  # loss units (rows or predicted tokens) trained on, over all ranks
+    best_epoch: int = 0
+    best_metrics: dict = field(default_factory=dict)
+    best_state: dict | None = None
+    records: list = field(default_factory=list)  # metrics.jsonl lines so far
+
+
+def schedule(step: int, *, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier: linear warm-up to 1, then linear decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def epoch_order(examples: int, *, seed: int, epoch: int) -> list[int]:
+    """The order examples are taken in during `epoch` (1-based)."""
+    order = list(range(examples))
+    random.Random(seed + epoch).shuffle(order)
+    return order
+
+
+def resumable(folder: Path, *, config, task: str, examples: int, resumable_changes: set[str], resume: bool,
+              overwrite: bool, ranks: Ranks) -> dict | None:
+    """The checkpoint to continue from (with `resume`), after checking it is this task's, for
+    this many examples, written with the same options but for `resumable_changes`."""
+
+    def check(state: dict) -> None:
+        if state.get("task") != task:
+            raise UserError(f"the checkpoint in {folder} is not from a {task} run; resume it with the "
+                            "command that wrote it, or pass --overwrite to start over")
+        if state.get("examples") != examples:
+            raise UserError(f"the checkpoint in {folder} was written for {state.get('examples')} training "
+                            f"examples, not {examples}; resume with the same --data or pass --overwrite")
+
+    return checkpoint.to_resume(folder, config=config, resumable_changes=resumable_changes, resume=resume,
+                                overwrite=overwrite, ranks=ranks, check=check)
+
+
+class Loop:
+    """One training run's state and steps; `run` is the loop, top to bottom."""
+
+    def __init__(self, trainee: Trainee, *, config, device: torch.device, ranks: Ranks, checkpoints: Path,
+                 metrics_path: Path | None, show_progress: bool) -> None:
+        self.trainee, self.config, self.device, self.ranks = trainee, config, device, ranks
+        self.checkpoints, self.metrics_path, self.show_progress = checkpoints, metrics_path, show_progress
+        self.accumulation = getattr(config, "gradient_accumulation", 1)
+        self.compiled = getattr(config, "compile", False)
+        self.steps_per_epoch = math.ceil(trainee.examples / config.batch_size)
+        self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        warmup_steps = max(1, round(config.warmup_fraction * self.total_steps))
+        trainee.module.to(device).train()
+        self.parameters = [p for p in trainee.module.parameters() if p.requires_grad]
+        # fused: one kernel over all parameters, several times faster on CPU than the
+        # per-tensor loop (the embedding matrix alone is most of a small student).
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay,
+                                           fused=True)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: schedule(step, total_steps=self.total_steps, warmup_steps=warmup_steps))
+        model = distributed.wrap(trainee.module, ranks, device)
+        self.model = torch.compile(model) if self.compiled else model
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                       enabled=device.type == "cuda" and trainee.autocast)
+        self.tensorboard = _tensorboard(metrics_path.parent / "tensorboard") if metrics_path else None
+        self.units_this_run = 0  # for rates: the units trained by this process's run (not before a resume)
+
+    # -- the loop
+
+    def run(self, saved: dict | None) -> tuple[Progress, float]:
+        """Train to the end; returns the progress (best epoch's student loaded) and the
+        seconds this process spent in training steps."""
+        if saved:
+            progress = self._restore(saved)
+        else:
+            progress = Progress()
+            torch.manual_seed(self.config.seed + self.ranks.rank)  # each rank its own dropout masks
+        for record in progress.records:
+            self._write(record)
+        training_seconds = 0.0
+        while progress.epoch <= self.epochs:
+            epoch_started = time.perf_counter()
+            self._train_epoch(progress)
+            training_seconds += time.perf_counter() - epoch_started
+            self._end_epoch(progress, seconds=time.perf_counter() - epoch_started)
+            if progress.step >= self.total_steps:
+                break
+        distributed.check_in_sync(self.trainee.module, self.ranks)
+        if progress.best_state is not None:
+            self.trainee.student.load_state_dict(progress.best_state)
+        return progress, training_seconds
+
+    def _train_epoch(self, progress: Progress) -> None:
+        """Train the rest of `progress.epoch`."""
+        config, epoch = self.config, progress.epoch
+        self.trainee.module.train()
+        order = epoch_order(self.trainee.examples, seed=config.seed, epoch=epoch)
+        skip = min(self.trainee.examples, progress.batches_done * config.batch_size)
+        started, seen = time.perf_counter(), 0
+        with progress_bar(f"epoch {epoch}/{self.epochs}", total=self.trainee.examples,
+                          enabled=self.show_progress) as advance:
+            advance(skip)
+            for start in range(skip, len(order), config.batch_size):
+                if progress.step >= self.total_steps:
+                    break
+                indices = order[start:start + config.batch_size]
+                loss, parts = self._step(indices, progress)
+                progress.step += 1
+                progress.batches_done += 1
+                seen += len(indices)
+                learning_rate = self.scheduler.get_last_lr()[0]
+                advance(len(indices), loss=loss, lr=learning_rate,
+                        samples_per_s=seen / (time.perf_counter() - started))
+                self._record(progress, {"step": progress.step, "epoch": epoch, "loss": loss,
+                                        "lr": learning_rate, **parts})
+                if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+                    self._save(progress)
+
+    def _step(self, indices: list[int], progress: Progress) -> tuple[float, dict]:
+        """One optimiser step over one global batch: this rank's rows, in micro-batches."""
+        batch = self.trainee.collate(indices)
+        total_units = self.trainee.units(batch)  # the same on every rank: each holds the whole batch
+        rows = self.ranks.shard(list(range(len(indices))))
+        pieces = [piece.tolist() for piece in np.array_split(rows, self.accumulation)]
+        loss_sum, parts_sum = torch.zeros((), device=self.device), {}
+        for number, piece in enumerate(pieces):
+            micro = {name: tensor[piece or [0]] for name, tensor in batch.items()}
+            # Each micro-batch's loss is a mean over its units: weighted by its share of the
+            # batch's, times the world size that DDP's mean divides out, the summed gradient
+            # is that of the whole batch's mean loss (a rank without rows joins at weight 0).
+            weight = (self.trainee.units(micro) if piece else 0) / max(total_units, 1) * self.ranks.world
+            micro = {name: tensor.to(self.device) for name, tensor in micro.items()}
+            last = number == len(pieces) - 1
+            sync = self.model.no_sync() if self.ranks.distributed and not last else contextlib.nullcontext()
+            with sync:
+                with self.autocast, training_masks(self.device, compiled=self.compiled):
+                    loss, parts = self.trainee.loss(self.model, micro)
+                (loss * weight).backward()
+            loss_sum += loss.detach() * weight / self.ranks.world  # this rank's share of the mean
+            for name, value in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + value * weight / self.ranks.world
+        loss_sum = self.ranks.sum(loss_sum)  # a NaN or inf on any rank shows up on all
+        if not torch.isfinite(loss_sum):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise UserError(checkpoint.non_finite_message(self.checkpoints, float(loss_sum),
+                                                          step=progress.step + 1))
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        progress.units += total_units
+        self.units_this_run += total_units
+        return float(loss_sum), parts_sum
+
+    def _end_epoch(self, progress: Progress, *, seconds: float) -> None:
+        """Validate, keep the best student, log, checkpoint at the epoch boundary."""
+        metrics = self.trainee.evaluate() if self.ranks.is_main and self.trainee.evaluate else {}
+        self._record(progress, {"epoch": progress.epoch, "step": progress.step, "validation": metrics,
+                                "seconds": seconds})
+        if self.show_progress and metrics:
+            console.print(f"  epoch {progress.epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if self.ranks.is_main and (not progress.best_epoch or not metrics
+                                   or _score(metrics) > _score(progress.best_metrics)):
+            progress.best_epoch, progress.best_metrics = progress.epoch, metrics
+            # without validation the last epoch is the one kept: no copy of the weights needed
+            progress.best_state = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in self.trainee.student.state_dict().items()}) if metrics else None
+        progress.epoch += 1
+        progress.batches_done = 0
+        if self.config.checkpoint_every:
+            self._save(progress)
+
+    # -- checkpoints
+
+    def _save(self, progress: Progress) -> None:
+        rng = self.ranks.gather(checkpoint.rng_state(self.device))  # every rank's random stream
+        if not self.ranks.is_main:
+            return
+        checkpoint.save(self.checkpoints, {
+            "task": self.trainee.task, "examples": self.trainee.examples,
+            "step": progress.step, "epoch": progress.epoch, "batches_done": progress.batches_done,
+            "units": progress.units,
+            "trainee": {k: v.detach().cpu() for k, v in self.trainee.module.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": rng, "config": asdict(self.config), "records": progress.records,
+            "best": {"epoch": progress.best_epoch, "metrics": progress.best_metrics,
+                     "state": progress.best_state}})
+
+    def _restore(self, saved: dict) -> Progress:
+        self.trainee.module.load_state_dict(saved["trainee"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        rng = saved["rng"]
+        checkpoint.restore_rng(rng[self.ranks.rank % len(rng)], self.device)
+        best = saved["best"]
+        progress = Progress(step=saved["step"], epoch=saved["epoch"], batches_done=saved["batches_done"],
+                            units=saved["units"], best_epoch=best["epoch"], best_metrics=best["metrics"],
+                            best_state=best["state"], records=list(saved["records"]))
+        if self.show_progress:
+            console.print(f"resuming from step {progress.step} (epoch {progress.epoch}, "
+                          f"batch {progress.batches_done}) of {self.checkpoints}")
+        return progress
+
+    # -- logs
+
+    def _record(self, progress: Progress, record: dict) -> None:
+        if not self.ranks.is_main:
+            return
+        progress.records.append(record)
+        self._write(record)
+
+    def _write(self, record: dict) -> None:
+        if self.metrics_path is None:
+            return
+        with self.metrics_path.open("a") as handle:  # a long run can be followed with tail -f
+            handle.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            values = record.get("validation", record)
+            for name, value in values.items():
+                if isinstance(value, float) and name not in ("epoch", "step"):
+                    self.tensorboard.add_scalar(name, value, record["step"])
+
+
+def _tensorboard(folder: Path):
+    """A TensorBoard writer when tensorboard is installed; None otherwise."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
+def _score(metrics: dict) -> float:
+    """Higher is better: accuracy where labels exist, else agreement with the teacher."""
+    for key in ("accuracy", "agreement"):
+        value = metrics.get(key)
+        if value is not None and not math.isnan(value):
+            return value
+    return -math.inf if not metrics else 0.0
+
+
+# ---------------------------------------------------------------------------- the stage around it
+
+@dataclass(frozen=True)
+class Trained:
+    """What `train` did."""
+
+    out: Path | None  # the student's folder; None on the ranks other than 0 (rank 0 writes)
+    progress: Progress
+    seconds: float  # spent in training steps (teacher outputs ready)
+    units_per_second: float  # loss units (rows or predicted tokens) per second of those steps
+    prepare_seconds: float  # building or opening teacher caches
+
+
+def train(*, task: str, config, out: Path, examples: int, prepare: Callable[..., Trainee],
+          save: Callable[[Path, float], None], resumable_changes: set[str], overwrite: bool = False,
+          resume: bool = False, show_progress: bool = True) -> Trained:
+    """Run the loop for one task: `prepare(device=, ranks=, show_progress=)` makes the Trainee
+    (teacher caches are built there, inside the atomic output folder), `save(folder, seconds)`
+    writes the student. Under torchrun every rank calls this; rank 0 alone writes."""
+    from edgekd.cpu_memory import reuse_freed_memory
+    from edgekd.errors import atomic_dir
+
+    reuse_freed_memory()  # each step's large gradient buffers reuse the last step's pages
+    ranks, device, started = distributed.setup(config.device)
+    try:
+        show_progress = show_progress and ranks.is_main
+        torch.manual_seed(config.seed)  # projections and random students start the same on every rank
+        out = Path(out)
+        checkpoints = checkpoint.checkpoint_dir(out)  # beside `out`: the atomic write of the student spares it
+        saved = resumable(checkpoints, config=config, task=task, examples=examples,
+                          resumable_changes=resumable_changes, resume=resume, overwrite=overwrite, ranks=ranks)
+        output = atomic_dir(out, overwrite=overwrite) if ranks.is_main else contextlib.nullcontext(None)
+        with output as staging:
+            prepare_started = time.perf_counter()
+            trainee = prepare(device=device, ranks=ranks, show_progress=show_progress)
+            prepare_seconds = time.perf_counter() - prepare_started
+            loop = Loop(trainee, config=config, device=device, ranks=ranks, checkpoints=checkpoints,
+                        metrics_path=staging / "metrics.jsonl" if staging else None, show_progress=show_progress)
+            progress, seconds = loop.run(saved)
+            trainee.module.cpu()
+            if staging is not None:
+                save(staging, seconds)
+        ranks.barrier()
+        if ranks.is_main:
+            checkpoint.remove(checkpoints)  # the run finished: its student replaces the checkpoints
+        return Trained(out=out if ranks.is_main else None, progress=progress, seconds=seconds,
+                       units_per_second=loop.units_this_run / seconds if seconds else 0.0,
+                       prepare_seconds=prepare_seconds)
+    finally:
+        distributed.teardown(started)
