@@ -1,12 +1,12 @@
-"""Accuracy-aware int8: keep the nodes that quantise worst in float until the budget holds.
+"""Accuracy-aware int8 for classifiers: the keep-float search (edgekd/export/search.py) with
+a classifier's ranking and judge.
 
-1. Quantise everything asked for; if the accuracy drop on validation data is within the
-   budget (or over it by no more than chance explains: see edgekd/export/validation.py),
-   done.
-2. Otherwise score each quantised node alone: quantise only that node and measure the
-   mean logit error against the fp32 student (a smooth score; accuracy moves in steps).
-3. Keep nodes in float, most damaging first, one at a time, until the drop is within
-   the budget or `max_nodes_kept_float` is reached; the caller fails in the second case.
+- judge: the accuracy drop on validation data is within the budget, or over it by no more
+  than chance explains (edgekd/export/validation.py);
+- rank: each quantised node alone: quantise only that node and measure the mean logit
+  error against the fp32 student (a smooth score; accuracy moves in steps).
+
+The search stops at `max_nodes_kept_float`; the caller fails when the budget still misses.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgekd.sessions import onnx_session
+from edgekd.export.search import keep_float_search
 from edgekd.export.validation import Accuracy, ValidationSet, mean_logit_error, measure, session_logits
 from edgekd.targets import Budgets
 
@@ -44,22 +45,17 @@ def quantize_within_budget(quantize: Quantizer, destination: Path, *, candidates
                            validation: ValidationSet, budgets: Budgets,
                            max_nodes_kept_float: int) -> Int8Search:
     """Write the int8 model to `destination`, keeping nodes float as needed (see module doc)."""
-    quantize(destination, [])
-    first = accuracy_of(destination, validation, budgets=budgets)
-    if first.passed or max_nodes_kept_float == 0 or not candidates:
-        return Int8Search(accuracy=first, first_accuracy=first, nodes_kept_float=[])
-    ranked = node_sensitivity(quantize, candidates=candidates,
-                              validation=validation.head(SENSITIVITY_BATCHES))
-    kept: list[str] = []
-    accuracy = first
-    for node, _ in ranked[:max_nodes_kept_float]:
-        kept.append(node)
-        quantize(destination, kept)
+    def judge() -> tuple[bool, Accuracy]:
         accuracy = accuracy_of(destination, validation, budgets=budgets)
-        if accuracy.passed:
-            break
-    return Int8Search(accuracy=accuracy, first_accuracy=first, nodes_kept_float=kept,
-                      sensitivity=ranked)
+        return accuracy.passed, accuracy
+
+    search = keep_float_search(
+        rank=lambda: node_sensitivity(quantize, candidates=candidates,
+                                      validation=validation.head(SENSITIVITY_BATCHES)),
+        build=lambda kept: quantize(destination, kept), judge=judge,
+        max_kept=max_nodes_kept_float if candidates else 0)
+    return Int8Search(accuracy=search.measurement, first_accuracy=search.first,
+                      nodes_kept_float=search.kept, sensitivity=search.ranking)
 
 
 def node_sensitivity(quantize: Quantizer, *, candidates: list[str],

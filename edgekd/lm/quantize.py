@@ -20,8 +20,8 @@ So the int8 target is smoothed, then searched:
    MatMul's own input and weight in numpy the way the int8 kernels do, and measure the
    relative error of its output. Nothing here knows a model's layer names.
 3. Keep the k highest-scoring MatMuls in float, for the smallest k whose perplexity on the
-   gate text stays within `budget` times the fp32 export's (k = 0 first, then a coarse
-   doubling grid, then bisection; perplexity grows as fewer MatMuls stay float).
+   gate text stays within `budget` times the fp32 export's: the keep-float search every
+   task shares (edgekd/export/search.py: k = 0 first, then doubling, then bisection).
 
 The quantised graph is the one ONNX Runtime's own dynamic quantiser writes
 (DynamicQuantizeLinear, MatMulInteger, Cast, Mul: fused by ONNX Runtime into
@@ -42,8 +42,6 @@ import numpy as np
 
 # Texts the smoothing statistics and the MatMul scores are taken on (a few hundred tokens each).
 RANKING_TEXTS = 4
-# The doubling grid of the search, as fractions of the weight MatMuls kept float.
-GRID = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 SMOOTHING_ALPHA = 0.5  # SmoothQuant's default split of the outliers between activation and weight
 # Nodes that read only a tensor's shape: a smoothed activation may still feed them.
 SHAPE_ONLY_OPS = {"Shape", "Size"}
@@ -338,8 +336,11 @@ def search_int8(reference: Path, destination: Path, *, texts: list[list[int]], b
                 fp32_perplexity: float | None = None, threads: int = 2,
                 report: Callable[[str], None] = lambda message: None) -> Int8Search:
     """Write the int8 model with the fewest MatMuls kept float whose perplexity on `texts`
-    is at most `budget` times the fp32 model's (see the module docstring)."""
+    is at most `budget` times the fp32 model's: the keep-float search of every task
+    (edgekd/export/search.py), judged by perplexity, ranked by each MatMul's own error."""
     import onnx
+
+    from edgekd.export.search import keep_float_search
 
     if budget < 1:
         raise ValueError(f"a perplexity budget below 1 ({budget}) cannot be met even in fp32")
@@ -352,38 +353,25 @@ def search_int8(reference: Path, destination: Path, *, texts: list[list[int]], b
     smoothed = smooth(model, weight_matmuls(model.graph), calibration, threads=threads)
     builder = Int8Builder(model)  # quantises the smoothed weights
     report(f"int8: fp32 perplexity {fp32:.2f} on {len(texts)} texts; {smoothed} activations smoothed; "
-           f"scoring {len(builder.sites)} MatMuls")
-    ranking = builder.ranked_errors(calibration, threads=threads)
-    measured: dict[int, float] = {}
+           f"{len(builder.sites)} MatMuls")
+    names = {site.output: site.node for site in builder.sites}
+    kept_now: list[str] = []
 
-    def perplexity_with(kept: int) -> float:
-        if kept not in measured:
-            keep = {site.output for site, _ in ranking[:kept]}
-            save_onnx(builder.build(keep), destination)
-            measured[kept] = SequenceScorer(destination, threads=threads).perplexity(texts)
-            report(f"int8: {kept} of {len(ranking)} MatMuls float -> perplexity {measured[kept]:.2f} "
-                   f"({measured[kept] / fp32:.3f}x fp32, budget {budget:g}x)")
-        return measured[kept]
+    def build(kept: list[str]) -> None:
+        kept_now[:] = kept
+        save_onnx(builder.build(set(kept)), destination)
 
-    def within(kept: int) -> bool:
-        return perplexity_with(kept) <= budget * fp32
+    def judge() -> tuple[bool, float]:
+        perplexity = SequenceScorer(destination, threads=threads).perplexity(texts)
+        report(f"int8: {len(kept_now)} of {len(builder.sites)} MatMuls float -> perplexity {perplexity:.2f} "
+               f"({perplexity / fp32:.3f}x fp32, budget {budget:g}x)")
+        return perplexity <= budget * fp32, perplexity
 
-    failed, passed = 0, None
-    if not within(0):
-        for fraction in GRID:
-            kept = max(failed + 1, math.ceil(fraction * len(ranking)))
-            if within(kept):
-                passed = kept
-                break
-            failed = kept
-        passed = len(ranking) if passed is None else passed
-        while passed - failed > max(1, len(ranking) // 64):
-            middle = (failed + passed) // 2
-            failed, passed = (failed, middle) if within(middle) else (middle, passed)
-    chosen = passed or 0
-    if chosen != list(measured)[-1]:  # the file on disk is the last probe's: write the chosen one
-        save_onnx(builder.build({site.output for site, _ in ranking[:chosen]}), destination)
-    return Int8Search(budget=budget, fp32_perplexity=fp32, perplexity=perplexity_with(chosen),
-                      matmuls=len(ranking), kept_float=[site.node for site, _ in ranking[:chosen]],
-                      probes=[{"kept_float": k, "perplexity": p} for k, p in measured.items()],
-                      ranking=[(site.node, error) for site, error in ranking], smoothed=smoothed)
+    def rank() -> list[tuple[str, float]]:
+        return [(site.output, error) for site, error in builder.ranked_errors(calibration, threads=threads)]
+
+    search = keep_float_search(rank=rank, build=build, judge=judge, max_kept=len(builder.sites))
+    return Int8Search(budget=budget, fp32_perplexity=fp32, perplexity=search.measurement,
+                      matmuls=len(builder.sites), kept_float=[names[output] for output in search.kept],
+                      probes=[{"kept_float": k, "perplexity": p} for k, p in search.probes],
+                      ranking=[(names[output], error) for output, error in search.ranking], smoothed=smoothed)
