@@ -128,7 +128,7 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.manual_seed(0)
 
-    from edgekd.lm.cache import open_or_build
+    from edgekd.distill.cache import open_or_build_top_k as open_or_build
     from edgekd.bench.report import print_table
     from edgekd.lm.data import encode_texts
     from edgekd.lm.demo import demo_texts, lm_demo

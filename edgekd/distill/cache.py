@@ -1,11 +1,15 @@
-"""Teacher outputs computed once, stored on disk as memory-mapped fp16 arrays, reused.
+"""Teacher outputs computed once, stored on disk as memory-mapped arrays, reused: one cache
+module for every task, with two payloads.
 
 A cache folder is named by a hash of everything its contents depend on: the teacher's
 weights, the tokenised data (which fixes the text, the tokenizer and --max-length), and
 which outputs are stored. Change any of them and a new folder is built; the same run
 again (or every later epoch) reads the stored arrays instead of running the teacher.
+`built_once` is the one build protocol: the ranks write into a staging folder beside the
+final one, rank 0 adds meta.json and renames it into place, so a reader never sees a
+half-built cache and a cache two runs build at once is kept once.
 
-Layout of `<root>/<key>/` (all `.npy`, opened with mmap, never pickles):
+Dense rows (text classification), `<root>/teacher-outputs/<key>/` (`.npy`, mmap, never pickles):
 
     meta.json                    rows, parts, what is stored, format version
     part-<p>/offsets.npy         (rows_p + 1,) token offset of each row in this part
@@ -16,6 +20,20 @@ Layout of `<root>/<key>/` (all `.npy`, opened with mmap, never pickles):
 
 Row i lives in part i % parts at position i // parts: with N processes each builds
 one part (its shard) at the same time.
+
+Sparse top-k (causal LMs), `<root>/lm-top-k/<key>/`: the teacher's top-k next-token
+log-probabilities. With a vocabulary under 65,536 ids are uint16, so k = 64 costs
+64 * (2 + 2) = 256 bytes per token (fp16 log-probabilities); the full distribution over
+SmolLM2's 49,152 tokens would be 98 KB in fp16. The probability outside the top-k is not
+stored: it is 1 minus their sum, which the loss uses as a tail bucket (edgekd/lm/losses.py).
+Rank 0 alone builds it (the teacher runs over the text once, however many processes train):
+
+    meta.json        k, temperature, examples, predicted positions, format version
+    offsets.npy      (examples + 1,) int64: example i owns rows offsets[i]:offsets[i+1]
+    token_ids.npy    (positions, k) uint16 or int32: the teacher's top-k tokens
+    log_probs.npy    (positions, k) float16: their log-probabilities at `temperature`
+
+Example i of length n has n - 1 rows: row t is the prediction of token t + 1.
 """
 
 from __future__ import annotations
@@ -23,10 +41,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from edgekd.config import cache_dir
 from edgekd.data import Encoded, batches
@@ -36,6 +58,7 @@ from edgekd.errors import UserError
 from edgekd.progress import progress_bar
 
 FORMAT_VERSION = 1
+TOP_K_FORMAT_VERSION = 1
 QKV_NAMES = ("query", "key", "value")
 
 
@@ -44,15 +67,47 @@ def default_cache_root() -> Path:
     return cache_dir() / "teacher-outputs"
 
 
-def cache_key(teacher: torch.nn.Module, encoded: Encoded, needs: Needs) -> str:
-    """Hash of teacher weights, tokenised data and the outputs stored."""
+def teacher_key(teacher: torch.nn.Module, contents: dict) -> str:
+    """Hash of the teacher's weights (their exact bytes) and of `contents`: the data and
+    what is stored."""
     digest = hashlib.sha256()
     for name, tensor in sorted(teacher.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(json.dumps({"input_ids": encoded.input_ids, "token_type_ids": encoded.token_type_ids,
-                              "needs": needs.describe(), "format": FORMAT_VERSION}).encode())
+    digest.update(json.dumps(contents).encode())
     return digest.hexdigest()[:20]
+
+
+def cache_key(teacher: torch.nn.Module, encoded: Encoded, needs: Needs) -> str:
+    """The dense cache's key: teacher weights, tokenised data and the outputs stored."""
+    return teacher_key(teacher, {"input_ids": encoded.input_ids, "token_type_ids": encoded.token_type_ids,
+                                 "needs": needs.describe(), "format": FORMAT_VERSION})
+
+
+def built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None], unwritable: str) -> Path:
+    """`final`, built first if it has no meta.json: every rank runs `build(staging)` (each writes
+    what is its to write; rank 0's return value is the meta.json), then rank 0 renames the
+    staging folder into place. `unwritable` ends the one-line error for a folder that cannot
+    be written."""
+    if (final / "meta.json").is_file():
+        return final
+    staging = final.parent / f".{final.name}.building-{ranks.broadcast_token()}"
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        meta = build(staging)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"cannot write the teacher cache under {final.parent}: {error.strerror}; "
+                        f"{unwritable}") from error
+    ranks.barrier()
+    if ranks.is_main:
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        if final.exists():  # another run finished the same cache first: keep theirs
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.rename(final)
+    ranks.barrier()
+    return final
 
 
 class TeacherCache:
@@ -117,36 +172,18 @@ def _attention_heads(teacher: torch.nn.Module, needs: Needs) -> dict[str, int]:
 def open_or_build(teacher: torch.nn.Module, encoded: Encoded, needs: Needs, *, root: Path,
                   device: torch.device, pad_token_id: int, ranks: Ranks, batch_size: int = 32,
                   description: str = "teacher outputs", show_progress: bool = True) -> TeacherCache:
-    """The cache for this teacher, data and `needs`: opened if built before, else built
+    """The dense cache for this teacher, data and `needs`: opened if built before, else built
     (each rank builds its own part), then opened by every rank."""
-    key = cache_key(teacher, encoded, needs)
-    final = Path(root) / key
-    if not (final / "meta.json").is_file():
-        staging = Path(root) / f".{key}.building-{ranks.broadcast_token()}"
-        try:
-            _build_part(teacher, encoded, needs, folder=staging / f"part-{ranks.rank}", part=ranks.rank,
-                        parts=ranks.world, device=device, pad_token_id=pad_token_id,
-                        batch_size=batch_size, description=description, show_progress=show_progress)
-        except OSError as error:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise UserError(f"cannot write the teacher cache under {root}: {error.strerror}; "
-                            "set --cache-dir to a writable folder or pass --no-teacher-cache") from error
-        ranks.barrier()
-        if ranks.is_main:
-            _finish(staging, final, rows=len(encoded), parts=ranks.world, needs=needs,
-                    heads=_attention_heads(teacher, needs))
-        ranks.barrier()
+    def build(staging: Path) -> dict:
+        _build_part(teacher, encoded, needs, folder=staging / f"part-{ranks.rank}", part=ranks.rank,
+                    parts=ranks.world, device=device, pad_token_id=pad_token_id,
+                    batch_size=batch_size, description=description, show_progress=show_progress)
+        return {"rows": len(encoded), "parts": ranks.world, "needs": needs.describe(),
+                "heads": _attention_heads(teacher, needs), "format": FORMAT_VERSION, "dtype": "float16"}
+
+    final = built_once(Path(root) / cache_key(teacher, encoded, needs), ranks=ranks, build=build,
+                       unwritable="set --cache-dir to a writable folder or pass --no-teacher-cache")
     return TeacherCache(final)
-
-
-def _finish(staging: Path, final: Path, *, rows: int, parts: int, needs: Needs, heads: dict) -> None:
-    meta = {"rows": rows, "parts": parts, "needs": needs.describe(), "heads": heads,
-            "format": FORMAT_VERSION, "dtype": "float16"}
-    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-    if final.exists():  # another run finished the same cache first: keep theirs
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
-        staging.rename(final)
 
 
 def _build_part(teacher, encoded: Encoded, needs: Needs, *, folder: Path, part: int, parts: int,
@@ -208,3 +245,106 @@ def _write_batch(writers: dict, folder: Path, outputs: dict, positions: list[int
             length = lengths[position]
             block = attention[r, :, :length, :length].reshape(-1)
             array[attention_offsets[position]:attention_offsets[position] + block.size] = block
+
+
+# ---------------------------------------------------------------------------- sparse top-k (causal LMs)
+
+@dataclass
+class TopKCache:
+    """Read side: padded (batch, tokens - 1, k) tensors for a batch of examples."""
+
+    folder: Path
+    top_k: int
+    temperature: float
+    offsets: np.ndarray
+    token_ids: np.ndarray
+    log_probs: np.ndarray
+    build_seconds: float = 0.0
+
+    @classmethod
+    def open(cls, folder: Path) -> TopKCache:
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                      for name in ("offsets", "token_ids", "log_probs")}
+        except (OSError, ValueError) as error:
+            raise UserError(f"teacher cache {folder} is unreadable ({error}); delete it to rebuild") from error
+        return cls(folder=folder, top_k=meta["k"], temperature=meta["temperature"], **arrays,
+                   build_seconds=meta.get("build_seconds", 0.0))
+
+    @property
+    def bytes_per_token(self) -> float:
+        rows = self.token_ids.shape[0]
+        return (self.token_ids.nbytes + self.log_probs.nbytes) / max(rows, 1)
+
+    def gather(self, indices: list[int], *, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, width - 1, k) token ids and log-probabilities; padding rows hold a valid
+        uniform distribution so that masked positions stay finite."""
+        token_ids = torch.zeros((len(indices), width - 1, self.top_k), dtype=torch.long)
+        log_probs = torch.full((len(indices), width - 1, self.top_k),
+                               -float(np.log(self.top_k + 1)), dtype=torch.float32)
+        for row, index in enumerate(indices):
+            start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+            token_ids[row, :end - start] = torch.from_numpy(self.token_ids[start:end].astype(np.int64))
+            log_probs[row, :end - start] = torch.from_numpy(self.log_probs[start:end].astype(np.float32))
+        return token_ids, log_probs
+
+
+def open_or_build_top_k(teacher: torch.nn.Module, examples, *, top_k: int, temperature: float,
+                        vocabulary: int, root: Path | None = None, batch_size: int = 8,
+                        device: torch.device = torch.device("cpu"), show_progress: bool = True,
+                        ranks: Ranks = Ranks()) -> TopKCache:
+    """The top-k cache for this teacher, text (edgekd.lm.data.LMExamples), k and temperature:
+    opened if built before, else built by rank 0 while the other ranks wait."""
+    if not 1 <= top_k <= vocabulary:
+        raise UserError(f"--top-k {top_k} must be between 1 and the vocabulary size {vocabulary}")
+    key = teacher_key(teacher, {"ids": examples.input_ids, "k": top_k, "temperature": temperature,
+                                "vocabulary": vocabulary, "format": TOP_K_FORMAT_VERSION})
+
+    def build(staging: Path) -> dict | None:
+        if not ranks.is_main:
+            return None
+        return _build_top_k(teacher, examples, folder=staging, top_k=top_k, temperature=temperature,
+                            vocabulary=vocabulary, batch_size=batch_size, device=device, show_progress=show_progress)
+
+    final = built_once(Path(root or cache_dir() / "lm-top-k") / key, ranks=ranks, build=build,
+                       unwritable="set --cache-dir to a writable folder or pass --top-k 0")
+    return TopKCache.open(final)
+
+
+@torch.no_grad()
+def top_k_rows(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], *, top_k: int,
+               temperature: float, vocabulary: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per example: (positions, k) token ids and log-probabilities of the teacher."""
+    logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    log_probs = F.log_softmax(logits[..., :vocabulary].float() / temperature, dim=-1)
+    values, ids = log_probs[:, :-1].topk(top_k, dim=-1)
+    lengths = batch["attention_mask"].sum(1)
+    return [(ids[row, :length - 1].cpu().numpy(), values[row, :length - 1].cpu().numpy())
+            for row, length in enumerate(lengths.tolist())]
+
+
+def _build_top_k(teacher: torch.nn.Module, examples, *, folder: Path, top_k: int, temperature: float,
+                 vocabulary: int, batch_size: int, device: torch.device, show_progress: bool) -> dict:
+    """Run the teacher once over every example and write the arrays into `folder`; returns the meta."""
+    from edgekd.lm.data import collate
+
+    started = time.perf_counter()
+    id_type = np.uint16 if vocabulary <= np.iinfo(np.uint16).max + 1 else np.int32
+    id_parts, value_parts, offsets = [], [], [0]
+    with progress_bar("teacher top-k", total=len(examples), enabled=show_progress) as advance:
+        for start in range(0, len(examples), batch_size):
+            indices = list(range(start, min(start + batch_size, len(examples))))
+            batch = {name: tensor.to(device) for name, tensor in collate(examples, indices).items()}
+            for ids, values in top_k_rows(teacher, batch, top_k=top_k, temperature=temperature,
+                                          vocabulary=vocabulary):
+                id_parts.append(ids.astype(id_type))
+                value_parts.append(values.astype(np.float16))
+                offsets.append(offsets[-1] + len(ids))
+            advance(len(indices))
+    np.save(folder / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    np.save(folder / "token_ids.npy", np.concatenate(id_parts))
+    np.save(folder / "log_probs.npy", np.concatenate(value_parts))
+    return {"k": top_k, "temperature": temperature, "examples": len(examples), "positions": offsets[-1],
+            "vocabulary": vocabulary, "format": TOP_K_FORMAT_VERSION, "build_seconds": time.perf_counter() - started}

@@ -3,7 +3,7 @@ the one training loop (edgekd/distill/loop.py) and saves the student.
 
 The teacher is used one of two ways: online (its full next-token distribution every
 step) or, with `top_k > 0`, through the sparse top-k cache built once before the first
-step (edgekd/lm/cache.py). With no teacher, or `hard_label_weight` 1, the loop is plain
+step (edgekd/distill/cache.py). With no teacher, or `hard_label_weight` 1, the loop is plain
 language-model fine-tuning, the baseline that distillation is measured against. A batch's
 loss is a mean over its predicted tokens, so the loop weighs micro-batches and ranks by them.
 """
@@ -21,7 +21,7 @@ import torch
 from edgekd.distill.distributed import Ranks
 from edgekd.distill.loop import Trainee, train as loop_train
 from edgekd.errors import UserError
-from edgekd.lm.cache import TopKCache, open_or_build
+from edgekd.distill.cache import TopKCache, open_or_build_top_k
 from edgekd.lm.data import LMExamples, collate
 from edgekd.lm.losses import (DIVERGENCES, causal_lm_cross_entropy, distillation_loss, shift_for_next_token,
                               sparse_distillation_loss)
@@ -182,9 +182,9 @@ def _teacher_cache(teacher: torch.nn.Module | None, train: LMExamples, *, config
     if not config.top_k:
         return None, 0.0
     started = time.perf_counter()
-    cache = open_or_build(teacher, train, top_k=config.top_k, temperature=config.temperature,
-                          vocabulary=vocabulary, root=root, device=device, ranks=ranks,
-                          show_progress=show_progress)
+    cache = open_or_build_top_k(teacher, train, top_k=config.top_k, temperature=config.temperature,
+                                vocabulary=vocabulary, root=root, device=device, ranks=ranks,
+                                show_progress=show_progress)
     teacher.cpu()  # the loop reads the cache; free the device for the student
     return cache, time.perf_counter() - started
 
