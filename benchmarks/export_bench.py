@@ -30,7 +30,7 @@ ORT_TARGETS = ["onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-static", "ort-m
 
 
 def test_accuracy(artifact, test_set) -> float:
-    from edgekd.export.parity import ExecutorchSession, onnx_session
+    from edgekd.sessions import ExecutorchSession, onnx_session
     from edgekd.export.validation import session_logits
 
     if artifact.format == "pte":
@@ -43,7 +43,7 @@ def test_accuracy(artifact, test_set) -> float:
 
 def latency(artifacts, tokenizer, text: str, *, repeats: int) -> dict[str, float]:
     """p50 milliseconds at batch 1, 128 tokens, 1 thread; one forward each per round."""
-    from edgekd.export.parity import ExecutorchSession, onnx_session
+    from edgekd.sessions import ExecutorchSession, onnx_session
 
     encoded = tokenizer([text], truncation=True, max_length=128, padding="max_length",
                         return_tensors="np")

@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-import pytest
 from onnx import TensorProto, helper, numpy_helper, save
 
 from edgekd.bench.memory import measure_memory

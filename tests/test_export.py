@@ -5,7 +5,8 @@ import onnx
 import pytest
 
 from edgekd.errors import UserError
-from edgekd.export.parity import check_parity, onnx_session, random_batches
+from edgekd.export.parity import check_parity, random_batches
+from edgekd.sessions import onnx_session
 from edgekd.export.stage import export
 from edgekd.models import load_classifier
 from edgekd.targets import load_target

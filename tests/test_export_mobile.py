@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edgekd.export.mobile import required_operators
-from edgekd.export.parity import ExecutorchSession, check_parity, onnx_session, random_batches
+from edgekd.export.parity import check_parity, random_batches
+from edgekd.sessions import ExecutorchSession, onnx_session
 from edgekd.export.stage import export
 from edgekd.models import load_classifier
 from edgekd.targets import load_target

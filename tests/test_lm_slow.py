@@ -37,12 +37,14 @@ def test_smollm2_gguf_distil_export_generate(tmp_path):
     assert result.cache_bytes_per_token == 16 * 2 + 16 * 2
     # a 2-layer cut after 2 steps loses much more to 4 bits than a trained student: this test
     # is about the pipeline, the perplexity gate is pinned in test_lm_quantize.py
-    artifacts = export_lm(tmp_path / "student", targets=targets("onnx-fp32", "onnx-int4"), out=tmp_path / "export",
-                          max_length=48, parity_tokens=4, max_perplexity_ratio=10.0)
+    artifacts = export_lm(tmp_path / "student", targets=targets("onnx-fp32", "onnx-int4"),
+                          out=tmp_path / "export", max_length=48, parity_tokens=4, max_perplexity_ratio=10.0)
     assert artifacts[0].exact
     generation = generate(tmp_path / "export" / "onnx-int4", "The government said", new_tokens=4)
     assert 1 <= len(generation.new_tokens) <= 4
 
 
 def targets(*names: str):
+    from edgekd.targets import load_target
+
     return [load_target(name) for name in names]

@@ -71,7 +71,7 @@ def export(
 
         edgekd export runs/lm --target onnx-int8 --data held-out.txt --out runs/lm-export
     """
-    from edgekd.export.stage import check_request
+    from edgekd.export.artifact import check_request
     from edgekd.targets import load_targets_for
     from edgekd.tasks import resolve
 

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from edgekd.models import model_inputs
-from edgekd.sessions import ExecutorchSession, onnx_session  # noqa: F401 (re-exported for tests and benchmarks)
 
 # Max abs logit difference allowed against PyTorch fp32, per precision.
 LOGIT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}

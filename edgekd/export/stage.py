@@ -1,12 +1,10 @@
-"""The export stage: a student folder in, one checked artifact folder per target out.
-
-OUT/<target>/ holds the model file (model.onnx, model.ort or model.pte), the student's
-config.json and tokenizer files (so an ONNX folder loads with plain onnxruntime or
-Optimum's ORTModel classes) and edgekd.json, a manifest with the target, precision,
-versions, parity and accuracy results, size and the nodes kept in float.
+"""The export stage for text classifiers: a student folder in, one checked artifact folder
+per target out (written the way every task writes them: edgekd/export/artifact.py).
 
 Every artifact is loaded back in its own runtime and checked against the PyTorch
-student; a failed check raises, and `atomic_dir` leaves no partial folder behind.
+student: logits within the precision's tolerance, and with validation data the accuracy
+budget (int8 keeps its most sensitive nodes float until it holds); a failed check raises
+and leaves no folder behind. The manifest adds the accuracy and the nodes kept in float.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -22,9 +19,9 @@ import numpy as np
 import torch
 
 from edgekd.data import TextDataset, batches, encode
-from edgekd.errors import GateFailed, UserError, atomic_dir
-from edgekd.manifest import write_manifest
-from edgekd.export.mobile import PTE_FILE, convert_to_ort, export_pte, required_operators
+from edgekd.errors import GateFailed, UserError
+from edgekd.export.artifact import Built, check_request, ship_onnx, write_target
+from edgekd.export.mobile import PTE_FILE, export_pte
 from edgekd.export.onnx import (check_onnx_file, convert_fp16, export_onnx, input_names_of,
                                 opset_of)
 from edgekd.export.parity import LOGIT_TOLERANCE, Parity, check_parity, random_batches
@@ -38,8 +35,6 @@ from edgekd.targets import Target
 
 MODEL_FILE = "model.onnx"
 CALIBRATION_BATCH_SIZE = 8
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer.model")
 
 
 @dataclass(frozen=True)
@@ -107,35 +102,6 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
         return [_export_one(target, context, out, overwrite=overwrite) for target in targets]
 
 
-def check_request(student_dir: Path, targets: list[Target], out: Path, *, overwrite: bool) -> None:
-    """Everything that can be refused before minutes of work: folders, names, duplicates."""
-    check_student_folder(student_dir)
-    if not targets:
-        raise UserError("no target given; pass --target (see edgekd targets)")
-    names = [target.name for target in targets]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise UserError(f"target {duplicates[0]} is given twice; pass each --target once")
-    for target in targets:
-        if (out / target.name).exists() and not overwrite:
-            raise UserError(f"{out / target.name} already exists; "
-                            "pass --overwrite to replace it or choose another --out")
-
-
-def check_student_folder(student_dir: Path) -> None:
-    """A clear error for a missing folder, or one without config.json or tokenizer files."""
-    student_dir = Path(student_dir)
-    if not student_dir.is_dir():
-        raise UserError(f"student folder {student_dir} does not exist; run edgekd distill first")
-    if not (student_dir / "config.json").is_file():
-        raise UserError(f"student folder {student_dir} has no config.json; pass a folder "
-                        "written by edgekd distill or save_pretrained")
-    if not any((student_dir / name).is_file() for name in TOKENIZER_FILES):
-        raise UserError(f"student folder {student_dir} has no tokenizer files "
-                        f"({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer beside the "
-                        "model with tokenizer.save_pretrained")
-
-
 def _calibration_feeds(dataset: TextDataset | None, tokenizer, input_names: list[str],
                        targets: list[Target], *, max_length: int, source: str) -> dict:
     """Token batches for static int8 calibration: training samples, else random batches."""
@@ -159,9 +125,11 @@ def _calibration_feeds(dataset: TextDataset | None, tokenizer, input_names: list
 # ------------------------------------------------------------------------------ one target
 
 def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool) -> Artifact:
-    started = time.perf_counter()
-    with atomic_dir(out / target.name, overwrite=overwrite) as staging:
+    checked: dict = {}
+
+    def build(staging: Path) -> Built:
         details: dict = {}
+        weight_files: tuple[str, ...] = ()
         if target.format == "pte":
             model_path = staging / PTE_FILE
             details["delegation"] = export_pte(
@@ -173,33 +141,24 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
             onnx_path = (staging if target.format == "onnx" else context.scratch / target.name) / MODEL_FILE
             onnx_path.parent.mkdir(parents=True, exist_ok=True)
             details.update(_build_onnx(target, context, onnx_path))
-            model_path, session = _finish_onnx_format(target, onnx_path, staging, details)
-        parity = _checked_parity(target, session, context)
-        accuracy = _checked_accuracy(target, session, context)
-        size = model_path.stat().st_size
-        _check_size(target, size)
-        context.model.config.save_pretrained(staging)
-        context.tokenizer.save_pretrained(staging)
-        seconds = time.perf_counter() - started
+            model_path, weight_files = ship_onnx(target, onnx_path, staging, details)
+            session = (onnx_session(model_path, optimization_level=target.graph_optimization_level)
+                       if target.format == "onnx" else onnx_session(model_path, ort_format=True))
+        checked["parity"] = parity = _checked_parity(target, session, context)
+        checked["accuracy"] = accuracy = _checked_accuracy(target, session, context)
+        checked["nodes_kept_float"] = tuple(details.get("nodes_kept_float", ()))
         # the graph's own inputs: an exporter drops those the model ignores
         inputs = getattr(session, "input_names", context.input_names)
-        _write_manifest(staging, target, context, model_path.name, inputs, parity, accuracy,
-                        size, details, seconds)
-    return Artifact(target=target.name, folder=out / target.name,
-                    model_file=out / target.name / model_path.name, format=target.format,
-                    precision=target.precision, size_bytes=size, parity=parity, seconds=seconds,
-                    accuracy=accuracy, nodes_kept_float=tuple(details.get("nodes_kept_float", ())))
+        return Built(model_file=model_path.name, inputs={name: ["batch", "sequence"] for name in inputs},
+                     outputs={"logits": ["batch", "num_labels"]}, parity=asdict(parity),
+                     details=_manifest_details(target, accuracy, details), weight_files=weight_files)
 
-
-def _finish_onnx_format(target: Target, onnx_path: Path, staging: Path, details: dict):
-    """The ONNX file as the target ships it (as is, or converted to .ort) and a session on it."""
-    if target.format == "onnx":
-        return onnx_path, onnx_session(onnx_path, optimization_level=target.graph_optimization_level)
-    ort_path, config_path = convert_to_ort(onnx_path, staging,
-                                           optimization_level=target.graph_optimization_level)
-    details["required_operators_file"] = config_path.name
-    details["required_operators"] = required_operators(config_path)
-    return ort_path, onnx_session(ort_path, ort_format=True)
+    written = write_target(target, out, task="text-classification", student_dir=context.student_dir,
+                           model=context.model, tokenizer=context.tokenizer, overwrite=overwrite, build=build)
+    return Artifact(target=target.name, folder=written.folder, model_file=written.folder / written.built.model_file,
+                    format=target.format, precision=target.precision, size_bytes=written.size_bytes,
+                    parity=checked["parity"], seconds=written.seconds, accuracy=checked["accuracy"],
+                    nodes_kept_float=checked["nodes_kept_float"])
 
 
 def _fp32_onnx(target: Target, context: _Context) -> Path:
@@ -318,29 +277,17 @@ def _checked_accuracy(target: Target, session, context: _Context) -> Accuracy | 
     return accuracy
 
 
-def _check_size(target: Target, size: int) -> None:
-    limit = target.budgets.max_size_mb
-    if limit is not None and size > limit * 1e6:
-        raise GateFailed(f"target '{target.name}': model file is {size / 1e6:.1f} MB, over its "
-                         f"budget of {limit:g} MB; choose a smaller student or int8")
-
-
 # ------------------------------------------------------------------------------ manifest
 
-def _write_manifest(folder: Path, target: Target, context: _Context, model_file: str,
-                    inputs: list[str], parity: Parity, accuracy: Accuracy | None, size: int, details: dict,
-                    seconds: float) -> None:
-    write_manifest(
-        folder, task="text-classification", target=target, model_file=model_file,
-        student_dir=context.student_dir, inputs={name: ["batch", "sequence"] for name in inputs},
-        outputs={"logits": ["batch", "num_labels"]}, parity=asdict(parity), size_bytes=size, seconds=seconds,
-        details={
-            "opset": details.get("opset"),  # as written; None for .pte
-            "exporter": target.exporter if target.format != "pte" else "torch.export",
-            "graph_optimization_level": target.graph_optimization_level,
-            "accuracy": {**asdict(accuracy), "verdict": accuracy.describe()} if accuracy is not None else {
-                "checked": False,
-                "note": "no validation data given: checked on random batches only, accuracy "
-                        "budget not held; pass --data to measure it"},
-            "nodes_kept_float": details.get("nodes_kept_float", []),
-            **{key: value for key, value in details.items() if key not in ("opset", "nodes_kept_float")}})
+def _manifest_details(target: Target, accuracy: Accuracy | None, details: dict) -> dict:
+    """What a classifier's manifest adds to every task's fields."""
+    return {
+        "opset": details.get("opset"),  # as written; None for .pte
+        "exporter": target.exporter if target.format != "pte" else "torch.export",
+        "graph_optimization_level": target.graph_optimization_level,
+        "accuracy": {**asdict(accuracy), "verdict": accuracy.describe()} if accuracy is not None else {
+            "checked": False,
+            "note": "no validation data given: checked on random batches only, accuracy "
+                    "budget not held; pass --data to measure it"},
+        "nodes_kept_float": details.get("nodes_kept_float", []),
+        **{key: value for key, value in details.items() if key not in ("opset", "nodes_kept_float")}}

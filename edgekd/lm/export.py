@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from edgekd.errors import GateFailed, UserError, atomic_dir
-from edgekd.manifest import write_manifest
+from edgekd.errors import GateFailed, UserError
+from edgekd.export.artifact import Built, ship_onnx, write_target
 from edgekd.targets import Target
 
 OPSET = 17
@@ -249,11 +248,13 @@ def sampled_texts(model: torch.nn.Module, tokenizer, *, count: int, tokens: int,
 
 def _export_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,
                    overwrite: bool) -> LMArtifact:
-    """Build, check and write one target's folder (atomically: a failed check leaves none)."""
+    """Build and check one target's folder, written the way every task writes one
+    (edgekd/export/artifact.py: atomically, size budget, config, tokenizer, manifest)."""
     from edgekd.lm.quantize import SequenceScorer
 
-    started = time.perf_counter()
-    with atomic_dir(out / target.name, overwrite=overwrite) as staging:
+    checked: dict = {}
+
+    def build(staging: Path) -> Built:
         onnx_path = context.scratch / target.name / "model.onnx"
         onnx_path.parent.mkdir()
         search = _build(target, context, onnx_path, budget=budget)
@@ -262,42 +263,36 @@ def _export_target(target: Target, context: _LMContext, out: Path, *, budget: fl
             perplexity = (search.perplexity if search is not None else
                           SequenceScorer(onnx_path, threads=torch.get_num_threads()).perplexity(context.gate.texts))
             _check_perplexity(target, perplexity, context.gate, budget)
-        if target.format == "ort":
-            from edgekd.export.mobile import convert_to_ort
-
-            convert_to_ort(onnx_path, staging, optimization_level=target.graph_optimization_level)
-            model_file = "model.ort"
-        else:
-            for file in onnx_path.parent.iterdir():  # model.onnx, and model.onnx.data when large
-                shutil.copyfile(file, staging / file.name)
-            model_file = onnx_path.name
-        context.model.config.save_pretrained(staging)
-        context.tokenizer.save_pretrained(staging)
         details = {"max_length": context.max_length, "layers": context.model.config.num_hidden_layers,
                    "eos_token_id": context.tokenizer.eos_token_id}
-        agreement = _greedy_agreement(staging, context, {"task": "causal-lm", "model_file": model_file, **details})
+        model_path, weight_files = ship_onnx(target, onnx_path, staging, details)
+        agreement = _greedy_agreement(staging, context, {"task": "causal-lm", "model_file": model_path.name,
+                                                         **details})
         if target.precision == "fp32" and agreement < 1.0:
             raise UserError(f"the fp32 ONNX export generates different tokens from PyTorch "
                             f"({agreement:.0%} agree); the export is wrong, please report it")
-        size = sum(path.stat().st_size for path in staging.iterdir() if path.name.startswith("model."))
         if budget is not None:
             details["perplexity_gate"] = context.gate.describe(perplexity, budget)
         if search is not None:
             details["int8_search"] = search.describe()
         if target.precision != "fp32":
             details["quantization"] = QUANTIZATION_SCHEMES[target.precision]
-        layers = context.model.config.num_hidden_layers
-        inputs, outputs = io_names(layers)
-        write_manifest(staging, task="causal-lm", target=target, model_file=model_file,
-                       student_dir=context.student_dir,
-                       inputs={name: AXES.get(name, ["batch", "kv_heads", "past", "head_dim"]) for name in inputs},
-                       outputs={name: AXES.get(name, ["batch", "kv_heads", "total", "head_dim"]) for name in outputs},
-                       parity={"greedy_agreement": agreement, "prompts": len(context.prompts),
-                               "new_tokens": context.parity_tokens, "exact": agreement == 1.0},
-                       size_bytes=size, seconds=time.perf_counter() - started, details=details)
-    return LMArtifact(target=target.name, folder=out / target.name, model_file=model_file, size_bytes=size,
-                      greedy_agreement=agreement, exact=agreement == 1.0,
-                      perplexity_ratio=perplexity / context.gate.fp32_perplexity if budget is not None else None,
+        checked.update(agreement=agreement, search=search,
+                       perplexity_ratio=perplexity / context.gate.fp32_perplexity if budget is not None else None)
+        inputs, outputs = io_names(context.model.config.num_hidden_layers)
+        return Built(model_file=model_path.name,
+                     inputs={name: AXES.get(name, ["batch", "kv_heads", "past", "head_dim"]) for name in inputs},
+                     outputs={name: AXES.get(name, ["batch", "kv_heads", "total", "head_dim"]) for name in outputs},
+                     parity={"greedy_agreement": agreement, "prompts": len(context.prompts),
+                             "new_tokens": context.parity_tokens, "exact": agreement == 1.0},
+                     details=details, weight_files=weight_files)
+
+    written = write_target(target, out, task="causal-lm", student_dir=context.student_dir, model=context.model,
+                           tokenizer=context.tokenizer, overwrite=overwrite, build=build)
+    search = checked["search"]
+    return LMArtifact(target=target.name, folder=written.folder, model_file=written.built.model_file,
+                      size_bytes=written.size_bytes, greedy_agreement=checked["agreement"],
+                      exact=checked["agreement"] == 1.0, perplexity_ratio=checked["perplexity_ratio"],
                       kept_float=len(search.kept_float) if search else 0, precision=target.precision)
 
 

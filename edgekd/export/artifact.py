@@ -1,0 +1,116 @@
+"""How every task writes an export target: one folder per target, atomically.
+
+OUT/<target>/ holds the model file (model.onnx, model.ort or model.pte), the student's
+config.json and tokenizer files (so an ONNX folder loads with plain onnxruntime or
+Optimum's ORTModel classes) and edgekd.json, the manifest (edgekd/manifest.py). A task
+builds and checks the model file inside the folder (`write_target`'s `build`); everything
+else, the size budget included, is done here the same way for every task, and a failed
+check leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekd.errors import GateFailed, UserError, atomic_dir
+from edgekd.export.mobile import convert_to_ort, required_operators
+from edgekd.manifest import write_manifest
+from edgekd.targets import Target
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+@dataclass
+class Built:
+    """What a task's `build` wrote into the target folder and how it checked it."""
+
+    model_file: str  # the file an app loads, in the folder
+    inputs: dict  # graph input name -> axis names
+    outputs: dict  # graph output name -> axis names
+    parity: dict  # how the artifact compared with PyTorch
+    details: dict = field(default_factory=dict)  # task-specific manifest fields
+    weight_files: tuple[str, ...] = ()  # files beside model_file that hold its weights (model.onnx.data)
+
+
+@dataclass(frozen=True)
+class Written:
+    folder: Path
+    built: Built
+    size_bytes: int  # the model file and its weight files
+    seconds: float
+
+
+def write_target(target: Target, out: Path, *, task: str, student_dir: Path, model, tokenizer,
+                 overwrite: bool, build: Callable[[Path], Built]) -> Written:
+    """OUT/<target>/, written atomically: `build(folder)` writes and checks the model file;
+    then the size budget, the config and tokenizer files and the manifest."""
+    started = time.perf_counter()
+    folder = Path(out) / target.name
+    with atomic_dir(folder, overwrite=overwrite) as staging:
+        built = build(staging)
+        size = sum((staging / name).stat().st_size for name in (built.model_file, *built.weight_files))
+        check_size(target, size)
+        model.config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        seconds = time.perf_counter() - started
+        write_manifest(staging, task=task, target=target, model_file=built.model_file, student_dir=student_dir,
+                       inputs=built.inputs, outputs=built.outputs, parity=built.parity, size_bytes=size,
+                       seconds=seconds, details=built.details)
+    return Written(folder=folder, built=built, size_bytes=size, seconds=seconds)
+
+
+def ship_onnx(target: Target, onnx_path: Path, folder: Path, details: dict) -> tuple[Path, tuple[str, ...]]:
+    """The ONNX file as the target ships it in `folder`: as is (with its external weights,
+    if any), or converted to ONNX Runtime Mobile's .ort with its required-operators config.
+    Returns the model file and the weight files beside it."""
+    if target.format == "ort":
+        ort_path, config_path = convert_to_ort(onnx_path, folder, optimization_level=target.graph_optimization_level)
+        details["required_operators_file"] = config_path.name
+        details["required_operators"] = required_operators(config_path)
+        return ort_path, ()
+    if onnx_path.parent != Path(folder):
+        for file in onnx_path.parent.glob(f"{onnx_path.name}*"):  # model.onnx, and model.onnx.data when large
+            shutil.copyfile(file, Path(folder) / file.name)
+    weights = tuple(p.name for p in Path(folder).glob(f"{onnx_path.name}.data"))
+    return Path(folder) / onnx_path.name, weights
+
+
+def check_size(target: Target, size: int) -> None:
+    limit = target.budgets.max_size_mb
+    if limit is not None and size > limit * 1e6:
+        raise GateFailed(f"target '{target.name}': model file is {size / 1e6:.1f} MB, over its "
+                         f"budget of {limit:g} MB; choose a smaller student or int8")
+
+
+def check_request(student_dir: Path, targets: list[Target], out: Path, *, overwrite: bool) -> None:
+    """Everything that can be refused before minutes of work: folders, names, duplicates."""
+    check_student_folder(student_dir)
+    if not targets:
+        raise UserError("no target given; pass --target (see edgekd targets)")
+    names = [target.name for target in targets]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise UserError(f"target {duplicates[0]} is given twice; pass each --target once")
+    for target in targets:
+        if (out / target.name).exists() and not overwrite:
+            raise UserError(f"{out / target.name} already exists; "
+                            "pass --overwrite to replace it or choose another --out")
+
+
+def check_student_folder(student_dir: Path) -> None:
+    """A clear error for a missing folder, or one without config.json or tokenizer files."""
+    student_dir = Path(student_dir)
+    if not student_dir.is_dir():
+        raise UserError(f"student folder {student_dir} does not exist; run edgekd distill first")
+    if not (student_dir / "config.json").is_file():
+        raise UserError(f"student folder {student_dir} has no config.json; pass a folder "
+                        "written by edgekd distill or save_pretrained")
+    if not any((student_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"student folder {student_dir} has no tokenizer files "
+                        f"({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer beside the "
+                        "model with tokenizer.save_pretrained")
