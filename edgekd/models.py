@@ -23,11 +23,21 @@ from torch import nn
 from edgekd.errors import UserError, first_line
 
 
-def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
-                    trust_remote_code: bool = False):
-    """Load a sequence classifier and its tokenizer from a folder or hub id."""
+# What each task's models are called in errors, and how a wrong one is fixed.
+MODEL_KINDS = {"text-classification": ("a sequence classifier", "fine-tune it for classification first "
+                                        "(AutoModelForSequenceClassification)"),
+               "causal-lm": ("a causal language model", "pass an AutoModelForCausalLM (or a .gguf file)")}
+
+
+def load_model(name_or_path: str | Path, *, task: str, role: str = "teacher", trust_remote_code: bool = False,
+               dtype=torch.float32):
+    """A model of `task` (edgekd.tasks) and its tokenizer from a folder or hub id, loaded with
+    its task's Auto class and eager attention (attention probabilities for the losses; the
+    attention graph ONNX Runtime fuses)."""
+    import transformers
     from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from edgekd.tasks import TASKS
 
     source = str(name_or_path)
     local = Path(source)
@@ -36,7 +46,7 @@ def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
         raise UserError(f"{role} '{source}' is not a model folder (no config.json); "
                         "pass a folder written by save_pretrained or a hub id")
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         if "trust_remote_code" in str(error) and not trust_remote_code:
             raise UserError(f"{role} '{source}' needs its own Python code to load; edgekd never "
@@ -44,14 +54,11 @@ def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
                             "(only for folders you trust)") from error
         raise UserError(f"cannot load {role} config from '{source}': {first_line(error)}; "
                         "pass a model folder or a hub id you can reach") from error
-    architectures = getattr(config, "architectures", None) or []
-    if architectures and not any("SequenceClassification" in a for a in architectures):
-        raise UserError(f"{role} '{source}' is a {architectures[0]}, not a sequence classifier; "
-                        "fine-tune it for classification first (AutoModelForSequenceClassification)")
+    _check_task(config, task=task, role=role, source=source)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, attn_implementation="eager", trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = getattr(transformers, TASKS[task].auto_class).from_pretrained(
+            source, attn_implementation="eager", trust_remote_code=trust_remote_code, dtype=dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except pickle.UnpicklingError as error:
         raise UserError(f"{role} '{source}' stores its weights as a pickle that holds more than "
                         "tensors; edgekd never runs such files: convert the weights to "
@@ -59,8 +66,23 @@ def load_classifier(name_or_path: str | Path, *, role: str = "teacher",
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise UserError(f"cannot load {role} from '{source}': {first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error
-    model.eval()
-    return model, tokenizer
+    return model.eval(), tokenizer
+
+
+def _check_task(config, *, task: str, role: str, source: str) -> None:
+    """A model of another task (a masked LM, a classifier as a next-token teacher) is refused by name."""
+    from edgekd.tasks import task_of_config
+
+    architectures = getattr(config, "architectures", None) or []
+    if task_of_config({"architectures": architectures, "model_type": config.model_type}) != task:
+        kind, fix = MODEL_KINDS[task]
+        what = f"a {architectures[0]}" if architectures else f"a {config.model_type} model"
+        raise UserError(f"{role} '{source}' is {what}, not {kind}; {fix}")
+
+
+def load_classifier(name_or_path: str | Path, *, role: str = "teacher", trust_remote_code: bool = False):
+    """A sequence classifier and its tokenizer from a folder or hub id."""
+    return load_model(name_or_path, task="text-classification", role=role, trust_remote_code=trust_remote_code)
 
 
 
@@ -258,19 +280,22 @@ def _intermediate_name(config) -> str:
 
 
 def shrunk_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module:
-    """A randomly initialised student with the teacher's architecture, shrunk per `spec`.
+    """A randomly initialised student of the teacher's own class, shrunk per `spec`, for every task.
 
     Embedding tensors whose shape still matches (all of them when the width is kept;
     ELECTRA's factorised embeddings at any width) are copied from the teacher, which
-    is the part of the teacher that transfers without a choice of how to cut it.
+    is the part of the teacher that transfers without a choice of how to cut it. A decoder
+    whose key/value head count no longer divides the heads gets one key/value head per head.
     """
-    from transformers import AutoModelForSequenceClassification
-
     values = parse_student_config(spec)
     config = copy.deepcopy(teacher.config)
     teacher_layers = config.num_hidden_layers
     for key, value in values.items():
         setattr(config, _SHRINK_KEYS[key] or _intermediate_name(config), value)
+    if "heads" in values and getattr(config, "num_key_value_heads", None) and values["heads"] % config.num_key_value_heads:
+        config.num_key_value_heads = values["heads"]
+    if "hidden" in values and getattr(config, "head_dim", None):
+        config.head_dim = config.hidden_size // config.num_attention_heads
     if config.num_hidden_layers > teacher_layers:
         raise UserError(f"--student-config asks for {config.num_hidden_layers} layers but the "
                         f"teacher has {teacher_layers}; a student must not be deeper than its teacher")
@@ -281,14 +306,14 @@ def shrunk_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module
         if hasattr(config, stale):
             delattr(config, stale)
     torch.manual_seed(seed)
-    student = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
-    inherited = {name: tensor for name, tensor in teacher.state_dict().items() if "embeddings" in name}
+    student = type(teacher)._from_config(config, attn_implementation="eager")
+    inherited = {name: tensor for name, tensor in teacher.state_dict().items() if "embed" in name}
     own = student.state_dict()
     with torch.no_grad():
         for name, tensor in inherited.items():
             if name in own and own[name].shape == tensor.shape:
                 own[name].copy_(tensor)
-    return student
+    return student.eval()
 
 
 def load_student(source: str | Path, *, teacher: nn.Module) -> tuple[nn.Module, object]:

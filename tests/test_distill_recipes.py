@@ -11,7 +11,7 @@ from edgekd.cli import app
 from edgekd.cli.distill import CAUSAL_LM_ONLY_OPTIONS, TEXT_ONLY_OPTIONS, recipe_values, run
 from edgekd.config import DistillConfig
 from edgekd.errors import UserError
-from edgekd.lm.train import LMDistillConfig
+from edgekd.config import LMDistillConfig
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 RECIPES = sorted(EXAMPLES.rglob("*.yaml"))

@@ -23,7 +23,8 @@ from edgekd.errors import UserError
 from edgekd.lm import train as lm_train
 from edgekd.lm.data import encode_texts
 from edgekd.lm.models import make_lm_student
-from edgekd.lm.train import LMDistillConfig, distill_lm
+from edgekd.config import LMDistillConfig
+from edgekd.lm.train import distill_lm
 from lm_tiny import make_llama, make_lm_tokenizer, make_texts, save_llama
 
 # Each step sleeps a little in this driver, so the test can kill the run between

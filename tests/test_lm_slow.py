@@ -22,7 +22,8 @@ def test_smollm2_gguf_distil_export_generate(tmp_path):
     from edgekd.lm.export import export_lm
     from edgekd.lm.generate import generate
     from edgekd.lm.models import demo_gguf_path, load_causal_lm, make_lm_student
-    from edgekd.lm.train import LMDistillConfig, distill_lm
+    from edgekd.config import LMDistillConfig
+    from edgekd.lm.train import distill_lm
 
     teacher, tokenizer = load_causal_lm(demo_gguf_path())
     assert teacher.config.num_hidden_layers == 30 and len(tokenizer) == 49152

