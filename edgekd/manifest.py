@@ -65,6 +65,21 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def artifact_folders(root: Path) -> list[Path]:
+    """The artifact folders an --artifacts folder names: itself when it is one, else its
+    sub-folders with a manifest."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"artifacts folder {root} does not exist; run edgekd export first")
+    if (root / MANIFEST).is_file():
+        return [root]
+    folders = sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
+    if not folders:
+        raise UserError(f"{root} holds no exported artifact (no */{MANIFEST}); "
+                        "point --artifacts at the --out folder of edgekd export")
+    return folders
+
+
 def versions() -> dict:
     import onnx
     import onnxruntime

@@ -190,12 +190,6 @@ def save_model(model: nn.Module, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-@torch.no_grad()
-def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Forward the model inputs of `batch` that `model` accepts; (batch, num_labels)."""
-    return model(**model_inputs(model, batch)).logits
-
-
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The subset of a batch a model takes: DistilBERT has no token_type_ids, BERT does."""
     import inspect

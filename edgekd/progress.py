@@ -1,7 +1,11 @@
-"""Progress bars for long work (rich), silent when output is not for a person."""
+"""Progress bars for long work (rich), silent when output is not for a person; and a
+quiet terminal while native libraries run."""
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -31,3 +35,28 @@ def progress_bar(description: str, *, total: int, enabled: bool = True
             progress.update(task, advance=n, **({"info": info} if fields else {}))
 
         yield advance
+
+
+DEBUG_VARIABLE = "EDGEKD_DEBUG"  # set by `edgekd --debug`: library output is shown
+
+
+@contextmanager
+def quiet_native_output() -> Iterator[None]:
+    """Native code (ExecuTorch's C++ runtime logs `[cpuinfo_utils.cpp:...]` lines) writes to the
+    process's stderr directly, past Python's warnings and logging: unless --debug, file
+    descriptor 2 points at a scratch file for the block, which is then dropped."""
+    if os.environ.get(DEBUG_VARIABLE) == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)

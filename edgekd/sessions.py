@@ -70,8 +70,11 @@ def load_pte_method(path: Path):
     """The `forward` method of a .pte program; a file ExecuTorch cannot load is one clear error."""
     from executorch.runtime import Runtime
 
+    from edgekd.progress import quiet_native_output
+
     try:
-        return Runtime.get().load_program(Path(path)).load_method("forward")
+        with quiet_native_output():  # the runtime logs its CPU probing on the first load
+            return Runtime.get().load_program(Path(path)).load_method("forward")
     except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with C++ text
         raise UserError(f"ExecuTorch cannot load {path}: {first_line(error)[:200]}; "
                         "the file is corrupt or truncated, export it again") from error

@@ -131,10 +131,6 @@ class Target:
     def applies_to(self, task: str) -> bool:
         return task in self.tasks
 
-    @property
-    def is_int8(self) -> bool:
-        return self.precision.startswith("int8")
-
 
 SECTIONS = {"quantization": Quantization, "runtime": Runtime, "budgets": Budgets}
 TOP_LEVEL_KEYS = {f.name for f in fields(Target)} - {"name"}

@@ -63,3 +63,17 @@ def test_executorch_pte_is_delegated_to_xnnpack_and_matches_pytorch(tmp_path_fac
     parity = check_parity(session, model, random_batches(tokenizer, list(manifest["inputs"]), seed=9,
                                                          shapes=((5, 3), (2, 100))), tolerance=1e-4)
     assert parity.passed and np.isfinite(parity.max_abs_diff)
+
+
+def test_the_terminal_stays_quiet_without_debug(student_dir, tmp_path):
+    # a real process: warnings filters, logging and native stderr as a user's terminal sees them
+    pytest.importorskip("executorch")
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "edgekd", "export", str(student_dir), "--target", "executorch",
+                             "--target", "onnx-int8", "--out", str(tmp_path / "e")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == ""  # no FutureWarning, no [cpuinfo_utils.cpp:...] line, no root-logger warning
+    assert "exported to" in result.stdout

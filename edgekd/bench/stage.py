@@ -31,7 +31,7 @@ from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, l
                                    runner, torch_candidate)
 from edgekd.data import TextDataset, encode
 from edgekd.errors import UserError
-from edgekd.manifest import MANIFEST, read_manifest
+from edgekd.manifest import artifact_folders, read_manifest
 from edgekd.models import count_parameters, load_classifier
 from edgekd.progress import progress_bar
 from edgekd.targets import known_targets, load_target
@@ -120,7 +120,7 @@ def _candidates(teacher, teacher_model, *, student: Path | None, artifacts,
     given = [] if artifacts is None else [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
     teacher_folder = Path(teacher) if Path(teacher).is_dir() else None
     loaded, skipped = [], []
-    for folder in [folder for place in given for folder in _artifact_folders(place)]:
+    for folder in [folder for place in given for folder in artifact_folders(place)]:
         try:
             loaded.append(artifact_candidate(folder, threads=threads or _target_threads(folder),
                                              teacher_folder=teacher_folder))
@@ -141,19 +141,6 @@ def _candidates(teacher, teacher_model, *, student: Path | None, artifacts,
         student_model, _ = load_classifier(student, role="student")
         candidates.append(torch_candidate("student", student_model, student, threads=torch_threads))
     return candidates + loaded, skipped
-
-
-def _artifact_folders(artifacts: Path) -> list[Path]:
-    artifacts = Path(artifacts)
-    if not artifacts.is_dir():
-        raise UserError(f"artifacts folder {artifacts} does not exist; run edgekd export first")
-    if (artifacts / MANIFEST).is_file():
-        return [artifacts]
-    folders = sorted(p.parent for p in artifacts.glob(f"*/{MANIFEST}"))
-    if not folders:
-        raise UserError(f"{artifacts} holds no exported artifact (no */{MANIFEST}); "
-                        "point --artifacts at the --out folder of edgekd export")
-    return folders
 
 
 def _target_threads(folder: Path) -> int:

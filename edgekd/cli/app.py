@@ -30,7 +30,13 @@ _state = {"debug": False}
 @app.callback()
 def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
     _state["debug"] = debug
-    if not debug:
+    if debug:
+        import os
+
+        from edgekd.progress import DEBUG_VARIABLE
+
+        os.environ[DEBUG_VARIABLE] = "1"
+    else:
         quiet_libraries()
 
 
@@ -46,12 +52,15 @@ def quiet_libraries() -> None:
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs on the root logger
+    # onnxruntime.quantization logs warnings on the root logger, and imports may reconfigure
+    # its level: edgekd itself never logs, so library records below ERROR are dropped at the source
+    logging.disable(logging.WARNING)
     # torchao (pulled in by executorch, imported by transformers) warns through torch's own logger
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
     warnings.filterwarnings("ignore", module=r"transformers.*")
-    warnings.filterwarnings("ignore", category=UserWarning)
+    for category in (UserWarning, FutureWarning, DeprecationWarning):  # torch.export, torchao, ExecuTorch
+        warnings.filterwarnings("ignore", category=category)
     try:
         from torch.jit import TracerWarning
 

@@ -17,6 +17,7 @@ import torch
 
 from edgekd.errors import UserError
 from edgekd.export.onnx import LogitsOnly, trace_sample
+from edgekd.progress import quiet_native_output
 from edgekd.sessions import OPTIMIZATION_LEVELS
 
 ORT_FILE = "model.ort"
@@ -67,12 +68,12 @@ def export_pte(model: torch.nn.Module, tokenizer, input_names: list[str], path: 
     sequence = torch.export.Dim("sequence", min=2, max=max_sequence)
     shapes = tuple({0: batch, 1: sequence} for _ in input_names)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_native_output():
             program = torch.export.export(LogitsOnly(model, input_names),
                                           trace_sample(tokenizer, input_names),
                                           dynamic_shapes=(shapes,), strict=False)
-        lowered = to_edge_transform_and_lower(program, partitioner=_partitioners(backend))
-        Path(path).write_bytes(lowered.to_executorch().buffer)
+            lowered = to_edge_transform_and_lower(program, partitioner=_partitioners(backend))
+            Path(path).write_bytes(lowered.to_executorch().buffer)
     except UserError:
         raise
     except Exception as error:  # torch.export / ExecuTorch raise many types with long texts

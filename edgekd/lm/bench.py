@@ -245,17 +245,10 @@ def _measure(models: list[_Model], examples: LMExamples, *, prompt_tokens: int, 
 
 
 def _artifact_folders(artifacts) -> list[Path]:
-    """Artifact folders under each --artifacts folder (or the folder itself, when it is one)."""
-    from edgekd.manifest import MANIFEST
+    from edgekd.manifest import artifact_folders
 
     given = [] if artifacts is None else [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
-    folders = []
-    for root in map(Path, given):
-        found = [root] if (root / MANIFEST).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
-        if not found:
-            raise UserError(f"{root} holds no exported causal LM (no */{MANIFEST}); run edgekd export first")
-        folders += found
-    return folders
+    return [folder for root in given for folder in artifact_folders(root)]
 
 
 def _checked_tokenizer(teacher_dir: Path, student_dir: Path | None):

@@ -27,8 +27,6 @@ class Task:
     summary: str  # one line for --help and `edgekd targets`
     auto_class: str  # the transformers Auto class that loads teachers and students
     architecture_endings: tuple[str, ...]  # config.architectures entries of this task end so
-    quality_metric: str  # the bench's headline quality number
-    parity: str  # how an export is compared with PyTorch
 
     def matches(self, config: dict) -> bool:
         """Whether a config.json (as a dict) describes a model of this task."""
@@ -37,12 +35,10 @@ class Task:
 
 TEXT_CLASSIFICATION = Task(
     name="text-classification", summary="sequence classifiers (BERT, DistilBERT, RoBERTa, DeBERTa-v2, ALBERT, ...)",
-    auto_class="AutoModelForSequenceClassification", architecture_endings=("ForSequenceClassification",),
-    quality_metric="accuracy", parity="logits within the target's tolerance")
+    auto_class="AutoModelForSequenceClassification", architecture_endings=("ForSequenceClassification",))
 CAUSAL_LM = Task(
     name="causal-lm", summary="decoder language models (Llama, SmolLM2, Qwen2, GPT-2, ...)",
-    auto_class="AutoModelForCausalLM", architecture_endings=("ForCausalLM", "LMHeadModel"),
-    quality_metric="perplexity", parity="greedy tokens equal to PyTorch's")
+    auto_class="AutoModelForCausalLM", architecture_endings=("ForCausalLM", "LMHeadModel"))
 
 TASKS = {task.name: task for task in (TEXT_CLASSIFICATION, CAUSAL_LM)}
 DEFAULT_TASK = TEXT_CLASSIFICATION.name
