@@ -5,6 +5,8 @@ the target vocabulary, and an option of the other task is one clear line."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -102,6 +104,13 @@ def test_export_and_bench_find_a_causal_lm_in_config_json(lm, tmp_path):
     report = json.loads((export / "report.json").read_text())  # beside the artifacts, as for classifiers
     assert report["task"] == "causal-lm" and report["schema_version"] == 3
     assert [row["name"] for row in report["rows"]] == ["teacher", "student", "student/onnx-fp32", "student/onnx-int8"]
+    assert (export / "report.md").read_text().startswith("# edgekd bench report")
+    # every key the report holds is documented in docs/report-schema.md, as for classifiers
+    documented = set(re.findall(r"`(\w+)`", (Path(__file__).parent.parent / "docs" / "report-schema.md").read_text()))
+    keys = set(report) | set(report["data"]) | set(report["settings"]) | set(report["machine"])
+    keys |= {k for row in report["rows"] for part in (row, row["quality"], row["latency"], row["memory"]) for k in part}
+    keys |= {k for gate in report["gates"] for k in gate}
+    assert keys <= documented, sorted(keys - documented)
 
 
 def test_causal_lm_bench_gates_exit_2_and_still_write_the_report(lm, tmp_path):
