@@ -37,7 +37,12 @@ def progress_bar(description: str, *, total: int, enabled: bool = True
         yield advance
 
 
-DEBUG_VARIABLE = "EDGEKD_DEBUG"  # set by `edgekd --debug`: library output is shown
+_library_output = {"shown": False}  # `edgekd --debug` shows what libraries print
+
+
+def show_library_output(shown: bool) -> None:
+    """Whether native libraries' own output reaches the terminal (`edgekd --debug`)."""
+    _library_output["shown"] = shown
 
 
 @contextmanager
@@ -45,7 +50,7 @@ def quiet_native_output() -> Iterator[None]:
     """Native code (ExecuTorch's C++ runtime logs `[cpuinfo_utils.cpp:...]` lines) writes to the
     process's stderr directly, past Python's warnings and logging: unless --debug, file
     descriptor 2 points at a scratch file for the block, which is then dropped."""
-    if os.environ.get(DEBUG_VARIABLE) == "1":
+    if _library_output["shown"]:
         yield
         return
     sys.stderr.flush()

@@ -52,7 +52,13 @@ def make_config(arch: str = "bert", *, layers: int = 4, hidden: int = 32, heads:
     extra = {"electra": {"embedding_size": hidden}, "albert": {"embedding_size": hidden // 2},
              # relative attention over both content and position: DeBERTa-v2's own path
              "deberta-v2": {"relative_attention": True, "pos_att_type": ["p2c", "c2p"],
-                            "max_relative_positions": 64, "position_buckets": 32}}.get(arch, {})
+                            "max_relative_positions": 64, "position_buckets": 32},
+             # alternating local and global attention, no token types
+             "modernbert": {"global_attn_every_n_layers": 2, "local_attention": 16, "cls_token_id": 2,
+                            "sep_token_id": 3, "bos_token_id": 2, "eos_token_id": 3},
+             # bottlenecked layers with stacked feed-forward networks
+             "mobilebert": {"embedding_size": hidden // 2, "intra_bottleneck_size": hidden // 2,
+                            "true_hidden_size": hidden // 2, "num_feedforward_networks": 2}}.get(arch, {})
     return AutoConfig.for_model(arch, num_hidden_layers=layers, hidden_size=hidden,
                                 num_attention_heads=heads, intermediate_size=4 * hidden,
                                 max_position_embeddings=130, pad_token_id=0,

@@ -29,14 +29,11 @@ _state = {"debug": False}
 
 @app.callback()
 def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    from edgekd.progress import show_library_output
+
     _state["debug"] = debug
-    if debug:
-        import os
-
-        from edgekd.progress import DEBUG_VARIABLE
-
-        os.environ[DEBUG_VARIABLE] = "1"
-    else:
+    show_library_output(debug)
+    if not debug:
         quiet_libraries()
 
 

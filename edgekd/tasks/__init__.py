@@ -34,7 +34,7 @@ class Task:
 
 
 TEXT_CLASSIFICATION = Task(
-    name="text-classification", summary="sequence classifiers (BERT, DistilBERT, RoBERTa, DeBERTa-v2, ALBERT, ...)",
+    name="text-classification", summary="sequence classifiers (BERT, DistilBERT, RoBERTa, DeBERTa-v2, ALBERT, ModernBERT, ...)",
     auto_class="AutoModelForSequenceClassification", architecture_endings=("ForSequenceClassification",))
 CAUSAL_LM = Task(
     name="causal-lm", summary="decoder language models (Llama, SmolLM2, Qwen2, GPT-2, ...)",
