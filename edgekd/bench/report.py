@@ -39,25 +39,14 @@ SPEED_COLUMNS = [
     ("GOP/inf", "gops", "{:.3g}"),
     ("% peak", "fraction_of_peak", "{:.1f}"),
 ]
-# A causal LM's tables: perplexity instead of accuracy, decode speed instead of latency.
-LM_COLUMNS = [
-    ("model", "name", "{}"),
-    ("runtime", "runtime", "{}"),
-    ("ppl", "perplexity", "{:.2f}"),
-    ("ppl x ref", "perplexity_ratio", "{:.3f}"),
-    ("ppl x teacher", "perplexity_ratio_vs_teacher", "{:.3f}"),
-    ("top-1 agree %", "top1_agreement", "{:.1f}"),
-    ("MB", "size_mb", "{:.1f}"),
-    ("+model MB", "model_rss_mb", "{:.0f}"),
-]
-LM_SPEED_COLUMNS = [
-    ("model", "name", "{}"),
-    ("thr", "threads", "{}"),
-    ("ms/token", "p50_ms", "{:.2f}"),
-    ("prefill t/s", "prefill_tokens_per_second", "{:.1f}"),
-    ("decode t/s", "decode_tokens_per_second", "{:.1f}"),
-    ("speedup", "speedup", "{:.1f}x"),
-]
+# A causal LM's tables: perplexity instead of accuracy, decode speed instead of latency;
+# name, runtime, size, memory, threads and speedup as for classifiers.
+LM_COLUMNS = COLUMNS[:2] + [("ppl", "perplexity", "{:.2f}"), ("ppl x ref", "perplexity_ratio", "{:.3f}"),
+                            ("ppl x teacher", "perplexity_ratio_vs_teacher", "{:.3f}"),
+                            ("top-1 agree %", "top1_agreement", "{:.1f}")] + [COLUMNS[7], COLUMNS[9]]
+LM_SPEED_COLUMNS = SPEED_COLUMNS[:2] + [("ms/token", "p50_ms", "{:.2f}"),
+                                        ("prefill t/s", "prefill_tokens_per_second", "{:.1f}"),
+                                        ("decode t/s", "decode_tokens_per_second", "{:.1f}"), SPEED_COLUMNS[7]]
 COLUMNS_BY_TASK = {"text-classification": (COLUMNS, SPEED_COLUMNS), "causal-lm": (LM_COLUMNS, LM_SPEED_COLUMNS)}
 NAN = float("nan")
 
