@@ -4,6 +4,7 @@ rebuilt when weights, data or tokenisation change."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import make_classifier, make_rows, make_tokenizer
@@ -93,3 +94,50 @@ def test_a_cache_of_two_parts_reads_like_one(tmp_path):
     a, b = one.gather(rows, width=width, device=cpu), two.gather(rows, width=width, device=cpu)
     assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["attention"][1], b["attention"][1])
     assert json.loads((tmp_path / "two" / "meta.json").read_text())["parts"] == 2
+
+
+def _damage_overwrite(folder):
+    logits = folder / "part-0" / "logits.npy"
+    array = np.load(logits)
+    np.save(logits, np.full_like(array, 7.0))  # a valid file with the wrong values
+    return "part-0/logits.npy does not match its checksum"
+
+
+def _damage_truncate(folder):
+    path = folder / "part-0" / "hidden-0.npy"
+    path.write_bytes(path.read_bytes()[:90])  # a header cut short
+    return "part-0/hidden-0.npy does not match its checksum"
+
+
+def _damage_remove(folder):
+    (folder / "part-0" / "offsets.npy").unlink()
+    return "part-0/offsets.npy is missing"
+
+
+def _damage_old(folder):
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["checksums"]  # as an older edgekd wrote it
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return "has no checksums"
+
+
+@pytest.mark.parametrize("damage", [_damage_overwrite, _damage_truncate, _damage_remove, _damage_old],
+                         ids=["overwritten", "truncated", "missing", "no-checksums"])
+def test_a_damaged_cache_is_reported_in_one_line_and_rebuilt_never_read(damage, tmp_path, capsys):
+    # setup: a built cache, then damaged on disk
+    teacher = make_classifier("bert", layers=3)
+    encoded = _encoded()
+    folder = _build(teacher, encoded, tmp_path).folder
+    expected = _build(teacher, encoded, tmp_path).gather(list(range(20)), width=24, device=torch.device("cpu"))
+    reason = damage(folder)
+    capsys.readouterr()
+    # execute: the next run opens it
+    calls = _count_forwards(teacher)
+    rebuilt = _build(teacher, encoded, tmp_path)
+    # assert: said so in one line, rebuilt with the teacher, the values right again
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is corrupt" in lines[0] and reason in lines[0] and "rebuilding" in lines[0]
+    assert calls and rebuilt.folder == folder
+    got = rebuilt.gather(list(range(20)), width=24, device=torch.device("cpu"))
+    assert torch.equal(got["logits"], expected["logits"]) and torch.equal(got["hidden"][0], expected["hidden"][0])
+    assert _build(teacher, encoded, tmp_path).folder == folder and not capsys.readouterr().err.strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,3 +132,15 @@ def test_cross_entropy_only_without_teacher(setup, tmp_path):
 def test_config_is_range_checked(options, message):
     with pytest.raises(UserError, match=message):
         LMDistillConfig(**options)
+
+
+def test_a_damaged_top_k_cache_is_rebuilt_not_read(setup, tmp_path, capsys):
+    teacher, _, examples = setup
+    options = dict(top_k=4, temperature=1.0, vocabulary=52, root=tmp_path, show_progress=False)
+    built = open_or_build(teacher, examples, **options)
+    expected = built.gather([0, 1], width=24)
+    np.save(built.folder / "log_probs.npy", np.zeros_like(np.load(built.folder / "log_probs.npy")))
+    capsys.readouterr()
+    rebuilt = open_or_build(teacher, examples, **options)
+    assert "log_probs.npy does not match its checksum); rebuilding" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.gather([0, 1], width=24), expected))

@@ -7,7 +7,9 @@ which outputs are stored. Change any of them and a new folder is built; the same
 again (or every later epoch) reads the stored arrays instead of running the teacher.
 `built_once` is the one build protocol: the ranks write into a staging folder beside the
 final one, rank 0 adds meta.json and renames it into place, so a reader never sees a
-half-built cache and a cache two runs build at once is kept once.
+half-built cache and a cache two runs build at once is kept once. meta.json records the
+SHA-256 of every file; a cache whose files are missing, truncated or changed is reported in
+one line and rebuilt, never read.
 
 Dense rows (text classification), `<root>/teacher-outputs/<key>/` (`.npy`, mmap, never pickles):
 
@@ -55,7 +57,7 @@ from edgekd.data import Encoded, batches
 from edgekd.distill.distributed import Ranks
 from edgekd.distill.objective import Needs, forward_outputs
 from edgekd.errors import UserError
-from edgekd.progress import progress_bar
+from edgekd.progress import console, progress_bar
 
 FORMAT_VERSION = 1
 TOP_K_FORMAT_VERSION = 1
@@ -84,11 +86,47 @@ def cache_key(teacher: torch.nn.Module, encoded: Encoded, needs: Needs) -> str:
                                  "needs": needs.describe(), "format": FORMAT_VERSION})
 
 
+def checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file below `folder` but meta.json, by relative path."""
+    found = {}
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != "meta.json"):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        found[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    return found
+
+
+def corruption(folder: Path) -> str | None:
+    """Why the cache in `folder` cannot be trusted, or None: its meta.json must be readable
+    and every file it lists present with the checksum recorded when it was built."""
+    try:
+        recorded = json.loads((folder / "meta.json").read_text())["checksums"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its meta.json is unreadable or has no checksums"
+    found = checksums(folder)
+    for name, digest in recorded.items():
+        if name not in found:
+            return f"{name} is missing"
+        if found[name] != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None], unwritable: str) -> Path:
-    """`final`, built first if it has no meta.json: every rank runs `build(staging)` (each writes
-    what is its to write; rank 0's return value is the meta.json), then rank 0 renames the
-    staging folder into place. `unwritable` ends the one-line error for a folder that cannot
-    be written."""
+    """`final`, built first unless it holds a cache whose checksums match: every rank runs
+    `build(staging)` (each writes what is its to write; rank 0's return value is the
+    meta.json, to which the checksums of every file are added), then rank 0 renames the
+    staging folder into place. A cache that fails its checksums is said so in one line and
+    rebuilt, never read. `unwritable` ends the one-line error for a folder that cannot be
+    written."""
+    if ranks.is_main and final.exists():
+        reason = corruption(final)
+        if reason is not None:
+            console.print(f"teacher cache {final} is corrupt ({reason}); rebuilding", soft_wrap=True)
+            shutil.rmtree(final, ignore_errors=True)
+    ranks.barrier()
     if (final / "meta.json").is_file():
         return final
     staging = final.parent / f".{final.name}.building-{ranks.broadcast_token()}"
@@ -101,7 +139,7 @@ def built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None
                         f"{unwritable}") from error
     ranks.barrier()
     if ranks.is_main:
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        (staging / "meta.json").write_text(json.dumps({**meta, "checksums": checksums(staging)}, indent=2))
         if final.exists():  # another run finished the same cache first: keep theirs
             shutil.rmtree(staging, ignore_errors=True)
         else:
