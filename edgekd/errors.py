@@ -57,6 +57,7 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _plain_permissions(staging)
     if final.exists():
         trash = parent / f".{final.name}.old-{os.getpid()}"
         final.rename(trash)
@@ -64,6 +65,15 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         staging.rename(final)
+
+
+def _plain_permissions(folder: Path) -> None:
+    """Files as a plain write would leave them (0666 less the umask): some writers (the
+    safetensors files of save_pretrained) create theirs owner-only."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
 
 
 def sweep_stale(final: Path) -> None:

@@ -52,3 +52,18 @@ def test_debris_of_a_killed_writer_is_swept_and_a_moved_aside_folder_restored(tm
     sweep_stale(final)
     assert (final / "model").read_text() == "complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "out"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_written_file_has_the_permissions_a_plain_write_gives(teacher_dir, train_file, tmp_path, umask):
+    from conftest import run_cli
+
+    previous = os.umask(umask)
+    try:
+        result = run_cli("distill", "--teacher", teacher_dir, "--data", train_file, "--out", tmp_path / "s",
+                         "--epochs", "1", "--max-length", "16", "--quiet", "--cache-dir", tmp_path / "cache")
+        assert result.exit_code == 0, result.output
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "s").iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
