@@ -6,6 +6,8 @@ do; the CLI prints that line and exits non-zero without a traceback (unless --de
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -32,14 +34,83 @@ class GateFailed(UserError):
     exit_code = 2
 
 
+_held: dict[Path, int] = {}  # lock files this process holds, and how many times
+
+
+@contextmanager
+def exclusive(folder: Path, *, wait: bool = False, what: str = "output folder") -> Iterator[None]:
+    """Hold the lock of `folder`: one writer per folder across this user's processes. Without
+    `wait`, a folder another process holds is one line naming it and that process; with
+    `wait`, this blocks until the other is done. A process may take a lock it already holds
+    (the CLI takes it first, the stage again). Lock files live in the temporary folder, keyed
+    by the folder's absolute path, so that taking one writes nothing where outputs go."""
+    folder = Path(folder)
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:32]
+    path = Path(tempfile.gettempdir()) / f"edgekd-locks-{os.getuid()}" / f"{key}.lock"
+    if path in _held:
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
+    descriptor = _locked(path, folder=folder, wait=wait, what=what)
+    _held[path] = 1
+    try:
+        yield
+    finally:
+        del _held[path]
+        path.unlink(missing_ok=True)  # while still held: a waiter re-checks the file it locked
+        os.close(descriptor)  # releases the lock
+
+
+def _locked(path: Path, *, folder: Path, wait: bool, what: str) -> int:
+    """An open descriptor of the lock file `path`, locked by this process."""
+    while True:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise UserError(f"cannot create the lock file {path}: {error.strerror}; "
+                            "set TMPDIR to a writable folder") from error
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise UserError(f"{what} {folder} is being written by another edgekd process (pid {holder}); "
+                            "wait for it to finish or choose another --out") from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(descriptor).st_ino:  # not removed by its last holder meanwhile
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+            return descriptor
+        os.close(descriptor)
+
+
+def first_process() -> bool:
+    """Rank 0 under torchrun (or no torchrun): the process that writes outputs."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; rename it to `final` only on success.
 
     A crash or an error leaves no half-written `final` behind, and an existing `final`
-    is only replaced once the new one is complete.
+    is only replaced once the new one is complete. The folder's lock is held throughout:
+    a second writer of the same folder fails at once instead of replacing the first's.
     """
-    final = Path(final)
+    with exclusive(final):
+        with _atomic_dir(Path(final), overwrite=overwrite) as staging:
+            yield staging
+
+
+@contextmanager
+def _atomic_dir(final: Path, *, overwrite: bool) -> Iterator[Path]:
     if final.exists() and not overwrite and any(final.iterdir()):
         raise UserError(f"output folder {final} already exists and is not empty; "
                         "choose another --out or pass --overwrite")

@@ -67,3 +67,67 @@ def test_every_written_file_has_the_permissions_a_plain_write_gives(teacher_dir,
         os.umask(previous)
     modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "s").iterdir()}
     assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from edgekd.errors import exclusive
+with exclusive(Path(sys.argv[1]), wait=True):
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold(folder, seconds: float, tmp_path):
+    """Another process holding `folder`'s lock for `seconds`; returns once it holds it."""
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    process = subprocess.Popen([sys.executable, str(script), str(folder), str(seconds)], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "holding"
+    return process
+
+
+def test_a_second_writer_of_an_output_folder_fails_at_once_naming_the_first(teacher_dir, train_file, tmp_path):
+    from conftest import assert_clean_error, run_cli
+
+    out = tmp_path / "student"
+    holder = _hold(out, 30, tmp_path)
+    try:
+        result = run_cli("distill", "--teacher", teacher_dir, "--data", train_file, "--out", out, "--epochs", "1",
+                         "--max-length", "16", "--quiet", "--cache-dir", tmp_path / "cache")
+        assert_clean_error(result, f"output folder {out} is being written by another edgekd process "
+                                   f"\\(pid {holder.pid}\\); wait for it to finish or choose another --out")
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock dies with its holder: the same command now runs, and writes nothing beside the output
+    result = run_cli("distill", "--teacher", teacher_dir, "--data", train_file, "--out", out, "--epochs", "1",
+                     "--max-length", "16", "--quiet", "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_second_builder_of_a_cache_waits_for_the_first_then_uses_its_cache(tmp_path):
+    import time
+
+    from edgekd.distill.cache import built_once
+    from edgekd.distill.distributed import Ranks
+
+    final = tmp_path / "cache" / "key"
+    builds = []
+
+    def build(staging):
+        builds.append(staging)
+        (staging / "values.npy").write_bytes(b"\x00" * 16)
+        return {"format": 1}
+
+    holder = _hold(final, 1.5, tmp_path)
+    started = time.monotonic()
+    built_once(final, ranks=Ranks(), build=build, unwritable="")
+    assert time.monotonic() - started >= 1.0  # it waited for the other builder
+    holder.wait()
+    built_once(final, ranks=Ranks(), build=build, unwritable="")
+    assert len(builds) == 1 and (final / "meta.json").is_file()

@@ -9,6 +9,7 @@ for edgekd.lm.train, built from the options given (the rest keep its own default
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +17,7 @@ import typer
 
 from edgekd.cli.app import app, user_errors
 from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
-from edgekd.errors import UserError
+from edgekd.errors import UserError, exclusive, first_process
 
 # Options only one task reads (the parameter names); every other option serves both.
 TEXT_ONLY_OPTIONS = (
@@ -151,12 +152,14 @@ def distill(
     task = resolve(options.pop("task"), options["teacher"])
     refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
     _require(options)
-    if task == "causal-lm":
-        run_causal_lm(options, given=given)
-    else:
-        for name in CAUSAL_LM_ONLY_OPTIONS:
-            options.pop(name)
-        run(**options)
+    # one writer per --out, from the first moment: a second run fails at once, not after training
+    with exclusive(Path(options["out"])) if first_process() else contextlib.nullcontext():
+        if task == "causal-lm":
+            run_causal_lm(options, given=given)
+        else:
+            for name in CAUSAL_LM_ONLY_OPTIONS:
+                options.pop(name)
+            run(**options)
 
 
 def _require(options: dict) -> None:

@@ -8,6 +8,7 @@ folder per target with the same manifest (edgekd/manifest.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -16,7 +17,7 @@ import typer
 
 from edgekd.cli.app import app, user_errors
 from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
-from edgekd.errors import UserError
+from edgekd.errors import UserError, exclusive
 
 TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter")
 CAUSAL_LM_ONLY_OPTIONS = ("max_perplexity_ratio",)
@@ -83,6 +84,18 @@ def export(
     if not 2 <= max_length <= 8192:
         raise UserError(f"--max-length {max_length} is out of range; choose 2 to 8192")
     check_request(student, targets, out, overwrite=overwrite)
+    with contextlib.ExitStack() as locks:  # one writer per target folder, from the first moment
+        for chosen in targets:
+            locks.enter_context(exclusive(out / chosen.name))
+        _export(student, task=task, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
+                calibration_data=calibration_data, text_column=text_column, label_column=label_column,
+                text_pair_column=text_pair_column, max_length=max_length, given=given, exporter=exporter,
+                max_perplexity_ratio=max_perplexity_ratio)
+
+
+def _export(student: Path, *, task: str, targets, out: Path, overwrite: bool, data, split, calibration_data,
+            text_column: str, label_column: str, text_pair_column, max_length: int, given: set[str], exporter,
+            max_perplexity_ratio) -> None:
     if task == "causal-lm":
         _export_causal_lm(student, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
                           text_column=text_column, max_length=max_length if "max_length" in given else 512,

@@ -40,6 +40,7 @@ Example i of length n has n - 1 rows: row t is the prediction of token t + 1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -56,7 +57,7 @@ from edgekd.config import cache_dir
 from edgekd.data import Encoded, batches
 from edgekd.distill.distributed import Ranks
 from edgekd.distill.objective import Needs, forward_outputs
-from edgekd.errors import UserError
+from edgekd.errors import UserError, exclusive
 from edgekd.progress import console, progress_bar
 
 FORMAT_VERSION = 1
@@ -121,6 +122,12 @@ def built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None
     staging folder into place. A cache that fails its checksums is said so in one line and
     rebuilt, never read. `unwritable` ends the one-line error for a folder that cannot be
     written."""
+    # one builder per cache across processes: a second run waits for the first, then reuses its cache
+    with exclusive(final, wait=True, what="teacher cache") if ranks.is_main else contextlib.nullcontext():
+        return _built_once(final, ranks=ranks, build=build, unwritable=unwritable)
+
+
+def _built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None], unwritable: str) -> Path:
     if ranks.is_main and final.exists():
         reason = corruption(final)
         if reason is not None:
