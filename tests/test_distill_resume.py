@@ -147,3 +147,30 @@ def test_checkpoints_hold_no_code(tmp_path):
     with pytest.raises(UserError, match="corrupt or unreadable"):
         checkpoint.load(folder)
     assert not (tmp_path / "owned").exists()
+
+
+@pytest.mark.parametrize("signal_number, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_sigterm_and_ctrl_c_stop_in_one_line_keep_the_checkpoint_and_resume(teacher_dir, train_file, tmp_path,
+                                                                           signal_number, code, name):
+    # setup: a real process, stopped after its first checkpoint
+    out, cache = tmp_path / "student", tmp_path / "cache"
+    driver = tmp_path / "driver.py"
+    driver.write_text(SLOW_DRIVER)
+    process = subprocess.Popen([sys.executable, str(driver), *_args(teacher_dir, train_file, out, cache)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    saved = checkpoint.checkpoint_dir(out) / checkpoint.FILE_NAME
+    deadline = time.monotonic() + 120
+    while not saved.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # execute
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=60)
+    # assert: one line saying what and how to go on, its exit code, nothing half-written
+    assert process.returncode == code, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == [f"edgekd distill was interrupted ({name}); nothing half-written was kept; "
+                     "rerun it with --resume to continue from its last checkpoint"], stderr[-2000:]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".student")]
+    assert checkpoint.load(saved.parent)["step"] >= 3
+    result = CliRunner().invoke(app, [*_args(teacher_dir, train_file, out, cache), "--resume"])
+    assert result.exit_code == 0, result.output

@@ -33,6 +33,7 @@ def _global(debug: bool = typer.Option(False, "--debug", help="Show full traceba
 
     _state["debug"] = debug
     show_library_output(debug)
+    stop_cleanly_on_sigterm()
     if not debug:
         quiet_libraries()
 
@@ -86,11 +87,33 @@ def user_errors(command: Callable) -> Callable:
             typer.secho(f"error: cannot write{where}: {reason}; free some space or choose a "
                         "writable output folder (nothing half-written was kept)", fg="red", err=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted; nothing half-written was kept", fg="yellow", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as interrupt:
+            terminated = isinstance(interrupt, Terminated)
+            how = ("rerun it with --resume to continue from its last checkpoint" if command.__name__ == "distill"
+                   else "rerun it to start again")
+            typer.secho(f"edgekd {command.__name__} was interrupted ({'SIGTERM' if terminated else 'Ctrl-C'}); "
+                        f"nothing half-written was kept; {how}", fg="yellow", err=True)
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds like Ctrl-C: staging folders
+    are removed, checkpoints already written stay; the exit code is 143."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into `Terminated` (in the main thread; a no-op elsewhere)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 def _is_storage_error(error: Exception) -> bool:

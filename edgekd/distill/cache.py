@@ -136,14 +136,19 @@ def _built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | Non
     ranks.barrier()
     if (final / "meta.json").is_file():
         return final
+    if ranks.is_main:  # holding the lock: any other staging folder of this cache is a killed run's
+        for debris in final.parent.glob(f".{final.name}.building-*"):
+            shutil.rmtree(debris, ignore_errors=True)
     staging = final.parent / f".{final.name}.building-{ranks.broadcast_token()}"
     try:
         staging.mkdir(parents=True, exist_ok=True)
         meta = build(staging)
-    except OSError as error:
+    except BaseException as error:  # an error, Ctrl-C or SIGTERM: no half-built cache stays
         shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"cannot write the teacher cache under {final.parent}: {error.strerror}; "
-                        f"{unwritable}") from error
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write the teacher cache under {final.parent}: {error.strerror}; "
+                            f"{unwritable}") from error
+        raise
     ranks.barrier()
     if ranks.is_main:
         (staging / "meta.json").write_text(json.dumps({**meta, "checksums": checksums(staging)}, indent=2))
