@@ -111,17 +111,19 @@ def _child(spec_path: Path) -> dict:
 
 def _pytorch(spec: dict, feeds: dict):
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+    import transformers
+    from transformers.models.auto import modeling_auto
 
     torch.set_num_threads(spec["threads"])
+    config = transformers.AutoConfig.from_pretrained(spec["source"])
+    causal_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
+    auto, mapping = (("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING") if causal_lm else
+                     ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING"))
     # Import the model's code now, so the baseline holds the whole runtime, not the weights.
-    config = AutoConfig.from_pretrained(spec["source"])
-    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+    getattr(modeling_auto, mapping)[type(config)]
 
     def load():
-        model = AutoModelForSequenceClassification.from_pretrained(
-            spec["source"], attn_implementation="eager").eval()
+        model = getattr(transformers, auto).from_pretrained(spec["source"], attn_implementation="eager").eval()
         tensors = {name: torch.from_numpy(value) for name, value in feeds.items()}
 
         def forward():
@@ -143,7 +145,10 @@ def _onnxruntime(spec: dict, feeds: dict):
             options.add_session_config_entry("session.load_model_format", "ORT")
             options.add_session_config_entry("session.use_ort_model_bytes_directly", "1")
         session = ort.InferenceSession(spec["source"], options, providers=["CPUExecutionProvider"])
-        return lambda: session.run(None, feeds)
+        # a causal LM's key/value inputs the feeds leave out: an empty cache (batch, kv_heads, 0, head_dim)
+        empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np.float32)
+                 for i in session.get_inputs() if i.name not in feeds}
+        return lambda: session.run(None, {**feeds, **empty})
     return load
 
 

@@ -3,15 +3,13 @@
 Quality: perplexity (exp of the mean next-token cross-entropy over held-out text) and
 top-1 next-token agreement with the teacher. Speed: prefill tokens/s (the prompt in one
 pass) and decode tokens/s (one token per step, KV cache reused) at 1 thread, measured
-interleaved across models in rounds and reported as medians; peak resident memory
-added by loading and running each model; size on disk.
+interleaved across models in rounds and reported as medians; peak resident memory of a
+process of its own that loads and runs each model (as for every task); size on disk.
 """
 
 from __future__ import annotations
 
-import gc
 import math
-import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgekd.bench.memory import MemoryProbe
 from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
 from edgekd.lm.generate import OnnxDecoder
@@ -95,20 +94,6 @@ def onnx_decode(decoder: OnnxDecoder, prompt_ids: list[int], new_tokens: int) ->
     return Speed(len(prompt_ids) / prefill, (len(produced) - 1) / decode)
 
 
-def resident_megabytes(field: str = "VmRSS") -> float:
-    """This process's resident memory (VmRSS) or its peak since the last reset (VmHWM)."""
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return int(match.group(1)) / 1024 if match else float("nan")
-
-
-def reset_peak_memory() -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM, so each model's peak is its own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 def interleaved_speeds(runners: dict[str, Callable[[], Speed]], *, rounds: int) -> dict[str, dict]:
     """Each runner once per round, in turn, so machine noise hits all alike; medians."""
     samples = {name: [] for name in runners}
@@ -143,6 +128,7 @@ class _Model:
     load: Callable[[], object]
     size_bytes: int
     reference: str | None  # what it was made from: its quality ratio is against that row
+    memory_source: Path  # what the memory probe loads: the model folder (a .gguf's dequantised one) or file
 
 
 def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | list[Path] | None,
@@ -184,12 +170,16 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
 def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Model]:
     from edgekd.manifest import read_manifest
 
+    from edgekd.lm.models import dequantised_gguf
+
+    teacher_folder = dequantised_gguf(Path(teacher_dir)) if str(teacher_dir).lower().endswith(".gguf") else teacher_dir
     models = [_Model("teacher", "pytorch fp32", "pytorch", "fp32", None, Path(teacher_dir),
-                     lambda: load_causal_lm(teacher_dir)[0], folder_bytes(teacher_dir, "*.safetensors"), None)]
+                     lambda: load_causal_lm(teacher_dir)[0], folder_bytes(teacher_dir, "*.safetensors"), None,
+                     Path(teacher_folder))]
     if student_dir is not None:
         models.append(_Model("student", "pytorch fp32", "pytorch", "fp32", None, Path(student_dir),
                              lambda: load_causal_lm(student_dir, role="student")[0],
-                             folder_bytes(student_dir, "*.safetensors"), "teacher"))
+                             folder_bytes(student_dir, "*.safetensors"), "teacher", Path(student_dir)))
     for folder in _artifact_folders(artifacts):
         manifest = read_manifest(folder)
         if manifest["task"] != "causal-lm":
@@ -202,35 +192,28 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Mod
                              manifest["format"], manifest["precision"], manifest["target"],
                              folder / manifest["model_file"], lambda f=folder: OnnxDecoder(f, threads=1),
                              folder_bytes(folder, "model.*"),
-                             "student" if origin == "student" and student_dir is not None else "teacher"))
+                             "student" if origin == "student" and student_dir is not None else "teacher",
+                             folder / manifest["model_file"]))
     return models
 
 
 def _measure(models: list[_Model], examples: LMExamples, *, prompt_tokens: int, new_tokens: int,
              rounds: int) -> tuple[list[dict], list[int]]:
-    """Every model's quality (loaded one by one: peak memory is each one's own), then decode
-    speed, all models interleaved."""
-    rows, loaded, teacher_top1, vocabulary = [], {}, None, None
-    for model in models:
-        gc.collect()
-        reset_peak_memory()
-        before = resident_megabytes()
-        instance = model.load()
-        if vocabulary is None:
-            vocabulary = instance.get_output_embeddings().out_features
-        logits_fn = onnx_logits_fn(instance) if isinstance(instance, OnnxDecoder) else torch_logits_fn(instance)
-        if teacher_top1 is None:
-            teacher_top1 = top1_predictions(logits_fn, examples, vocabulary=vocabulary)
-        row_quality = quality(logits_fn, examples, vocabulary=vocabulary,
-                              teacher_top1=None if model.name == "teacher" else teacher_top1)
-        rows.append({"name": model.name, "runtime": model.runtime, "format": model.format,
-                     "precision": model.precision, "target": model.target, "source": str(model.source),
-                     "threads": 1, "quality": row_quality, "reference": model.reference,
-                     "size_bytes": model.size_bytes,
-                     # what loading the model and scoring the held-out text added to this process
-                     "memory": {"model_rss_mb": round(resident_megabytes("VmHWM") - before, 1)}})
-        loaded[model.name] = instance
+    """Every model's quality and, meanwhile, its peak memory in a process of its own (as for
+    every task: edgekd/bench/memory.py, on the decode prompt); then decode speed, all models
+    interleaved."""
     prompt = _prompt(examples, prompt_tokens)
+    feeds = {"input_ids": np.asarray([prompt], dtype=np.int64),
+             "attention_mask": np.ones((1, len(prompt)), dtype=np.int64)}
+    probes = {model.name: MemoryProbe(model_format=model.format, source=model.memory_source, input_names=list(feeds),
+                                      feeds=feeds, threads=1) for model in models}
+    try:
+        rows, loaded = _quality_rows(models, examples)
+        for row in rows:
+            row["memory"] = probes[row["name"]].result()
+    finally:
+        for probe in probes.values():
+            probe.stop()
     runners = {name: (lambda m=instance: onnx_decode(m, prompt, new_tokens)) if isinstance(instance, OnnxDecoder)
                else (lambda m=instance: torch_decode(m, prompt, new_tokens)) for name, instance in loaded.items()}
     speeds = interleaved_speeds(runners, rounds=rounds)
@@ -242,6 +225,26 @@ def _measure(models: list[_Model], examples: LMExamples, *, prompt_tokens: int, 
         row["perplexity_ratio"] = perplexity[row["name"]] / perplexity[row["reference"] or "teacher"]
         row["perplexity_ratio_vs_teacher"] = perplexity[row["name"]] / perplexity["teacher"]
     return rows, prompt
+
+
+def _quality_rows(models: list[_Model], examples: LMExamples) -> tuple[list[dict], dict]:
+    """Perplexity and agreement with the teacher of each model; the loaded models."""
+    rows, loaded, teacher_top1, vocabulary = [], {}, None, None
+    for model in models:
+        instance = model.load()
+        if vocabulary is None:
+            vocabulary = instance.get_output_embeddings().out_features
+        logits_fn = onnx_logits_fn(instance) if isinstance(instance, OnnxDecoder) else torch_logits_fn(instance)
+        if teacher_top1 is None:
+            teacher_top1 = top1_predictions(logits_fn, examples, vocabulary=vocabulary)
+        row_quality = quality(logits_fn, examples, vocabulary=vocabulary,
+                              teacher_top1=None if model.name == "teacher" else teacher_top1)
+        rows.append({"name": model.name, "runtime": model.runtime, "format": model.format,
+                     "precision": model.precision, "target": model.target, "source": str(model.source),
+                     "threads": 1, "quality": row_quality, "reference": model.reference,
+                     "size_bytes": model.size_bytes})
+        loaded[model.name] = instance
+    return rows, loaded
 
 
 def _artifact_folders(artifacts) -> list[Path]:
