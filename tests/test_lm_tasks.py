@@ -185,3 +185,21 @@ def test_demo_routes_by_task(tmp_path):
 def test_help_teaches_both_tasks(command):
     result = run(command, "--help")
     assert result.exit_code == 0 and "causal-lm" in result.output and "Example" in result.output
+
+
+def test_a_hub_id_is_detected_from_its_config(monkeypatch):
+    from transformers import AutoConfig, LlamaConfig
+
+    from edgekd.tasks import detect
+
+    asked = []
+
+    def from_pretrained(source, local_files_only=False):
+        asked.append((source, local_files_only))
+        return LlamaConfig(architectures=["LlamaForCausalLM"])
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", from_pretrained)
+    assert detect("HuggingFaceTB/SmolLM2-135M", hub=True) == "causal-lm"
+    assert asked == [("HuggingFaceTB/SmolLM2-135M", True)]  # the local hub cache first
+    assert detect("runs/missing/student", hub=True) is None and len(asked) == 1  # a path, not a hub id
+    assert detect("runs/student") is None and len(asked) == 1  # students are folders: never looked up

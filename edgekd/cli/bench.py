@@ -98,7 +98,7 @@ def bench(
     from edgekd.tasks import resolve
 
     given = given_options(ctx)
-    task = resolve(task, student, teacher)
+    task = resolve(task, student, teacher, hub=True)
     refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
     gates = GateLimits(max_accuracy_drop=max_accuracy_drop, max_perplexity_ratio=max_perplexity_ratio,
                        max_latency_ms=max_latency_ms, max_size_mb=max_size_mb)

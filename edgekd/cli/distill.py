@@ -149,7 +149,7 @@ def distill(
         overrides = recipe_overrides(recipe, ctx)
         options.update(overrides)
         given |= set(overrides)
-    task = resolve(options.pop("task"), options["teacher"])
+    task = resolve(options.pop("task"), options["teacher"], hub=True)
     refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
     _require(options)
     # one writer per --out, from the first moment: a second run fails at once, not after training

@@ -79,28 +79,50 @@ def read_config(source: str | Path) -> dict | None:
         return None
 
 
-def detect(*sources) -> str | None:
-    """The task of the first source that is a local model folder or a .gguf file (hub ids are
-    not looked up here: their loader says what they are); None when no source tells."""
+def hub_config(source: str) -> dict | None:
+    """config.json of a hub model id (`owner/name`), from the local hub cache when it is there,
+    else from the hub; None when it cannot be had (the model's loader then says why)."""
+    from transformers import AutoConfig
+
+    for local_files_only in (True, False):
+        try:
+            return AutoConfig.from_pretrained(source, local_files_only=local_files_only).to_dict()
+        except Exception:  # noqa: BLE001 - not cached, offline, unknown id: the loader reports it
+            continue
+    return None
+
+
+def detect(*sources, hub: bool = False) -> str | None:
+    """The task of the first source that is a local model folder, a .gguf file or (with
+    `hub`, for teachers, which may be hub ids) a hub id whose config can be read; None when
+    no source tells."""
     for source in sources:
         if source is None:
             continue
         if str(source).lower().endswith(".gguf"):
             return CAUSAL_LM.name
         config = read_config(source)
+        if config is None and hub and isinstance(source, str) and _looks_like_hub_id(source):  # Paths: folders
+            config = hub_config(str(source))
         if config is not None:
             return task_of_config(config)
     return None
 
 
-def resolve(task: str | None, *sources) -> str:
+def _looks_like_hub_id(text: str) -> bool:
+    """`owner/name`: one slash, not a path that exists or starts like one."""
+    return (text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
+            and all(part for part in text.split("/")))
+
+
+def resolve(task: str | None, *sources, hub: bool = False) -> str:
     """--task as given (after checking it fits the model folders), else the detected task."""
-    detected = detect(*sources)
+    detected = detect(*sources, hub=hub)
     if task is None:
         return detected or DEFAULT_TASK
     check_task(task)
     if detected is not None and detected != task:
-        folder = next(str(s) for s in sources if s is not None and detect(s) is not None)
+        folder = next(str(s) for s in sources if s is not None and detect(s, hub=hub) is not None)
         raise UserError(f"{folder} holds a {detected} model, not a {task} one; "
                         f"pass --task {detected} (or leave --task out)")
     return task
