@@ -80,6 +80,14 @@ def artifact_folders(root: Path) -> list[Path]:
     return folders
 
 
+def origin_of(manifest: dict, teacher: Path | str | None) -> str:
+    """`teacher` when the artifact was exported from the teacher folder itself (the
+    no-distillation baseline), else `student`."""
+    source = manifest.get("source_student")
+    from_teacher = teacher is not None and source is not None and Path(source).resolve() == Path(teacher).resolve()
+    return "teacher" if from_teacher else "student"
+
+
 def versions() -> dict:
     import onnx
     import onnxruntime

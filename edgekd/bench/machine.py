@@ -58,3 +58,13 @@ def busy(machine: dict) -> bool:
     usable cores says that something else competed for them.
     """
     return machine["load_average_1m"] > (machine.get("usable_cores") or machine.get("cores") or 1)
+
+
+def measurement_warnings(rows: list[dict], machine: dict) -> list[str]:
+    """What every task's report warns of: peak memory a probe could not measure, a busy machine."""
+    warnings = [f"{row['name']}: peak memory not measured ({row['memory']['error']})"
+                for row in rows if row.get("memory") and "error" in row["memory"]]
+    if busy(machine):
+        warnings.append(f"the machine was busy (load {machine['load_average_1m']} on "
+                        f"{machine['usable_cores']} cores): compare the ratios, not the absolute times")
+    return warnings

@@ -20,7 +20,7 @@ import torch
 from edgekd.data import Encoded, batches
 from edgekd.errors import UserError
 from edgekd.sessions import load_pte_method, open_session
-from edgekd.manifest import MANIFEST, read_manifest
+from edgekd.manifest import MANIFEST, origin_of, read_manifest
 from edgekd.models import model_inputs
 
 ACCURACY_BATCH_SIZE = 32
@@ -74,10 +74,7 @@ def artifact_candidate(folder: Path, *, threads: int, teacher_folder: Path | Non
                         "export the artifact again")
     model, input_names, runtime = LOADERS[artifact_format](model_path, manifest, threads)
     precision = manifest.get("precision", "fp32")
-    source = manifest.get("source_student")
-    from_teacher = (teacher_folder is not None and source is not None
-                    and Path(source).resolve() == Path(teacher_folder).resolve())
-    origin = "teacher" if from_teacher else "student"
+    origin = origin_of(manifest, teacher_folder)
     return Candidate(name=f"{origin}/{manifest.get('target', folder.name)}", origin=origin,
                      runtime=f"{runtime} {precision}", format=artifact_format,
                      source=model_path, model=model, input_names=input_names, threads=threads,

@@ -24,7 +24,7 @@ from edgekd.bench import roofline
 from edgekd.metrics import quality
 from edgekd.bench.gates import GateLimits, check_gates
 from edgekd.bench.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
-from edgekd.bench.machine import busy, machine_info
+from edgekd.bench.machine import machine_info, measurement_warnings
 from edgekd.bench.memory import MemoryProbe
 from edgekd.bench.report import SCHEMA_VERSION
 from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, logits_over,
@@ -416,15 +416,8 @@ def _warnings(report: dict) -> list[str]:
                     f"{row['name']}: latency at {length} tokens spreads too widely to trust "
                     f"(IQR {summary['iqr_ms']:.2f} ms = {100 * summary['relative_iqr']:.0f}% of "
                     f"the median); use more --repeats or a quieter machine")
-        if row["memory"] and "error" in row["memory"]:
-            warnings.append(f"{row['name']}: peak memory not measured ({row['memory']['error']})")
     warnings += [f"skipped {item['artifact']}: {item['reason']}" for item in report["skipped"]]
     if report["data"]["labelled_rows"] == 0:
         warnings.append("the evaluation data has no labels: accuracy and F1 are not measured, "
                         "agreement and KL to the teacher are")
-    machine = report["machine"]
-    if busy(machine):
-        warnings.append(f"the machine was busy (load {machine['load_average_1m']} on "
-                        f"{machine['usable_cores']} cores): compare the ratios, not the absolute "
-                        "times")
-    return warnings
+    return warnings + measurement_warnings(report["rows"], report["machine"])

@@ -138,7 +138,7 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
     the report has the schema of every task's (docs/report-schema.md), gates included
     (`gates`: edgekd.bench.gates.GateLimits; the caller decides whether a failure stops it)."""
     from edgekd.bench.gates import GateLimits, check_gates
-    from edgekd.bench.machine import busy, machine_info
+    from edgekd.bench.machine import machine_info, measurement_warnings
     from edgekd.bench.report import SCHEMA_VERSION
     from edgekd.lm.data import encode_texts
 
@@ -159,18 +159,14 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
               "data": {"rows": len(examples), "tokens": examples.predicted_tokens},
               "settings": {"max_length": max_length, "prompt_tokens": len(prompt), "new_tokens": new_tokens,
                            "rounds": rounds, "threads": 1, "batch_size": 1, "interleaved": True},
-              "skipped": [], "warnings": []}
-    if busy(machine):
-        report["warnings"].append(f"the machine was busy (load {machine['load_average_1m']} on "
-                                  f"{machine['usable_cores']} cores): compare the ratios, not the absolute times")
+              "skipped": [], "warnings": measurement_warnings(rows, machine)}
     report["gates"] = check_gates(rows, gates or GateLimits())
     return report
 
 
 def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Model]:
-    from edgekd.manifest import read_manifest
-
     from edgekd.lm.models import dequantised_gguf
+    from edgekd.manifest import origin_of, read_manifest
 
     teacher_folder = dequantised_gguf(Path(teacher_dir)) if str(teacher_dir).lower().endswith(".gguf") else teacher_dir
     models = [_Model("teacher", "pytorch fp32", "pytorch", "fp32", None, Path(teacher_dir),
@@ -185,8 +181,7 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Mod
         if manifest["task"] != "causal-lm":
             raise UserError(f"{folder} holds a {manifest['task']} artifact, not a causal LM; bench it "
                             "with its own teacher")
-        source = manifest.get("source_student")
-        origin = "teacher" if source and Path(source).resolve() == Path(teacher_dir).resolve() else "student"
+        origin = origin_of(manifest, teacher_dir)
         runtime = "ort-mobile" if manifest["format"] == "ort" else "ort"
         models.append(_Model(f"{origin}/{manifest['target']}", f"{runtime} {manifest['precision']}",
                              manifest["format"], manifest["precision"], manifest["target"],
