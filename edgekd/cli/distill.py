@@ -173,9 +173,9 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
     the student made from the teacher, the causal-LM stage."""
     from dataclasses import fields
 
+    from edgekd.config import LMDistillConfig
     from edgekd.lm.data import encode_texts, read_texts
     from edgekd.lm.models import load_causal_lm, make_lm_student, probe_batch, shared_vocabulary
-    from edgekd.config import LMDistillConfig
     from edgekd.lm.train import distill_lm
 
     names = {f.name for f in fields(LMDistillConfig)}
