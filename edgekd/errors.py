@@ -157,7 +157,7 @@ def sweep_stale(final: Path) -> None:
     for leftover in sorted(final.parent.glob(f".{final.name}.*-*")):
         kind, _, rest = leftover.name[len(final.name) + 2:].partition("-")
         pid = rest.split("-")[0]
-        if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
+        if kind not in ("partial", "old") or not pid.isdigit() or process_alive(int(pid)):
             continue
         if kind == "old" and not final.exists():
             leftover.rename(final)
@@ -171,7 +171,7 @@ def _umask() -> int:
     return mask
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -181,9 +181,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def temporary_name(path: Path) -> Path:
+    """Where this process writes a file before renaming it to `path`. A killed writer's
+    temporary (`.NAME.tmp-PID` of a process no longer running) is removed first."""
+    path = Path(path)
+    for leftover in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = leftover.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file under a temporary name, then rename it into place."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = temporary_name(path)
     temporary.write_text(text)
     temporary.replace(path)

@@ -108,3 +108,31 @@ def test_cli_bad_input_exits_1_not_2(case, teacher_dir, artifacts, test_file, tm
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and expected in result.output, result.output
     assert not (tmp_path / "report").exists()
+
+
+def test_teacher_artifacts_give_each_student_artifact_its_same_target_speedup(teacher_dir, student_dir, artifacts,
+                                                                             test_file, tmp_path):
+    # setup: the teacher exported to the same target as the student's artifact
+    teacher_export = tmp_path / "teacher-export"
+    result = run("export", teacher_dir, "--target", "onnx-int8", "--out", teacher_export)
+    assert result.exit_code == 0, result.output
+    # execute
+    result = run("bench", "--teacher", teacher_dir, "--student", student_dir, "--artifacts", artifacts,
+                 "--teacher-artifacts", teacher_export, "--data", test_file, "--out", tmp_path / "report",
+                 "--max-accuracy-drop", "100", *FAST_CLI)
+    # assert: both speedups, each the ratio of two p50s of this one run
+    assert result.exit_code == 0, result.output
+    assert "vs teacher/target" in result.output
+    rows = {row["name"]: row for row in json.loads((tmp_path / "report" / "report.json").read_text())["rows"]}
+    assert set(rows) == {"teacher", "student", "student/onnx-int8", "teacher/onnx-int8"}
+    p50 = {name: row["latency"]["p50_ms"] for name, row in rows.items()}
+    assert rows["student/onnx-int8"]["speedup_same_target"] == pytest.approx(p50["teacher/onnx-int8"] / p50["student/onnx-int8"])
+    assert rows["student/onnx-int8"]["speedup"] == pytest.approx(p50["teacher"] / p50["student/onnx-int8"])
+    assert rows["student"]["speedup_same_target"] == pytest.approx(rows["student"]["speedup"])
+    assert rows["teacher"]["speedup_same_target"] is None and rows["teacher/onnx-int8"]["speedup_same_target"] is None
+    # a student's export given as the teacher's is refused by name
+    wrong = run("bench", "--teacher", teacher_dir, "--teacher-artifacts", artifacts, "--data", test_file,
+                "--out", tmp_path / "wrong", *FAST_CLI)
+    assert wrong.exit_code == 1 and "Traceback" not in wrong.output
+    assert f"was exported from {student_dir}, not from the teacher" in " ".join(wrong.output.split())
+    assert not (tmp_path / "wrong").exists()

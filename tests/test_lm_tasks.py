@@ -102,7 +102,7 @@ def test_export_and_bench_find_a_causal_lm_in_config_json(lm, tmp_path):
     assert result.exit_code == 0, result.output
     assert "ppl" in result.output and "decode t/s" in result.output
     report = json.loads((export / "report.json").read_text())  # beside the artifacts, as for classifiers
-    assert report["task"] == "causal-lm" and report["schema_version"] == 3
+    assert report["task"] == "causal-lm" and report["schema_version"] == 4
     assert [row["name"] for row in report["rows"]] == ["teacher", "student", "student/onnx-fp32", "student/onnx-int8"]
     assert (export / "report.md").read_text().startswith("# edgekd bench report")
     # every key the report holds is documented in docs/report-schema.md, as for classifiers
@@ -203,3 +203,21 @@ def test_a_hub_id_is_detected_from_its_config(monkeypatch):
     assert asked == [("HuggingFaceTB/SmolLM2-135M", True)]  # the local hub cache first
     assert detect("runs/missing/student", hub=True) is None and len(asked) == 1  # a path, not a hub id
     assert detect("runs/student") is None and len(asked) == 1  # students are folders: never looked up
+
+
+def test_causal_lm_teacher_artifacts_give_the_same_target_speedup(lm, tmp_path):
+    student_export, teacher_export = tmp_path / "student-export", tmp_path / "teacher-export"
+    for source, out in ((lm["student"], student_export), (lm["teacher"], teacher_export)):
+        result = run("export", source, "--target", "onnx-fp32", "--out", out)
+        assert result.exit_code == 0, result.output
+    result = run("bench", "--teacher", lm["teacher"], "--student", lm["student"], "--artifacts", student_export,
+                 "--teacher-artifacts", teacher_export, "--data", lm["test"], "--new-tokens", "4", "--rounds", "1",
+                 "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads((tmp_path / "report" / "report.json").read_text())["rows"]}
+    assert set(rows) == {"teacher", "student", "student/onnx-fp32", "teacher/onnx-fp32"}
+    ms = {name: row["latency"]["p50_ms"] for name, row in rows.items()}  # decode ms per token
+    assert rows["student/onnx-fp32"]["speedup_same_target"] == pytest.approx(ms["teacher/onnx-fp32"] / ms["student/onnx-fp32"])
+    assert rows["student"]["speedup_same_target"] == pytest.approx(rows["student"]["speedup"])
+    assert rows["teacher/onnx-fp32"]["speedup_same_target"] is None
+    assert rows["teacher/onnx-fp32"]["reference"] == "teacher"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -231,6 +232,54 @@ def test_export_killed_mid_write_never_leaves_a_complete_looking_artifact(studen
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["onnx-fp32", "onnx-int8"]  # debris swept
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_bench_killed_mid_run_leaves_no_probe_running_and_the_next_run_sweeps_its_debris(
+        teacher_dir, student_dir, test_file, tmp_path):
+    # setup: a private temporary folder, so that the bench's scratch folders can be watched
+    scratch, out = tmp_path / "tmp", tmp_path / "report"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    command = [sys.executable, "-m", "edgekd", "bench", "--teacher", str(teacher_dir), "--student", str(student_dir),
+               "--data", str(test_file), "--out", str(out), "--repeats", "2", "--throughput-batch", "0",
+               "--no-roofline", "--no-plot", "--max-length", "32", "--sequence-length", "32", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    probes = []
+    while not probes and time.monotonic() < deadline:  # until a probe has started
+        time.sleep(0.05)
+        probes = _children(process.pid) if list(scratch.glob(f"edgekd-memory-{process.pid}-*")) else []
+    time.sleep(0.5)  # the probes are past their start-up
+    # execute: SIGKILL while its memory probes run
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert probes and list(scratch.glob(f"edgekd-memory-{process.pid}-*"))
+    # assert: the probes die with it, and the next run sweeps what it left and writes a whole report
+    deadline = time.monotonic() + 2  # a probe on its own would go on loading torch for seconds
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+              for pid in probes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in probes if Path(f"/proc/{pid}").exists()
+                and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    out.mkdir(exist_ok=True)
+    (out / f".report.json.tmp-{process.pid}").write_text('{"half": ')  # as a kill mid-write leaves it
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert not list(scratch.glob("edgekd-memory-*")) and not list(out.glob(".*"))
+    assert json.loads((out / "report.json").read_text())["rows"][1]["memory"]["peak_rss_mb"] > 0
 
 
 # ------------------------------------------------------------------------- full or read-only disk

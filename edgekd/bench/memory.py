@@ -11,13 +11,16 @@ latency inputs, and reports:
     model_rss_mb    peak - runtime: what loading and running this model added
 
 Run as `python -m edgekd.bench.memory SPEC.json`; this module imports nothing heavy at
-the top so that the child's baseline is the runtime's, not edgekd's.
+the top so that the child's baseline is the runtime's, not edgekd's. A child dies with the
+bench that started it (even one killed by SIGKILL), and the next bench removes the scratch
+folder (`edgekd-memory-PID-*` in the temporary folder) a killed bench left behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+SCRATCH_PREFIX = "edgekd-memory-"
 RUNS_IN_CHILD = 3  # forward passes after loading: the first allocates the work buffers
 TIMEOUT_SECONDS = 600
 
@@ -38,13 +42,14 @@ class MemoryProbe:
 
     def __init__(self, *, model_format: str, source: Path | str, input_names: list[str],
                  feeds: dict[str, np.ndarray], threads: int):
-        self._scratch = tempfile.TemporaryDirectory(prefix="edgekd-memory-")
+        sweep_stale_scratch()
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
         inputs_path = Path(self._scratch.name) / "inputs.npz"
         np.savez(inputs_path, **{name: feeds[name] for name in input_names})
         spec_path = Path(self._scratch.name) / "spec.json"
         spec_path.write_text(json.dumps({"format": model_format, "source": str(source),
                                          "inputs": str(inputs_path), "input_names": input_names,
-                                         "threads": threads}))
+                                         "threads": threads, "parent": os.getpid()}))
         self._process = subprocess.Popen(
             [sys.executable, "-m", "edgekd.bench.memory", str(spec_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -81,6 +86,28 @@ def measure_memory(*, model_format: str, source: Path | str, input_names: list[s
                        feeds=feeds, threads=threads).result()
 
 
+def sweep_stale_scratch() -> None:
+    """Remove the scratch folders of benches that are no longer running (killed ones)."""
+    from edgekd.errors import process_alive
+
+    for leftover in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = leftover.name[len(SCRATCH_PREFIX):].partition("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this child when the bench that started it dies, then make sure it
+    has not died already (elsewhere a killed bench's child ends after its three runs)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit("the bench that started this memory probe is gone")
+
+
 def resident_mb() -> tuple[float, float]:
     """(current, peak) resident set of this process in MB, from /proc (Linux) or rusage."""
     try:
@@ -97,6 +124,7 @@ def resident_mb() -> tuple[float, float]:
 
 def _child(spec_path: Path) -> dict:
     spec = json.loads(Path(spec_path).read_text())
+    _die_with_parent(spec["parent"])
     with np.load(spec["inputs"], allow_pickle=False) as archive:
         feeds = {name: archive[name] for name in spec["input_names"]}
     run = CHILD_LOADERS[spec["format"]](spec, feeds)  # imports the runtime, returns a loader

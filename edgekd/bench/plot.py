@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
+
+from edgekd.errors import temporary_name
 
 FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "ort": "D", "pte": "^"}
 
@@ -40,7 +41,7 @@ def write_plot(report: dict, path: Path) -> None:
     figure.suptitle(f"edgekd bench: {report['data']['rows']} examples, "
                     f"{report['machine']['cpu']}")
     figure.tight_layout()
-    temporary = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+    temporary = temporary_name(Path(path))
     figure.savefig(temporary, format="png", dpi=110)
     plt.close(figure)
     temporary.replace(path)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from edgekd.errors import atomic_write_text
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # (header, key, format) of the quality-and-size table
 COLUMNS = [
     ("model", "name", "{}"),
@@ -36,6 +36,7 @@ SPEED_COLUMNS = [
     ("IQR %", "relative_iqr", "{:.0f}"),
     ("ex/s", "examples_per_s", "{:.1f}"),
     ("speedup", "speedup", "{:.1f}x"),
+    ("vs teacher/target", "speedup_same_target", "{:.2f}x"),
     ("GOP/inf", "gops", "{:.3g}"),
     ("% peak", "fraction_of_peak", "{:.1f}"),
 ]
@@ -46,9 +47,23 @@ LM_COLUMNS = COLUMNS[:2] + [("ppl", "perplexity", "{:.2f}"), ("ppl x ref", "perp
                             ("top-1 agree %", "top1_agreement", "{:.1f}")] + COLUMNS[7:]
 LM_SPEED_COLUMNS = SPEED_COLUMNS[:2] + [("ms/token", "p50_ms", "{:.2f}"),
                                         ("prefill t/s", "prefill_tokens_per_second", "{:.1f}"),
-                                        ("decode t/s", "decode_tokens_per_second", "{:.1f}"), SPEED_COLUMNS[7]]
+                                        ("decode t/s", "decode_tokens_per_second", "{:.1f}"),
+                                        *SPEED_COLUMNS[7:9]]
 COLUMNS_BY_TASK = {"text-classification": (COLUMNS, SPEED_COLUMNS), "causal-lm": (LM_COLUMNS, LM_SPEED_COLUMNS)}
 NAN = float("nan")
+
+
+def add_same_target_speedups(rows: list[dict]) -> None:
+    """Each student row's speedup over the teacher in the same form, measured in the same run:
+    `student/T` over `teacher/T` (the teacher exported to target T), the student in PyTorch over
+    the teacher in PyTorch. Only this ratio isolates what distillation bought; `speedup`, over
+    the teacher in PyTorch, mixes in the runtime and quantisation. None without a counterpart."""
+    p50 = {row["name"]: row["latency"]["p50_ms"] for row in rows}
+    for row in rows:
+        name = row["name"]
+        counterpart = "teacher" if name == "student" else \
+            f"teacher/{name.partition('/')[2]}" if name.startswith("student/") else None
+        row["speedup_same_target"] = p50[counterpart] / p50[name] if counterpart in p50 else None
 
 
 def _task(report: dict) -> str:
@@ -78,6 +93,7 @@ def flatten(row: dict) -> dict:
         "relative_iqr": 100 * latency.get("relative_iqr", NAN),
         "examples_per_s": (row.get("throughput") or {}).get("examples_per_s", NAN),
         "speedup": row["speedup"],
+        "speedup_same_target": NAN if row.get("speedup_same_target") is None else row["speedup_same_target"],
         "gops": efficiency.get("operations", NAN) / 1e9,
         "fraction_of_peak": 100 * efficiency.get("fraction_of_peak", NAN),
     }
@@ -110,11 +126,14 @@ def _titles(report: dict) -> tuple[str, str]:
 
 QUALITY_CAPTION = ("ort: onnxruntime; acc: accuracy on the labels; agree: same prediction as the teacher; KL: mean "
                    "KL(teacher || model); peak RSS: whole process; +model: added by loading and running")
-SPEED_CAPTION = ("speedup: teacher p50 / model p50; IQR %: spread relative to p50; GOP/inf: "
-                 "matrix-multiply operations per inference; % peak: of the machine's measured matmul peak")
+SAME_TARGET_CAPTION = ("vs teacher/target: over the teacher exported to the same target (--teacher-artifacts), "
+                       "in the same run; the student in PyTorch against the teacher in PyTorch")
+SPEED_CAPTION = ("speedup: teacher p50 / model p50; " + SAME_TARGET_CAPTION + "; IQR %: spread relative to p50; "
+                 "GOP/inf: matrix-multiply operations per inference; % peak: of the machine's measured matmul peak")
 LM_QUALITY_CAPTION = ("ppl: perplexity of the held-out text; x ref: over the model it was made from (the student "
                       "for its exports, the teacher for the student); top-1 agree: same next token as the teacher")
-LM_SPEED_CAPTION = "ms/token: decode time per generated token (1000 / decode t/s); speedup: decode t/s over the teacher's"
+LM_SPEED_CAPTION = ("ms/token: decode time per generated token (1000 / decode t/s); speedup: decode t/s over the "
+                    "teacher's; " + SAME_TARGET_CAPTION)
 CAPTIONS_BY_TASK = {"text-classification": (QUALITY_CAPTION, SPEED_CAPTION),
                     "causal-lm": (LM_QUALITY_CAPTION, LM_SPEED_CAPTION)}
 

@@ -26,7 +26,7 @@ from edgekd.bench.gates import GateLimits, check_gates
 from edgekd.bench.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
 from edgekd.bench.machine import machine_info, measurement_warnings
 from edgekd.bench.memory import MemoryProbe
-from edgekd.bench.report import SCHEMA_VERSION
+from edgekd.bench.report import SCHEMA_VERSION, add_same_target_speedups
 from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, logits_over,
                                    runner, torch_candidate)
 from edgekd.data import TextDataset, encode
@@ -333,6 +333,7 @@ def _rows(candidates: list[Candidate], *, measurement: dict, data: TextDataset) 
         reference = row["reference"] or "teacher"
         row["accuracy_drop"] = 100 * (accuracy[reference] - row["quality"]["accuracy"])
         row["accuracy_drop_vs_teacher"] = 100 * (accuracy["teacher"] - row["quality"]["accuracy"])
+    add_same_target_speedups(rows)
     return rows
 
 

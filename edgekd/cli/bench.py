@@ -37,6 +37,10 @@ def bench(
         None, help="Output folder of edgekd export; repeatable (artifacts exported from the "
                    "teacher itself are reported as teacher/TARGET, the no-distillation baseline). "
                    "Causal LMs: one folder."),
+    teacher_artifacts: Optional[List[Path]] = typer.Option(
+        None, help="Output folder of edgekd export run on the teacher itself; repeatable. Each student "
+                   "artifact is also compared with the teacher's artifact of the same target, measured in "
+                   "the same run (column 'vs teacher/target'): the speedup distillation alone bought."),
     task: Optional[str] = typer.Option(
         None, help="text-classification or causal-lm (default: read from the student's or teacher's config.json)."),
     out: Optional[Path] = typer.Option(
@@ -92,9 +96,13 @@ def bench(
         edgekd bench --teacher runs/teacher --student runs/student --artifacts runs/export --data test.csv --max-latency-ms 20
 
         edgekd bench --teacher runs/lm-teacher --student runs/lm --artifacts runs/lm-export --data test.txt
+
+        edgekd export runs/teacher --target onnx-int8 --out runs/teacher-export
+        edgekd bench --teacher runs/teacher --student runs/student --artifacts runs/export --teacher-artifacts runs/teacher-export --data test.csv
     """
     from edgekd.bench.gates import GateLimits, raise_for_failed_gates
     from edgekd.bench.report import print_table, write_report
+    from edgekd.errors import exclusive
     from edgekd.tasks import resolve
 
     given = given_options(ctx)
@@ -102,27 +110,47 @@ def bench(
     refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
     gates = GateLimits(max_accuracy_drop=max_accuracy_drop, max_perplexity_ratio=max_perplexity_ratio,
                        max_latency_ms=max_latency_ms, max_size_mb=max_size_mb)
-    if task == "causal-lm":
-        from edgekd.lm.bench import bench_lm
-        from edgekd.lm.data import read_texts
-
-        texts, _ = read_texts(data, text_column=text_column, split=split, default_split="test")
-        report = bench_lm(teacher_dir=Path(teacher), student_dir=student, artifacts=artifacts or None,
-                          texts=texts, max_length=max_length, new_tokens=new_tokens, rounds=rounds, gates=gates)
-        plot = False
-    else:
-        report = _bench_classifier(teacher, data=data, split=split, student=student, artifacts=artifacts,
-                                   text_column=text_column, label_column=label_column,
-                                   text_pair_column=text_pair_column, max_length=max_length,
-                                   sequence_length=sequence_length, threads=threads, repeats=repeats,
-                                   throughput_batch=throughput_batch, memory=memory, roofline=roofline,
-                                   gates=gates, quiet=quiet, trust_remote_code=trust_remote_code)
     folder = Path(out or (artifacts[0] if artifacts else "runs/bench"))
-    write_report(report, folder, plot=plot)
+    artifacts = list(artifacts or []) + _teacher_exports(teacher_artifacts or [], teacher=teacher) or None
+    with exclusive(folder, what="bench report folder"):  # one bench writes a report folder at a time
+        if task == "causal-lm":
+            from edgekd.lm.bench import bench_lm
+            from edgekd.lm.data import read_texts
+
+            texts, _ = read_texts(data, text_column=text_column, split=split, default_split="test")
+            report = bench_lm(teacher_dir=Path(teacher), student_dir=student, artifacts=artifacts or None,
+                              texts=texts, max_length=max_length, new_tokens=new_tokens, rounds=rounds,
+                              gates=gates)
+            plot = False
+        else:
+            report = _bench_classifier(teacher, data=data, split=split, student=student, artifacts=artifacts,
+                                       text_column=text_column, label_column=label_column,
+                                       text_pair_column=text_pair_column, max_length=max_length,
+                                       sequence_length=sequence_length, threads=threads, repeats=repeats,
+                                       throughput_batch=throughput_batch, memory=memory, roofline=roofline,
+                                       gates=gates, quiet=quiet, trust_remote_code=trust_remote_code)
+        write_report(report, folder, plot=plot)
     print_table(report)
     typer.echo(f"report written to {folder}/report.json, report.md"
                f"{' and report.png' if plot else ''}")
     raise_for_failed_gates(report["gates"])
+
+
+def _teacher_exports(roots: list[Path], *, teacher: str) -> list[Path]:
+    """The artifact folders under `roots`, each checked to be exported from `teacher`."""
+    from edgekd.errors import UserError
+    from edgekd.lm.models import dequantised_gguf
+    from edgekd.manifest import artifact_folders, origin_of, read_manifest
+
+    reference = dequantised_gguf(Path(teacher)) if teacher.lower().endswith(".gguf") else Path(teacher)
+    folders = [folder for root in roots for folder in artifact_folders(root)]
+    for folder in folders:
+        manifest = read_manifest(folder)
+        if origin_of(manifest, reference) != "teacher":
+            raise UserError(f"--teacher-artifacts {folder} was exported from {manifest.get('source_student')}, "
+                            f"not from the teacher {teacher}; export the teacher itself: "
+                            f"edgekd export {teacher} --target {manifest.get('target')} --out DIR")
+    return folders
 
 
 def _bench_classifier(teacher: str, *, data: Path, split, student, artifacts, text_column, label_column,

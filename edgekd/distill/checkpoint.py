@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from edgekd.distill.distributed import Ranks
-from edgekd.errors import UserError
+from edgekd.errors import UserError, temporary_name
 from edgekd.progress import console
 
 FILE_NAME = "checkpoint.pt"
@@ -35,7 +35,7 @@ def save(folder: Path, state: dict) -> Path:
     """Write `state` as the latest checkpoint in `folder`, atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / FILE_NAME
-    temporary = folder / f".{FILE_NAME}.tmp-{os.getpid()}"
+    temporary = temporary_name(final)
     torch.save({"format": FORMAT_VERSION, **state}, temporary)
     with temporary.open("rb") as handle:  # the data must be on disk before the rename
         os.fsync(handle.fileno())

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.bench.memory import MemoryProbe
+from edgekd.bench.report import add_same_target_speedups
 from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
 from edgekd.lm.generate import OnnxDecoder
@@ -181,7 +182,7 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Mod
         if manifest["task"] != "causal-lm":
             raise UserError(f"{folder} holds a {manifest['task']} artifact, not a causal LM; bench it "
                             "with its own teacher")
-        origin = origin_of(manifest, teacher_dir)
+        origin = origin_of(manifest, teacher_folder)  # a .gguf teacher: its dequantised folder
         runtime = "ort-mobile" if manifest["format"] == "ort" else "ort"
         models.append(_Model(f"{origin}/{manifest['target']}", f"{runtime} {manifest['precision']}",
                              manifest["format"], manifest["precision"], manifest["target"],
@@ -219,6 +220,7 @@ def _measure(models: list[_Model], examples: LMExamples, *, prompt_tokens: int, 
         row["speedup"] = speed["decode_tokens_per_second"] / speeds["teacher"]["decode_tokens_per_second"]
         row["perplexity_ratio"] = perplexity[row["name"]] / perplexity[row["reference"] or "teacher"]
         row["perplexity_ratio_vs_teacher"] = perplexity[row["name"]] / perplexity["teacher"]
+    add_same_target_speedups(rows)
     return rows, prompt
 
 
