@@ -97,7 +97,8 @@ def _limited(splits: dict[str, TextDataset], limit: int | None) -> dict[str, Tex
 def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
              max_length: int = 128, epochs: int = STUDENT_RECIPE.epochs, max_steps: int = 0,
              repeats: int = 50, show_progress: bool = True) -> dict:
-    """Teacher (cached) -> distilled 2-layer student -> onnx-fp32 + onnx-int8 -> report."""
+    """Teacher (cached) -> distilled 2-layer student -> onnx-fp32 + onnx-int8 of the student and
+    of the teacher (the baseline each student artifact is compared with) -> report."""
     from dataclasses import replace
 
     from edgekd.bench.report import print_table, write_report
@@ -122,10 +123,13 @@ def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
                      train=splits["train"], validation=splits["validation"],
                      config=replace(STUDENT_RECIPE, epochs=epochs, max_steps=max_steps, max_length=max_length),
                      out=out / "student", overwrite=True, show_progress=show_progress)
+    targets = [load_target("onnx-fp32"), load_target("onnx-int8")]
     console.print("export: onnx-fp32, onnx-int8")
-    export(result.student_dir, targets=[load_target("onnx-fp32"), load_target("onnx-int8")],
-           out=out / "export", overwrite=True)
-    report = bench(teacher=teacher_dir, student=result.student_dir, artifacts=out / "export",
+    export(result.student_dir, targets=targets, out=out / "export", overwrite=True)
+    console.print("export: the teacher to the same targets (the baseline without distillation)")
+    export(teacher_dir, targets=targets, out=out / "teacher-export", overwrite=True)
+    report = bench(teacher=teacher_dir, student=result.student_dir,
+                   artifacts=[out / "export", out / "teacher-export"],
                    data=splits["test"], max_length=max_length, sequence_length=max_length,
                    repeats=repeats, show_progress=show_progress, teacher_model=(teacher, tokenizer))
     report["demo"] = {"teacher_dir": str(teacher_dir), "student_layers": layers,

@@ -130,6 +130,8 @@ def test_teacher_artifacts_give_each_student_artifact_its_same_target_speedup(te
     assert rows["student/onnx-int8"]["speedup"] == pytest.approx(p50["teacher"] / p50["student/onnx-int8"])
     assert rows["student"]["speedup_same_target"] == pytest.approx(rows["student"]["speedup"])
     assert rows["teacher"]["speedup_same_target"] is None and rows["teacher/onnx-int8"]["speedup_same_target"] is None
+    gates = json.loads((tmp_path / "report" / "report.json").read_text())["gates"]
+    assert gates and {gate["artifact"] for gate in gates} == {"student/onnx-int8"}  # the baseline is not gated
     # a student's export given as the teacher's is refused by name
     wrong = run("bench", "--teacher", teacher_dir, "--teacher-artifacts", artifacts, "--data", test_file,
                 "--out", tmp_path / "wrong", *FAST_CLI)

@@ -67,3 +67,22 @@ def test_real_minilm_bbc_pipeline_through_the_cli(slice_files, minilm_teacher, t
     # the 2-layer student is smaller than the 6-layer teacher, and its fp32 export is exact
     assert rows["student"]["params"] < rows["teacher"]["params"]
     assert rows["student/onnx-fp32"]["quality"]["accuracy"] == rows["student"]["quality"]["accuracy"]
+
+
+def test_the_demo_compares_each_student_artifact_with_the_teacher_exported_to_its_target(tmp_path):
+    from edgekd.integrity import corruption
+
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    result = runner.invoke(app, ["demo", "--limit", "40", "--max-length", "32", "--repeats", "3", "--quiet",
+                                 "--out", str(out), "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"teacher", "student", "student/onnx-fp32", "student/onnx-int8",
+                         "teacher/onnx-fp32", "teacher/onnx-int8"}
+    for target in ("onnx-fp32", "onnx-int8"):
+        student, teacher = rows[f"student/{target}"], rows[f"teacher/{target}"]
+        assert student["speedup_same_target"] == pytest.approx(teacher["latency"]["p50_ms"] / student["latency"]["p50_ms"])
+    assert {gate["artifact"] for gate in report["gates"]} == {"student/onnx-fp32", "student/onnx-int8"}
+    (teacher_folder,) = (cache / "teachers").iterdir()
+    assert corruption(teacher_folder) is None  # the cached teacher is sealed with its checksums

@@ -54,8 +54,11 @@ class GateLimits:
 
 
 def gated_rows(rows: list[dict]) -> list[dict]:
-    shipped = [row for row in rows if row["format"] != "pytorch"]
-    return shipped or [row for row in rows if row["name"] == "student"]
+    """What would be shipped: the student's artifacts; the teacher's when only those were given
+    (beside the student's they are the baseline, not gated); else the student itself."""
+    exported = [row for row in rows if row["format"] != "pytorch"]
+    students = [row for row in exported if not row["name"].startswith("teacher/")]
+    return students or exported or [row for row in rows if row["name"] == "student"]
 
 
 def measured(row: dict, gate: str) -> float | None:
