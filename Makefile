@@ -32,8 +32,9 @@ test-optimum:
 	$(OPTIMUM_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[optimum,test]"
 	$(OPTIMUM_VENV)/bin/python -m pytest -q tests/test_export_optimum.py
 
+# the README's headline: make demo timed cold (fresh clone, venv and cache) and warm
 bench: $(STAMP)
-	$(PY) benchmarks/demo.py
+	$(PY) benchmarks/demo.py --cold
 
 clean:
 	rm -rf $(VENV) $(OPTIMUM_VENV) .edgekd-cache runs

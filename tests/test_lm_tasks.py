@@ -221,3 +221,24 @@ def test_causal_lm_teacher_artifacts_give_the_same_target_speedup(lm, tmp_path):
     assert rows["student"]["speedup_same_target"] == pytest.approx(rows["student"]["speedup"])
     assert rows["teacher/onnx-fp32"]["speedup_same_target"] is None
     assert rows["teacher/onnx-fp32"]["reference"] == "teacher"
+
+
+def test_the_causal_lm_demo_benches_the_teacher_exported_to_the_same_targets(lm, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from edgekd.config import LMDistillConfig
+    from edgekd.lm.demo import LMDemoConfig, lm_demo
+    from lm_tiny import make_texts
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    config = replace(LMDemoConfig(), student_layers="1", targets=("onnx-fp32", "onnx-int8"),
+                     distill=LMDistillConfig(max_steps=2, batch_size=4, max_length=24, top_k=8, device="cpu"))
+    report = lm_demo(tmp_path / "demo", config=config, teacher_source=lm["teacher"], show_progress=False,
+                     texts=(make_texts(8), make_texts(3, seed=5)))
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"teacher", "student", "student/onnx-fp32", "student/onnx-int8",
+                         "teacher/onnx-fp32", "teacher/onnx-int8"}
+    int8 = rows["student/onnx-int8"]
+    assert int8["speedup_same_target"] == pytest.approx(rows["teacher/onnx-int8"]["latency"]["p50_ms"]
+                                                        / int8["latency"]["p50_ms"])
+    assert "teacher_export_seconds" in report["demo"]["timings"]
