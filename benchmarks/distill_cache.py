@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from edgekd.bench.machine import machine_info  # CPU model and flags, recorded with every figure
 from edgekd.config import DistillConfig
 from edgekd.data import demo_splits
 from edgekd.demo import STUDENT_RECIPE, build_teacher, cache_dir
@@ -97,7 +98,8 @@ def main() -> None:
               "median_samples_per_second": median, "runs": runs, "cache_build_seconds": build_seconds,
               "cold_cache_whole_run_speedup_by_epochs": cold, "rows": args.rows,
               "config": asdict(config), "student_layers": [0, 5], "threads": torch.get_num_threads(),
-              "cpu_count": os.cpu_count(), "machine": platform.platform(), "note": args.note}
+              "cpu_count": os.cpu_count(), "machine": platform.platform(), "cpu": machine_info(),
+              "note": args.note}
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"ratio": round(ratio, 3), "met": ratio >= GOAL}))

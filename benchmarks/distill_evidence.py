@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import typer
 
+from edgekd.bench.machine import machine_info  # CPU model and flags, recorded with every figure
 from edgekd.metrics import quality, torch_logits
 from edgekd.cli import app
 from edgekd.cli.distill import recipe_values
@@ -200,7 +201,7 @@ def write_result(runs: dict, recipes: dict, teacher_test: dict, *, args, steps: 
               "recipes": {key: {"file": f"examples/evidence/{name}.yaml", "options": recipes[key][0],
                                 "config": asdict(recipes[key][1])} for key, name in RECIPES.items()},
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "machine": platform.platform(), "note": args.note}
+              "machine": platform.platform(), "cpu": machine_info(), "note": args.note}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return met

@@ -40,6 +40,7 @@ def main() -> None:
 
     import onnx
 
+    from edgekd.bench.machine import machine_info  # CPU model and flags, recorded with every figure
     from edgekd.bench.report import print_table
     from edgekd.lm.bench import bench_lm
     from edgekd.lm.demo import LMDemoConfig, demo_texts
@@ -82,7 +83,7 @@ def main() -> None:
               "int8_kept_float": manifest["int8_search"]["kept_float"],
               "perplexity_gate": {a.target: a.perplexity_ratio for a in artifacts if a.perplexity_ratio},
               "export_seconds": export_seconds, "rounds": args.rounds, "machine": platform.platform(),
-              "note": args.note}
+              "cpu": machine_info(), "note": args.note}
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({name: goal["met"] for name, goal in goals.items()}))
