@@ -335,6 +335,16 @@ def collate(encoded: Encoded, indices: Sequence[int], *, pad_token_id: int) -> d
     return batch
 
 
+def sample_batches(dataset: TextDataset, tokenizer, *, max_length: int, count: int = 512, batch_size: int = 32,
+                   seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Up to `count` rows of `dataset` (a seeded sample) as padded model inputs, without labels:
+    the text a student's width is ranked on."""
+    rows = sorted(random.Random(seed).sample(range(len(dataset)), min(count, len(dataset))))
+    encoded = encode(dataset.subset(rows), tokenizer, max_length=max_length)
+    return [{key: value for key, value in batch.items() if key != "labels"}
+            for batch in batches(encoded, batch_size=batch_size, pad_token_id=tokenizer.pad_token_id or 0)]
+
+
 def batches(encoded: Encoded, *, batch_size: int, pad_token_id: int,
             shuffle: bool = False, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Batches over `encoded`, in order or shuffled with `seed`."""

