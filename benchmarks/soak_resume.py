@@ -5,8 +5,9 @@ times in a row, resumed each time with --resume, must end bit-identical to an un
 
 A tiny random BERT teacher and keyword-labelled texts are built in-process (nothing is
 downloaded). The uninterrupted run is timed first; every soak attempt is then killed
-(SIGKILL) at a random moment between its start and the time a whole run takes, so kills land
-in start-up, in the teacher-cache build, between steps and inside checkpoint writes. After
+(SIGKILL) at a random moment between its start and a little past the uninterrupted run's start-up
+(first checkpoint) plus twice its share of the training time, so kills land in start-up, in the
+teacher-cache build, between steps and inside checkpoint writes, and many fit in one run. After
 the last kill the run is resumed to the end and its student compared tensor by tensor with
 the uninterrupted one. Written to benchmarks/results/soak_resume.json: kills survived, the
 step each kill landed at, and whether the students are identical.
@@ -62,7 +63,7 @@ def build_inputs(work: Path, *, rows: int, seed: int) -> tuple[Path, Path]:
 def command(teacher: Path, data: Path, out: Path, cache: Path, *, steps: int, resume: bool) -> list[str]:
     return [sys.executable, "-m", "edgekd", "distill", "--teacher", str(teacher), "--data", str(data),
             "--out", str(out), "--student-layers", "2", "--max-steps", str(steps), "--batch-size", "8",
-            "--max-length", "16", "--lr", "1e-3", "--checkpoint-every", "25", "--hidden-weight", "1",
+            "--max-length", "16", "--lr", "1e-3", "--checkpoint-every", "25", "--hidden-mse-weight", "1",
             "--device", "cpu", "--cache-dir", str(cache), "--quiet", *(["--resume"] if resume else [])]
 
 
@@ -96,11 +97,24 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgekd-soak-"))
     env = {**os.environ, "TMPDIR": str(work)}
     teacher, data = build_inputs(work, rows=args.rows, seed=0)
-    started = time.perf_counter()
-    subprocess.run(command(teacher, data, work / "whole", work / "cache-whole", steps=args.steps, resume=False),
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    started, startup = time.perf_counter(), None
+    whole = subprocess.Popen(command(teacher, data, work / "whole", work / "cache-whole", steps=args.steps,
+                                     resume=False), env=env, stdout=subprocess.DEVNULL)
+    from edgekd.distill.checkpoint import FILE_NAME, checkpoint_dir
+
+    while whole.poll() is None:
+        if startup is None and (checkpoint_dir(work / "whole") / FILE_NAME).exists():
+            startup = time.perf_counter() - started  # start-up, teacher cache and the first 25 steps
+        time.sleep(0.05)
+    if whole.returncode != 0:
+        raise SystemExit(f"the uninterrupted run failed with exit {whole.returncode}")
     whole_seconds = time.perf_counter() - started
-    print(f"uninterrupted: {args.steps} steps in {whole_seconds:.1f} s", flush=True)
+    startup = startup or whole_seconds
+    print(f"uninterrupted: {args.steps} steps in {whole_seconds:.1f} s (first checkpoint after {startup:.1f} s)",
+          flush=True)
+    # kill moments: from the first instant to a little past start-up plus a share of the training, so that
+    # kills land in start-up, in the cache build and throughout training, and `--kills` of them fit in one run
+    latest = startup + 2 * (whole_seconds - startup) / max(args.kills, 1)
 
     generator = random.Random(args.seed)
     out, cache, kills, attempts = work / "soak", work / "cache-soak", [], 0
@@ -110,17 +124,20 @@ def main() -> None:
         process = subprocess.Popen(command(teacher, data, out, cache, steps=args.steps, resume=resume),
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if len(kills) < args.kills:
-            delay = generator.uniform(0.0, whole_seconds)
+            delay = generator.uniform(0.0, latest)
             try:
                 process.wait(timeout=delay)
             except subprocess.TimeoutExpired:
                 before = checkpoint_step(out)
                 process.send_signal(signal.SIGKILL)
                 process.wait()
+                finished = (out / "model.safetensors").is_file()  # killed after writing its student, while exiting
                 kills.append({"after_seconds": round(delay, 2), "checkpoint_step_before": before,
-                              "checkpoint_step_after": checkpoint_step(out)})
-                print(f"kill {len(kills)} at {delay:.1f} s; checkpoint at step {kills[-1]['checkpoint_step_after']}",
-                      flush=True)
+                              "checkpoint_step_after": checkpoint_step(out), "student_already_written": finished})
+                print(f"kill {len(kills)} at {delay:.1f} s; checkpoint at step {kills[-1]['checkpoint_step_after']}"
+                      f"{'; the student was already written' if finished else ''}", flush=True)
+                if finished:
+                    break
                 continue
         _, stderr = process.communicate()
         if process.returncode != 0:

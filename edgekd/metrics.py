@@ -3,6 +3,8 @@ by training (validation), export and bench alike, so no stage imports another fo
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -71,3 +73,21 @@ def quality(logits: np.ndarray, labels: np.ndarray, *, teacher_logits: np.ndarra
         result["agreement"] = agreement(predictions, teacher_logits.argmax(-1))
         result["kl_to_teacher"] = mean_kl(logits, teacher_logits)
     return result
+
+
+MIN_ROWS_FOR_CHANCE = 30  # fewer labelled validation rows cannot tell a student from a guess
+
+
+def near_chance(accuracy: float, *, teacher_accuracy: float | None, labels) -> str | None:
+    """Why a student's validation accuracy is no better than always predicting the most common
+    label while its teacher's is (each beyond two standard errors of that guess), or None.
+    Nothing is said with fewer than MIN_ROWS_FOR_CHANCE labelled rows or a teacher at chance too."""
+    known = [int(label) for label in labels if label is not None and label >= 0]
+    if len(known) < MIN_ROWS_FOR_CHANCE or teacher_accuracy is None or math.isnan(accuracy):
+        return None
+    guess = max(np.bincount(known)) / len(known)
+    margin = 2 * math.sqrt(guess * (1 - guess) / len(known))
+    if accuracy <= guess + margin < teacher_accuracy:
+        return (f"validation accuracy {accuracy:.1%} is within noise of always predicting the most common "
+                f"label ({guess:.1%}, {len(known)} rows) while the teacher reaches {teacher_accuracy:.1%}")
+    return None

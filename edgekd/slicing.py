@@ -255,14 +255,7 @@ def sliced_student(model: nn.Module, values: dict[str, int], batches: list[dict[
                         f"{', '.join(sorted(FAMILIES))}); pass --student-init random")
     shape = student_shape(model, family, values)
     indices = kept_indices(model, shape, importance(model, family, batches))
-    config = copy.deepcopy(model.config)
-    config.hidden_size, config.num_attention_heads = shape.hidden, shape.heads
-    if family.grouped_kv:
-        config.num_key_value_heads, config.head_dim = shape.kv_heads, shape.head_dim
-    for name in ("intermediate_size", "hidden_dim"):
-        if getattr(config, name, None):
-            setattr(config, name, shape.intermediate)
-    student = type(model)._from_config(config, attn_implementation="eager")
+    student = type(model)._from_config(shaped_config(model, family, shape), attn_implementation="eager")
     prefix, _ = find_layer_list(model)
     wanted = student.state_dict()
     sliced = {}
@@ -277,6 +270,18 @@ def sliced_student(model: nn.Module, values: dict[str, int], batches: list[dict[
         raise UserError(f"slicing {type(model).__name__} found no teacher weights for {sorted(missing)[0]}; "
                         "pass --student-init random")
     return student.eval()
+
+
+def shaped_config(model: nn.Module, family: Family, shape: Shape):
+    """`model`'s configuration at `shape`: what a sliced student of it is an instance of."""
+    config = copy.deepcopy(model.config)
+    config.hidden_size, config.num_attention_heads = shape.hidden, shape.heads
+    if family.grouped_kv:
+        config.num_key_value_heads, config.head_dim = shape.kv_heads, shape.head_dim
+    for name in ("intermediate_size", "hidden_dim"):
+        if getattr(config, name, None):
+            setattr(config, name, shape.intermediate)
+    return config
 
 
 def _slice(name: str, tensor: torch.Tensor, *, family: Family, indices: dict, layer: int | None) -> torch.Tensor:
@@ -323,8 +328,9 @@ def configured_student(teacher: nn.Module, spec: str, *, init: str = "slice", la
     total = len(find_layer_list(teacher)[1])
     if layers is None:
         count = values.get("layers", total)
-        if not 1 <= count <= total:
-            raise UserError(f"--student-config layers={count} is out of range: the teacher has {total} layers")
+        if count > total:
+            raise UserError(f"--student-config asks for {count} layers but the teacher has {total}; a student "
+                            "must not be deeper than its teacher")
         layers = evenly_spaced(count, total)
     elif "layers" in values and values["layers"] != len(layers):
         raise UserError(f"--student-config layers={values['layers']} disagrees with --student-layers "

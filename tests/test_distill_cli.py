@@ -28,7 +28,7 @@ def test_distill_refuses_bad_input_before_training(case, teacher_dir, train_file
         "labels": (["--student", _student_folder(tmp_path, labels=2)], "labels .* differ from student labels"),
         "deeper": (["--student-config", "layers=6"], "must not be deeper than its teacher"),
         "layers out of range": (["--student-layers", "0,4"], "must list distinct layers from 0 to 3"),
-        "two kinds of student": (["--student-layers", "2", "--student-config", "layers=2"], "exactly one way"),
+        "two kinds of student": (["--student", "some-model", "--student-config", "layers=2"], "exactly one way"),
         "out is under a file": ([], "is a file, not a folder"),
         "bad layer map": (["--hidden-mse-weight", "1", "--layer-map", "0:9"], "--layer-map '0:9'"),
     }[case]

@@ -31,7 +31,7 @@ def test_layer_selection_student_matches_teacher_layers(teacher_folder):
 
 def test_shrunk_student_keeps_embeddings(teacher_folder):
     teacher, tokenizer = load_causal_lm(teacher_folder)
-    student, _ = make_lm_student(teacher, tokenizer, config_spec="layers=2,intermediate=16")
+    student, _ = make_lm_student(teacher, tokenizer, config_spec="layers=2,intermediate=16", init="random")
     assert student.config.num_hidden_layers == 2 and student.config.intermediate_size == 16
     torch.testing.assert_close(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
 
@@ -75,7 +75,7 @@ def test_missing_gguf(tmp_path):
 def test_student_made_exactly_one_way(teacher_folder):
     teacher, tokenizer = load_causal_lm(teacher_folder)
     with pytest.raises(UserError, match="exactly one way"):
-        make_lm_student(teacher, tokenizer, layers="2", config_spec="layers=1")
+        make_lm_student(teacher, tokenizer, model="some-model", config_spec="layers=1")
 
 
 def test_layer_selection_keeps_each_layers_attention_type(tmp_path):

@@ -81,7 +81,7 @@ def test_missing_attention_projections_name_what_is_missing():
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_shrunk_student_has_the_asked_shape_and_reloads_without_edgekd(arch, tmp_path, tokenizer):
     teacher = make_classifier(arch, layers=4, hidden=32, heads=4)
-    student, student_tokenizer = make_student(teacher, tokenizer,
+    student, student_tokenizer = make_student(teacher, tokenizer, init="random",  # sliced: tests/test_slicing.py
                                               config_spec="hidden=16,layers=2,heads=2,intermediate=24")
     config = student.config
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (16, 2, 2)
@@ -142,7 +142,7 @@ def test_incompatible_students_are_refused_before_training(case, tokenizer):
         student = make_classifier("bert", layers=3)
     with pytest.raises(UserError, match=expected):
         if case == "two ways":
-            make_student(teacher, tokenizer, layers="1", config_spec="layers=1")
+            make_student(teacher, tokenizer, model="some-model", config_spec="layers=1")
         else:
             check_compatible(teacher, tokenizer, student, student_tokenizer)
 

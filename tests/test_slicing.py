@@ -10,6 +10,7 @@ import torch
 from conftest import make_classifier, make_rows, make_tokenizer, run_cli, write_jsonl
 from edgekd.data import TextDataset, sample_batches
 from edgekd.errors import UserError
+from edgekd.metrics import near_chance
 from edgekd.slicing import BERT, LLAMA, configured_student, importance, kept_indices, sliced_student, student_shape
 from lm_tiny import make_llama, make_lm_tokenizer, make_texts
 
@@ -158,3 +159,57 @@ def test_a_causal_lm_student_config_is_sliced_from_the_teacher(tmp_path):
     config = json.loads((tmp_path / "s" / "config.json").read_text())
     assert (config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"],
             config["num_hidden_layers"]) == (16, 2, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory):
+    """A tiny BERT fine-tuned on the keyword task: well above chance, as a real teacher is."""
+    from edgekd.config import DistillConfig
+    from edgekd.distill.train import distill
+
+    from conftest import LABELS
+
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import make_config
+
+    folder = tmp_path_factory.mktemp("trained") / "teacher"
+    rows = make_rows(192, seed=7)
+    data = TextDataset([r["text"] for r in rows], [LABELS.index(r["label"]) for r in rows], list(LABELS))
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(make_config("bert", layers=2), attn_implementation="eager")
+    held_out = make_rows(60, seed=9)
+    validation = TextDataset([r["text"] for r in held_out], [LABELS.index(r["label"]) for r in held_out], list(LABELS))
+    result = distill(teacher=None, student=model, tokenizer=make_tokenizer(), train=data, validation=validation,
+                     out=folder, show_progress=False,
+                     config=DistillConfig(epochs=6, lr=3e-3, batch_size=16, max_length=32, warmup_fraction=0.0))
+    assert result.validation["accuracy"] > 0.6  # beyond two standard errors of guessing on 60 rows
+    return folder
+
+
+def test_near_chance_is_two_standard_errors_of_guessing_the_most_common_label():
+    labels = [0] * 30 + [1] * 20 + [2] * 10  # guess 50%, two standard errors 12.9 points
+    assert "within noise" in near_chance(0.62, teacher_accuracy=0.9, labels=labels)
+    assert near_chance(0.63, teacher_accuracy=0.9, labels=labels) is None
+    assert near_chance(0.5, teacher_accuracy=0.6, labels=labels) is None  # the teacher is no better
+    assert near_chance(0.3, teacher_accuracy=0.9, labels=labels[:29]) is None  # too few rows to tell
+    assert near_chance(0.3, teacher_accuracy=None, labels=labels) is None
+
+
+def test_a_student_left_at_chance_fails_loudly_unless_allowed(trained_teacher, tmp_path):
+    train = write_jsonl(make_rows(96, seed=8), tmp_path / "train.jsonl")
+    validation = write_jsonl(make_rows(60, seed=9), tmp_path / "validation.jsonl")  # the teacher's held-out rows
+    common = ["--teacher", trained_teacher, "--data", train, "--validation-data", validation,
+              "--student-config", "hidden=16,layers=1", "--student-init", "random", "--epochs", "1",
+              "--batch-size", "16", "--max-length", "32", "--quiet", "--cache-dir", tmp_path / "cache"]
+    useless = run_cli("distill", *common, "--lr", "1e-9", "--out", tmp_path / "useless")
+    assert useless.exit_code == 2, useless.output
+    last = [line for line in useless.output.splitlines() if line.strip()][-1]
+    assert last.startswith("error: the student learnt nothing useful") and "--allow-poor-student" in last
+    assert (tmp_path / "useless" / "model.safetensors").is_file()  # nothing lost: the student is kept
+    allowed = run_cli("distill", *common, "--lr", "1e-9", "--out", tmp_path / "allowed", "--allow-poor-student")
+    assert allowed.exit_code == 0, allowed.output
+    default_lr = run_cli("distill", *common, "--out", tmp_path / "default")
+    assert "random weights, so --lr 0.001" in default_lr.output
+    records = [json.loads(line) for line in (tmp_path / "default" / "metrics.jsonl").read_text().splitlines()]
+    assert max(record.get("lr", 0) for record in records) == pytest.approx(1e-3)  # the peak of the schedule

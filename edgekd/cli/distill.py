@@ -20,10 +20,12 @@ from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, re
 from edgekd.errors import UserError, exclusive, first_process
 
 # Options only one task reads (the parameter names); every other option serves both.
+RANDOM_INIT_LR = 1e-3  # the default --lr of a randomly initialised --student-config student
 TEXT_ONLY_OPTIONS = (
     "validation_data", "validation_split", "validation_fraction", "label_column", "text_pair_column",
     "gradient_accumulation", "hidden_mse_weight", "hidden_cosine_weight", "attention_weight",
-    "minilm_weight", "minilm_relation_heads", "layer_map", "compile", "teacher_cache", "trust_remote_code")
+    "minilm_weight", "minilm_relation_heads", "layer_map", "compile", "teacher_cache", "trust_remote_code",
+    "allow_poor_student")
 CAUSAL_LM_ONLY_OPTIONS = ("prompt_column", "divergence", "beta", "top_k", "freeze_embeddings")
 
 
@@ -58,6 +60,13 @@ def distill(
     student: Optional[str] = typer.Option(
         None, help="Student = this model folder or hub id (a plain encoder gets the teacher's labels); "
                    "with --student-layers, those layers of it."),
+    latency_budget_ms: Optional[float] = typer.Option(
+        None, help="Student = the most capable shape (layers x width, sliced from the teacher) whose "
+                   "--budget-target export runs within this many ms here at batch 1 (causal LMs: per decoded "
+                   "token); the candidates' timings are shown and cached per machine."),
+    budget_target: str = typer.Option("onnx-int8", help="The target a --latency-budget-ms is measured on."),
+    sequence_length: int = typer.Option(
+        128, help="Tokens per input when timing a --latency-budget-ms (causal LMs: the cache length)."),
     validation_data: Optional[Path] = typer.Option(
         None, help="Validation data for choosing the best epoch (default: a slice of --data).",
         rich_help_panel=TEXT_CLASSIFICATION),
@@ -126,6 +135,10 @@ def distill(
     checkpoint_every: int = typer.Option(
         200, help="Steps between checkpoints in OUT.checkpoints/, also at epoch ends (0: no checkpoints; "
                   "causal-lm default 50)."),
+    allow_poor_student: bool = typer.Option(
+        False, help="Keep a student whose validation accuracy is no better than guessing the most common label "
+                    "(while the teacher's is) without failing: by default that run exits with code 2.",
+        rich_help_panel=TEXT_CLASSIFICATION),
     resume: bool = typer.Option(False, help="Continue from the checkpoint of an interrupted run."),
     overwrite: bool = typer.Option(False, help="Replace --out (and its checkpoints) if they exist."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -165,7 +178,7 @@ def distill(
         else:
             for name in CAUSAL_LM_ONLY_OPTIONS:
                 options.pop(name)
-            run(**options)
+            run(**options, given=given)
 
 
 def _require(options: dict) -> None:
@@ -196,6 +209,11 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
                                 default_split="train")
     teacher_model, tokenizer = load_causal_lm(options["teacher"])
     examples = encode_texts(texts, tokenizer, max_length=config.max_length, prompts=prompts)
+    if options["latency_budget_ms"] is not None:
+        options["student_config"] = _sized(
+            teacher_model, tokenizer, task="causal-lm", budget_ms=options["latency_budget_ms"],
+            target=options["budget_target"], sequence_length=options["sequence_length"],
+            given=(options["student_layers"], options["student_config"], options["student"]))
     student_model, student_tokenizer = make_lm_student(
         teacher_model, tokenizer, layers=options["student_layers"], config_spec=options["student_config"],
         model=options["student"], seed=config.seed, probe=probe_batch(examples),  # the probe picks the layers a count drops
@@ -211,21 +229,45 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
                    f"{f', {result.cache_bytes_per_token:.0f} B/token' if result.cache_bytes_per_token else ''})")
 
 
+def _sized(teacher_model, tokenizer, *, task: str, budget_ms: float, target: str, sequence_length: int,
+           given: tuple) -> str:
+    """The --student-config a --latency-budget-ms chooses (edgekd/sizing.py)."""
+    from edgekd.sizing import sized_spec
+
+    if any(given):
+        raise UserError("--latency-budget-ms chooses the student's shape itself; drop --student-layers, "
+                        "--student-config and --student, or drop --latency-budget-ms")
+    return sized_spec(teacher_model, tokenizer, task=task, budget_ms=budget_ms, target_name=target,
+                      sequence_length=sequence_length, show=typer.echo)
+
+
 def run(*, teacher, data, split, out, recipe, student_layers, student_config, student_init, student, validation_data,
         validation_split, validation_fraction, text_column, label_column, text_pair_column, max_length,
-        seed, cache_dir, resume, overwrite, quiet, trust_remote_code=False, **training) -> None:
+        seed, cache_dir, resume, overwrite, quiet, trust_remote_code=False, allow_poor_student=False,
+        latency_budget_ms=None, budget_target="onnx-int8", sequence_length=128, given=frozenset(),
+        **training) -> None:
     """The command after the recipe is merged: load, make the student, call the stage."""
     from edgekd.config import DistillConfig
     from edgekd.data import Columns, load_file, sample_batches, split as split_rows
     from edgekd.distill.train import distill as run_distill
+    from edgekd.errors import GateFailed
+    from edgekd.metrics import near_chance
     from edgekd.models import load_classifier, make_student
 
+    if student_config and student_init == "random" and "lr" not in given:
+        # random weights need a larger step than weights that already compute something
+        training["lr"] = RANDOM_INIT_LR
+        typer.echo(f"student: random weights, so --lr {RANDOM_INIT_LR:g} (pass --lr to choose another)")
     config = DistillConfig(max_length=max_length, seed=seed, validation_fraction=validation_fraction,
                            **training)
     columns = Columns(text=text_column, label=label_column or None, text_pair=text_pair_column)
     check_writable(Path(out), overwrite=overwrite or resume)
     teacher_model, tokenizer = load_classifier(teacher, role="teacher",
                                                trust_remote_code=trust_remote_code)
+    if latency_budget_ms is not None:
+        student_config = _sized(teacher_model, tokenizer, task="text-classification", budget_ms=latency_budget_ms,
+                                target=budget_target, sequence_length=sequence_length,
+                                given=(student_layers, student_config, student))
     if not (student_layers or student_config or student):
         student_layers = "2"
     label2id = label2id_of(teacher_model)
@@ -251,6 +293,14 @@ def run(*, teacher, data, split, out, recipe, student_layers, student_config, st
     typer.echo(f"student written to {result.student_dir} (best epoch {result.best_epoch}"
                f"{'; validation ' + summary if summary else ''}; {result.steps} steps, "
                f"{result.samples_per_second:.1f} samples/s; {result.seconds:.0f}s)")
+    poor = validation is not None and near_chance(result.validation.get("accuracy", float("nan")),
+                                                  teacher_accuracy=result.teacher_validation.get("accuracy"),
+                                                  labels=validation.labels)
+    if poor and not allow_poor_student:
+        raise GateFailed(f"the student learnt nothing useful: {poor}; it is in {result.student_dir}, but raise "
+                         f"--lr (random weights: try {RANDOM_INIT_LR:g}), train longer or slice the student from the "
+                         "teacher (--student-config without --student-init random); --allow-poor-student keeps it "
+                         "without failing")
 
 
 # ---------------------------------------------------------------------------- recipes

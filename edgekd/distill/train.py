@@ -10,7 +10,7 @@ same teacher and data, reads them instead of running the teacher. With
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +43,7 @@ class DistillResult:
     steps: int = 0  # optimiser steps taken in total (including those before a resume)
     samples_per_second: float = 0.0  # training rows per second of the loop (teacher outputs ready)
     teacher_seconds: float = 0.0  # building or opening the teacher cache (or 0 without one)
+    teacher_validation: dict = field(default_factory=dict)  # the teacher's accuracy, macro_f1 on the validation data
 
 
 def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokenizer,
@@ -63,6 +64,7 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
     started = time.perf_counter()
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cache_root = Path(cache_dir) if cache_dir else default_cache_root()
+    teacher_quality: dict = {}
 
     def prepare(*, device: torch.device, ranks: Ranks, show_progress: bool) -> LoopTrainee:
         train_encoded = encode(train, tokenizer, max_length=config.max_length)
@@ -82,6 +84,10 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
             labels = np.array([-1 if label is None else label for label in validation_encoded.labels])
             return quality(logits, labels, teacher_logits=teacher_validation)
 
+        if teacher_validation is not None:
+            labels = np.array([-1 if label is None else label for label in validation_encoded.labels])
+            teacher_quality.update(quality(teacher_validation, labels, teacher_logits=None))
+
         return LoopTrainee(task="text-classification", module=trainee, student=student,
                            examples=len(train_encoded),
                            collate=lambda indices: collate(train_encoded, indices, pad_token_id=pad_token_id),
@@ -97,7 +103,8 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
     progress = trained.progress
     return DistillResult(student_dir=trained.out, best_epoch=progress.best_epoch, validation=progress.best_metrics,
                          seconds=time.perf_counter() - started, steps=progress.step,
-                         samples_per_second=trained.units_per_second, teacher_seconds=trained.prepare_seconds)
+                         samples_per_second=trained.units_per_second, teacher_seconds=trained.prepare_seconds,
+                         teacher_validation=teacher_quality)
 
 
 # ---------------------------------------------------------------------------- teacher outputs
