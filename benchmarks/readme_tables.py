@@ -1,4 +1,4 @@
-"""README's headline tables, printed from the committed results (demo.json, lm_demo.json).
+"""README's tables, printed from the committed results (demo.json, lm_demo.json, shrink.json).
 
     python benchmarks/readme_tables.py
 
@@ -45,8 +45,22 @@ def causal_lm_table(result: dict) -> str:
     return "\n".join(lines) + f"\n\nMeasured on: {cpu_line(result['report']['machine'])}."
 
 
+def shrink_table(result: dict) -> str:
+    lines = ["| student | starts from | parameters | test accuracy (PyTorch) | int8 test accuracy | int8 size | int8 p50 | speedup over teacher (PyTorch) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in result["students"].items():
+        starts = {"slice": "sliced from the teacher", "random": "random weights",
+                  "layer cut": "teacher layers 0 and 5, full width"}[row["init"]]
+        lines.append(f"| {name.split(' ')[0]} (layers x hidden) | {starts} | "
+                     f"{row['params'] / 1e6:.1f}M | {100 * row['test_accuracy']:.1f}% | {100 * row['int8_accuracy']:.1f}% | "
+                     f"{row['int8_size_bytes'] / 1e6:.1f} MB | {row['int8_p50_ms']:.2f} ms | "
+                     f"{row['int8_speedup_over_teacher_pytorch']:.1f}× |")
+    return "\n".join(lines) + f"\n\nMeasured on: {cpu_line(result['machine'])}."
+
+
 def main() -> None:
-    for name, table in (("demo.json", classifier_table), ("lm_demo.json", causal_lm_table)):
+    for name, table in (("demo.json", classifier_table), ("lm_demo.json", causal_lm_table),
+                        ("shrink.json", shrink_table)):
         path = RESULTS / name
         if path.is_file():
             print(f"<!-- from benchmarks/results/{name} -->\n{table(json.loads(path.read_text()))}\n")

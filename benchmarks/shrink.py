@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="2x256,2x192", help="layers x hidden, comma separated")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="working folder; students already distilled there (same shapes) are reused")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
 
@@ -67,13 +69,14 @@ def main() -> None:
     teacher_dir = build_teacher(splits, cache=cache_dir(None), recipe=TEACHER_RECIPE)
     teacher, tokenizer = load_classifier(teacher_dir, role="teacher")
     probe = sample_batches(splits["train"], tokenizer, max_length=STUDENT_RECIPE.max_length, seed=STUDENT_RECIPE.seed)
-    work = Path(tempfile.mkdtemp(prefix="edgekd-shrink-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="edgekd-shrink-"))
     test = splits["test"]
     labels = np.array(test.labels)
     students = {"2x384 layer cut": ("layer cut", None)}
     for shape in args.shapes.split(","):
         layers, hidden = (int(part) for part in shape.split("x"))
-        spec = f"hidden={hidden},layers={layers},intermediate={4 * hidden}"
+        head_size = teacher.config.hidden_size // teacher.config.num_attention_heads  # kept by a slice
+        spec = f"hidden={hidden},heads={hidden // head_size},layers={layers},intermediate={4 * hidden}"
         students[f"{shape} sliced"] = ("slice", spec)
         students[f"{shape} random"] = ("random", spec)
     rows, correct = {}, {}
@@ -85,31 +88,37 @@ def main() -> None:
             student = configured_student(teacher, spec, init=init, probe=probe, seed=STUDENT_RECIPE.seed)
         config = replace(STUDENT_RECIPE, epochs=args.epochs, lr=RECIPES[init])
         folder = work / name.replace(" ", "-")
-        result = distill(teacher=teacher, student=student, tokenizer=tokenizer, train=splits["train"],
-                         validation=splits["validation"], config=config, out=folder / "student", overwrite=True)
-        trained, _ = load_classifier(result.student_dir, role="student")
+        if (folder / "student" / "model.safetensors").is_file() and (folder / "validation.json").is_file():
+            validation = json.loads((folder / "validation.json").read_text())  # distilled by an earlier run
+        else:
+            result = distill(teacher=teacher, student=student, tokenizer=tokenizer, train=splits["train"],
+                             validation=splits["validation"], config=config, out=folder / "student", overwrite=True)
+            validation = result.validation
+            (folder / "validation.json").write_text(json.dumps(validation))
+        trained, _ = load_classifier(folder / "student", role="student")
         logits = torch_logits(trained, encode(test, tokenizer, max_length=config.max_length),
                               pad_token_id=tokenizer.pad_token_id)
         correct[name] = (logits.argmax(-1) == labels).astype(float)
-        export(result.student_dir, targets=[load_target("onnx-int8")], out=folder / "export")
+        export(folder / "student", targets=[load_target("onnx-int8")], out=folder / "export", overwrite=True)
         rows[name] = {"init": init, "spec": spec, "params": count_parameters(trained), "lr": config.lr,
                       "epochs": config.epochs, "test_accuracy": float(correct[name].mean()),
-                      "validation": result.validation, "export": str(folder / "export" / "onnx-int8")}
-    report = bench(teacher=teacher_dir, student=None, artifacts=[Path(row["export"]) for row in rows.values()],
-                   data=test, max_length=128, sequence_length=128, threads=1, repeats=args.repeats,
-                   throughput_batch_size=0, teacher_model=(teacher, tokenizer))
-    by_source = {row["source"]: row for row in report["rows"]}
+                      "validation": validation, "export": str(folder / "export" / "onnx-int8")}
+    # one bench run per student (a report names each row by its target): each int8 export timed
+    # interleaved with the teacher in PyTorch, so each speedup is a ratio from one run
     for name, row in rows.items():
-        measured = by_source[str(Path(row["export"]) / "model.onnx")]
+        report = bench(teacher=teacher_dir, student=None, artifacts=[Path(row["export"])], data=test, max_length=128,
+                       sequence_length=128, threads=1, repeats=args.repeats, throughput_batch_size=0,
+                       teacher_model=(teacher, tokenizer), measure_memory=False, measure_roofline=False)
+        measured, teacher_row = report["rows"][1], report["rows"][0]
         row.update(int8_accuracy=measured["quality"]["accuracy"], int8_p50_ms=measured["latency"]["p50_ms"],
-                   int8_speedup_over_teacher_pytorch=measured["speedup"], int8_size_bytes=measured["size_bytes"])
-    teacher_row = next(row for row in report["rows"] if row["name"] == "teacher")
+                   int8_speedup_over_teacher_pytorch=measured["speedup"], int8_size_bytes=measured["size_bytes"],
+                   teacher_p50_ms=teacher_row["latency"]["p50_ms"], warnings=report["warnings"])
     differences = {}
     for shape in args.shapes.split(","):
         sliced, random_init = correct[f"{shape} sliced"], correct[f"{shape} random"]
-        differences[shape] = {"sliced_minus_random_points": 100 * (sliced.mean() - random_init.mean()),
+        differences[shape] = {"sliced_minus_random_points": float(100 * (sliced.mean() - random_init.mean())),
                               "ci95_points": paired_interval(sliced, random_init),
-                              "sliced_beats_random_beyond_noise": paired_interval(sliced, random_init)[0] > 0}
+                              "sliced_beats_random_beyond_noise": bool(paired_interval(sliced, random_init)[0] > 0)}
     result = {"benchmark": "shrink", "date": time.strftime("%Y-%m-%d"), "students": rows,
               "sliced_vs_random": differences, "teacher_accuracy": teacher_row["quality"]["accuracy"],
               "teacher_size_bytes": teacher_row["size_bytes"], "teacher_p50_ms": teacher_row["latency"]["p50_ms"],
@@ -121,7 +130,7 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<20}{row['params'] / 1e6:>10.2f}{100 * row['test_accuracy']:>12.1f}"
               f"{100 * row['int8_accuracy']:>12.1f}{row['int8_p50_ms']:>13.2f}{row['int8_speedup_over_teacher_pytorch']:>10.1f}x")
-    print(json.dumps(differences))
+    print(json.dumps(differences, default=str))
 
 
 if __name__ == "__main__":

@@ -149,12 +149,12 @@ def main() -> None:
     result = {"benchmark": "soak_resume", "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
               "kills_survived": len(kills), "attempts": attempts, "identical_to_uninterrupted": identical,
               "uninterrupted_seconds": whole_seconds, "kills": kills, "debris_left": debris,
-              "kills_after_training_began": sum(k["checkpoint_step_before"] is not None for k in kills),
+              "kills_with_a_checkpoint_on_disk": sum(k["checkpoint_step_before"] is not None for k in kills),
               "machine": machine_info(), "python": platform.python_version(), "note": args.note}
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("kills_survived", "attempts", "identical_to_uninterrupted",
-                                             "kills_after_training_began", "debris_left")}))
+                                             "kills_with_a_checkpoint_on_disk", "debris_left")}))
     if not identical:
         raise SystemExit("the resumed student differs from the uninterrupted one")
 

@@ -110,6 +110,25 @@ def test_a_second_writer_of_an_output_folder_fails_at_once_naming_the_first(teac
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_bench_and_demo_refuse_a_report_folder_another_run_is_writing(teacher_dir, student_dir, test_file,
+                                                                        tmp_path):
+    from conftest import assert_clean_error, run_cli
+
+    out = tmp_path / "report"
+    holder = _hold(out, 30, tmp_path)
+    try:
+        bench = run_cli("bench", "--teacher", teacher_dir, "--student", student_dir, "--data", test_file,
+                        "--out", out, "--quiet")
+        assert_clean_error(bench, f"bench report folder {out} is being written by another edgekd process "
+                                  f"\\(pid {holder.pid}\\)")
+        demo = run_cli("demo", "--out", out, "--quiet")
+        assert_clean_error(demo, f"demo folder {out} is being written by another edgekd process")
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_builder_of_a_cache_waits_for_the_first_then_uses_its_cache(tmp_path):
     import time
 

@@ -54,20 +54,23 @@ def demo(
 
         edgekd demo --task causal-lm --out runs/lm-demo
     """
+    from edgekd.errors import exclusive
     from edgekd.tasks import check_task
 
     given = given_options(ctx)
     task = check_task(task).name
     refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
-    if task == "causal-lm":
-        _causal_lm_demo(out=out or Path("runs/lm-demo"), epochs=epochs, max_steps=max_steps,
-                        student_layers=student_layers, overwrite=overwrite, quiet=quiet)
-        return
-    from edgekd.demo import STUDENT_RECIPE, run_demo
+    folder = out or Path("runs/lm-demo" if task == "causal-lm" else "runs/demo")
+    with exclusive(folder, what="demo folder"):  # one demo writes a folder at a time, from the first moment
+        if task == "causal-lm":
+            _causal_lm_demo(out=folder, epochs=epochs, max_steps=max_steps, student_layers=student_layers,
+                            overwrite=overwrite, quiet=quiet)
+            return
+        from edgekd.demo import STUDENT_RECIPE, run_demo
 
-    run_demo(out=out or Path("runs/demo"), cache=cache_dir, limit=limit, max_length=max_length,
-             epochs=STUDENT_RECIPE.epochs if epochs is None else epochs, max_steps=max_steps or 0,
-             repeats=repeats, show_progress=not quiet)
+        run_demo(out=folder, cache=cache_dir, limit=limit, max_length=max_length,
+                 epochs=STUDENT_RECIPE.epochs if epochs is None else epochs, max_steps=max_steps or 0,
+                 repeats=repeats, show_progress=not quiet)
 
 
 def _causal_lm_demo(*, out: Path, epochs: Optional[int], max_steps: Optional[int], student_layers: str,
