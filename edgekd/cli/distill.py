@@ -157,6 +157,10 @@ def distill(
 
         edgekd distill --recipe examples/tinybert.yaml --teacher runs/teacher --data train.csv --out runs/s
 
+        edgekd distill --teacher runs/teacher --data train.csv --student-config hidden=192,layers=2,intermediate=768 --out runs/sliced
+
+        edgekd distill --teacher runs/teacher --data train.csv --latency-budget-ms 3 --out runs/sized
+
         edgekd distill --teacher HuggingFaceTB/SmolLM2-360M --task causal-lm --data text.txt --student-layers 8 --out runs/lm
 
         torchrun --nproc_per_node 2 -m edgekd distill --teacher runs/teacher --data train.csv --out runs/s
