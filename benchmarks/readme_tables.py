@@ -23,39 +23,48 @@ def cpu_line(machine: dict) -> str:
             f"onnxruntime {machine['onnxruntime']}, torch {machine['torch']}")
 
 
+def markdown(headers: list[str], rows: list[list[str]], machine: dict) -> str:
+    """A table with its separator row, then the CPU it was measured on."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + f"\n\nMeasured on: {cpu_line(machine)}."
+
+
+SPEEDUPS = ["speedup over teacher (PyTorch)", "speedup over teacher, same target"]
+
+
 def classifier_table(result: dict) -> str:
-    lines = ["| model | runtime | test accuracy | agreement with teacher | size | p50 latency | speedup over teacher (PyTorch) | speedup over teacher, same target |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in result["headline"]["table"]:
-        lines.append(f"| {row['name']} | {row['runtime']} | {100 * row['accuracy']:.1f}% | "
-                     f"{100 * row['agreement']:.1f}% | {row['size_bytes'] / 1e6:.1f} MB | {row['p50_ms']:.1f} ms | "
-                     f"{row['speedup']:.2f}× | {_times(row.get('speedup_same_target'))} |")
-    return "\n".join(lines) + f"\n\nMeasured on: {cpu_line(result['machine'])}."
+    headers = ["model", "runtime", "test accuracy", "agreement with teacher", "size", "p50 latency", *SPEEDUPS]
+    rows = [[row["name"], row["runtime"], f"{100 * row['accuracy']:.1f}%", f"{100 * row['agreement']:.1f}%",
+             f"{row['size_bytes'] / 1e6:.1f} MB", f"{row['p50_ms']:.1f} ms", f"{row['speedup']:.2f}×",
+             _times(row.get("speedup_same_target"))] for row in result["headline"]["table"]]
+    return markdown(headers, rows, result["machine"])
 
 
 def causal_lm_table(result: dict) -> str:
-    lines = ["| model | runtime | held-out perplexity | size | peak memory | decode ms/token | speedup over teacher (PyTorch) | speedup over teacher, same target |",
-             "|---|---|---|---|---|---|---|---|"]
+    headers = ["model", "runtime", "held-out perplexity", "size", "peak memory", "decode ms/token", *SPEEDUPS]
+    rows = []
     for row in result["report"]["rows"]:
         memory = (row.get("memory") or {}).get("peak_rss_mb")
-        lines.append(f"| {row['name']} | {row['runtime']} | {row['quality']['perplexity']:.1f} | "
-                     f"{row['size_bytes'] / 1e6:.0f} MB | {'–' if memory is None else f'{memory:.0f} MB'} | "
-                     f"{row['latency']['p50_ms']:.1f} ms | {row['speedup']:.2f}× | "
-                     f"{_times(row.get('speedup_same_target'))} |")
-    return "\n".join(lines) + f"\n\nMeasured on: {cpu_line(result['report']['machine'])}."
+        rows.append([row["name"], row["runtime"], f"{row['quality']['perplexity']:.1f}",
+                     f"{row['size_bytes'] / 1e6:.0f} MB", "–" if memory is None else f"{memory:.0f} MB",
+                     f"{row['latency']['p50_ms']:.1f} ms", f"{row['speedup']:.2f}×",
+                     _times(row.get("speedup_same_target"))])
+    return markdown(headers, rows, result["report"]["machine"])
+
+
+STARTS = {"slice": "sliced from the teacher", "random": "random weights",
+          "layer cut": "teacher layers 0 and 5, full width"}
 
 
 def shrink_table(result: dict) -> str:
-    lines = ["| student | starts from | parameters | test accuracy (PyTorch) | int8 test accuracy | int8 size | int8 p50 | speedup over teacher (PyTorch) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, row in result["students"].items():
-        starts = {"slice": "sliced from the teacher", "random": "random weights",
-                  "layer cut": "teacher layers 0 and 5, full width"}[row["init"]]
-        lines.append(f"| {name.split(' ')[0]} (layers x hidden) | {starts} | "
-                     f"{row['params'] / 1e6:.1f}M | {100 * row['test_accuracy']:.1f}% | {100 * row['int8_accuracy']:.1f}% | "
-                     f"{row['int8_size_bytes'] / 1e6:.1f} MB | {row['int8_p50_ms']:.2f} ms | "
-                     f"{row['int8_speedup_over_teacher_pytorch']:.1f}× |")
-    return "\n".join(lines) + f"\n\nMeasured on: {cpu_line(result['machine'])}."
+    headers = ["student", "starts from", "parameters", "test accuracy (PyTorch)", "int8 test accuracy", "int8 size",
+               "int8 p50", SPEEDUPS[0]]
+    rows = [[f"{name.split(' ')[0]} (layers x hidden)", STARTS[row["init"]], f"{row['params'] / 1e6:.1f}M",
+             f"{100 * row['test_accuracy']:.1f}%", f"{100 * row['int8_accuracy']:.1f}%",
+             f"{row['int8_size_bytes'] / 1e6:.1f} MB", f"{row['int8_p50_ms']:.2f} ms",
+             f"{row['int8_speedup_over_teacher_pytorch']:.1f}×"] for name, row in result["students"].items()]
+    return markdown(headers, rows, result["machine"])
 
 
 def main() -> None:

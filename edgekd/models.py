@@ -265,6 +265,19 @@ def parse_student_config(spec: str) -> dict[str, int]:
     return values
 
 
+def head_size(config) -> int:
+    """Channels per attention head (decoders may say so; otherwise hidden / heads)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def ffn_width(config) -> int | None:
+    """The feed-forward width, or None when the configuration names none of _INTERMEDIATE_NAMES."""
+    for name in _INTERMEDIATE_NAMES:
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return None
+
+
 def _intermediate_name(config) -> str:
     for name in _INTERMEDIATE_NAMES:
         if hasattr(config, name):

@@ -47,11 +47,11 @@ class Candidate:
 
 def candidates_by_width(teacher: nn.Module) -> list[list[Candidate]]:
     """For each width (largest first), the shapes of 1 to all the teacher's layers."""
-    from edgekd.models import find_layer_list
-    from edgekd.slicing import _head_dim, _intermediate
+    from edgekd.models import find_layer_list, head_size
+    from edgekd.slicing import _intermediate
 
     config = teacher.config
-    head_dim, heads = _head_dim(config), config.num_attention_heads
+    head_dim, heads = head_size(config), config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     per_group = heads // kv_heads
     layers, intermediate = len(find_layer_list(teacher)[1]), _intermediate(config)
@@ -71,12 +71,12 @@ def candidates_by_width(teacher: nn.Module) -> list[list[Candidate]]:
 
 def non_embedding_parameters(teacher: nn.Module, candidate: Candidate) -> int:
     """What the shape can hold: attention and FFN weights of every layer."""
+    from edgekd.models import head_size
+
     config = teacher.config
     heads = config.num_attention_heads
     kv_fraction = (getattr(config, "num_key_value_heads", None) or heads) / heads
-    from edgekd.slicing import _head_dim
-
-    inner = candidate.heads * _head_dim(config)
+    inner = candidate.heads * head_size(config)
     attention = candidate.hidden * inner * (2 + 2 * kv_fraction)
     projections = 3 if hasattr(config, "num_key_value_heads") else 2  # gated FFN: gate, up, down
     return int(candidate.layers * (attention + projections * candidate.hidden * candidate.intermediate))
@@ -128,12 +128,14 @@ def shape_latency(teacher: nn.Module, tokenizer, candidate: Candidate, *, task: 
 
         cache_folder = cache_dir()
     path = Path(cache_folder) / "machine" / "shape-latency.json"
-    cached = read_sealed_json(path, what="shape latency cache")
-    if key in cached:
-        return float(cached[key])
-    milliseconds = _measure(teacher, tokenizer, candidate, task=task, target=target, sequence_length=sequence_length)
+    # one reader-measurer-writer at a time, as for the matmul peak: two timings at once would distort both
     with exclusive(path, wait=True, what="shape latency cache"):
-        write_sealed_json(path, {**read_sealed_json(path, what="shape latency cache"), key: milliseconds})
+        cached = read_sealed_json(path, what="shape latency cache")
+        if key in cached:
+            return float(cached[key])
+        milliseconds = _measure(teacher, tokenizer, candidate, task=task, target=target,
+                                sequence_length=sequence_length)
+        write_sealed_json(path, {**cached, key: milliseconds})
     return milliseconds
 
 

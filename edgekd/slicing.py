@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import UserError
-from edgekd.models import find_layer_list
+from edgekd.models import _intermediate_name, ffn_width, find_layer_list, head_size
 
 HIDDEN, HEADS, KV, FFN = "hidden", "heads", "kv", "ffn"
 
@@ -111,14 +111,10 @@ class Shape:
     head_dim: int
 
 
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
 def student_shape(model: nn.Module, family: Family, values: dict[str, int]) -> Shape:
     """The shape `--student-config` asks for, completed from the model (heads keep their size)."""
     config = model.config
-    head_dim, heads, hidden = _head_dim(config), config.num_attention_heads, config.hidden_size
+    head_dim, heads, hidden = head_size(config), config.num_attention_heads, config.hidden_size
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     intermediate = values.get("intermediate", _intermediate(config))
     if family.inner_is_hidden:  # hidden = heads x head size: one decides the other
@@ -150,10 +146,10 @@ def student_shape(model: nn.Module, family: Family, values: dict[str, int]) -> S
 
 
 def _intermediate(config) -> int:
-    for name in ("intermediate_size", "hidden_dim"):
-        if getattr(config, name, None):
-            return int(getattr(config, name))
-    raise UserError(f"cannot find the feed-forward width of a {type(config).__name__}; pass --student-init random")
+    width = ffn_width(config)
+    if width is None:
+        raise UserError(f"cannot find the feed-forward width of a {type(config).__name__}; pass --student-init random")
+    return width
 
 
 # ---------------------------------------------------------------------------- importance
@@ -174,7 +170,7 @@ def _layer_of(name: str, prefix: str) -> int | None:
 def importance(model: nn.Module, family: Family, batches: list[dict[str, torch.Tensor]]) -> Importance:
     """Mean activation magnitudes over the real (unpadded) tokens of `batches`."""
     prefix, layer_list = find_layer_list(model)
-    heads_count, head_dim = model.config.num_attention_heads, _head_dim(model.config)
+    heads_count, head_dim = model.config.num_attention_heads, head_size(model.config)
     sums = Importance(hidden=torch.zeros(model.config.hidden_size), heads={}, ffn={})
     tokens, mask = 0, None
 
@@ -278,9 +274,7 @@ def shaped_config(model: nn.Module, family: Family, shape: Shape):
     config.hidden_size, config.num_attention_heads = shape.hidden, shape.heads
     if family.grouped_kv:
         config.num_key_value_heads, config.head_dim = shape.kv_heads, shape.head_dim
-    for name in ("intermediate_size", "hidden_dim"):
-        if getattr(config, name, None):
-            setattr(config, name, shape.intermediate)
+    setattr(config, _intermediate_name(config), shape.intermediate)
     return config
 
 

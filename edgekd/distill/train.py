@@ -79,14 +79,15 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
         def loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
             return model(batch, teacher_targets(batch) if teacher_targets is not None else None)
 
+        validation_labels = None if validation_encoded is None else \
+            np.array([-1 if label is None else label for label in validation_encoded.labels])
+
         def evaluate() -> dict:
             logits = torch_logits(student, validation_encoded, pad_token_id=pad_token_id, device=str(device))
-            labels = np.array([-1 if label is None else label for label in validation_encoded.labels])
-            return quality(logits, labels, teacher_logits=teacher_validation)
+            return quality(logits, validation_labels, teacher_logits=teacher_validation)
 
         if teacher_validation is not None:
-            labels = np.array([-1 if label is None else label for label in validation_encoded.labels])
-            teacher_quality.update(quality(teacher_validation, labels, teacher_logits=None))
+            teacher_quality.update(quality(teacher_validation, validation_labels, teacher_logits=None))
 
         return LoopTrainee(task="text-classification", module=trainee, student=student,
                            examples=len(train_encoded),

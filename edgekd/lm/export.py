@@ -71,10 +71,9 @@ def causal_mask(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
 
 def cache_shape(config) -> tuple[int, int]:
     """(kv_heads, head_dim) of each layer's cache."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return kv_heads, head_dim
+    from edgekd.models import head_size
+
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads, head_size(config)
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
