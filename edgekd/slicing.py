@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import UserError
-from edgekd.models import _intermediate_name, ffn_width, find_layer_list, head_size
+from edgekd.models import _intermediate_name, ffn_width, find_layer_list, head_size, model_inputs
 
 HIDDEN, HEADS, KV, FFN = "hidden", "heads", "kv", "ffn"
 
@@ -195,7 +195,7 @@ def importance(model: nn.Module, family: Family, batches: list[dict[str, torch.T
     try:
         for batch in batches:
             mask = batch["attention_mask"].bool()
-            outputs = model(**batch, output_hidden_states=True)
+            outputs = model(**model_inputs(model, batch), output_hidden_states=True)  # DistilBERT: no token types
             for states in outputs.hidden_states:
                 sums.hidden += states[mask].float().abs().sum(0)
             tokens += int(mask.sum())
