@@ -61,14 +61,29 @@ def seal(folder: Path) -> None:
     atomic_write_text(Path(folder) / RECORD, json.dumps({"checksums": checksums(folder)}, indent=2) + "\n")
 
 
+# Folders whose checksums matched in this process, with the size and modification time of
+# each of their files then: opened again unchanged (a .gguf teacher is opened several times
+# by one bench), they are not hashed again.
+_verified: dict[Path, tuple] = {}
+
+
+def _stamp(folder: Path) -> tuple:
+    return tuple(sorted((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns)
+                        for path in folder.rglob("*") if path.is_file() for stat in [path.stat()]))
+
+
 def trusted(folder: Path, *, what: str, record: str = RECORD) -> bool:
     """True when `folder` holds a cache whose checksums match. A cache that fails them is
     said so in one line and removed, so that the caller rebuilds it; none is False."""
     folder = Path(folder)
     if not folder.exists():
         return False
+    stamp = _stamp(folder)
+    if _verified.get(folder.resolve()) == stamp:
+        return True
     reason = corruption(folder, record=record)
     if reason is None:
+        _verified[folder.resolve()] = stamp
         return True
     console.print(f"{what} {folder} is corrupt ({reason}); rebuilding", soft_wrap=True)
     shutil.rmtree(folder, ignore_errors=True)

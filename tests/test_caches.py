@@ -4,6 +4,7 @@ folders (the teacher-output caches and the matmul peak have tests beside their c
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 
 import pytest
@@ -124,3 +125,18 @@ def test_a_damaged_gguf_cache_is_said_in_one_line_and_dequantised_again(damage, 
     assert len(lines) == 1 and "dequantised GGUF cache" in lines[0] and reason in lines[0]
     assert corruption(folder) is None
     lm_models.load_causal_lm(path)  # loads
+
+
+def test_a_folder_verified_in_this_process_is_not_hashed_again_until_a_file_changes(tmp_path, monkeypatch):
+    from edgekd import integrity
+
+    (tmp_path / "weights.bin").write_bytes(b"x" * 1000)
+    seal(tmp_path)
+    hashed = []
+    digest = integrity.file_digest
+    monkeypatch.setattr(integrity, "file_digest", lambda path: (hashed.append(path), digest(path))[1])
+    assert integrity.trusted(tmp_path, what="cache") and len(hashed) == 1
+    assert integrity.trusted(tmp_path, what="cache") and len(hashed) == 1  # unchanged: trusted as verified
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    (tmp_path / "weights.bin").write_bytes(b"y" * 1000)  # same size, new contents
+    assert not integrity.trusted(tmp_path, what="cache") and not tmp_path.exists()
