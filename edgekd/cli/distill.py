@@ -258,7 +258,7 @@ def run(*, teacher, data, split, out, recipe, student_layers, student_config, st
     from edgekd.metrics import near_chance
     from edgekd.models import load_classifier, make_student
 
-    if student_config and student_init == "random" and "lr" not in given:
+    if (student_config or latency_budget_ms is not None) and student_init == "random" and "lr" not in given:
         # random weights need a larger step than weights that already compute something
         training["lr"] = RANDOM_INIT_LR
         typer.echo(f"student: random weights, so --lr {RANDOM_INIT_LR:g} (pass --lr to choose another)")
