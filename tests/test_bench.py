@@ -223,7 +223,7 @@ def test_bench_rejects_a_student_with_another_vocabulary(teacher_dir, teacher, d
     from edgekd.models import save_model
 
     save_model(make_classifier("bert", layers=1, vocab_size=40), make_tokenizer(), tmp_path / "student")
-    with pytest.raises(UserError, match="student knows 40 token ids but the teacher's tokenizer produces 74"):
+    with pytest.raises(UserError, match="student's tokenizer produces 74 token ids but the model knows 40"):
         bench(teacher=teacher_dir, student=tmp_path / "student", artifacts=None, data=data,
               teacher_model=teacher, show_progress=False, measure_memory=False)
 

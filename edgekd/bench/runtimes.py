@@ -42,6 +42,7 @@ class Candidate:
     config_folder: Path | None = None  # folder with config.json (sequence limit, labels)
     origin: str = "student"  # the model an artifact was exported from: teacher or student
     notes: list[str] = field(default_factory=list)
+    tokenizer: object = None  # its own tokenizer (a trimmed vocabulary); None: the teacher's
 
 
 def torch_candidate(name: str, model: torch.nn.Module, source: Path | str, *,

@@ -29,8 +29,9 @@ from edgekd.bench.memory import MemoryProbe
 from edgekd.bench.report import SCHEMA_VERSION, add_same_target_speedups
 from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, logits_over,
                                    runner, torch_candidate)
-from edgekd.data import TextDataset, encode
+from edgekd.data import Encoded, TextDataset, encode
 from edgekd.errors import UserError
+from edgekd.export.artifact import TOKENIZER_FILES
 from edgekd.manifest import artifact_folders, read_manifest
 from edgekd.models import count_parameters, load_classifier
 from edgekd.progress import progress_bar
@@ -165,9 +166,8 @@ def _check_candidate(candidate: Candidate, *, teacher_model, tokenizer,
     """Fail early, naming the model, when it cannot take the bench's inputs or labels."""
     config = _config_of(candidate)
     vocabulary = (config or {}).get("vocab_size")
-    if vocabulary and len(tokenizer) > vocabulary:
-        raise UserError(f"{candidate.name} knows {vocabulary} token ids but the teacher's tokenizer "
-                        f"produces {len(tokenizer)}; bench models that share the teacher's tokenizer")
+    if vocabulary and vocabulary < len(tokenizer):  # cannot take the teacher's ids: a trimmed vocabulary
+        candidate.tokenizer = _own_tokenizer(candidate, vocabulary)
     limit = _max_positions(config) if config is not None else None
     longest = max(settings.sequence_lengths)
     if limit is not None and longest > limit:
@@ -180,6 +180,23 @@ def _check_candidate(candidate: Candidate, *, teacher_model, tokenizer,
     if labels is not None and len(labels) != teacher_model.config.num_labels:
         raise UserError(f"{candidate.name} predicts {len(labels)} classes but the teacher "
                         f"{teacher_model.config.num_labels}; bench models trained on the same labels")
+
+
+def _own_tokenizer(candidate: Candidate, vocabulary: int):
+    """The tokenizer beside a model whose vocabulary is not the teacher's (edgekd/vocab.py
+    trims it to the training text's tokens): its rows are tokenized with it, as an app would."""
+    from transformers import AutoTokenizer
+
+    folder = candidate.config_folder
+    if folder is None or not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{candidate.name} knows {vocabulary} token ids, not the teacher's tokenizer's, and "
+                        "has no tokenizer files of its own; export it again with edgekd, or bench models that "
+                        "share the teacher's tokenizer")
+    own = AutoTokenizer.from_pretrained(folder)
+    if len(own) > vocabulary:
+        raise UserError(f"{candidate.name}'s tokenizer produces {len(own)} token ids but the model knows "
+                        f"{vocabulary}; the model and its tokenizer files do not belong together")
+    return own
 
 
 def _config_of(candidate: Candidate) -> dict | None:
@@ -205,7 +222,7 @@ def _max_positions(config: dict) -> int | None:
 def _measure(candidates: list[Candidate], *, data: TextDataset, tokenizer, settings: BenchSettings,
              show_progress: bool, cache_folder: Path | None) -> dict:
     headline = settings.sequence_lengths[0]
-    latency_feeds = {length: _token_batch(tokenizer, data.texts[:1], length)
+    latency_feeds = {length: _token_batches(candidates, tokenizer, data.texts[:1], length)
                      for length in settings.sequence_lengths}
     # The machine's load before any of our work starts: a busy machine shows up here.
     machine = machine_info()
@@ -222,7 +239,7 @@ def _measure(candidates: list[Candidate], *, data: TextDataset, tokenizer, setti
                                        show_progress=show_progress)
     operations, peaks = ({}, {})
     if settings.roofline:
-        operations = {c.name: _operations(c, latency_feeds[headline]) for c in candidates}
+        operations = {c.name: _operations(c, latency_feeds[headline][c.name]) for c in candidates}
         peaks = {str(threads): roofline.matmul_peak(threads=threads, cache_folder=_cache(cache_folder))
                  for threads in sorted({c.threads for c in candidates})}
     return {"logits": logits, "memory": memory, "latency": latency, "batch_seconds": batch_seconds,
@@ -241,11 +258,23 @@ def _time_all(candidates, *, data: TextDataset, tokenizer, latency_feeds: dict,
         if not settings.throughput_batch_size:
             return latency, None
         batch_texts = [data.texts[i % len(data)] for i in range(settings.throughput_batch_size)]
-        batch_feeds = _token_batch(tokenizer, batch_texts, settings.sequence_lengths[0])
+        batch_feeds = _token_batches(candidates, tokenizer, batch_texts, settings.sequence_lengths[0])
         batch_seconds = _interleaved(candidates, batch_feeds, repeats=settings.throughput_repeats,
                                      warmup=1, label=f"throughput, batch {settings.throughput_batch_size}",
                                      show_progress=show_progress)
     return latency, batch_seconds
+
+
+def _token_batches(candidates: list[Candidate], tokenizer, texts: list[str], length: int) -> dict[str, dict]:
+    """Each candidate's inputs for the same texts, from its own tokenizer (or the teacher's)."""
+    by_tokenizer: dict[int, dict] = {}
+    feeds = {}
+    for candidate in candidates:
+        own = candidate.tokenizer or tokenizer
+        if id(own) not in by_tokenizer:
+            by_tokenizer[id(own)] = _token_batch(own, texts, length)
+        feeds[candidate.name] = by_tokenizer[id(own)]
+    return feeds
 
 
 def _token_batch(tokenizer, texts: list[str], length: int) -> dict[str, np.ndarray]:
@@ -263,19 +292,22 @@ def _start_memory_probes(candidates: list[Candidate], feeds: dict) -> dict[str, 
             continue  # a hub id: the child would need the hub; measured only from folders
         probes[candidate.name] = MemoryProbe(
             model_format=candidate.format, source=source, input_names=candidate.input_names,
-            feeds=feeds, threads=candidate.threads)
+            feeds=feeds[candidate.name], threads=candidate.threads)
     return probes
 
 
 def _all_logits(candidates, *, data: TextDataset, tokenizer, settings: BenchSettings,
                 show_progress: bool) -> dict:
-    encoded = encode(data, tokenizer, max_length=settings.max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded: dict[int, Encoded] = {}
     logits = {}
     with progress_bar("evaluating", total=len(candidates) * len(data),
                       enabled=show_progress) as advance:
         for candidate in candidates:
-            logits[candidate.name] = logits_over(candidate, encoded, pad_token_id=pad, progress=advance)
+            own = candidate.tokenizer or tokenizer
+            if id(own) not in encoded:
+                encoded[id(own)] = encode(data, own, max_length=settings.max_length)
+            pad = own.pad_token_id if own.pad_token_id is not None else 0
+            logits[candidate.name] = logits_over(candidate, encoded[id(own)], pad_token_id=pad, progress=advance)
     width = logits["teacher"].shape[-1]
     for name, values in logits.items():
         if values.shape[-1] != width:
@@ -298,9 +330,9 @@ class _torch_threads:
         torch.set_num_threads(self.previous)
 
 
-def _interleaved(candidates, feeds, *, repeats: int, warmup: int, label: str,
+def _interleaved(candidates, feeds: dict[str, dict], *, repeats: int, warmup: int, label: str,
                  show_progress: bool) -> dict[str, np.ndarray]:
-    runners = {c.name: runner(c, feeds) for c in candidates}
+    runners = {c.name: runner(c, feeds[c.name]) for c in candidates}
     with progress_bar(f"{label} (interleaved)", total=repeats, enabled=show_progress) as advance:
         return measure_interleaved(runners, repeats=repeats, warmup=warmup, progress=advance)
 

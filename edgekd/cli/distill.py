@@ -25,7 +25,7 @@ TEXT_ONLY_OPTIONS = (
     "validation_data", "validation_split", "validation_fraction", "label_column", "text_pair_column",
     "gradient_accumulation", "hidden_mse_weight", "hidden_cosine_weight", "attention_weight",
     "minilm_weight", "minilm_relation_heads", "layer_map", "compile", "teacher_cache", "trust_remote_code",
-    "allow_poor_student")
+    "allow_poor_student", "trim_vocab", "trim_vocab_min_count")
 CAUSAL_LM_ONLY_OPTIONS = ("prompt_column", "divergence", "beta", "top_k", "freeze_embeddings")
 
 
@@ -65,6 +65,14 @@ def distill(
                    "--budget-target export runs within this many ms here at batch 1 (causal LMs: per decoded "
                    "token); the candidates' timings are shown and cached per machine."),
     budget_target: str = typer.Option("onnx-int8", help="The target a --latency-budget-ms is measured on."),
+    trim_vocab: bool = typer.Option(
+        False, help="Keep only the tokens the training text uses (and the special ones): the student's embedding "
+                    "and tokenizer shrink, kept text tokenizes exactly as before; "
+                    "the share of held-out words that tokenize differently is reported.",
+        rich_help_panel=TEXT_CLASSIFICATION),
+    trim_vocab_min_count: int = typer.Option(
+        1, help="With --trim-vocab, keep a token only if the training text uses it at least this often.",
+        rich_help_panel=TEXT_CLASSIFICATION),
     sequence_length: int = typer.Option(
         128, help="Tokens per input when timing a --latency-budget-ms (causal LMs: the cache length)."),
     validation_data: Optional[Path] = typer.Option(
@@ -233,6 +241,24 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
                    f"{f', {result.cache_bytes_per_token:.0f} B/token' if result.cache_bytes_per_token else ''})")
 
 
+def _trim(trim_vocab: bool, min_count: int, *, given: set[str], texts: list[str], held_out: list[str] | None):
+    """The VocabTrim --trim-vocab asks for (edgekd/vocab.py), or None."""
+    from edgekd.vocab import VocabTrim
+
+    if not trim_vocab:
+        if "trim_vocab_min_count" in given:
+            raise UserError("--trim-vocab-min-count only applies with --trim-vocab; add --trim-vocab or drop it")
+        return None
+    if min_count < 1:
+        raise UserError(f"--trim-vocab-min-count must be at least 1, got {min_count}")
+    return VocabTrim(texts=texts, held_out=held_out, min_count=min_count)
+
+
+def _all_texts(dataset) -> list[str]:
+    """Every text of a classification dataset, the second text of pairs included."""
+    return list(dataset.texts) + list(dataset.text_pairs or [])
+
+
 def _sized(teacher_model, tokenizer, *, task: str, budget_ms: float, target: str, sequence_length: int,
            given: tuple) -> str:
     """The --student-config a --latency-budget-ms chooses (edgekd/sizing.py)."""
@@ -248,8 +274,8 @@ def _sized(teacher_model, tokenizer, *, task: str, budget_ms: float, target: str
 def run(*, teacher, data, split, out, recipe, student_layers, student_config, student_init, student, validation_data,
         validation_split, validation_fraction, text_column, label_column, text_pair_column, max_length,
         seed, cache_dir, resume, overwrite, quiet, trust_remote_code=False, allow_poor_student=False,
-        latency_budget_ms=None, budget_target="onnx-int8", sequence_length=128, given=frozenset(),
-        **training) -> None:
+        latency_budget_ms=None, budget_target="onnx-int8", sequence_length=128, trim_vocab=False,
+        trim_vocab_min_count=1, given=frozenset(), **training) -> None:
     """The command after the recipe is merged: load, make the student, call the stage."""
     from edgekd.config import DistillConfig
     from edgekd.data import Columns, load_file, sample_batches, split as split_rows
@@ -257,6 +283,7 @@ def run(*, teacher, data, split, out, recipe, student_layers, student_config, st
     from edgekd.errors import GateFailed
     from edgekd.metrics import near_chance
     from edgekd.models import load_classifier, make_student
+    from edgekd.vocab import describe
 
     if (student_config or latency_budget_ms is not None) and student_init == "random" and "lr" not in given:
         # random weights need a larger step than weights that already compute something
@@ -288,11 +315,15 @@ def run(*, teacher, data, split, out, recipe, student_layers, student_config, st
         validation, train = split_rows(train, fractions=[config.validation_fraction, 1.0], seed=seed)
     else:
         validation = None
+    trim = _trim(trim_vocab, trim_vocab_min_count, given=given, texts=_all_texts(train),
+                 held_out=_all_texts(validation) if validation is not None else None)
     result = run_distill(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
                          train=train, validation=validation, config=config, out=Path(out),
-                         overwrite=overwrite, show_progress=not quiet, resume=resume, cache_dir=cache_dir)
+                         overwrite=overwrite, show_progress=not quiet, resume=resume, cache_dir=cache_dir, trim=trim)
     if result.student_dir is None:  # not rank 0 under torchrun: rank 0 reports
         return
+    if result.vocabulary:
+        typer.echo(f"student: {describe(result.vocabulary)}")
     summary = "  ".join(f"{k} {v:.4f}" for k, v in result.validation.items())
     typer.echo(f"student written to {result.student_dir} (best epoch {result.best_epoch}"
                f"{'; validation ' + summary if summary else ''}; {result.steps} steps, "

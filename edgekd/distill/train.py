@@ -26,6 +26,7 @@ from edgekd.distill.objective import Needs, Objective, Trainee, forward_outputs
 from edgekd.errors import UserError
 from edgekd.metrics import quality, torch_logits
 from edgekd.models import save_model
+from edgekd.vocab import VocabTrim, save_record
 
 # Settings a checkpoint may be resumed under although they differ from the original run:
 # they change where and how fast the run goes, not what it computes.
@@ -44,16 +45,20 @@ class DistillResult:
     samples_per_second: float = 0.0  # training rows per second of the loop (teacher outputs ready)
     teacher_seconds: float = 0.0  # building or opening the teacher cache (or 0 without one)
     teacher_validation: dict = field(default_factory=dict)  # the teacher's accuracy, macro_f1 on the validation data
+    vocabulary: dict = field(default_factory=dict)  # with a VocabTrim: what was kept (edgekd/vocab.py)
 
 
 def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokenizer,
             train: TextDataset, validation: TextDataset | None, config: DistillConfig,
             out: Path, overwrite: bool = False, show_progress: bool = True,
-            resume: bool = False, cache_dir: Path | None = None) -> DistillResult:
+            resume: bool = False, cache_dir: Path | None = None, trim: VocabTrim | None = None) -> DistillResult:
     """Train `student` to imitate `teacher` on `train` and save it to `out`.
 
     With `teacher=None` this fine-tunes `student` on the labels alone (how the demo
-    builds its teacher). The student with the best validation accuracy is kept.
+    builds its teacher). The student with the best validation accuracy is kept; with
+    `trim`, its vocabulary is trimmed to the training text's tokens as it is saved, and
+    `validation` then holds the trimmed student's metrics (those before in
+    `vocabulary["before_trim"]`).
     """
     if len(train) == 0:
         raise UserError("the training data is empty; give at least one example")
@@ -65,6 +70,7 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cache_root = Path(cache_dir) if cache_dir else default_cache_root()
     teacher_quality: dict = {}
+    found: dict = {}  # what prepare learns and save needs
 
     def prepare(*, device: torch.device, ranks: Ranks, show_progress: bool) -> LoopTrainee:
         train_encoded = encode(train, tokenizer, max_length=config.max_length)
@@ -88,6 +94,7 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
 
         if teacher_validation is not None:
             teacher_quality.update(quality(teacher_validation, validation_labels, teacher_logits=None))
+        found.update(validation_labels=validation_labels, teacher_validation=teacher_validation)
 
         return LoopTrainee(task="text-classification", module=trainee, student=student,
                            examples=len(train_encoded),
@@ -95,17 +102,34 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
                            units=lambda batch: len(batch["index"]), loss=loss,
                            evaluate=evaluate if validation_encoded is not None else None)
 
+    def save(folder: Path, seconds: float) -> None:
+        if trim is None:
+            save_model(student, tokenizer, folder)
+            return
+        small, small_tokenizer, record = trim.apply(student, tokenizer)
+        if validation is not None and len(validation):
+            encoded = encode(validation, small_tokenizer, max_length=config.max_length)
+            pad = small_tokenizer.pad_token_id if small_tokenizer.pad_token_id is not None else 0
+            record["validation"] = quality(torch_logits(small, encoded, pad_token_id=pad),
+                                           found["validation_labels"], teacher_logits=found["teacher_validation"])
+        save_model(small, small_tokenizer, folder)
+        save_record(folder, record)
+        found["vocabulary"] = record
+
     trained = run_loop(task="text-classification", config=config, out=out, examples=len(train), prepare=prepare,
-                    save=lambda folder, seconds: save_model(student, tokenizer, folder),
-                    resumable_changes=RESUMABLE_CHANGES, overwrite=overwrite, resume=resume,
-                    show_progress=show_progress)
+                       save=save, resumable_changes=RESUMABLE_CHANGES, overwrite=overwrite, resume=resume,
+                       show_progress=show_progress)
     if teacher is not None:
         teacher.cpu()
     progress = trained.progress
-    return DistillResult(student_dir=trained.out, best_epoch=progress.best_epoch, validation=progress.best_metrics,
+    vocabulary = found.get("vocabulary", {})
+    validation_metrics = progress.best_metrics
+    if "validation" in vocabulary:
+        vocabulary["before_trim"], validation_metrics = progress.best_metrics, vocabulary["validation"]
+    return DistillResult(student_dir=trained.out, best_epoch=progress.best_epoch, validation=validation_metrics,
                          seconds=time.perf_counter() - started, steps=progress.step,
                          samples_per_second=trained.units_per_second, teacher_seconds=trained.prepare_seconds,
-                         teacher_validation=teacher_quality)
+                         teacher_validation=teacher_quality, vocabulary=vocabulary)
 
 
 # ---------------------------------------------------------------------------- teacher outputs
