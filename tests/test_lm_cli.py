@@ -88,3 +88,49 @@ def test_prompt_longer_than_exported_maximum(lm_files, tmp_path):
     result = run("generate", tmp_path / "e" / "onnx-fp32", "--prompt", " ".join(["the"] * 14),
                  "--max-new-tokens", "4")
     assert_clean_error(result, "exported for at most 16")
+
+
+def _trained_llama(folder, texts):
+    """A tiny Llama that has learnt `texts` (far better than their token frequencies), saved."""
+    import torch
+
+    from edgekd.lm.data import collate, encode_texts
+    from edgekd.lm.losses import causal_lm_cross_entropy, shift_for_next_token
+
+    model, tokenizer = make_llama(layers=2, seed=3), make_lm_tokenizer()
+    examples = encode_texts(texts, tokenizer, max_length=32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(60):
+        batch = collate(examples, [(step * 8 + i) % len(examples) for i in range(8)])
+        logits, targets, _ = shift_for_next_token(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+        loss = causal_lm_cross_entropy(logits, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer, examples
+
+
+def test_a_causal_lm_student_that_learnt_nothing_fails_loudly(tmp_path, monkeypatch):
+    from edgekd.lm.train import mean_cross_entropy, poor_student, unigram_cross_entropy
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    texts = make_texts(48)
+    teacher, _, examples = _trained_llama(tmp_path / "teacher", texts)
+    guess = unigram_cross_entropy(examples)
+    assert mean_cross_entropy(teacher, examples, vocabulary=52) < guess  # the teacher learnt the text
+    assert poor_student(teacher, teacher, examples, vocabulary=52) is None
+    (tmp_path / "train.txt").write_text("\n".join(texts))
+    common = ["distill", "--teacher", tmp_path / "teacher", "--data", tmp_path / "train.txt", "--student-config",
+              "hidden=16,heads=2,layers=1,intermediate=32", "--student-init", "random", "--max-steps", "4",
+              "--max-length", "32", "--lr", "1e-9", "--top-k", "8", "--quiet"]
+    result = run(*common, "--out", tmp_path / "poor")
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: the student learnt nothing useful") and "token frequencies" in last
+    assert (tmp_path / "poor" / "model.safetensors").is_file()  # kept for a look, but the run failed
+    allowed = run(*common, "--out", tmp_path / "allowed", "--allow-poor-student")
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning: the student learnt nothing useful" in allowed.output

@@ -25,7 +25,7 @@ TEXT_ONLY_OPTIONS = (
     "validation_data", "validation_split", "validation_fraction", "label_column", "text_pair_column",
     "gradient_accumulation", "hidden_mse_weight", "hidden_cosine_weight", "attention_weight",
     "minilm_weight", "minilm_relation_heads", "layer_map", "compile", "teacher_cache", "trust_remote_code",
-    "allow_poor_student", "trim_vocab", "trim_vocab_min_count")
+    "trim_vocab", "trim_vocab_min_count")
 CAUSAL_LM_ONLY_OPTIONS = ("prompt_column", "divergence", "beta", "top_k", "freeze_embeddings")
 
 
@@ -144,9 +144,9 @@ def distill(
         200, help="Steps between checkpoints in OUT.checkpoints/, also at epoch ends (0: no checkpoints; "
                   "causal-lm default 50)."),
     allow_poor_student: bool = typer.Option(
-        False, help="Keep a student whose validation accuracy is no better than guessing the most common label "
-                    "(while the teacher's is) without failing: by default that run exits with code 2.",
-        rich_help_panel=TEXT_CLASSIFICATION),
+        False, help="Keep a student no better than guessing (while the teacher is) without failing: by default that "
+                    "run exits with code 2. Guessing is the most common label (validation accuracy) for classifiers, "
+                    "the training text's token frequencies (next-token loss) for causal LMs."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint of an interrupted run."),
     overwrite: bool = typer.Option(False, help="Replace --out (and its checkpoints) if they exist."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -207,7 +207,7 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
     from edgekd.config import LMDistillConfig
     from edgekd.lm.data import encode_texts, read_texts
     from edgekd.lm.models import load_causal_lm, make_lm_student, probe_batch, shared_vocabulary
-    from edgekd.lm.train import distill_lm
+    from edgekd.lm.train import distill_lm, poor_student
 
     names = {f.name for f in fields(LMDistillConfig)}
     values = {name: options[name] for name in names & given}
@@ -235,10 +235,26 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
                         train=examples, config=config, out=out, vocabulary=vocabulary,
                         overwrite=options["overwrite"], show_progress=not options["quiet"],
                         resume=options["resume"], cache_root=Path(options["cache_dir"]) if options["cache_dir"] else None)
-    if result.student_dir is not None:  # rank 0 alone reports under torchrun
-        typer.echo(f"student written to {result.student_dir} ({result.steps} steps, final loss "
-                   f"{result.final_loss:.4f}, {result.seconds:.0f}s; teacher cache {result.teacher_seconds:.0f}s"
-                   f"{f', {result.cache_bytes_per_token:.0f} B/token' if result.cache_bytes_per_token else ''})")
+    if result.student_dir is None:  # rank 0 alone reports under torchrun
+        return
+    typer.echo(f"student written to {result.student_dir} ({result.steps} steps, final loss "
+               f"{result.final_loss:.4f}, {result.seconds:.0f}s; teacher cache {result.teacher_seconds:.0f}s"
+               f"{f', {result.cache_bytes_per_token:.0f} B/token' if result.cache_bytes_per_token else ''})")
+    poor = poor_student(student_model, teacher_model, examples, vocabulary=vocabulary)
+    _fail_if_poor(poor, folder=result.student_dir, allow=options["allow_poor_student"])
+
+
+def _fail_if_poor(poor: str | None, *, folder: Path, allow: bool) -> None:
+    """The last line of a run whose student learnt nothing useful, and exit code 2 (unless allowed)."""
+    from edgekd.errors import GateFailed
+
+    if poor and not allow:
+        raise GateFailed(f"the student learnt nothing useful: {poor}; it is in {folder}, but raise --lr "
+                         f"(random weights: try {RANDOM_INIT_LR:g}), train longer or slice the student from the "
+                         "teacher (--student-config without --student-init random); --allow-poor-student keeps it "
+                         "without failing")
+    if poor:
+        typer.echo(f"warning: the student learnt nothing useful: {poor} (kept: --allow-poor-student)")
 
 
 def _trim(trim_vocab: bool, min_count: int, *, given: set[str], texts: list[str], held_out: list[str] | None):
@@ -280,7 +296,6 @@ def run(*, teacher, data, split, out, recipe, student_layers, student_config, st
     from edgekd.config import DistillConfig
     from edgekd.data import Columns, load_file, sample_batches, split as split_rows
     from edgekd.distill.train import distill as run_distill
-    from edgekd.errors import GateFailed
     from edgekd.metrics import near_chance
     from edgekd.models import load_classifier, make_student
     from edgekd.vocab import describe
@@ -331,11 +346,7 @@ def run(*, teacher, data, split, out, recipe, student_layers, student_config, st
     poor = validation is not None and near_chance(result.validation.get("accuracy", float("nan")),
                                                   teacher_accuracy=result.teacher_validation.get("accuracy"),
                                                   labels=validation.labels)
-    if poor and not allow_poor_student:
-        raise GateFailed(f"the student learnt nothing useful: {poor}; it is in {result.student_dir}, but raise "
-                         f"--lr (random weights: try {RANDOM_INIT_LR:g}), train longer or slice the student from the "
-                         "teacher (--student-config without --student-init random); --allow-poor-student keeps it "
-                         "without failing")
+    _fail_if_poor(poor or None, folder=result.student_dir, allow=allow_poor_student)
 
 
 # ---------------------------------------------------------------------------- recipes

@@ -145,3 +145,53 @@ def _save_student(student: torch.nn.Module, tokenizer, folder: Path, *, config: 
     (folder / "edgekd-train.json").write_text(json.dumps(
         {"config": asdict(config), "teacher": teacher_name, "seconds": seconds,
          "teacher_seconds": teacher_seconds}, indent=2))
+
+
+# ---------------------------------------------------------------------------- a student that learnt nothing
+
+GUARD_TEXTS = 32  # training texts the chance check scores (a few seconds on a CPU)
+
+
+@torch.no_grad()
+def mean_cross_entropy(model: torch.nn.Module, examples: LMExamples, *, vocabulary: int) -> float:
+    """Next-token cross-entropy per learnt token over the first GUARD_TEXTS examples."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, min(GUARD_TEXTS, len(examples)), 8):
+        batch = collate(examples, list(range(start, min(start + 8, GUARD_TEXTS, len(examples)))))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, targets, mask = shift_for_next_token(logits[..., :vocabulary], batch["labels"])
+        count = int(mask.sum())
+        total += float(causal_lm_cross_entropy(logits, targets)) * count
+        tokens += count
+    return total / max(tokens, 1)
+
+
+def unigram_cross_entropy(examples: LMExamples) -> float:
+    """The cross-entropy of always predicting the training text's token frequencies, on the
+    tokens `mean_cross_entropy` scores: what a model that learnt no context reaches."""
+    counts: dict[int, int] = {}
+    for ids, flags in zip(examples.input_ids, examples.learnt):
+        for token, learnt in zip(ids[1:], flags[1:]):
+            if learnt:
+                counts[token] = counts.get(token, 0) + 1
+    total = sum(counts.values())
+    scored = [(ids[1:], flags[1:]) for ids, flags in zip(examples.input_ids[:GUARD_TEXTS],
+                                                        examples.learnt[:GUARD_TEXTS])]
+    losses = [-math.log(counts[token] / total) for ids, flags in scored for token, learnt in zip(ids, flags) if learnt]
+    return sum(losses) / max(len(losses), 1)
+
+
+def poor_student(student: torch.nn.Module, teacher: torch.nn.Module | None, examples: LMExamples, *,
+                 vocabulary: int) -> str | None:
+    """Why a distilled causal LM predicts its training text no better than token frequencies
+    alone while its teacher does, or None."""
+    guess = unigram_cross_entropy(examples)
+    student_loss = mean_cross_entropy(student, examples, vocabulary=vocabulary)
+    if student_loss < guess or teacher is None:
+        return None
+    teacher_loss = mean_cross_entropy(teacher, examples, vocabulary=vocabulary)  # only when the student looks poor
+    if teacher_loss >= guess:
+        return None  # the teacher cannot do better on this text either: nothing to blame the student for
+    return (f"its next-token loss on training text ({student_loss:.2f}) is no better than predicting token "
+            f"frequencies alone ({guess:.2f}) while the teacher reaches {teacher_loss:.2f}")
