@@ -134,3 +134,31 @@ def test_a_causal_lm_student_that_learnt_nothing_fails_loudly(tmp_path, monkeypa
     allowed = run(*common, "--out", tmp_path / "allowed", "--allow-poor-student")
     assert allowed.exit_code == 0, allowed.output
     assert "warning: the student learnt nothing useful" in allowed.output
+
+
+def test_a_trimmed_causal_lm_distils_exports_and_benches_on_its_own_tokens(lm_files, tmp_path):
+    """--trim-vocab for a causal LM: embedding and output head trimmed; bench scores the same
+    held-out text in the student's own tokens, per teacher token, and reports coverage."""
+    teacher, train, test = lm_files
+    student, export = tmp_path / "student", tmp_path / "export"
+    result = run("distill", "--teacher", teacher, "--data", train, "--out", student, "--student-layers", "1",
+                 "--max-steps", "4", "--batch-size", "4", "--max-length", "24", "--top-k", "8", "--trim-vocab",
+                 "--quiet", "--allow-poor-student")
+    assert result.exit_code == 0, result.output
+    assert "vocabulary trimmed to" in result.output
+    config = json.loads((student / "config.json").read_text())
+    kept = json.loads((student / "vocabulary.json").read_text())["kept_tokens"]
+    assert config["vocab_size"] == kept < 52
+    result = run("export", student, "--out", export, "--target", "onnx-fp32", "--max-length", "64")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "unseen.txt").write_text("the cat sat on the zebra mat\na dog ran on a mat")
+    result = run("bench", "--teacher", teacher, "--student", student, "--artifacts", export,
+                 "--data", tmp_path / "unseen.txt", "--out", tmp_path / "report", "--new-tokens", "4",
+                 "--rounds", "1", "--max-perplexity-ratio", "1000")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads((tmp_path / "report" / "report.json").read_text())["rows"]}
+    assert rows["teacher"]["vocabulary"] is None
+    assert rows["student"]["vocabulary"]["kept_tokens"] == kept
+    assert rows["student"]["quality"]["tokens"] == rows["teacher"]["quality"]["tokens"]  # per teacher token
+    assert rows["student/onnx-fp32"]["quality"]["perplexity"] == pytest.approx(
+        rows["student"]["quality"]["perplexity"], rel=1e-3)

@@ -212,6 +212,9 @@ def test_distill_trim_vocab_then_export_and_bench(teacher_dir, tmp_path):
                    throughput_batch_size=4, max_length=24, sequence_length=24)
     rows = {row["name"]: row for row in report["rows"]}
     assert set(rows) == {"teacher", "student", "student/onnx-int8"}
+    assert rows["teacher"]["vocabulary"] is None
+    assert rows["student"]["vocabulary"]["kept_tokens"] == record["kept_tokens"]
+    assert rows["student"]["vocabulary"]["changed_share"] > 0  # the held-out text uses the trimmed words
     assert rows["student/onnx-int8"]["quality"]["agreement"] >= 0.9 * rows["student"]["quality"]["agreement"]
 
 

@@ -102,6 +102,8 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
     measurement = _measure(candidates, data=data, tokenizer=tokenizer, settings=settings,
                            show_progress=show_progress, cache_folder=cache_folder)
     rows = _rows(candidates, measurement=measurement, data=data)
+    for row, candidate in zip(rows, candidates):
+        row["vocabulary"] = _vocabulary(candidate, tokenizer, data)
     report = {"schema_version": SCHEMA_VERSION, "task": "text-classification", "rows": rows,
               "machine": measurement["machine"],
               "data": {"rows": len(data), "labelled_rows": sum(l is not None for l in data.labels),
@@ -197,6 +199,16 @@ def _own_tokenizer(candidate: Candidate, vocabulary: int):
         raise UserError(f"{candidate.name}'s tokenizer produces {len(own)} token ids but the model knows "
                         f"{vocabulary}; the model and its tokenizer files do not belong together")
     return own
+
+
+def _vocabulary(candidate: Candidate, tokenizer, data: TextDataset) -> dict | None:
+    """A trimmed model's vocabulary and the share of the bench text it tokenizes otherwise."""
+    from edgekd.vocab import coverage
+
+    if candidate.tokenizer is None:
+        return None
+    return {"kept_tokens": len(candidate.tokenizer), "original_tokens": len(tokenizer),
+            **coverage(tokenizer, candidate.tokenizer, list(data.texts) + list(data.text_pairs or [])).as_dict()}
 
 
 def _config_of(candidate: Candidate) -> dict | None:

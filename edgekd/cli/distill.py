@@ -24,8 +24,7 @@ RANDOM_INIT_LR = 1e-3  # the default --lr of a randomly initialised --student-co
 TEXT_ONLY_OPTIONS = (
     "validation_data", "validation_split", "validation_fraction", "label_column", "text_pair_column",
     "gradient_accumulation", "hidden_mse_weight", "hidden_cosine_weight", "attention_weight",
-    "minilm_weight", "minilm_relation_heads", "layer_map", "compile", "teacher_cache", "trust_remote_code",
-    "trim_vocab", "trim_vocab_min_count")
+    "minilm_weight", "minilm_relation_heads", "layer_map", "compile", "teacher_cache", "trust_remote_code")
 CAUSAL_LM_ONLY_OPTIONS = ("prompt_column", "divergence", "beta", "top_k", "freeze_embeddings")
 
 
@@ -67,12 +66,10 @@ def distill(
     budget_target: str = typer.Option("onnx-int8", help="The target a --latency-budget-ms is measured on."),
     trim_vocab: bool = typer.Option(
         False, help="Keep only the tokens the training text uses (and the special ones): the student's embedding "
-                    "and tokenizer shrink, kept text tokenizes exactly as before; "
-                    "the share of held-out words that tokenize differently is reported.",
-        rich_help_panel=TEXT_CLASSIFICATION),
+                    "(a causal LM's output head too) and tokenizer shrink, kept text tokenizes exactly as before; "
+                    "the share of held-out words that tokenize differently is reported (causal LMs: by edgekd bench)."),
     trim_vocab_min_count: int = typer.Option(
-        1, help="With --trim-vocab, keep a token only if the training text uses it at least this often.",
-        rich_help_panel=TEXT_CLASSIFICATION),
+        1, help="With --trim-vocab, keep a token only if the training text uses it at least this often."),
     sequence_length: int = typer.Option(
         128, help="Tokens per input when timing a --latency-budget-ms (causal LMs: the cache length)."),
     validation_data: Optional[Path] = typer.Option(
@@ -208,6 +205,7 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
     from edgekd.lm.data import encode_texts, read_texts
     from edgekd.lm.models import load_causal_lm, make_lm_student, probe_batch, shared_vocabulary
     from edgekd.lm.train import distill_lm, poor_student
+    from edgekd.vocab import describe
 
     names = {f.name for f in fields(LMDistillConfig)}
     values = {name: options[name] for name in names & given}
@@ -231,12 +229,16 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
         model=options["student"], seed=config.seed, probe=probe_batch(examples),  # the probe picks the layers a count drops
         init=options["student_init"])
     vocabulary = shared_vocabulary(teacher_model, tokenizer, student_model, student_tokenizer)
+    trim = _trim(options["trim_vocab"], options["trim_vocab_min_count"], given=given,
+                 texts=list(texts) + list(prompts or []), held_out=None)
     result = distill_lm(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
-                        train=examples, config=config, out=out, vocabulary=vocabulary,
+                        train=examples, config=config, out=out, vocabulary=vocabulary, trim=trim,
                         overwrite=options["overwrite"], show_progress=not options["quiet"],
                         resume=options["resume"], cache_root=Path(options["cache_dir"]) if options["cache_dir"] else None)
     if result.student_dir is None:  # rank 0 alone reports under torchrun
         return
+    if result.vocabulary:
+        typer.echo(f"student: {describe(result.vocabulary)} (edgekd bench reports held-out coverage)")
     typer.echo(f"student written to {result.student_dir} ({result.steps} steps, final loss "
                f"{result.final_loss:.4f}, {result.seconds:.0f}s; teacher cache {result.teacher_seconds:.0f}s"
                f"{f', {result.cache_bytes_per_token:.0f} B/token' if result.cache_bytes_per_token else ''})")

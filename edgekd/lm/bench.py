@@ -44,22 +44,73 @@ def onnx_logits_fn(decoder: OnnxDecoder) -> Callable[[list[int]], np.ndarray]:
 
 
 def quality(logits_fn: Callable[[list[int]], np.ndarray], examples: LMExamples, *,
-            teacher_top1: list[np.ndarray] | None = None, vocabulary: int) -> dict:
-    """Perplexity over learnt tokens and, given the teacher's top-1 per position, agreement."""
-    total_loss, counted, agreed = 0.0, 0, 0
-    for index, ids in enumerate(examples.input_ids):
+            teacher_top1: list[np.ndarray] | None = None, vocabulary: int,
+            own: OwnVocabulary | None = None) -> dict:
+    """Perplexity over learnt tokens and, given the teacher's top-1 per position, agreement.
+
+    A model with a trimmed vocabulary (`own`) reads its own tokens of the same texts: its
+    perplexity is its summed loss over the teacher's count of tokens, so the rows compare the
+    same text; agreement is counted on the texts it tokenizes exactly as the teacher."""
+    total_loss, counted, agreed, compared = 0.0, 0, 0, 0
+    for index, ids in enumerate(own.examples.input_ids if own else examples.input_ids):
+        learnt_flags = own.examples.learnt[index] if own else examples.learnt[index]
+        if len(ids) < 2:
+            continue  # nothing to predict
         logits = torch.from_numpy(np.asarray(logits_fn(ids))[:-1, :vocabulary]).float()
-        targets = torch.tensor(ids[1:])
-        learnt = torch.tensor(examples.learnt[index][1:])
+        targets = torch.tensor(ids[1:], dtype=torch.long)
+        learnt = torch.tensor(learnt_flags[1:], dtype=torch.bool)
         losses = F.cross_entropy(logits, targets, reduction="none")[learnt]
         total_loss += float(losses.sum())
         counted += int(learnt.sum())
-        if teacher_top1 is not None:
-            agreed += int((logits.argmax(-1).numpy() == teacher_top1[index])[learnt.numpy()].sum())
+        if teacher_top1 is None:
+            continue
+        predicted = logits.argmax(-1).numpy()
+        if own is not None:
+            if [own.kept[i] for i in ids] != examples.input_ids[index]:
+                continue  # tokenized otherwise: its positions are not the teacher's
+            predicted = np.asarray(own.kept)[predicted]
+        agreed += int((predicted == teacher_top1[index])[learnt.numpy()].sum())
+        compared += int(learnt.sum())
+    if own is not None:
+        counted = examples.predicted_tokens  # the teacher's tokens of the same texts
     result = {"perplexity": math.exp(total_loss / max(counted, 1)), "tokens": counted}
     if teacher_top1 is not None:
-        result["top1_agreement"] = agreed / max(counted, 1)
+        result["top1_agreement"] = agreed / max(compared, 1)
     return result
+
+
+@dataclass(frozen=True)
+class OwnVocabulary:
+    """A model whose vocabulary was trimmed (edgekd/vocab.py): its tokenizer, its ids' teacher
+    ids and the bench texts in its own tokens."""
+
+    tokenizer: object
+    kept: list[int]  # own id -> the teacher's id of the same piece
+    examples: LMExamples
+    coverage: dict
+
+
+def own_vocabulary(folder: Path, teacher_tokenizer, examples: LMExamples) -> OwnVocabulary | None:
+    """None when the model in `folder` uses the teacher's tokenizer; its trimmed vocabulary when
+    every piece of its tokenizer is the teacher's; else a clear refusal."""
+    from transformers import AutoTokenizer
+
+    from edgekd.vocab import coverage
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    vocabulary, teacher_vocabulary = tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if vocabulary == teacher_vocabulary:
+        return None
+    if len(vocabulary) >= len(teacher_vocabulary) or not set(vocabulary) <= set(teacher_vocabulary):
+        raise UserError(f"the tokenizer in {folder} is not the teacher's (nor a trimmed copy of it); bench the "
+                        "student against the teacher it was distilled from")
+    kept = [teacher_vocabulary[piece] for piece, _ in sorted(vocabulary.items(), key=lambda item: item[1])]
+    texts = [teacher_tokenizer.decode(ids) for ids in examples.input_ids]  # the very text the teacher scores
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    own = LMExamples(input_ids=ids, learnt=[[True] * len(row) for row in ids], pad_token_id=examples.pad_token_id)
+    return OwnVocabulary(tokenizer=tokenizer, kept=kept, examples=own,
+                         coverage={"kept_tokens": len(kept), "original_tokens": len(teacher_vocabulary),
+                                   **coverage(teacher_tokenizer, tokenizer, texts).as_dict()})
 
 
 def top1_predictions(logits_fn, examples: LMExamples, *, vocabulary: int) -> list[np.ndarray]:
@@ -130,6 +181,7 @@ class _Model:
     size_bytes: int
     reference: str | None  # what it was made from: its quality ratio is against that row
     memory_source: Path  # what the memory probe loads: the model folder (a .gguf's dequantised one) or file
+    tokenizer_folder: Path  # where its tokenizer is (a trimmed vocabulary's is not the teacher's)
 
 
 def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | list[Path] | None,
@@ -148,12 +200,16 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
     if new_tokens < 2 or rounds < 1:
         raise UserError(f"--new-tokens must be at least 2 (got {new_tokens}) and --rounds at least 1 (got {rounds})")
     models = _models(teacher_dir, student_dir, artifacts)
-    examples = encode_texts(texts, _checked_tokenizer(teacher_dir, student_dir), max_length=max_length)
+    teacher_tokenizer = _teacher_tokenizer(teacher_dir)
+    examples = encode_texts(texts, teacher_tokenizer, max_length=max_length)
+    owns = {model.name: own_vocabulary(model.tokenizer_folder, teacher_tokenizer, examples)
+            for model in models if model.name != "teacher"}
     machine = machine_info()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # every speed is at 1 thread; restored on the way out
     try:
-        rows, prompt = _measure(models, examples, prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds)
+        rows, prompt = _measure(models, examples, owns, teacher_tokenizer, prompt_tokens=prompt_tokens,
+                                new_tokens=new_tokens, rounds=rounds)
     finally:
         torch.set_num_threads(threads)
     report = {"schema_version": SCHEMA_VERSION, "task": "causal-lm", "rows": rows, "machine": machine,
@@ -172,11 +228,12 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Mod
     teacher_folder = dequantised_gguf(Path(teacher_dir)) if str(teacher_dir).lower().endswith(".gguf") else teacher_dir
     models = [_Model("teacher", "pytorch fp32", "pytorch", "fp32", None, Path(teacher_dir),
                      lambda: load_causal_lm(teacher_dir)[0], folder_bytes(teacher_dir, "*.safetensors"), None,
-                     Path(teacher_folder))]
+                     Path(teacher_folder), Path(teacher_folder))]
     if student_dir is not None:
         models.append(_Model("student", "pytorch fp32", "pytorch", "fp32", None, Path(student_dir),
                              lambda: load_causal_lm(student_dir, role="student")[0],
-                             folder_bytes(student_dir, "*.safetensors"), "teacher", Path(student_dir)))
+                             folder_bytes(student_dir, "*.safetensors"), "teacher", Path(student_dir),
+                             Path(student_dir)))
     for folder in _artifact_folders(artifacts):
         manifest = read_manifest(folder)
         if manifest["task"] != "causal-lm":
@@ -189,29 +246,35 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Mod
                              folder / manifest["model_file"], lambda f=folder: OnnxDecoder(f, threads=1),
                              folder_bytes(folder, "model.*"),
                              "student" if origin == "student" and student_dir is not None else "teacher",
-                             folder / manifest["model_file"]))
+                             folder / manifest["model_file"], folder))
     return models
 
 
-def _measure(models: list[_Model], examples: LMExamples, *, prompt_tokens: int, new_tokens: int,
-             rounds: int) -> tuple[list[dict], list[int]]:
+def _measure(models: list[_Model], examples: LMExamples, owns: dict, teacher_tokenizer, *, prompt_tokens: int,
+             new_tokens: int, rounds: int) -> tuple[list[dict], list[int]]:
     """Every model's quality and, meanwhile, its peak memory in a process of its own (as for
     every task: edgekd/bench/memory.py, on the decode prompt); then decode speed, all models
-    interleaved."""
+    interleaved. A trimmed model reads the same prompt in its own tokens."""
     prompt = _prompt(examples, prompt_tokens)
-    feeds = {"input_ids": np.asarray([prompt], dtype=np.int64),
-             "attention_mask": np.ones((1, len(prompt)), dtype=np.int64)}
-    probes = {model.name: MemoryProbe(model_format=model.format, source=model.memory_source, input_names=list(feeds),
-                                      feeds=feeds, threads=1) for model in models}
+    prompt_text = teacher_tokenizer.decode(prompt)
+    prompts = {model.name: owns[model.name].tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+               if owns.get(model.name) else prompt for model in models}
+    probes = {}
+    for model in models:
+        ids = prompts[model.name]
+        feeds = {"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        probes[model.name] = MemoryProbe(model_format=model.format, source=model.memory_source,
+                                         input_names=list(feeds), feeds=feeds, threads=1)
     try:
-        rows, loaded = _quality_rows(models, examples)
+        rows, loaded = _quality_rows(models, examples, owns)
         for row in rows:
             row["memory"] = probes[row["name"]].result()
     finally:
         for probe in probes.values():
             probe.stop()
-    runners = {name: (lambda m=instance: onnx_decode(m, prompt, new_tokens)) if isinstance(instance, OnnxDecoder)
-               else (lambda m=instance: torch_decode(m, prompt, new_tokens)) for name, instance in loaded.items()}
+    runners = {name: (lambda m=instance, p=prompts[name]: onnx_decode(m, p, new_tokens))
+               if isinstance(instance, OnnxDecoder)
+               else (lambda m=instance, p=prompts[name]: torch_decode(m, p, new_tokens)) for name, instance in loaded.items()}
     speeds = interleaved_speeds(runners, rounds=rounds)
     perplexity = {row["name"]: row["quality"]["perplexity"] for row in rows}
     for row in rows:
@@ -224,22 +287,23 @@ def _measure(models: list[_Model], examples: LMExamples, *, prompt_tokens: int, 
     return rows, prompt
 
 
-def _quality_rows(models: list[_Model], examples: LMExamples) -> tuple[list[dict], dict]:
+def _quality_rows(models: list[_Model], examples: LMExamples, owns: dict) -> tuple[list[dict], dict]:
     """Perplexity and agreement with the teacher of each model; the loaded models."""
     rows, loaded, teacher_top1, vocabulary = [], {}, None, None
     for model in models:
         instance = model.load()
+        own = owns.get(model.name)
         if vocabulary is None:
             vocabulary = instance.get_output_embeddings().out_features
         logits_fn = onnx_logits_fn(instance) if isinstance(instance, OnnxDecoder) else torch_logits_fn(instance)
         if teacher_top1 is None:
             teacher_top1 = top1_predictions(logits_fn, examples, vocabulary=vocabulary)
-        row_quality = quality(logits_fn, examples, vocabulary=vocabulary,
+        row_quality = quality(logits_fn, examples, vocabulary=len(own.kept) if own else vocabulary, own=own,
                               teacher_top1=None if model.name == "teacher" else teacher_top1)
         rows.append({"name": model.name, "runtime": model.runtime, "format": model.format,
                      "precision": model.precision, "target": model.target, "source": str(model.source),
                      "threads": 1, "quality": row_quality, "reference": model.reference,
-                     "size_bytes": model.size_bytes})
+                     "size_bytes": model.size_bytes, "vocabulary": own.coverage if own else None})
         loaded[model.name] = instance
     return rows, loaded
 
@@ -251,20 +315,13 @@ def _artifact_folders(artifacts) -> list[Path]:
     return [folder for root in given for folder in artifact_folders(root)]
 
 
-def _checked_tokenizer(teacher_dir: Path, student_dir: Path | None):
-    """The teacher's tokenizer, after checking the student uses the same one."""
+def _teacher_tokenizer(teacher_dir: Path):
     from transformers import AutoTokenizer
 
     from edgekd.lm.models import load_causal_lm
 
-    teacher_tokenizer = load_causal_lm(teacher_dir)[1] if str(teacher_dir).endswith(".gguf") \
+    return load_causal_lm(teacher_dir)[1] if str(teacher_dir).endswith(".gguf") \
         else AutoTokenizer.from_pretrained(str(teacher_dir))
-    if student_dir is not None:
-        student_vocab = AutoTokenizer.from_pretrained(str(student_dir)).get_vocab()
-        if student_vocab != teacher_tokenizer.get_vocab():
-            raise UserError("teacher and student tokenizers differ; bench the student against "
-                            "the teacher it was distilled from")
-    return teacher_tokenizer
 
 
 def _prompt(examples: LMExamples, length: int) -> list[int]:

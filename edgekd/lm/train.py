@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from edgekd.distill.loop import Trainee, train as loop_train
 from edgekd.config import LMDistillConfig
 from edgekd.distill.cache import TopKCache, open_or_build_top_k
 from edgekd.lm.data import LMExamples, collate
+from edgekd.vocab import VocabTrim, save_record
 from edgekd.lm.losses import (causal_lm_cross_entropy, distillation_loss, shift_for_next_token,
                               sparse_distillation_loss)
 
@@ -42,17 +43,20 @@ class LMDistillResult:
     tokens_per_second: float  # predicted tokens per second of the loop
     final_loss: float
     cache_bytes_per_token: float = 0.0
+    vocabulary: dict = field(default_factory=dict)  # with a VocabTrim: what was kept (edgekd/vocab.py)
 
 
 def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokenizer,
                train: LMExamples, config: LMDistillConfig, out: Path, vocabulary: int,
                overwrite: bool = False, show_progress: bool = True,
-               cache_root: Path | None = None, resume: bool = False) -> LMDistillResult:
+               cache_root: Path | None = None, resume: bool = False, trim: VocabTrim | None = None) -> LMDistillResult:
     """Train `student` on `train` for `config.total_steps(len(train))` steps and save it to `out`.
 
     With `resume` the run continues from the checkpoint beside `out` (OUT.checkpoints/).
     Under torchrun every rank calls this: each trains on its rows of every batch, and
     rank 0 alone builds the teacher cache and writes checkpoints, metrics and the student.
+    With `trim`, the student is saved with its vocabulary (embedding, output head, tokenizer)
+    trimmed to the training text's tokens (edgekd/vocab.py).
     """
     uses_teacher = teacher is not None and config.hard_label_weight < 1
     found: dict = {}
@@ -75,7 +79,11 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
                        autocast=config.bf16)
 
     def save(folder: Path, seconds: float) -> None:
-        _save_student(student.eval(), tokenizer, folder, config=config, teacher=teacher, seconds=seconds,
+        model, model_tokenizer = student.eval(), tokenizer
+        if trim is not None:
+            model, model_tokenizer, found["vocabulary"] = trim.apply(student, tokenizer)
+            save_record(folder, found["vocabulary"])
+        _save_student(model, model_tokenizer, folder, config=config, teacher=teacher, seconds=seconds,
                       teacher_seconds=found["teacher_seconds"])
 
     trained = loop_train(task="causal-lm", config=config, out=out, examples=len(train), prepare=prepare,
@@ -87,7 +95,8 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
     return LMDistillResult(student_dir=trained.out, steps=trained.progress.step, seconds=trained.seconds,
                            teacher_seconds=found["teacher_seconds"], tokens_per_second=trained.units_per_second,
                            final_loss=records[-1]["loss"] if records else math.nan,
-                           cache_bytes_per_token=cache.bytes_per_token if cache else 0.0)
+                           cache_bytes_per_token=cache.bytes_per_token if cache else 0.0,
+                           vocabulary=found.get("vocabulary", {}))
 
 
 def step_loss(student: torch.nn.Module, batch: dict, *, teacher: torch.nn.Module | None,
