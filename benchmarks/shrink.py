@@ -112,7 +112,7 @@ def main() -> None:
             student = configured_student(earlier, spec, init=init, probe=probe, seed=STUDENT_RECIPE.seed)
         else:
             student = configured_student(teacher, spec, init=init, probe=probe, seed=STUDENT_RECIPE.seed)
-        config = replace(STUDENT_RECIPE, epochs=epochs, lr=RECIPES[init], **changes)
+        config = replace(STUDENT_RECIPE, **{"epochs": epochs, "lr": RECIPES[init], **changes})
         folder = work / name.replace(" ", "-").replace(",", "")
         if (folder / "student" / "model.safetensors").is_file() and (folder / "validation.json").is_file():
             validation = json.loads((folder / "validation.json").read_text())  # distilled by an earlier run
