@@ -1,4 +1,5 @@
-"""README's tables, printed from the committed results (demo.json, lm_demo.json, shrink.json).
+"""README's tables, printed from the committed results (demo.json, lm_demo.json, shrink.json,
+lm_shrink.json).
 
     python benchmarks/readme_tables.py
 
@@ -57,19 +58,60 @@ STARTS = {"slice": "sliced from the teacher", "random": "random weights",
           "layer cut": "teacher layers 0 and 5, full width"}
 
 
+def _start(name: str, row: dict) -> str:
+    start = STARTS[row["init"]]
+    if row.get("sliced_from", "teacher") != "teacher":
+        start = f"sliced from the {row['sliced_from'].split(',')[0]} student"
+    if row.get("vocabulary"):
+        start += f", vocabulary trimmed to {row['vocabulary']['kept_tokens']:,} tokens"
+    return start
+
+
 def shrink_table(result: dict) -> str:
-    headers = ["student", "starts from", "parameters", "test accuracy (PyTorch)", "int8 test accuracy", "int8 size",
-               "int8 p50", SPEEDUPS[0]]
-    rows = [[f"{name.split(' ')[0]} (layers x hidden)", STARTS[row["init"]], f"{row['params'] / 1e6:.1f}M",
+    """Every student but the recipe variants and the first step of a stepwise cut."""
+    headers = ["student (layers x hidden)", "starts from", "parameters", "test accuracy (PyTorch)",
+               "int8 test accuracy", "int8 size", "int8 p50", SPEEDUPS[0]]
+    rows = [[name.replace(" + trimmed", ", trimmed"), _start(name, row), f"{row['params'] / 1e6:.1f}M",
              f"{100 * row['test_accuracy']:.1f}%", f"{100 * row['int8_accuracy']:.1f}%",
              f"{row['int8_size_bytes'] / 1e6:.1f} MB", f"{row['int8_p50_ms']:.2f} ms",
-             f"{row['int8_speedup_over_teacher_pytorch']:.1f}×"] for name, row in result["students"].items()]
+             f"{row['int8_speedup_over_teacher_pytorch']:.1f}×"] for name, row in result["students"].items()
+            if not row.get("recipe") and "step 1" not in name]
+    return markdown(headers, rows, result["machine"])
+
+
+def _points(entry: dict) -> str:
+    low, high = entry["ci95_points"]
+    return f"{entry['difference_points']:+.1f} ({low:+.1f} to {high:+.1f})"
+
+
+def shrink_comparisons(result: dict) -> str:
+    """Each paired difference of test accuracy, in points, with its 95% interval."""
+    headers = ["comparison", "difference in test accuracy, points (95% CI)", "beyond noise"]
+    entries = [*result["sliced_vs_random"].values(), *result.get("trimmed_vs_untrimmed", {}).values(),
+               *result.get("recipes_vs_kd_lr_3e-4", {}).values()]
+    if result.get("two_steps_vs_one"):
+        entries.append(result["two_steps_vs_one"])
+    rows = [[f"{entry['first']} − {entry['second']}", _points(entry), "yes" if entry["beyond_noise"] else "no"]
+            for entry in entries]
+    return markdown(headers, rows, result["machine"])
+
+
+def lm_shrink_table(result: dict) -> str:
+    headers = ["student", "non-embedding parameters", "share of the teacher's", "held-out perplexity",
+               "int4 perplexity", "int4 decode tokens/s", SPEEDUPS[0]]
+    rows = [["teacher", f"{result['teacher_non_embedding_params'] / 1e6:.1f}M", "100%",
+             f"{result['teacher_perplexity']:.1f}", "–",
+             f"{next(iter(result['students'].values()))['teacher_decode_tokens_per_second']:.1f}", "1.00×"]]
+    rows += [[name, f"{row['non_embedding_params'] / 1e6:.1f}M", f"{100 * row['non_embedding_share_of_teacher']:.0f}%",
+              f"{row['perplexity']:.1f}", f"{row['int4_perplexity']:.1f}", f"{row['int4_decode_tokens_per_second']:.1f}",
+              f"{row['int4_speedup_over_teacher_pytorch']:.2f}×"] for name, row in result["students"].items()]
     return markdown(headers, rows, result["machine"])
 
 
 def main() -> None:
     for name, table in (("demo.json", classifier_table), ("lm_demo.json", causal_lm_table),
-                        ("shrink.json", shrink_table)):
+                        ("shrink.json", shrink_table), ("shrink.json", shrink_comparisons),
+                        ("lm_shrink.json", lm_shrink_table)):
         path = RESULTS / name
         if path.is_file():
             print(f"<!-- from benchmarks/results/{name} -->\n{table(json.loads(path.read_text()))}\n")

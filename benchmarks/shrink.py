@@ -66,7 +66,7 @@ def main() -> None:
     from edgekd.cli.app import quiet_libraries
     from edgekd.config import cache_dir
     from edgekd.data import demo_splits, sample_batches
-    from edgekd.demo import STUDENT_LAYERS, STUDENT_RECIPE, TEACHER_RECIPE, build_teacher
+    from edgekd.demo import LAYER_CUT, STUDENT_RECIPE, TEACHER_RECIPE, build_teacher
     from edgekd.distill.train import distill
     from edgekd.export.stage import export
     from edgekd.models import count_parameters, layer_count, load_classifier, parse_layers, save_model, select_layers
@@ -106,7 +106,7 @@ def main() -> None:
     for name, (init, spec, changes, source, epochs) in plan.items():
         print(f"student {name}", flush=True)
         if spec is None:
-            student = select_layers(teacher, parse_layers(STUDENT_LAYERS, layer_count(teacher)))
+            student = select_layers(teacher, parse_layers(LAYER_CUT, layer_count(teacher)))
         elif source is not None:  # the next step of a stepwise cut: sliced from the last step's student
             earlier, _ = load_classifier(work / source.replace(" ", "-").replace(",", "") / "student", role="student")
             student = configured_student(earlier, spec, init=init, probe=probe, seed=STUDENT_RECIPE.seed)

@@ -84,5 +84,10 @@ def test_the_demo_compares_each_student_artifact_with_the_teacher_exported_to_it
         student, teacher = rows[f"student/{target}"], rows[f"teacher/{target}"]
         assert student["speedup_same_target"] == pytest.approx(teacher["latency"]["p50_ms"] / student["latency"]["p50_ms"])
     assert {gate["artifact"] for gate in report["gates"]} == {"student/onnx-fp32", "student/onnx-int8"}
+    # the student is sliced and trimmed: its rows are tokenized with its own, smaller vocabulary
+    kept = report["demo"]["vocabulary"]["kept_tokens"]
+    assert kept < 30522 and rows["student"]["vocabulary"]["kept_tokens"] == kept
+    assert rows["student/onnx-int8"]["vocabulary"]["kept_tokens"] == kept and rows["teacher/onnx-int8"]["vocabulary"] is None
+    assert rows["student"]["params"] < rows["teacher"]["params"] / 3
     (teacher_folder,) = (cache / "teachers").iterdir()
     assert corruption(teacher_folder) is None  # the cached teacher is sealed with its checksums

@@ -164,6 +164,8 @@ def distill(
 
         edgekd distill --teacher runs/teacher --data train.csv --student-config hidden=192,layers=2,intermediate=768 --out runs/sliced
 
+        edgekd distill --teacher runs/teacher --data train.csv --student-config hidden=192,layers=2 --trim-vocab --out runs/small
+
         edgekd distill --teacher runs/teacher --data train.csv --latency-budget-ms 3 --out runs/sized
 
         edgekd distill --teacher HuggingFaceTB/SmolLM2-360M --task causal-lm --data text.txt --student-layers 8 --out runs/lm
