@@ -15,7 +15,7 @@ paired bootstrap interval over held-out texts of the log-perplexity difference.
 
 Goals (the shrink issue): the sliced student's perplexity <= the layer-cut one's and <= 1.5x
 the teacher's, at >= 8x the teacher's decode speed (int4). Written to
-benchmarks/results/lm_shrink.json.
+benchmarks/results/lm_shrink.json (with --train-embeddings: lm_shrink_train_embeddings.json).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sliced", default="hidden=384,heads=6,intermediate=1024")
     parser.add_argument("--layers", default="15")
-    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="working folder; students already distilled there are reused")
+    parser.add_argument("--train-embeddings", action="store_true",
+                        help="train the embeddings and output head too (the demo's recipe freezes them)")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
 
@@ -63,6 +66,8 @@ def main() -> None:
     quiet_libraries()
     started = time.perf_counter()
     config = LMDemoConfig()
+    if args.train_embeddings:
+        config = replace(config, distill=replace(config.distill, train_embeddings=True))
     work = args.work or Path(tempfile.mkdtemp(prefix="edgekd-lm-shrink-"))
     teacher_dir = dequantised_gguf(demo_gguf_path())
     teacher, tokenizer = load_causal_lm(teacher_dir)
@@ -78,6 +83,7 @@ def main() -> None:
         folder = work / name.replace(" ", "-")
         student, _ = make_lm_student(teacher, tokenizer, probe=probe, seed=config.distill.seed, **how)
         size = non_embedding_parameters(student)
+        before = perplexity(per_text_nll(student.eval(), held_out))  # cut or sliced, not yet distilled
         if not (folder / "student" / "model.safetensors").is_file():
             result = distill_lm(teacher=teacher, student=student, tokenizer=tokenizer, train=examples,
                                 config=config.distill, out=folder / "student", overwrite=True,
@@ -92,7 +98,8 @@ def main() -> None:
                   gate_source="BBC News training articles", show_progress=False)
         rows[name] = {"how": how, "non_embedding_params": size, "params": sum(p.numel() for p in trained.parameters()),
                       "non_embedding_share_of_teacher": size / teacher_size, "distill_seconds": seconds,
-                      "perplexity": perplexity(nll[name]), "folder": str(folder)}
+                      "perplexity_before_distillation": before, "perplexity": perplexity(nll[name]),
+                      "folder": str(folder)}
     del teacher
     for name, row in rows.items():  # one bench per student: each speedup is a ratio from one interleaved run
         folder = Path(row["folder"])
@@ -117,8 +124,9 @@ def main() -> None:
               "sliced_minus_layer_cut_log_perplexity": comparison, "goals": goals,
               "recipe": asdict(config.distill), "train_texts": len(train_texts), "eval_texts": len(eval_texts),
               "machine": machine_info(), "wall_s": time.perf_counter() - started, "note": args.note}
+    path = RESULT.with_name("lm_shrink_train_embeddings.json") if args.train_embeddings else RESULT
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps({name: {k: row[k] for k in ("non_embedding_share_of_teacher", "perplexity", "int4_perplexity",
                                                  "int4_speedup_over_teacher_pytorch")} for name, row in rows.items()},
                      indent=1))
