@@ -97,14 +97,21 @@ def shrink_comparisons(result: dict) -> str:
 
 
 def lm_shrink_table(result: dict) -> str:
-    headers = ["student", "non-embedding parameters", "share of the teacher's", "held-out perplexity",
-               "int4 perplexity", "int4 decode tokens/s", SPEEDUPS[0]]
-    rows = [["teacher", f"{result['teacher_non_embedding_params'] / 1e6:.1f}M", "100%",
-             f"{result['teacher_perplexity']:.1f}", "–",
-             f"{next(iter(result['students'].values()))['teacher_decode_tokens_per_second']:.1f}", "1.00×"]]
-    rows += [[name, f"{row['non_embedding_params'] / 1e6:.1f}M", f"{100 * row['non_embedding_share_of_teacher']:.0f}%",
-              f"{row['perplexity']:.1f}", f"{row['int4_perplexity']:.1f}", f"{row['int4_decode_tokens_per_second']:.1f}",
-              f"{row['int4_speedup_over_teacher_pytorch']:.2f}×"] for name, row in result["students"].items()]
+    headers = ["student", "non-embedding parameters", "share of the teacher's", "vocabulary",
+               "perplexity before distillation", "held-out perplexity", "int4 perplexity", "int4 decode tokens/s",
+               SPEEDUPS[0]]
+    first = next(iter(result["students"].values()))
+    rows = [["teacher", f"{result['teacher_non_embedding_params'] / 1e6:.1f}M", "100%", "49,152",
+             "–", f"{result['teacher_perplexity']:.1f}", "–", f"{first['teacher_decode_tokens_per_second']:.1f}",
+             "1.00×"]]
+    for name, row in result["students"].items():
+        vocabulary = row.get("vocabulary")
+        rows.append([name, f"{row['non_embedding_params'] / 1e6:.1f}M",
+                     f"{100 * row['non_embedding_share_of_teacher']:.0f}%",
+                     f"{vocabulary['kept_tokens']:,}" if vocabulary else "49,152",
+                     "–" if vocabulary else f"{row['perplexity_before_distillation']:.1f}",
+                     f"{row['perplexity']:.1f}", f"{row['int4_perplexity']:.1f}",
+                     f"{row['int4_decode_tokens_per_second']:.1f}", f"{row['int4_speedup_over_teacher_pytorch']:.2f}×"])
     return markdown(headers, rows, result["machine"])
 
 
