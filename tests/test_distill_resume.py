@@ -26,7 +26,10 @@ from edgekd.models import load_classifier, select_layers
 # Each step sleeps a little in this driver, so the test can kill the run mid-epoch;
 # everything else is the real command line in a real process.
 SLOW_DRIVER = """
-import sys, time
+import signal, sys, time
+# Ctrl-C reaches a command run in a terminal's foreground; a test runner started in the
+# background hands its children SIGINT ignored, so the default handler is put back here
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import edgekd.distill.loop as loop
 step = loop.Loop._step
 def slow_step(self, batch, progress):
