@@ -327,6 +327,11 @@ class VocabTrim:
     held_out: list[str] | None = None  # text not trained on, for the coverage report
     min_count: int = 1
 
+    def check(self, tokenizer, model_config=None) -> None:
+        """Fail now, before any training, if `tokenizer` cannot be trimmed to this text exactly."""
+        trim = kept_tokens(tokenizer, self.texts, model_config=model_config, min_count=self.min_count)
+        _check_same_tokens(tokenizer, trimmed_tokenizer(tokenizer, trim), trim, self.texts[:256])
+
     def apply(self, model: nn.Module, tokenizer) -> tuple[nn.Module, object, dict]:
         """A trimmed copy of `model`, its tokenizer and the record (`model` is left whole)."""
         return trim_vocabulary(copy.deepcopy(model), tokenizer, self.texts, held_out=self.held_out,

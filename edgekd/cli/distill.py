@@ -236,7 +236,8 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
         init=options["student_init"])
     vocabulary = shared_vocabulary(teacher_model, tokenizer, student_model, student_tokenizer)
     trim = _trim(options["trim_vocab"], options["trim_vocab_min_count"], given=given,
-                 texts=list(texts) + list(prompts or []), held_out=None)
+                 texts=list(texts) + list(prompts or []), held_out=None, tokenizer=student_tokenizer,
+                 model_config=student_model.config)
     result = distill_lm(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
                         train=examples, config=config, out=out, vocabulary=vocabulary, trim=trim,
                         overwrite=options["overwrite"], show_progress=not options["quiet"],
@@ -284,8 +285,9 @@ def _reshaped_student_lr(config, teacher_model, spec: str, init: str):
     return replace(config, lr=lr)
 
 
-def _trim(trim_vocab: bool, min_count: int, *, given: set[str], texts: list[str], held_out: list[str] | None):
-    """The VocabTrim --trim-vocab asks for (edgekd/vocab.py), or None."""
+def _trim(trim_vocab: bool, min_count: int, *, given: set[str], texts: list[str], held_out: list[str] | None,
+          tokenizer, model_config):
+    """The VocabTrim --trim-vocab asks for (edgekd/vocab.py), checked before training, or None."""
     from edgekd.vocab import VocabTrim
 
     if not trim_vocab:
@@ -294,7 +296,9 @@ def _trim(trim_vocab: bool, min_count: int, *, given: set[str], texts: list[str]
         return None
     if min_count < 1:
         raise UserError(f"--trim-vocab-min-count must be at least 1, got {min_count}")
-    return VocabTrim(texts=texts, held_out=held_out, min_count=min_count)
+    trim = VocabTrim(texts=texts, held_out=held_out, min_count=min_count)
+    trim.check(tokenizer, model_config)  # a tokenizer that cannot be trimmed exactly fails before training
+    return trim
 
 
 def _all_texts(dataset) -> list[str]:
@@ -356,7 +360,8 @@ def run(*, teacher, data, split, out, recipe, student_layers, student_config, st
     else:
         validation = None
     trim = _trim(trim_vocab, trim_vocab_min_count, given=given, texts=_all_texts(train),
-                 held_out=_all_texts(validation) if validation is not None else None)
+                 held_out=_all_texts(validation) if validation is not None else None, tokenizer=student_tokenizer,
+                 model_config=student_model.config)
     result = run_distill(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
                          train=train, validation=validation, config=config, out=Path(out),
                          overwrite=overwrite, show_progress=not quiet, resume=resume, cache_dir=cache_dir, trim=trim)
