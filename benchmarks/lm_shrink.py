@@ -63,7 +63,7 @@ def main() -> None:
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student, probe_batch
     from edgekd.lm.train import distill_lm
     from edgekd.targets import load_targets_for
-    from edgekd.vocab import VocabTrim
+    from edgekd.vocab import plan_trim
 
     quiet_libraries()
     started = time.perf_counter()
@@ -103,7 +103,7 @@ def main() -> None:
                       "perplexity_before_distillation": before, "perplexity": perplexity(nll[name]),
                       "folder": str(folder)}
         # the same student saved as distill --trim-vocab saves it: the output head shrinks with the vocabulary
-        small, small_tokenizer, record = VocabTrim(texts=train_texts).apply(trained, tokenizer)
+        small, small_tokenizer, record = plan_trim(tokenizer, train_texts, model_config=trained.config).apply(trained)
         small.save_pretrained(folder / "trimmed")
         small_tokenizer.save_pretrained(folder / "trimmed")
         export_lm(folder / "trimmed", targets=load_targets_for(["onnx-int4"], "causal-lm"),

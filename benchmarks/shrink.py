@@ -71,7 +71,7 @@ def main() -> None:
     from edgekd.export.stage import export
     from edgekd.models import count_parameters, layer_count, load_classifier, parse_layers, save_model, select_layers
     from edgekd.slicing import configured_student
-    from edgekd.vocab import VocabTrim
+    from edgekd.vocab import plan_trim
     from edgekd.targets import load_target
 
     quiet_libraries()
@@ -130,8 +130,8 @@ def main() -> None:
                       "validation": validation, "export": str(folder / "export" / "onnx-int8")}
         if init == "slice" and not changes and source is None and "step" not in name:
             # the same student saved as distill --trim-vocab saves it
-            small, small_tokenizer, record = VocabTrim(texts=splits["train"].texts,
-                                                       held_out=splits["validation"].texts).apply(trained, tokenizer)
+            small, small_tokenizer, record = plan_trim(tokenizer, splits["train"].texts, held_out=splits["validation"].texts,
+                                                       model_config=trained.config).apply(trained)
             trimmed_name = f"{name} + trimmed"
             save_model(small, small_tokenizer, folder / "trimmed")
             correct[trimmed_name] = _correct(small, small_tokenizer, test, labels, max_length=config.max_length)

@@ -114,7 +114,7 @@ def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
     from edgekd.models import load_classifier
     from edgekd.slicing import configured_student
     from edgekd.targets import load_target
-    from edgekd.vocab import VocabTrim, describe
+    from edgekd.vocab import describe, plan_trim
 
     out = Path(out)
     splits = _limited(demo_splits(seed=0), limit)
@@ -133,7 +133,8 @@ def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
     result = distill(teacher=teacher, student=student, tokenizer=tokenizer,
                      train=splits["train"], validation=splits["validation"], config=recipe,
                      out=out / "student", overwrite=True, show_progress=show_progress,
-                     trim=VocabTrim(texts=splits["train"].texts, held_out=splits["validation"].texts))
+                     trim=plan_trim(tokenizer, splits["train"].texts, held_out=splits["validation"].texts,
+                                    model_config=student.config))
     console.print(f"student: {describe(result.vocabulary)}")
     targets = [load_target("onnx-fp32"), load_target("onnx-int8")]
     console.print("export: onnx-fp32, onnx-int8")

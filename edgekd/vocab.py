@@ -79,8 +79,8 @@ def _backend(tokenizer):
     return engine
 
 
-def _model_type(tokenizer) -> str:
-    kind = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"]
+def _model_type(spec: dict) -> str:
+    kind = spec["model"]["type"]
     if kind not in MODELS:
         raise UserError(f"--trim-vocab cannot trim a {kind} tokenizer exactly (it trims "
                         f"{', '.join(MODELS)}); drop --trim-vocab")
@@ -93,9 +93,9 @@ def kept_tokens(tokenizer, texts: list[str], *, model_config=None, min_count: in
         raise UserError(f"--trim-vocab-min-count must be at least 1, got {min_count}")
     if not texts:
         raise UserError("--trim-vocab needs training text to find the tokens it uses")
-    kind = _model_type(tokenizer)
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    engine = _backend(tokenizer)
+    engine = _backend(tokenizer)  # refuses a tokenizer without the fast engine
+    spec = json.loads(engine.to_str())
+    kind = _model_type(spec)
     counts: Counter = Counter()
     for start in range(0, len(texts), 256):
         for encoding in engine.encode_batch(texts[start:start + 256], add_special_tokens=False):
@@ -285,6 +285,12 @@ def coverage(original, trimmed, texts: list[str]) -> Coverage:
     return Coverage(words=words, changed_words=changed, tokens=tokens, unknown_tokens=unknown_tokens)
 
 
+def coverage_record(original, trimmed, texts: list[str]) -> dict:
+    """A bench row's `vocabulary`: the two vocabularies' sizes and the coverage of `texts`."""
+    return {"kept_tokens": len(trimmed), "original_tokens": len(original),
+            **coverage(original, trimmed, texts).as_dict()}
+
+
 def _by_word(encoding) -> dict[int, list[str]]:
     words: dict[int, list[str]] = {}
     for word, token in zip(encoding.word_ids, encoding.tokens):
@@ -297,16 +303,10 @@ def _by_word(encoding) -> dict[int, list[str]]:
 
 def trim_vocabulary(model: nn.Module, tokenizer, texts: list[str], *, held_out: list[str] | None = None,
                     min_count: int = 1) -> tuple[nn.Module, object, dict]:
-    """The model and tokenizer trimmed to `texts`' tokens, and a record of what was kept
-    (with coverage on `held_out` when given)."""
-    trim = kept_tokens(tokenizer, texts, model_config=model.config, min_count=min_count)
-    small_tokenizer = trimmed_tokenizer(tokenizer, trim)
-    _check_same_tokens(tokenizer, small_tokenizer, trim, texts[:256])
-    trim_model(model, trim)
-    record = trim.as_dict()
-    if held_out:
-        record["coverage"] = coverage(tokenizer, small_tokenizer, held_out).as_dict()
-    return model, small_tokenizer, record
+    """The model (in place) and tokenizer trimmed to `texts`' tokens, and a record of what was
+    kept (with coverage on `held_out` when given)."""
+    return plan_trim(tokenizer, texts, held_out=held_out, min_count=min_count,
+                     model_config=model.config).trimmed(model)
 
 
 def _check_same_tokens(original, trimmed, trim: Trim, texts: list[str]) -> None:
@@ -321,21 +321,35 @@ def _check_same_tokens(original, trimmed, trim: Trim, texts: list[str]) -> None:
 
 @dataclass(frozen=True)
 class VocabTrim:
-    """What `--trim-vocab` asks of a distillation stage, applied to the student it saves."""
+    """What `--trim-vocab` asks of a distillation stage, worked out (and checked exact) once by
+    `plan_trim` before training, applied to the student the stage saves."""
 
-    texts: list[str]  # the training text: its tokens are kept
+    original: object  # the tokenizer trimmed
+    tokenizer: object  # the trimmed tokenizer
+    trim: Trim
     held_out: list[str] | None = None  # text not trained on, for the coverage report
-    min_count: int = 1
 
-    def check(self, tokenizer, model_config=None) -> None:
-        """Fail now, before any training, if `tokenizer` cannot be trimmed to this text exactly."""
-        trim = kept_tokens(tokenizer, self.texts, model_config=model_config, min_count=self.min_count)
-        _check_same_tokens(tokenizer, trimmed_tokenizer(tokenizer, trim), trim, self.texts[:256])
+    def apply(self, model: nn.Module) -> tuple[nn.Module, object, dict]:
+        """A trimmed copy of `model` (which is left whole), the trimmed tokenizer and the record."""
+        return self.trimmed(copy.deepcopy(model))
 
-    def apply(self, model: nn.Module, tokenizer) -> tuple[nn.Module, object, dict]:
-        """A trimmed copy of `model`, its tokenizer and the record (`model` is left whole)."""
-        return trim_vocabulary(copy.deepcopy(model), tokenizer, self.texts, held_out=self.held_out,
-                               min_count=self.min_count)
+    def trimmed(self, model: nn.Module) -> tuple[nn.Module, object, dict]:
+        """`model` trimmed in place, the trimmed tokenizer and the record."""
+        trim_model(model, self.trim)
+        record = self.trim.as_dict()
+        if self.held_out:
+            record["coverage"] = coverage(self.original, self.tokenizer, self.held_out).as_dict()
+        return model, self.tokenizer, record
+
+
+def plan_trim(tokenizer, texts: list[str], *, held_out: list[str] | None = None, min_count: int = 1,
+              model_config=None) -> VocabTrim:
+    """What trimming `tokenizer` to `texts`' tokens keeps; fails now, before any training, if the
+    trimmed tokenizer would not give kept text the same tokens."""
+    trim = kept_tokens(tokenizer, texts, model_config=model_config, min_count=min_count)
+    small = trimmed_tokenizer(tokenizer, trim)
+    _check_same_tokens(tokenizer, small, trim, texts[:256])
+    return VocabTrim(original=tokenizer, tokenizer=small, trim=trim, held_out=held_out)
 
 
 RECORD = "vocabulary.json"

@@ -203,12 +203,11 @@ def _own_tokenizer(candidate: Candidate, vocabulary: int):
 
 def _vocabulary(candidate: Candidate, tokenizer, data: TextDataset) -> dict | None:
     """A trimmed model's vocabulary and the share of the bench text it tokenizes otherwise."""
-    from edgekd.vocab import coverage
+    from edgekd.vocab import coverage_record
 
     if candidate.tokenizer is None:
         return None
-    return {"kept_tokens": len(candidate.tokenizer), "original_tokens": len(tokenizer),
-            **coverage(tokenizer, candidate.tokenizer, list(data.texts) + list(data.text_pairs or [])).as_dict()}
+    return coverage_record(tokenizer, candidate.tokenizer, list(data.texts) + list(data.text_pairs or []))
 
 
 def _config_of(candidate: Candidate) -> dict | None:

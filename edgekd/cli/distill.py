@@ -288,7 +288,7 @@ def _reshaped_student_lr(config, teacher_model, spec: str, init: str):
 def _trim(trim_vocab: bool, min_count: int, *, given: set[str], texts: list[str], held_out: list[str] | None,
           tokenizer, model_config):
     """The VocabTrim --trim-vocab asks for (edgekd/vocab.py), checked before training, or None."""
-    from edgekd.vocab import VocabTrim
+    from edgekd.vocab import plan_trim
 
     if not trim_vocab:
         if "trim_vocab_min_count" in given:
@@ -296,9 +296,8 @@ def _trim(trim_vocab: bool, min_count: int, *, given: set[str], texts: list[str]
         return None
     if min_count < 1:
         raise UserError(f"--trim-vocab-min-count must be at least 1, got {min_count}")
-    trim = VocabTrim(texts=texts, held_out=held_out, min_count=min_count)
-    trim.check(tokenizer, model_config)  # a tokenizer that cannot be trimmed exactly fails before training
-    return trim
+    # a tokenizer that cannot be trimmed exactly fails here, before training
+    return plan_trim(tokenizer, texts, held_out=held_out, min_count=min_count, model_config=model_config)
 
 
 def _all_texts(dataset) -> list[str]:

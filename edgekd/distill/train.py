@@ -106,7 +106,7 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
         if trim is None:
             save_model(student, tokenizer, folder)
             return
-        small, small_tokenizer, record = trim.apply(student, tokenizer)
+        small, small_tokenizer, record = trim.apply(student)
         if validation is not None and len(validation):
             encoded = encode(validation, small_tokenizer, max_length=config.max_length)
             pad = small_tokenizer.pad_token_id if small_tokenizer.pad_token_id is not None else 0

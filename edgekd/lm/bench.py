@@ -95,7 +95,7 @@ def own_vocabulary(folder: Path, teacher_tokenizer, examples: LMExamples) -> Own
     every piece of its tokenizer is the teacher's; else a clear refusal."""
     from transformers import AutoTokenizer
 
-    from edgekd.vocab import coverage
+    from edgekd.vocab import coverage_record
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     vocabulary, teacher_vocabulary = tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
@@ -109,8 +109,7 @@ def own_vocabulary(folder: Path, teacher_tokenizer, examples: LMExamples) -> Own
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     own = LMExamples(input_ids=ids, learnt=[[True] * len(row) for row in ids], pad_token_id=examples.pad_token_id)
     return OwnVocabulary(tokenizer=tokenizer, kept=kept, examples=own,
-                         coverage={"kept_tokens": len(kept), "original_tokens": len(teacher_vocabulary),
-                                   **coverage(teacher_tokenizer, tokenizer, texts).as_dict()})
+                         coverage=coverage_record(teacher_tokenizer, tokenizer, texts))
 
 
 def top1_predictions(logits_fn, examples: LMExamples, *, vocabulary: int) -> list[np.ndarray]:

@@ -81,7 +81,7 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
     def save(folder: Path, seconds: float) -> None:
         model, model_tokenizer = student.eval(), tokenizer
         if trim is not None:
-            model, model_tokenizer, found["vocabulary"] = trim.apply(student, tokenizer)
+            model, model_tokenizer, found["vocabulary"] = trim.apply(student)
             save_record(folder, found["vocabulary"])
         _save_student(model, model_tokenizer, folder, config=config, teacher=teacher, seconds=seconds,
                       teacher_seconds=found["teacher_seconds"])
