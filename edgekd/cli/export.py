@@ -19,7 +19,7 @@ from edgekd.cli.app import app, user_errors
 from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
 from edgekd.errors import UserError, exclusive
 
-TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter")
+TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter", "verify")
 CAUSAL_LM_ONLY_OPTIONS = ("max_perplexity_ratio",)
 CAUSAL_LM_DEFAULT_TARGETS = ["onnx-fp32", "onnx-int8", "onnx-int4"]
 
@@ -59,6 +59,11 @@ def export(
         None, help="Largest perplexity of a quantised export over the fp32 export's (default: the target's "
                    "budget: onnx-int8 1.1, onnx-int4 2); int8 keeps its worst-quantising MatMuls float "
                    "until it holds.", rich_help_panel=CAUSAL_LM),
+    verify: List[str] = typer.Option(
+        [], help="Also run each ONNX/.ort artifact on another machine and compare it with this one: "
+                 "arm64 runs it with the aarch64 onnxruntime under qemu emulation, on an older and a "
+                 "recent ARM core (sets itself up on first use, about 250 MB, cached); repeatable.",
+        rich_help_panel=TEXT_CLASSIFICATION),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):
     """Convert a student for each target (ONNX, .ort, .pte; fp32, fp16, int8, int4), each
@@ -69,6 +74,8 @@ def export(
     Example:
 
         edgekd export runs/student --target onnx-fp32 --target onnx-int8 --data val.csv --out runs/export
+
+        edgekd export runs/student --target phone-arm64 --data val.csv --verify arm64 --out runs/export
 
         edgekd export runs/lm --target onnx-int8 --data held-out.txt --out runs/lm-export
     """
@@ -84,18 +91,21 @@ def export(
     if not 2 <= max_length <= 8192:
         raise UserError(f"--max-length {max_length} is out of range; choose 2 to 8192")
     check_request(student, targets, out, overwrite=overwrite)
+    from edgekd.export.verify import check_choices
+
+    check_choices(verify)
     with contextlib.ExitStack() as locks:  # one writer per target folder, from the first moment
         for chosen in targets:
             locks.enter_context(exclusive(out / chosen.name))
         _export(student, task=task, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
                 calibration_data=calibration_data, text_column=text_column, label_column=label_column,
                 text_pair_column=text_pair_column, max_length=max_length, given=given, exporter=exporter,
-                max_perplexity_ratio=max_perplexity_ratio)
+                max_perplexity_ratio=max_perplexity_ratio, verify=tuple(verify))
 
 
 def _export(student: Path, *, task: str, targets, out: Path, overwrite: bool, data, split, calibration_data,
             text_column: str, label_column: str, text_pair_column, max_length: int, given: set[str], exporter,
-            max_perplexity_ratio) -> None:
+            max_perplexity_ratio, verify: tuple[str, ...]) -> None:
     if task == "causal-lm":
         _export_causal_lm(student, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
                           text_column=text_column, max_length=max_length if "max_length" in given else 512,
@@ -113,7 +123,7 @@ def _export(student: Path, *, task: str, targets, out: Path, overwrite: bool, da
         validation=validation, validation_source=str(data) if data else "validation data",
         calibration=calibration,
         calibration_source=str(calibration_data) if calibration_data else "calibration data",
-        max_length=max_length)
+        max_length=max_length, verify=verify)
     _print_summary(artifacts, out, checked_accuracy=validation is not None)
 
 

@@ -29,7 +29,7 @@ from edgekd.export.quantize import (calibrate, quantizable_nodes, quantize_dynam
                                     quantize_int4, quantize_static)
 from edgekd.export.sensitivity import Int8Search, quantize_within_budget
 from edgekd.export.validation import Accuracy, ValidationSet, measure, session_logits, validation_set
-from edgekd.models import load_classifier
+from edgekd.models import load_classifier, model_inputs
 from edgekd.sessions import ExecutorchSession, onnx_session
 from edgekd.targets import Target
 
@@ -65,6 +65,7 @@ class _Context:
     validation: ValidationSet | None
     calibration: list[dict[str, np.ndarray]]
     calibration_source: str
+    verify: tuple[str, ...] = ()
     fp32_files: dict[tuple[str, int], Path] = field(default_factory=dict)
     # int8 models already built in this export, by everything that decides their bytes:
     # ort-mobile reuses onnx-int8's model (and its accuracy search) instead of redoing it.
@@ -74,13 +75,15 @@ class _Context:
 def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bool = False,
            validation: TextDataset | None = None, validation_source: str = "validation data",
            calibration: TextDataset | None = None, calibration_source: str = "calibration data",
-           max_length: int = 128, exporter: str | None = None) -> list[Artifact]:
+           max_length: int = 128, exporter: str | None = None,
+           verify: tuple[str, ...] = ()) -> list[Artifact]:
     """Export the student in `student_dir` for every target into `out/<target>/`.
 
     `validation` (labelled or not) holds every artifact to its accuracy budget; without
     it, artifacts are checked on random batches only and the manifest says so.
     `calibration` feeds static int8 (default: a sample of `validation`). `exporter`
-    overrides the targets' exporter (torchscript, dynamo or optimum).
+    overrides the targets' exporter (torchscript, dynamo or optimum). `verify` ("arm64")
+    also runs every ONNX/.ort artifact under arm64 emulation (edgekd/export/verify.py).
     """
     student_dir, out = Path(student_dir), Path(out)
     check_request(student_dir, targets, out, overwrite=overwrite)
@@ -91,7 +94,7 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch:
         context = _Context(
             student_dir=student_dir, model=model, tokenizer=tokenizer, input_names=input_names,
-            scratch=Path(scratch),
+            scratch=Path(scratch), verify=tuple(verify),
             validation=None if validation is None else validation_set(
                 validation, model=model, tokenizer=tokenizer, input_names=input_names,
                 max_length=max_length, source=validation_source),
@@ -147,6 +150,8 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
         checked["parity"] = parity = _checked_parity(target, session, context)
         checked["accuracy"] = accuracy = _checked_accuracy(target, session, context)
         checked["nodes_kept_float"] = tuple(details.get("nodes_kept_float", ()))
+        if "arm64" in context.verify:
+            details["verified"] = {"arm64": _verified_on_arm64(target, model_path, session, context)}
         # the graph's own inputs: an exporter drops those the model ignores
         inputs = getattr(session, "input_names", context.input_names)
         return Built(model_file=model_path.name, inputs={name: ["batch", "sequence"] for name in inputs},
@@ -275,6 +280,37 @@ def _checked_accuracy(target: Target, session, context: _Context) -> Accuracy | 
                          f"p={accuracy.p_value:.3g}), over its budget of {accuracy.budget:g}; raise "
                          "budgets.max_accuracy_drop or choose a higher precision")
     return accuracy
+
+
+def _verified_on_arm64(target: Target, model_path: Path, session, context: _Context) -> dict:
+    """The artifact run under arm64 emulation against its x86 run (edgekd/export/verify.py)."""
+    if target.format == "pte":
+        return {"passed": None, "note": "not run: ExecuTorch's runtime is verified on x86 only"}
+    from edgekd.export.verify import verify_arm64
+
+    rows = context.validation or _random_rows(context)
+    return verify_arm64(model_path, session, rows, precision=target.precision, budgets=target.budgets,
+                        ort_format=target.format == "ort")
+
+
+def _random_rows(context: _Context) -> ValidationSet:
+    """Random token batches with the fp32 student's logits: rows to verify on without --data."""
+    feeds_list = random_batches(context.tokenizer, context.input_names, shapes=((8, 64),) * 8)
+    reference = session_logits(_TorchSession(context.model), feeds_list)
+    return ValidationSet(source="random token batches (no --data given)", feeds_list=feeds_list,
+                         labels=np.full(len(reference), -1), reference_logits=reference)
+
+
+class _TorchSession:
+    """The PyTorch student behind a session's `run`, for reference logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval().float()
+
+    @torch.inference_mode()
+    def run(self, output_names, feeds):
+        inputs = model_inputs(self.model, {name: torch.from_numpy(value) for name, value in feeds.items()})
+        return [self.model(**inputs).logits.float().numpy()]
 
 
 # ------------------------------------------------------------------------------ manifest
