@@ -25,6 +25,7 @@ OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 EXPORTERS = ("torchscript", "dynamo", "optimum")
 EXECUTION_PROVIDERS = ("cpu", "xnnpack", "nnapi", "coreml")
 EXECUTORCH_BACKENDS = ("xnnpack", "portable")
+PTE_PRECISIONS = ("fp32", "int8-dynamic")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -123,8 +124,9 @@ class Target:
         _require(self.exporter in EXPORTERS, f"exporter must be one of {EXPORTERS}")
         _require(self.graph_optimization_level in OPTIMIZATION_LEVELS,
                  f"graph_optimization_level must be one of {OPTIMIZATION_LEVELS}")
-        _require(self.format != "pte" or self.precision == "fp32",
-                 "format pte supports precision fp32 (XNNPACK runs it in fp32 kernels)")
+        _require(self.format != "pte" or self.precision in PTE_PRECISIONS,
+                 f"format pte supports precisions {PTE_PRECISIONS} (ExecuTorch's int8 for XNNPACK "
+                 "is dynamic)")
         _require(bool(self.tasks) and all(task in TASK_NAMES for task in self.tasks),
                  f"tasks must list one or more of {TASK_NAMES}")
 

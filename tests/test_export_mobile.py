@@ -65,6 +65,37 @@ def test_executorch_pte_is_delegated_to_xnnpack_and_matches_pytorch(tmp_path_fac
     assert parity.passed and np.isfinite(parity.max_abs_diff)
 
 
+def test_executorch_int8_quantises_every_linear_with_pt2e_and_keeps_the_budget(tmp_path_factory, test_file):
+    """PT2E for XNNPACK on a BERT student: transformers' attention mask adds an integer
+    offset to an arange, and XNNPACKQuantizer's scalar pass made that index float; the
+    first calibration call failed. The int8 .pte now runs, is smaller and agrees."""
+    pytest.importorskip("executorch", reason="install edgekd[executorch]")
+    pytest.importorskip("torchao")
+    from conftest import make_classifier, make_tokenizer
+
+    from edgekd.data import Columns, load_file
+    from edgekd.models import save_model
+
+    student = tmp_path_factory.mktemp("pte-int8-student")
+    save_model(make_classifier("bert", layers=1, hidden=64), make_tokenizer(), student)
+    model, tokenizer = load_classifier(student)
+    data = load_file(test_file, columns=Columns(), label2id=model.config.label2id)
+    out = tmp_path_factory.mktemp("pte-int8")
+    fp32, int8 = export(student, targets=[load_target("executorch"), load_target("executorch-int8")],
+                        out=out, validation=data)
+    manifest = json.loads((int8.folder / "edgekd.json").read_text())
+    assert manifest["precision"] == "int8-dynamic" and manifest["quantization"]["per_channel"] is True
+    # the graph went to XNNPACK delegates; the int8 weights make the file smaller
+    assert manifest["delegation"]["nodes_delegated"] > 0 and manifest["delegation"]["delegate_calls"] > 0
+    assert int8.size_bytes < 0.6 * fp32.size_bytes
+    assert int8.accuracy is not None and int8.accuracy.passed and int8.accuracy.agreement >= 90
+    session = ExecutorchSession(int8.model_file, list(manifest["inputs"]))
+    feeds = random_batches(tokenizer, list(manifest["inputs"]), seed=4, shapes=((3, 50),))
+    quantized = session.run(["logits"], feeds[0])[0]
+    reference = ExecutorchSession(fp32.model_file, list(manifest["inputs"])).run(["logits"], feeds[0])[0]
+    assert 0 < np.abs(quantized - reference).max() < 0.2  # quantised (not equal), and close
+
+
 def test_the_terminal_stays_quiet_without_debug(student_dir, tmp_path):
     # a real process: warnings filters, logging and native stderr as a user's terminal sees them
     pytest.importorskip("executorch")
@@ -72,7 +103,7 @@ def test_the_terminal_stays_quiet_without_debug(student_dir, tmp_path):
     import sys
 
     result = subprocess.run([sys.executable, "-m", "edgekd", "export", str(student_dir), "--target", "executorch",
-                             "--target", "onnx-int8", "--out", str(tmp_path / "e")],
+                             "--target", "executorch-int8", "--target", "onnx-int8", "--out", str(tmp_path / "e")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr == ""  # no FutureWarning, no [cpuinfo_utils.cpp:...] line, no root-logger warning

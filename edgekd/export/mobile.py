@@ -6,7 +6,9 @@ for Android/iOS is compiled with (`build.sh --include_ops_by_config`).
 
 `.pte` is the PyTorch student captured with torch.export (dynamic batch and sequence),
 lowered with the XNNPACK partitioner so the whole graph runs on XNNPACK kernels, and
-serialised for the ExecuTorch runtime.
+serialised for the ExecuTorch runtime. Its int8 form is ExecuTorch's own: PT2E
+quantisation for XNNPACK (int8 weights per output channel, activations quantised
+dynamically at run time; Linear and convolution layers), then the same lowering.
 """
 
 from __future__ import annotations
@@ -55,9 +57,11 @@ def required_operators(config_path: Path) -> dict[str, list[str]]:
 
 
 def export_pte(model: torch.nn.Module, tokenizer, input_names: list[str], path: Path, *,
-               backend: str, max_sequence: int) -> dict:
+               backend: str, max_sequence: int, precision: str = "fp32",
+               calibration: list[dict] | None = None, per_channel: bool = True) -> dict:
     """Capture the student with torch.export and write an ExecuTorch program to `path`;
-    returns how much of the graph the backend took (see `_delegation`)."""
+    returns how much of the graph the backend took (see `_delegation`). `precision`
+    int8-dynamic quantises it first (`_quantize_pt2e`), observing `calibration` feeds."""
     try:
         from executorch.exir import to_edge_transform_and_lower
     except ImportError as error:
@@ -67,11 +71,18 @@ def export_pte(model: torch.nn.Module, tokenizer, input_names: list[str], path: 
     batch = torch.export.Dim("batch", min=1, max=64)
     sequence = torch.export.Dim("sequence", min=2, max=max_sequence)
     shapes = tuple({0: batch, 1: sequence} for _ in input_names)
+    sample = trace_sample(tokenizer, input_names)
     try:
         with torch.no_grad(), quiet_native_output():
-            program = torch.export.export(LogitsOnly(model, input_names),
-                                          trace_sample(tokenizer, input_names),
+            program = torch.export.export(LogitsOnly(model, input_names), sample,
                                           dynamic_shapes=(shapes,), strict=False)
+            if precision == "int8-dynamic":
+                if backend != "xnnpack":
+                    raise UserError(f"int8 .pte files are quantised for XNNPACK, not {backend}; "
+                                    "set runtime.executorch_backend: xnnpack")
+                quantized = _quantize_pt2e(program, [sample, *_samples(calibration, input_names)],
+                                           per_channel=per_channel)
+                program = torch.export.export(quantized, sample, dynamic_shapes=shapes, strict=False)
             lowered = to_edge_transform_and_lower(program, partitioner=_partitioners(backend))
             Path(path).write_bytes(lowered.to_executorch().buffer)
     except UserError:
@@ -87,6 +98,35 @@ def export_pte(model: torch.nn.Module, tokenizer, input_names: list[str], path: 
     return delegation
 
 
+def _samples(feeds_list: list[dict] | None, input_names: list[str]) -> list[tuple]:
+    return [tuple(torch.from_numpy(feeds[name]) for name in input_names) for feeds in feeds_list or ()]
+
+
+def _quantize_pt2e(program, samples: list[tuple], *, per_channel: bool) -> torch.fx.GraphModule:
+    """ExecuTorch's int8 for XNNPACK: Linear weights int8 (per output channel), activations
+    quantised at run time from each call's own range. The samples only run the observers
+    once (dynamic quantisation needs no ranges); several shapes check the graph on them."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    class LinearOnlyQuantizer(XNNPACKQuantizer):
+        def transform_for_annotation(self, model):
+            # XNNPACKQuantizer's own pass turns every scalar of an add or mul into a float
+            # tensor, so that static int8 can observe them. It does so on integer paths too:
+            # transformers builds its attention mask as arange(length) + offset, and the
+            # float index that pass makes fails the first call ("tensors used as indices
+            # must be long, int, byte or bool tensors"). Dynamic int8 quantises only Linear and
+            # convolution layers, whose inputs are tensors: no scalar needs a tensor here.
+            return model
+
+    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=True)
+    prepared = prepare_pt2e(program.module(), LinearOnlyQuantizer().set_global(config))
+    for sample in samples:
+        prepared(*sample)
+    return convert_pt2e(prepared)
+
+
 def _partitioners(backend: str) -> list:
     if backend == "portable":  # ExecuTorch's own portable kernels, no delegate
         return []
@@ -97,9 +137,11 @@ def _partitioners(backend: str) -> list:
 
 
 def _delegation(lowered) -> dict:
-    """How much of the program the backend took: delegate calls and the operators left out."""
-    calls, left = 0, set()
-    for node in lowered.exported_program().graph.nodes:
+    """How much of the program the backend took: delegate calls, the operator nodes inside
+    them, and the operators left to ExecuTorch's portable kernels."""
+    program = lowered.exported_program()
+    calls, left, outside = 0, set(), 0
+    for node in program.graph.nodes:
         if node.op != "call_function":
             continue
         name = getattr(node.target, "__name__", str(node.target))
@@ -107,4 +149,8 @@ def _delegation(lowered) -> dict:
             calls += 1
         elif name.startswith(("aten.", "dim_order_ops.")):
             left.add(name)
-    return {"delegate_calls": calls, "operators_outside_delegate": sorted(left)}
+            outside += 1
+    inside = sum(sum(1 for node in module.original_module.graph.nodes if node.op == "call_function")
+                 for module in program.graph_module.children() if hasattr(module, "original_module"))
+    return {"delegate_calls": calls, "nodes_delegated": inside, "nodes_outside_delegate": outside,
+            "operators_outside_delegate": sorted(left)}

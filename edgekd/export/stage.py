@@ -138,7 +138,13 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
             details["delegation"] = export_pte(
                 context.model, context.tokenizer, context.input_names, model_path,
                 backend=target.runtime.executorch_backend,
-                max_sequence=int(getattr(context.model.config, "max_position_embeddings", 512)))
+                max_sequence=int(getattr(context.model.config, "max_position_embeddings", 512)),
+                precision=target.precision, per_channel=target.quantization.per_channel,
+                calibration=_pte_samples(context))
+            if target.precision != "fp32":
+                details["quantization"] = {"method": "PT2E XNNPACKQuantizer, dynamic activations",
+                                           "per_channel": target.quantization.per_channel,
+                                           "layers": "Linear and convolution"}
             session = ExecutorchSession(model_path, context.input_names)
         else:
             onnx_path = (staging if target.format == "onnx" else context.scratch / target.name) / MODEL_FILE
@@ -164,6 +170,13 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
                     format=target.format, precision=target.precision, size_bytes=written.size_bytes,
                     parity=checked["parity"], seconds=written.seconds, accuracy=checked["accuracy"],
                     nodes_kept_float=checked["nodes_kept_float"])
+
+
+def _pte_samples(context: _Context) -> list[dict[str, np.ndarray]]:
+    """Feeds the PT2E observers run once: validation batches of several lengths, else random ones."""
+    if context.validation is not None:
+        return context.validation.feeds_list[:4]
+    return random_batches(context.tokenizer, context.input_names)
 
 
 def _fp32_onnx(target: Target, context: _Context) -> Path:
