@@ -41,11 +41,14 @@ OPTIMIZATION_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC
 
 
 def onnx_session(path: Path, *, threads: int = 1, optimization_level: str = "all",
-                 ort_format: bool = False):
-    """An onnxruntime CPU session; `ort_format` loads a .ort file the way ORT Mobile does."""
+                 ort_format: bool = False, custom_ops: bool = False):
+    """An onnxruntime CPU session; `ort_format` loads a .ort file the way ORT Mobile does;
+    `custom_ops` registers ONNX Runtime Extensions' operators (tokenizers in the graph)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if custom_ops:
+        register_extensions(options)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
@@ -53,6 +56,16 @@ def onnx_session(path: Path, *, threads: int = 1, optimization_level: str = "all
     if ort_format:
         options.add_session_config_entry("session.load_model_format", "ORT")
     return GraphSession(open_session(path, options))
+
+
+def register_extensions(options) -> None:
+    """ONNX Runtime Extensions' custom-op library, on `options`."""
+    try:
+        from onnxruntime_extensions import get_library_path
+    except ImportError as error:
+        raise UserError("models with the tokenizer inside need onnxruntime-extensions; install it with "
+                        "pip install -c constraints.txt onnxruntime-extensions") from error
+    options.register_custom_ops_library(get_library_path())
 
 
 def open_session(path: Path, options):

@@ -19,7 +19,8 @@ from edgekd.cli.app import app, user_errors
 from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
 from edgekd.errors import UserError, exclusive
 
-TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter", "verify")
+TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter", "verify",
+                     "with_tokenizer")
 CAUSAL_LM_ONLY_OPTIONS = ("max_perplexity_ratio",)
 CAUSAL_LM_DEFAULT_TARGETS = ["onnx-fp32", "onnx-int8", "onnx-int4"]
 
@@ -64,6 +65,11 @@ def export(
                  "arm64 runs it with the aarch64 onnxruntime under qemu emulation, on an older and a "
                  "recent ARM core (sets itself up on first use, about 250 MB, cached); repeatable.",
         rich_help_panel=TEXT_CLASSIFICATION),
+    with_tokenizer: bool = typer.Option(
+        False, help="Also write, beside each ONNX/.ort model, one that takes raw strings: the student's "
+                    "WordPiece tokenizer as ONNX Runtime Extensions operators in front of the model, checked "
+                    "token for token against the Python tokenizer (the app registers the extensions library).",
+        rich_help_panel=TEXT_CLASSIFICATION),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):
     """Convert a student for each target (ONNX, .ort, .pte; fp32, fp16, int8, int4), each
@@ -100,12 +106,12 @@ def export(
         _export(student, task=task, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
                 calibration_data=calibration_data, text_column=text_column, label_column=label_column,
                 text_pair_column=text_pair_column, max_length=max_length, given=given, exporter=exporter,
-                max_perplexity_ratio=max_perplexity_ratio, verify=tuple(verify))
+                max_perplexity_ratio=max_perplexity_ratio, verify=tuple(verify), with_tokenizer=with_tokenizer)
 
 
 def _export(student: Path, *, task: str, targets, out: Path, overwrite: bool, data, split, calibration_data,
             text_column: str, label_column: str, text_pair_column, max_length: int, given: set[str], exporter,
-            max_perplexity_ratio, verify: tuple[str, ...]) -> None:
+            max_perplexity_ratio, verify: tuple[str, ...], with_tokenizer: bool) -> None:
     if task == "causal-lm":
         _export_causal_lm(student, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
                           text_column=text_column, max_length=max_length if "max_length" in given else 512,
@@ -123,7 +129,7 @@ def _export(student: Path, *, task: str, targets, out: Path, overwrite: bool, da
         validation=validation, validation_source=str(data) if data else "validation data",
         calibration=calibration,
         calibration_source=str(calibration_data) if calibration_data else "calibration data",
-        max_length=max_length, verify=verify)
+        max_length=max_length, verify=verify, with_tokenizer=with_tokenizer)
     _print_summary(artifacts, out, checked_accuracy=validation is not None)
 
 

@@ -27,13 +27,19 @@ REQUIRED_OPERATORS_FILE = "required_operators.config"
 PTE_FILE = "model.pte"
 
 
-def convert_to_ort(source: Path, folder: Path, *, optimization_level: str) -> tuple[Path, Path]:
-    """Write `folder/model.ort` and `folder/required_operators.config` from an ONNX file."""
+def convert_to_ort(source: Path, folder: Path, *, optimization_level: str, name: str = ORT_FILE,
+                   config_name: str = REQUIRED_OPERATORS_FILE, custom_ops: bool = False) -> tuple[Path, Path]:
+    """Write `folder/model.ort` and `folder/required_operators.config` from an ONNX file
+    (`custom_ops`: with ONNX Runtime Extensions' operators registered)."""
     import onnxruntime as ort
     from onnxruntime.tools.ort_format_model import create_config_from_models
 
-    ort_path = Path(folder) / ORT_FILE
+    from edgekd.sessions import register_extensions
+
+    ort_path = Path(folder) / name
     options = ort.SessionOptions()
+    if custom_ops:
+        register_extensions(options)
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                                OPTIMIZATION_LEVELS[optimization_level])
     options.optimized_model_filepath = str(ort_path)
@@ -41,7 +47,7 @@ def convert_to_ort(source: Path, folder: Path, *, optimization_level: str) -> tu
     # NCHWc layouts are x86-only: leaving that transformer out keeps the file portable to ARM.
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"],
                          disabled_optimizers=["NchwcTransformer"])
-    config_path = Path(folder) / REQUIRED_OPERATORS_FILE
+    config_path = Path(folder) / config_name
     create_config_from_models([ort_path], config_path, enable_type_reduction=False)
     return ort_path, config_path
 

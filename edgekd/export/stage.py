@@ -66,6 +66,10 @@ class _Context:
     calibration: list[dict[str, np.ndarray]]
     calibration_source: str
     verify: tuple[str, ...] = ()
+    with_tokenizer: bool = False
+    max_length: int = 128
+    validation_texts: TextDataset | None = None
+    front: object = None  # the tokenizer graph, built on first use (tokenizer_graph.TextFront)
     fp32_files: dict[tuple[str, int], Path] = field(default_factory=dict)
     # int8 models already built in this export, by everything that decides their bytes:
     # ort-mobile reuses onnx-int8's model (and its accuracy search) instead of redoing it.
@@ -76,7 +80,7 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
            validation: TextDataset | None = None, validation_source: str = "validation data",
            calibration: TextDataset | None = None, calibration_source: str = "calibration data",
            max_length: int = 128, exporter: str | None = None,
-           verify: tuple[str, ...] = ()) -> list[Artifact]:
+           verify: tuple[str, ...] = (), with_tokenizer: bool = False) -> list[Artifact]:
     """Export the student in `student_dir` for every target into `out/<target>/`.
 
     `validation` (labelled or not) holds every artifact to its accuracy budget; without
@@ -84,9 +88,16 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     `calibration` feeds static int8 (default: a sample of `validation`). `exporter`
     overrides the targets' exporter (torchscript, dynamo or optimum). `verify` ("arm64")
     also runs every ONNX/.ort artifact under arm64 emulation (edgekd/export/verify.py).
+    `with_tokenizer` also writes, beside each ONNX/.ort model, one that takes raw strings
+    (edgekd/export/tokenizer_graph.py).
     """
     student_dir, out = Path(student_dir), Path(out)
     check_request(student_dir, targets, out, overwrite=overwrite)
+    if with_tokenizer:
+        refused = [target.name for target in targets if target.format == "pte"]
+        if refused:
+            raise UserError(f"--with-tokenizer serves ONNX and .ort targets; {refused[0]} is an ExecuTorch "
+                            "program, which has no string operators: export it without --with-tokenizer")
     if exporter is not None:
         targets = [replace(target, exporter=exporter) for target in targets]
     model, tokenizer = load_classifier(student_dir, role="student")
@@ -94,7 +105,8 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch:
         context = _Context(
             student_dir=student_dir, model=model, tokenizer=tokenizer, input_names=input_names,
-            scratch=Path(scratch), verify=tuple(verify),
+            scratch=Path(scratch), verify=tuple(verify), with_tokenizer=with_tokenizer,
+            max_length=max_length, validation_texts=validation,
             validation=None if validation is None else validation_set(
                 validation, model=model, tokenizer=tokenizer, input_names=input_names,
                 max_length=max_length, source=validation_source),
@@ -153,6 +165,8 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
             model_path, weight_files = ship_onnx(target, onnx_path, staging, details)
             session = (onnx_session(model_path, optimization_level=target.graph_optimization_level)
                        if target.format == "onnx" else onnx_session(model_path, ort_format=True))
+            if context.with_tokenizer:
+                details["with_tokenizer"] = _with_tokenizer(target, context, onnx_path, session, staging)
         checked["parity"] = parity = _checked_parity(target, session, context)
         checked["accuracy"] = accuracy = _checked_accuracy(target, session, context)
         checked["nodes_kept_float"] = tuple(details.get("nodes_kept_float", ()))
@@ -293,6 +307,59 @@ def _checked_accuracy(target: Target, session, context: _Context) -> Accuracy | 
                          f"p={accuracy.p_value:.3g}), over its budget of {accuracy.budget:g}; raise "
                          "budgets.max_accuracy_drop or choose a higher precision")
     return accuracy
+
+
+def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session, staging: Path) -> dict:
+    """Beside the model, the same model behind the student's tokenizer as operators: strings
+    in, logits out; its ids and logits checked (tokenizer_graph.check_front)."""
+    import onnx
+
+    from edgekd.export import tokenizer_graph as graph
+    from edgekd.export.mobile import convert_to_ort
+
+    plain = onnx.load(str(onnx_path))
+    if context.front is None:
+        opset = next(entry.version for entry in plain.opset_import if entry.domain in ("", "ai.onnx"))
+        context.front = graph.build_front(context.tokenizer, max_length=context.max_length,
+                                          pair="token_type_ids" in context.input_names
+                                          and context.validation_texts is not None
+                                          and context.validation_texts.text_pairs is not None,
+                                          opset=opset, ir_version=plain.ir_version)
+    front = context.front
+    merged = graph.merged_model(front.model, plain, model_inputs=list(session.input_names))
+    details: dict = {}
+    if target.format == "onnx":
+        path = staging / graph.MODEL_FILE
+        onnx.save(merged, str(path))
+        merged_session = onnx_session(path, optimization_level=target.graph_optimization_level, custom_ops=True)
+    else:
+        source = context.scratch / f"{target.name}-{graph.MODEL_FILE}"
+        onnx.save(merged, str(source))
+        path, config = convert_to_ort(source, staging, optimization_level=target.graph_optimization_level,
+                                      name=graph.ORT_MODEL_FILE, config_name=graph.REQUIRED_OPERATORS_FILE,
+                                      custom_ops=True)
+        details["required_operators_file"] = config.name
+        merged_session = onnx_session(path, ort_format=True, custom_ops=True)
+    rows = context.validation_texts
+    checks = graph.check_front(front, context.tokenizer, merged=merged_session, plain=session,
+                               texts=rows.texts if rows is not None else [],
+                               pairs=rows.text_pairs if rows is not None and front.pair else None,
+                               source="validation data" if rows is not None else "no --data given")
+    # the plain artifact's own tolerance against PyTorch (int8 has none: its predictions must not move)
+    tolerance = LOGIT_TOLERANCE.get(target.precision)
+    checks["logit_parity"]["tolerance"] = tolerance
+    parity = checks["logit_parity"]
+    if parity["predictions_changed"] or (tolerance is not None and parity["max_abs_diff"] > tolerance):
+        raise UserError(f"target '{target.name}': the model with the tokenizer inside gives logits "
+                        f"{parity['max_abs_diff']:.2e} away from the plain model's ({parity['predictions_changed']} "
+                        "predictions changed); export without --with-tokenizer and report it with the model's config")
+    return {"model_file": path.name,
+            "inputs": {name: ["batch"] for name in ([graph.TEXT_INPUT, graph.PAIR_INPUT] if front.pair
+                                                    else [graph.TEXT_INPUT])},
+            "outputs": {"logits": ["batch", "num_labels"], graph.EXACT_OUTPUT: ["batch"]},
+            "size_bytes": path.stat().st_size, **graph.custom_ops_record(), **details, **checks,
+            "unsafe_characters": front.unsafe_characters, "max_length": front.max_length,
+            "notes": [graph.EXACT_NOTE, graph.NUL_NOTE]}
 
 
 def _verified_on_arm64(target: Target, model_path: Path, session, context: _Context) -> dict:
