@@ -43,6 +43,7 @@ class Candidate:
     origin: str = "student"  # the model an artifact was exported from: teacher or student
     notes: list[str] = field(default_factory=list)
     tokenizer: object = None  # its own tokenizer (a trimmed vocabulary); None: the teacher's
+    takes_text: bool = False  # the tokenizer is inside the graph: it takes raw strings
 
 
 def torch_candidate(name: str, model: torch.nn.Module, source: Path | str, *,
@@ -83,6 +84,35 @@ def artifact_candidate(folder: Path, *, threads: int, teacher_folder: Path | Non
                      config_folder=folder if (folder / "config.json").is_file() else None)
 
 
+def text_candidate(folder: Path, *, threads: int, teacher_folder: Path | None = None) -> Candidate | None:
+    """The folder's model with the tokenizer inside (export --with-tokenizer), timed with
+    tokenization included: row `<origin>/<target>+tokenizer`; None when there is none."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    entry = manifest.get("with_tokenizer")
+    if not isinstance(entry, dict):
+        return None
+    path = folder / str(entry.get("model_file", ""))
+    if path.resolve().parent != folder.resolve() or not path.is_file():
+        raise UserError(f"{folder / MANIFEST}: the model with the tokenizer inside "
+                        f"('{entry.get('model_file')}') is missing; export the artifact again")
+    try:
+        import onnxruntime_extensions  # noqa: F401
+    except ImportError as error:
+        raise Unavailable("onnxruntime-extensions is not installed; the model with the tokenizer "
+                          "inside was skipped") from error
+    session = _session(path, threads=threads, mobile=manifest.get("format") == "ort", custom_ops=True)
+    origin = origin_of(manifest, teacher_folder)
+    precision = manifest.get("precision", "fp32")
+    runtime = "ort-mobile" if manifest.get("format") == "ort" else "ort"
+    return Candidate(name=f"{origin}/{manifest.get('target', folder.name)}+tokenizer", origin=origin,
+                     runtime=f"{runtime} {precision} + tokenizer", format=manifest.get("format", "onnx"),
+                     source=path, model=session, input_names=[i.name for i in session.get_inputs()],
+                     threads=threads, precision=precision, target=manifest.get("target"),
+                     config_folder=folder if (folder / "config.json").is_file() else None,
+                     takes_text=True)
+
+
 class Unavailable(Exception):
     """The runtime an artifact needs is not installed: the row is skipped with a note."""
 
@@ -97,10 +127,14 @@ def _load_ort(path: Path, manifest: dict, threads: int):
     return session, [i.name for i in session.get_inputs()], "ort-mobile"
 
 
-def _session(path: Path, *, threads: int, mobile: bool):
+def _session(path: Path, *, threads: int, mobile: bool, custom_ops: bool = False):
     import onnxruntime as ort
 
+    from edgekd.sessions import register_extensions
+
     options = ort.SessionOptions()
+    if custom_ops:
+        register_extensions(options)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -154,12 +188,26 @@ def predict(candidate: Candidate, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if candidate.format == "pte":
             outputs = candidate.model.execute([torch.from_numpy(feeds[n]) for n in candidate.input_names])
             return np.asarray(outputs[0], dtype=np.float32)
-        (logits,) = candidate.model.run(["logits"], feeds)
+        logits = candidate.model.run(["logits"], feeds)[0]
         return logits.astype(np.float32)
     except Exception as error:  # wrong dtype, ids beyond the vocabulary, shapes out of range...
         raise UserError(f"{candidate.name} cannot run on the evaluation data: "
                         f"{str(error).strip().splitlines()[0][:200]}; it was made for another "
                         "tokenizer, vocabulary or input shape than the teacher's") from error
+
+
+def text_logits(candidate: Candidate, texts: list[str], pairs: list[str] | None, *,
+                progress: Callable[[int], None]) -> np.ndarray:
+    """Logits of a model that takes raw strings over every text, in order; (rows, num_labels)."""
+    from edgekd.export.tokenizer_graph import string_feeds
+
+    outputs = []
+    for start in range(0, len(texts), ACCURACY_BATCH_SIZE):
+        chunk = texts[start:start + ACCURACY_BATCH_SIZE]
+        feeds = string_feeds(chunk, None if pairs is None else pairs[start:start + ACCURACY_BATCH_SIZE])
+        outputs.append(predict(candidate, {name: feeds[name] for name in candidate.input_names}))
+        progress(len(chunk))
+    return np.concatenate(outputs)
 
 
 def logits_over(candidate: Candidate, encoded: Encoded, *, pad_token_id: int,

@@ -27,7 +27,8 @@ from edgekd.bench.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, s
 from edgekd.bench.machine import machine_info, measurement_warnings
 from edgekd.bench.memory import MemoryProbe
 from edgekd.bench.report import SCHEMA_VERSION, add_same_target_speedups
-from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, logits_over,
+from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, logits_over, text_candidate,
+                                   text_logits,
                                    runner, torch_candidate)
 from edgekd.data import Encoded, TextDataset, encode
 from edgekd.errors import UserError
@@ -124,11 +125,14 @@ def _candidates(teacher, teacher_model, *, student: Path | None, artifacts,
     teacher_folder = Path(teacher) if Path(teacher).is_dir() else None
     loaded, skipped = [], []
     for folder in [folder for place in given for folder in artifact_folders(place)]:
-        try:
-            loaded.append(artifact_candidate(folder, threads=threads or _target_threads(folder),
-                                             teacher_folder=teacher_folder))
-        except Unavailable as reason:
-            skipped.append({"artifact": str(folder), "reason": str(reason)})
+        for make in (artifact_candidate, text_candidate):
+            try:
+                made = make(folder, threads=threads or _target_threads(folder), teacher_folder=teacher_folder)
+            except Unavailable as reason:
+                skipped.append({"artifact": str(folder), "reason": str(reason)})
+                continue
+            if made is not None:
+                loaded.append(made)
     if given and not loaded:
         raise UserError(f"nothing in {', '.join(map(str, given))} can be benchmarked here: "
                         f"{skipped[0]['reason']}")
@@ -282,10 +286,23 @@ def _token_batches(candidates: list[Candidate], tokenizer, texts: list[str], len
     feeds = {}
     for candidate in candidates:
         own = candidate.tokenizer or tokenizer
+        if candidate.takes_text:
+            feeds[candidate.name] = {"text": np.array([_text_of_length(own, text, length) for text in texts],
+                                                      dtype=object)}
+            continue
         if id(own) not in by_tokenizer:
             by_tokenizer[id(own)] = _token_batch(own, texts, length)
         feeds[candidate.name] = by_tokenizer[id(own)]
     return feeds
+
+
+def _text_of_length(tokenizer, text: str, length: int) -> str:
+    """`text`, repeated until it has at least `length` tokens: the graph cuts it to its
+    max_length as the other rows' tokenizer cuts theirs, so every row runs as many tokens."""
+    grown = text or "text"
+    while len(tokenizer(grown)["input_ids"]) < length:
+        grown = f"{grown} {text or 'text'}"
+    return grown
 
 
 def _token_batch(tokenizer, texts: list[str], length: int) -> dict[str, np.ndarray]:
@@ -299,6 +316,8 @@ def _start_memory_probes(candidates: list[Candidate], feeds: dict) -> dict[str, 
     probes = {}
     for candidate in candidates:
         source = candidate.source
+        if candidate.takes_text:
+            continue  # the memory child registers no custom operators
         if candidate.format == "pytorch" and not Path(source).is_dir():
             continue  # a hub id: the child would need the hub; measured only from folders
         probes[candidate.name] = MemoryProbe(
@@ -314,6 +333,9 @@ def _all_logits(candidates, *, data: TextDataset, tokenizer, settings: BenchSett
     with progress_bar("evaluating", total=len(candidates) * len(data),
                       enabled=show_progress) as advance:
         for candidate in candidates:
+            if candidate.takes_text:
+                logits[candidate.name] = text_logits(candidate, data.texts, data.text_pairs, progress=advance)
+                continue
             own = candidate.tokenizer or tokenizer
             if id(own) not in encoded:
                 encoded[id(own)] = encode(data, own, max_length=settings.max_length)
@@ -350,6 +372,8 @@ def _interleaved(candidates, feeds: dict[str, dict], *, repeats: int, warmup: in
 
 def _operations(candidate: Candidate, feeds: dict) -> dict | None:
     """Matrix-multiply operations of one inference, or None where the format hides its graph."""
+    if candidate.takes_text:
+        return None  # string operators: no matrix-multiply count
     chosen = {name: feeds[name] for name in candidate.input_names}
     if candidate.format == "pytorch":
         return roofline.torch_operations(candidate.model, chosen)
