@@ -33,6 +33,7 @@ def main() -> None:
         from onnxruntime_extensions import get_library_path
 
         options.register_custom_ops_library(get_library_path())
+        options.enable_mem_pattern = False  # as edgekd.sessions.register_extensions
     session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
     saved = np.load(args.feeds, allow_pickle=False)

@@ -59,13 +59,17 @@ def onnx_session(path: Path, *, threads: int = 1, optimization_level: str = "all
 
 
 def register_extensions(options) -> None:
-    """ONNX Runtime Extensions' custom-op library, on `options`."""
+    """ONNX Runtime Extensions' custom-op library, on `options`. The memory pattern is turned
+    off: onnxruntime 1.32 reuses the allocation plan of a model's first call for the strings
+    and ids inside the tokenizer's Loop, and a later text of other lengths freed a bad
+    pointer (a segfault on the demo's second validation article)."""
     try:
         from onnxruntime_extensions import get_library_path
     except ImportError as error:
         raise UserError("models with the tokenizer inside need onnxruntime-extensions; install it with "
                         "pip install -c constraints.txt onnxruntime-extensions") from error
     options.register_custom_ops_library(get_library_path())
+    options.enable_mem_pattern = False
 
 
 def open_session(path: Path, options):

@@ -359,7 +359,7 @@ def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session,
             "outputs": {"logits": ["batch", "num_labels"], graph.EXACT_OUTPUT: ["batch"]},
             "size_bytes": path.stat().st_size, **graph.custom_ops_record(), **details, **checks,
             "unsafe_characters": front.unsafe_characters, "max_length": front.max_length,
-            "notes": [graph.EXACT_NOTE, graph.NUL_NOTE]}
+            "notes": [graph.EXACT_NOTE, graph.MEMORY_PATTERN_NOTE, graph.NUL_NOTE]}
 
 
 def _verified_on_arm64(target: Target, model_path: Path, session, context: _Context) -> dict:

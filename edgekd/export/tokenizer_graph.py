@@ -54,6 +54,9 @@ HOSTILE_TEXTS = (
 EXACT_NOTE = ("`exact` is false for a row holding a character or a written-out special token whose ids "
               "the operators do not give as the Python tokenizer does (the census of every code point, "
               "see unsafe_characters); tokenize such rows in the app, or treat their logits as approximate")
+MEMORY_PATTERN_NOTE = ("open the session with the memory pattern off (enable_mem_pattern = false): with it "
+                       "on, onnxruntime 1.32 reused the first call's allocation plan inside the tokenizer's "
+                       "Loop and crashed on a later text")
 NUL_NOTE = ("onnxruntime's APIs pass strings as NUL-terminated C strings: a text is cut at its "
             "first NUL (\\0), which the Python tokenizer would drop; strip NUL before calling")
 
@@ -370,6 +373,7 @@ def custom_ops_record() -> dict:
         "library": "onnxruntime-extensions", "version": metadata.version("onnxruntime-extensions"),
         "domain": CONTRIB_DOMAIN,
         "python": "SessionOptions.register_custom_ops_library(onnxruntime_extensions.get_library_path())",
+        "session_options": {"enable_mem_pattern": False},
         "android": "com.microsoft.onnxruntime:onnxruntime-extensions-android; "
                    "SessionOptions.registerCustomOpLibrary(OrtxPackage.getLibraryPath())",
         "ios": "onnxruntime-extensions-c (CocoaPods); SessionOptions.registerCustomOps(functionPointer: "
