@@ -49,7 +49,7 @@ def test_settings_come_from_tokenizer_json_and_strip_accents_follows_lowercase(t
 def test_ids_equal_the_tokenizer_on_every_exact_row_and_the_rest_are_flagged(tmp_path):
     tokenizer = _bert_tokenizer(tmp_path)
     front = graph.build_front(tokenizer, max_length=16, pair=False, opset=17, ir_version=8)
-    assert front.unsafe_characters > 1000  # the census found the characters the vocabulary lacks
+    assert front.unsafe_characters > 0  # the census found characters the [UNK] test does not flag
     session = graph._session(front.model)
     texts = ["Ünïcödé café", "hello world.", "HELLO", "", "   ", "x" * 40, "日本", "a b c d e f g h i j k l m n o p",
              "tab\tnew\nline", "zero\u200bwidth", "bell\x07", "don't", "[SEP] hello", "ʬ", "xʬ hello"]

@@ -51,9 +51,10 @@ HOSTILE_TEXTS = (
     "MiXeD CaSe WORDS", "don't won't it's", "http://example.com/path?q=1&r=2", "C++ / C# -- x86_64",
     "12345 67.89 1e10 0x1F", "[UNK] token", "unknownpiece_qzxv ##ing", " ".join(["word"] * 400),
 )
-EXACT_NOTE = ("`exact` is false for a row holding a character or a written-out special token whose ids "
-              "the operators do not give as the Python tokenizer does (the census of every code point, "
-              "see unsafe_characters); tokenize such rows in the app, or treat their logits as approximate")
+EXACT_NOTE = ("`exact` is false for a row whose ids hold [UNK] (the operator keeps a word's pieces before "
+              "an unknown one), or that holds a written-out special token or a character the census of "
+              "every code point found the operator handles otherwise; tokenize such rows in the app, or "
+              "treat their logits as approximate")
 MEMORY_PATTERN_NOTE = ("open the session with the memory pattern off (enable_mem_pattern = false): with it "
                        "on, onnxruntime 1.32 reused the first call's allocation plan inside the tokenizer's "
                        "Loop and crashed on a later text")
@@ -152,10 +153,13 @@ def tokenizer_model(settings: WordPieceSettings, *, max_length: int, pair: bool,
                     ir_version: int, unsafe: str = "") -> onnx.ModelProto:
     """Strings (batch,) [and pairs (batch,)] -> input_ids, token_type_ids, attention_mask
     (batch, longest row), rows padded on the right with the pad id, and `exact` (batch,):
-    false for a row holding a character of `unsafe` (a regex class, see `unsafe_characters`),
-    whose ids the operator does not give as the Python tokenizer does."""
+    false for a row whose ids hold [UNK] (the operator keeps the pieces of a word before an
+    unknown one, the Python tokenizer makes the whole word [UNK]) or that holds a match of
+    `unsafe` (see `unsafe_characters`), whose ids the operator does not give as the Python
+    tokenizer does. ONNX Runtime Extensions compiles a regex on every call, so the
+    pattern is kept to what the [UNK] test does not catch."""
     texts = [TEXT_INPUT, PAIR_INPUT] if pair else [TEXT_INPUT]
-    exact_chars = "exact_chars" if pair else EXACT_OUTPUT
+    exact_chars = "exact_chars"
     cleaning, flags = [], []
     for text in texts:
         cleaning.append(helper.make_node("StringRegexReplace", [text, "removed_pattern", "nothing"],
@@ -190,11 +194,19 @@ def tokenizer_model(settings: WordPieceSettings, *, max_length: int, pair: bool,
     ]
     for name in ID_OUTPUTS:
         nodes.append(helper.make_node("Slice", [f"{name}_full", "zero_1", "longest", "axis_1"], [name]))
+    unk = settings.vocab.index(settings.unk_token)
+    nodes += [helper.make_node("Constant", [], ["unk_id"], value=helper.make_tensor("unk_id", TensorProto.INT64, [], [unk])),
+              helper.make_node("Equal", ["input_ids_full", "unk_id"], ["is_unk"]),
+              helper.make_node("Cast", ["is_unk"], ["is_unk_int"], to=TensorProto.INT64),
+              helper.make_node("ReduceSum", ["is_unk_int", "axis_1"], ["unk_count"], keepdims=0),
+              helper.make_node("Cast", ["unk_count"], ["has_unk"], to=TensorProto.BOOL),
+              helper.make_node("Not", ["has_unk"], ["no_unk"])]
     if pair:  # the operator cuts a pair past max_length otherwise than the Python tokenizer: flagged
         nodes += [helper.make_node("Constant", [], ["max_length_value"],
                                    value=helper.make_tensor("max_length_value", TensorProto.INT64, [], [max_length])),
                   helper.make_node("Less", ["lengths", "max_length_value"], ["not_cut"]),
-                  helper.make_node("And", ["exact_chars", "not_cut"], [EXACT_OUTPUT])]
+                  helper.make_node("And", ["no_unk", "not_cut"], ["row_exact"])]
+    nodes.append(helper.make_node("And", [exact_chars, "row_exact" if pair else "no_unk"], [EXACT_OUTPUT]))
     inputs = [helper.make_tensor_value_info(TEXT_INPUT, TensorProto.STRING, ["batch"])]
     if pair:
         inputs.append(helper.make_tensor_value_info(PAIR_INPUT, TensorProto.STRING, ["batch"]))
@@ -310,20 +322,22 @@ def string_feeds(texts: list[str], pairs: list[str] | None) -> dict[str, np.ndar
 
 def unsafe_characters(session, tokenizer, *, pair: bool) -> list[str]:
     """The characters whose ids the operator graph (`session`, built without an unsafe
-    class) gives otherwise than `tokenizer`: every assigned code point, alone and inside a
-    word. Most are characters the vocabulary lacks, where the operator keeps the pieces it
-    matched before the unknown one (x + [UNK]) and the Python tokenizer makes the whole word
-    [UNK]; others are scripts it splits, lowercases or decomposes differently (Hangul)."""
+    class) gives otherwise than `tokenizer` without an [UNK] to show it: every assigned code
+    point, alone and inside a word. (Most differences are characters the vocabulary lacks,
+    which the graph's [UNK] test flags; what is left are characters it lowercases, splits or
+    normalises otherwise, into pieces the vocabulary has.)"""
     import unicodedata
 
     characters = [chr(code) for code in range(1, 0x110000) if not 0xD800 <= code < 0xE000
                   and unicodedata.category(chr(code)) not in ("Cn", "Co", "Cs")]
+    unk = tokenizer.unk_token_id
     unsafe = set()
     for template in ("{}", "x{}x"):
         texts = [template.format(c) for c in characters]
         graph_ids = _graph_ids(session, texts, pair=pair)
         python_ids = tokenizer(texts, truncation=True, max_length=16)["input_ids"]
-        unsafe.update(c for c, ours, theirs in zip(characters, graph_ids, python_ids) if ours != theirs)
+        unsafe.update(c for c, ours, theirs in zip(characters, graph_ids, python_ids)
+                      if ours != theirs and unk not in ours)
     return sorted(unsafe)
 
 
