@@ -8,7 +8,8 @@ for Android/iOS is compiled with (`build.sh --include_ops_by_config`).
 lowered with the XNNPACK partitioner so the whole graph runs on XNNPACK kernels, and
 serialised for the ExecuTorch runtime. Its int8 form is ExecuTorch's own: PT2E
 quantisation for XNNPACK (int8 weights per output channel, activations quantised
-dynamically at run time; Linear and convolution layers), then the same lowering.
+dynamically at run time; Linear and convolution layers), embedding tables as int8 rows for
+ExecuTorch's quantised lookup kernel, then the same lowering.
 """
 
 from __future__ import annotations
@@ -80,12 +81,13 @@ def export_pte(model: torch.nn.Module, tokenizer, input_names: list[str], path: 
     sample = trace_sample(tokenizer, input_names)
     try:
         with torch.no_grad(), quiet_native_output():
-            program = torch.export.export(LogitsOnly(model, input_names), sample,
+            if precision == "int8-dynamic" and backend != "xnnpack":
+                raise UserError(f"int8 .pte files are quantised for XNNPACK, not {backend}; "
+                                "set runtime.executorch_backend: xnnpack")
+            captured = int8_embeddings(model) if precision == "int8-dynamic" else model
+            program = torch.export.export(LogitsOnly(captured, input_names), sample,
                                           dynamic_shapes=(shapes,), strict=False)
             if precision == "int8-dynamic":
-                if backend != "xnnpack":
-                    raise UserError(f"int8 .pte files are quantised for XNNPACK, not {backend}; "
-                                    "set runtime.executorch_backend: xnnpack")
                 quantized = _quantize_pt2e(program, [sample, *_samples(calibration, input_names)],
                                            per_channel=per_channel)
                 program = torch.export.export(quantized, sample, dynamic_shapes=shapes, strict=False)
@@ -102,6 +104,39 @@ def export_pte(model: torch.nn.Module, tokenizer, input_names: list[str], path: 
         raise UserError(f"ExecuTorch's {backend} backend took no part of "
                         f"{type(model).__name__}; use an ONNX target for this architecture")
     return delegation
+
+
+class Int8Embedding(torch.nn.Module):
+    """An embedding table stored as int8 rows with one scale each, looked up by ExecuTorch's
+    `quantized_decomposed::embedding_byte` kernel. XNNPACK takes no embedding lookups and
+    PT2E leaves them float; in a small student the word table is most of the file."""
+
+    def __init__(self, embedding: torch.nn.Embedding) -> None:
+        super().__init__()
+        weight = embedding.weight.detach().float()
+        scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        self.register_buffer("weight", torch.round(weight / scales[:, None]).clamp(-128, 127).to(torch.int8))
+        self.register_buffer("scales", scales)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized_decomposed.embedding_byte.dtype(
+            self.weight, self.scales, None, -128, 127, indices, dtype=torch.float32)
+
+
+def int8_embeddings(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with every nn.Embedding as an `Int8Embedding` (as onnx-int8
+    quantises Gather); the model given stays float, the reference of every check."""
+    import copy
+
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401 - defines embedding_byte
+    import executorch.kernels.quantized  # noqa: F401 - its out-variant for the program
+
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Embedding):
+                setattr(parent, name, Int8Embedding(child))
+    return model
 
 
 def _samples(feeds_list: list[dict] | None, input_names: list[str]) -> list[tuple]:
@@ -153,7 +188,7 @@ def _delegation(lowered) -> dict:
         name = getattr(node.target, "__name__", str(node.target))
         if name == "executorch_call_delegate":
             calls += 1
-        elif name.startswith(("aten.", "dim_order_ops.")):
+        elif name.startswith(("aten.", "dim_order_ops.", "quantized_decomposed.")):
             left.add(name)
             outside += 1
     inside = sum(sum(1 for node in module.original_module.graph.nodes if node.op == "call_function")

@@ -156,7 +156,8 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
             if target.precision != "fp32":
                 details["quantization"] = {"method": "PT2E XNNPACKQuantizer, dynamic activations",
                                            "per_channel": target.quantization.per_channel,
-                                           "layers": "Linear and convolution"}
+                                           "layers": "Linear and convolution",
+                                           "embeddings": "int8 rows, one scale each (embedding_byte)"}
             session = ExecutorchSession(model_path, context.input_names)
         else:
             onnx_path = (staging if target.format == "onnx" else context.scratch / target.name) / MODEL_FILE
