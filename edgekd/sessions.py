@@ -87,6 +87,8 @@ def load_pte_method(path: Path):
     """The `forward` method of a .pte program; a file ExecuTorch cannot load is one clear error."""
     from executorch.runtime import Runtime
 
+    register_quantized_kernels()
+
     from edgekd.progress import quiet_native_output
 
     try:
@@ -95,6 +97,15 @@ def load_pte_method(path: Path):
     except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with C++ text
         raise UserError(f"ExecuTorch cannot load {path}: {first_line(error)[:200]}; "
                         "the file is corrupt or truncated, export it again") from error
+
+
+def register_quantized_kernels() -> None:
+    """ExecuTorch's quantised kernels (the int8 embedding lookup of executorch-int8 programs):
+    the runtime registers them when their library is imported."""
+    try:
+        import executorch.kernels.quantized  # noqa: F401
+    except ImportError:
+        pass  # a runtime without them still loads float programs
 
 
 class ExecutorchSession:

@@ -184,6 +184,10 @@ def _executorch(spec: dict, feeds: dict):
     import torch
     from executorch.runtime import Runtime
 
+    try:
+        import executorch.kernels.quantized  # noqa: F401 - as edgekd.sessions.register_quantized_kernels
+    except ImportError:
+        pass
     runtime = Runtime.get()
     try:
         from executorch.extension.pybindings import portable_lib

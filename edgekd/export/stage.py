@@ -157,7 +157,9 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
                 details["quantization"] = {"method": "PT2E XNNPACKQuantizer, dynamic activations",
                                            "per_channel": target.quantization.per_channel,
                                            "layers": "Linear and convolution",
-                                           "embeddings": "int8 rows, one scale each (embedding_byte)"}
+                                           "embeddings": "int8 rows, one scale each (embedding_byte)",
+                                           "kernels": "link ExecuTorch's quantized kernels (quantized_ops_lib) "
+                                                      "beside XNNPACK: the embedding lookup runs there"}
             session = ExecutorchSession(model_path, context.input_names)
         else:
             onnx_path = (staging if target.format == "onnx" else context.scratch / target.name) / MODEL_FILE
