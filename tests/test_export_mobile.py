@@ -95,6 +95,14 @@ def test_executorch_int8_quantises_every_linear_with_pt2e_and_keeps_the_budget(t
     quantized = session.run(["logits"], feeds[0])[0]
     reference = ExecutorchSession(fp32.model_file, list(manifest["inputs"])).run(["logits"], feeds[0])[0]
     assert 0 < np.abs(quantized - reference).max() < 0.2  # quantised (not equal), and close
+    # a fresh process (as bench's) loads it too: the int8 lookup needs ExecuTorch's quantised kernels
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from edgekd.sessions import load_pte_method; "
+                             "load_pte_method(sys.argv[1]); print('ok')", str(int8.model_file)],
+                            capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.strip() == "ok", loaded.stderr[-500:]
 
 
 def test_the_terminal_stays_quiet_without_debug(student_dir, tmp_path):
