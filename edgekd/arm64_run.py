@@ -42,7 +42,9 @@ def main() -> None:
         batch, _, name = key.partition("/")
         if name in wanted:
             batches.setdefault(int(batch), {})[name] = saved[key]
-    outputs = {str(index): session.run([args.output], batches[index])[0] for index in sorted(batches)}
+    # copied: onnxruntime may reuse an output's buffer on the next call (edgekd.sessions.GraphSession)
+    outputs = {str(index): np.array(session.run([args.output], batches[index])[0], copy=True)
+               for index in sorted(batches)}
     np.savez(args.out, **outputs)
     print(platform.machine(), ort.__version__)
 

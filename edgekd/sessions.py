@@ -27,7 +27,10 @@ class GraphSession:
         if missing:
             raise UserError(f"the exported graph needs inputs {missing} that were not given; "
                             "export the model with its own tokenizer")
-        return self.session.run(output_names, {name: feeds[name] for name in self.input_names})
+        outputs = self.session.run(output_names, {name: feeds[name] for name in self.input_names})
+        # Copies: onnxruntime 1.32 hands back arrays over buffers it reuses on the next call of a
+        # session with the tokenizer's Loop, so a list of earlier results changed under its holder.
+        return [np.array(output, copy=True) for output in outputs]
 
     def get_inputs(self):
         return self.session.get_inputs()

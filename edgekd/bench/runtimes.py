@@ -189,7 +189,7 @@ def predict(candidate: Candidate, feeds: dict[str, np.ndarray]) -> np.ndarray:
             outputs = candidate.model.execute([torch.from_numpy(feeds[n]) for n in candidate.input_names])
             return np.asarray(outputs[0], dtype=np.float32)
         logits = candidate.model.run(["logits"], feeds)[0]
-        return logits.astype(np.float32)
+        return np.array(logits, dtype=np.float32, copy=True)  # onnxruntime may reuse the buffer
     except Exception as error:  # wrong dtype, ids beyond the vocabulary, shapes out of range...
         raise UserError(f"{candidate.name} cannot run on the evaluation data: "
                         f"{str(error).strip().splitlines()[0][:200]}; it was made for another "
