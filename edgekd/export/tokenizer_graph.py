@@ -144,9 +144,16 @@ def _refused(tokenizer, reason: str) -> UserError:
 
 # ------------------------------------------------------------------------------ the graph
 
-# What BERT's normalizer deletes (clean_text): control, format, private-use and surrogate
-# characters but tab, newline and carriage return, and U+FFFD. The operator keeps them.
-REMOVED_PATTERN = r"[^\P{C}\t\n\r]|\x{FFFD}"
+def removed_pattern() -> str:
+    """What BERT's normalizer deletes (clean_text) and the operator keeps: control, format
+    and private-use characters but tab, newline and carriage return, and U+FFFD. As explicit
+    ranges: ONNX Runtime Extensions compiles the regex on every call, and `\\P{C}` costs
+    a tenth of a millisecond to compile where ranges cost next to nothing."""
+    import unicodedata
+
+    removed = [chr(code) for code in range(0x110000) if not 0xD800 <= code < 0xE000
+               and unicodedata.category(chr(code)) in ("Cc", "Cf", "Co") and chr(code) not in "\t\n\r"]
+    return character_class(removed + ["\ufffd"])
 
 
 def tokenizer_model(settings: WordPieceSettings, *, max_length: int, pair: bool, opset: int,
@@ -172,7 +179,7 @@ def tokenizer_model(settings: WordPieceSettings, *, max_length: int, pair: bool,
             flags.append(f"{text}_exact")
     string = lambda name, value: helper.make_node(
         "Constant", [], [name], value=helper.make_tensor(name, TensorProto.STRING, [1], [value.encode()]))
-    cleaning += [string("removed_pattern", REMOVED_PATTERN), string("nothing", "")]
+    cleaning += [string("removed_pattern", removed_pattern()), string("nothing", "")]
     if unsafe:
         cleaning.append(string("unsafe_pattern", unsafe))
         cleaning.append(helper.make_node("And", flags, [exact_chars]) if pair else
