@@ -1,5 +1,5 @@
 """README's tables, printed from the committed results (demo.json, lm_demo.json, shrink.json,
-lm_shrink.json).
+lm_shrink.json, phones.json).
 
     python benchmarks/readme_tables.py
 
@@ -115,10 +115,44 @@ def lm_shrink_table(result: dict) -> str:
     return markdown(headers, rows, result["machine"])
 
 
+def phones_table(result: dict) -> str:
+    """ExecuTorch int8 against fp32, the tokenizer inside the graph, and arm64 verification."""
+    executorch = result["executorch"]
+    headers = ["what", "measured", "goal", "met"]
+    fp32, int8 = executorch["fp32"], executorch["int8"]
+    rows = [["ExecuTorch int8 .pte size", f"{int8['size_bytes'] / 1e6:.1f} MB of {fp32['size_bytes'] / 1e6:.1f} MB: "
+             f"{executorch['size_ratio']:.2f}×", "≤ 0.35×", _yes(result["goals"]["pte_int8_size_at_most_0.35x"])],
+            ["ExecuTorch int8 test accuracy", f"{int8['test_accuracy']:.1f}% (fp32 .pte {fp32['test_accuracy']:.1f}%)",
+             "within 1 point", _yes(result["goals"]["pte_int8_accuracy_within_1_point"])],
+            ["ExecuTorch int8 p50, 128 tokens", f"{int8['latency']['p50_ms']:.2f} ms (fp32 {fp32['latency']['p50_ms']:.2f} ms): "
+             f"{executorch['p50_ratio']:.2f}×", "≤ 0.8×", _yes(result["goals"]["pte_int8_p50_at_most_0.8x"])]]
+    for target, entry in result["with_tokenizer"].items():
+        if not isinstance(entry, dict) or "timing" not in entry:
+            continue
+        cut, article = entry["timing"]["cut"], entry["timing"]["article"]
+        rows += [[f"{target} + tokenizer: same predictions", f"{entry['same_predictions']} of {entry['test_rows']}",
+                  "all", _yes(entry["same_predictions"] == entry["test_rows"])],
+                 [f"{target} + tokenizer: p50, {cut['tokens']}-token text",
+                  f"{cut['latency_with']['p50_ms']:.2f} ms against {cut['latency_without']['p50_ms']:.2f} ms: "
+                  f"{cut['p50_ratio']:.2f}×", "≤ 1.15×", _yes(cut["p50_ratio"] <= 1.15)],
+                 [f"{target} + tokenizer: p50, whole article",
+                  f"{article['latency_with']['p50_ms']:.2f} ms against {article['latency_without']['p50_ms']:.2f} ms: "
+                  f"{article['p50_ratio']:.2f}×", "–", "–"]]
+    for target, verified in result["arm64"].items():
+        cores = ", ".join(f"{core} agreement {entry['agreement']:.1f}%" for core, entry in verified["cores"].items())
+        rows.append([f"{target} on arm64 (emulated)", f"max logit error {verified['max_abs_logit_error']:.4f}; {cores}",
+                     "passes", _yes(verified["passed"])])
+    return markdown(headers, rows, result["machine"])
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "**no**"
+
+
 def main() -> None:
     for name, table in (("demo.json", classifier_table), ("lm_demo.json", causal_lm_table),
                         ("shrink.json", shrink_table), ("shrink.json", shrink_comparisons),
-                        ("lm_shrink.json", lm_shrink_table)):
+                        ("lm_shrink.json", lm_shrink_table), ("phones.json", phones_table)):
         path = RESULTS / name
         if path.is_file():
             print(f"<!-- from benchmarks/results/{name} -->\n{table(json.loads(path.read_text()))}\n")
