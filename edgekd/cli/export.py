@@ -68,7 +68,8 @@ def export(
     with_tokenizer: bool = typer.Option(
         False, help="Also write, beside each ONNX/.ort model, one that takes raw strings: the student's "
                     "WordPiece tokenizer as ONNX Runtime Extensions operators in front of the model, checked "
-                    "token for token against the Python tokenizer (the app registers the extensions library).",
+                    "token for token against the Python tokenizer (the app registers the extensions library); "
+                    "it takes string pairs when --data has a --text-pair-column.",
         rich_help_panel=TEXT_CLASSIFICATION),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):
