@@ -324,8 +324,7 @@ def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session,
     if context.front is None:
         opset = next(entry.version for entry in plain.opset_import if entry.domain in ("", "ai.onnx"))
         context.front = graph.build_front(context.tokenizer, max_length=context.max_length,
-                                          pair="token_type_ids" in context.input_names
-                                          and context.validation_texts is not None
+                                          pair=context.validation_texts is not None
                                           and context.validation_texts.text_pairs is not None,
                                           opset=opset, ir_version=plain.ir_version)
     front = context.front
