@@ -123,3 +123,24 @@ def test_with_tokenizer_refuses_an_executorch_target_before_any_work(student_dir
     with pytest.raises(UserError, match="--with-tokenizer serves ONNX and .ort targets"):
         export(student_dir, targets=[load_target("executorch")], out=tmp_path / "o", with_tokenizer=True)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_pair_task_is_refused_before_any_work(tmp_path):
+    """The pair graph gave the Python tokenizer's ids one pair at a time but not for every row
+    of a batch (a row lost its first two tokens): refused by name, never shipped."""
+    from conftest import make_classifier, make_rows, write_jsonl
+
+    from edgekd.data import Columns, load_file
+    from edgekd.models import load_classifier, save_model
+
+    student = tmp_path / "student"
+    tokenizer = _bert_tokenizer(tmp_path / "tok")
+    save_model(make_classifier("bert", layers=1, vocab_size=len(tokenizer)), tokenizer, student)
+    rows = [{**row, "second": "hello world"} for row in make_rows(8, seed=3)]
+    model, _ = load_classifier(student)
+    data = load_file(write_jsonl(rows, tmp_path / "pairs.jsonl"), columns=Columns(text_pair="second"),
+                     label2id=model.config.label2id)
+    with pytest.raises(UserError, match="--with-tokenizer serves single-text classifiers"):
+        export(student, targets=[load_target("onnx-fp32")], out=tmp_path / "out", validation=data,
+               with_tokenizer=True)
+    assert not (tmp_path / "out").exists()

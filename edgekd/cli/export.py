@@ -69,7 +69,7 @@ def export(
         False, help="Also write, beside each ONNX/.ort model, one that takes raw strings: the student's "
                     "WordPiece tokenizer as ONNX Runtime Extensions operators in front of the model, checked "
                     "token for token against the Python tokenizer (the app registers the extensions library); "
-                    "it takes string pairs when --data has a --text-pair-column.",
+                    "single-text classifiers only.",
         rich_help_panel=TEXT_CLASSIFICATION),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):

@@ -94,6 +94,12 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     student_dir, out = Path(student_dir), Path(out)
     check_request(student_dir, targets, out, overwrite=overwrite)
     if with_tokenizer:
+        if validation is not None and validation.text_pairs is not None:
+            # the pair graph gave other ids than the Python tokenizer for some rows of a batch
+            # that it gave right one at a time; refused rather than shipped approximately
+            raise UserError("--with-tokenizer serves single-text classifiers: for text pairs the operator's "
+                            "ids differ from the Python tokenizer's in batches; export without --with-tokenizer "
+                            "and tokenize the pairs in the app")
         refused = [target.name for target in targets if target.format == "pte"]
         if refused:
             raise UserError(f"--with-tokenizer serves ONNX and .ort targets; {refused[0]} is an ExecuTorch "

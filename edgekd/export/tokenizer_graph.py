@@ -342,7 +342,8 @@ def unsafe_characters(session, tokenizer, *, pair: bool) -> list[str]:
     for template in ("{}", "x{}x"):
         texts = [template.format(c) for c in characters]
         graph_ids = _graph_ids(session, texts, pair=pair)
-        python_ids = tokenizer(texts, truncation=True, max_length=16)["input_ids"]
+        python_ids = tokenizer(texts, [""] * len(texts) if pair else None, truncation=True,
+                               max_length=16)["input_ids"]  # as the graph is fed: an empty second text
         unsafe.update(c for c, ours, theirs in zip(characters, graph_ids, python_ids)
                       if ours != theirs and unk not in ours)
     return sorted(unsafe)
