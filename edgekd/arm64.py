@@ -8,8 +8,7 @@ needs is built here once, from the package registries only, and cached:
   crashes when it imports onnxruntime 1.28 or later for aarch64);
 - Debian 12's arm64 Python 3.11 and the libraries it links, unpacked with `dpkg-deb -x`
   into a folder of their own (arm64 Python cannot be installed beside the host's);
-- the `manylinux_2_28_aarch64` wheels of the host's own onnxruntime version, numpy and,
-  when the host has it, onnxruntime-extensions.
+- the `manylinux_2_28_aarch64` wheels of the host's own onnxruntime version and numpy.
 
 Every download is checked: the Release file's signature against Debian's archive keyring
 (gpgv), the package index against the Release file's SHA-256, each .deb against the index.
@@ -76,21 +75,12 @@ def onnxruntime_version() -> str:
     return metadata.version("onnxruntime")
 
 
-def extensions_version() -> str | None:
-    try:
-        return metadata.version("onnxruntime-extensions")
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def sysroot(*, log=print) -> Sysroot:
     """The cached sysroot for this host's onnxruntime version, built first if need be."""
     if platform.machine() not in ("x86_64", "AMD64"):
         raise UserError(f"--verify arm64 emulates arm64 on an x86_64 machine; this one is "
                         f"{platform.machine()}: run the artifacts natively instead")
     wheels = {"onnxruntime": onnxruntime_version(), "numpy": metadata.version("numpy")}
-    if extensions_version():
-        wheels["onnxruntime-extensions"] = extensions_version()
     key = hashlib.sha256(json.dumps([LAYOUT_VERSION, PYTHON_SUITE, PYTHON_PACKAGES, QEMU_SUITE, wheels],
                                     sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "arm64" / key
