@@ -41,14 +41,6 @@ def cut(tokenizer, text: str, length: int) -> str:
     return " ".join(words[:low])
 
 
-def grown(tokenizer, text: str, length: int) -> str:
-    """`text` repeated until it has at least `length` tokens."""
-    result = text
-    while len(tokenizer(result)["input_ids"]) < length:
-        result = f"{result} {text}"
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", type=Path, default=ROOT / "runs" / "demo" / "student")
@@ -59,6 +51,7 @@ def main() -> None:
     import torch
 
     from edgekd.bench.latency import measure_interleaved, summarize
+    from edgekd.bench.stage import text_of_length
     from edgekd.bench.machine import machine_info
     from edgekd.data import demo_splits
     from edgekd.export.stage import export
@@ -102,7 +95,7 @@ def main() -> None:
             logits = np.concatenate([session.run(["logits"], {k: v[i:i + 1] for k, v in feeds.items()})[0]
                                      for feeds in test.feeds_list for i in range(len(next(iter(feeds.values()))))])
             accuracy[precision] = 100.0 * float((logits.argmax(-1) == test.labels).mean())
-        text = grown(tokenizer, splits["test"].texts[0], 128)
+        text = text_of_length(tokenizer, splits["test"].texts[0], 128)
         encoded = tokenizer([text], truncation=True, max_length=128, return_tensors="np")
         feeds = {name: encoded[name].astype(np.int64) for name in names}
         inputs = [torch.from_numpy(feeds[name]) for name in names]

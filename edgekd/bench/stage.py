@@ -287,7 +287,7 @@ def _token_batches(candidates: list[Candidate], tokenizer, texts: list[str], len
     for candidate in candidates:
         own = candidate.tokenizer or tokenizer
         if candidate.takes_text:
-            feeds[candidate.name] = {"text": np.array([_text_of_length(own, text, length) for text in texts],
+            feeds[candidate.name] = {"text": np.array([text_of_length(own, text, length) for text in texts],
                                                       dtype=object)}
             continue
         if id(own) not in by_tokenizer:
@@ -296,7 +296,7 @@ def _token_batches(candidates: list[Candidate], tokenizer, texts: list[str], len
     return feeds
 
 
-def _text_of_length(tokenizer, text: str, length: int) -> str:
+def text_of_length(tokenizer, text: str, length: int) -> str:
     """`text`, repeated until it has at least `length` tokens: the graph cuts it to its
     max_length as the other rows' tokenizer cuts theirs, so every row runs as many tokens."""
     grown = text or "text"
