@@ -152,14 +152,14 @@ def _build(staging: Path, wheels: dict, *, log) -> dict:
     (qemu,) = _closure(qemu_index, [QEMU_PACKAGE], follow=False)
     log(f"  qemu: {qemu['Package']} {qemu['Version']} (Debian {QEMU_SUITE})")
     unpacked = downloads / "qemu"
-    _unpack(_fetch_deb(qemu, downloads), unpacked)
+    unpack_deb(fetch_deb(qemu, downloads), unpacked)
     (staging / "qemu").mkdir()
     shutil.move(unpacked / "usr" / "bin" / "qemu-aarch64", staging / "qemu" / "qemu-aarch64")
     python_index = _package_index(PYTHON_SUITE, "arm64", downloads)
     packages = _closure(python_index, list(PYTHON_PACKAGES), follow=True)
     log(f"  arm64 Python {PYTHON_VERSION}: {len(packages)} packages (Debian {PYTHON_SUITE})")
     for package in packages:
-        _unpack(_fetch_deb(package, downloads), staging / "root")
+        unpack_deb(fetch_deb(package, downloads), staging / "root")
     log(f"  aarch64 wheels: {', '.join(f'{n} {v}' for n, v in wheels.items())}")
     _install_wheels(wheels, staging / "site", downloads)
     shutil.rmtree(downloads)
@@ -173,8 +173,8 @@ def _download(url: str, destination: Path) -> Path:
         with urllib.request.urlopen(url, timeout=120) as response, destination.open("wb") as out:
             shutil.copyfileobj(response, out, length=1 << 20)
     except OSError as error:
-        raise UserError(f"cannot download {url}: {error}; the arm64 sysroot needs Debian's "
-                        "archive (set EDGEKD_DEBIAN_MIRROR to a reachable mirror)") from error
+        raise UserError(f"cannot download {url}: {error}; this needs Debian's archive "
+                        "(set EDGEKD_DEBIAN_MIRROR to a reachable mirror)") from error
     return destination
 
 
@@ -250,7 +250,8 @@ def _closure(index: dict[str, dict], roots: list[str], *, follow: bool) -> list[
     return [chosen[name] for name in sorted(chosen)]
 
 
-def _fetch_deb(package: dict, downloads: Path) -> Path:
+def fetch_deb(package: dict, downloads: Path) -> Path:
+    """A .deb from Debian's pool, checked against the SHA-256 its index (`package`) gives."""
     path = _download(f"{MIRROR}/{package['Filename']}", downloads / Path(package["Filename"]).name)
     if _sha256(path) != package["SHA256"]:
         raise UserError(f"{path.name} does not match Debian's index; the mirror is out of step, "
@@ -258,7 +259,7 @@ def _fetch_deb(package: dict, downloads: Path) -> Path:
     return path
 
 
-def _unpack(deb: Path, folder: Path) -> None:
+def unpack_deb(deb: Path, folder: Path) -> None:
     folder.mkdir(exist_ok=True)
     done = subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], capture_output=True, text=True)
     if done.returncode != 0:

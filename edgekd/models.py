@@ -26,7 +26,9 @@ from edgekd.errors import UserError, first_line
 # What each task's models are called in errors, and how a wrong one is fixed.
 MODEL_KINDS = {"text-classification": ("a sequence classifier", "fine-tune it for classification first "
                                         "(AutoModelForSequenceClassification)"),
-               "causal-lm": ("a causal language model", "pass an AutoModelForCausalLM (or a .gguf file)")}
+               "causal-lm": ("a causal language model", "pass an AutoModelForCausalLM (or a .gguf file)"),
+               "image-classification": ("an image classifier", "fine-tune it for image classification first "
+                                        "(AutoModelForImageClassification)")}
 
 
 def load_model(name_or_path: str | Path, *, task: str, role: str = "teacher", trust_remote_code: bool = False,
@@ -58,7 +60,7 @@ def load_model(name_or_path: str | Path, *, task: str, role: str = "teacher", tr
     try:
         model = getattr(transformers, TASKS[task].auto_class).from_pretrained(
             source, attn_implementation="eager", trust_remote_code=trust_remote_code, dtype=dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = load_preprocessor(source, task=task, trust_remote_code=trust_remote_code)
     except pickle.UnpicklingError as error:
         raise UserError(f"{role} '{source}' stores its weights as a pickle that holds more than "
                         "tensors; edgekd never runs such files: convert the weights to "
@@ -67,6 +69,18 @@ def load_model(name_or_path: str | Path, *, task: str, role: str = "teacher", tr
         raise UserError(f"cannot load {role} from '{source}': {first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error
     return model.eval(), tokenizer
+
+
+def load_preprocessor(source: str | Path, *, task: str, trust_remote_code: bool = False):
+    """What turns the task's inputs into tensors: a tokenizer, or an image processor (its
+    Pillow implementation: the same pixels everywhere, and no torchvision needed)."""
+    import transformers
+
+    from edgekd.tasks import TASKS
+
+    loader = getattr(transformers, TASKS[task].preprocessor_class)
+    options = {"backend": "pil"} if TASKS[task].preprocessor_class == "AutoImageProcessor" else {}
+    return loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, **options)
 
 
 def _check_task(config, *, task: str, role: str, source: str) -> None:

@@ -18,7 +18,7 @@ from edgekd.errors import UserError
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 FORMATS = ("onnx", "ort", "pte")
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4")
-TASK_NAMES = ("text-classification", "causal-lm")  # edgekd.tasks.TASKS, without importing it
+TASK_NAMES = ("text-classification", "causal-lm", "image-classification")  # edgekd.tasks.TASKS, without importing it
 INTEGER_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
@@ -115,6 +115,9 @@ class Target:
     quantization: Quantization = field(default_factory=Quantization)
     runtime: Runtime = field(default_factory=Runtime)
     budgets: Budgets = field(default_factory=Budgets)
+    # what differs for one task, as target keys (sections merged key by key): `for_tasks:
+    # {image-classification: {precision: int8-static, ...}}` in the YAML file
+    for_tasks: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         _require(self.format in FORMATS, f"format '{self.format}' is not one of {FORMATS}")
@@ -133,9 +136,27 @@ class Target:
     def applies_to(self, task: str) -> bool:
         return task in self.tasks
 
+    def for_task(self, task: str) -> Target:
+        """This target as `task` builds it: its `for_tasks` entry applied."""
+        import dataclasses
+
+        changes = {}
+        for key, value in self.for_tasks.get(task, {}).items():
+            value = _tuples(value)
+            changes[key] = dataclasses.replace(getattr(self, key), **value) if key in SECTIONS else value
+        return dataclasses.replace(self, **changes, for_tasks={}) if changes else self
+
 
 SECTIONS = {"quantization": Quantization, "runtime": Runtime, "budgets": Budgets}
 TOP_LEVEL_KEYS = {f.name for f in fields(Target)} - {"name"}
+TASK_KEYS = TOP_LEVEL_KEYS - {"tasks", "for_tasks", "description"}  # what a for_tasks entry may change
+
+
+def _tuples(value):
+    """YAML lists as tuples, in a section's mapping too."""
+    if isinstance(value, dict):
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    return tuple(value) if isinstance(value, list) else value
 
 
 def known_targets(task: str | None = None) -> list[str]:
@@ -153,7 +174,7 @@ def load_targets_for(names: list[str], task: str) -> list[Target]:
             raise UserError(f"target '{target.name}' does not apply to {task} models (it serves "
                             f"{', '.join(target.tasks)}); for {task} choose from "
                             f"{', '.join(known_targets(task))}")
-    return targets
+    return [target.for_task(task) for target in targets]
 
 
 def load_target(name_or_path: str) -> Target:
@@ -205,6 +226,8 @@ def _read_yaml(path: Path) -> dict:
     for key, value in raw.items():
         if key in SECTIONS:
             _check_section(path, key, value)
+        elif key == "for_tasks":
+            _check_for_tasks(path, value)
         elif key not in TOP_LEVEL_KEYS | {"base"}:
             raise UserError(f"target file {path}: unknown key '{key}'; known keys: "
                             f"{', '.join(sorted(TOP_LEVEL_KEYS | {'base'}))}")
@@ -223,6 +246,22 @@ def _check_section(path: Path, name: str, raw) -> None:
                         f"known keys under '{name}': {', '.join(sorted(known))}")
 
 
+def _check_for_tasks(path: Path, raw) -> None:
+    if not isinstance(raw, dict):
+        raise UserError(f"target file {path}: 'for_tasks' must map task names to target keys")
+    for task, changes in raw.items():
+        if task not in TASK_NAMES:
+            raise UserError(f"target file {path}: for_tasks: unknown task '{task}'; known: {', '.join(TASK_NAMES)}")
+        if not isinstance(changes, dict):
+            raise UserError(f"target file {path}: for_tasks.{task} must be a mapping of target keys")
+        for key, value in changes.items():
+            if key in SECTIONS:
+                _check_section(path, key, value)
+            elif key not in TASK_KEYS:
+                raise UserError(f"target file {path}: for_tasks.{task}: '{key}' cannot differ by task; "
+                                f"known keys: {', '.join(sorted(TASK_KEYS))}")
+
+
 def _build(raw: dict, *, name: str) -> Target:
     for key in ("description", "format", "precision"):
         if key not in raw:
@@ -230,8 +269,9 @@ def _build(raw: dict, *, name: str) -> Target:
     values = {"name": name}
     for key, value in raw.items():
         if key in SECTIONS:
-            values[key] = SECTIONS[key](**{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in (value or {}).items()})
+            values[key] = SECTIONS[key](**_tuples(value or {}))
+        elif key == "for_tasks":
+            values[key] = value
         else:
             values[key] = tuple(value) if isinstance(value, list) else value
     return Target(**values)

@@ -6,7 +6,7 @@ rows become batches, what the student matches, how an export is checked and what
 reports. `TASKS` is the one place a task is named; `detect` reads it from a teacher or
 student (its config.json `architectures`, or a .gguf file), so `--task` is rarely needed.
 
-Adding a task is one module beside text.py and causal_lm.py and one entry below
+Adding a task is one package beside edgekd/lm and edgekd/vision and one entry below
 (docs/architecture.md lists what an adapter provides).
 """
 
@@ -27,6 +27,7 @@ class Task:
     summary: str  # one line for --help and `edgekd targets`
     auto_class: str  # the transformers Auto class that loads teachers and students
     architecture_endings: tuple[str, ...]  # config.architectures entries of this task end so
+    preprocessor_class: str = "AutoTokenizer"  # what turns its inputs into tensors, saved beside it
 
     def matches(self, config: dict) -> bool:
         """Whether a config.json (as a dict) describes a model of this task."""
@@ -40,7 +41,12 @@ CAUSAL_LM = Task(
     name="causal-lm", summary="decoder language models (Llama, SmolLM2, Qwen2, GPT-2, ...)",
     auto_class="AutoModelForCausalLM", architecture_endings=("ForCausalLM", "LMHeadModel"))
 
-TASKS = {task.name: task for task in (TEXT_CLASSIFICATION, CAUSAL_LM)}
+IMAGE_CLASSIFICATION = Task(
+    name="image-classification", summary="image classifiers (ViT, ConvNeXt, ResNet, MobileNetV2, ...)",
+    auto_class="AutoModelForImageClassification", architecture_endings=("ForImageClassification",),
+    preprocessor_class="AutoImageProcessor")
+
+TASKS = {task.name: task for task in (TEXT_CLASSIFICATION, CAUSAL_LM, IMAGE_CLASSIFICATION)}
 DEFAULT_TASK = TEXT_CLASSIFICATION.name
 
 
@@ -63,6 +69,10 @@ def task_of_config(config: dict) -> str | None:
     model_type = config.get("model_type")
     if model_type is None:
         return None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return IMAGE_CLASSIFICATION.name
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                         MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 

@@ -1,0 +1,293 @@
+"""Image data: folders of class folders, tables with an image column, Hugging Face datasets
+with an Image feature, and Fashion-MNIST for the demo; batches made by each model's own
+image processor.
+
+Every image is decoded once when the data is read, so a corrupt or unreadable file is one
+line naming it before any training starts; batches decode again from the source (a path,
+bytes or a small array kept in memory), so a large photo folder is not held decoded.
+Grey or colour follows the model (`config.num_channels`); resizing, cropping and
+normalising follow its image processor, so a teacher and a student that expect different
+sizes each get their own pixels of the same picture.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from edgekd.data import DATA_FORMATS, read_rows
+from edgekd.errors import UserError
+from edgekd.progress import progress_bar
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_COLUMNS = ("image", "img", "image_path", "path", "file", "filename", "pixel_values")
+
+
+@dataclass
+class ImageDataset:
+    """Images with labels (None where unlabelled) as indices into `label_names`."""
+
+    images: list  # each a Path, bytes or a uint8 array (H, W) or (H, W, C)
+    labels: list[int | None]
+    label_names: list[str]
+    source: str
+    names: list[str] = field(default_factory=list)  # how each image is named in errors
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            self.names = [_describe(image, self.source, row) for row, image in enumerate(self.images)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: Sequence[int]) -> ImageDataset:
+        return ImageDataset(images=[self.images[i] for i in indices], labels=[self.labels[i] for i in indices],
+                            label_names=self.label_names, source=self.source, names=[self.names[i] for i in indices])
+
+    @property
+    def labelled(self) -> bool:
+        return all(label is not None for label in self.labels)
+
+    def picture(self, index: int):
+        """The image as a PIL image (decoded from its source every time)."""
+        return decode(self.images[index], self.names[index])
+
+
+def _describe(image, source: str, row: int) -> str:
+    return str(image) if isinstance(image, Path) else f"row {row + 1} of {source}"
+
+
+def decode(image, name: str):
+    """A PIL image from a path, encoded bytes or an array; one line naming the image if it
+    cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image)
+    try:
+        with Image.open(image if isinstance(image, Path) else io.BytesIO(image)) as opened:
+            opened.load()
+            return opened.copy()
+    except FileNotFoundError as error:
+        raise UserError(f"image {name} does not exist; fix the path or remove the row") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise UserError(f"image {name} cannot be read ({str(error).splitlines()[0][:120]}); "
+                        "replace or remove the file") from error
+
+
+def load_images(source: Path | str, *, label2id: dict[str, int] | None, image_column: str | None = None,
+                label_column: str | None = "label", split: str | None = None, default_split: str | None = None,
+                show_progress: bool = False) -> ImageDataset:
+    """Images from a folder tree (root/<label>/*.png|jpg|webp, or root/<split>/<label>/...), a
+    CSV/TSV/JSONL/Parquet file with an image column (paths, relative to the file, or bytes),
+    a saved or hub dataset with an Image feature. Labels are mapped by name onto `label2id`
+    (the teacher's labels); without `label2id` the folder names or label values, sorted, are
+    the labels. Every image is decoded once here."""
+    path = Path(source)
+    if path.is_dir() and not _is_saved_dataset(path):
+        dataset = _read_folder(path, split=split, default_split=default_split, label2id=label2id)
+    else:
+        rows = read_rows(source, split=split, default_split=default_split)
+        dataset = _from_rows(rows, str(source), base=path.parent if path.is_file() else None,
+                             image_column=image_column, label_column=label_column, label2id=label2id)
+    check_readable(dataset, show_progress=show_progress)
+    return dataset
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    from edgekd.data import SAVED_DATASET_FILES
+
+    return any((path / name).is_file() for name in SAVED_DATASET_FILES)
+
+
+def _read_folder(root: Path, *, split: str | None, default_split: str | None,
+                 label2id: dict[str, int] | None) -> ImageDataset:
+    chosen = split or default_split
+    if chosen and (root / chosen).is_dir() and not _images_in(root / chosen):
+        root = root / chosen  # root/<split>/<label>/...
+    elif split is not None:
+        raise UserError(f"{root} has no folder {split}/ of class folders; drop --split {split}")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        loose = _images_in(root)
+        raise UserError(f"{root} has no class folders{f' ({len(loose)} loose images)' if loose else ''}; "
+                        "put each class's images in a folder named after it: root/<label>/*.png")
+    images, labels = [], []
+    for number, folder in enumerate(classes):
+        files = _images_in(folder)
+        if not files:
+            raise UserError(f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...); "
+                            "add images or remove the folder")
+        images += files
+        labels += [number if label2id is None else _label_index(folder.name, label2id, where=str(folder))] * len(files)
+    label_names = sorted(label2id, key=label2id.get) if label2id else [folder.name for folder in classes]
+    return ImageDataset(images=images, labels=labels, label_names=label_names, source=str(root))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _label_index(value, label2id: dict[str, int] | None, *, where: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if label2id is None:
+        return value  # mapped once every value is known
+    name = str(value)
+    if name in label2id:
+        return label2id[name]
+    if isinstance(value, int) and 0 <= value < len(label2id):
+        return value
+    raise UserError(f"label '{name}' of {where} is not one of the teacher's labels "
+                    f"({', '.join(sorted(label2id, key=label2id.get)[:8])}); fix the label or the teacher")
+
+
+def _from_rows(rows: list[dict], source: str, *, base: Path | None, image_column: str | None,
+               label_column: str | None, label2id: dict[str, int] | None) -> ImageDataset:
+    if not rows:
+        raise UserError(f"{source} has no rows; pass data with images in it")
+    column = image_column or next((c for c in IMAGE_COLUMNS if c in rows[0]), None)
+    if column is None or column not in rows[0]:
+        raise UserError(f"{source} has no image column{f' {image_column}' if image_column else ''} "
+                        f"(columns: {', '.join(rows[0])}); pass --image-column")
+    images, names, raw_labels = [], [], []
+    for row_number, row in enumerate(rows, start=1):
+        images.append(_image_value(row.get(column), base=base, source=source, row=row_number, column=column))
+        names.append(str(images[-1]) if isinstance(images[-1], Path) else f"row {row_number} of {source}")
+        raw_labels.append(row.get(label_column) if label_column else None)
+    if label_column and label_column not in rows[0]:
+        raise UserError(f"{source} has no label column {label_column} (columns: {', '.join(rows[0])}); "
+                        "pass --label-column")
+    labels = [_label_index(value, label2id, where=f"row {i} of {source}") for i, value in enumerate(raw_labels, 1)]
+    if label2id is None:
+        label_names = sorted({str(label) for label in labels if label is not None})
+        labels = [None if label is None else label_names.index(str(label)) for label in labels]
+    else:
+        label_names = sorted(label2id, key=label2id.get)
+    return ImageDataset(images=images, labels=labels, label_names=label_names, source=source, names=names)
+
+
+def _image_value(value, *, base: Path | None, source: str, row: int, column: str):
+    """What a table cell holds: a path (relative to the table's folder), encoded bytes, a
+    dataset Image cell ({bytes, path}) or a PIL image."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image, as datasets decode them
+        return np.asarray(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() or base is None else base / path
+    raise UserError(f"row {row} of {source}: column {column} holds no image (got {type(value).__name__}); "
+                    "give a file path or image bytes")
+
+
+def check_readable(dataset: ImageDataset, *, show_progress: bool) -> None:
+    """Decode every image once, so a broken one fails now, naming its file."""
+    arrays = [i for i, image in enumerate(dataset.images) if isinstance(image, np.ndarray)]
+    others = [i for i in range(len(dataset)) if not isinstance(dataset.images[i], np.ndarray)]
+    for i in arrays:
+        image = dataset.images[i]
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise UserError(f"image {dataset.names[i]} is not an 8-bit picture (array {image.dtype}, "
+                            f"{image.ndim} axes); pass images as files or bytes")
+    with progress_bar("checking images", total=len(others), enabled=show_progress and len(others) > 200) as advance:
+        for i in others:
+            dataset.picture(i)
+            advance(1)
+
+
+def split(dataset: ImageDataset, *, fractions: Sequence[float], seed: int) -> list[ImageDataset]:
+    """Disjoint random parts (fractions of the rows, the last takes the rest)."""
+    order = list(range(len(dataset)))
+    random.Random(seed).shuffle(order)
+    parts, start = [], 0
+    for k, fraction in enumerate(fractions):
+        end = len(order) if k == len(fractions) - 1 else start + int(round(fraction * len(order)))
+        parts.append(dataset.subset(sorted(order[start:end])))
+        start = end
+    return parts
+
+
+# ---------------------------------------------------------------------------- pixels
+
+@dataclass(frozen=True)
+class Augment:
+    """Consistent teaching: one augmented view of each picture, seen by teacher and student."""
+
+    crop_scale: float = 0.0  # random-resized crop keeping at least this share of the area (0: off)
+    flip: bool = False  # horizontal flip with probability 1/2
+    mixup: float = 0.0  # Beta(a, a) mixing of pairs in a batch (0: off)
+
+    @property
+    def active(self) -> bool:
+        return self.crop_scale > 0 or self.flip or self.mixup > 0
+
+    def describe(self) -> dict:
+        return {"crop_scale": self.crop_scale, "flip": self.flip, "mixup": self.mixup}
+
+
+def augmented(picture, augment: Augment, rng: random.Random):
+    """The picture cropped (a random area and aspect, resized back) and flipped as `augment` says."""
+    from PIL import Image
+
+    if augment.crop_scale > 0:
+        width, height = picture.size
+        for _ in range(10):
+            area = width * height * rng.uniform(augment.crop_scale, 1.0)
+            aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            w, h = int(round((area * aspect) ** 0.5)), int(round((area / aspect) ** 0.5))
+            if 0 < w <= width and 0 < h <= height:
+                left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+                picture = picture.resize((width, height), Image.BILINEAR, box=(left, top, left + w, top + h))
+                break
+    if augment.flip and rng.random() < 0.5:
+        picture = picture.transpose(Image.FLIP_LEFT_RIGHT)
+    return picture
+
+
+def in_mode(picture, channels: int):
+    """Grey for one-channel models, RGB for three (transparency dropped)."""
+    mode = "L" if channels == 1 else "RGB"
+    return picture if picture.mode == mode else picture.convert(mode)
+
+
+def pixels(processor, pictures: list, *, channels: int) -> torch.Tensor:
+    """(batch, channels, height, width) float pixels, made by the model's own image processor."""
+    values = processor(images=[in_mode(p, channels) for p in pictures], return_tensors="pt")["pixel_values"]
+    return values.float()
+
+
+def num_channels(model_or_config) -> int:
+    config = getattr(model_or_config, "config", model_or_config)
+    return int(getattr(config, "num_channels", 3))
+
+
+def batch_pixels(dataset: ImageDataset, indices: Sequence[int], processors: list, *, channels: list[int],
+                 augment: Augment | None = None, rng: random.Random | None = None) -> list[torch.Tensor]:
+    """Pixels of the same pictures (the same augmented view) for each processor."""
+    pictures = [dataset.picture(i) for i in indices]
+    if augment is not None and (augment.crop_scale > 0 or augment.flip):
+        pictures = [augmented(p, augment, rng) for p in pictures]
+    return [pixels(processor, pictures, channels=c) for processor, c in zip(processors, channels)]
+
+
+def input_size(processor, model) -> tuple[int, int]:
+    """(height, width) of the pixels the processor makes for `model`."""
+    from PIL import Image
+
+    probe = Image.new("L" if num_channels(model) == 1 else "RGB", (97, 61))
+    shape = pixels(processor, [probe], channels=num_channels(model)).shape
+    return int(shape[-2]), int(shape[-1])
+
+
+def no_data_error(source) -> UserError:
+    return UserError(f"cannot read images from {source}; pass a folder of class folders, a {DATA_FORMATS} "
+                     "with an image column")
