@@ -205,11 +205,12 @@ def save_model(model: nn.Module, tokenizer, folder: Path) -> None:
 
 
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The subset of a batch a model takes: DistilBERT has no token_type_ids, BERT does."""
+    """The subset of a batch a model takes: DistilBERT has no token_type_ids, BERT does;
+    an image classifier takes pixel_values."""
     import inspect
 
     accepted = inspect.signature(model.forward).parameters
-    names = ("input_ids", "attention_mask", "token_type_ids")
+    names = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
     return {name: batch[name] for name in names if name in batch and name in accepted}
 
 

@@ -114,13 +114,21 @@ def register_quantized_kernels() -> None:
 class ExecutorchSession:
     """An ExecuTorch method behind the `run(["logits"], feeds)` call of an onnxruntime session."""
 
-    def __init__(self, path: Path, input_names: list[str]) -> None:
+    def __init__(self, path: Path, input_names: list[str], *, max_batch: int | None = None) -> None:
         self.method = load_pte_method(path)
         self.input_names = input_names
+        self.max_batch = max_batch  # a program planned for at most this many rows gets larger batches in parts
 
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        rows = len(next(iter(feeds.values())))
+        step = self.max_batch or rows
+        parts = [self._run({name: value[start:start + step] for name, value in feeds.items()})
+                 for start in range(0, rows, step)]
+        return [np.concatenate(parts) if len(parts) > 1 else parts[0]]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         outputs = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[name]))
                                        for name in self.input_names])
-        return [np.asarray(outputs[0], dtype=np.float32)]
+        return np.asarray(outputs[0], dtype=np.float32)
 
 

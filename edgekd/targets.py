@@ -25,7 +25,7 @@ OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 EXPORTERS = ("torchscript", "dynamo", "optimum")
 EXECUTION_PROVIDERS = ("cpu", "xnnpack", "nnapi", "coreml")
 EXECUTORCH_BACKENDS = ("xnnpack", "portable")
-PTE_PRECISIONS = ("fp32", "int8-dynamic")
+PTE_PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -128,8 +128,7 @@ class Target:
         _require(self.graph_optimization_level in OPTIMIZATION_LEVELS,
                  f"graph_optimization_level must be one of {OPTIMIZATION_LEVELS}")
         _require(self.format != "pte" or self.precision in PTE_PRECISIONS,
-                 f"format pte supports precisions {PTE_PRECISIONS} (ExecuTorch's int8 for XNNPACK "
-                 "is dynamic)")
+                 f"format pte supports precisions {PTE_PRECISIONS}")
         _require(bool(self.tasks) and all(task in TASK_NAMES for task in self.tasks),
                  f"tasks must list one or more of {TASK_NAMES}")
 

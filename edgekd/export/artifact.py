@@ -23,6 +23,7 @@ from edgekd.targets import Target
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model", "tokenizer.model")
+PROCESSOR_FILE = "preprocessor_config.json"  # an image classifier's image processor
 
 
 @dataclass
@@ -87,9 +88,10 @@ def check_size(target: Target, size: int) -> None:
                          f"budget of {limit:g} MB; choose a smaller student or int8")
 
 
-def check_request(student_dir: Path, targets: list[Target], out: Path, *, overwrite: bool) -> None:
+def check_request(student_dir: Path, targets: list[Target], out: Path, *, overwrite: bool,
+                  task: str = "text-classification") -> None:
     """Everything that can be refused before minutes of work: folders, names, duplicates."""
-    check_student_folder(student_dir)
+    check_student_folder(student_dir, task=task)
     if not targets:
         raise UserError("no target given; pass --target (see edgekd targets)")
     names = [target.name for target in targets]
@@ -102,14 +104,20 @@ def check_request(student_dir: Path, targets: list[Target], out: Path, *, overwr
                             "pass --overwrite to replace it or choose another --out")
 
 
-def check_student_folder(student_dir: Path) -> None:
-    """A clear error for a missing folder, or one without config.json or tokenizer files."""
+def check_student_folder(student_dir: Path, *, task: str = "text-classification") -> None:
+    """A clear error for a missing folder, or one without config.json or tokenizer
+    (an image classifier: image processor) files."""
     student_dir = Path(student_dir)
     if not student_dir.is_dir():
         raise UserError(f"student folder {student_dir} does not exist; run edgekd distill first")
     if not (student_dir / "config.json").is_file():
         raise UserError(f"student folder {student_dir} has no config.json; pass a folder "
                         "written by edgekd distill or save_pretrained")
+    if task == "image-classification":
+        if not (student_dir / PROCESSOR_FILE).is_file():
+            raise UserError(f"student folder {student_dir} has no {PROCESSOR_FILE}; save the image processor "
+                            "beside the model with processor.save_pretrained")
+        return
     if not any((student_dir / name).is_file() for name in TOKENIZER_FILES):
         raise UserError(f"student folder {student_dir} has no tokenizer files "
                         f"({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer beside the "

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from edgekd.errors import UserError
-from edgekd.export.onnx import LogitsOnly, trace_sample
+from edgekd.export.onnx import LogitsOnly
 from edgekd.progress import quiet_native_output
 from edgekd.sessions import OPTIMIZATION_LEVELS
 
@@ -63,25 +63,26 @@ def required_operators(config_path: Path) -> dict[str, list[str]]:
     return operators
 
 
-def export_pte(model: torch.nn.Module, tokenizer, input_names: list[str], path: Path, *,
+def export_pte(model: torch.nn.Module, inputs, path: Path, *,
                backend: str, max_sequence: int, precision: str = "fp32",
                calibration: list[dict] | None = None, per_channel: bool = True) -> dict:
     """Capture the student with torch.export and write an ExecuTorch program to `path`;
     returns how much of the graph the backend took (see `_delegation`). `precision`
-    int8-dynamic quantises it first (`_quantize_pt2e`), observing `calibration` feeds."""
+    int8-dynamic quantises it first (`_quantize_pt2e`), observing `calibration` feeds;
+    int8-static calibrates activation ranges on them."""
     try:
         from executorch.exir import to_edge_transform_and_lower
     except ImportError as error:
         raise UserError("the executorch target needs ExecuTorch; install it with "
                         "pip install -c constraints.txt 'edgekd[executorch]'") from error
     model = model.eval().float()
-    batch = torch.export.Dim("batch", min=1, max=64)
-    sequence = torch.export.Dim("sequence", min=2, max=max_sequence)
-    shapes = tuple({0: batch, 1: sequence} for _ in input_names)
-    sample = trace_sample(tokenizer, input_names)
+    input_names = list(inputs.names)
+    dims = inputs.dynamic_dims(max_batch=64, max_sequence=max_sequence)
+    shapes = tuple(dict(dims) for _ in input_names)
+    sample = inputs.trace_sample()
     try:
         with torch.no_grad(), quiet_native_output():
-            if precision == "int8-dynamic" and backend != "xnnpack":
+            if precision != "fp32" and backend != "xnnpack":
                 raise UserError(f"int8 .pte files are quantised for XNNPACK, not {backend}; "
                                 "set runtime.executorch_backend: xnnpack")
             captured = int8_embeddings(model) if precision == "int8-dynamic" else model
@@ -90,6 +91,12 @@ def export_pte(model: torch.nn.Module, tokenizer, input_names: list[str], path: 
             if precision == "int8-dynamic":
                 quantized = _quantize_pt2e(program, [sample, *_samples(calibration, input_names)],
                                            per_channel=per_channel)
+                program = torch.export.export(quantized, sample, dynamic_shapes=shapes, strict=False)
+            elif precision == "int8-static":
+                if not calibration:
+                    raise UserError("static int8 needs calibration batches; pass --data")
+                quantized = _quantize_pt2e(program, _samples(calibration, input_names), per_channel=per_channel,
+                                           dynamic=False)
                 program = torch.export.export(quantized, sample, dynamic_shapes=shapes, strict=False)
             lowered = to_edge_transform_and_lower(program, partitioner=_partitioners(backend))
             Path(path).write_bytes(lowered.to_executorch().buffer)
@@ -103,7 +110,39 @@ def export_pte(model: torch.nn.Module, tokenizer, input_names: list[str], path: 
     if backend != "portable" and delegation["delegate_calls"] == 0:
         raise UserError(f"ExecuTorch's {backend} backend took no part of "
                         f"{type(model).__name__}; use an ONNX target for this architecture")
+    if inputs.kind == "pixels":
+        delegation["max_batch"] = largest_batch(path, sample[0])
     return delegation
+
+
+def largest_batch(path: Path, sample: torch.Tensor, *, limit: int = 64) -> int:
+    """The most images one call of the program takes. XNNPACK plans an image program's
+    buffers for fewer rows than torch.export's batch bound allows (15 for the convolutional
+    networks tried, whatever the bound), so the bound is found by running it."""
+    from edgekd.progress import quiet_native_output
+    from edgekd.sessions import load_pte_method
+
+    method = load_pte_method(path)
+    works = lambda rows: _runs(method, torch.zeros((rows, *sample.shape[1:])))  # noqa: E731
+    low, high = 1, limit
+    if works(high):
+        return high
+    with quiet_native_output():  # the runtime logs each refused resize
+        while high - low > 1:  # works(low), not works(high)
+            middle = (low + high) // 2
+            low, high = (middle, high) if works(middle) else (low, middle)
+    return low
+
+
+def _runs(method, pixels: torch.Tensor) -> bool:
+    from edgekd.progress import quiet_native_output
+
+    try:
+        with quiet_native_output():
+            method.execute([pixels])
+        return True
+    except RuntimeError:
+        return False
 
 
 class Int8Embedding(torch.nn.Module):
@@ -143,10 +182,13 @@ def _samples(feeds_list: list[dict] | None, input_names: list[str]) -> list[tupl
     return [tuple(torch.from_numpy(feeds[name]) for name in input_names) for feeds in feeds_list or ()]
 
 
-def _quantize_pt2e(program, samples: list[tuple], *, per_channel: bool) -> torch.fx.GraphModule:
+def _quantize_pt2e(program, samples: list[tuple], *, per_channel: bool, dynamic: bool = True) -> torch.fx.GraphModule:
     """ExecuTorch's int8 for XNNPACK: Linear weights int8 (per output channel), activations
     quantised at run time from each call's own range. The samples only run the observers
-    once (dynamic quantisation needs no ranges); several shapes check the graph on them."""
+    once (dynamic quantisation needs no ranges); several shapes check the graph on them.
+    With `dynamic` False (image classifiers: XNNPACK's dynamic int8 takes no depthwise
+    convolutions of a dynamic batch), weights and activations are int8 with ranges
+    observed on `samples`, the calibration batches, and every operator XNNPACK quantises is."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -161,8 +203,9 @@ def _quantize_pt2e(program, samples: list[tuple], *, per_channel: bool) -> torch
             # convolution layers, whose inputs are tensors: no scalar needs a tensor here.
             return model
 
-    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=True)
-    prepared = prepare_pt2e(program.module(), LinearOnlyQuantizer().set_global(config))
+    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic)
+    quantizer = LinearOnlyQuantizer() if dynamic else XNNPACKQuantizer()
+    prepared = prepare_pt2e(program.module(), quantizer.set_global(config))
     for sample in samples:
         prepared(*sample)
     return convert_pt2e(prepared)

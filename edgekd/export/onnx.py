@@ -1,4 +1,4 @@
-"""PyTorch classifier -> ONNX with dynamic batch and sequence axes; fp16 conversion.
+"""PyTorch classifier -> ONNX with dynamic batch (and, for text, sequence) axes; fp16 conversion.
 
 The TorchScript exporter is used on the eager attention path by default: its graph is the
 one ONNX Runtime's transformer optimiser recognises (attention, LayerNorm and GELU
@@ -42,17 +42,27 @@ def trace_sample(tokenizer, input_names: list[str]) -> tuple[torch.Tensor, ...]:
 
 def export_onnx(model: torch.nn.Module, tokenizer, path: Path, *, opset: int,
                 exporter: str = "torchscript") -> list[str]:
-    """Write `model` as ONNX to `path`; returns the graph's input names."""
+    """Write a text classifier as ONNX to `path`; returns the graph's input names."""
+    from edgekd.export.inputs import TokenInputs
+
+    return export_graph(model, TokenInputs(tokenizer, input_names_of(model, tokenizer)), path, opset=opset,
+                        exporter=exporter)
+
+
+def export_graph(model: torch.nn.Module, inputs, path: Path, *, opset: int, exporter: str = "torchscript") -> list[str]:
+    """Write a classifier taking `inputs` (edgekd/export/inputs.py) as ONNX to `path`, every
+    input's batch axis (and a text's sequence axis) dynamic; returns the graph's input names."""
     model = model.eval().float()
-    input_names = input_names_of(model, tokenizer)
-    args = trace_sample(tokenizer, input_names)
+    input_names = list(inputs.names)
+    args = inputs.trace_sample()
     wrapped = LogitsOnly(model, input_names)
     try:
         with torch.no_grad():
             if exporter == "dynamo":
-                _export_dynamo(wrapped, args, input_names, path, opset=opset)
+                _export_dynamo(wrapped, args, inputs, path, opset=opset)
             else:
-                axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+                dynamic = {0: "batch", 1: "sequence"} if inputs.kind == "tokens" else {0: "batch"}
+                axes = {name: dict(dynamic) for name in input_names}
                 axes["logits"] = {0: "batch"}
                 torch.onnx.export(wrapped, args, str(path), dynamo=False,
                                   input_names=input_names, output_names=["logits"],
@@ -66,12 +76,11 @@ def export_onnx(model: torch.nn.Module, tokenizer, path: Path, *, opset: int,
     return input_names
 
 
-def _export_dynamo(wrapped: torch.nn.Module, args: tuple, input_names: list[str], path: Path,
-                   *, opset: int) -> None:
-    batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=8192)
+def _export_dynamo(wrapped: torch.nn.Module, args: tuple, inputs, path: Path, *, opset: int) -> None:
+    dims = inputs.dynamic_dims(max_batch=1024, max_sequence=8192)
     # One entry: the wrapper takes its inputs as *args, a single tuple to torch.export.
-    shapes = (tuple({0: batch, 1: sequence} for _ in input_names),)
-    program = torch.onnx.export(wrapped, args, dynamo=True, input_names=input_names,
+    shapes = (tuple(dict(dims) for _ in inputs.names),)
+    program = torch.onnx.export(wrapped, args, dynamo=True, input_names=list(inputs.names),
                                 output_names=["logits"], dynamic_shapes=shapes,
                                 opset_version=opset, optimize=True)
     program.save(str(path))

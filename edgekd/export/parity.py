@@ -18,7 +18,7 @@ class Parity:
     max_abs_diff: float  # largest |onnx - torch| logit over all checked rows
     agreement: float  # share of rows with the same predicted class
     rows: int  # rows checked
-    shapes: list[tuple[int, int]]  # (batch, sequence) of each checked batch
+    shapes: list[tuple[int, ...]]  # (batch, sequence) or (batch, channels, height, width) of each checked batch
     tolerance: float | None  # None: only agreement is reported (int8)
 
     @property
@@ -58,6 +58,6 @@ def check_parity(session, model: torch.nn.Module, feeds_list: list[dict[str, np.
         (exported,) = session.run(["logits"], feeds)
         differences.append(float(np.abs(exported.astype(np.float32) - reference).max()))
         agreements.extend(exported.argmax(-1) == reference.argmax(-1))
-        shapes.append(tuple(feeds["input_ids"].shape))
+        shapes.append(tuple(next(iter(feeds.values())).shape))
     return Parity(max_abs_diff=max(differences), agreement=float(np.mean(agreements)),
                   rows=len(agreements), shapes=shapes, tolerance=tolerance)

@@ -1,5 +1,7 @@
-"""The export stage for text classifiers: a student folder in, one checked artifact folder
-per target out (written the way every task writes them: edgekd/export/artifact.py).
+"""The export stage for classifiers, of text and of images: a student folder in, one checked
+artifact folder per target out (written the way every task writes them: edgekd/export/artifact.py).
+What differs between text and pixels (the graph's inputs, random and real batches) comes
+from edgekd/export/inputs.py; everything below serves both.
 
 Every artifact is loaded back in its own runtime and checked against the PyTorch
 student: logits within the precision's tolerance, and with validation data the accuracy
@@ -9,7 +11,6 @@ and leaves no folder behind. The manifest adds the accuracy and the nodes kept i
 
 from __future__ import annotations
 
-import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -18,18 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.data import TextDataset, batches, encode
+from edgekd.data import TextDataset
 from edgekd.errors import GateFailed, UserError
 from edgekd.export.artifact import Built, check_request, ship_onnx, write_target
 from edgekd.export.mobile import PTE_FILE, export_pte
-from edgekd.export.onnx import (check_onnx_file, convert_fp16, export_onnx, input_names_of,
-                                opset_of)
-from edgekd.export.parity import LOGIT_TOLERANCE, Parity, check_parity, random_batches
+from edgekd.export.inputs import PixelInputs, TokenInputs, sample_rows
+from edgekd.export.onnx import check_onnx_file, convert_fp16, export_graph, input_names_of, opset_of
+from edgekd.export.parity import LOGIT_TOLERANCE, Parity, check_parity
 from edgekd.export.quantize import (calibrate, quantizable_nodes, quantize_dynamic,
                                     quantize_int4, quantize_static)
 from edgekd.export.sensitivity import Int8Search, quantize_within_budget
-from edgekd.export.validation import Accuracy, ValidationSet, measure, session_logits, validation_set
-from edgekd.models import load_classifier, model_inputs
+from edgekd.export.validation import Accuracy, ValidationSet, measure, reference_set, session_logits
+from edgekd.models import load_model, model_inputs
 from edgekd.sessions import ExecutorchSession, onnx_session
 from edgekd.targets import Target
 
@@ -59,12 +60,13 @@ class _Context:
 
     student_dir: Path
     model: torch.nn.Module
-    tokenizer: object
-    input_names: list[str]
+    tokenizer: object  # or the image processor
+    inputs: TokenInputs | PixelInputs
     scratch: Path
     validation: ValidationSet | None
     calibration: list[dict[str, np.ndarray]]
     calibration_source: str
+    task: str = "text-classification"
     verify: tuple[str, ...] = ()
     with_tokenizer: bool = False
     max_length: int = 128
@@ -77,11 +79,14 @@ class _Context:
 
 
 def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bool = False,
-           validation: TextDataset | None = None, validation_source: str = "validation data",
-           calibration: TextDataset | None = None, calibration_source: str = "calibration data",
+           validation=None, validation_source: str = "validation data",
+           calibration=None, calibration_source: str = "calibration data",
            max_length: int = 128, exporter: str | None = None,
-           verify: tuple[str, ...] = (), with_tokenizer: bool = False) -> list[Artifact]:
-    """Export the student in `student_dir` for every target into `out/<target>/`.
+           verify: tuple[str, ...] = (), with_tokenizer: bool = False,
+           task: str = "text-classification") -> list[Artifact]:
+    """Export the student in `student_dir` (a text or image classifier, as `task` says) for
+    every target into `out/<target>/`; `validation` and `calibration` are TextDatasets or
+    ImageDatasets (edgekd/vision/data.py).
 
     `validation` (labelled or not) holds every artifact to its accuracy budget; without
     it, artifacts are checked on random batches only and the manifest says so.
@@ -92,7 +97,10 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     (edgekd/export/tokenizer_graph.py).
     """
     student_dir, out = Path(student_dir), Path(out)
-    check_request(student_dir, targets, out, overwrite=overwrite)
+    check_request(student_dir, targets, out, overwrite=overwrite, task=task)
+    if with_tokenizer and task != "text-classification":
+        raise UserError("--with-tokenizer puts a text classifier's tokenizer inside its graph; an image "
+                        "classifier's graph takes pixels: drop --with-tokenizer")
     if with_tokenizer:
         if validation is not None and validation.text_pairs is not None:
             # the pair graph gave other ids than the Python tokenizer for some rows of a batch
@@ -106,41 +114,37 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
                             "program, which has no string operators: export it without --with-tokenizer")
     if exporter is not None:
         targets = [replace(target, exporter=exporter) for target in targets]
-    model, tokenizer = load_classifier(student_dir, role="student")
-    input_names = input_names_of(model, tokenizer)
+    model, tokenizer = load_model(student_dir, task=task, role="student")
+    inputs = (PixelInputs.of(model, tokenizer) if task == "image-classification"
+              else TokenInputs(tokenizer, input_names_of(model, tokenizer), max_length))
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch:
         context = _Context(
-            student_dir=student_dir, model=model, tokenizer=tokenizer, input_names=input_names,
+            student_dir=student_dir, model=model, tokenizer=tokenizer, inputs=inputs, task=task,
             scratch=Path(scratch), verify=tuple(verify), with_tokenizer=with_tokenizer,
             max_length=max_length, validation_texts=validation,
-            validation=None if validation is None else validation_set(
-                validation, model=model, tokenizer=tokenizer, input_names=input_names,
-                max_length=max_length, source=validation_source),
-            **_calibration_feeds(calibration if calibration is not None else validation,
-                                 tokenizer, input_names, targets, max_length=max_length,
+            validation=None if validation is None else reference_set(
+                validation, model=model, inputs=inputs, source=validation_source),
+            **_calibration_feeds(calibration if calibration is not None else validation, inputs, targets,
                                  source=calibration_source if calibration is not None
                                  else validation_source))
         return [_export_one(target, context, out, overwrite=overwrite) for target in targets]
 
 
-def _calibration_feeds(dataset: TextDataset | None, tokenizer, input_names: list[str],
-                       targets: list[Target], *, max_length: int, source: str) -> dict:
-    """Token batches for static int8 calibration: training samples, else random batches."""
+def _calibration_feeds(dataset, inputs: TokenInputs | PixelInputs, targets: list[Target], *, source: str) -> dict:
+    """Batches for static int8 calibration: sampled rows of the data, else random batches."""
     samples = max((t.quantization.calibration_samples for t in targets
                    if t.precision == "int8-static"), default=0)
     if samples == 0:
         return {"calibration": [], "calibration_source": "none (no static int8 target)"}
     if dataset is None:
-        shapes = [(CALIBRATION_BATCH_SIZE, 64)] * max(1, samples // CALIBRATION_BATCH_SIZE)
-        return {"calibration": random_batches(tokenizer, input_names, seed=1, shapes=shapes),
-                "calibration_source": "random token batches (no data given: pass --data or "
-                                      "--calibration-data for ranges that fit real text)"}
-    indices = sorted(random.Random(0).sample(range(len(dataset)), min(samples, len(dataset))))
-    encoded = encode(dataset.subset(indices), tokenizer, max_length=max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    feeds = [{name: batch[name].numpy() for name in input_names}
-             for batch in batches(encoded, batch_size=CALIBRATION_BATCH_SIZE, pad_token_id=pad)]
-    return {"calibration": feeds, "calibration_source": f"{source} ({len(indices)} rows)"}
+        what = "token batches" if inputs.kind == "tokens" else "pixel batches"
+        return {"calibration": inputs.random_calibration(max(1, samples // CALIBRATION_BATCH_SIZE),
+                                                         CALIBRATION_BATCH_SIZE),
+                "calibration_source": f"random {what} (no data given: pass --data or "
+                                      "--calibration-data for ranges that fit real inputs)"}
+    rows, count = sample_rows(dataset, samples)
+    return {"calibration": inputs.feeds(rows, batch_size=CALIBRATION_BATCH_SIZE),
+            "calibration_source": f"{source} ({count} rows)"}
 
 
 # ------------------------------------------------------------------------------ one target
@@ -154,19 +158,26 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
         if target.format == "pte":
             model_path = staging / PTE_FILE
             details["delegation"] = export_pte(
-                context.model, context.tokenizer, context.input_names, model_path,
+                context.model, context.inputs, model_path,
                 backend=target.runtime.executorch_backend,
                 max_sequence=int(getattr(context.model.config, "max_position_embeddings", 512)),
                 precision=target.precision, per_channel=target.quantization.per_channel,
-                calibration=_pte_samples(context))
-            if target.precision != "fp32":
+                calibration=context.calibration if target.precision == "int8-static" else _pte_samples(context))
+            if target.precision == "int8-dynamic":
                 details["quantization"] = {"method": "PT2E XNNPACKQuantizer, dynamic activations",
                                            "per_channel": target.quantization.per_channel,
                                            "layers": "Linear and convolution",
                                            "embeddings": "int8 rows, one scale each (embedding_byte)",
                                            "kernels": "link ExecuTorch's quantized kernels (quantized_ops_lib) "
                                                       "beside XNNPACK: the embedding lookup runs there"}
-            session = ExecutorchSession(model_path, context.input_names)
+            elif target.precision == "int8-static":
+                details["quantization"] = {"method": "PT2E XNNPACKQuantizer, static int8 activations",
+                                           "per_channel": target.quantization.per_channel,
+                                           "layers": "every operator XNNPACK quantises (convolution, Linear, ...)",
+                                           "calibration": {"source": context.calibration_source,
+                                                           "batches": len(context.calibration)}}
+            session = ExecutorchSession(model_path, context.inputs.names,
+                                        max_batch=details["delegation"].get("max_batch"))
         else:
             onnx_path = (staging if target.format == "onnx" else context.scratch / target.name) / MODEL_FILE
             onnx_path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,12 +193,12 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
         if "arm64" in context.verify:
             details["verified"] = {"arm64": _verified_on_arm64(target, model_path, session, context)}
         # the graph's own inputs: an exporter drops those the model ignores
-        inputs = getattr(session, "input_names", context.input_names)
-        return Built(model_file=model_path.name, inputs={name: ["batch", "sequence"] for name in inputs},
+        inputs = getattr(session, "input_names", context.inputs.names)
+        return Built(model_file=model_path.name, inputs={name: context.inputs.axes() for name in inputs},
                      outputs={"logits": ["batch", "num_labels"]}, parity=asdict(parity),
                      details=_manifest_details(target, accuracy, details), weight_files=weight_files)
 
-    written = write_target(target, out, task="text-classification", student_dir=context.student_dir,
+    written = write_target(target, out, task=context.task, student_dir=context.student_dir,
                            model=context.model, tokenizer=context.tokenizer, overwrite=overwrite, build=build)
     return Artifact(target=target.name, folder=written.folder, model_file=written.folder / written.built.model_file,
                     format=target.format, precision=target.precision, size_bytes=written.size_bytes,
@@ -199,7 +210,7 @@ def _pte_samples(context: _Context) -> list[dict[str, np.ndarray]]:
     """Feeds the PT2E observers run once: validation batches of several lengths, else random ones."""
     if context.validation is not None:
         return context.validation.feeds_list[:4]
-    return random_batches(context.tokenizer, context.input_names)
+    return context.inputs.random_feeds()
 
 
 def _fp32_onnx(target: Target, context: _Context) -> Path:
@@ -212,11 +223,10 @@ def _fp32_onnx(target: Target, context: _Context) -> Path:
 
             names = export_with_optimum(context.student_dir, path, opset=target.opset)
         else:
-            names = export_onnx(context.model, context.tokenizer, path, opset=target.opset,
-                                exporter=target.exporter)
-        if names != context.input_names:
+            names = export_graph(context.model, context.inputs, path, opset=target.opset, exporter=target.exporter)
+        if names != context.inputs.names:
             raise UserError(f"the {target.exporter} exporter made a graph with inputs {names}, "
-                            f"but the student takes {context.input_names}; use another exporter")
+                            f"but the student takes {context.inputs.names}; use another exporter")
         check_onnx_file(path)
         context.fp32_files[key] = path
     return context.fp32_files[key]
@@ -295,8 +305,7 @@ def _search_failure(target: Target, search: Int8Search) -> str:
 # ------------------------------------------------------------------------------ checks
 
 def _checked_parity(target: Target, session, context: _Context) -> Parity:
-    parity = check_parity(session, context.model,
-                          random_batches(context.tokenizer, context.input_names),
+    parity = check_parity(session, context.model, context.inputs.random_feeds(),
                           tolerance=LOGIT_TOLERANCE.get(target.precision))
     if not parity.passed:
         raise UserError(f"target '{target.name}': exported logits differ from PyTorch by "
@@ -382,10 +391,10 @@ def _verified_on_arm64(target: Target, model_path: Path, session, context: _Cont
 
 
 def _random_rows(context: _Context) -> ValidationSet:
-    """Random token batches with the fp32 student's logits: rows to verify on without --data."""
-    feeds_list = random_batches(context.tokenizer, context.input_names, shapes=((8, 64),) * 8)
+    """Random batches with the fp32 student's logits: rows to verify on without --data."""
+    feeds_list = context.inputs.random_feeds(shapes=((8, 64),) * 8)
     reference = session_logits(_TorchSession(context.model), feeds_list)
-    return ValidationSet(source="random token batches (no --data given)", feeds_list=feeds_list,
+    return ValidationSet(source=f"random {context.inputs.kind} batches (no --data given)", feeds_list=feeds_list,
                          labels=np.full(len(reference), -1), reference_logits=reference)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgekd.data import TextDataset, batches, encode
+from edgekd.data import TextDataset
 from edgekd.models import model_inputs
 from edgekd.targets import Budgets
 
@@ -88,13 +88,19 @@ class Accuracy:
 def validation_set(dataset: TextDataset, *, model: torch.nn.Module, tokenizer,
                    input_names: list[str], max_length: int, source: str) -> ValidationSet:
     """Tokenise `dataset` and run the fp32 student over it once."""
-    encoded = encode(dataset, tokenizer, max_length=max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    feeds_list, logits = [], []
+    from edgekd.export.inputs import TokenInputs
+
+    return reference_set(dataset, model=model, inputs=TokenInputs(tokenizer, input_names, max_length), source=source)
+
+
+def reference_set(dataset, *, model: torch.nn.Module, inputs, source: str) -> ValidationSet:
+    """`dataset` (text or images) as the batches `inputs` make (edgekd/export/inputs.py), with
+    the fp32 student's logits over them, computed once."""
+    feeds_list, logits = inputs.feeds(dataset, batch_size=BATCH_SIZE), []
     model = model.eval().float()
     with torch.inference_mode():
-        for batch in batches(encoded, batch_size=BATCH_SIZE, pad_token_id=pad):
-            feeds_list.append({name: batch[name].numpy() for name in input_names})
+        for feeds in feeds_list:
+            batch = {name: torch.from_numpy(value) for name, value in feeds.items()}
             logits.append(model(**model_inputs(model, batch)).logits.float().numpy())
     labels = np.array([-1 if label is None else label for label in dataset.labels])
     return ValidationSet(source=source, feeds_list=feeds_list, labels=labels,
