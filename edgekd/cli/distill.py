@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from edgekd.cli.app import app, user_errors
-from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
+from edgekd.cli.options import CAUSAL_LM, IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
 from edgekd.errors import UserError, exclusive, first_process
 
 # Options only one task reads (the parameter names); every other option serves both.
@@ -29,6 +29,10 @@ TEXT_ONLY_OPTIONS = (
     "gradient_accumulation", "hidden_mse_weight", "hidden_cosine_weight", "attention_weight",
     "minilm_weight", "minilm_relation_heads", "layer_map", "compile", "teacher_cache", "trust_remote_code")
 CAUSAL_LM_ONLY_OPTIONS = ("prompt_column", "divergence", "beta", "top_k", "freeze_embeddings")
+IMAGE_ONLY_OPTIONS = ("image_column", "crop_scale", "flip", "mixup")
+NOT_FOR_IMAGES = ("text_column", "text_pair_column", "hidden_cosine_weight", "minilm_weight", "minilm_relation_heads",
+                  "max_length", "trim_vocab", "trim_vocab_min_count", "latency_budget_ms", "budget_target",
+                  "sequence_length", "student_init", "gradient_accumulation")
 
 
 @app.command()
@@ -36,7 +40,8 @@ CAUSAL_LM_ONLY_OPTIONS = ("prompt_column", "divergence", "beta", "top_k", "freez
 def distill(
     ctx: typer.Context,
     task: Optional[str] = typer.Option(
-        None, help="text-classification or causal-lm (default: read from the teacher's config.json)."),
+        None, help="text-classification, causal-lm or image-classification (default: read from the teacher's "
+                   "config.json)."),
     teacher: Optional[str] = typer.Option(
         None, help="Teacher folder or hub id: a sequence classifier or a causal LM (also a .gguf file)."),
     data: Optional[Path] = typer.Option(
@@ -85,6 +90,17 @@ def distill(
         0.1, help="Share of --data held out for validation when --validation-data is absent.",
         rich_help_panel=TEXT_CLASSIFICATION),
     text_column: str = typer.Option("text", help="Column with the input text."),
+    image_column: Optional[str] = typer.Option(
+        None, help="Column of a --data table with image paths (relative to the table) or bytes (default: image, "
+                   "img, path, ...); a folder of class folders (root/<label>/*.png) needs none.",
+        rich_help_panel=IMAGE_CLASSIFICATION),
+    crop_scale: float = typer.Option(
+        0.0, help="Random-resized crop keeping at least this share of each picture (0: off); teacher and "
+                  "student see the same view, so the teacher runs every step.", rich_help_panel=IMAGE_CLASSIFICATION),
+    flip: bool = typer.Option(False, help="Random horizontal flips (the same for teacher and student).",
+                              rich_help_panel=IMAGE_CLASSIFICATION),
+    mixup: float = typer.Option(0.0, help="Mixup of picture pairs, Beta(a, a) with this a (0: off).",
+                                rich_help_panel=IMAGE_CLASSIFICATION),
     label_column: str = typer.Option(
         "label", help="Column with labels (names or indices); empty rows learn from soft labels.",
         rich_help_panel=TEXT_CLASSIFICATION),
@@ -184,14 +200,17 @@ def distill(
         options.update(overrides)
         given |= set(overrides)
     task = resolve(options.pop("task"), options["teacher"], hub=True)
-    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
+    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS,
+                       image_only=IMAGE_ONLY_OPTIONS, not_for_images=NOT_FOR_IMAGES)
     _require(options)
     # one writer per --out, from the first moment: a second run fails at once, not after training
     with exclusive(Path(options["out"])) if first_process() else contextlib.nullcontext():
         if task == "causal-lm":
             run_causal_lm(options, given=given)
+        elif task == "image-classification":
+            run_images(options, given=given)
         else:
-            for name in CAUSAL_LM_ONLY_OPTIONS:
+            for name in (*CAUSAL_LM_ONLY_OPTIONS, *IMAGE_ONLY_OPTIONS):
                 options.pop(name)
             run(**options, given=given)
 
@@ -251,6 +270,56 @@ def run_causal_lm(options: dict, *, given: set[str]) -> None:
                f"{f', {result.cache_bytes_per_token:.0f} B/token' if result.cache_bytes_per_token else ''})")
     poor = poor_student(student_model, teacher_model, examples, vocabulary=vocabulary)
     _fail_if_poor(poor, folder=result.student_dir, allow=options["allow_poor_student"])
+
+
+def run_images(options: dict, *, given: set[str]) -> None:
+    """An image classifier: an ImageDistillConfig, images read with the teacher's labels, the
+    student made from the teacher (or given), the image stage (edgekd/vision/train.py)."""
+    from dataclasses import fields
+
+    from edgekd.metrics import near_chance
+    from edgekd.vision.data import load_images, split as split_rows
+    from edgekd.vision.models import load_image_classifier, make_image_student
+    from edgekd.vision.train import ImageDistillConfig, distill_images
+
+    names = {f.name for f in fields(ImageDistillConfig)}
+    config = ImageDistillConfig(**{name: options[name] for name in names if name in options})
+    out = Path(options["out"])
+    check_writable(out, overwrite=options["overwrite"] or options["resume"])
+    teacher_model, processor = load_image_classifier(options["teacher"], trust_remote_code=options["trust_remote_code"])
+    if config.lr == 1e-4 and "lr" not in given and options["student_config"]:
+        typer.echo(f"student: random weights, so --lr {RANDOM_INIT_LR:g} (pass --lr to choose another)")
+        from dataclasses import replace
+
+        config = replace(config, lr=RANDOM_INIT_LR)
+    label2id = label2id_of(teacher_model)
+    read = dict(label2id=label2id, image_column=options["image_column"], label_column=options["label_column"] or None,
+                show_progress=not options["quiet"])
+    train = load_images(options["data"], split=options["split"], default_split="train", **read)
+    if options["validation_data"] is not None:
+        validation = load_images(options["validation_data"], split=options["validation_split"],
+                                 default_split="validation", **read)
+    elif config.validation_fraction > 0 and len(train) >= 20:
+        validation, train = split_rows(train, fractions=[config.validation_fraction, 1.0], seed=config.seed)
+    else:
+        validation = None
+    student_model, student_processor = make_image_student(
+        teacher_model, processor, layers=options["student_layers"], config_spec=options["student_config"],
+        model=options["student"], seed=config.seed, trust_remote_code=options["trust_remote_code"])
+    result = distill_images(teacher=teacher_model, teacher_processor=processor, student=student_model,
+                            processor=student_processor, train=train, validation=validation, config=config, out=out,
+                            overwrite=options["overwrite"], show_progress=not options["quiet"],
+                            resume=options["resume"], cache_dir=options["cache_dir"], log=typer.echo)
+    if result.student_dir is None:
+        return
+    summary = "  ".join(f"{k} {v:.4f}" for k, v in result.validation.items())
+    typer.echo(f"student written to {result.student_dir} (best epoch {result.best_epoch}"
+               f"{'; validation ' + summary if summary else ''}; {result.steps} steps, "
+               f"{result.samples_per_second:.1f} images/s; {result.seconds:.0f}s)")
+    poor = validation is not None and near_chance(result.validation.get("accuracy", float("nan")),
+                                                  teacher_accuracy=result.teacher_validation.get("accuracy"),
+                                                  labels=validation.labels)
+    _fail_if_poor(poor or None, folder=result.student_dir, allow=options["allow_poor_student"])
 
 
 def _fail_if_poor(poor: str | None, *, folder: Path, allow: bool) -> None:

@@ -22,6 +22,7 @@ from edgekd.errors import UserError, exclusive
 TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter", "verify",
                      "with_tokenizer")
 CAUSAL_LM_ONLY_OPTIONS = ("max_perplexity_ratio",)
+NOT_FOR_IMAGES = ("text_column", "text_pair_column", "max_length", "exporter", "verify", "with_tokenizer")
 CAUSAL_LM_DEFAULT_TARGETS = ["onnx-fp32", "onnx-int8", "onnx-int4"]
 
 
@@ -32,7 +33,8 @@ def export(
     student: Path = typer.Argument(
         ..., help="Student folder written by edgekd distill (or any save_pretrained folder)."),
     task: Optional[str] = typer.Option(
-        None, help="text-classification or causal-lm (default: read from the student's config.json)."),
+        None, help="text-classification, causal-lm or image-classification (default: read from the student's "
+                   "config.json)."),
     target: List[str] = typer.Option(
         ["onnx-int8"], help="Target name from `edgekd targets` or a YAML file; repeatable (causal LMs "
                             "default to onnx-fp32, onnx-int8 and onnx-int4)."),
@@ -46,6 +48,9 @@ def export(
         None, help="Training samples for static int8 calibration (default: --data).",
         rich_help_panel=TEXT_CLASSIFICATION),
     text_column: str = typer.Option("text", help="Column with the input text."),
+    image_column: Optional[str] = typer.Option(
+        None, help="Image classifiers: the column of a --data table holding image paths or bytes (default: "
+                   "image, img, path, ...); a folder of class folders needs none."),
     label_column: str = typer.Option("label", help="Column with labels; empty: agreement only.",
                                      rich_help_panel=TEXT_CLASSIFICATION),
     text_pair_column: Optional[str] = typer.Option(
@@ -85,6 +90,8 @@ def export(
         edgekd export runs/student --target phone-arm64 --data val.csv --verify arm64 --out runs/export
 
         edgekd export runs/lm --target onnx-int8 --data held-out.txt --out runs/lm-export
+
+        edgekd export runs/image-student --target onnx-int8 --target ort-mobile --data photos/val --out runs/img
     """
     from edgekd.export.artifact import check_request
     from edgekd.targets import load_targets_for
@@ -92,12 +99,13 @@ def export(
 
     given = given_options(ctx)
     task = resolve(task, student)
-    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
+    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS,
+                       image_only=("image_column",), not_for_images=NOT_FOR_IMAGES)
     names = list(target) if "target" in given or task != "causal-lm" else CAUSAL_LM_DEFAULT_TARGETS
     targets = load_targets_for(names, task)
     if not 2 <= max_length <= 8192:
         raise UserError(f"--max-length {max_length} is out of range; choose 2 to 8192")
-    check_request(student, targets, out, overwrite=overwrite)
+    check_request(student, targets, out, overwrite=overwrite, task=task)
     from edgekd.export.verify import check_choices
 
     check_choices(verify)
@@ -107,12 +115,13 @@ def export(
         _export(student, task=task, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
                 calibration_data=calibration_data, text_column=text_column, label_column=label_column,
                 text_pair_column=text_pair_column, max_length=max_length, given=given, exporter=exporter,
-                max_perplexity_ratio=max_perplexity_ratio, verify=tuple(verify), with_tokenizer=with_tokenizer)
+                max_perplexity_ratio=max_perplexity_ratio, verify=tuple(verify), with_tokenizer=with_tokenizer,
+                image_column=image_column)
 
 
 def _export(student: Path, *, task: str, targets, out: Path, overwrite: bool, data, split, calibration_data,
             text_column: str, label_column: str, text_pair_column, max_length: int, given: set[str], exporter,
-            max_perplexity_ratio, verify: tuple[str, ...], with_tokenizer: bool) -> None:
+            max_perplexity_ratio, verify: tuple[str, ...], with_tokenizer: bool, image_column=None) -> None:
     if task == "causal-lm":
         _export_causal_lm(student, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
                           text_column=text_column, max_length=max_length if "max_length" in given else 512,
@@ -123,14 +132,18 @@ def _export(student: Path, *, task: str, targets, out: Path, overwrite: bool, da
 
     if exporter is not None and exporter not in EXPORTERS:
         raise UserError(f"--exporter '{exporter}' is not one of {', '.join(EXPORTERS)}")
-    validation = _dataset(data, student, text_column, label_column, text_pair_column, split=split)
-    calibration = _dataset(calibration_data, student, text_column, None, text_pair_column, split="train")
+    if task == "image-classification":
+        validation = _images(data, student, image_column, label_column, split=split, default_split="validation")
+        calibration = _images(calibration_data, student, image_column, None, split=None, default_split="train")
+    else:
+        validation = _dataset(data, student, text_column, label_column, text_pair_column, split=split)
+        calibration = _dataset(calibration_data, student, text_column, None, text_pair_column, split="train")
     artifacts = run_export(
         student, targets=targets, out=out, overwrite=overwrite, exporter=exporter,
         validation=validation, validation_source=str(data) if data else "validation data",
         calibration=calibration,
         calibration_source=str(calibration_data) if calibration_data else "calibration data",
-        max_length=max_length, verify=verify, with_tokenizer=with_tokenizer)
+        max_length=max_length, verify=verify, with_tokenizer=with_tokenizer, task=task)
     _print_summary(artifacts, out, checked_accuracy=validation is not None)
 
 
@@ -150,6 +163,19 @@ def _export_causal_lm(student: Path, *, targets, out: Path, overwrite: bool, dat
         typer.echo(f"{artifact.target:<12} {artifact.folder / artifact.model_file}  "
                    f"{artifact.size_bytes / 2**20:.1f} MB  greedy tokens equal to PyTorch: "
                    f"{artifact.greedy_agreement:.0%}{gate}{kept}")
+
+
+def _images(path: Optional[Path], student: Path, image_column: Optional[str], label_column: Optional[str], *,
+            split: Optional[str], default_split: str):
+    """Images (edgekd/vision/data.py) read with the student's label names, or None when no data was given."""
+    if path is None:
+        return None
+    from edgekd.vision.data import load_images
+
+    config = json.loads((Path(student) / "config.json").read_text())
+    label2id = {str(name): int(index) for index, name in (config.get("id2label") or {}).items()}
+    return load_images(path, label2id=label2id, image_column=image_column, label_column=label_column or None,
+                       split=split, default_split=default_split, show_progress=True)
 
 
 def _dataset(path: Optional[Path], student: Path, text_column: str, label_column: Optional[str],

@@ -11,6 +11,7 @@ from edgekd.errors import UserError
 
 TEXT_CLASSIFICATION = "Text classification only"
 CAUSAL_LM = "Causal LM only"
+IMAGE_CLASSIFICATION = "Image classification only"
 
 
 def given_options(ctx: typer.Context) -> set[str]:
@@ -27,9 +28,17 @@ def refuse_options(given: Iterable[str], names: Iterable[str], *, owner: str) ->
 
 
 def refuse_other_tasks(given: Iterable[str], task: str, *, text_only: Iterable[str],
-                       causal_lm_only: Iterable[str]) -> None:
-    """Refuse, by name, an option of the task that `task` is not."""
+                       causal_lm_only: Iterable[str], image_only: Iterable[str] = (),
+                       not_for_images: Iterable[str] = ()) -> None:
+    """Refuse, by name, an option of the task that `task` is not. `text_only` options serve
+    text (and image) classifiers, but for `not_for_images`, which serve text classifiers alone."""
+    given = set(given)
     if task == "causal-lm":
         refuse_options(given, text_only, owner="text-classification")
+        refuse_options(given, image_only, owner="image-classification")
+    elif task == "image-classification":
+        refuse_options(given, causal_lm_only, owner="causal-lm")
+        refuse_options(given, not_for_images, owner="text-classification")
     else:
         refuse_options(given, causal_lm_only, owner="causal-lm")
+        refuse_options(given, image_only, owner="image-classification")

@@ -227,7 +227,8 @@ def processor_for(student: nn.Module, processor):
         return processor
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     resized = copy.deepcopy(processor)
-    if isinstance(getattr(resized, "size", None), dict) and "height" in resized.size:
+    current = getattr(resized, "size", None)
+    if getattr(current, "height", None) is not None or (isinstance(current, dict) and "height" in current):
         resized.size = {"height": height, "width": width}
     else:
         resized.size = {"shortest_edge": min(height, width)}
