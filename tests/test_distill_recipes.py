@@ -8,7 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 from edgekd.cli import app
-from edgekd.cli.distill import CAUSAL_LM_ONLY_OPTIONS, TEXT_ONLY_OPTIONS, recipe_values, run
+from edgekd.cli.distill import CAUSAL_LM_ONLY_OPTIONS, IMAGE_ONLY_OPTIONS, TEXT_ONLY_OPTIONS, recipe_values, run
 from edgekd.config import DistillConfig
 from edgekd.errors import UserError
 from edgekd.config import LMDistillConfig
@@ -46,10 +46,10 @@ def _options(command_name: str) -> set[str]:
 def test_every_config_field_is_a_cli_option_and_back():
     # run() passes everything it does not use itself straight into DistillConfig, so the
     # two lists must match exactly: a new field without an option (or the reverse) fails here.
-    # --task and the causal-LM options are taken off before run() is called.
+    # --task and the causal-LM and image options are taken off before run() is called.
     import inspect
 
-    options = _options("distill") - {"task", *CAUSAL_LM_ONLY_OPTIONS}
+    options = _options("distill") - {"task", *CAUSAL_LM_ONLY_OPTIONS, *IMAGE_ONLY_OPTIONS}
     used_by_run = {name for name, p in inspect.signature(run).parameters.items() if p.kind is p.KEYWORD_ONLY}
     config_fields = set(DistillConfig.__dataclass_fields__)
     assert options - used_by_run == config_fields - {"max_length", "seed", "validation_fraction"}

@@ -86,7 +86,7 @@ def test_causal_lm_options_and_teachers_are_refused_for_classification(lm, teach
     assert_clean_error(result, "holds a causal-lm model, not a text-classification one; pass --task causal-lm")
     result = run("distill", "--task", "seq2seq", "--teacher", teacher_dir, "--data", train_file,
                  "--out", tmp_path / "s")
-    assert_clean_error(result, "--task must be one of text-classification, causal-lm, got 'seq2seq'")
+    assert_clean_error(result, "--task must be one of text-classification, causal-lm, image-classification, got 'seq2seq'")
 
 
 def test_export_and_bench_find_a_causal_lm_in_config_json(lm, tmp_path):
@@ -158,7 +158,9 @@ def test_export_names_the_targets_that_fit(lm, student_dir, tmp_path):
 def test_targets_lists_every_target_by_task():
     result = run("targets")
     assert result.exit_code == 0, result.output
-    text, causal_lm = result.output.split("causal-lm:")
+    text, rest = result.output.split("causal-lm:")
+    causal_lm, images = rest.split("image-classification:")
+    assert "onnx-int8" in images and "executorch-int8" in images and "onnx-int4" not in images
     assert "onnx-fp16" in text and "executorch" in text and "onnx-int4" in text
     assert "onnx-int8" in causal_lm and "onnx-int4" in causal_lm and "ort-mobile" in causal_lm
     assert "onnx-fp16" not in causal_lm and "executorch" not in causal_lm

@@ -54,7 +54,7 @@ def test_static_int8_target_calibrates_on_matmul_and_gemm_only():
     ("description: x\nformat: onnx\nprecision: fp32\nruntime:\n  threads: 0\n", "threads must be 1 to 256"),
     ("description: x\nformat: onnx\nprecision: int8-static\nquantization:\n  calibration_method: kl\n",
      "calibration_method must be one of"),
-    ("description: x\nformat: pte\nprecision: int8-static\n", "format pte supports precisions"),
+    ("description: x\nformat: pte\nprecision: int4\n", "format pte supports precisions"),
     ("base: tpu-9000\ndescription: x\n", "unknown target 'tpu-9000'"),
 ])
 def test_bad_target_files_name_the_file_and_the_problem(tmp_path, text, message):
