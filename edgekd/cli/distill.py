@@ -277,8 +277,8 @@ def run_images(options: dict, *, given: set[str]) -> None:
     student made from the teacher (or given), the image stage (edgekd/vision/train.py)."""
     from dataclasses import fields
 
-    from edgekd.metrics import near_chance
-    from edgekd.vision.data import load_images, split as split_rows
+    from edgekd.data import split as split_rows
+    from edgekd.vision.data import load_images
     from edgekd.vision.models import load_image_classifier, make_image_student
     from edgekd.vision.train import ImageDistillConfig, distill_images
 
@@ -312,14 +312,7 @@ def run_images(options: dict, *, given: set[str]) -> None:
                             resume=options["resume"], cache_dir=options["cache_dir"], log=typer.echo)
     if result.student_dir is None:
         return
-    summary = "  ".join(f"{k} {v:.4f}" for k, v in result.validation.items())
-    typer.echo(f"student written to {result.student_dir} (best epoch {result.best_epoch}"
-               f"{'; validation ' + summary if summary else ''}; {result.steps} steps, "
-               f"{result.samples_per_second:.1f} images/s; {result.seconds:.0f}s)")
-    poor = validation is not None and near_chance(result.validation.get("accuracy", float("nan")),
-                                                  teacher_accuracy=result.teacher_validation.get("accuracy"),
-                                                  labels=validation.labels)
-    _fail_if_poor(poor or None, folder=result.student_dir, allow=options["allow_poor_student"])
+    _report_classifier(result, validation, unit="images", allow_poor_student=options["allow_poor_student"])
 
 
 def _fail_if_poor(poor: str | None, *, folder: Path, allow: bool) -> None:
@@ -395,7 +388,6 @@ def run(*, teacher, data, split, out, recipe, student_layers, student_config, st
     from edgekd.config import DistillConfig
     from edgekd.data import Columns, load_file, sample_batches, split as split_rows
     from edgekd.distill.train import distill as run_distill
-    from edgekd.metrics import near_chance
     from edgekd.models import load_classifier, make_student
     from edgekd.vocab import describe
 
@@ -437,10 +429,17 @@ def run(*, teacher, data, split, out, recipe, student_layers, student_config, st
         return
     if result.vocabulary:
         typer.echo(f"student: {describe(result.vocabulary)}")
+    _report_classifier(result, validation, unit="samples", allow_poor_student=allow_poor_student)
+
+
+def _report_classifier(result, validation, *, unit: str, allow_poor_student: bool) -> None:
+    """A classifier run's last line (text or images), and exit code 2 for a student no better than guessing."""
+    from edgekd.metrics import near_chance
+
     summary = "  ".join(f"{k} {v:.4f}" for k, v in result.validation.items())
     typer.echo(f"student written to {result.student_dir} (best epoch {result.best_epoch}"
                f"{'; validation ' + summary if summary else ''}; {result.steps} steps, "
-               f"{result.samples_per_second:.1f} samples/s; {result.seconds:.0f}s)")
+               f"{result.samples_per_second:.1f} {unit}/s; {result.seconds:.0f}s)")
     poor = validation is not None and near_chance(result.validation.get("accuracy", float("nan")),
                                                   teacher_accuracy=result.teacher_validation.get("accuracy"),
                                                   labels=validation.labels)

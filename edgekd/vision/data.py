@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgekd.data import DATA_FORMATS, read_rows
+from edgekd.data import read_rows
 from edgekd.errors import UserError
 from edgekd.progress import progress_bar
 
@@ -204,18 +204,6 @@ def check_readable(dataset: ImageDataset, *, show_progress: bool) -> None:
             advance(1)
 
 
-def split(dataset: ImageDataset, *, fractions: Sequence[float], seed: int) -> list[ImageDataset]:
-    """Disjoint random parts (fractions of the rows, the last takes the rest)."""
-    order = list(range(len(dataset)))
-    random.Random(seed).shuffle(order)
-    parts, start = [], 0
-    for k, fraction in enumerate(fractions):
-        end = len(order) if k == len(fractions) - 1 else start + int(round(fraction * len(order)))
-        parts.append(dataset.subset(sorted(order[start:end])))
-        start = end
-    return parts
-
-
 # ---------------------------------------------------------------------------- pixels
 
 @dataclass(frozen=True)
@@ -286,8 +274,3 @@ def input_size(processor, model) -> tuple[int, int]:
     probe = Image.new("L" if num_channels(model) == 1 else "RGB", (97, 61))
     shape = pixels(processor, [probe], channels=num_channels(model)).shape
     return int(shape[-2]), int(shape[-1])
-
-
-def no_data_error(source) -> UserError:
-    return UserError(f"cannot read images from {source}; pass a folder of class folders, a {DATA_FORMATS} "
-                     "with an image column")
