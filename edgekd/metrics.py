@@ -32,6 +32,15 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray, *, num_labels: int) ->
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, *, k: int) -> float:
+    """Share of labelled rows whose label is among the k highest logits (ties broken by index)."""
+    labelled = labels >= 0
+    if not labelled.any():
+        return float("nan")
+    top = np.argsort(-logits[labelled], axis=-1, kind="stable")[:, :k]
+    return float((top == labels[labelled][:, None]).any(axis=-1).mean())
+
+
 def agreement(predictions: np.ndarray, reference: np.ndarray) -> float:
     """Share of rows where two models predict the same class."""
     return float((predictions == reference).mean())
@@ -64,11 +73,17 @@ def torch_logits(model: torch.nn.Module, encoded: Encoded, *, pad_token_id: int,
     return torch.cat(outputs).numpy()
 
 
+TOP_K = 5
+
+
 def quality(logits: np.ndarray, labels: np.ndarray, *, teacher_logits: np.ndarray | None) -> dict:
-    """Accuracy, macro-F1 and, given the teacher's logits, agreement and mean KL to it."""
+    """Accuracy, macro-F1, top-5 accuracy (with more than 5 classes) and, given the teacher's
+    logits, agreement and mean KL to it."""
     predictions = logits.argmax(-1)
     result = {"accuracy": accuracy(predictions, labels),
               "macro_f1": macro_f1(predictions, labels, num_labels=logits.shape[-1])}
+    if logits.shape[-1] > TOP_K:  # with TOP_K classes or fewer every label is in the top TOP_K
+        result[f"top{TOP_K}_accuracy"] = top_k_accuracy(logits, labels, k=TOP_K)
     if teacher_logits is not None:
         result["agreement"] = agreement(predictions, teacher_logits.argmax(-1))
         result["kl_to_teacher"] = mean_kl(logits, teacher_logits)

@@ -244,3 +244,75 @@ def test_executorch_int8_for_images_is_static_and_takes_any_batch(tmp_path):
     session = ExecutorchSession(artifact.model_file, ["pixel_values"], max_batch=manifest["delegation"]["max_batch"])
     (logits,) = session.run(["logits"], {"pixel_values": np.random.default_rng(0).standard_normal((40, 3, 32, 32)).astype(np.float32)})
     assert logits.shape == (40, 3)
+
+
+# ---------------------------------------------------------------------------- bench
+
+def test_top5_accuracy_by_hand():
+    from edgekd.metrics import quality, top_k_accuracy
+
+    logits = np.array([[6, 5, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0, 9.0]])
+    labels = np.array([4, 0, 3])  # rank 5 (in), rank 7 (out), tied zeros: stable order puts index 3 in the top 5
+    assert top_k_accuracy(logits, labels, k=5) == pytest.approx(2 / 3)
+    assert quality(logits, labels, teacher_logits=None)["top5_accuracy"] == pytest.approx(2 / 3)
+    assert "top5_accuracy" not in quality(logits[:, :5], np.array([4, 0, 3]), teacher_logits=None)
+
+
+def test_bench_images_each_model_at_its_own_size_with_gates(tmp_path):
+    from edgekd.bench.gates import GateLimits
+    from edgekd.bench.report import markdown
+    from edgekd.bench.stage import bench
+    from edgekd.export.stage import export
+
+    teacher = save(tiny("vit"), tmp_path / "teacher")  # 32 x 32 pixels
+    tiny("resnet").save_pretrained(tmp_path / "student")
+    processor(24).save_pretrained(tmp_path / "student")  # the student looks at 24 x 24
+    export(tmp_path / "student", targets=load_targets_for(["onnx-fp32", "onnx-int8", "executorch-int8"],
+                                                          "image-classification"),
+           out=tmp_path / "out", validation=pictures(), task="image-classification")
+    report = bench(teacher=teacher, student=tmp_path / "student", artifacts=tmp_path / "out", data=pictures(),
+                   repeats=3, warmup=1, throughput_batch_size=20, measure_memory=False, show_progress=False,
+                   cache_folder=tmp_path / "cache", gates=GateLimits(max_size_mb=0.05))
+    rows = {row["name"]: row for row in report["rows"]}
+    assert report["task"] == "image-classification"
+    assert set(rows) == {"teacher", "student", "student/onnx-fp32", "student/onnx-int8", "student/executorch-int8"}
+    assert rows["teacher"]["input_size"] == {"channels": 3, "height": 32, "width": 32}
+    assert all(rows[name]["input_size"]["height"] == 24 for name in rows if name != "teacher")
+    # fp32 ONNX predicts as the PyTorch student does; 3 classes: no top-5
+    assert rows["student/onnx-fp32"]["quality"]["accuracy"] == rows["student"]["quality"]["accuracy"]
+    assert rows["student/onnx-fp32"]["quality"]["kl_to_teacher"] == pytest.approx(
+        rows["student"]["quality"]["kl_to_teacher"], abs=1e-4)
+    assert "top5_accuracy" not in rows["student"]["quality"]
+    # throughput at batch 20 runs through the .pte in parts of its largest batch
+    assert rows["student/executorch-int8"]["throughput"]["examples_per_s"] > 0
+    # convolutions are counted: the ONNX graph's operations equal PyTorch's
+    assert rows["student/onnx-fp32"]["efficiency"]["operations"] == rows["student"]["efficiency"]["operations"] > 0
+    assert rows["student/onnx-int8"]["efficiency"]["int8_operations"] > 0
+    size_gates = {g["artifact"]: g for g in report["gates"] if g["gate"] == "size_mb"}
+    assert set(size_gates) == {"student/onnx-fp32", "student/onnx-int8", "student/executorch-int8"}
+    assert size_gates["student/onnx-fp32"]["passed"] is (rows["student/onnx-fp32"]["size_bytes"] <= 50_000)
+    assert "3x24x24" in markdown(report) and "top-5 %" in markdown(report)
+
+
+def test_bench_images_from_the_command_line(tmp_path):
+    from edgekd.export.stage import export
+
+    photos = write_folder(tmp_path / "photos", per_class=4)
+    teacher = save(tiny("resnet"), tmp_path / "teacher")
+    student = save(tiny("mobilenet"), tmp_path / "student")
+    export(student, targets=load_targets_for(["onnx-int8"], "image-classification"), out=tmp_path / "out",
+           validation=pictures(), task="image-classification")
+    common = ["bench", "--teacher", str(teacher), "--student", str(student), "--data", str(photos), "--quiet",
+              "--repeats", "3", "--throughput-batch", "0", "--no-memory"]
+    refused = CliRunner().invoke(app, common + ["--sequence-length", "64"])
+    assert refused.exit_code != 0 and "--sequence-length is an option of --task text-classification" in refused.output
+    result = CliRunner().invoke(app, common + ["--artifacts", str(tmp_path / "out"), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["data"]["rows"] == 12 and report["task"] == "image-classification"
+    assert (tmp_path / "report" / "report.png").is_file()
+    assert "WARNING" not in result.output  # onnxruntime's root-logger advice stays off the terminal
+    (tmp_path / "out" / "onnx-int8" / "preprocessor_config.json").unlink()
+    broken = CliRunner().invoke(app, common + ["--artifacts", str(tmp_path / "out"), "--out", str(tmp_path / "r2")])
+    assert broken.exit_code == 1 and "student/onnx-int8 has no preprocessor_config.json" in broken.output
+    assert not (tmp_path / "r2" / "report.json").exists()

@@ -140,15 +140,14 @@ def _child(spec_path: Path) -> dict:
 def _pytorch(spec: dict, feeds: dict):
     import torch
     import transformers
-    from transformers.models.auto import modeling_auto
 
     torch.set_num_threads(spec["threads"])
+    from edgekd.tasks import TASKS, task_of_config
+
     config = transformers.AutoConfig.from_pretrained(spec["source"])
-    causal_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
-    auto, mapping = (("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING") if causal_lm else
-                     ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING"))
+    auto = TASKS[task_of_config(config.to_dict()) or "text-classification"].auto_class
     # Import the model's code now, so the baseline holds the whole runtime, not the weights.
-    getattr(modeling_auto, mapping)[type(config)]
+    getattr(transformers, auto)._model_mapping[type(config)]
 
     def load():
         model = getattr(transformers, auto).from_pretrained(spec["source"], attn_implementation="eager").eval()

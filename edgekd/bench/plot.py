@@ -65,7 +65,9 @@ def _accuracy_panel(axis, rows: list[dict], report: dict, colours: dict) -> None
     axis.set_xscale("log")
     for axis_format in (axis.xaxis.set_major_formatter, axis.xaxis.set_minor_formatter):
         axis_format(ScalarFormatter())  # plain milliseconds, not 2x10^0
-    axis.set_xlabel(f"latency p50 (ms, log scale), batch 1, {settings['sequence_length']} tokens")
+    inputs = (f"{settings['sequence_length']} tokens" if settings.get("sequence_length")
+              else "each model's input size")
+    axis.set_xlabel(f"latency p50 (ms, log scale), batch 1, {inputs}")
     axis.set_ylabel("accuracy (%)")
     axis.set_title("accuracy vs latency (up and left is better)")
     axis.grid(True, which="both", alpha=0.3)

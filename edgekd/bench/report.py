@@ -49,7 +49,11 @@ LM_SPEED_COLUMNS = SPEED_COLUMNS[:2] + [("ms/token", "p50_ms", "{:.2f}"),
                                         ("prefill t/s", "prefill_tokens_per_second", "{:.1f}"),
                                         ("decode t/s", "decode_tokens_per_second", "{:.1f}"),
                                         *SPEED_COLUMNS[7:9]]
-COLUMNS_BY_TASK = {"text-classification": (COLUMNS, SPEED_COLUMNS), "causal-lm": (LM_COLUMNS, LM_SPEED_COLUMNS)}
+# An image classifier's tables: top-5 beside accuracy, each model's input size beside its speed.
+IMAGE_COLUMNS = COLUMNS[:3] + [("top-5 %", "top5_accuracy", "{:.2f}")] + COLUMNS[3:]
+IMAGE_SPEED_COLUMNS = SPEED_COLUMNS[:1] + [("input", "input_size", "{}")] + SPEED_COLUMNS[1:]
+COLUMNS_BY_TASK = {"text-classification": (COLUMNS, SPEED_COLUMNS), "causal-lm": (LM_COLUMNS, LM_SPEED_COLUMNS),
+                   "image-classification": (IMAGE_COLUMNS, IMAGE_SPEED_COLUMNS)}
 NAN = float("nan")
 
 
@@ -79,6 +83,7 @@ def flatten(row: dict) -> dict:
     return {
         "name": row["name"], "runtime": row["runtime"], "threads": row.get("threads", "-"),
         "accuracy": 100 * quality.get("accuracy", NAN), "macro_f1": 100 * quality.get("macro_f1", NAN),
+        "top5_accuracy": 100 * quality.get("top5_accuracy", NAN), "input_size": _input_size(row),
         "perplexity": quality.get("perplexity", NAN), "perplexity_ratio": row.get("perplexity_ratio", NAN),
         "perplexity_ratio_vs_teacher": row.get("perplexity_ratio_vs_teacher", NAN),
         "top1_agreement": 100 * quality.get("top1_agreement", NAN),
@@ -99,6 +104,11 @@ def flatten(row: dict) -> dict:
     }
 
 
+def _input_size(row: dict) -> str | None:
+    size = row.get("input_size")
+    return None if not size else f"{size['channels']}x{size['height']}x{size['width']}"
+
+
 def table_rows(report: dict, columns=COLUMNS) -> list[list[str]]:
     return [[_format(fmt, flatten(row)[key]) for _, key, fmt in columns] for row in report["rows"]]
 
@@ -116,6 +126,10 @@ def _titles(report: dict) -> tuple[str, str]:
                 f"({report['data']['tokens']} predicted tokens, max {settings['max_length']} per text)",
                 f"greedy decoding at batch 1 and 1 thread: a {settings['prompt_tokens']}-token prompt, then "
                 f"{settings['new_tokens']} tokens; medians of {settings['rounds']} interleaved rounds")
+    if _task(report) == "image-classification":
+        return (f"edgekd bench: quality and size, {report['data']['rows']} images",
+                f"latency at batch 1, each model at its own input size, {settings['repeats']} interleaved "
+                f"repeats; throughput at batch {settings.get('throughput_batch_size', '-')}")
     quality = (f"edgekd bench: quality and size, {report['data']['rows']} examples "
                f"(max {settings['max_length']} tokens)")
     speed = (f"latency at batch 1, {settings['sequence_length']} tokens, "
@@ -129,12 +143,16 @@ QUALITY_CAPTION = ("ort: onnxruntime; acc: accuracy on the labels; agree: same p
 SAME_TARGET_CAPTION = ("vs teacher/target: over the teacher exported to the same target (--teacher-artifacts), "
                        "in the same run; the student in PyTorch against the teacher in PyTorch")
 SPEED_CAPTION = ("speedup: teacher p50 / model p50; " + SAME_TARGET_CAPTION + "; IQR %: spread relative to p50; "
-                 "GOP/inf: matrix-multiply operations per inference; % peak: of the machine's measured matmul peak")
+                 "GOP/inf: matrix-multiply and convolution operations per inference; % peak: of the machine's measured matmul peak")
 LM_QUALITY_CAPTION = ("ppl: perplexity of the held-out text; x ref: over the model it was made from (the student "
                       "for its exports, the teacher for the student); top-1 agree: same next token as the teacher")
 LM_SPEED_CAPTION = ("ms/token: decode time per generated token (1000 / decode t/s); speedup: decode t/s over the "
                     "teacher's; " + SAME_TARGET_CAPTION)
+IMAGE_QUALITY_CAPTION = QUALITY_CAPTION.replace("acc: accuracy on the labels;", "acc: top-1 accuracy on the labels; "
+                                                "top-5: label among the 5 highest scores (more than 5 classes);")
+IMAGE_SPEED_CAPTION = "input: channels x height x width of the pixels the model's own image processor makes; " + SPEED_CAPTION
 CAPTIONS_BY_TASK = {"text-classification": (QUALITY_CAPTION, SPEED_CAPTION),
+                    "image-classification": (IMAGE_QUALITY_CAPTION, IMAGE_SPEED_CAPTION),
                     "causal-lm": (LM_QUALITY_CAPTION, LM_SPEED_CAPTION)}
 
 
@@ -227,7 +245,7 @@ def write_report(report: dict, folder: Path, *, plot: bool = True) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "report.json", json.dumps(_json_safe(report), indent=2) + "\n")
     atomic_write_text(folder / "report.md", markdown(report))
-    if plot and _task(report) == "text-classification":  # accuracy against latency
+    if plot and _task(report) != "causal-lm":  # accuracy against latency
         from edgekd.bench.plot import write_plot
 
         write_plot(report, folder / "report.png")

@@ -1,8 +1,11 @@
 """Efficiency against the machine's limit: matrix-multiply work per inference vs measured peak.
 
-Only matrix multiplies are counted (MatMul, Gemm and their int8 forms, or PyTorch's
-mm/bmm/addmm): they are nearly all the arithmetic of a transformer encoder, and the only
-work the peak below is measured for. One multiply-add counts as 2 operations.
+Only matrix multiplies and convolutions are counted (MatMul, Gemm, Conv and their int8
+forms, or PyTorch's mm/bmm/addmm/convolution): they are nearly all the arithmetic of a
+transformer encoder or a CNN, and a convolution is a matrix multiply over image patches,
+the work the peak below is measured for. One multiply-add counts as 2 operations. In a
+QDQ graph (static int8) an operator whose weights come from DequantizeLinear runs as int8:
+ONNX Runtime fuses the pair.
 
 The peak is a micro-benchmark of one large matrix multiply through onnxruntime, fp32 and
 int8 (uint8 activations x int8 weights, what dynamic quantisation runs), at the thread
@@ -31,6 +34,9 @@ MATMUL_OPERATORS = {
     "DynamicQuantizeMatMul": (0, 1, "int8"), "QLinearMatMul": (0, 3, "int8"),
     "QGemm": (0, 3, "int8"),
 }
+# Convolutions: (position of the input, position of the weights, precision); counted from the
+# weights' shape and the output's, so the output's position (0) is not listed.
+CONV_OPERATORS = {"Conv": (0, 1, "fp32"), "ConvInteger": (0, 1, "int8"), "QLinearConv": (0, 3, "int8")}
 # Shape of the peak micro-benchmark: big enough to run at full speed out of cache.
 PEAK_SHAPE = (256, 1024, 1024)  # (rows, inner, columns)
 PEAK_REPEATS = 15
@@ -63,20 +69,38 @@ def onnx_operations(model_path: Path, feeds: dict[str, np.ndarray]) -> dict[str,
 
     model = onnx.load(str(model_path))
     initializers = {t.name: list(t.dims) for t in model.graph.initializer}
-    nodes = [node for node in model.graph.node if node.op_type in MATMUL_OPERATORS]
-    wanted = [name for node in nodes for name in _operands(node)
-              if name not in initializers]
-    wanted = list(dict.fromkeys(wanted))
+    producers = {output: node for node in model.graph.node for output in node.output}
+    matmuls = [node for node in model.graph.node if node.op_type in MATMUL_OPERATORS]
+    convs = [node for node in model.graph.node if node.op_type in CONV_OPERATORS]
+    wanted = [name for node in matmuls for name in _operands(node)] + \
+             [name for node in convs for name in (node.input[CONV_OPERATORS[node.op_type][1]], node.output[0])]
+    wanted = list(dict.fromkeys(name for name in wanted if name not in initializers))
     shapes = dict(initializers)
     shapes.update(_run_for_shapes(model, wanted, feeds))
     totals = {"fp32": 0, "int8": 0}
-    for node in nodes:
+    for node in matmuls:
         a_name, b_name = _operands(node)
         attributes = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
-        totals[MATMUL_OPERATORS[node.op_type][2]] += matmul_operations(
+        totals[_precision(node, MATMUL_OPERATORS, producers)] += matmul_operations(
             shapes[a_name], shapes[b_name], transpose_a=bool(attributes.get("transA", 0)),
             transpose_b=bool(attributes.get("transB", 0)))
+    for node in convs:
+        weights = shapes[node.input[CONV_OPERATORS[node.op_type][1]]]  # (out, in / groups, *kernel)
+        totals[_precision(node, CONV_OPERATORS, producers)] += conv_operations(shapes[node.output[0]], weights)
     return totals
+
+
+def conv_operations(output_shape, weight_shape) -> int:
+    """Operations (2 per multiply-add) of a convolution: each output value sums
+    in_channels / groups x kernel products."""
+    return 2 * int(np.prod(output_shape, dtype=np.int64)) * int(np.prod(weight_shape[1:], dtype=np.int64))
+
+
+def _precision(node, operators: dict, producers: dict) -> str:
+    """The operator's own precision, or int8 where its weights come from DequantizeLinear (QDQ)."""
+    precision = operators[node.op_type][2]
+    weights = producers.get(node.input[operators[node.op_type][1]])
+    return "int8" if precision == "fp32" and weights is not None and weights.op_type == "DequantizeLinear" else precision
 
 
 def _operands(node) -> tuple[str, str]:

@@ -19,7 +19,7 @@ import torch
 
 from edgekd.data import Encoded, batches
 from edgekd.errors import UserError
-from edgekd.sessions import load_pte_method, open_session
+from edgekd.sessions import ExecutorchSession, open_session
 from edgekd.manifest import MANIFEST, origin_of, read_manifest
 from edgekd.models import model_inputs
 
@@ -34,8 +34,8 @@ class Candidate:
     runtime: str  # what runs it, as the table shows it: "ort int8-dynamic" (ort = onnxruntime)
     format: str  # pytorch | onnx | ort | pte
     source: Path  # model folder (pytorch) or model file
-    model: object  # torch.nn.Module, onnxruntime.InferenceSession or an ExecuTorch method
-    input_names: list[str]  # the token inputs the model takes, in order
+    model: object  # torch.nn.Module, onnxruntime.InferenceSession or an ExecutorchSession
+    input_names: list[str]  # the inputs the model takes (tokens or pixels), in order
     threads: int  # intra-op threads its latency is measured with
     precision: str = "fp32"
     target: str | None = None  # the export target (targets/<name>.yaml) it was built for
@@ -49,7 +49,9 @@ class Candidate:
 def torch_candidate(name: str, model: torch.nn.Module, source: Path | str, *,
                     threads: int) -> Candidate:
     names = list(model_inputs(model, {n: None for n in
-                                      ("input_ids", "attention_mask", "token_type_ids")}))
+                                      ("input_ids", "attention_mask", "token_type_ids", "pixel_values")}))
+    if "pixel_values" in names:  # an image classifier (ViT's optional attention mask is not an input of ours)
+        names = ["pixel_values"]
     return Candidate(name=name, runtime="pytorch fp32", format="pytorch", source=Path(source),
                      model=model, input_names=names, threads=threads, origin=name,
                      config_folder=Path(source) if Path(source).is_dir() else None)
@@ -162,7 +164,10 @@ def _load_pte(path: Path, manifest: dict, threads: int):
         portable_lib._unsafe_reset_threadpool(threads)
     except (ImportError, AttributeError):
         pass  # older releases: the pool keeps its default size (all cores)
-    return load_pte_method(path), list(manifest.get("inputs", {"input_ids": 0, "attention_mask": 0})), "executorch"
+    names = list(manifest.get("inputs", {"input_ids": 0, "attention_mask": 0}))
+    # a program planned for at most max_batch rows (XNNPACK's image programs) takes larger batches in parts
+    max_batch = (manifest.get("delegation") or {}).get("max_batch")
+    return ExecutorchSession(path, names, max_batch=max_batch), names, "executorch"
 
 
 LOADERS: dict[str, Callable] = {"onnx": _load_onnx, "ort": _load_ort, "pte": _load_pte}
@@ -172,23 +177,20 @@ def feeds_of(candidate: Candidate, batch: dict) -> dict[str, np.ndarray]:
     """The arrays a candidate takes from a batch, or a UserError naming what is missing."""
     missing = [name for name in candidate.input_names if name not in batch]
     if missing:
-        raise UserError(f"{candidate.name} needs inputs {missing} that the evaluation "
-                        "tokenizer does not produce; export the model with the teacher's "
-                        "tokenizer")
+        raise UserError(f"{candidate.name} needs inputs {missing} that the evaluation data does not "
+                        "produce; export the model with the teacher's tokenizer, or bench it with "
+                        "models of its own task")
     return {name: np.asarray(batch[name]) for name in candidate.input_names}
 
 
 def predict(candidate: Candidate, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """Logits for one batch of token arrays; (batch, num_labels)."""
+    """Logits for one batch of input arrays; (batch, num_labels)."""
     try:
         if candidate.format == "pytorch":
             with torch.inference_mode():
                 tensors = {name: torch.from_numpy(array) for name, array in feeds.items()}
                 return candidate.model(**tensors).logits.float().numpy()
-        if candidate.format == "pte":
-            outputs = candidate.model.execute([torch.from_numpy(feeds[n]) for n in candidate.input_names])
-            return np.asarray(outputs[0], dtype=np.float32)
-        logits = candidate.model.run(["logits"], feeds)[0]
+        logits = candidate.model.run(["logits"], feeds)[0]  # onnxruntime or ExecutorchSession
         return np.array(logits, dtype=np.float32, copy=True)  # onnxruntime may reuse the buffer
     except Exception as error:  # wrong dtype, ids beyond the vocabulary, shapes out of range...
         raise UserError(f"{candidate.name} cannot run on the evaluation data: "
@@ -234,8 +236,5 @@ def runner(candidate: Candidate, feeds: dict[str, np.ndarray]) -> Callable[[], o
             with torch.inference_mode():
                 return model(**tensors).logits
         return run_torch
-    if candidate.format == "pte":
-        inputs = [torch.from_numpy(chosen[n]) for n in candidate.input_names]
-        return lambda: candidate.model.execute(inputs)
-    session = candidate.model
+    session = candidate.model  # onnxruntime or ExecutorchSession
     return lambda: session.run(["logits"], chosen)

@@ -1,8 +1,11 @@
-"""The bench stage: teacher, student and every exported artifact on the same data.
+"""The bench stage: teacher, student and every exported artifact on the same data, for text
+and image classifiers alike (what each model is fed: edgekd/bench/feeds.py).
 
     quality     accuracy, macro-F1, agreement with the teacher, mean KL to the teacher
-    latency     p50/p90/p99 and IQR at batch 1 for each sequence length, and throughput at
-                a larger batch; warm-up excluded, every model measured interleaved
+                (images with 5 classes or more: top-5 accuracy too)
+    latency     p50/p90/p99 and IQR at batch 1 for each sequence length (images: at each
+                model's own input size), and throughput at a larger batch; warm-up
+                excluded, every model measured interleaved
     size        bytes on disk, parameters, peak resident memory (one child process each)
     efficiency  matrix-multiply operations per inference against the machine's peak
     gates       limits from the command line or the target profiles (see gates.py)
@@ -21,20 +24,18 @@ import numpy as np
 import torch
 
 from edgekd.bench import roofline
+from edgekd.bench.feeds import PixelFeeds, TextFeeds
 from edgekd.metrics import quality
 from edgekd.bench.gates import GateLimits, check_gates
 from edgekd.bench.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
 from edgekd.bench.machine import machine_info, measurement_warnings
 from edgekd.bench.memory import MemoryProbe
 from edgekd.bench.report import SCHEMA_VERSION, add_same_target_speedups
-from edgekd.bench.runtimes import (Candidate, Unavailable, artifact_candidate, logits_over, text_candidate,
-                                   text_logits,
-                                   runner, torch_candidate)
-from edgekd.data import Encoded, TextDataset, encode
+from edgekd.bench.runtimes import Candidate, Unavailable, artifact_candidate, runner, text_candidate, torch_candidate
+from edgekd.data import TextDataset
 from edgekd.errors import UserError
-from edgekd.export.artifact import TOKENIZER_FILES
 from edgekd.manifest import artifact_folders, read_manifest
-from edgekd.models import count_parameters, load_classifier
+from edgekd.models import count_parameters, load_model
 from edgekd.progress import progress_bar
 from edgekd.targets import known_targets, load_target
 
@@ -72,7 +73,7 @@ class BenchSettings:
 
 
 def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequence[Path] | None,
-          data: TextDataset, max_length: int = 128, sequence_length: int = 128,
+          data, max_length: int = 128, sequence_length: int = 128,
           threads: int | None = None, repeats: int = 50, show_progress: bool = True,
           teacher_model=None, sequence_lengths: Sequence[int] | None = None,
           warmup: int = 3, throughput_batch_size: int = 32, measure_memory: bool = True,
@@ -83,7 +84,8 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
     `artifacts` is the --out folder of edgekd export (or one artifact folder), or a list of
     them: artifacts exported from the teacher itself are named teacher/<target>, the
     baseline a user would ship without distillation.
-    `teacher_model` is an already loaded (model, tokenizer) pair of `teacher`. Gate results
+    `data` is a TextDataset (text classifiers) or an ImageDataset (image classifiers).
+    `teacher_model` is an already loaded (model, tokenizer or image processor) pair of `teacher`. Gate results
     are recorded in the report; the caller decides whether a failure stops it
     (gates.raise_for_failed_gates).
     """
@@ -94,22 +96,27 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
         roofline=measure_roofline)
     if len(data) == 0:
         raise UserError("the evaluation data is empty; give at least one labelled example")
-    model, tokenizer = teacher_model if teacher_model is not None else load_classifier(teacher, role="teacher")
+    task = "text-classification" if isinstance(data, TextDataset) else "image-classification"
+    model, preprocessor = (teacher_model if teacher_model is not None
+                           else load_model(teacher, task=task, role="teacher"))
     _check_data_labels(data, model)
+    feeds = (TextFeeds(data, preprocessor, max_length=settings.max_length,
+                       sequence_lengths=settings.sequence_lengths)
+             if task == "text-classification" else PixelFeeds(data, preprocessor, model))
     candidates, skipped = _candidates(teacher, model, student=student, artifacts=artifacts,
-                                      threads=settings.threads)
+                                      threads=settings.threads, task=task)
     for candidate in candidates:
-        _check_candidate(candidate, teacher_model=model, tokenizer=tokenizer, settings=settings)
-    measurement = _measure(candidates, data=data, tokenizer=tokenizer, settings=settings,
+        feeds.prepare(candidate, model)
+    measurement = _measure(candidates, feeds=feeds, settings=settings,
                            show_progress=show_progress, cache_folder=cache_folder)
     rows = _rows(candidates, measurement=measurement, data=data)
     for row, candidate in zip(rows, candidates):
-        row["vocabulary"] = _vocabulary(candidate, tokenizer, data)
-    report = {"schema_version": SCHEMA_VERSION, "task": "text-classification", "rows": rows,
+        row.update(feeds.row_record(candidate))
+    report = {"schema_version": SCHEMA_VERSION, "task": task, "rows": rows,
               "machine": measurement["machine"],
               "data": {"rows": len(data), "labelled_rows": sum(l is not None for l in data.labels),
                        "labels": data.label_names},
-              "settings": _settings_record(settings, candidates),
+              "settings": {**_settings_record(settings, candidates), **feeds.settings_record()},
               "peak": measurement["peaks"], "skipped": skipped}
     report["warnings"] = _warnings(report)
     report["gates"] = check_gates(rows, gates)
@@ -119,7 +126,7 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
 # ---------------------------------------------------------------------------- what to measure
 
 def _candidates(teacher, teacher_model, *, student: Path | None, artifacts,
-                threads: int | None) -> tuple[list[Candidate], list[dict]]:
+                threads: int | None, task: str) -> tuple[list[Candidate], list[dict]]:
     """Teacher, student and artifacts to measure, and the artifacts skipped (with why)."""
     given = [] if artifacts is None else [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
     teacher_folder = Path(teacher) if Path(teacher).is_dir() else None
@@ -145,7 +152,7 @@ def _candidates(teacher, teacher_model, *, student: Path | None, artifacts,
     torch_threads = threads or max([c.threads for c in loaded], default=1)
     candidates = [torch_candidate("teacher", teacher_model, teacher, threads=torch_threads)]
     if student is not None:
-        student_model, _ = load_classifier(student, role="student")
+        student_model, _ = load_model(student, task=task, role="student")
         candidates.append(torch_candidate("student", student_model, student, threads=torch_threads))
     return candidates + loaded, skipped
 
@@ -158,7 +165,7 @@ def _target_threads(folder: Path) -> int:
 
 # ---------------------------------------------------------------------------- bad input
 
-def _check_data_labels(data: TextDataset, teacher_model) -> None:
+def _check_data_labels(data, teacher_model) -> None:
     teacher_labels = [str(teacher_model.config.id2label[i]) for i in sorted(teacher_model.config.id2label)]
     if list(data.label_names) != teacher_labels:
         unknown = sorted(set(data.label_names) - set(teacher_labels))
@@ -167,90 +174,22 @@ def _check_data_labels(data: TextDataset, teacher_model) -> None:
                         "teacher's labels (load_file(..., label2id=teacher label2id))")
 
 
-def _check_candidate(candidate: Candidate, *, teacher_model, tokenizer,
-                     settings: BenchSettings) -> None:
-    """Fail early, naming the model, when it cannot take the bench's inputs or labels."""
-    config = _config_of(candidate)
-    vocabulary = (config or {}).get("vocab_size")
-    if vocabulary and vocabulary < len(tokenizer):  # cannot take the teacher's ids: a trimmed vocabulary
-        candidate.tokenizer = _own_tokenizer(candidate, vocabulary)
-    limit = _max_positions(config) if config is not None else None
-    longest = max(settings.sequence_lengths)
-    if limit is not None and longest > limit:
-        raise UserError(f"--sequence-length {longest} is beyond the limit of {candidate.name} "
-                        f"({limit} tokens); choose {limit} or fewer")
-    if limit is not None and settings.max_length > limit:
-        raise UserError(f"--max-length {settings.max_length} is beyond the limit of "
-                        f"{candidate.name} ({limit} tokens); choose {limit} or fewer")
-    labels = (config or {}).get("id2label")
-    if labels is not None and len(labels) != teacher_model.config.num_labels:
-        raise UserError(f"{candidate.name} predicts {len(labels)} classes but the teacher "
-                        f"{teacher_model.config.num_labels}; bench models trained on the same labels")
-
-
-def _own_tokenizer(candidate: Candidate, vocabulary: int):
-    """The tokenizer beside a model whose vocabulary is not the teacher's (edgekd/vocab.py
-    trims it to the training text's tokens): its rows are tokenized with it, as an app would."""
-    from transformers import AutoTokenizer
-
-    folder = candidate.config_folder
-    if folder is None or not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise UserError(f"{candidate.name} knows {vocabulary} token ids, not the teacher's tokenizer's, and "
-                        "has no tokenizer files of its own; export it again with edgekd, or bench models that "
-                        "share the teacher's tokenizer")
-    own = AutoTokenizer.from_pretrained(folder)
-    if len(own) > vocabulary:
-        raise UserError(f"{candidate.name}'s tokenizer produces {len(own)} token ids but the model knows "
-                        f"{vocabulary}; the model and its tokenizer files do not belong together")
-    return own
-
-
-def _vocabulary(candidate: Candidate, tokenizer, data: TextDataset) -> dict | None:
-    """A trimmed model's vocabulary and the share of the bench text it tokenizes otherwise."""
-    from edgekd.vocab import coverage_record
-
-    if candidate.tokenizer is None:
-        return None
-    return coverage_record(tokenizer, candidate.tokenizer, list(data.texts) + list(data.text_pairs or []))
-
-
-def _config_of(candidate: Candidate) -> dict | None:
-    if candidate.format == "pytorch":
-        return candidate.model.config.to_dict()
-    if candidate.config_folder is None:
-        return None
-    try:
-        return json.loads((candidate.config_folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # no usable config: the run itself will report mismatches
-
-
-def _max_positions(config: dict) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        if config.get(key):
-            return int(config[key])
-    return None
-
-
 # ---------------------------------------------------------------------------- measuring
 
-def _measure(candidates: list[Candidate], *, data: TextDataset, tokenizer, settings: BenchSettings,
+def _measure(candidates: list[Candidate], *, feeds, settings: BenchSettings,
              show_progress: bool, cache_folder: Path | None) -> dict:
-    headline = settings.sequence_lengths[0]
-    latency_feeds = {length: _token_batches(candidates, tokenizer, data.texts[:1], length)
-                     for length in settings.sequence_lengths}
+    headline = feeds.points[0]
+    latency_feeds = {point: feeds.latency_feeds(candidates, point) for point in feeds.points}
     # The machine's load before any of our work starts: a busy machine shows up here.
     machine = machine_info()
     probes = _start_memory_probes(candidates, latency_feeds[headline]) if settings.measure_memory else {}
     try:
-        logits = _all_logits(candidates, data=data, tokenizer=tokenizer, settings=settings,
-                             show_progress=show_progress)
+        logits = _all_logits(candidates, feeds=feeds, show_progress=show_progress)
         memory = {name: probe.result() for name, probe in probes.items()}
     finally:
         for probe in probes.values():
             probe.stop()
-    latency, batch_seconds = _time_all(candidates, data=data, tokenizer=tokenizer,
-                                       latency_feeds=latency_feeds, settings=settings,
+    latency, batch_seconds = _time_all(candidates, feeds=feeds, latency_feeds=latency_feeds, settings=settings,
                                        show_progress=show_progress)
     operations, peaks = ({}, {})
     if settings.roofline:
@@ -262,54 +201,21 @@ def _measure(candidates: list[Candidate], *, data: TextDataset, tokenizer, setti
             "throughput_batch_size": settings.throughput_batch_size, "headline": headline}
 
 
-def _time_all(candidates, *, data: TextDataset, tokenizer, latency_feeds: dict,
+def _time_all(candidates, *, feeds, latency_feeds: dict,
               settings: BenchSettings, show_progress: bool) -> tuple[dict, dict | None]:
-    """Seconds per call at batch 1 for each length, and at the throughput batch (or None)."""
+    """Seconds per call at batch 1 for each latency point, and at the throughput batch (or None)."""
     with _torch_threads(candidates):
-        latency = {length: _interleaved(candidates, latency_feeds[length], repeats=settings.repeats,
-                                        warmup=settings.warmup, label=f"latency, {length} tokens",
-                                        show_progress=show_progress)
-                   for length in settings.sequence_lengths}
+        latency = {point: _interleaved(candidates, latency_feeds[point], repeats=settings.repeats,
+                                       warmup=settings.warmup, label=f"latency, {feeds.point_name(point)}",
+                                       show_progress=show_progress)
+                   for point in feeds.points}
         if not settings.throughput_batch_size:
             return latency, None
-        batch_texts = [data.texts[i % len(data)] for i in range(settings.throughput_batch_size)]
-        batch_feeds = _token_batches(candidates, tokenizer, batch_texts, settings.sequence_lengths[0])
+        batch_feeds = feeds.batch_feeds(candidates, settings.throughput_batch_size)
         batch_seconds = _interleaved(candidates, batch_feeds, repeats=settings.throughput_repeats,
                                      warmup=1, label=f"throughput, batch {settings.throughput_batch_size}",
                                      show_progress=show_progress)
     return latency, batch_seconds
-
-
-def _token_batches(candidates: list[Candidate], tokenizer, texts: list[str], length: int) -> dict[str, dict]:
-    """Each candidate's inputs for the same texts, from its own tokenizer (or the teacher's)."""
-    by_tokenizer: dict[int, dict] = {}
-    feeds = {}
-    for candidate in candidates:
-        own = candidate.tokenizer or tokenizer
-        if candidate.takes_text:
-            feeds[candidate.name] = {"text": np.array([text_of_length(own, text, length) for text in texts],
-                                                      dtype=object)}
-            continue
-        if id(own) not in by_tokenizer:
-            by_tokenizer[id(own)] = _token_batch(own, texts, length)
-        feeds[candidate.name] = by_tokenizer[id(own)]
-    return feeds
-
-
-def text_of_length(tokenizer, text: str, length: int) -> str:
-    """`text`, repeated until it has at least `length` tokens: the graph cuts it to its
-    max_length as the other rows' tokenizer cuts theirs, so every row runs as many tokens."""
-    grown = text or "text"
-    while len(tokenizer(grown)["input_ids"]) < length:
-        grown = f"{grown} {text or 'text'}"
-    return grown
-
-
-def _token_batch(tokenizer, texts: list[str], length: int) -> dict[str, np.ndarray]:
-    """Real texts, truncated or padded to exactly `length` tokens each."""
-    encoded = tokenizer(texts, truncation=True, max_length=length, padding="max_length",
-                        return_tensors="np")
-    return {name: np.ascontiguousarray(value, dtype=np.int64) for name, value in encoded.items()}
 
 
 def _start_memory_probes(candidates: list[Candidate], feeds: dict) -> dict[str, MemoryProbe]:
@@ -326,21 +232,9 @@ def _start_memory_probes(candidates: list[Candidate], feeds: dict) -> dict[str, 
     return probes
 
 
-def _all_logits(candidates, *, data: TextDataset, tokenizer, settings: BenchSettings,
-                show_progress: bool) -> dict:
-    encoded: dict[int, Encoded] = {}
-    logits = {}
-    with progress_bar("evaluating", total=len(candidates) * len(data),
-                      enabled=show_progress) as advance:
-        for candidate in candidates:
-            if candidate.takes_text:
-                logits[candidate.name] = text_logits(candidate, data.texts, data.text_pairs, progress=advance)
-                continue
-            own = candidate.tokenizer or tokenizer
-            if id(own) not in encoded:
-                encoded[id(own)] = encode(data, own, max_length=settings.max_length)
-            pad = own.pad_token_id if own.pad_token_id is not None else 0
-            logits[candidate.name] = logits_over(candidate, encoded[id(own)], pad_token_id=pad, progress=advance)
+def _all_logits(candidates, *, feeds, show_progress: bool) -> dict:
+    with progress_bar("evaluating", total=len(candidates) * len(feeds.data), enabled=show_progress) as advance:
+        logits = {candidate.name: feeds.logits(candidate, progress=advance) for candidate in candidates}
     width = logits["teacher"].shape[-1]
     for name, values in logits.items():
         if values.shape[-1] != width:
@@ -390,7 +284,7 @@ def _cache(cache_folder: Path | None) -> Path:
 
 # ---------------------------------------------------------------------------- the rows
 
-def _rows(candidates: list[Candidate], *, measurement: dict, data: TextDataset) -> list[dict]:
+def _rows(candidates: list[Candidate], *, measurement: dict, data) -> list[dict]:
     labels = np.array([-1 if label is None else label for label in data.labels])
     has_student = any(c.name == "student" for c in candidates)
     rows = [_row(candidate, measurement=measurement, labels=labels, has_student=has_student)
@@ -463,9 +357,7 @@ def _size(candidate: Candidate) -> int:
 
 
 def _settings_record(settings: BenchSettings, candidates: list[Candidate]) -> dict:
-    return {"max_length": settings.max_length, "sequence_length": settings.sequence_lengths[0],
-            "sequence_lengths": list(settings.sequence_lengths),
-            "threads": settings.threads if settings.threads is not None
+    return {"threads": settings.threads if settings.threads is not None
             else max(c.threads for c in candidates),
             "threads_from": "command line" if settings.threads is not None else "target profiles",
             "repeats": settings.repeats, "warmup": settings.warmup, "batch_size": 1,

@@ -1,6 +1,6 @@
 """`edgekd bench`: teacher, student and artifacts on the same data -> report and gates.
 
-The task is read from the student's or teacher's config.json. A classifier is measured by
+The task is read from the student's or teacher's config.json. A text or image classifier is measured by
 edgekd.bench.stage, a causal LM by edgekd.lm.bench (perplexity, agreement, decode speed);
 both reports have one schema (docs/report-schema.md) and go through the same gates: a failed
 gate still writes the report, then exits with code 2."""
@@ -14,12 +14,15 @@ import typer
 
 from edgekd.cli.app import app, user_errors
 from edgekd.cli.distill import label2id_of
-from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION as CLASSIFICATION, given_options, refuse_other_tasks
+from edgekd.cli.options import (CAUSAL_LM, IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION as CLASSIFICATION,
+                                given_options, refuse_other_tasks)
 
 TEXT_ONLY_OPTIONS = (
     "label_column", "text_pair_column", "sequence_length", "threads", "repeats", "throughput_batch",
     "memory", "roofline", "max_accuracy_drop", "plot", "trust_remote_code")
 CAUSAL_LM_ONLY_OPTIONS = ("new_tokens", "rounds", "max_perplexity_ratio")
+# options of text classifiers that image classifiers have no use for (they serve both otherwise)
+NOT_FOR_IMAGES = ("text_column", "text_pair_column", "sequence_length", "max_length")
 
 
 @app.command()
@@ -29,8 +32,8 @@ def bench(
     teacher: str = typer.Option(
         ..., help="Teacher folder or hub id (the reference; a causal LM may be a .gguf file)."),
     data: Path = typer.Option(
-        ..., help="Evaluation data (a file, a saved dataset or a hub id, as for distill): labelled for "
-                  "classifiers; held-out text for causal LMs."),
+        ..., help="Evaluation data (a file, a saved dataset or a hub id, as for distill; images: also a folder "
+                  "of class folders): labelled for classifiers; held-out text for causal LMs."),
     split: Optional[str] = typer.Option(None, help="Split of a --data dataset (default: test)."),
     student: Optional[Path] = typer.Option(None, help="Student folder (PyTorch) to include."),
     artifacts: Optional[List[Path]] = typer.Option(
@@ -42,11 +45,15 @@ def bench(
                    "artifact is also compared with the teacher's artifact of the same target, measured in "
                    "the same run (column 'vs teacher/target'): the speedup distillation alone bought."),
     task: Optional[str] = typer.Option(
-        None, help="text-classification or causal-lm (default: read from the student's or teacher's config.json)."),
+        None, help="text-classification, image-classification or causal-lm (default: read from the "
+                   "student's or teacher's config.json)."),
     out: Optional[Path] = typer.Option(
         None, help="Where report.json, report.md (and for classifiers report.png) go "
                    "(default: --artifacts, else runs/bench)."),
     text_column: str = typer.Option("text", help="Column with the input text."),
+    image_column: Optional[str] = typer.Option(
+        None, help="Column with image paths or bytes (default: image, img, path, ...).",
+        rich_help_panel=IMAGE_CLASSIFICATION),
     label_column: str = typer.Option("label", help="Column with labels.", rich_help_panel=CLASSIFICATION),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column.",
                                                    rich_help_panel=CLASSIFICATION),
@@ -97,6 +104,8 @@ def bench(
 
         edgekd bench --teacher runs/lm-teacher --student runs/lm --artifacts runs/lm-export --data test.txt
 
+        edgekd bench --teacher runs/vit --student runs/cnn --artifacts runs/cnn-export --data photos/test
+
         edgekd export runs/teacher --target onnx-int8 --out runs/teacher-export
         edgekd bench --teacher runs/teacher --student runs/student --artifacts runs/export --teacher-artifacts runs/teacher-export --data test.csv
     """
@@ -107,7 +116,8 @@ def bench(
 
     given = given_options(ctx)
     task = resolve(task, student, teacher, hub=True)
-    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
+    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS,
+                       image_only=("image_column",), not_for_images=NOT_FOR_IMAGES)
     gates = GateLimits(max_accuracy_drop=max_accuracy_drop, max_perplexity_ratio=max_perplexity_ratio,
                        max_latency_ms=max_latency_ms, max_size_mb=max_size_mb)
     folder = Path(out or (artifacts[0] if artifacts else "runs/bench"))
@@ -122,6 +132,12 @@ def bench(
                               texts=texts, max_length=max_length, new_tokens=new_tokens, rounds=rounds,
                               gates=gates)
             plot = False
+        elif task == "image-classification":
+            report = _bench_images(teacher, data=data, split=split, student=student, artifacts=artifacts,
+                                   image_column=image_column, label_column=label_column, threads=threads,
+                                   repeats=repeats, throughput_batch=throughput_batch, memory=memory,
+                                   roofline=roofline, gates=gates, quiet=quiet,
+                                   trust_remote_code=trust_remote_code)
         else:
             report = _bench_classifier(teacher, data=data, split=split, student=student, artifacts=artifacts,
                                        text_column=text_column, label_column=label_column,
@@ -170,3 +186,19 @@ def _bench_classifier(teacher: str, *, data: Path, split, student, artifacts, te
                      repeats=repeats, throughput_batch_size=throughput_batch,
                      measure_memory=memory, measure_roofline=roofline, gates=gates,
                      show_progress=not quiet, teacher_model=(teacher_model, tokenizer))
+
+
+def _bench_images(teacher: str, *, data: Path, split, student, artifacts, image_column, label_column, threads,
+                  repeats, throughput_batch, memory, roofline, gates, quiet, trust_remote_code) -> dict:
+    from edgekd.bench.stage import bench as run_bench
+    from edgekd.vision.data import load_images
+    from edgekd.vision.models import load_image_classifier
+
+    teacher_model, processor = load_image_classifier(teacher, role="teacher", trust_remote_code=trust_remote_code)
+    images = load_images(data, label2id=label2id_of(teacher_model), image_column=image_column,
+                         label_column=label_column or None, split=split, default_split="test",
+                         show_progress=not quiet)
+    return run_bench(teacher=teacher, student=student, artifacts=artifacts or None, data=images, threads=threads,
+                     repeats=repeats, throughput_batch_size=throughput_batch, measure_memory=memory,
+                     measure_roofline=roofline, gates=gates, show_progress=not quiet,
+                     teacher_model=(teacher_model, processor))

