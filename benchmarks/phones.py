@@ -51,7 +51,7 @@ def main() -> None:
     import torch
 
     from edgekd.bench.latency import measure_interleaved, summarize
-    from edgekd.bench.stage import text_of_length
+    from edgekd.bench.feeds import text_of_length
     from edgekd.bench.machine import machine_info
     from edgekd.data import demo_splits
     from edgekd.export.stage import export

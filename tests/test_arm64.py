@@ -109,3 +109,19 @@ def test_export_verify_arm64_runs_each_artifact_on_two_emulated_cores(student_di
             assert verified["max_abs_logit_error"] <= 1e-4
         else:
             assert all(core["accuracy"]["drop"] <= 1.0 for core in verified["cores"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("dpkg-deb") or not shutil.which("gpgv"),
+                    reason="arm64 emulation is set up on x86_64 Debian")
+def test_an_image_classifiers_static_int8_export_is_verified_on_arm64(tmp_path):
+    from edgekd.export.stage import export
+    from edgekd.targets import load_targets_for
+    from test_vision import pictures, save, tiny
+
+    student = save(tiny("resnet"), tmp_path / "student")
+    (artifact,) = export(student, targets=load_targets_for(["onnx-int8"], "image-classification"),
+                         out=tmp_path / "out", validation=pictures(), task="image-classification", verify=("arm64",))
+    verified = json.loads((artifact.folder / "edgekd.json").read_text())["verified"]["arm64"]
+    assert artifact.precision == "int8-static" and verified["passed"] and verified["rows"] == 48
+    assert set(verified["cores"]) == set(arm64.CORES)

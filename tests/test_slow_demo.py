@@ -91,3 +91,23 @@ def test_the_demo_compares_each_student_artifact_with_the_teacher_exported_to_it
     assert rows["student"]["params"] < rows["teacher"]["params"] / 3
     (teacher_folder,) = (cache / "teachers").iterdir()
     assert corruption(teacher_folder) is None  # the cached teacher is sealed with its checksums
+
+
+def test_the_image_demo_on_a_slice_of_fashion_mnist(tmp_path):
+    """Fashion-MNIST from Debian's package (fetched and verified when not installed), a ResNet
+    teacher trained on 300 pictures, the shrunk student, both exports, the report."""
+    result = runner.invoke(app, ["demo", "--task", "image-classification", "--limit", "300", "--epochs", "1",
+                                 "--repeats", "5", "--out", str(tmp_path / "demo"), "--cache-dir",
+                                 str(tmp_path / "cache"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert report["task"] == "image-classification" and report["data"]["rows"] == 300
+    assert set(rows) == {"teacher", "student", "student/onnx-fp32", "student/onnx-int8", "teacher/onnx-fp32",
+                         "teacher/onnx-int8"}
+    assert rows["teacher"]["input_size"]["height"] == 56 and rows["student"]["input_size"]["height"] == 40
+    assert rows["student/onnx-int8"]["precision"] == "int8-static"
+    # the teacher does over 10x the student's work
+    assert rows["teacher"]["efficiency"]["operations"] > 10 * rows["student"]["efficiency"]["operations"]
+    refused = runner.invoke(app, ["demo", "--task", "image-classification", "--max-length", "64"])
+    assert refused.exit_code != 0 and "--max-length is an option of --task text-classification" in refused.output

@@ -316,3 +316,16 @@ def test_bench_images_from_the_command_line(tmp_path):
     broken = CliRunner().invoke(app, common + ["--artifacts", str(tmp_path / "out"), "--out", str(tmp_path / "r2")])
     assert broken.exit_code == 1 and "student/onnx-int8 has no preprocessor_config.json" in broken.output
     assert not (tmp_path / "r2" / "report.json").exists()
+
+
+def test_a_saved_dataset_with_an_image_feature_and_class_labels(tmp_path):
+    import datasets
+
+    rows = pictures(12)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=LABELS)})
+    table = datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in rows.images], "label": rows.labels},
+                                       features=features)
+    datasets.DatasetDict({"train": table}).save_to_disk(str(tmp_path / "saved"))
+    loaded = load_images(tmp_path / "saved", label2id={n: i for i, n in enumerate(LABELS)}, default_split="train")
+    assert len(loaded) == 12 and loaded.labels == rows.labels and loaded.label_names == LABELS
+    assert np.array_equal(np.asarray(loaded.picture(5)), rows.images[5])  # PNG round trip: the same pixels

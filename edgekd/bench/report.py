@@ -12,7 +12,7 @@ from rich.table import Table
 
 from edgekd.errors import atomic_write_text
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # (header, key, format) of the quality-and-size table
 COLUMNS = [
     ("model", "name", "{}"),

@@ -372,8 +372,9 @@ def _warnings(report: dict) -> list[str]:
     for row in report["rows"]:
         for length, summary in row["latency_by_length"].items():
             if noisy(summary):
+                where = "batch 1" if length == "image" else f"{length} tokens"
                 warnings.append(
-                    f"{row['name']}: latency at {length} tokens spreads too widely to trust "
+                    f"{row['name']}: latency at {where} spreads too widely to trust "
                     f"(IQR {summary['iqr_ms']:.2f} ms = {100 * summary['relative_iqr']:.0f}% of "
                     f"the median); use more --repeats or a quieter machine")
     warnings += [f"skipped {item['artifact']}: {item['reason']}" for item in report["skipped"]]

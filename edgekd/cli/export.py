@@ -22,7 +22,7 @@ from edgekd.errors import UserError, exclusive
 TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter", "verify",
                      "with_tokenizer")
 CAUSAL_LM_ONLY_OPTIONS = ("max_perplexity_ratio",)
-NOT_FOR_IMAGES = ("text_column", "text_pair_column", "max_length", "exporter", "verify", "with_tokenizer")
+NOT_FOR_IMAGES = ("text_column", "text_pair_column", "max_length", "exporter", "with_tokenizer")
 CAUSAL_LM_DEFAULT_TARGETS = ["onnx-fp32", "onnx-int8", "onnx-int4"]
 
 
