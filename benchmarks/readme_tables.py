@@ -1,5 +1,5 @@
 """README's tables, printed from the committed results (demo.json, lm_demo.json, shrink.json,
-lm_shrink.json, phones.json).
+lm_shrink.json, phones.json, images.json).
 
     python benchmarks/readme_tables.py
 
@@ -145,6 +145,45 @@ def phones_table(result: dict) -> str:
     return markdown(headers, rows, result["machine"])
 
 
+def images_table(result: dict) -> str:
+    """The image demo's rows: each model at its own input size."""
+    demo = result["demo"]
+    headers = ["model", "runtime", "input", "test accuracy", "top-5", "agreement with teacher", "size",
+               "MFLOP/inference", "p50 latency", *SPEEDUPS]
+    rows = []
+    for row in demo["table"]:
+        size = row["input"]
+        rows.append([row["name"], row["runtime"], f"{size['height']}×{size['width']}", f"{100 * row['accuracy']:.1f}%",
+                     f"{100 * row['top5_accuracy']:.1f}%", f"{100 * row['agreement']:.1f}%",
+                     f"{row['size_bytes'] / 1e6:.1f} MB",
+                     "–" if row["operations"] is None else f"{row['operations'] / 1e6:.1f}",
+                     f"{row['p50_ms']:.2f} ms", f"{row['speedup']:.2f}×", _times(row.get("speedup_same_target"))])
+    return markdown(headers, rows, demo["machine"])
+
+
+def images_goals(result: dict) -> str:
+    demo, measured = result["demo"], result["demo"]["measured"]
+    rows = [["int8 student's test accuracy over the teacher's",
+             f"{100 * measured['int8_accuracy']:.1f}% / {100 * measured['teacher_accuracy']:.1f}%: "
+             f"{100 * measured['int8_accuracy_ratio']:.1f}%", "≥ 98%", _yes(demo["met"]["int8_accuracy_ratio"])],
+            ["int8 student's speed over the teacher in PyTorch", f"{measured['int8_speedup_over_teacher_pytorch']:.1f}×",
+             "≥ 10×", _yes(demo["met"]["int8_speedup_over_teacher_pytorch"])],
+            ["int8 student's size over the teacher's", f"{measured['int8_size_ratio']:.3f}×", "≤ 0.1×",
+             _yes(demo["met"]["int8_size_ratio"])],
+            ["static int8 p50 over the fp32 export's", f"{measured['int8_p50_over_fp32_export']:.2f}×", "≤ 0.7×",
+             _yes(demo["met"]["int8_p50_over_fp32_export"])],
+            ["teacher's operations over the student's", f"{measured['teacher_operations_over_student']:.1f}×", "≥ 10×",
+             _yes(demo["met"]["teacher_operations_over_student"])]]
+    kd = result.get("kd_vs_ce")
+    if kd:
+        low, high = kd["ci95"]
+        rows.append([f"KD − CE test accuracy, {kd['labelled']:,} labels + {kd['unlabelled']:,} unlabelled, "
+                     f"{len(kd['runs'])} seeds", f"{100 * kd['mean_difference']:+.1f} points ({100 * low:+.1f} to "
+                     f"{100 * high:+.1f}); KD {100 * kd['kd_mean']:.1f}%, CE {100 * kd['ce_mean']:.1f}%",
+                     "beyond noise", _yes(low > 0)])
+    return markdown(["what", "measured", "goal", "met"], rows, demo["machine"])
+
+
 def _yes(value: bool) -> str:
     return "yes" if value else "**no**"
 
@@ -152,7 +191,8 @@ def _yes(value: bool) -> str:
 def main() -> None:
     for name, table in (("demo.json", classifier_table), ("lm_demo.json", causal_lm_table),
                         ("shrink.json", shrink_table), ("shrink.json", shrink_comparisons),
-                        ("lm_shrink.json", lm_shrink_table), ("phones.json", phones_table)):
+                        ("lm_shrink.json", lm_shrink_table), ("phones.json", phones_table),
+                        ("images.json", images_table), ("images.json", images_goals)):
         path = RESULTS / name
         if path.is_file():
             print(f"<!-- from benchmarks/results/{name} -->\n{table(json.loads(path.read_text()))}\n")

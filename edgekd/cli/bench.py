@@ -14,8 +14,9 @@ import typer
 
 from edgekd.cli.app import app, user_errors
 from edgekd.cli.distill import label2id_of
-from edgekd.cli.options import (CAUSAL_LM, IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION as CLASSIFICATION,
-                                given_options, refuse_other_tasks)
+from edgekd.cli.options import CAUSAL_LM, IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
+
+CLASSIFICATION = "Text and image classification"
 
 TEXT_ONLY_OPTIONS = (
     "label_column", "text_pair_column", "sequence_length", "threads", "repeats", "throughput_batch",
@@ -56,11 +57,11 @@ def bench(
         rich_help_panel=IMAGE_CLASSIFICATION),
     label_column: str = typer.Option("label", help="Column with labels.", rich_help_panel=CLASSIFICATION),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column.",
-                                                   rich_help_panel=CLASSIFICATION),
+                                                   rich_help_panel=TEXT_CLASSIFICATION),
     max_length: int = typer.Option(128, help="Tokens per example for the accuracy (causal LMs: perplexity) pass."),
     sequence_length: List[int] = typer.Option(
         [128], help="Tokens per input for the latency pass; repeatable (the first is the headline).",
-        rich_help_panel=CLASSIFICATION),
+        rich_help_panel=TEXT_CLASSIFICATION),
     threads: Optional[int] = typer.Option(
         None, help="Threads for latency; default: each artifact's target profile (1 = a phone core).",
         rich_help_panel=CLASSIFICATION),

@@ -13,6 +13,7 @@ from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, re
 
 TEXT_ONLY_OPTIONS = ("cache_dir", "limit", "max_length", "repeats")
 CAUSAL_LM_ONLY_OPTIONS = ("student_layers", "overwrite")
+CLASSIFIERS = "Text and image classification"
 
 
 @app.command()
@@ -32,13 +33,13 @@ def demo(
         None, help="Stop after this many optimiser steps (causal-lm default 150, which fits a 2-core CPU)."),
     cache_dir: Optional[Path] = typer.Option(
         None, help="Where the built teacher is cached (default $EDGEKD_CACHE or ~/.cache/edgekd).",
-        rich_help_panel=TEXT_CLASSIFICATION),
+        rich_help_panel=CLASSIFIERS),
     limit: Optional[int] = typer.Option(
         None, help="Use at most this many articles (pictures) per split (a quick run).",
-        rich_help_panel=TEXT_CLASSIFICATION),
+        rich_help_panel=CLASSIFIERS),
     max_length: int = typer.Option(128, help="Tokens per article.", rich_help_panel=TEXT_CLASSIFICATION),
     repeats: int = typer.Option(50, help="Interleaved latency repeats per model.",
-                                rich_help_panel=TEXT_CLASSIFICATION),
+                                rich_help_panel=CLASSIFIERS),
     student_layers: str = typer.Option("20", help="SmolLM2 layers the student keeps (of 30).",
                                        rich_help_panel=CAUSAL_LM),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists.", rich_help_panel=CAUSAL_LM),

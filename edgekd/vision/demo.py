@@ -129,10 +129,12 @@ def run_image_demo(*, out: Path, cache: Path | None = None, limit: int | None = 
     if limit is not None and limit < 100:
         raise UserError(f"--limit must be at least 100 pictures, got {limit}")
     out = Path(out)
+    clock = _Clock()
     splits = demo_splits(limit=limit)
     console.print(f"data: Fashion-MNIST, {len(splits['train'])} train / {len(splits['validation'])} validation / "
                   f"{len(splits['test'])} test pictures, 10 classes")
     teacher_dir = build_teacher(splits, cache=cache_dir(cache), show_progress=show_progress)
+    clock.lap("data_and_teacher_seconds")
     teacher, processor = load_image_classifier(teacher_dir, role="teacher")
     student, _ = make_image_student(teacher, processor, config_spec=STUDENT_CONFIG, seed=STUDENT_RECIPE.seed)
     recipe = replace(STUDENT_RECIPE, epochs=STUDENT_RECIPE.epochs if epochs is None else epochs, max_steps=max_steps)
@@ -143,6 +145,7 @@ def run_image_demo(*, out: Path, cache: Path | None = None, limit: int | None = 
                             validation=splits["validation"], config=recipe, out=out / "student", overwrite=True,
                             show_progress=show_progress, cache_dir=cache_dir(cache) / "teacher-outputs",
                             log=console.print)
+    clock.lap("distill_seconds")
     targets = load_targets_for(list(TARGETS), "image-classification")
     calibration, _ = sample_rows(splits["train"], 512, seed=0)
     for name, folder in (("student", result.student_dir), ("teacher", teacher_dir)):
@@ -150,13 +153,30 @@ def run_image_demo(*, out: Path, cache: Path | None = None, limit: int | None = 
         export(folder, targets=targets, out=out / ("export" if name == "student" else "teacher-export"),
                overwrite=True, validation=splits["validation"], validation_source="Fashion-MNIST validation",
                calibration=calibration, calibration_source="Fashion-MNIST train", task="image-classification")
+    clock.lap("export_seconds")
     report = bench(teacher=teacher_dir, student=result.student_dir, artifacts=[out / "export", out / "teacher-export"],
                    data=splits["test"], repeats=repeats, show_progress=show_progress, teacher_model=(teacher, processor),
                    cache_folder=cache)
-    report["demo"] = {"teacher_dir": str(teacher_dir), "teacher_config": TEACHER_CONFIG, "teacher_size": TEACHER_SIZE,
+    clock.lap("bench_seconds")
+    report["demo"] = {"timings": clock.laps, "teacher_dir": str(teacher_dir), "teacher_config": TEACHER_CONFIG, "teacher_size": TEACHER_SIZE,
                       "student_config": STUDENT_CONFIG, "student_size": STUDENT_SIZE,
-                      "student_recipe": asdict(recipe), "distill_seconds": result.seconds}
+                      "student_recipe": asdict(recipe)}
     write_report(report, out)
     print_table(report)
     console.print(f"report: {out / 'report.md'} and {out / 'report.json'}")
     return report
+
+
+class _Clock:
+    """Seconds of each part of the demo, for the report."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.laps[name], self._last = now - self._last, now
