@@ -86,11 +86,29 @@ _LLAMA_RULES = (
     (r"mlp\.(gate_proj|up_proj)\.weight$", (FFN, HIDDEN)),
     (r"mlp\.down_proj\.weight$", (HIDDEN, FFN)),
 )
+_VIT_RULES = (  # ViT: patch embedding and class token instead of token embeddings, pre-norm blocks
+    (r"embeddings\.(cls_token|position_embeddings|mask_token)$", (None, None, HIDDEN)),
+    (r"embeddings\.patch_embeddings\.projection\.weight$", (HIDDEN, None, None, None)),
+    (r"embeddings\.patch_embeddings\.projection\.bias$", (HIDDEN,)),
+    (r"attention\.(q|k|v)_proj\.weight$", (HEADS, HIDDEN)),
+    (r"attention\.(q|k|v)_proj\.bias$", (HEADS,)),
+    (r"attention\.o_proj\.weight$", (HIDDEN, HEADS)),
+    (r"attention\.o_proj\.bias$", (HIDDEN,)),
+    (r"layernorm(_before|_after)?\.(weight|bias)$", (HIDDEN,)),
+    (r"mlp\.fc1\.weight$", (FFN, HIDDEN)),
+    (r"mlp\.fc1\.bias$", (FFN,)),
+    (r"mlp\.fc2\.weight$", (HIDDEN, FFN)),
+    (r"mlp\.fc2\.bias$", (HIDDEN,)),
+    (r"pooler\.dense\.weight$", (HIDDEN, HIDDEN)),
+    (r"pooler\.dense\.bias$", (HIDDEN,)),
+    (r"classifier\.weight$", (None, HIDDEN)),
+)
 BERT = Family(_BERT_RULES, r"attention\.output\.dense$", r"\d+\.output\.dense$", grouped_kv=False, inner_is_hidden=True)
 DISTILBERT = Family(_DISTILBERT_RULES, r"attention\.out_lin$", r"ffn\.lin2$", grouped_kv=False, inner_is_hidden=True)
 LLAMA = Family(_LLAMA_RULES, r"self_attn\.o_proj$", r"mlp\.down_proj$", grouped_kv=True, inner_is_hidden=False)
+VIT = Family(_VIT_RULES, r"attention\.o_proj$", r"mlp\.fc2$", grouped_kv=False, inner_is_hidden=True)
 FAMILIES = {"bert": BERT, "roberta": BERT, "xlm-roberta": BERT, "camembert": BERT, "electra": BERT,
-            "distilbert": DISTILBERT, "llama": LLAMA, "qwen2": LLAMA, "mistral": LLAMA}
+            "distilbert": DISTILBERT, "llama": LLAMA, "qwen2": LLAMA, "mistral": LLAMA, "vit": VIT}
 
 
 def family_of(model: nn.Module) -> Family | None:
@@ -168,7 +186,8 @@ def _layer_of(name: str, prefix: str) -> int | None:
 
 @torch.no_grad()
 def importance(model: nn.Module, family: Family, batches: list[dict[str, torch.Tensor]]) -> Importance:
-    """Mean activation magnitudes over the real (unpadded) tokens of `batches`."""
+    """Mean activation magnitudes over the real (unpadded) tokens of `batches` (every patch
+    token of a batch of pixels, which has no attention mask)."""
     prefix, layer_list = find_layer_list(model)
     heads_count, head_dim = model.config.num_attention_heads, head_size(model.config)
     sums = Importance(hidden=torch.zeros(model.config.hidden_size), heads={}, ffn={})
@@ -176,7 +195,7 @@ def importance(model: nn.Module, family: Family, batches: list[dict[str, torch.T
 
     def recorder(layer: int, kind: str):
         def hook(module, inputs):
-            x = inputs[0][mask].float()  # (tokens, width)
+            x = (inputs[0][mask] if mask is not None else inputs[0].flatten(0, -2)).float()  # (tokens, width)
             if kind == HEADS:
                 value = x.view(len(x), heads_count, head_dim).norm(dim=-1).sum(0)
                 sums.heads[layer] = sums.heads.get(layer, 0) + value
@@ -194,11 +213,12 @@ def importance(model: nn.Module, family: Family, batches: list[dict[str, torch.T
     model.eval()
     try:
         for batch in batches:
-            mask = batch["attention_mask"].bool()
+            mask = batch["attention_mask"].bool() if "attention_mask" in batch else None
             outputs = model(**model_inputs(model, batch), output_hidden_states=True)  # DistilBERT: no token types
             for states in outputs.hidden_states:
-                sums.hidden += states[mask].float().abs().sum(0)
-            tokens += int(mask.sum())
+                real = states[mask] if mask is not None else states.flatten(0, -2)
+                sums.hidden += real.float().abs().sum(0)
+            tokens += int(mask.sum()) if mask is not None else int(outputs.hidden_states[0].shape[:-1].numel())
     finally:
         for handle in handles:
             handle.remove()

@@ -329,3 +329,45 @@ def test_a_saved_dataset_with_an_image_feature_and_class_labels(tmp_path):
     loaded = load_images(tmp_path / "saved", label2id={n: i for i, n in enumerate(LABELS)}, default_split="train")
     assert len(loaded) == 12 and loaded.labels == rows.labels and loaded.label_names == LABELS
     assert np.array_equal(np.asarray(loaded.picture(5)), rows.images[5])  # PNG round trip: the same pixels
+
+
+def test_a_vit_sliced_with_nothing_away_is_the_teacher_and_a_narrower_one_keeps_its_strongest_channels():
+    from edgekd.slicing import sliced_student
+    from edgekd.vision.data import probe_batches
+
+    teacher = tiny("vit")
+    probe = probe_batches(pictures(24), processor(), channels=3)
+    full = sliced_student(teacher, {"hidden": 32, "heads": 4, "intermediate": 64}, probe)
+    with torch.no_grad():
+        for batch in probe:
+            assert torch.equal(full(**batch).logits, teacher(**batch).logits)
+    student, student_processor = make_image_student(teacher, processor(), config_spec="hidden=16,intermediate=32,layers=2",
+                                                    probe=probe)
+    config = student.config
+    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size, config.num_hidden_layers) == \
+        (16, 2, 32, 2)
+    assert type(student) is type(teacher) and student_processor.size == processor().size
+    # the kept patch-embedding channels are the teacher's own rows, not random ones
+    rows = teacher.vit.embeddings.patch_embeddings.projection.weight.flatten(1)
+    kept = student.vit.embeddings.patch_embeddings.projection.weight.flatten(1)
+    assert all(any(torch.equal(row, other) for other in rows) for row in kept)
+
+
+def test_a_vit_given_a_new_patch_size_is_random_and_cnn_widths_are_random():
+    from edgekd.vision.models import slices_width
+
+    assert slices_width(tiny("vit"), "hidden=16,layers=2")
+    assert not slices_width(tiny("vit"), "hidden=16,patch=4")
+    assert not slices_width(tiny("resnet"), "depth=1,width=0.5")
+
+
+def test_distill_slices_a_vit_student_from_the_command_line(tmp_path):
+    photos = write_folder(tmp_path / "photos", per_class=6)
+    teacher = save(tiny("vit"), tmp_path / "teacher")
+    result = CliRunner().invoke(app, [
+        "distill", "--teacher", str(teacher), "--data", str(photos), "--student-config", "hidden=16,layers=2",
+        "--out", str(tmp_path / "student"), "--epochs", "1", "--batch-size", "8", "--quiet", "--allow-poor-student"])
+    assert result.exit_code == 0, result.output
+    assert "random weights" not in result.output  # sliced: the teacher's learning rate, not a random start's
+    config = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (16, 2, 2)

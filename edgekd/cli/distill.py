@@ -278,8 +278,8 @@ def run_images(options: dict, *, given: set[str]) -> None:
     from dataclasses import fields
 
     from edgekd.data import split as split_rows
-    from edgekd.vision.data import load_images
-    from edgekd.vision.models import load_image_classifier, make_image_student
+    from edgekd.vision.data import load_images, num_channels, probe_batches
+    from edgekd.vision.models import load_image_classifier, make_image_student, slices_width
     from edgekd.vision.train import ImageDistillConfig, distill_images
 
     names = {f.name for f in fields(ImageDistillConfig)}
@@ -287,7 +287,8 @@ def run_images(options: dict, *, given: set[str]) -> None:
     out = Path(options["out"])
     check_writable(out, overwrite=options["overwrite"] or options["resume"])
     teacher_model, processor = load_image_classifier(options["teacher"], trust_remote_code=options["trust_remote_code"])
-    if config.lr == 1e-4 and "lr" not in given and options["student_config"]:
+    sliced = bool(options["student_config"]) and slices_width(teacher_model, options["student_config"])
+    if config.lr == 1e-4 and "lr" not in given and options["student_config"] and not sliced:
         typer.echo(f"student: random weights, so --lr {RANDOM_INIT_LR:g} (pass --lr to choose another)")
         from dataclasses import replace
 
@@ -305,7 +306,8 @@ def run_images(options: dict, *, given: set[str]) -> None:
         validation = None
     student_model, student_processor = make_image_student(
         teacher_model, processor, layers=options["student_layers"], config_spec=options["student_config"],
-        model=options["student"], seed=config.seed, trust_remote_code=options["trust_remote_code"])
+        model=options["student"], seed=config.seed, trust_remote_code=options["trust_remote_code"],
+        probe=probe_batches(train, processor, channels=num_channels(teacher_model)) if sliced else None)
     result = distill_images(teacher=teacher_model, teacher_processor=processor, student=student_model,
                             processor=student_processor, train=train, validation=validation, config=config, out=out,
                             overwrite=options["overwrite"], show_progress=not options["quiet"],

@@ -267,6 +267,15 @@ def batch_pixels(dataset: ImageDataset, indices: Sequence[int], processors: list
     return [pixels(processor, pictures, channels=c) for processor, c in zip(processors, channels)]
 
 
+def probe_batches(dataset: ImageDataset, processor, *, channels: int, count: int = 64,
+                  batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
+    """Pixels of the first `count` pictures in batches: what a sliced student's widths are ranked on."""
+    indices = list(range(min(count, len(dataset))))
+    return [{"pixel_values": batch_pixels(dataset, indices[start:start + batch_size], [processor],
+                                          channels=[channels])[0]}
+            for start in range(0, len(indices), batch_size)]
+
+
 def input_size(processor, model) -> tuple[int, int]:
     """(height, width) of the pixels the processor makes for `model`."""
     from PIL import Image

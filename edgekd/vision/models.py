@@ -78,18 +78,38 @@ def as_map(state: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- students
 
 def make_image_student(teacher: nn.Module, processor, *, layers: str | None = None, config_spec: str | None = None,
-                       model: str | None = None, seed: int = 0, trust_remote_code: bool = False):
-    """(student, its image processor), made as `--student-layers`, `--student-config` or `--student` say."""
+                       model: str | None = None, seed: int = 0, trust_remote_code: bool = False,
+                       probe: list[dict] | None = None):
+    """(student, its image processor), made as `--student-layers`, `--student-config` or `--student` say.
+    A ViT's `--student-config` of layers, hidden, heads and intermediate is sliced from the
+    teacher by activation importance on `probe` (pixel batches), as a text encoder's is;
+    any other is a random student of the shrunk configuration."""
     if sum(x is not None for x in (layers, config_spec, model)) > 1:
         raise UserError("give one of --student-layers, --student-config and --student")
     if model is not None:
         student, student_processor = load_image_classifier(model, role="student", trust_remote_code=trust_remote_code)
         check_labels(teacher, student, source=model)
         return student, student_processor
+    if config_spec is not None and slices_width(teacher, config_spec):
+        from edgekd.slicing import configured_student
+
+        if not probe:
+            raise UserError("slicing the teacher's width needs sample training images; pass --data with images")
+        return configured_student(teacher, config_spec, probe=probe, seed=seed), processor
     if config_spec is not None:
         student = shrunk_image_student(teacher, config_spec, seed=seed)
         return student, processor_for(student, processor)
     return cut_student(teacher, layers or "1"), processor
+
+
+def slices_width(teacher: nn.Module, spec: str) -> bool:
+    """Whether `--student-config spec` is cut from the teacher's weights (edgekd/slicing.py):
+    a transformer family edgekd slices, asked for layers, hidden, heads or intermediate only
+    (a new patch or image size has no teacher weights to keep)."""
+    from edgekd.slicing import family_of
+
+    return (is_transformer(teacher) and family_of(teacher) is not None
+            and set(parse_image_spec(spec)) <= {"layers", "hidden", "heads", "intermediate"})
 
 
 def check_labels(teacher: nn.Module, student: nn.Module, *, source: str) -> None:
