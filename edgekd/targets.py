@@ -17,7 +17,7 @@ from edgekd.errors import UserError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 FORMATS = ("onnx", "ort", "pte")
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4", "8da4w")  # 8da4w: .pte causal LMs
 TASK_NAMES = ("text-classification", "causal-lm", "image-classification")  # edgekd.tasks.TASKS, without importing it
 INTEGER_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -25,7 +25,7 @@ OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 EXPORTERS = ("torchscript", "dynamo", "optimum")
 EXECUTION_PROVIDERS = ("cpu", "xnnpack", "nnapi", "coreml")
 EXECUTORCH_BACKENDS = ("xnnpack", "portable")
-PTE_PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
+PTE_PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "8da4w")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -88,3 +88,32 @@ def test_unknown_target_and_non_lm_folder(exported, tmp_path, student_dir):
 
 def targets(*names: str):
     return [load_target(name) for name in names]
+
+
+def test_executorch_programs_carry_their_cache_and_fp32_generates_pytorchs_tokens(tmp_path):
+    pytest.importorskip("executorch")
+    from edgekd.lm.bench import bench_lm
+    from edgekd.lm.generate import decoder_for
+    from edgekd.lm.pte import PteDecoder
+
+    folder = save_llama(tmp_path / "student", layers=2, seed=4)
+    fp32, int4 = export_lm(folder, targets=targets("executorch", "executorch-8da4w"), out=tmp_path / "export",
+                           max_length=40, parity_tokens=8)
+    assert fp32.exact and fp32.perplexity_ratio is None  # fp32: every greedy token equals PyTorch's
+    assert int4.precision == "8da4w" and 1 <= int4.perplexity_ratio <= 2.0 and int4.size_bytes < fp32.size_bytes
+    manifest = json.loads((tmp_path / "export" / "executorch-8da4w" / "edgekd.json").read_text())
+    assert manifest["inputs"] == {"input_ids": ["1", "1"], "cache_position": ["1"]}
+    assert manifest["delegation"]["delegate_calls"] > 0 and manifest["quantization"]["weights"].startswith("int4")
+    decoder = decoder_for(tmp_path / "export" / "executorch")
+    assert isinstance(decoder, PteDecoder)
+    model, tokenizer = make_llama(layers=2, seed=4), make_lm_tokenizer()
+    prompt = tokenizer("w3 w7 a dog ran", add_special_tokens=False)["input_ids"]
+    first = decoder.greedy(prompt, new_tokens=12, stop_at_eos=False)
+    assert first == torch_greedy(model, tokenizer, [prompt], new_tokens=12)[0]
+    assert decoder.greedy(prompt, new_tokens=12, stop_at_eos=False) == first  # a new sequence starts afresh
+    report = bench_lm(teacher_dir=folder, student_dir=None, artifacts=tmp_path / "export",
+                      texts=["the cat sat on the mat w1 w2 w3"] * 3, max_length=16, new_tokens=4, rounds=1)
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["teacher/executorch"]["runtime"] == "executorch fp32"
+    assert rows["teacher/executorch"]["quality"]["perplexity"] == pytest.approx(rows["teacher"]["quality"]["perplexity"],
+                                                                                rel=1e-3)

@@ -98,20 +98,29 @@ def export_pte(model: torch.nn.Module, inputs, path: Path, *,
                 quantized = _quantize_pt2e(program, _samples(calibration, input_names), per_channel=per_channel,
                                            dynamic=False)
                 program = torch.export.export(quantized, sample, dynamic_shapes=shapes, strict=False)
-            lowered = to_edge_transform_and_lower(program, partitioner=_partitioners(backend))
-            Path(path).write_bytes(lowered.to_executorch().buffer)
+            delegation = lower_program(program, path, backend=backend, what=type(model).__name__)
     except UserError:
         raise
     except Exception as error:  # torch.export / ExecuTorch raise many types with long texts
         raise UserError(f"ExecuTorch cannot export {type(model).__name__}: "
                         f"{str(error).strip().splitlines()[0][:200]}; use an ONNX target "
                         "for this architecture") from error
-    delegation = _delegation(lowered)
-    if backend != "portable" and delegation["delegate_calls"] == 0:
-        raise UserError(f"ExecuTorch's {backend} backend took no part of "
-                        f"{type(model).__name__}; use an ONNX target for this architecture")
     if inputs.kind == "pixels":
         delegation["max_batch"] = largest_batch(path, sample[0])
+    return delegation
+
+
+def lower_program(program, path: Path, *, backend: str, what: str) -> dict:
+    """Lower an exported program to `backend`, write the .pte to `path`; how much of the graph
+    the backend took (`_delegation`). A backend that took nothing is an error."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    lowered = to_edge_transform_and_lower(program, partitioner=_partitioners(backend))
+    Path(path).write_bytes(lowered.to_executorch().buffer)
+    delegation = _delegation(lowered)
+    if backend != "portable" and delegation["delegate_calls"] == 0:
+        raise UserError(f"ExecuTorch's {backend} backend took no part of {what}; use an ONNX target "
+                        "for this architecture")
     return delegation
 
 

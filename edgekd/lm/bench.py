@@ -24,7 +24,7 @@ from edgekd.bench.memory import MemoryProbe
 from edgekd.bench.report import add_same_target_speedups
 from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
-from edgekd.lm.generate import OnnxDecoder
+from edgekd.lm.generate import Decoder, decoder_for
 from edgekd.lm.models import load_causal_lm
 
 # ---------------------------------------------------------------------------- quality
@@ -39,7 +39,7 @@ def torch_logits_fn(model: torch.nn.Module) -> Callable[[list[int]], np.ndarray]
     return logits
 
 
-def onnx_logits_fn(decoder: OnnxDecoder) -> Callable[[list[int]], np.ndarray]:
+def onnx_logits_fn(decoder: Decoder) -> Callable[[list[int]], np.ndarray]:
     return decoder.all_logits
 
 
@@ -140,7 +140,7 @@ def torch_decode(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int)
     return Speed(len(prompt_ids) / prefill, (new_tokens - 1) / decode)
 
 
-def onnx_decode(decoder: OnnxDecoder, prompt_ids: list[int], new_tokens: int) -> Speed:
+def onnx_decode(decoder: Decoder, prompt_ids: list[int], new_tokens: int) -> Speed:
     produced, prefill, decode = decoder.generate_ids(prompt_ids, new_tokens=new_tokens, stop_at_eos=False)
     return Speed(len(prompt_ids) / prefill, (len(produced) - 1) / decode)
 
@@ -172,7 +172,7 @@ class _Model:
 
     name: str  # teacher, student, student/<target> or teacher/<target>
     runtime: str
-    format: str  # pytorch | onnx | ort
+    format: str  # pytorch | onnx | ort | pte
     precision: str
     target: str | None
     source: Path
@@ -239,10 +239,10 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Mod
             raise UserError(f"{folder} holds a {manifest['task']} artifact, not a causal LM; bench it "
                             "with its own teacher")
         origin = origin_of(manifest, teacher_folder)  # a .gguf teacher: its dequantised folder
-        runtime = "ort-mobile" if manifest["format"] == "ort" else "ort"
+        runtime = {"ort": "ort-mobile", "pte": "executorch"}.get(manifest["format"], "ort")
         models.append(_Model(f"{origin}/{manifest['target']}", f"{runtime} {manifest['precision']}",
                              manifest["format"], manifest["precision"], manifest["target"],
-                             folder / manifest["model_file"], lambda f=folder: OnnxDecoder(f, threads=1),
+                             folder / manifest["model_file"], lambda f=folder: decoder_for(f, threads=1),
                              folder_bytes(folder, "model.*"),
                              "student" if origin == "student" and student_dir is not None else "teacher",
                              folder / manifest["model_file"], folder))
@@ -260,6 +260,8 @@ def _measure(models: list[_Model], examples: LMExamples, owns: dict, teacher_tok
                if owns.get(model.name) else prompt for model in models}
     probes = {}
     for model in models:
+        if model.format == "pte":
+            continue  # the memory child feeds whole prompts; a .pte causal LM takes one token per call
         ids = prompts[model.name]
         feeds = {"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
         probes[model.name] = MemoryProbe(model_format=model.format, source=model.memory_source,
@@ -267,12 +269,12 @@ def _measure(models: list[_Model], examples: LMExamples, owns: dict, teacher_tok
     try:
         rows, loaded = _quality_rows(models, examples, owns)
         for row in rows:
-            row["memory"] = probes[row["name"]].result()
+            row["memory"] = probes[row["name"]].result() if row["name"] in probes else None
     finally:
         for probe in probes.values():
             probe.stop()
     runners = {name: (lambda m=instance, p=prompts[name]: onnx_decode(m, p, new_tokens))
-               if isinstance(instance, OnnxDecoder)
+               if isinstance(instance, Decoder)
                else (lambda m=instance, p=prompts[name]: torch_decode(m, p, new_tokens)) for name, instance in loaded.items()}
     speeds = interleaved_speeds(runners, rounds=rounds)
     perplexity = {row["name"]: row["quality"]["perplexity"] for row in rows}
@@ -294,7 +296,7 @@ def _quality_rows(models: list[_Model], examples: LMExamples, owns: dict) -> tup
         own = owns.get(model.name)
         if vocabulary is None:
             vocabulary = instance.get_output_embeddings().out_features
-        logits_fn = onnx_logits_fn(instance) if isinstance(instance, OnnxDecoder) else torch_logits_fn(instance)
+        logits_fn = onnx_logits_fn(instance) if isinstance(instance, Decoder) else torch_logits_fn(instance)
         if teacher_top1 is None:
             teacher_top1 = top1_predictions(logits_fn, examples, vocabulary=vocabulary)
         row_quality = quality(logits_fn, examples, vocabulary=len(own.kept) if own else vocabulary, own=own,

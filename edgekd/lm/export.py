@@ -156,10 +156,14 @@ def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite:
     if max_perplexity_ratio is not None and not max_perplexity_ratio >= 1:
         raise UserError(f"--max-perplexity-ratio {max_perplexity_ratio} is below 1, which not even "
                         "the fp32 export meets; use e.g. 1.1")
+    from edgekd.lm.pte import PTE_LM_PRECISIONS
+
     for target in targets:
-        if target.precision not in LM_PRECISIONS or target.format not in ("onnx", "ort"):
+        allowed = PTE_LM_PRECISIONS if target.format == "pte" else LM_PRECISIONS
+        if target.precision not in allowed or target.format not in ("onnx", "ort", "pte"):
             raise UserError(f"target '{target.name}' ({target.format} {target.precision}) cannot be built "
-                            f"for a causal LM; choose a target of {', '.join(LM_PRECISIONS)} precision")
+                            f"for a causal LM; choose a target of {', '.join(LM_PRECISIONS)} precision "
+                            f"(.pte: {', '.join(PTE_LM_PRECISIONS)})")
     model, tokenizer = load_causal_lm(student_dir, role="student")
     limit = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
     if limit < 8:
@@ -253,6 +257,9 @@ def _export_target(target: Target, context: _LMContext, out: Path, *, budget: fl
 
     checked: dict = {}
 
+    if target.format == "pte":
+        return _export_pte_target(target, context, out, budget=budget, overwrite=overwrite)
+
     def build(staging: Path) -> Built:
         onnx_path = context.scratch / target.name / "model.onnx"
         onnx_path.parent.mkdir()
@@ -293,6 +300,53 @@ def _export_target(target: Target, context: _LMContext, out: Path, *, budget: fl
                       size_bytes=written.size_bytes, greedy_agreement=checked["agreement"],
                       exact=checked["agreement"] == 1.0, perplexity_ratio=checked["perplexity_ratio"],
                       kept_float=len(search.kept_float) if search else 0, precision=target.precision)
+
+
+def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,
+                       overwrite: bool) -> LMArtifact:
+    """One .pte target: the static-cache program (edgekd/lm/pte.py), its greedy tokens
+    against PyTorch's (fp32 must match them all) and, quantised, its perplexity budget."""
+    from edgekd.lm.pte import SCHEME_8DA4W, PteDecoder, export_lm_pte, perplexity
+
+    checked: dict = {}
+
+    def build(staging: Path) -> Built:
+        context.report(f"{target.name}: torch.export with a static cache of {context.max_length} positions, "
+                       f"{target.precision}, lowered to XNNPACK")
+        delegation = export_lm_pte(context.model, staging / "model.pte", precision=target.precision,
+                                   max_length=context.max_length)
+        details = {"max_length": context.max_length, "layers": context.model.config.num_hidden_layers,
+                   "eos_token_id": context.tokenizer.eos_token_id, "delegation": delegation,
+                   "cache": "static, inside the program: call it with one token and its position"}
+        manifest = {"task": "causal-lm", "format": "pte", "model_file": "model.pte", **details}
+        decoder = PteDecoder(staging, manifest=manifest)
+        produced = [decoder.greedy(ids, new_tokens=context.parity_tokens, stop_at_eos=False)
+                    for ids in context.prompts]
+        agreement = _token_agreement(context.expected, produced)
+        if target.precision == "fp32" and agreement < 1.0:
+            raise UserError(f"the fp32 .pte generates different tokens from PyTorch ({agreement:.0%} agree); "
+                            "the export is wrong, please report it")
+        ratio = None
+        if budget is not None:
+            measured = perplexity(decoder, context.gate.texts)
+            _check_perplexity(target, measured, context.gate, budget)
+            details["perplexity_gate"] = context.gate.describe(measured, budget)
+            details["quantization"] = SCHEME_8DA4W
+            ratio = measured / context.gate.fp32_perplexity
+        checked.update(agreement=agreement, perplexity_ratio=ratio)
+        return Built(model_file="model.pte",
+                     inputs={"input_ids": ["1", "1"], "cache_position": ["1"]},
+                     outputs={"logits": ["1", "1", "vocab"]},
+                     parity={"greedy_agreement": agreement, "prompts": len(context.prompts),
+                             "new_tokens": context.parity_tokens, "exact": agreement == 1.0},
+                     details=details, weight_files=())
+
+    written = write_target(target, out, task="causal-lm", student_dir=context.student_dir, model=context.model,
+                           tokenizer=context.tokenizer, overwrite=overwrite, build=build)
+    return LMArtifact(target=target.name, folder=written.folder, model_file=written.built.model_file,
+                      size_bytes=written.size_bytes, greedy_agreement=checked["agreement"],
+                      exact=checked["agreement"] == 1.0, perplexity_ratio=checked["perplexity_ratio"],
+                      kept_float=0, precision=target.precision)
 
 
 AXES = {"input_ids": ["batch", "new"], "attention_mask": ["batch", "total"], "logits": ["batch", "new", "vocab"]}

@@ -52,10 +52,11 @@ def prefill_feed(ids: list[int], past_names: list[str], *, kv_heads: int, head_d
     return feed
 
 
-class OnnxDecoder:
-    """An exported artifact folder (edgekd.json + model.onnx/.ort) as a greedy generator."""
+class Decoder:
+    """An exported causal LM as a greedy generator; the runtime's part is `prefill`, `step`
+    and `all_logits` (OnnxDecoder: .onnx/.ort; edgekd.lm.pte.PteDecoder: .pte)."""
 
-    def __init__(self, folder: Path, *, threads: int = 1, manifest: dict | None = None) -> None:
+    def __init__(self, folder: Path, *, manifest: dict | None = None) -> None:
         """`manifest`: the folder's manifest when it is not written yet (during export)."""
         from edgekd.manifest import read_manifest
 
@@ -64,8 +65,6 @@ class OnnxDecoder:
         if self.manifest.get("task") != "causal-lm":
             raise UserError(f"{folder} holds a {self.manifest.get('task')} artifact, not a causal LM; "
                             "pass a folder that edgekd export wrote for a causal LM")
-        self.session, self.past_names, self.kv_heads, self.head_dim = open_lm_session(
-            folder / self.manifest["model_file"], threads=threads)
         self.max_length = int(self.manifest["max_length"])
         self.folder = folder
 
@@ -77,26 +76,17 @@ class OnnxDecoder:
         if prompt_tokens == 0:
             raise UserError("the prompt is empty; give at least one word")
 
-    def prefill(self, prompt_ids: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def prefill(self, prompt_ids: list[int]):
         """Logits of the last prompt position and the cache after the prompt."""
-        logits, *presents = self.session.run(None, self._prefill_feed(prompt_ids))
-        return logits[0, -1], presents
+        raise NotImplementedError
+
+    def step(self, token: int, presents, length: int):
+        """One new token on top of a cache of `length - 1` positions: its logits and the cache."""
+        raise NotImplementedError
 
     def all_logits(self, ids: list[int]) -> np.ndarray:
-        """(len(ids), vocab) logits of one sequence in a single pass (for perplexity)."""
-        self.check_length(len(ids), 0)
-        return self.session.run(["logits"], self._prefill_feed(ids))[0][0]
-
-    def _prefill_feed(self, ids: list[int]) -> dict[str, np.ndarray]:
-        return prefill_feed(ids, self.past_names, kv_heads=self.kv_heads, head_dim=self.head_dim)
-
-    def step(self, token: int, presents: list[np.ndarray], length: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One new token on top of a cache of `length - 1` positions."""
-        feed = {"input_ids": np.asarray([[token]], dtype=np.int64),
-                "attention_mask": np.ones((1, length), dtype=np.int64)}
-        feed.update(zip(self.past_names, presents))
-        logits, *presents = self.session.run(None, feed)
-        return logits[0, -1], presents
+        """(len(ids), vocab) logits of one sequence (for perplexity)."""
+        raise NotImplementedError
 
     def greedy(self, prompt_ids: list[int], *, new_tokens: int, stop_at_eos: bool = True) -> list[int]:
         return self.generate_ids(prompt_ids, new_tokens=new_tokens, stop_at_eos=stop_at_eos)[0]
@@ -117,11 +107,51 @@ class OnnxDecoder:
         return produced, prefill_seconds, time.perf_counter() - started
 
 
+class OnnxDecoder(Decoder):
+    """An exported artifact folder (edgekd.json + model.onnx/.ort) as a greedy generator."""
+
+    def __init__(self, folder: Path, *, threads: int = 1, manifest: dict | None = None) -> None:
+        super().__init__(folder, manifest=manifest)
+        self.session, self.past_names, self.kv_heads, self.head_dim = open_lm_session(
+            self.folder / self.manifest["model_file"], threads=threads)
+
+    def prefill(self, prompt_ids: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        logits, *presents = self.session.run(None, self._prefill_feed(prompt_ids))
+        return logits[0, -1], presents
+
+    def all_logits(self, ids: list[int]) -> np.ndarray:
+        """In a single pass."""
+        self.check_length(len(ids), 0)
+        return self.session.run(["logits"], self._prefill_feed(ids))[0][0]
+
+    def _prefill_feed(self, ids: list[int]) -> dict[str, np.ndarray]:
+        return prefill_feed(ids, self.past_names, kv_heads=self.kv_heads, head_dim=self.head_dim)
+
+    def step(self, token: int, presents: list[np.ndarray], length: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        feed = {"input_ids": np.asarray([[token]], dtype=np.int64),
+                "attention_mask": np.ones((1, length), dtype=np.int64)}
+        feed.update(zip(self.past_names, presents))
+        logits, *presents = self.session.run(None, feed)
+        return logits[0, -1], presents
+
+
+def decoder_for(folder: Path, *, threads: int = 1, manifest: dict | None = None) -> Decoder:
+    """The folder's artifact as a Decoder of its format (.onnx/.ort in ONNX Runtime, .pte in ExecuTorch)."""
+    from edgekd.manifest import read_manifest
+
+    manifest = manifest if manifest is not None else read_manifest(Path(folder))
+    if manifest.get("format") == "pte":
+        from edgekd.lm.pte import PteDecoder
+
+        return PteDecoder(folder, threads=threads, manifest=manifest)
+    return OnnxDecoder(folder, threads=threads, manifest=manifest)
+
+
 def generate(artifact: Path, prompt: str, *, new_tokens: int = 32, threads: int = 1) -> Generation:
     """Greedy continuation of `prompt` by the exported model in `artifact`."""
     from transformers import AutoTokenizer
 
-    decoder = OnnxDecoder(artifact, threads=threads)
+    decoder = decoder_for(artifact, threads=threads)
     tokenizer = AutoTokenizer.from_pretrained(str(artifact))
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     produced, prefill_seconds, decode_seconds = decoder.generate_ids(prompt_ids, new_tokens=new_tokens)

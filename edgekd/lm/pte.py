@@ -1,0 +1,116 @@
+"""Causal LMs as ExecuTorch programs: the key/value cache inside the .pte, one token per call.
+
+The student is wrapped by transformers' `TorchExportableModuleForDecoderOnlyLM` with a static
+cache of `max_length` positions, exported with `torch.export` and lowered to XNNPACK. The
+program takes one token id and its position (`input_ids` (1, 1), `cache_position` (1,)) and
+returns that position's logits; the cache lives in the program's own buffers, so an app only
+counts positions. A new sequence starts again at position 0: the cache's later entries are
+masked by position, never read.
+
+`8da4w` is ExecuTorch's recipe for decoders on phones (torchao): Linear weights int4 in
+symmetric groups of 32 along the input, activations int8 per token at run time.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.errors import UserError
+from edgekd.lm.generate import Decoder
+
+PTE_LM_PRECISIONS = ("fp32", "8da4w")
+GROUP_SIZE = 32  # int4 weights share one scale per this many inputs
+SCHEME_8DA4W = {"weights": f"int4 per group of {GROUP_SIZE} inputs, symmetric (torchao)",
+                "activations": "int8 per token at run time", "lowered_to": "XNNPACK"}
+
+
+def export_lm_pte(model: torch.nn.Module, path: Path, *, precision: str, max_length: int) -> dict:
+    """Write `model` as a .pte with a static cache of `max_length` positions; the manifest's
+    delegation entry (how many graph nodes XNNPACK took)."""
+    from transformers import GenerationConfig
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    from edgekd.export.mobile import lower_program
+    from edgekd.progress import quiet_native_output
+
+    if precision not in PTE_LM_PRECISIONS:
+        raise UserError(f"a causal LM's .pte is {' or '.join(PTE_LM_PRECISIONS)}, not {precision}")
+    model = copy.deepcopy(model).float().eval()  # quantisation and the cache settings change it in place
+    model.generation_config = GenerationConfig(use_cache=True, cache_implementation="static", max_length=max_length,
+                                               cache_config={"batch_size": 1, "max_cache_len": max_length})
+    if precision == "8da4w":
+        _quantize_8da4w(model)
+    try:
+        with torch.no_grad(), quiet_native_output():
+            wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_length)
+            program = wrapper.export(input_ids=torch.zeros((1, 1), dtype=torch.long),
+                                     cache_position=torch.zeros(1, dtype=torch.long))
+            return lower_program(program, path, backend="xnnpack", what=type(model).__name__)
+    except UserError:
+        raise
+    except Exception as error:  # torch.export and ExecuTorch errors are long; the first line names the cause
+        raise UserError(f"ExecuTorch cannot export {type(model).__name__} with a static cache: "
+                        f"{str(error).strip().splitlines()[0][:200]}; export it to onnx-fp32 instead") from error
+
+
+def _quantize_8da4w(model: torch.nn.Module) -> None:
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    odd = [name for name, module in model.named_modules()
+           if isinstance(module, torch.nn.Linear) and module.in_features % GROUP_SIZE]
+    if odd:
+        raise UserError(f"8da4w groups {GROUP_SIZE} inputs per scale, but {odd[0]} takes "
+                        f"{dict(model.named_modules())[odd[0]].in_features}; export to executorch (fp32) instead")
+    quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                           weight_granularity=PerGroup(GROUP_SIZE)))
+
+
+class PteDecoder(Decoder):
+    """An exported causal-LM .pte folder as a greedy generator: one token per call."""
+
+    def __init__(self, folder: Path, *, threads: int = 1, manifest: dict | None = None) -> None:
+        from edgekd.sessions import load_pte_method
+
+        super().__init__(folder, manifest=manifest)
+        try:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(threads)
+        except (ImportError, AttributeError):
+            pass  # older releases: the pool keeps its default size
+        self.method = load_pte_method(self.folder / self.manifest["model_file"])
+
+    def _logits(self, token: int, position: int) -> np.ndarray:
+        outputs = self.method.execute([torch.tensor([[token]], dtype=torch.long),
+                                       torch.tensor([position], dtype=torch.long)])
+        return np.asarray(outputs[0], dtype=np.float32)[0, -1]
+
+    def prefill(self, prompt_ids: list[int]):
+        for position, token in enumerate(prompt_ids):  # the program takes one token per call
+            logits = self._logits(int(token), position)
+        return logits, None
+
+    def step(self, token: int, presents, length: int):
+        return self._logits(int(token), length - 1), None
+
+    def all_logits(self, ids: list[int]) -> np.ndarray:
+        self.check_length(len(ids), 0)
+        return np.stack([self._logits(int(token), position) for position, token in enumerate(ids)])
+
+
+def perplexity(decoder: Decoder, texts: list[list[int]]) -> float:
+    """exp of the mean next-token cross-entropy over `texts` (token ids), as every gate measures it."""
+    total, count = 0.0, 0
+    for ids in texts:
+        logits = decoder.all_logits(list(ids)).astype(np.float64)[:-1]
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        total -= float(log_probs[np.arange(len(ids) - 1), np.asarray(ids[1:])].sum())
+        count += len(ids) - 1
+    return math.exp(total / max(count, 1))
