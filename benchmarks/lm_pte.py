@@ -1,0 +1,77 @@
+"""The causal-LM demo student as ExecuTorch programs with the key/value cache inside.
+
+    EDGEKD_CACHE=/path/to/cache python benchmarks/lm_pte.py --student runs/lm-demo/student
+
+Exports `executorch` (fp32) and `executorch-8da4w` the way `edgekd export` does (greedy
+tokens of 3 prompts checked against PyTorch's; 8da4w held to its perplexity budget on the
+demo's BBC training articles) beside `onnx-int4`, then benches the teacher, the student and
+the three exports on the demo's held-out articles: perplexity, next-token agreement with the
+teacher, decode tokens/s at 1 thread (interleaved rounds, medians), size.
+
+Checked (benchmarks/results/lm_pte.json): the fp32 .pte generates PyTorch's greedy tokens
+exactly; the 8da4w .pte is within its 2x perplexity budget of the fp32 export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "benchmarks" / "results" / "lm_pte.json"
+TARGETS = ("executorch", "executorch-8da4w", "onnx-int4")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", type=Path, required=True, help="The causal-LM demo's student folder.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved decode rounds.")
+    parser.add_argument("--max-length", type=int, default=256, help="Positions of the exported cache.")
+    args = parser.parse_args()
+
+    from edgekd.bench.machine import machine_info
+    from edgekd.bench.report import print_table
+    from edgekd.errors import atomic_write_text
+    from edgekd.lm.bench import bench_lm
+    from edgekd.lm.demo import LMDemoConfig, demo_texts
+    from edgekd.lm.export import export_lm
+    from edgekd.lm.models import demo_gguf_path, dequantised_gguf
+    from edgekd.targets import load_target
+
+    config = LMDemoConfig()
+    train_texts, eval_texts = demo_texts(config)
+    with tempfile.TemporaryDirectory(prefix="edgekd-lm-pte-") as scratch:
+        export = Path(scratch) / "export"
+        seconds = {}
+        artifacts = {}
+        for name in TARGETS:
+            started = time.perf_counter()
+            (artifact,) = export_lm(args.student, targets=[load_target(name)], out=export, max_length=args.max_length,
+                                    gate_texts=train_texts, gate_source="BBC News training articles")
+            seconds[name], artifacts[name] = time.perf_counter() - started, artifact
+        report = bench_lm(teacher_dir=dequantised_gguf(demo_gguf_path()), student_dir=args.student, artifacts=export,
+                          texts=eval_texts, max_length=config.distill.max_length, rounds=args.rounds)
+        print_table(report)
+        manifests = {name: json.loads((export / name / "edgekd.json").read_text()) for name in TARGETS}
+    rows = {row["name"]: row for row in report["rows"]}
+    result = {
+        "exports": {name: {"seconds": seconds[name], "size_bytes": a.size_bytes, "greedy_agreement": a.greedy_agreement,
+                           "exact": a.exact, "perplexity_ratio_on_gate": a.perplexity_ratio,
+                           "delegation": manifests[name].get("delegation")} for name, a in artifacts.items()},
+        "checks": {"fp32_pte_greedy_tokens_equal_pytorch": artifacts["executorch"].exact,
+                   "8da4w_within_its_perplexity_budget": artifacts["executorch-8da4w"].perplexity_ratio <= 2.0},
+        "rows": [{"name": r["name"], "runtime": r["runtime"], "perplexity": r["quality"]["perplexity"],
+                  "top1_agreement": r["quality"].get("top1_agreement"), "size_bytes": r["size_bytes"],
+                  "decode_tokens_per_second": r["latency"]["decode_tokens_per_second"],
+                  "ms_per_token": r["latency"]["p50_ms"], "speedup": r["speedup"]} for r in rows.values()],
+        "max_length": args.max_length, "rounds": args.rounds, "held_out_texts": report["data"]["rows"],
+        "machine": machine_info()}
+    atomic_write_text(RESULT, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["checks"]))
+
+
+if __name__ == "__main__":
+    main()
