@@ -2,12 +2,12 @@
 and image classifiers alike (what each model is fed: edgekd/bench/feeds.py).
 
     quality     accuracy, macro-F1, agreement with the teacher, mean KL to the teacher
-                (images with 5 classes or more: top-5 accuracy too)
+                (with more than 5 classes: top-5 accuracy too)
     latency     p50/p90/p99 and IQR at batch 1 for each sequence length (images: at each
                 model's own input size), and throughput at a larger batch; warm-up
                 excluded, every model measured interleaved
     size        bytes on disk, parameters, peak resident memory (one child process each)
-    efficiency  matrix-multiply operations per inference against the machine's peak
+    efficiency  matrix-multiply and convolution operations per inference against the machine's peak
     gates       limits from the command line or the target profiles (see gates.py)
 
 The report it returns is documented in docs/report-schema.md (report.SCHEMA_VERSION).
