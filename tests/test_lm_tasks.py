@@ -163,7 +163,8 @@ def test_targets_lists_every_target_by_task():
     assert "onnx-int8" in images and "executorch-int8" in images and "onnx-int4" not in images
     assert "onnx-fp16" in text and "executorch" in text and "onnx-int4" in text
     assert "onnx-int8" in causal_lm and "onnx-int4" in causal_lm and "ort-mobile" in causal_lm
-    assert "onnx-fp16" not in causal_lm and "executorch" not in causal_lm
+    assert "executorch-8da4w" in causal_lm and "executorch-8da4w" not in text + images
+    assert "onnx-fp16" not in causal_lm and "executorch-int8" not in causal_lm
 
 
 def test_bench_refuses_classifier_options_for_a_causal_lm(lm, tmp_path):
