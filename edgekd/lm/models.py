@@ -77,9 +77,10 @@ def _read_gguf(path: Path):
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading .gguf files needs the gguf package: pip install gguf accelerate")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        quantised = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                         dtype=torch.float32)
+        with _no_gguf_bar():
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            quantised = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                             dtype=torch.float32)
     except ImportError as error:
         raise UserError(f"cannot read {path.name}: {first_line(error)}") from error
     except Exception as error:  # the gguf reader raises many types on a damaged file
@@ -93,6 +94,22 @@ def _read_gguf(path: Path):
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
     return plain.eval(), tokenizer
+
+
+class _no_gguf_bar:
+    """transformers' GGUF reader draws its own tqdm bar, which its progress-bar switch does not
+    reach: keep it off the terminal while the file is read (it is read once, then cached)."""
+
+    def __enter__(self):
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as reader
+
+        self.reader, self.bar = reader, reader.tqdm
+        reader.tqdm = functools.partial(self.bar, disable=True)
+
+    def __exit__(self, *exc):
+        self.reader.tqdm = self.bar
 
 
 # ---------------------------------------------------------------------------- students
