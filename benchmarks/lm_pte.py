@@ -60,7 +60,10 @@ def main() -> None:
     result = {
         "exports": {name: {"seconds": seconds[name], "size_bytes": a.size_bytes, "greedy_agreement": a.greedy_agreement,
                            "exact": a.exact, "perplexity_ratio_on_gate": a.perplexity_ratio,
-                           "delegation": manifests[name].get("delegation")} for name, a in artifacts.items()},
+                           "delegation": manifests[name].get("delegation"),
+                           "greedy_agreement_with_pytorch_same_precision":
+                               manifests[name].get("greedy_agreement_with_pytorch_same_precision")}
+                    for name, a in artifacts.items()},
         "checks": {"fp32_pte_greedy_tokens_equal_pytorch": artifacts["executorch"].exact,
                    "8da4w_within_its_perplexity_budget": artifacts["executorch-8da4w"].perplexity_ratio <= 2.0},
         "rows": [{"name": r["name"], "runtime": r["runtime"], "perplexity": r["quality"]["perplexity"],

@@ -104,6 +104,7 @@ def test_executorch_programs_carry_their_cache_and_fp32_generates_pytorchs_token
     manifest = json.loads((tmp_path / "export" / "executorch-8da4w" / "edgekd.json").read_text())
     assert manifest["inputs"] == {"input_ids": ["1", "1"], "cache_position": ["1"]}
     assert manifest["delegation"]["delegate_calls"] > 0 and manifest["quantization"]["weights"].startswith("int4")
+    assert 0 < manifest["greedy_agreement_with_pytorch_same_precision"] <= 1  # against torchao's 8da4w in PyTorch
     decoder = decoder_for(tmp_path / "export" / "executorch")
     assert isinstance(decoder, PteDecoder)
     model, tokenizer = make_llama(layers=2, seed=4), make_lm_tokenizer()

@@ -306,15 +306,15 @@ def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget
                        overwrite: bool) -> LMArtifact:
     """One .pte target: the static-cache program (edgekd/lm/pte.py), its greedy tokens
     against PyTorch's (fp32 must match them all) and, quantised, its perplexity budget."""
-    from edgekd.lm.pte import SCHEME_8DA4W, PteDecoder, export_lm_pte, perplexity
+    from edgekd.lm.pte import SCHEME_8DA4W, PteDecoder, export_lm_pte, perplexity, prepared_model
 
     checked: dict = {}
 
     def build(staging: Path) -> Built:
         context.report(f"{target.name}: torch.export with a static cache of {context.max_length} positions, "
                        f"{target.precision}, lowered to XNNPACK")
-        delegation = export_lm_pte(context.model, staging / "model.pte", precision=target.precision,
-                                   max_length=context.max_length)
+        prepared = prepared_model(context.model, precision=target.precision, max_length=context.max_length)
+        delegation = export_lm_pte(prepared, staging / "model.pte", max_length=context.max_length)
         details = {"max_length": context.max_length, "layers": context.model.config.num_hidden_layers,
                    "eos_token_id": context.tokenizer.eos_token_id, "delegation": delegation,
                    "cache": "static, inside the program: call it with one token and its position"}
@@ -327,6 +327,9 @@ def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget
             raise UserError(f"the fp32 .pte generates different tokens from PyTorch ({agreement:.0%} agree); "
                             "the export is wrong, please report it")
         ratio = None
+        if target.precision != "fp32":  # the same quantised model in PyTorch: what the program should reproduce
+            same = torch_greedy(prepared, context.tokenizer, context.prompts, new_tokens=context.parity_tokens)
+            details["greedy_agreement_with_pytorch_same_precision"] = _token_agreement(same, produced)
         if budget is not None:
             measured = perplexity(decoder, context.gate.texts)
             _check_perplexity(target, measured, context.gate, budget)

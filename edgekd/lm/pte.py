@@ -29,14 +29,10 @@ SCHEME_8DA4W = {"weights": f"int4 per group of {GROUP_SIZE} inputs, symmetric (t
                 "activations": "int8 per token at run time", "lowered_to": "XNNPACK"}
 
 
-def export_lm_pte(model: torch.nn.Module, path: Path, *, precision: str, max_length: int) -> dict:
-    """Write `model` as a .pte with a static cache of `max_length` positions; the manifest's
-    delegation entry (how many graph nodes XNNPACK took)."""
+def prepared_model(model: torch.nn.Module, *, precision: str, max_length: int) -> torch.nn.Module:
+    """A copy of `model` as the program will hold it: a static cache of `max_length` positions
+    and, for 8da4w, torchao's quantised Linear layers (PyTorch runs it too, for the greedy check)."""
     from transformers import GenerationConfig
-    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
-
-    from edgekd.export.mobile import lower_program
-    from edgekd.progress import quiet_native_output
 
     if precision not in PTE_LM_PRECISIONS:
         raise UserError(f"a causal LM's .pte is {' or '.join(PTE_LM_PRECISIONS)}, not {precision}")
@@ -45,6 +41,17 @@ def export_lm_pte(model: torch.nn.Module, path: Path, *, precision: str, max_len
                                                cache_config={"batch_size": 1, "max_cache_len": max_length})
     if precision == "8da4w":
         _quantize_8da4w(model)
+    return model
+
+
+def export_lm_pte(model: torch.nn.Module, path: Path, *, max_length: int) -> dict:
+    """Write a `prepared_model` as a .pte with a static cache of `max_length` positions; the
+    manifest's delegation entry (how many graph nodes XNNPACK took)."""
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    from edgekd.export.mobile import lower_program
+    from edgekd.progress import quiet_native_output
+
     try:
         with torch.no_grad(), quiet_native_output():
             wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_length)
