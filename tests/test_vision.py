@@ -368,6 +368,7 @@ def test_distill_slices_a_vit_student_from_the_command_line(tmp_path):
         "distill", "--teacher", str(teacher), "--data", str(photos), "--student-config", "hidden=16,layers=2",
         "--out", str(tmp_path / "student"), "--epochs", "1", "--batch-size", "8", "--quiet", "--allow-poor-student"])
     assert result.exit_code == 0, result.output
-    assert "random weights" not in result.output  # sliced: the teacher's learning rate, not a random start's
+    assert "random weights" not in result.output  # sliced: the sliced students' learning rate, as for text
+    assert "sliced from the teacher, so --lr 0.0003" in result.output
     config = json.loads((tmp_path / "student" / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (16, 2, 2)

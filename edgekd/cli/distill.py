@@ -287,12 +287,14 @@ def run_images(options: dict, *, given: set[str]) -> None:
     out = Path(options["out"])
     check_writable(out, overwrite=options["overwrite"] or options["resume"])
     teacher_model, processor = load_image_classifier(options["teacher"], trust_remote_code=options["trust_remote_code"])
-    sliced = bool(options["student_config"]) and slices_width(teacher_model, options["student_config"])
-    if config.lr == 1e-4 and "lr" not in given and options["student_config"] and not sliced:
-        typer.echo(f"student: random weights, so --lr {RANDOM_INIT_LR:g} (pass --lr to choose another)")
-        from dataclasses import replace
+    spec = options["student_config"]
+    sliced = bool(spec) and slices_width(teacher_model, spec)
+    if config.lr == 1e-4 and "lr" not in given and spec:
+        from edgekd.slicing import WIDTH_KEYS
+        from edgekd.vision.models import parse_image_spec
 
-        config = replace(config, lr=RANDOM_INIT_LR)
+        config = _student_lr(config, random_init=not sliced,
+                             reshaped=any(key in parse_image_spec(spec) for key in WIDTH_KEYS))
     label2id = label2id_of(teacher_model)
     read = dict(label2id=label2id, image_column=options["image_column"], label_column=options["label_column"] or None,
                 show_progress=not options["quiet"])
@@ -334,13 +336,18 @@ def _reshaped_student_lr(config, teacher_model, spec: str, init: str):
     """A --student-config student's default learning rate: random weights need a larger step than
     weights that already compute something, and a student sliced to a new width a larger one
     than a layer cut at the teacher's width (which keeps --lr's default)."""
-    from dataclasses import replace
-
     from edgekd.models import parse_student_config
     from edgekd.slicing import WIDTH_KEYS, family_of
 
     reshaped = any(key in parse_student_config(spec) for key in WIDTH_KEYS)
     random_init = init == "random" or (reshaped and family_of(teacher_model) is None)
+    return _student_lr(config, random_init=random_init, reshaped=reshaped)
+
+
+def _student_lr(config, *, random_init: bool, reshaped: bool):
+    """The default --lr of a student with random weights, or sliced to a new width (text and images alike)."""
+    from dataclasses import replace
+
     if not (random_init or reshaped):
         return config
     lr = RANDOM_INIT_LR if random_init else SLICED_LR
