@@ -59,16 +59,11 @@ def main() -> None:
     from edgekd.export.validation import session_logits, validation_set
     from edgekd.export.onnx import input_names_of
     from edgekd.models import load_classifier
-    from edgekd.sessions import ExecutorchSession, onnx_session
+    from edgekd.sessions import ExecutorchSession, executorch_threads, onnx_session
     from edgekd.targets import load_target
 
     torch.set_num_threads(1)
-    try:
-        from executorch.extension.pybindings import portable_lib
-
-        portable_lib._unsafe_reset_threadpool(1)
-    except (ImportError, AttributeError):
-        pass
+    executorch_threads(1)
     splits = demo_splits(seed=0)
     model, tokenizer = load_classifier(args.student, role="student")
     names = input_names_of(model, tokenizer)

@@ -102,6 +102,16 @@ def load_pte_method(path: Path):
                         "the file is corrupt or truncated, export it again") from error
 
 
+def executorch_threads(threads: int) -> None:
+    """Size ExecuTorch's one process-wide thread pool (the last call wins)."""
+    try:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
+    except (ImportError, AttributeError):
+        pass  # older releases: the pool keeps its default size (all cores)
+
+
 def register_quantized_kernels() -> None:
     """ExecuTorch's quantised kernels (the int8 embedding lookup of executorch-int8 programs):
     the runtime registers them when their library is imported."""

@@ -19,7 +19,7 @@ import torch
 
 from edgekd.data import Encoded, batches
 from edgekd.errors import UserError
-from edgekd.sessions import ExecutorchSession, open_session
+from edgekd.sessions import ExecutorchSession, executorch_threads, open_session
 from edgekd.manifest import MANIFEST, origin_of, read_manifest
 from edgekd.models import model_inputs
 
@@ -157,13 +157,7 @@ def _load_pte(path: Path, manifest: dict, threads: int):
     except ImportError as error:
         raise Unavailable("the ExecuTorch runtime is not installed "
                           "(pip install executorch); .pte artifacts were skipped") from error
-    try:
-        from executorch.extension.pybindings import portable_lib
-
-        # One process-wide pool: the last .pte loaded sets its size.
-        portable_lib._unsafe_reset_threadpool(threads)
-    except (ImportError, AttributeError):
-        pass  # older releases: the pool keeps its default size (all cores)
+    executorch_threads(threads)  # one process-wide pool: the last .pte loaded sets its size
     names = list(manifest.get("inputs", {"input_ids": 0, "attention_mask": 0}))
     # a program planned for at most max_batch rows (XNNPACK's image programs) takes larger batches in parts
     max_batch = (manifest.get("delegation") or {}).get("max_batch")

@@ -306,7 +306,8 @@ def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget
                        overwrite: bool) -> LMArtifact:
     """One .pte target: the static-cache program (edgekd/lm/pte.py), its greedy tokens
     against PyTorch's (fp32 must match them all) and, quantised, its perplexity budget."""
-    from edgekd.lm.pte import SCHEME_8DA4W, PteDecoder, export_lm_pte, perplexity, prepared_model
+    from edgekd.lm.pte import SCHEME_8DA4W, PteDecoder, export_lm_pte, prepared_model
+    from edgekd.lm.quantize import perplexity_of
 
     checked: dict = {}
 
@@ -331,7 +332,7 @@ def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget
             same = torch_greedy(prepared, context.tokenizer, context.prompts, new_tokens=context.parity_tokens)
             details["greedy_agreement_with_pytorch_same_precision"] = _token_agreement(same, produced)
         if budget is not None:
-            measured = perplexity(decoder, context.gate.texts)
+            measured = perplexity_of(decoder.all_logits, context.gate.texts)
             _check_perplexity(target, measured, context.gate, budget)
             details["perplexity_gate"] = context.gate.describe(measured, budget)
             details["quantization"] = SCHEME_8DA4W

@@ -14,7 +14,6 @@ symmetric groups of 32 along the input, activations int8 per token at run time.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import numpy as np
@@ -82,15 +81,10 @@ class PteDecoder(Decoder):
     """An exported causal-LM .pte folder as a greedy generator: one token per call."""
 
     def __init__(self, folder: Path, *, threads: int = 1, manifest: dict | None = None) -> None:
-        from edgekd.sessions import load_pte_method
+        from edgekd.sessions import executorch_threads, load_pte_method
 
         super().__init__(folder, manifest=manifest)
-        try:
-            from executorch.extension.pybindings import portable_lib
-
-            portable_lib._unsafe_reset_threadpool(threads)
-        except (ImportError, AttributeError):
-            pass  # older releases: the pool keeps its default size
+        executorch_threads(threads)
         self.method = load_pte_method(self.folder / self.manifest["model_file"])
 
     def _logits(self, token: int, position: int) -> np.ndarray:
@@ -109,15 +103,3 @@ class PteDecoder(Decoder):
     def all_logits(self, ids: list[int]) -> np.ndarray:
         self.check_length(len(ids), 0)
         return np.stack([self._logits(int(token), position) for position, token in enumerate(ids)])
-
-
-def perplexity(decoder: Decoder, texts: list[list[int]]) -> float:
-    """exp of the mean next-token cross-entropy over `texts` (token ids), as every gate measures it."""
-    total, count = 0.0, 0
-    for ids in texts:
-        logits = decoder.all_logits(list(ids)).astype(np.float64)[:-1]
-        shifted = logits - logits.max(-1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        total -= float(log_probs[np.arange(len(ids) - 1), np.asarray(ids[1:])].sum())
-        count += len(ids) - 1
-    return math.exp(total / max(count, 1))

@@ -320,14 +320,20 @@ class SequenceScorer:
         return prefill_feed(ids, self.past_names, kv_heads=self.kv_heads, head_dim=self.head_dim)
 
     def perplexity(self, texts: list[list[int]]) -> float:
-        total, count = 0.0, 0
-        for ids in texts:
-            logits = self.session.run(["logits"], self.feed(ids))[0][0, :-1].astype(np.float64)
-            logits -= logits.max(-1, keepdims=True)
-            log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-            total -= float(log_probs[np.arange(len(ids) - 1), ids[1:]].sum())
-            count += len(ids) - 1
-        return math.exp(total / max(count, 1))
+        return perplexity_of(lambda ids: self.session.run(["logits"], self.feed(ids))[0][0], texts)
+
+
+def perplexity_of(logits_of: Callable[[list[int]], np.ndarray], texts: list[list[int]]) -> float:
+    """exp of the mean next-token cross-entropy over `texts` (token ids), where `logits_of(ids)`
+    gives one sequence's (len(ids), vocab) logits: what every perplexity gate measures."""
+    total, count = 0.0, 0
+    for ids in texts:
+        logits = np.asarray(logits_of(ids))[:-1].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= float(log_probs[np.arange(len(ids) - 1), ids[1:]].sum())
+        count += len(ids) - 1
+    return math.exp(total / max(count, 1))
 
 
 # ---------------------------------------------------------------------------- the search
