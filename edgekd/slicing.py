@@ -195,7 +195,7 @@ def importance(model: nn.Module, family: Family, batches: list[dict[str, torch.T
 
     def recorder(layer: int, kind: str):
         def hook(module, inputs):
-            x = (inputs[0][mask] if mask is not None else inputs[0].flatten(0, -2)).float()  # (tokens, width)
+            x = _real_tokens(inputs[0], mask).float()  # (tokens, width)
             if kind == HEADS:
                 value = x.view(len(x), heads_count, head_dim).norm(dim=-1).sum(0)
                 sums.heads[layer] = sums.heads.get(layer, 0) + value
@@ -216,9 +216,8 @@ def importance(model: nn.Module, family: Family, batches: list[dict[str, torch.T
             mask = batch["attention_mask"].bool() if "attention_mask" in batch else None
             outputs = model(**model_inputs(model, batch), output_hidden_states=True)  # DistilBERT: no token types
             for states in outputs.hidden_states:
-                real = states[mask] if mask is not None else states.flatten(0, -2)
-                sums.hidden += real.float().abs().sum(0)
-            tokens += int(mask.sum()) if mask is not None else int(outputs.hidden_states[0].shape[:-1].numel())
+                sums.hidden += _real_tokens(states, mask).float().abs().sum(0)
+            tokens += len(_real_tokens(outputs.hidden_states[0], mask))
     finally:
         for handle in handles:
             handle.remove()
@@ -229,6 +228,12 @@ def importance(model: nn.Module, family: Family, batches: list[dict[str, torch.T
                         "pass --student-init random")
     return Importance(hidden=sums.hidden / tokens, heads={k: v / tokens for k, v in sums.heads.items()},
                       ffn={k: v / tokens for k, v in sums.ffn.items()})
+
+
+def _real_tokens(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(tokens, width): the unpadded positions of (batch, positions, width) states; every
+    position where there is no mask (patch tokens)."""
+    return states[mask] if mask is not None else states.flatten(0, -2)
 
 
 def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
