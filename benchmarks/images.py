@@ -73,15 +73,14 @@ def kd_against_ce(*, seeds: int, epochs: int, cache: Path | None) -> dict:
     from edgekd.config import cache_dir
     from edgekd.metrics import accuracy
     from edgekd.vision.data import ImageDataset
-    from edgekd.vision.demo import (STUDENT_CONFIG, STUDENT_RECIPE, _student_processor, build_teacher,
-                                    demo_splits)
+    from edgekd.vision.demo import STUDENT_CONFIG, STUDENT_RECIPE, build_teacher, demo_splits, student_processor
     from edgekd.vision.models import load_image_classifier, make_image_student
     from edgekd.vision.train import distill_images, logits_of
 
     splits = demo_splits()
     teacher_dir = build_teacher(splits, cache=cache_dir(cache))
     teacher, processor = load_image_classifier(teacher_dir, role="teacher")
-    student_processor = _student_processor(processor)
+    pixels_of_student = student_processor(processor)
     test = splits["test"]
     labels = np.array(test.labels)
     runs = []
@@ -103,11 +102,11 @@ def kd_against_ce(*, seeds: int, epochs: int, cache: Path | None) -> dict:
                              epochs=math.ceil(steps / math.ceil(len(data) / STUDENT_RECIPE.batch_size)))
             with tempfile.TemporaryDirectory(prefix="edgekd-images-") as scratch:
                 distill_images(teacher=teacher if arm == "kd" else None, teacher_processor=processor,
-                               student=student, processor=student_processor, train=data, validation=None,
+                               student=student, processor=pixels_of_student, train=data, validation=None,
                                config=recipe, out=Path(scratch) / "student", overwrite=True, show_progress=False,
                                cache_dir=cache_dir(cache) / "teacher-outputs", log=lambda *_: None)
                 trained, _ = load_image_classifier(Path(scratch) / "student", role="student")
-            accuracies[arm] = accuracy(logits_of(trained, student_processor, test).argmax(-1), labels)
+            accuracies[arm] = accuracy(logits_of(trained, pixels_of_student, test).argmax(-1), labels)
             print(f"seed {seed} {arm}: test accuracy {accuracies[arm]:.4f}", flush=True)
         runs.append({"seed": seed, **accuracies})
     differences = np.array([run["kd"] - run["ce"] for run in runs])

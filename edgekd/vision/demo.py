@@ -13,7 +13,6 @@ held out for validation and calibration, the 10,000 test pictures for the report
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import asdict, replace
@@ -108,10 +107,11 @@ def _train_teacher(splits: dict[str, ImageDataset], *, folder: Path, recipe: Ima
                    overwrite=True, show_progress=show_progress, log=console.print)
 
 
-def _student_processor(processor):
-    resized = copy.deepcopy(processor)
-    resized.size = {"height": STUDENT_SIZE, "width": STUDENT_SIZE}
-    return resized
+def student_processor(processor):
+    """The teacher's image processor, resized to the student's STUDENT_SIZE."""
+    from edgekd.vision.models import resized_processor
+
+    return resized_processor(processor, STUDENT_SIZE, STUDENT_SIZE)
 
 
 def run_image_demo(*, out: Path, cache: Path | None = None, limit: int | None = None, epochs: int | None = None,
@@ -141,7 +141,7 @@ def run_image_demo(*, out: Path, cache: Path | None = None, limit: int | None = 
     console.print(f"student: the teacher's configuration shrunk ({STUDENT_CONFIG}, random weights) at "
                   f"{STUDENT_SIZE} px, distilled for {recipe.epochs} epoch(s)")
     result = distill_images(teacher=teacher, teacher_processor=processor, student=student,
-                            processor=_student_processor(processor), train=splits["train"],
+                            processor=student_processor(processor), train=splits["train"],
                             validation=splits["validation"], config=recipe, out=out / "student", overwrite=True,
                             show_progress=show_progress, cache_dir=cache_dir(cache) / "teacher-outputs",
                             log=console.print)
@@ -158,8 +158,8 @@ def run_image_demo(*, out: Path, cache: Path | None = None, limit: int | None = 
                    data=splits["test"], repeats=repeats, show_progress=show_progress, teacher_model=(teacher, processor),
                    cache_folder=cache)
     clock.lap("bench_seconds")
-    report["demo"] = {"timings": clock.laps, "teacher_dir": str(teacher_dir), "teacher_config": TEACHER_CONFIG, "teacher_size": TEACHER_SIZE,
-                      "student_config": STUDENT_CONFIG, "student_size": STUDENT_SIZE,
+    report["demo"] = {"timings": clock.laps, "teacher_dir": str(teacher_dir), "teacher_config": TEACHER_CONFIG,
+                      "teacher_size": TEACHER_SIZE, "student_config": STUDENT_CONFIG, "student_size": STUDENT_SIZE,
                       "student_recipe": asdict(recipe)}
     write_report(report, out)
     print_table(report)

@@ -246,6 +246,12 @@ def processor_for(student: nn.Module, processor):
     if not is_transformer(student) or size is None:
         return processor
     height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return resized_processor(processor, height, width)
+
+
+def resized_processor(processor, height: int, width: int):
+    """A copy of `processor` that makes height x width pixels (a fixed size, or the shortest
+    edge for processors that keep the aspect ratio, and the crop)."""
     resized = copy.deepcopy(processor)
     current = getattr(resized, "size", None)
     if getattr(current, "height", None) is not None or (isinstance(current, dict) and "height" in current):
