@@ -189,15 +189,17 @@ class PixelFeeds:
                             "cannot be made as at training; export it again with edgekd")
         from edgekd.models import load_preprocessor
 
-        self._processors[candidate.name] = (load_preprocessor(folder, task=self.task),
-                                            _channels(config_of(candidate) or {}))
+        loaded = load_preprocessor(folder, task=self.task)
+        # a student and its artifacts save the same processor: one instance, so _batch shares their pixels
+        same = next((known for known, _ in self._processors.values() if known.to_dict() == loaded.to_dict()), loaded)
+        self._processors[candidate.name] = (same, _channels(config_of(candidate) or {}))
 
     def _batch(self, candidate: Candidate, indices: list[int]) -> np.ndarray:
         from edgekd.vision.data import batch_pixels
 
         processor, channels = self._processors[candidate.name]
         key = (id(processor), channels, tuple(indices))
-        if key not in self._pixels:  # models sharing a processor share the arrays
+        if key not in self._pixels:  # models with the same processor and channels share the arrays
             (values,) = batch_pixels(self.data, indices, [processor], channels=[channels])
             self._pixels[key] = np.ascontiguousarray(values.numpy(), dtype=np.float32)
         return self._pixels[key]
