@@ -27,10 +27,7 @@ class GraphSession:
         if missing:
             raise UserError(f"the exported graph needs inputs {missing} that were not given; "
                             "export the model with its own tokenizer")
-        outputs = self.session.run(output_names, {name: feeds[name] for name in self.input_names})
-        # Copies: onnxruntime 1.32 hands back arrays over buffers it reuses on the next call of a
-        # session with the tokenizer's Loop, so a list of earlier results changed under its holder.
-        return [np.array(output, copy=True) for output in outputs]
+        return self.session.run(output_names, {name: feeds[name] for name in self.input_names})
 
     def get_inputs(self):
         return self.session.get_inputs()
@@ -62,17 +59,13 @@ def onnx_session(path: Path, *, threads: int = 1, optimization_level: str = "all
 
 
 def register_extensions(options) -> None:
-    """ONNX Runtime Extensions' custom-op library, on `options`. The memory pattern is turned
-    off: onnxruntime 1.32 reuses the allocation plan of a model's first call for the strings
-    and ids inside the tokenizer's Loop, and a later text of other lengths freed a bad
-    pointer (a segfault on the demo's second validation article)."""
+    """ONNX Runtime Extensions' custom-op library, on `options`."""
     try:
         from onnxruntime_extensions import get_library_path
     except ImportError as error:
         raise UserError("models with the tokenizer inside need onnxruntime-extensions; install it with "
                         "pip install -c constraints.txt onnxruntime-extensions") from error
     options.register_custom_ops_library(get_library_path())
-    options.enable_mem_pattern = False
 
 
 def open_session(path: Path, options):

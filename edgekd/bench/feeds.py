@@ -93,13 +93,16 @@ class TextFeeds:
 
     def _batches(self, candidates: list[Candidate], texts: list[str], length: int) -> dict[str, dict]:
         """Each candidate's inputs for the same texts, from its own tokenizer (or the teacher's)."""
+        from edgekd.export.tokenizer_graph import PAIR_INPUT, string_feeds
+
         by_tokenizer: dict[int, dict] = {}
         feeds = {}
         for candidate in candidates:
             own = candidate.tokenizer or self.tokenizer
-            if candidate.takes_text:
-                feeds[candidate.name] = {"text": np.array([text_of_length(own, text, length) for text in texts],
-                                                          dtype=object)}
+            if candidate.takes_text:  # a pair graph times its first text with an empty second one
+                strings = [text_of_length(own, text, length) for text in texts]
+                feeds[candidate.name] = string_feeds(strings, [""] * len(strings) if PAIR_INPUT in
+                                                     candidate.input_names else None)
                 continue
             if id(own) not in by_tokenizer:
                 by_tokenizer[id(own)] = _token_batch(own, texts, length)

@@ -195,8 +195,12 @@ def predict(candidate: Candidate, feeds: dict[str, np.ndarray]) -> np.ndarray:
 def text_logits(candidate: Candidate, texts: list[str], pairs: list[str] | None, *,
                 progress: Callable[[int], None]) -> np.ndarray:
     """Logits of a model that takes raw strings over every text, in order; (rows, num_labels)."""
-    from edgekd.export.tokenizer_graph import string_feeds
+    from edgekd.export.tokenizer_graph import PAIR_INPUT, string_feeds
 
+    if (PAIR_INPUT in candidate.input_names) != (pairs is not None):
+        takes, given = ("text pairs", "single texts") if pairs is None else ("single texts", "text pairs")
+        raise UserError(f"{candidate.name} takes {takes} and the evaluation data has {given}; bench it on "
+                        "data of the task it was exported for")
     outputs = []
     for start in range(0, len(texts), ACCURACY_BATCH_SIZE):
         chunk = texts[start:start + ACCURACY_BATCH_SIZE]

@@ -102,12 +102,6 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
         raise UserError("--with-tokenizer puts a text classifier's tokenizer inside its graph; an image "
                         "classifier's graph takes pixels: drop --with-tokenizer")
     if with_tokenizer:
-        if validation is not None and validation.text_pairs is not None:
-            # the pair graph gave other ids than the Python tokenizer for some rows of a batch
-            # that it gave right one at a time; refused rather than shipped approximately
-            raise UserError("--with-tokenizer serves single-text classifiers: for text pairs the operator's "
-                            "ids differ from the Python tokenizer's in batches; export without --with-tokenizer "
-                            "and tokenize the pairs in the app")
         refused = [target.name for target in targets if target.format == "pte"]
         if refused:
             raise UserError(f"--with-tokenizer serves ONNX and .ort targets; {refused[0]} is an ExecuTorch "
@@ -376,7 +370,7 @@ def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session,
             "outputs": {"logits": ["batch", "num_labels"], graph.EXACT_OUTPUT: ["batch"]},
             "size_bytes": path.stat().st_size, **graph.custom_ops_record(), **details, **checks,
             "unsafe_characters": front.unsafe_characters, "max_length": front.max_length,
-            "notes": [graph.EXACT_NOTE, graph.MEMORY_PATTERN_NOTE, graph.NUL_NOTE]}
+            "notes": [graph.EXACT_NOTE, graph.NUL_NOTE]}
 
 
 def _verified_on_arm64(target: Target, model_path: Path, session, context: _Context) -> dict:

@@ -55,9 +55,6 @@ EXACT_NOTE = ("`exact` is false for a row whose ids hold [UNK] (the operator kee
               "an unknown one), or that holds a written-out special token or a character the census of "
               "every code point found the operator handles otherwise; tokenize such rows in the app, or "
               "treat their logits as approximate")
-MEMORY_PATTERN_NOTE = ("open the session with the memory pattern off (enable_mem_pattern = false): with it "
-                       "on, onnxruntime 1.32 reused the first call's allocation plan inside the tokenizer's "
-                       "Loop and crashed on a later text")
 NUL_NOTE = ("onnxruntime's APIs pass strings as NUL-terminated C strings: a text is cut at its "
             "first NUL (\\0), which the Python tokenizer would drop; strip NUL before calling")
 
@@ -144,76 +141,71 @@ def _refused(tokenizer, reason: str) -> UserError:
 
 # ------------------------------------------------------------------------------ the graph
 
-def removed_pattern() -> str:
-    """What BERT's normalizer deletes (clean_text) and the operator keeps: control, format
-    and private-use characters but tab, newline and carriage return, and U+FFFD. As explicit
-    ranges: ONNX Runtime Extensions compiles the regex on every call, and `\\P{C}` costs
-    a tenth of a millisecond to compile where ranges cost next to nothing."""
+# Private-use code points: fixed by Unicode for good, deleted by BERT's clean_text, kept by the operator.
+PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD))
+
+
+def removal_candidates() -> list[str]:
+    """What BERT's normalizer may delete (clean_text: control and format characters but
+    tab, newline and carriage return, and U+FFFD), by this Python's Unicode tables; the
+    census (`removed_characters`) keeps those the tokenizer itself deletes and the operator
+    does not."""
     import unicodedata
 
-    removed = [chr(code) for code in range(0x110000) if not 0xD800 <= code < 0xE000
-               and unicodedata.category(chr(code)) in ("Cc", "Cf", "Co") and chr(code) not in "\t\n\r"]
-    return character_class(removed + ["\ufffd"])
+    return [chr(code) for code in range(0x110000) if not 0xD800 <= code < 0xE000
+            and unicodedata.category(chr(code)) in ("Cc", "Cf") and chr(code) not in "\t\n\r"] + ["\ufffd"]
 
 
 def tokenizer_model(settings: WordPieceSettings, *, max_length: int, pair: bool, opset: int,
-                    ir_version: int, unsafe: str = "") -> onnx.ModelProto:
+                    ir_version: int, removed: str = "", removed_leads: bytes = b"", unsafe: str = "",
+                    special_sequences: tuple[tuple[int, ...], ...] = ()) -> onnx.ModelProto:
     """Strings (batch,) [and pairs (batch,)] -> input_ids, token_type_ids, attention_mask
-    (batch, longest row), rows padded on the right with the pad id, and `exact` (batch,):
-    false for a row whose ids hold [UNK] (the operator keeps the pieces of a word before an
-    unknown one, the Python tokenizer makes the whole word [UNK]) or that holds a match of
-    `unsafe` (see `unsafe_characters`), whose ids the operator does not give as the Python
-    tokenizer does. ONNX Runtime Extensions compiles a regex on every call, so the
-    pattern is kept to what the [UNK] test does not catch."""
+    (batch, longest row), rows padded on the right with the pad id, and `exact` (batch,).
+
+    `removed` (an RE2 class) is deleted from the text first: what the Python tokenizer
+    deletes and the operator keeps; `removed_leads` are the first UTF-8 bytes of its
+    characters (a batch without any of them skips the regex). `exact` is false for a row whose ids hold [UNK] (the
+    operator keeps the pieces of a word before an unknown one, the Python tokenizer makes
+    the whole word [UNK]), that holds a match of `unsafe` (see `unsafe_characters`), or
+    whose ids hold one of `special_sequences` (the operator's pieces of a special token
+    written out in the text). ONNX Runtime Extensions compiles each regex on every call
+    (0.1 to 0.2 ms each on the demo), so a regex is in the graph only when the census
+    needs one."""
     texts = [TEXT_INPUT, PAIR_INPUT] if pair else [TEXT_INPUT]
-    exact_chars = "exact_chars"
-    cleaning, flags = [], []
+    string = lambda name, value: helper.make_node(
+        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.STRING, [1], [value.encode()]))
+    cleaning, flags = _removal(texts, removed, removed_leads), []
     for text in texts:
-        cleaning.append(helper.make_node("StringRegexReplace", [text, "removed_pattern", "nothing"],
-                                         [f"{text}_clean"], domain=CONTRIB_DOMAIN))
         if unsafe:
             cleaning += [helper.make_node("StringRegexReplace", [f"{text}_clean", "unsafe_pattern", "nothing"],
                                           [f"{text}_safe"], domain=CONTRIB_DOMAIN),
                          helper.make_node("StringEqual", [f"{text}_clean", f"{text}_safe"], [f"{text}_exact"],
                                           domain=CONTRIB_DOMAIN)]
             flags.append(f"{text}_exact")
-    string = lambda name, value: helper.make_node(
-        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.STRING, [1], [value.encode()]))
-    cleaning += [string("removed_pattern", removed_pattern()), string("nothing", "")]
     if unsafe:
-        cleaning.append(string("unsafe_pattern", unsafe))
-        cleaning.append(helper.make_node("And", flags, [exact_chars]) if pair else
-                        helper.make_node("Identity", flags, [exact_chars]))
-    else:
-        cleaning += [helper.make_node("Shape", [TEXT_INPUT], ["text_shape"]),
-                     helper.make_node("ConstantOfShape", ["text_shape"], [exact_chars],
-                                      value=helper.make_tensor("true", TensorProto.BOOL, [1], [True]))]
-    body = _row_graph(settings, max_length=max_length, pair=pair)
+        cleaning += [string("unsafe_pattern", unsafe), string("nothing", "")]
     nodes = cleaning + [
         helper.make_node("Shape", [TEXT_INPUT], ["rows_1d"]),
-        helper.make_node("Squeeze", ["rows_1d"], ["rows"]),
-        helper.make_node("Constant", [], ["always"], value=helper.make_tensor("always", TensorProto.BOOL, [], [True])),
-        helper.make_node("Loop", ["rows", "always"], [f"{name}_full" for name in ID_OUTPUTS], body=body),
-        helper.make_node("ReduceSum", ["attention_mask_full", "axis_1"], ["lengths"], keepdims=0),
-        helper.make_node("ReduceMax", ["lengths"], ["longest"], keepdims=1),
+        helper.make_node("Constant", [], ["one_1"], value=helper.make_tensor("one_1", TensorProto.INT64, [1], [1])),
+        helper.make_node("Equal", ["rows_1d", "one_1"], ["single_1d"]),
+        helper.make_node("Squeeze", ["single_1d"], ["single"]),
+        # one row (what an app sends) goes to the operator as it is; a Loop over the rows costs
+        # a tenth of a millisecond more, a third of the tokenizing itself
+        helper.make_node("If", ["single"], list(ID_OUTPUTS), then_branch=_single_graph(settings, max_length=max_length, pair=pair),
+                         else_branch=_batch_graph(settings, max_length=max_length, pair=pair)),
         helper.make_node("Constant", [], ["axis_1"], value=helper.make_tensor("axis_1", TensorProto.INT64, [1], [1])),
-        helper.make_node("Constant", [], ["zero_1"], value=helper.make_tensor("zero_1", TensorProto.INT64, [1], [0])),
     ]
-    for name in ID_OUTPUTS:
-        nodes.append(helper.make_node("Slice", [f"{name}_full", "zero_1", "longest", "axis_1"], [name]))
     unk = settings.vocab.index(settings.unk_token)
     nodes += [helper.make_node("Constant", [], ["unk_id"], value=helper.make_tensor("unk_id", TensorProto.INT64, [], [unk])),
-              helper.make_node("Equal", ["input_ids_full", "unk_id"], ["is_unk"]),
-              helper.make_node("Cast", ["is_unk"], ["is_unk_int"], to=TensorProto.INT64),
-              helper.make_node("ReduceSum", ["is_unk_int", "axis_1"], ["unk_count"], keepdims=0),
-              helper.make_node("Cast", ["unk_count"], ["has_unk"], to=TensorProto.BOOL),
-              helper.make_node("Not", ["has_unk"], ["no_unk"])]
-    if pair:  # the operator cuts a pair past max_length otherwise than the Python tokenizer: flagged
-        nodes += [helper.make_node("Constant", [], ["max_length_value"],
-                                   value=helper.make_tensor("max_length_value", TensorProto.INT64, [], [max_length])),
-                  helper.make_node("Less", ["lengths", "max_length_value"], ["not_cut"]),
-                  helper.make_node("And", ["no_unk", "not_cut"], ["row_exact"])]
-    nodes.append(helper.make_node("And", [exact_chars, "row_exact" if pair else "no_unk"], [EXACT_OUTPUT]))
+              helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("zero", TensorProto.INT64, [], [0])),
+              helper.make_node("Equal", ["input_ids", "unk_id"], ["is_unk"])]
+    suspects = [_any_in_row("is_unk", nodes)]
+    for k in sorted({len(sequence) for sequence in special_sequences}):
+        suspects.append(_sequences_in_row(f"special_{k}", [q for q in special_sequences if len(q) == k],
+                                          len(settings.vocab), nodes))
+    _chain("Or", suspects, "suspect", nodes)
+    nodes.append(helper.make_node("Not", ["suspect"], ["clean_ids"]))
+    _chain("And", flags + ["clean_ids"], EXACT_OUTPUT, nodes)
     inputs = [helper.make_tensor_value_info(TEXT_INPUT, TensorProto.STRING, ["batch"])]
     if pair:
         inputs.append(helper.make_tensor_value_info(PAIR_INPUT, TensorProto.STRING, ["batch"]))
@@ -225,6 +217,98 @@ def tokenizer_model(settings: WordPieceSettings, *, max_length: int, pair: bool,
     model.ir_version = ir_version
     _prefix_names(model.graph, keep={TEXT_INPUT, PAIR_INPUT, *ID_OUTPUTS, EXACT_OUTPUT})
     return model
+
+
+def _removal(texts: list[str], removed: str, leads: bytes) -> list:
+    """Nodes making `<text>_clean` of each text: `removed` deleted by regex when a byte of
+    the batch is one of `leads`, the first UTF-8 bytes of its characters, else the text as
+    it is. The regex is compiled on every call it runs (a tenth of a millisecond on the
+    demo); the byte test, onnxruntime-extensions' StringSplit at those bytes, is a scan."""
+    if not removed:
+        return [helper.make_node("Identity", [text], [f"{text}_clean"]) for text in texts]
+    starts = bytes(sorted(set(leads) - {0}))  # no NUL reaches a graph (see NUL_NOTE)
+    nodes = [
+        helper.make_node("Constant", [], ["removal_starts"],
+                         value=helper.make_tensor("removal_starts", TensorProto.STRING, [1], [starts])),
+        helper.make_node("Constant", [], ["keep_empty"],
+                         value=helper.make_tensor("keep_empty", TensorProto.BOOL, [1], [False])),
+        helper.make_node("Constant", [], ["piece_axis"], value=helper.make_tensor("piece_axis", TensorProto.INT64, [], [1])),
+        helper.make_node("Constant", [], ["one_piece"], value=helper.make_tensor("one_piece", TensorProto.INT64, [], [1])),
+    ]
+    batch = texts[0]
+    if len(texts) > 1:
+        nodes.append(helper.make_node("Concat", texts, ["all_texts"], axis=0))
+        batch = "all_texts"
+    nodes += [helper.make_node("StringSplit", [batch, "removal_starts", "keep_empty"],
+                               ["split_indices", "split_pieces", "split_shape"], domain=CONTRIB_DOMAIN),
+              helper.make_node("Gather", ["split_shape", "piece_axis"], ["most_pieces"], axis=0),
+              helper.make_node("Greater", ["most_pieces", "one_piece"], ["may_hold_removed"])]
+    deleting = [helper.make_node("Constant", [], ["removed_pattern"],
+                                 value=helper.make_tensor("removed_pattern", TensorProto.STRING, [1], [removed.encode()])),
+                helper.make_node("Constant", [], ["nothing_removed"],
+                                 value=helper.make_tensor("nothing_removed", TensorProto.STRING, [1], [b""]))]
+    deleting += [helper.make_node("StringRegexReplace", [text, "removed_pattern", "nothing_removed"],
+                                  [f"deleting_{text}"], domain=CONTRIB_DOMAIN) for text in texts]
+    keeping = [helper.make_node("Identity", [text], [f"keeping_{text}"]) for text in texts]
+    branch = lambda name, branch_nodes: helper.make_graph(
+        _ordered(branch_nodes), f"edgekd_{name}", [],
+        [helper.make_tensor_value_info(f"{name}_{text}", TensorProto.STRING, ["batch"]) for text in texts])
+    nodes.append(helper.make_node("If", ["may_hold_removed"], [f"{text}_clean" for text in texts],
+                                  then_branch=branch("deleting", deleting), else_branch=branch("keeping", keeping)))
+    return nodes
+
+
+def _chain(op: str, names: list[str], output: str, nodes: list) -> None:
+    """`output` = names[0] op names[1] op ...: ONNX's And and Or take two inputs."""
+    if len(names) == 1:
+        nodes.append(helper.make_node("Identity", names, [output]))
+        return
+    current = names[0]
+    for number, name in enumerate(names[1:]):
+        result = output if number == len(names) - 2 else f"{output}_{number}"
+        nodes.append(helper.make_node(op, [current, name], [result]))
+        current = result
+
+
+def _any_in_row(matches: str, nodes: list) -> str:
+    """(batch, n) booleans -> (batch,): any true in the row (false for n = 0)."""
+    nodes += [helper.make_node("Cast", [matches], [f"{matches}_int"], to=TensorProto.INT64),
+              helper.make_node("ReduceSum", [f"{matches}_int", "axis_1"], [f"{matches}_count"], keepdims=0),
+              helper.make_node("Greater", [f"{matches}_count", "zero"], [f"{matches}_any"])]
+    return f"{matches}_any"
+
+
+def _sequences_in_row(name: str, sequences: list[tuple[int, ...]], vocabulary: int, nodes: list) -> str:
+    """(batch,) booleans: a row's input_ids hold one of `sequences` (k ids each, the same k;
+    vocabulary ** k < 2 ** 63). Each window of k ids becomes one number, id by id in base
+    `vocabulary`, compared with the sequences' numbers at once: a dozen operators for any
+    number of sequences, where one comparison per id and sequence costs a tenth of a ms."""
+    k = len(sequences[0])
+    key = lambda ids: sum(token * vocabulary ** (k - 1 - j) for j, token in enumerate(ids))
+    constant = lambda value, dims, numbers: helper.make_node(
+        "Constant", [], [f"{name}_{value}"],
+        value=helper.make_tensor(f"{name}_{value}", TensorProto.INT64, dims, numbers))
+    nodes += [constant("keys", [len(sequences)], [key(sequence) for sequence in sequences]),
+              constant("axes", [2], [1, 2]), constant("axis_2", [1], [2])]
+    window = None
+    for j in range(k):
+        end = j - (k - 1) if j < k - 1 else np.iinfo(np.int64).max  # ids[:, j : length - (k - 1 - j)]
+        nodes += [constant(f"start_{j}", [1], [j]), constant(f"end_{j}", [1], [end]),
+                  constant(f"scale_{j}", [], [vocabulary ** (k - 1 - j)]),
+                  helper.make_node("Slice", ["input_ids", f"{name}_start_{j}", f"{name}_end_{j}", "axis_1"],
+                                   [f"{name}_ids_{j}"]),
+                  helper.make_node("Mul", [f"{name}_ids_{j}", f"{name}_scale_{j}"], [f"{name}_part_{j}"])]
+        if window is None:
+            window = f"{name}_part_{j}"
+        else:
+            nodes.append(helper.make_node("Add", [window, f"{name}_part_{j}"], [f"{name}_window_{j}"]))
+            window = f"{name}_window_{j}"
+    nodes += [helper.make_node("Unsqueeze", [window, f"{name}_axis_2"], [f"{name}_window"]),
+              helper.make_node("Equal", [f"{name}_window", f"{name}_keys"], [f"{name}_match"]),
+              helper.make_node("Cast", [f"{name}_match"], [f"{name}_match_int"], to=TensorProto.INT64),
+              helper.make_node("ReduceSum", [f"{name}_match_int", f"{name}_axes"], [f"{name}_count"], keepdims=0),
+              helper.make_node("Greater", [f"{name}_count", "zero"], [f"{name}_any"])]
+    return f"{name}_any"
 
 
 def _prefix_names(graph: onnx.GraphProto, *, keep: set[str]) -> None:
@@ -252,6 +336,122 @@ def _ordered(nodes: list) -> list:
     return [n for n in nodes if n.op_type == "Constant"] + [n for n in nodes if n.op_type != "Constant"]
 
 
+def _bert_tokenizer(settings: WordPieceSettings, texts: str, *, max_length: int, outputs: list[str]):
+    """The operator on one text (or one pair: a tensor of two strings)."""
+    return helper.make_node(
+        # no offset-mapping output: the operator computes offsets only when asked, and they
+        # cost as much as the tokenizing itself (0.40 against 0.24 ms for 128 tokens)
+        "BertTokenizer", [texts], outputs, domain=CONTRIB_DOMAIN,
+        vocab_file="\n".join(settings.vocab), do_lower_case=int(settings.lowercase),
+        strip_accents=int(settings.strip_accents), tokenize_chinese_chars=int(settings.handle_chinese_chars),
+        unk_token=settings.unk_token, cls_token=settings.cls_token, sep_token=settings.sep_token,
+        pad_token=settings.pad_token, mask_token=settings.mask_token, max_length=max_length,
+        truncation_strategy_name="longest_first")
+
+
+def _id_outputs(branch: str, nodes: list) -> onnx.GraphProto:
+    """A branch of the If: its values are named `<branch>_...` (ONNX names are unique
+    across a graph and its subgraphs)."""
+    return helper.make_graph(_ordered(nodes), f"edgekd_tokenizer_{branch}", [], [
+        helper.make_tensor_value_info(f"{branch}_{name}", TensorProto.INT64, ["batch", "sequence"])
+        for name in ID_OUTPUTS])
+
+
+def _single_graph(settings: WordPieceSettings, *, max_length: int, pair: bool) -> onnx.GraphProto:
+    """A batch of one row: the operator on the row as it is, as a (1, length) batch."""
+    nodes = [helper.make_node("Constant", [], ["single_axis_0"],
+                              value=helper.make_tensor("single_axis_0", TensorProto.INT64, [1], [0]))]
+    row = f"{TEXT_INPUT}_clean"
+    if pair:
+        nodes.append(helper.make_node("Concat", [f"{TEXT_INPUT}_clean", f"{PAIR_INPUT}_clean"], ["single_texts"], axis=0))
+        row = "single_texts"
+    ids = _tokenized(settings, row, "single", nodes, max_length=max_length, pair=pair)
+    nodes += [helper.make_node("Unsqueeze", [name, "single_axis_0"], [f"single_{value}"])
+              for name, value in zip(ids, ID_OUTPUTS)]
+    return _id_outputs("single", nodes)
+
+
+def _tokenized(settings: WordPieceSettings, texts: str, prefix: str, nodes: list, *, max_length: int,
+               pair: bool) -> list[str]:
+    """Appends to `nodes` the operator on one row (`texts`: one string, or a pair as two)
+    and returns the names of its ids, type ids and mask. The operator truncates a single
+    text as the Python tokenizer does, but does not cut a pair at all: a pair is cut here
+    by the tokenizers library's `longest_first` rule."""
+    raw = [f"{prefix}_{name}" for name in ("ids", "types", "mask")]
+    nodes.append(_bert_tokenizer(settings, texts, max_length=max_length, outputs=raw))
+    return _pair_cut(raw, prefix, nodes, max_length=max_length) if pair else raw
+
+
+def _pair_cut(raw: list[str], prefix: str, nodes: list, *, max_length: int) -> list[str]:
+    """[CLS] A [SEP] B [SEP] of lengths la, lb cut to max_length: with m = max_length - 3
+    and h = m // 2, nothing is cut when la + lb <= m; when both are longer than h the
+    longer keeps m - h and the other h; else the longer keeps what the shorter leaves."""
+    ids, types, _ = raw
+    name = lambda value: f"{prefix}_cut_{value}"
+    constant = lambda value, number: helper.make_node(
+        "Constant", [], [name(value)], value=helper.make_tensor(name(value), TensorProto.INT64, [], [number]))
+    m = max_length - 3
+    op = lambda kind, inputs, output: helper.make_node(kind, [name(i) if not i.startswith(prefix) else i for i in inputs],
+                                                    [name(output)])
+    nodes += [
+        constant("m", m), constant("h", m // 2), constant("m_minus_h", m - m // 2), constant("one", 1),
+        constant("two", 2), constant("zero", 0),
+        helper.make_node("Cast", [types], [name("types_bool")], to=TensorProto.BOOL),
+        helper.make_node("Cast", [name("types_bool")], [name("is_b")], to=TensorProto.INT64),
+        helper.make_node("Shape", [ids], [name("length_1d")]),
+        helper.make_node("Squeeze", [name("length_1d")], [name("length")]),
+        helper.make_node("ReduceSum", [name("is_b")], [name("b_and_sep")], keepdims=0),
+        op("Sub", ["b_and_sep", "one"], "lb"),
+        op("Sub", ["length", "b_and_sep"], "a_and_two"),
+        op("Sub", ["a_and_two", "two"], "la"),
+        op("Add", ["la", "lb"], "total"),
+        op("Greater", ["total", "m"], "over"),
+        op("Greater", ["la", "h"], "a_long"), op("Greater", ["lb", "h"], "b_long"),
+        op("And", ["a_long", "b_long"], "both_long"),
+        op("Greater", ["la", "lb"], "a_longer"),
+        op("Where", ["a_longer", "m_minus_h", "h"], "both_ka"),
+        op("Sub", ["m", "lb"], "m_minus_lb"),
+        op("Where", ["a_longer", "m_minus_lb", "la"], "one_ka"),
+        op("Where", ["both_long", "both_ka", "one_ka"], "cut_ka"),
+        op("Sub", ["m", "cut_ka"], "cut_kb"),
+        op("Where", ["over", "cut_ka", "la"], "ka"),
+        op("Where", ["over", "cut_kb", "lb"], "kb"),
+        # kept positions: [CLS] and A's first ka, A's [SEP], B's first kb, B's [SEP]
+        op("Add", ["ka", "one"], "a_end"),
+        op("Range", ["zero", "a_end", "one"], "a_positions"),
+        op("Add", ["la", "one"], "a_sep"),
+        op("Add", ["la", "two"], "b_start"),
+        op("Add", ["b_start", "kb"], "b_end"),
+        op("Range", ["b_start", "b_end", "one"], "b_positions"),
+        op("Add", ["b_start", "lb"], "b_sep"),
+        helper.make_node("Unsqueeze", [name("a_sep"), name("axis_0")], [name("a_sep_1d")]),
+        helper.make_node("Unsqueeze", [name("b_sep"), name("axis_0")], [name("b_sep_1d")]),
+        helper.make_node("Constant", [], [name("axis_0")], value=helper.make_tensor(name("axis_0"), TensorProto.INT64, [1], [0])),
+        helper.make_node("Concat", [name("a_positions"), name("a_sep_1d"), name("b_positions"), name("b_sep_1d")],
+                         [name("positions")], axis=0),
+    ]
+    cut = [name(value) for value in ("ids", "types", "mask")]
+    nodes += [helper.make_node("Gather", [value, name("positions")], [kept], axis=0) for value, kept in zip(raw, cut)]
+    return cut
+
+
+def _batch_graph(settings: WordPieceSettings, *, max_length: int, pair: bool) -> onnx.GraphProto:
+    """Several rows: the operator once per row inside a Loop, each row padded to
+    max_length, then the batch cut to its longest row."""
+    nodes = [
+        helper.make_node("Squeeze", ["rows_1d"], ["rows"]),
+        helper.make_node("Constant", [], ["always"], value=helper.make_tensor("always", TensorProto.BOOL, [], [True])),
+        helper.make_node("Loop", ["rows", "always"], [f"{name}_full" for name in ID_OUTPUTS],
+                         body=_row_graph(settings, max_length=max_length, pair=pair)),
+        helper.make_node("Constant", [], ["zero_1"], value=helper.make_tensor("zero_1", TensorProto.INT64, [1], [0])),
+        helper.make_node("ReduceSum", ["attention_mask_full", "axis_1"], ["row_lengths"], keepdims=0),
+        helper.make_node("ReduceMax", ["row_lengths"], ["longest"], keepdims=1),
+    ]
+    nodes += [helper.make_node("Slice", [f"{name}_full", "zero_1", "longest", "axis_1"], [f"batch_{name}"])
+              for name in ID_OUTPUTS]
+    return _id_outputs("batch", nodes)
+
+
 def _row_graph(settings: WordPieceSettings, *, max_length: int, pair: bool) -> onnx.GraphProto:
     """One row: its string(s) through BertTokenizer, each output padded to max_length."""
     texts = [TEXT_INPUT, PAIR_INPUT] if pair else [TEXT_INPUT]
@@ -262,15 +462,8 @@ def _row_graph(settings: WordPieceSettings, *, max_length: int, pair: bool) -> o
     if pair:
         nodes.append(helper.make_node("Concat", [f"{TEXT_INPUT}_row", f"{PAIR_INPUT}_row"], ["row_texts"], axis=0))
         row = "row_texts"
-    nodes.append(helper.make_node(
-        "BertTokenizer", [row], ["ids", "types", "mask", "offsets"], domain=CONTRIB_DOMAIN,
-        vocab_file="\n".join(settings.vocab), do_lower_case=int(settings.lowercase),
-        strip_accents=int(settings.strip_accents), tokenize_chinese_chars=int(settings.handle_chinese_chars),
-        unk_token=settings.unk_token, cls_token=settings.cls_token, sep_token=settings.sep_token,
-        pad_token=settings.pad_token, mask_token=settings.mask_token, max_length=max_length,
-        truncation_strategy_name="longest_first"))
-    for name, value, pad in (("ids", "input_ids", settings.pad_id), ("types", "token_type_ids", 0),
-                             ("mask", "attention_mask", 0)):
+    tokenized = _tokenized(settings, row, "row", nodes, max_length=max_length, pair=pair)
+    for name, value, pad in zip(tokenized, ID_OUTPUTS, (settings.pad_id, 0, 0)):
         nodes += [
             helper.make_node("Shape", [name], [f"{name}_length"]),
             helper.make_node("Sub", ["max_length", f"{name}_length"], [f"{name}_missing"]),
@@ -342,11 +535,69 @@ def unsafe_characters(session, tokenizer, *, pair: bool) -> list[str]:
     for template in ("{}", "x{}x"):
         texts = [template.format(c) for c in characters]
         graph_ids = _graph_ids(session, texts, pair=pair)
-        python_ids = tokenizer(texts, [""] * len(texts) if pair else None, truncation=True,
-                               max_length=16)["input_ids"]  # as the graph is fed: an empty second text
+        python_ids = _python_ids(tokenizer, texts, pair=pair)
         unsafe.update(c for c, ours, theirs in zip(characters, graph_ids, python_ids)
                       if ours != theirs and unk not in ours)
     return sorted(unsafe)
+
+
+def _python_ids(tokenizer, texts: list[str], *, pair: bool) -> list[list[int]]:
+    """As the graph is fed in a census: a pair graph gets an empty second text."""
+    return tokenizer(texts, [""] * len(texts) if pair else None, truncation=True, max_length=16)["input_ids"]
+
+
+def _deleted(characters: list[str], ids_of) -> set[str]:
+    """The characters `ids_of` (texts -> ids) deletes: alone they give the ids of an empty
+    text, inside a word those of the word without them."""
+    alone, inside = ids_of(list(characters)), ids_of([f"x{c}x" for c in characters])
+    (empty, word) = ids_of(["", "xx"])
+    return {c for c, one, two in zip(characters, alone, inside) if one == empty and two == word}
+
+
+def removal_class(session, tokenizer, *, pair: bool) -> tuple[str, bytes]:
+    """The RE2 class the graph deletes before the operator (`session`, built without one),
+    and the first UTF-8 bytes of its characters: what the tokenizer deletes and the operator keeps, from
+    `removal_candidates` tested one by one, and the private-use ranges when samples of
+    each say so."""
+    python = lambda texts: _python_ids(tokenizer, texts, pair=pair)
+    graph = lambda texts: _graph_ids(session, texts, pair=pair)
+    candidates = removal_candidates()
+    removed = _deleted(candidates, python) - _deleted(candidates, graph)
+    private = []
+    for first, last in PRIVATE_USE:
+        samples = [chr(first), chr((first + last) // 2), chr(last)]
+        if _deleted(samples, python) - _deleted(samples, graph) == set(samples):
+            private.append((first, last))
+    leads = {c.encode()[0] for c in removed}
+    leads.update(chr(code).encode()[0] for first, last in private for code in range(first, last + 1))
+    return character_class(sorted(removed), ranges=private), bytes(sorted(leads))
+
+
+def special_token_checks(session, tokenizer, *, pair: bool) -> tuple[tuple[tuple[int, ...], ...], list[str]]:
+    """How the graph finds a special token written out in a text (the Python tokenizer
+    reads "[SEP]" there as the special token; the operator splits it into pieces): as the
+    operator's ids for it, when the token begins and ends with ASCII punctuation (the
+    operator, like BERT's pre-tokenizer, splits there, so its pieces are the same wherever it
+    stands; checked in three contexts) -- else by regex, at a regex's cost on every call."""
+    import string
+
+    sequences, written = [], []
+    trailing = 2 if pair else 1  # [SEP], and a pair's second [SEP]
+    for token in sorted({token for token in tokenizer.all_special_tokens if token}):
+        alone, *contexts = _graph_ids(session, [token, f"x{token}x", f"{token}{token}", f"a {token} b"], pair=pair)
+        sequence = tuple(alone[1:-trailing])
+        bounded = token[0] in string.punctuation and token[-1] in string.punctuation
+        fits = 0 < len(sequence) and len(tokenizer) ** len(sequence) < 2 ** 63  # see _sequences_in_row
+        if bounded and fits and all(_contains(ids, sequence) for ids in contexts):
+            sequences.append(sequence)
+        else:
+            written.append(token)
+    return tuple(sequences), written
+
+
+def _contains(ids: list[int], sequence: tuple[int, ...]) -> bool:
+    k = len(sequence)
+    return any(tuple(ids[i:i + k]) == sequence for i in range(len(ids) - k + 1))
 
 
 def _graph_ids(session, texts: list[str], *, pair: bool, batch: int = 4096) -> list[list[int]]:
@@ -369,19 +620,21 @@ def unsafe_pattern(characters: list[str], special_tokens: list[str]) -> str:
     return "|".join(part for part in parts if part)
 
 
-def character_class(characters: list[str]) -> str:
-    """An RE2 class matching exactly `characters`, as ranges of code points."""
-    if not characters:
-        return ""
+def character_class(characters: list[str], *, ranges: list[tuple[int, int]] = ()) -> str:
+    """An RE2 class matching exactly `characters` and the code-point `ranges`, as ranges."""
+    ranges = list(ranges)
     codes = sorted(ord(c) for c in characters)
-    ranges, first, last = [], codes[0], codes[0]
-    for code in codes[1:]:
-        if code == last + 1:
-            last = code
-            continue
+    if codes:
+        first = last = codes[0]
+        for code in codes[1:]:
+            if code == last + 1:
+                last = code
+                continue
+            ranges.append((first, last))
+            first = last = code
         ranges.append((first, last))
-        first = last = code
-    ranges.append((first, last))
+    if not ranges:
+        return ""
     return "[" + "".join(f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in ranges) + "]"
 
 
@@ -395,7 +648,6 @@ def custom_ops_record() -> dict:
         "library": "onnxruntime-extensions", "version": metadata.version("onnxruntime-extensions"),
         "domain": CONTRIB_DOMAIN,
         "python": "SessionOptions.register_custom_ops_library(onnxruntime_extensions.get_library_path())",
-        "session_options": {"enable_mem_pattern": False},
         "android": "com.microsoft.onnxruntime:onnxruntime-extensions-android; "
                    "SessionOptions.registerCustomOpLibrary(OrtxPackage.getLibraryPath())",
         "ios": "onnxruntime-extensions-c (CocoaPods); SessionOptions.registerCustomOps(functionPointer: "
@@ -416,11 +668,19 @@ def build_front(tokenizer, *, max_length: int, pair: bool, opset: int, ir_versio
     """The checked tokenizer graph for `tokenizer`: settings from its tokenizer.json, then a
     census of every character through the operator against the tokenizer itself."""
     settings = wordpiece_settings(tokenizer)
-    plain = tokenizer_model(settings, max_length=max_length, pair=pair, opset=opset, ir_version=ir_version)
-    characters = unsafe_characters(_session(plain), tokenizer, pair=pair)
-    pattern = unsafe_pattern(characters, tokenizer.all_special_tokens)
-    return TextFront(model=tokenizer_model(settings, max_length=max_length, pair=pair, opset=opset,
-                                           ir_version=ir_version, unsafe=pattern),
+
+    def build(**census) -> onnx.ModelProto:
+        return tokenizer_model(settings, max_length=max_length, pair=pair, opset=opset, ir_version=ir_version,
+                               **census)
+
+    bare = _session(build())
+    removed, leads = removal_class(bare, tokenizer, pair=pair)
+    cleaned = _session(build(removed=removed, removed_leads=leads)) if removed else bare
+    characters = unsafe_characters(cleaned, tokenizer, pair=pair)
+    sequences, written = special_token_checks(cleaned, tokenizer, pair=pair)
+    return TextFront(model=build(removed=removed, removed_leads=leads,
+                                 unsafe=unsafe_pattern(characters, written),
+                                 special_sequences=sequences),
                      unsafe_characters=len(characters), pair=pair, max_length=max_length)
 
 
