@@ -30,7 +30,8 @@ def _bert_tokenizer(tmp_path, *, lowercase=True, strip_accents=None):
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     fast = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
     fast.save_pretrained(tmp_path)
     return AutoTokenizer.from_pretrained(tmp_path)
 
@@ -210,3 +211,21 @@ def test_a_pair_task_exports_a_model_that_takes_string_pairs(tmp_path):
     np.testing.assert_allclose(logits, reference, atol=1e-5)
     one, _ = session.run(["logits", "exact"], graph.string_feeds(firsts[-1:], seconds[-1:]))
     np.testing.assert_allclose(one[0], reference[-1], atol=1e-5)
+
+    # bench times it with tokenization included, on the same pairs, and predicts as the plain model
+    from edgekd.bench.stage import bench
+
+    fast = dict(max_length=32, sequence_length=32, repeats=3, warmup=1, throughput_batch_size=4,
+                measure_memory=False, show_progress=False, measure_roofline=False)
+    report = bench(teacher=student, student=None, artifacts=tmp_path / "out", data=data, **fast)
+    by_name = {row["name"]: row for row in report["rows"]}
+    inside = next(name for name in by_name if name.endswith("/onnx-fp32+tokenizer"))
+    plain_row = by_name[inside.replace("+tokenizer", "")]
+    for metric in ("accuracy", "agreement"):
+        assert by_name[inside]["quality"][metric] == plain_row["quality"][metric]
+    assert by_name[inside]["quality"]["kl_to_teacher"] < 1e-6
+    assert by_name[inside]["latency"]["p50_ms"] > 0
+    singles = load_file(write_jsonl([{"text": row["text"], "label": row["label"]} for row in rows],
+                                    tmp_path / "single.jsonl"), columns=Columns(), label2id=model.config.label2id)
+    with pytest.raises(UserError, match=r"takes text pairs and the evaluation data has single texts"):
+        bench(teacher=student, student=None, artifacts=tmp_path / "out", data=singles, **fast)
