@@ -138,6 +138,13 @@ def phones_table(result: dict) -> str:
                  [f"{target} + tokenizer: p50, whole article",
                   f"{article['latency_with']['p50_ms']:.2f} ms against {article['latency_without']['p50_ms']:.2f} ms: "
                   f"{article['p50_ratio']:.2f}×", "–", "–"]]
+        for setting, label in (("non_ascii", "article with a £ sign"),
+                               ("typographic", "text with ’ (the regex runs)")):
+            timed = entry["timing"].get(setting)
+            if timed:
+                rows.append([f"{target} + tokenizer: p50, {timed['tokens']}-token {label}",
+                             f"{timed['latency_with']['p50_ms']:.2f} ms against "
+                             f"{timed['latency_without']['p50_ms']:.2f} ms: {timed['p50_ratio']:.2f}×", "–", "–"])
     for target, verified in result["arm64"].items():
         cores = ", ".join(f"{core} agreement {entry['agreement']:.1f}%" for core, entry in verified["cores"].items())
         rows.append([f"{target} on arm64 (emulated)", f"max logit error {verified['max_abs_logit_error']:.4f}; {cores}",
