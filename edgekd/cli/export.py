@@ -19,8 +19,7 @@ from edgekd.cli.app import app, user_errors
 from edgekd.cli.options import CAUSAL_LM, TEXT_CLASSIFICATION, given_options, refuse_other_tasks
 from edgekd.errors import UserError, exclusive
 
-TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter", "verify",
-                     "with_tokenizer")
+TEXT_ONLY_OPTIONS = ("calibration_data", "label_column", "text_pair_column", "exporter", "verify")
 CAUSAL_LM_ONLY_OPTIONS = ("max_perplexity_ratio",)
 NOT_FOR_IMAGES = ("text_column", "text_pair_column", "max_length", "exporter", "with_tokenizer")
 CAUSAL_LM_DEFAULT_TARGETS = ["onnx-fp32", "onnx-int8", "onnx-int4"]
@@ -71,11 +70,11 @@ def export(
                  "recent ARM core (sets itself up on first use, about 250 MB, cached); repeatable.",
         rich_help_panel=TEXT_CLASSIFICATION),
     with_tokenizer: bool = typer.Option(
-        False, help="Also write, beside each ONNX/.ort model, one that takes raw strings: the student's "
-                    "WordPiece tokenizer as ONNX Runtime Extensions operators in front of the model, checked "
-                    "token for token against the Python tokenizer (the app registers the extensions library); "
-                    "single-text classifiers only.",
-        rich_help_panel=TEXT_CLASSIFICATION),
+        False, help="Also write, beside each ONNX/.ort model, one that takes raw strings: for a text "
+                    "classifier (single texts or pairs) its WordPiece tokenizer as ONNX Runtime Extensions "
+                    "operators in front of the model; for a causal LM (byte-level BPE) a prompt encoder, "
+                    "prompt_encoder.onnx. Checked token for token against the Python tokenizer; the app "
+                    "registers the extensions library."),
     overwrite: bool = typer.Option(False, help="Replace existing target folders."),
 ):
     """Convert a student for each target (ONNX, .ort, .pte; fp32, fp16, int8, int4), each
@@ -125,7 +124,7 @@ def _export(student: Path, *, task: str, targets, out: Path, overwrite: bool, da
     if task == "causal-lm":
         _export_causal_lm(student, targets=targets, out=out, overwrite=overwrite, data=data, split=split,
                           text_column=text_column, max_length=max_length if "max_length" in given else 512,
-                          max_perplexity_ratio=max_perplexity_ratio)
+                          max_perplexity_ratio=max_perplexity_ratio, with_tokenizer=with_tokenizer)
         return
     from edgekd.export.stage import export as run_export
     from edgekd.targets import EXPORTERS
@@ -149,14 +148,14 @@ def _export(student: Path, *, task: str, targets, out: Path, overwrite: bool, da
 
 def _export_causal_lm(student: Path, *, targets, out: Path, overwrite: bool, data: Optional[Path],
                       split: Optional[str], text_column: str, max_length: int,
-                      max_perplexity_ratio: Optional[float]) -> None:
+                      max_perplexity_ratio: Optional[float], with_tokenizer: bool = False) -> None:
     from edgekd.lm.data import read_texts
     from edgekd.lm.export import export_lm
 
     texts = read_texts(data, text_column=text_column, split=split, default_split="validation")[0] if data else None
     artifacts = export_lm(student, targets=targets, out=out, overwrite=overwrite, max_length=max_length,
                           gate_texts=texts, gate_source=str(data) if data else "",
-                          max_perplexity_ratio=max_perplexity_ratio)
+                          max_perplexity_ratio=max_perplexity_ratio, with_tokenizer=with_tokenizer)
     for artifact in artifacts:
         gate = f"  perplexity {artifact.perplexity_ratio:.3f}x fp32" if artifact.perplexity_ratio else ""
         kept = f" ({artifact.kept_float} MatMuls kept float)" if artifact.kept_float else ""

@@ -142,13 +142,14 @@ class Gate:
 def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bool = False,
               max_length: int = 512, parity_tokens: int = 16, gate_texts: list[str] | None = None,
               gate_source: str = "held-out text", max_perplexity_ratio: float | None = None,
-              show_progress: bool = True) -> list[LMArtifact]:
+              show_progress: bool = True, with_tokenizer: bool = False) -> list[LMArtifact]:
     """Export the causal LM in `student_dir` to `out/<target>/` for each target, each checked
     and each written atomically.
 
     Quantised targets are held to `max_perplexity_ratio` (default: each target's own
     budgets.max_perplexity_ratio) on `gate_texts`; without them, on text sampled from the
-    student itself.
+    student itself. `with_tokenizer` also writes, beside each ONNX/.ort model, the prompt
+    encoder (edgekd/lm/prompt_encoder.py), its ids checked against the Python tokenizer.
     """
     from edgekd.lm.models import load_causal_lm
     from edgekd.progress import console
@@ -164,7 +165,17 @@ def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite:
             raise UserError(f"target '{target.name}' ({target.format} {target.precision}) cannot be built "
                             f"for a causal LM; choose a target of {', '.join(LM_PRECISIONS)} precision "
                             f"(.pte: {', '.join(PTE_LM_PRECISIONS)})")
+    if with_tokenizer:
+        refused = [target.name for target in targets if target.format == "pte"]
+        if refused:
+            raise UserError(f"--with-tokenizer serves ONNX and .ort targets; {refused[0]} is an ExecuTorch "
+                            "program, which has no string operators: export it without --with-tokenizer")
     model, tokenizer = load_causal_lm(student_dir, role="student")
+    encoder = None
+    if with_tokenizer:  # refused before any export work when the operator has no exact algorithm
+        from edgekd.lm.prompt_encoder import build_encoder
+
+        encoder = build_encoder(tokenizer)  # (model, characters flagged by the census)
     limit = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
     if limit < 8:
         raise UserError(f"--max-length {max_length} is too short to generate anything; use at least 8")
@@ -179,7 +190,8 @@ def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite:
         context = _LMContext(student_dir=Path(student_dir), model=model, tokenizer=tokenizer, reference=reference,
                              scratch=Path(scratch), prompts=prompts, max_length=limit, parity_tokens=parity_tokens,
                              expected=torch_greedy(model, tokenizer, prompts, new_tokens=parity_tokens),
-                             report=report)
+                             report=report, encoder=encoder, encoder_texts=list(gate_texts or ())[:GATE_TEXTS],
+                             encoder_source=gate_source if gate_texts else "no --data given")
         budgets = {target.name: _budget(target, max_perplexity_ratio) for target in targets}
         if any(budgets.values()):
             context.gate = _gate(model, tokenizer, reference, texts=gate_texts, source=gate_source,
@@ -215,6 +227,10 @@ class _LMContext:
     report: object
     gate: Gate | None = None
     searched: dict = field(default_factory=dict)  # budget -> (int8 file, search): shared by int8 targets
+    encoder: tuple | None = None  # the prompt encoder (onnx.ModelProto, flagged characters), --with-tokenizer
+    encoder_texts: list = field(default_factory=list)
+    encoder_source: str = ""
+    encoder_checks: dict | None = None  # its token parity, checked once for every target
 
 
 def _gate(model, tokenizer, reference: Path, *, texts: list[str] | None, source: str, tokens: int) -> Gate:
@@ -283,6 +299,8 @@ def _export_target(target: Target, context: _LMContext, out: Path, *, budget: fl
             details["int8_search"] = search.describe()
         if target.precision != "fp32":
             details["quantization"] = QUANTIZATION_SCHEMES[target.precision]
+        if context.encoder is not None:
+            details["prompt_encoder"] = _prompt_encoder(target, context, staging)
         checked.update(agreement=agreement, search=search,
                        perplexity_ratio=perplexity / context.gate.fp32_perplexity if budget is not None else None)
         inputs, outputs = io_names(context.model.config.num_hidden_layers)
@@ -300,6 +318,21 @@ def _export_target(target: Target, context: _LMContext, out: Path, *, budget: fl
                       size_bytes=written.size_bytes, greedy_agreement=checked["agreement"],
                       exact=checked["agreement"] == 1.0, perplexity_ratio=checked["perplexity_ratio"],
                       kept_float=len(search.kept_float) if search else 0, precision=target.precision)
+
+
+def _prompt_encoder(target: Target, context: _LMContext, staging: Path) -> dict:
+    """The prompt encoder beside the model; its ids checked on the first target, the same
+    file's session opened for each (an .ort target gets its own conversion)."""
+    from edgekd.lm.prompt_encoder import check_encoder, encoder_record, write_encoder
+
+    model, flagged = context.encoder
+    path, details = write_encoder(model, staging, mobile=target.format == "ort",
+                                  scratch=context.scratch / f"{target.name}-encoder")
+    session = details.pop("session")
+    if context.encoder_checks is None or target.format == "ort":
+        context.encoder_checks = check_encoder(session, context.tokenizer, texts=context.encoder_texts,
+                                               source=context.encoder_source)
+    return encoder_record(path, context.encoder_checks, flagged_characters=flagged, **details)
 
 
 def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,
