@@ -90,6 +90,15 @@ def test_prompt_longer_than_exported_maximum(lm_files, tmp_path):
     assert_clean_error(result, "exported for at most 16")
 
 
+def test_with_tokenizer_reaches_the_causal_lm_export(lm_files, tmp_path):
+    """--with-tokenizer serves causal LMs (a prompt encoder); this word-level tokenizer has no
+    exact operator: one line naming it, before anything is written."""
+    teacher, _, _ = lm_files
+    result = run("export", teacher, "--out", tmp_path / "e", "--target", "onnx-fp32", "--with-tokenizer")
+    assert_clean_error(result, r"cannot be reproduced exactly .*its model is WordLevel")
+    assert not (tmp_path / "e").exists()
+
+
 def _trained_llama(folder, texts):
     """A tiny Llama that has learnt `texts` (far better than their token frequencies), saved."""
     import torch

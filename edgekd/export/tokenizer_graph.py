@@ -3,9 +3,10 @@
 An app that feeds token ids must tokenize exactly as the Python tokenizer does, and apps
 get that wrong (lower-casing, accents, unknown pieces). With `--with-tokenizer` the
 artifact folder also holds a model that takes a batch of raw strings (and string pairs
-for pair tasks) and returns logits: ONNX Runtime Extensions' `BertTokenizer` operator, run
-once per row inside an ONNX `Loop`, padded to the batch's longest row as at training,
-merged in front of the exported model. The app registers the extensions' custom-op
+for pair tasks) and returns logits: ONNX Runtime Extensions' `BertTokenizer` operator (on
+a batch of one row directly, on a larger batch once per row inside an ONNX `Loop`, padded
+to the batch's longest row as at training; a pair cut to max_length here, as the
+tokenizers library cuts it), merged in front of the exported model. The app registers the extensions' custom-op
 library (`onnxruntime_extensions.get_library_path()`; the onnxruntime-extensions
 packages for Android and iOS) and passes strings.
 
