@@ -149,7 +149,7 @@ PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD))
 def removal_candidates() -> list[str]:
     """What BERT's normalizer may delete (clean_text: control and format characters but
     tab, newline and carriage return, and U+FFFD), by this Python's Unicode tables; the
-    census (`removed_characters`) keeps those the tokenizer itself deletes and the operator
+    census (`removal_class`) keeps those the tokenizer itself deletes and the operator
     does not."""
     import unicodedata
 
@@ -165,9 +165,9 @@ def tokenizer_model(settings: WordPieceSettings, *, max_length: int, pair: bool,
 
     `removed` (an RE2 class) is deleted from the text first: what the Python tokenizer
     deletes and the operator keeps; `removed_leads` are the first UTF-8 bytes of its
-    characters (a batch without any of them skips the regex). `exact` is false for a row whose ids hold [UNK] (the
-    operator keeps the pieces of a word before an unknown one, the Python tokenizer makes
-    the whole word [UNK]), that holds a match of `unsafe` (see `unsafe_characters`), or
+    characters (a batch without any of them skips the regex). `exact` is false for a row
+    whose ids hold [UNK] (the operator keeps the pieces of a word before an unknown one, the
+    Python tokenizer makes the whole word [UNK]), that holds a match of `unsafe` (see `unsafe_characters`), or
     whose ids hold one of `special_sequences` (the operator's pieces of a special token
     written out in the text). ONNX Runtime Extensions compiles each regex on every call
     (0.1 to 0.2 ms each on the demo), so a regex is in the graph only when the census
@@ -192,7 +192,8 @@ def tokenizer_model(settings: WordPieceSettings, *, max_length: int, pair: bool,
         helper.make_node("Squeeze", ["single_1d"], ["single"]),
         # one row (what an app sends) goes to the operator as it is; a Loop over the rows costs
         # a tenth of a millisecond more, a third of the tokenizing itself
-        helper.make_node("If", ["single"], list(ID_OUTPUTS), then_branch=_single_graph(settings, max_length=max_length, pair=pair),
+        helper.make_node("If", ["single"], list(ID_OUTPUTS),
+                         then_branch=_single_graph(settings, max_length=max_length, pair=pair),
                          else_branch=_batch_graph(settings, max_length=max_length, pair=pair)),
         helper.make_node("Constant", [], ["axis_1"], value=helper.make_tensor("axis_1", TensorProto.INT64, [1], [1])),
     ]
@@ -231,21 +232,24 @@ def _removal(texts: list[str], removed: str, leads: bytes) -> list:
     nodes = [
         helper.make_node("Constant", [], ["removal_starts"],
                          value=helper.make_tensor("removal_starts", TensorProto.STRING, [1], [starts])),
-        helper.make_node("Constant", [], ["keep_empty"],
-                         value=helper.make_tensor("keep_empty", TensorProto.BOOL, [1], [False])),
-        helper.make_node("Constant", [], ["piece_axis"], value=helper.make_tensor("piece_axis", TensorProto.INT64, [], [1])),
-        helper.make_node("Constant", [], ["one_piece"], value=helper.make_tensor("one_piece", TensorProto.INT64, [], [1])),
+        helper.make_node("Constant", [], ["skip_empty"],  # false: a text split at its first byte has 2 pieces
+                         value=helper.make_tensor("skip_empty", TensorProto.BOOL, [1], [False])),
+        helper.make_node("Constant", [], ["piece_axis"],
+                         value=helper.make_tensor("piece_axis", TensorProto.INT64, [], [1])),
+        helper.make_node("Constant", [], ["one_piece"],
+                         value=helper.make_tensor("one_piece", TensorProto.INT64, [], [1])),
     ]
     batch = texts[0]
     if len(texts) > 1:
         nodes.append(helper.make_node("Concat", texts, ["all_texts"], axis=0))
         batch = "all_texts"
-    nodes += [helper.make_node("StringSplit", [batch, "removal_starts", "keep_empty"],
+    nodes += [helper.make_node("StringSplit", [batch, "removal_starts", "skip_empty"],
                                ["split_indices", "split_pieces", "split_shape"], domain=CONTRIB_DOMAIN),
               helper.make_node("Gather", ["split_shape", "piece_axis"], ["most_pieces"], axis=0),
               helper.make_node("Greater", ["most_pieces", "one_piece"], ["may_hold_removed"])]
     deleting = [helper.make_node("Constant", [], ["removed_pattern"],
-                                 value=helper.make_tensor("removed_pattern", TensorProto.STRING, [1], [removed.encode()])),
+                                 value=helper.make_tensor("removed_pattern", TensorProto.STRING, [1],
+                                                          [removed.encode()])),
                 helper.make_node("Constant", [], ["nothing_removed"],
                                  value=helper.make_tensor("nothing_removed", TensorProto.STRING, [1], [b""]))]
     deleting += [helper.make_node("StringRegexReplace", [text, "removed_pattern", "nothing_removed"],
