@@ -390,14 +390,14 @@ def _tokenized(settings: WordPieceSettings, texts: str, prefix: str, nodes: list
 def _pair_cut(raw: list[str], prefix: str, nodes: list, *, max_length: int) -> list[str]:
     """[CLS] A [SEP] B [SEP] of lengths la, lb cut to max_length: with m = max_length - 3
     and h = m // 2, nothing is cut when la + lb <= m; when both are longer than h the
-    longer keeps m - h and the other h; else the longer keeps what the shorter leaves."""
+    longer keeps m - h and the other h (B is the longer on a tie); else the longer keeps
+    what the shorter leaves."""
     ids, types, _ = raw
     name = lambda value: f"{prefix}_cut_{value}"
     constant = lambda value, number: helper.make_node(
         "Constant", [], [name(value)], value=helper.make_tensor(name(value), TensorProto.INT64, [], [number]))
     m = max_length - 3
-    op = lambda kind, inputs, output: helper.make_node(kind, [name(i) if not i.startswith(prefix) else i for i in inputs],
-                                                    [name(output)])
+    op = lambda kind, inputs, output: helper.make_node(kind, [name(i) for i in inputs], [name(output)])
     nodes += [
         constant("m", m), constant("h", m // 2), constant("m_minus_h", m - m // 2), constant("one", 1),
         constant("two", 2), constant("zero", 0),
