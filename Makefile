@@ -36,8 +36,9 @@ test-optimum:
 bench: $(STAMP)
 	$(PY) benchmarks/demo.py --cold
 
-# the demo student's onnx-int8 and ort-mobile artifacts run under arm64 emulation (qemu-aarch64, the
-# aarch64 onnxruntime, two core models) and compared with this machine's run; sets itself up once
+# the demo student's onnx-int8 and ort-mobile artifacts, and the same models with the tokenizer inside, run
+# under arm64 emulation (qemu-aarch64, the aarch64 onnxruntime, two core models) and compared with this
+# machine's run; sets itself up once
 DEMO_OUT ?= runs/demo
 verify-arm64: $(STAMP)
 	test -d $(DEMO_OUT)/student || $(VENV)/bin/edgekd demo --out $(DEMO_OUT)
@@ -45,7 +46,7 @@ verify-arm64: $(STAMP)
 	sys.stdout.write(''.join(json.dumps({'text': t, 'label': v.label_names[l]}) + '\n' for t, l in zip(v.texts, v.labels)))" \
 	  > $(DEMO_OUT)/validation.jsonl
 	$(VENV)/bin/edgekd export $(DEMO_OUT)/student --target onnx-int8 --target ort-mobile \
-	  --data $(DEMO_OUT)/validation.jsonl --verify arm64 --out $(DEMO_OUT)/verify-arm64 --overwrite
+	  --data $(DEMO_OUT)/validation.jsonl --verify arm64 --with-tokenizer --out $(DEMO_OUT)/verify-arm64 --overwrite
 
 clean:
 	rm -rf $(VENV) $(OPTIMUM_VENV) .edgekd-cache runs

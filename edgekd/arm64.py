@@ -8,7 +8,8 @@ needs is built here once, from the package registries only, and cached:
   crashes when it imports onnxruntime 1.28 or later for aarch64);
 - Debian 12's arm64 Python 3.11 and the libraries it links, unpacked with `dpkg-deb -x`
   into a folder of their own (arm64 Python cannot be installed beside the host's);
-- the `manylinux_2_28_aarch64` wheels of the host's own onnxruntime version and numpy.
+- the `manylinux_2_28_aarch64` wheels of the host's own onnxruntime version and numpy (and of
+  onnxruntime-extensions where the host has it, for models that take strings).
 
 Every download is checked: the Release file's signature against Debian's archive keyring
 (gpgv), the package index against the Release file's SHA-256, each .deb against the index.
@@ -81,6 +82,10 @@ def sysroot(*, log=print) -> Sysroot:
         raise UserError(f"--verify arm64 emulates arm64 on an x86_64 machine; this one is "
                         f"{platform.machine()}: run the artifacts natively instead")
     wheels = {"onnxruntime": onnxruntime_version(), "numpy": metadata.version("numpy")}
+    try:  # the tokenizer operators, for the models that take strings (export --with-tokenizer)
+        wheels["onnxruntime-extensions"] = metadata.version("onnxruntime-extensions")
+    except metadata.PackageNotFoundError:
+        pass
     key = hashlib.sha256(json.dumps([LAYOUT_VERSION, PYTHON_SUITE, PYTHON_PACKAGES, QEMU_SUITE, wheels],
                                     sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "arm64" / key

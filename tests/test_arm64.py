@@ -114,6 +114,29 @@ def test_export_verify_arm64_runs_each_artifact_on_two_emulated_cores(student_di
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("dpkg-deb") or not shutil.which("gpgv"),
                     reason="arm64 emulation is set up on x86_64 Debian")
+def test_the_model_with_the_tokenizer_inside_is_verified_on_arm64_with_string_feeds(student_dir, test_file,
+                                                                                    tmp_path):
+    """The tokenizer operators' aarch64 build, in the sysroot, on the validation text as strings."""
+    pytest.importorskip("onnxruntime_extensions")
+    from edgekd.data import Columns, load_file
+    from edgekd.export.stage import export
+    from edgekd.models import load_classifier
+    from edgekd.targets import load_target
+
+    model, _ = load_classifier(student_dir)
+    data = load_file(test_file, columns=Columns(), label2id=model.config.label2id)
+    (artifact,) = export(student_dir, targets=[load_target("ort-mobile")], out=tmp_path / "out", validation=data,
+                         verify=("arm64",), with_tokenizer=True)
+    entry = json.loads((artifact.folder / "edgekd.json").read_text())
+    verified = entry["with_tokenizer"]["verified"]["arm64"]
+    assert verified["passed"] and verified["rows"] == len(data) and set(verified["cores"]) == set(arm64.CORES)
+    assert verified["agreement"] == 100.0  # the strings tokenized on arm64 as on x86
+    assert entry["verified"]["arm64"]["passed"]  # and the plain model beside it
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("dpkg-deb") or not shutil.which("gpgv"),
+                    reason="arm64 emulation is set up on x86_64 Debian")
 def test_an_image_classifiers_static_int8_export_is_verified_on_arm64(tmp_path):
     from edgekd.export.stage import export
     from edgekd.targets import load_targets_for

@@ -364,6 +364,8 @@ def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session,
         raise UserError(f"target '{target.name}': the model with the tokenizer inside gives logits "
                         f"{parity['max_abs_diff']:.2e} away from the plain model's ({parity['predictions_changed']} "
                         "predictions changed); export without --with-tokenizer and report it with the model's config")
+    if "arm64" in context.verify:
+        details["verified"] = {"arm64": _strings_on_arm64(target, path, merged_session, context, pair=front.pair)}
     return {"model_file": path.name,
             "inputs": {name: ["batch"] for name in ([graph.TEXT_INPUT, graph.PAIR_INPUT] if front.pair
                                                     else [graph.TEXT_INPUT])},
@@ -382,6 +384,25 @@ def _verified_on_arm64(target: Target, model_path: Path, session, context: _Cont
     rows = context.validation or _random_rows(context)
     return verify_arm64(model_path, session, rows, precision=target.precision, budgets=target.budgets,
                         ort_format=target.format == "ort")
+
+
+def _strings_on_arm64(target: Target, path: Path, session, context: _Context, *, pair: bool) -> dict:
+    """The model with the tokenizer inside under arm64 emulation, on the validation text as
+    strings (the same rows, in the same batches, as the plain model's check)."""
+    from dataclasses import replace
+
+    from edgekd.export import tokenizer_graph as graph
+    from edgekd.export.validation import BATCH_SIZE
+    from edgekd.export.verify import verify_arm64
+
+    rows = context.validation_texts
+    if rows is None or context.validation is None:
+        return {"passed": None, "note": "not run: the model takes strings, and no --data was given"}
+    batches = [graph.string_feeds(rows.texts[start:start + BATCH_SIZE],
+                                  rows.text_pairs[start:start + BATCH_SIZE] if pair else None)
+               for start in range(0, len(rows.texts), BATCH_SIZE)]
+    return verify_arm64(path, session, replace(context.validation, feeds_list=batches), precision=target.precision,
+                        budgets=target.budgets, ort_format=target.format == "ort", custom_ops=True)
 
 
 def _random_rows(context: _Context) -> ValidationSet:

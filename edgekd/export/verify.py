@@ -46,23 +46,25 @@ class CoreCheck:
 
 
 def verify_arm64(model_path: Path, session, validation: ValidationSet, *, precision: str,
-                 budgets: Budgets, ort_format: bool, log=print) -> dict:
+                 budgets: Budgets, ort_format: bool, custom_ops: bool = False, log=print) -> dict:
     """Run `model_path` under arm64 emulation on `validation`'s feeds and compare with
     `session` (the x86 session of the same file); the manifest's `verified.arm64` entry.
-    Raises GateFailed when a core misses the check."""
+    `custom_ops`: the model holds ONNX Runtime Extensions' operators (its feeds may be
+    strings). Raises GateFailed when a core misses the check."""
     root = arm64.sysroot(log=log)
     host = np.concatenate([session.run(["logits"], feeds)[0] for feeds in validation.feeds_list])
     tolerance = LOGIT_TOLERANCE.get(precision)
     checks = []
     with tempfile.TemporaryDirectory(prefix="edgekd-arm64-") as scratch:
         feeds_path = Path(scratch) / "feeds.npz"
-        np.savez(feeds_path, **{f"{index}/{name}": value for index, feeds in enumerate(validation.feeds_list)
-                                for name, value in feeds.items()})
+        np.savez(feeds_path, **{f"{index}/{name}": value.astype(str) if value.dtype == object else value
+                                for index, feeds in enumerate(validation.feeds_list) for name, value in feeds.items()})
         for core in arm64.CORES:
             started = time.perf_counter()
             log(f"  arm64 ({core}, emulated): {len(host)} rows of {validation.source}")
             logits, runtime = _run_on_core(root, core, model_path, feeds_path, Path(scratch) / f"{core}.npz",
-                                           ort_format=ort_format, batches=len(validation.feeds_list))
+                                           ort_format=ort_format, custom_ops=custom_ops,
+                                           batches=len(validation.feeds_list))
             checks.append(_judge(core, runtime, logits, host, validation, tolerance=tolerance, budgets=budgets))
             log(f"  arm64 ({core}): max |logit - x86| {checks[-1].max_abs_logit_error:.2e}, "
                 f"agreement {checks[-1].agreement:.1f}% ({time.perf_counter() - started:.0f} s emulated)")
@@ -86,9 +88,12 @@ def verify_arm64(model_path: Path, session, validation: ValidationSet, *, precis
 
 
 def _run_on_core(root, core: str, model_path: Path, feeds_path: Path, out_path: Path, *, ort_format: bool,
-                 batches: int) -> tuple[np.ndarray, str]:
+                 custom_ops: bool, batches: int) -> tuple[np.ndarray, str]:
+    if custom_ops and "onnxruntime-extensions" not in root.versions:
+        raise UserError("the arm64 sysroot has no onnxruntime-extensions for the model with the tokenizer "
+                        "inside; install it (pip install -c constraints.txt onnxruntime-extensions) and run again")
     args = [str(RUNNER), str(Path(model_path).resolve()), str(feeds_path), str(out_path)]
-    args += ["--ort-format"] * ort_format
+    args += ["--ort-format"] * ort_format + ["--custom-ops"] * custom_ops
     done = arm64.run_emulated(root, core, args, timeout=SECONDS_PER_CORE)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
