@@ -327,7 +327,6 @@ def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session,
     import onnx
 
     from edgekd.export import tokenizer_graph as graph
-    from edgekd.export.mobile import convert_to_ort
 
     plain = onnx.load(str(onnx_path))
     if context.front is None:
@@ -338,19 +337,10 @@ def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session,
                                           opset=opset, ir_version=plain.ir_version)
     front = context.front
     merged = graph.merged_model(front.model, plain, model_inputs=list(session.input_names))
-    details: dict = {}
-    if target.format == "onnx":
-        path = staging / graph.MODEL_FILE
-        onnx.save(merged, str(path))
-        merged_session = onnx_session(path, optimization_level=target.graph_optimization_level, custom_ops=True)
-    else:
-        source = context.scratch / f"{target.name}-{graph.MODEL_FILE}"
-        onnx.save(merged, str(source))
-        path, config = convert_to_ort(source, staging, optimization_level=target.graph_optimization_level,
-                                      name=graph.ORT_MODEL_FILE, config_name=graph.REQUIRED_OPERATORS_FILE,
-                                      custom_ops=True)
-        details["required_operators_file"] = config.name
-        merged_session = onnx_session(path, ort_format=True, custom_ops=True)
+    path, merged_session, details = graph.write_string_model(
+        merged, staging, files=(graph.MODEL_FILE, graph.ORT_MODEL_FILE, graph.REQUIRED_OPERATORS_FILE),
+        mobile=target.format != "onnx", scratch=context.scratch / f"{target.name}-strings",
+        optimization_level=target.graph_optimization_level)
     rows = context.validation_texts
     checks = graph.check_front(front, context.tokenizer, merged=merged_session, plain=session,
                                texts=rows.texts if rows is not None else [],

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -644,6 +645,28 @@ def character_class(characters: list[str], *, ranges: list[tuple[int, int]] = ()
 
 
 # ------------------------------------------------------------------------------ in an export
+
+def write_string_model(model: onnx.ModelProto, staging: Path, *, files: tuple[str, str, str], mobile: bool,
+                       scratch: Path, optimization_level: str) -> tuple[Path, object, dict]:
+    """A model with the extensions' operators in `staging`: as `files[0]` (.onnx), or for an
+    ORT Mobile target as `files[1]` (.ort) with its required-operators file `files[2]`;
+    with an open session of the written file and the manifest's file details."""
+    from edgekd.sessions import onnx_session
+
+    onnx_name, ort_name, config_name = files
+    if not mobile:
+        path = staging / onnx_name
+        onnx.save(model, str(path))
+        return path, onnx_session(path, optimization_level=optimization_level, custom_ops=True), {}
+    from edgekd.export.mobile import convert_to_ort
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    source = scratch / onnx_name
+    onnx.save(model, str(source))
+    path, config = convert_to_ort(source, staging, optimization_level=optimization_level, name=ort_name,
+                                  config_name=config_name, custom_ops=True)
+    return path, onnx_session(path, ort_format=True, custom_ops=True), {"required_operators_file": config.name}
+
 
 def custom_ops_record() -> dict:
     """What the app must register, for the manifest."""

@@ -323,16 +323,18 @@ def _export_target(target: Target, context: _LMContext, out: Path, *, budget: fl
 def _prompt_encoder(target: Target, context: _LMContext, staging: Path) -> dict:
     """The prompt encoder beside the model; its ids checked on the first target, the same
     file's session opened for each (an .ort target gets its own conversion)."""
-    from edgekd.lm.prompt_encoder import check_encoder, encoder_record, write_encoder
+    from edgekd.export.tokenizer_graph import write_string_model
+    from edgekd.lm import prompt_encoder as encoder
 
     model, flagged = context.encoder
-    path, details = write_encoder(model, staging, mobile=target.format == "ort",
-                                  scratch=context.scratch / f"{target.name}-encoder")
-    session = details.pop("session")
+    path, session, details = write_string_model(
+        model, staging, files=(encoder.MODEL_FILE, encoder.ORT_MODEL_FILE, encoder.REQUIRED_OPERATORS_FILE),
+        mobile=target.format == "ort", scratch=context.scratch / f"{target.name}-encoder",
+        optimization_level="basic")
     if context.encoder_checks is None or target.format == "ort":
-        context.encoder_checks = check_encoder(session, context.tokenizer, texts=context.encoder_texts,
-                                               source=context.encoder_source)
-    return encoder_record(path, context.encoder_checks, flagged_characters=flagged, **details)
+        context.encoder_checks = encoder.check_encoder(session, context.tokenizer, texts=context.encoder_texts,
+                                                       source=context.encoder_source)
+    return encoder.encoder_record(path, context.encoder_checks, flagged_characters=flagged, **details)
 
 
 def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,

@@ -157,26 +157,6 @@ def check_encoder(session, tokenizer, *, texts: list[str], source: str) -> dict:
     return record
 
 
-def write_encoder(model: onnx.ModelProto, staging: Path, *, mobile: bool, scratch: Path) -> tuple[Path, dict]:
-    """The encoder in `staging` (as .ort for ORT Mobile targets) and an open session of it."""
-    from edgekd.sessions import onnx_session
-
-    details: dict = {}
-    if not mobile:
-        path = staging / MODEL_FILE
-        onnx.save(model, str(path))
-        return path, {"session": onnx_session(path, custom_ops=True), **details}
-    from edgekd.export.mobile import convert_to_ort
-
-    scratch.mkdir(parents=True, exist_ok=True)
-    source = scratch / MODEL_FILE
-    onnx.save(model, str(source))
-    path, config = convert_to_ort(source, staging, optimization_level="basic", name=ORT_MODEL_FILE,
-                                  config_name=REQUIRED_OPERATORS_FILE, custom_ops=True)
-    return path, {"session": onnx_session(path, ort_format=True, custom_ops=True),
-                  "required_operators_file": config.name}
-
-
 def encoder_record(path: Path, checks: dict, **details) -> dict:
     """The manifest's `prompt_encoder` entry."""
     return {"model_file": path.name, "inputs": {INPUT: ["batch"]},
