@@ -109,11 +109,11 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text stored with the result")
     args = parser.parse_args()
 
-    from edgekd.bench.machine import busy
-    from edgekd.bench.report import print_table
-    from edgekd.bench.stage import bench
+    from edgekd.benchmarking.machine import busy
+    from edgekd.benchmarking.report import print_table
+    from edgekd.benchmarking.stage import bench
     from edgekd.cli.app import quiet_libraries
-    from edgekd.export.stage import export
+    from edgekd.exporting.stage import export
     from edgekd.targets import load_target
 
     quiet_libraries()

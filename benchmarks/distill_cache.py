@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from edgekd.bench.machine import machine_info  # CPU model and flags, recorded with every figure
+from edgekd.benchmarking.machine import machine_info  # CPU model and flags, recorded with every figure
 from edgekd.config import DistillConfig
 from edgekd.data import demo_splits
 from edgekd.demo import STUDENT_RECIPE, build_teacher, cache_dir
-from edgekd.distill.train import distill
+from edgekd.training.train import distill
 from edgekd.models import load_classifier, select_layers
 
 RESULT = Path(__file__).resolve().parent / "results" / "distill_cache.json"

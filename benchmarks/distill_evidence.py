@@ -44,14 +44,14 @@ import numpy as np
 import torch
 import typer
 
-from edgekd.bench.machine import machine_info  # CPU model and flags, recorded with every figure
+from edgekd.benchmarking.machine import machine_info  # CPU model and flags, recorded with every figure
 from edgekd.metrics import quality, torch_logits
 from edgekd.cli import app
 from edgekd.cli.distill import recipe_values
 from edgekd.config import DistillConfig
 from edgekd.data import TextDataset, demo_splits, encode
 from edgekd.demo import build_teacher, cache_dir, minilm_path
-from edgekd.distill.train import distill
+from edgekd.training.train import distill
 from edgekd.models import load_classifier, make_student
 
 ROOT = Path(__file__).resolve().parent.parent

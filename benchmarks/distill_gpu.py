@@ -23,7 +23,7 @@ import torch
 from edgekd.metrics import quality, torch_logits
 from edgekd.data import demo_splits, encode
 from edgekd.demo import STUDENT_RECIPE, build_teacher, cache_dir
-from edgekd.distill.train import distill
+from edgekd.training.train import distill
 from edgekd.models import load_classifier, select_layers
 
 RESULT = Path(__file__).resolve().parent / "results" / "distill_gpu.json"

@@ -31,7 +31,7 @@ ORT_TARGETS = ["onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-static", "ort-m
 
 def test_accuracy(artifact, test_set) -> float:
     from edgekd.sessions import ExecutorchSession, onnx_session
-    from edgekd.export.validation import session_logits
+    from edgekd.exporting.validation import session_logits
 
     if artifact.format == "pte":
         session = ExecutorchSession(artifact.model_file, list(test_set.feeds_list[0]))
@@ -74,10 +74,10 @@ def main() -> None:
                                           "interleaved medians", help="what the machine was doing")
     args = parser.parse_args()
 
-    from edgekd.bench.stage import machine_info
+    from edgekd.benchmarking.stage import machine_info
     from edgekd.data import demo_splits
-    from edgekd.export.stage import export
-    from edgekd.export.validation import validation_set
+    from edgekd.exporting.stage import export
+    from edgekd.exporting.validation import validation_set
     from edgekd.models import load_classifier
     from edgekd.targets import load_target
 

@@ -128,8 +128,8 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.manual_seed(0)
 
-    from edgekd.distill.cache import open_or_build_top_k as open_or_build
-    from edgekd.bench.report import print_table
+    from edgekd.training.cache import open_or_build_top_k as open_or_build
+    from edgekd.benchmarking.report import print_table
     from edgekd.lm.data import encode_texts
     from edgekd.lm.demo import demo_texts, lm_demo
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student, probe_batch

@@ -40,8 +40,8 @@ def main() -> None:
 
     import onnx
 
-    from edgekd.bench.machine import machine_info  # CPU model and flags, recorded with every figure
-    from edgekd.bench.report import print_table
+    from edgekd.benchmarking.machine import machine_info  # CPU model and flags, recorded with every figure
+    from edgekd.benchmarking.report import print_table
     from edgekd.lm.bench import bench_lm
     from edgekd.lm.demo import LMDemoConfig, demo_texts
     from edgekd.lm.export import export_lm

@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256, help="Positions of the exported cache.")
     args = parser.parse_args()
 
-    from edgekd.bench.machine import machine_info
-    from edgekd.bench.report import print_table
+    from edgekd.benchmarking.machine import machine_info
+    from edgekd.benchmarking.report import print_table
     from edgekd.errors import atomic_write_text
     from edgekd.lm.bench import bench_lm
     from edgekd.lm.demo import LMDemoConfig, demo_texts

@@ -30,7 +30,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgekd.bench.machine import machine_info
+    from edgekd.benchmarking.machine import machine_info
     from edgekd.lm.export import export_lm
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf
     from edgekd.targets import load_target

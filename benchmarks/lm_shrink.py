@@ -54,7 +54,7 @@ def main() -> None:
 
     from lm_demo import paired_bootstrap, per_text_nll, perplexity
 
-    from edgekd.bench.machine import machine_info
+    from edgekd.benchmarking.machine import machine_info
     from edgekd.cli.app import quiet_libraries
     from edgekd.lm.bench import bench_lm
     from edgekd.lm.data import encode_texts

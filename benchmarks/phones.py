@@ -54,14 +54,14 @@ def main() -> None:
 
     import torch
 
-    from edgekd.bench.latency import measure_interleaved, summarize
-    from edgekd.bench.feeds import text_of_length
-    from edgekd.bench.machine import machine_info
+    from edgekd.benchmarking.latency import measure_interleaved, summarize
+    from edgekd.benchmarking.feeds import text_of_length
+    from edgekd.benchmarking.machine import machine_info
     from edgekd.data import demo_splits
-    from edgekd.export.stage import export
-    from edgekd.export.tokenizer_graph import string_feeds
-    from edgekd.export.validation import session_logits, validation_set
-    from edgekd.export.onnx import input_names_of
+    from edgekd.exporting.stage import export
+    from edgekd.exporting.tokenizer_graph import string_feeds
+    from edgekd.exporting.validation import session_logits, validation_set
+    from edgekd.exporting.onnx import input_names_of
     from edgekd.models import load_classifier
     from edgekd.sessions import ExecutorchSession, executorch_threads, onnx_session
     from edgekd.targets import load_target

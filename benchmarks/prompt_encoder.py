@@ -31,9 +31,9 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from edgekd.bench.latency import measure_interleaved, summarize
-    from edgekd.bench.machine import machine_info
-    from edgekd.export.tokenizer_graph import _session
+    from edgekd.benchmarking.latency import measure_interleaved, summarize
+    from edgekd.benchmarking.machine import machine_info
+    from edgekd.exporting.tokenizer_graph import _session
     from edgekd.lm.demo import LMDemoConfig, demo_texts
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf
     from edgekd.lm.prompt_encoder import build_encoder, check_encoder

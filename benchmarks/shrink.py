@@ -62,13 +62,13 @@ def main() -> None:
     parser.add_argument("--note", default="")
     args = parser.parse_args()
 
-    from edgekd.bench.stage import bench
+    from edgekd.benchmarking.stage import bench
     from edgekd.cli.app import quiet_libraries
     from edgekd.config import cache_dir
     from edgekd.data import demo_splits, sample_batches
     from edgekd.demo import LAYER_CUT, STUDENT_RECIPE, TEACHER_RECIPE, build_teacher
-    from edgekd.distill.train import distill
-    from edgekd.export.stage import export
+    from edgekd.training.train import distill
+    from edgekd.exporting.stage import export
     from edgekd.models import count_parameters, layer_count, load_classifier, parse_layers, save_model, select_layers
     from edgekd.slicing import configured_student
     from edgekd.vocab import plan_trim

@@ -75,7 +75,7 @@ def weights_digest(folder: Path) -> dict[str, str]:
 
 
 def checkpoint_step(out: Path) -> int | None:
-    from edgekd.distill import checkpoint
+    from edgekd.training import checkpoint
 
     try:
         state = checkpoint.load(checkpoint.checkpoint_dir(out))
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
-    from edgekd.bench.machine import machine_info
+    from edgekd.benchmarking.machine import machine_info
 
     work = Path(tempfile.mkdtemp(prefix="edgekd-soak-"))
     env = {**os.environ, "TMPDIR": str(work)}
@@ -100,7 +100,7 @@ def main() -> None:
     started, startup = time.perf_counter(), None
     whole = subprocess.Popen(command(teacher, data, work / "whole", work / "cache-whole", steps=args.steps,
                                      resume=False), env=env, stdout=subprocess.DEVNULL)
-    from edgekd.distill.checkpoint import FILE_NAME, checkpoint_dir
+    from edgekd.training.checkpoint import FILE_NAME, checkpoint_dir
 
     while whole.poll() is None:
         if startup is None and (checkpoint_dir(work / "whole") / FILE_NAME).exists():

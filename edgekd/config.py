@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from edgekd.errors import UserError
@@ -20,6 +20,16 @@ def cache_dir(override: Path | None = None) -> Path:
     if override is not None:
         return Path(override)
     return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
+
+
+def config_from(kind, options: dict, given: set[str]):
+    """A config of class `kind` from the options given by name; the rest keep its defaults
+    (the one place training defaults live). --freeze-embeddings sets train_embeddings off."""
+    names = {field.name for field in fields(kind)}
+    values = {name: options[name] for name in names & set(given)}
+    if "train_embeddings" in names and "freeze_embeddings" in given:
+        values["train_embeddings"] = not options["freeze_embeddings"]
+    return kind(**values)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -92,6 +102,27 @@ class DistillConfig:
         _check(self.max_steps >= 0, f"--max-steps must be >= 0, got {self.max_steps}")
         _check(self.checkpoint_every >= 0,
                f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")
+
+
+@dataclass(frozen=True)
+class ImageDistillConfig(DistillConfig):
+    """DistillConfig and the augmentation of consistent teaching."""
+
+    crop_scale: float = 0.0  # random-resized crop keeping at least this share of the area (0: off)
+    flip: bool = False  # horizontal flips
+    mixup: float = 0.0  # Beta(a, a) mixup of image pairs (0: off)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.crop_scale == 0 or 0.05 <= self.crop_scale <= 1,
+               f"--crop-scale must be 0 (off) or in [0.05, 1], got {self.crop_scale}")
+        _check(0 <= self.mixup <= 10, f"--mixup must be between 0 (off) and 10, got {self.mixup}")
+
+    @property
+    def augment(self):
+        from edgekd.vision.data import Augment
+
+        return Augment(crop_scale=self.crop_scale, flip=self.flip, mixup=self.mixup)
 
 
 @dataclass(frozen=True)

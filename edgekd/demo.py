@@ -74,7 +74,7 @@ def _fine_tune_teacher(splits: dict[str, TextDataset], *, folder: Path, recipe: 
                        show_progress: bool) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from edgekd.distill.train import distill
+    from edgekd.training.train import distill
 
     train = splits["train"]
     console.print(f"teacher: fine-tuning all-MiniLM-L6-v2 on {len(train)} BBC articles "
@@ -106,10 +106,10 @@ def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
     with) -> report."""
     from dataclasses import replace
 
-    from edgekd.bench.report import print_table, write_report
-    from edgekd.bench.stage import bench
-    from edgekd.distill.train import distill
-    from edgekd.export.stage import export
+    from edgekd.benchmarking.report import print_table, write_report
+    from edgekd.benchmarking.stage import bench
+    from edgekd.training.train import distill
+    from edgekd.exporting.stage import export
     from edgekd.data import sample_batches
     from edgekd.models import load_classifier
     from edgekd.slicing import configured_student

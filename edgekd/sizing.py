@@ -116,7 +116,7 @@ def pick(widths: list[list[Candidate]], *, budget_ms: float, latency: Callable[[
 def shape_latency(teacher: nn.Module, tokenizer, candidate: Candidate, *, task: str, target,
                   sequence_length: int, cache_folder: Path | None = None) -> float:
     """Median ms of one batch-1 call of `candidate` exported to `target` (cached)."""
-    from edgekd.bench.machine import machine_info
+    from edgekd.benchmarking.machine import machine_info
 
     machine = machine_info()
     architecture = hashlib.sha256(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str)
@@ -140,8 +140,8 @@ def shape_latency(teacher: nn.Module, tokenizer, candidate: Candidate, *, task: 
 
 
 def _measure(teacher, tokenizer, candidate: Candidate, *, task: str, target, sequence_length: int) -> float:
-    from edgekd.export.onnx import convert_fp16, export_onnx
-    from edgekd.export.quantize import quantize_dynamic, quantize_int4
+    from edgekd.exporting.onnx import convert_fp16, export_onnx
+    from edgekd.exporting.quantize import quantize_dynamic, quantize_int4
     from edgekd.sessions import onnx_session
 
     model = timing_model(teacher, candidate)

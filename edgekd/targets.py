@@ -89,7 +89,7 @@ class Budgets:
     # and over the teacher's (checked by edgekd bench); None: no perplexity gate.
     max_perplexity_ratio: float | None = None
     # A drop over max_accuracy_drop counts when the validation rows show it is real: its
-    # one-sided p-value is below this (edgekd/export/validation.py). 1: every excess counts.
+    # one-sided p-value is below this (edgekd/exporting/validation.py). 1: every excess counts.
     drop_significance: float = 0.05
 
     def __post_init__(self) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from edgekd import arm64
 from edgekd.errors import UserError
-from edgekd.export.validation import ValidationSet
-from edgekd.export.verify import _judge, check_choices
+from edgekd.exporting.validation import ValidationSet
+from edgekd.exporting.verify import _judge, check_choices
 from edgekd.targets import Budgets
 
 PACKAGES = """Package: python3.11-minimal
@@ -91,7 +91,7 @@ def test_unknown_verify_choices_are_refused():
                     reason="arm64 emulation is set up on x86_64 Debian")
 def test_export_verify_arm64_runs_each_artifact_on_two_emulated_cores(student_dir, test_file, tmp_path):
     from edgekd.data import Columns, load_file
-    from edgekd.export.stage import export
+    from edgekd.exporting.stage import export
     from edgekd.models import load_classifier
     from edgekd.targets import load_target
 
@@ -119,7 +119,7 @@ def test_the_model_with_the_tokenizer_inside_is_verified_on_arm64_with_string_fe
     """The tokenizer operators' aarch64 build, in the sysroot, on the validation text as strings."""
     pytest.importorskip("onnxruntime_extensions")
     from edgekd.data import Columns, load_file
-    from edgekd.export.stage import export
+    from edgekd.exporting.stage import export
     from edgekd.models import load_classifier
     from edgekd.targets import load_target
 
@@ -138,7 +138,7 @@ def test_the_model_with_the_tokenizer_inside_is_verified_on_arm64_with_string_fe
 @pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("dpkg-deb") or not shutil.which("gpgv"),
                     reason="arm64 emulation is set up on x86_64 Debian")
 def test_an_image_classifiers_static_int8_export_is_verified_on_arm64(tmp_path):
-    from edgekd.export.stage import export
+    from edgekd.exporting.stage import export
     from edgekd.targets import load_targets_for
     from test_vision import pictures, save, tiny
 

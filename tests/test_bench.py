@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from edgekd.metrics import accuracy, agreement, macro_f1, mean_kl
-from edgekd.bench.latency import measure_interleaved, noisy, summarize, throughput
-from edgekd.bench.report import SCHEMA_VERSION, markdown, write_report
-from edgekd.bench.stage import bench
+from edgekd.benchmarking.latency import measure_interleaved, noisy, summarize, throughput
+from edgekd.benchmarking.report import SCHEMA_VERSION, markdown, write_report
+from edgekd.benchmarking.stage import bench
 from edgekd.data import Columns, TextDataset, load_file
 from edgekd.errors import UserError
-from edgekd.export.stage import export
+from edgekd.exporting.stage import export
 from edgekd.models import load_classifier
 from edgekd.targets import load_target
 
@@ -229,7 +229,7 @@ def test_bench_rejects_a_student_with_another_vocabulary(teacher_dir, teacher, d
 
 
 def test_machine_info_records_what_int8_speed_depends_on():
-    from edgekd.bench.machine import INSTRUCTION_FLAGS, busy, machine_info
+    from edgekd.benchmarking.machine import INSTRUCTION_FLAGS, busy, machine_info
 
     machine = machine_info()
     assert machine["cpu"] and machine["cores"] >= 1 and machine["torch"] and machine["onnxruntime"]
@@ -240,7 +240,7 @@ def test_machine_info_records_what_int8_speed_depends_on():
 
 
 def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
-    from edgekd.bench.runtimes import artifact_candidate
+    from edgekd.benchmarking.runtimes import artifact_candidate
 
     (tmp_path / "outside.onnx").write_bytes(b"")
     folder = tmp_path / "artifact"

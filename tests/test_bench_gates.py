@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_rows, write_jsonl
-from edgekd.bench.gates import GateLimits, check_gates, raise_for_failed_gates
+from edgekd.benchmarking.gates import GateLimits, check_gates, raise_for_failed_gates
 from edgekd.cli import app
 from edgekd.errors import GateFailed, UserError
-from edgekd.export.stage import export
+from edgekd.exporting.stage import export
 from edgekd.targets import load_target
 
 runner = CliRunner()

@@ -5,8 +5,8 @@ import math
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper, save
 
-from edgekd.bench.memory import measure_memory
-from edgekd.bench.plot import pareto_front, write_plot
+from edgekd.benchmarking.memory import measure_memory
+from edgekd.benchmarking.plot import pareto_front, write_plot
 
 
 def embedding_classifier(path, *, vocabulary: int, width: int):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.bench.runtimes import artifact_candidate, predict
-from edgekd.bench.stage import bench
+from edgekd.benchmarking.runtimes import artifact_candidate, predict
+from edgekd.benchmarking.stage import bench
 from edgekd.data import Columns, encode, load_file
 from edgekd.models import load_classifier
 

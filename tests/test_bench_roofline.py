@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save
 
-from edgekd.bench import roofline
+from edgekd.benchmarking import roofline
 
 
 def test_matmul_operations_by_hand():

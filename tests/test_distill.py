@@ -6,8 +6,8 @@ from transformers import AutoModelForSequenceClassification
 from conftest import make_rows
 from edgekd.config import DistillConfig
 from edgekd.data import Columns, batches, encode, load_file
-from edgekd.distill.losses import kd_loss
-from edgekd.distill.train import distill
+from edgekd.training.losses import kd_loss
+from edgekd.training.train import distill
 from edgekd.models import load_classifier, model_inputs, select_layers
 
 

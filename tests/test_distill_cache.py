@@ -9,9 +9,9 @@ import torch
 
 from conftest import make_classifier, make_rows, make_tokenizer
 from edgekd.data import TextDataset, batches, encode
-from edgekd.distill.cache import TeacherCache, open_or_build
-from edgekd.distill.distributed import Ranks
-from edgekd.distill.objective import Needs, forward_outputs
+from edgekd.training.cache import TeacherCache, open_or_build
+from edgekd.training.distributed import Ranks
+from edgekd.training.objective import Needs, forward_outputs
 
 NEEDS = Needs(hidden_layers=(0, 2), attention_layers=(1,), qkv_layer=2)
 
@@ -75,7 +75,7 @@ def test_cache_is_reused_and_rebuilt_when_anything_it_depends_on_changes(tmp_pat
 
 def test_a_cache_of_two_parts_reads_like_one(tmp_path):
     # What two torchrun ranks write (rows 0, 2, 4, ... and 1, 3, 5, ...) reads back in row order.
-    from edgekd.distill.cache import FORMAT_VERSION, _build_part
+    from edgekd.training.cache import FORMAT_VERSION, _build_part
 
     teacher = make_classifier("bert", layers=3)
     encoded = _encoded(rows=11)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from edgekd.config import DistillConfig
 from edgekd.data import Columns, load_file as load_data
-from edgekd.distill.train import distill
+from edgekd.training.train import distill
 from edgekd.models import load_classifier, select_layers
 
 # Intermediate losses on, so the projections and the sharded teacher cache take part too.

@@ -1,4 +1,4 @@
-"""CPU dropout masks drawn in bulk (edgekd/distill/dropout.py): the distribution, the
+"""CPU dropout masks drawn in bulk (edgekd/training/dropout.py): the distribution, the
 scaling, the gradient, reproducibility, and that the mode reaches every dropout of a model."""
 
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
-from edgekd.distill.dropout import LEVELS, CpuDropout, dropout
+from edgekd.training.dropout import LEVELS, CpuDropout, dropout
 
 N = 1 << 20
 
@@ -116,7 +116,7 @@ def test_mode_in_a_real_encoder():
 
 
 def test_loops_use_the_mode_only_where_pytorch_masks_are_serial(monkeypatch):
-    import edgekd.distill.dropout as module
+    import edgekd.training.dropout as module
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(module, "masks_are_serial", lambda: True)

@@ -9,7 +9,7 @@ import torch
 from conftest import make_classifier, make_rows, make_tokenizer
 from edgekd.config import DistillConfig
 from edgekd.data import TextDataset, batches, encode
-from edgekd.distill.objective import (Objective, Trainee, default_layer_map, forward_outputs,
+from edgekd.training.objective import (Objective, Trainee, default_layer_map, forward_outputs,
                                       parse_layer_map)
 from edgekd.errors import UserError
 from edgekd.models import model_inputs, select_layers, shrunk_student

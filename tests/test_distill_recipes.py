@@ -8,8 +8,8 @@ import typer
 from typer.testing import CliRunner
 
 from edgekd.cli import app
-from edgekd.cli.distill import CAUSAL_LM_ONLY_OPTIONS, IMAGE_ONLY_OPTIONS, TEXT_ONLY_OPTIONS, recipe_values, run
-from edgekd.config import DistillConfig
+from edgekd.api import distill as api_distill, recipe_values
+from edgekd.config import DistillConfig, config_from
 from edgekd.errors import UserError
 from edgekd.config import LMDistillConfig
 
@@ -28,14 +28,12 @@ def test_there_are_shipped_recipes():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_shipped_recipe_matches_the_cli(recipe):
     command = _distill_command()
-    values = recipe_values(recipe, command)  # raises on any key that is not an option
+    values = recipe_values(recipe)  # raises on any key that is not an option
     assert values, f"{recipe} is empty"
-    defaults = {param.name: param.default for param in command.params if param.param_type_name == "option"}
-    assert set(values) <= set(defaults)
-    merged = {**defaults, **values}
-    # The merged options build a valid config: the recipe's values pass every range check.
-    training = {k: merged[k] for k in DistillConfig.__dataclass_fields__}
-    DistillConfig(**training)
+    options = {param.name for param in command.params if param.param_type_name == "option"}
+    assert set(values) <= options
+    # The recipe's values over the defaults build a valid config: they pass every range check.
+    config_from(DistillConfig, values, set(values))
 
 
 def _options(command_name: str) -> set[str]:
@@ -44,15 +42,27 @@ def _options(command_name: str) -> set[str]:
 
 
 def test_every_config_field_is_a_cli_option_and_back():
-    # run() passes everything it does not use itself straight into DistillConfig, so the
-    # two lists must match exactly: a new field without an option (or the reverse) fails here.
-    # --task and the causal-LM and image options are taken off before run() is called.
+    # edgekd.distill builds each task's config from the options given by their names, so every
+    # field must be an option of the task, and the command line and the API must have the same
+    # options: a new field without an option (or the reverse) fails here.
     import inspect
 
-    options = _options("distill") - {"task", *CAUSAL_LM_ONLY_OPTIONS, *IMAGE_ONLY_OPTIONS}
-    used_by_run = {name for name, p in inspect.signature(run).parameters.items() if p.kind is p.KEYWORD_ONLY}
-    config_fields = set(DistillConfig.__dataclass_fields__)
-    assert options - used_by_run == config_fields - {"max_length", "seed", "validation_fraction"}
+    from edgekd.tasks import TASKS
+
+    options = _options("distill")
+    keywords = set(inspect.signature(api_distill).parameters) - {"log"}
+    assert options == keywords
+    text = TASKS["text-classification"]
+    shared = {name for name in options if not any(name in t.options["distill"] for t in TASKS.values())}
+    text_reads = shared | text.options["distill"]
+    assert set(DistillConfig.__dataclass_fields__) <= text_reads
+    # what the text task reads beyond its config is what its pipeline itself uses
+    pipeline_options = text_reads - set(DistillConfig.__dataclass_fields__)
+    assert pipeline_options == {"task", "teacher", "data", "split", "out", "recipe", "student_layers", "student_config",
+                                "student_init", "student", "latency_budget_ms", "budget_target", "trim_vocab",
+                                "trim_vocab_min_count", "sequence_length", "validation_data", "validation_split",
+                                "text_column", "label_column", "text_pair_column", "cache_dir", "allow_poor_student",
+                                "resume", "overwrite", "quiet", "trust_remote_code"}
 
 
 def test_every_causal_lm_config_field_is_an_option_both_tasks_share_or_its_own():
@@ -62,26 +72,27 @@ def test_every_causal_lm_config_field_is_an_option_both_tasks_share_or_its_own()
     renamed = {"train_embeddings": "freeze_embeddings"}  # a flag that switches the field off
     config_fields = {renamed.get(name, name) for name in LMDistillConfig.__dataclass_fields__} - {"bf16"}
     assert config_fields <= options  # bf16 is always on for CUDA from the CLI
-    assert not config_fields & set(TEXT_ONLY_OPTIONS)
+    from edgekd.tasks import CAUSAL_LM, TEXT_CLASSIFICATION
+
+    assert not config_fields & (TEXT_CLASSIFICATION.options["distill"] - CAUSAL_LM.options["distill"])
     # the options both tasks read have one name: epochs, max steps and the hard-label weight among them
     shared = set(DistillConfig.__dataclass_fields__) & set(LMDistillConfig.__dataclass_fields__)
     assert {"epochs", "max_steps", "hard_label_weight", "lr", "batch_size", "temperature"} <= shared
 
 
 def test_recipe_errors_name_the_key(tmp_path):
-    command = _distill_command()
     bad = tmp_path / "bad.yaml"
     bad.write_text("student_layers: 2\n")
     with pytest.raises(UserError, match="'student_layers' is not a distill option; did you mean student-layers"):
-        recipe_values(bad, command)
+        recipe_values(bad)
     bad.write_text("epochs: many\n")
     with pytest.raises(UserError, match="epochs: 'many': Input should be a valid integer"):
-        recipe_values(bad, command)
+        recipe_values(bad)
     bad.write_text("epochs: [1\n")
     with pytest.raises(UserError, match="not valid YAML"):
-        recipe_values(bad, command)
+        recipe_values(bad)
     with pytest.raises(UserError, match="cannot read recipe"):
-        recipe_values(tmp_path / "missing.yaml", command)
+        recipe_values(tmp_path / "missing.yaml")
 
 
 def test_flags_override_the_recipe(teacher_dir, train_file, tmp_path):

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from edgekd.cli import app
 from edgekd.config import DistillConfig
 from edgekd.data import Columns, load_file as load_data
-from edgekd.distill import checkpoint
-from edgekd.distill.objective import Objective
-from edgekd.distill.train import distill
+from edgekd.training import checkpoint
+from edgekd.training.objective import Objective
+from edgekd.training.train import distill
 from edgekd.errors import UserError
 from edgekd.models import load_classifier, select_layers
 
@@ -30,7 +30,7 @@ import signal, sys, time
 # Ctrl-C reaches a command run in a terminal's foreground; a test runner started in the
 # background hands its children SIGINT ignored, so the default handler is put back here
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import edgekd.distill.loop as loop
+import edgekd.training.loop as loop
 step = loop.Loop._step
 def slow_step(self, batch, progress):
     time.sleep(0.2)

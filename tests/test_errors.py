@@ -132,8 +132,8 @@ def test_bench_and_demo_refuse_a_report_folder_another_run_is_writing(teacher_di
 def test_a_second_builder_of_a_cache_waits_for_the_first_then_uses_its_cache(tmp_path):
     import time
 
-    from edgekd.distill.cache import built_once
-    from edgekd.distill.distributed import Ranks
+    from edgekd.training.cache import built_once
+    from edgekd.training.distributed import Ranks
 
     final = tmp_path / "cache" / "key"
     builds = []

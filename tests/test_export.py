@@ -5,9 +5,9 @@ import onnx
 import pytest
 
 from edgekd.errors import UserError
-from edgekd.export.parity import check_parity, random_batches
+from edgekd.exporting.parity import check_parity, random_batches
 from edgekd.sessions import onnx_session
-from edgekd.export.stage import export
+from edgekd.exporting.stage import export
 from edgekd.models import load_classifier
 from edgekd.targets import load_target
 
@@ -108,7 +108,7 @@ def test_fp16_is_half_precision_within_1e2_of_pytorch(exported_with_data):
 
 
 def test_static_int8_is_qdq_and_keeps_the_mask_path_float(exported_with_data):
-    from edgekd.export.quantize import mask_path_nodes
+    from edgekd.exporting.quantize import mask_path_nodes
 
     out, artifacts = exported_with_data
     model = onnx.load(str(out / "onnx-int8-static" / "model.onnx"))
@@ -188,7 +188,7 @@ def test_student_folder_without_tokenizer_or_config_is_refused(student_dir, tmp_
 
 
 def test_truncated_onnx_file_gives_a_clear_error(exported, tmp_path):
-    from edgekd.export.onnx import check_onnx_file
+    from edgekd.exporting.onnx import check_onnx_file
 
     out, _ = exported
     data = (out / "onnx-fp32" / "model.onnx").read_bytes()
@@ -201,7 +201,7 @@ def test_truncated_onnx_file_gives_a_clear_error(exported, tmp_path):
 
 
 def test_failed_parity_is_an_error_and_leaves_no_partial_artifact(student_dir, tmp_path, monkeypatch):
-    from edgekd.export import parity
+    from edgekd.exporting import parity
 
     # A tolerance no float export can meet: the real check must fail and clean up.
     monkeypatch.setitem(parity.LOGIT_TOLERANCE, "fp32", 0.0)

@@ -15,7 +15,7 @@ import torch
 from conftest import LABELS, make_classifier, make_rows, make_tokenizer
 from edgekd.data import TextDataset
 from edgekd.errors import GateFailed
-from edgekd.export.stage import export
+from edgekd.exporting.stage import export
 from edgekd.models import save_model
 from edgekd.targets import load_target
 

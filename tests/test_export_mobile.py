@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from edgekd.export.mobile import required_operators
-from edgekd.export.parity import check_parity, random_batches
+from edgekd.exporting.mobile import required_operators
+from edgekd.exporting.parity import check_parity, random_batches
 from edgekd.sessions import ExecutorchSession, onnx_session
-from edgekd.export.stage import export
+from edgekd.exporting.stage import export
 from edgekd.models import load_classifier
 from edgekd.targets import load_target
 

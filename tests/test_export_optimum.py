@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("optimum.onnxruntime", reason="needs edgekd[optimum]: make test-optimum")
 
-from edgekd.export.stage import export  # noqa: E402
+from edgekd.exporting.stage import export  # noqa: E402
 from edgekd.models import load_classifier  # noqa: E402
 from edgekd.targets import load_target  # noqa: E402
 

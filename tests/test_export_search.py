@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekd.export.search import keep_float_search
+from edgekd.exporting.search import keep_float_search
 
 
 def _search(needed: int, *, candidates: int = 40, max_kept: int = 40):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edgekd.export.validation import ValidationSet, binomial_tail, measure
+from edgekd.exporting.validation import ValidationSet, binomial_tail, measure
 from edgekd.targets import Budgets
 
 

@@ -15,9 +15,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from conftest import run_cli as run
-from edgekd.distill.distributed import Ranks
+from edgekd.training.distributed import Ranks
 from edgekd.errors import UserError
-from edgekd.distill.cache import open_or_build_top_k as open_or_build
+from edgekd.training.cache import open_or_build_top_k as open_or_build
 from edgekd.lm.data import encode_texts
 from lm_tiny import make_llama, make_lm_tokenizer, make_texts, save_llama
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_clean_error, run_cli as run
-from edgekd.distill import checkpoint
+from edgekd.training import checkpoint
 from edgekd.errors import UserError
 from edgekd.lm import train as lm_train
 from edgekd.lm.data import encode_texts
@@ -31,7 +31,7 @@ from lm_tiny import make_llama, make_lm_tokenizer, make_texts, save_llama
 # checkpoints; everything else is the real command line in a real process.
 SLOW_DRIVER = """
 import sys, time
-import edgekd.distill.loop as loop
+import edgekd.training.loop as loop
 step = loop.Loop._step
 def slow_step(self, indices, progress):
     time.sleep(0.2)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.errors import UserError
-from edgekd.distill.cache import open_or_build_top_k as open_or_build
+from edgekd.training.cache import open_or_build_top_k as open_or_build
 from edgekd.lm.data import collate, encode_texts
 from edgekd.lm.losses import distillation_loss, shift_for_next_token
 from edgekd.lm.models import make_lm_student

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgekd.distill.losses import hard_ce, kd_kl, kd_loss
+from edgekd.training.losses import hard_ce, kd_kl, kd_loss
 
 
 def _logits(seed, shape=(8, 5)):
@@ -69,7 +69,7 @@ def test_kd_loss_mixes_by_alpha_and_falls_back_to_soft_only():
 
 # ---------------------------------------------------------------------------- intermediate losses
 
-from edgekd.distill.losses import (attention_kl, hidden_cosine, hidden_mse, minilm_relations,
+from edgekd.training.losses import (attention_kl, hidden_cosine, hidden_mse, minilm_relations,
                                    relation_log_probs)
 
 MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])  # second row: two padded tokens

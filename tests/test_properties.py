@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgekd.config import DistillConfig
-from edgekd.distill.losses import (attention_kl, hidden_cosine, hidden_mse, kd_kl, kd_loss,
+from edgekd.training.losses import (attention_kl, hidden_cosine, hidden_mse, kd_kl, kd_loss,
                                    minilm_relations)
 from edgekd.errors import UserError
 from edgekd.models import parse_layers

@@ -140,8 +140,8 @@ def test_bad_input_is_one_line_nonzero_and_touches_nothing(name, build, expected
 
 SLOW_DRIVER = """
 import sys, time
-import edgekd.distill.checkpoint as checkpoint
-import edgekd.distill.loop as loop
+import edgekd.training.checkpoint as checkpoint
+import edgekd.training.loop as loop
 step, save = loop.Loop._step, checkpoint.save
 def slow_step(self, batch, progress):
     time.sleep(0.1)

@@ -162,7 +162,7 @@ def test_a_causal_lm_student_config_is_sliced_from_the_teacher(tmp_path):
 def trained_teacher(tmp_path_factory):
     """A tiny BERT fine-tuned on the keyword task: well above chance, as a real teacher is."""
     from edgekd.config import DistillConfig
-    from edgekd.distill.train import distill
+    from edgekd.training.train import distill
 
     from conftest import LABELS
 

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("onnxruntime_extensions")
 
 from edgekd.errors import UserError  # noqa: E402
-from edgekd.export import tokenizer_graph as graph  # noqa: E402
-from edgekd.export.stage import export  # noqa: E402
+from edgekd.exporting import tokenizer_graph as graph  # noqa: E402
+from edgekd.exporting.stage import export  # noqa: E402
 from edgekd.targets import load_target  # noqa: E402
 
 
@@ -213,7 +213,7 @@ def test_a_pair_task_exports_a_model_that_takes_string_pairs(tmp_path):
     np.testing.assert_allclose(one[0], reference[-1], atol=1e-5)
 
     # bench times it with tokenization included, on the same pairs, and predicts as the plain model
-    from edgekd.bench.stage import bench
+    from edgekd.benchmarking.stage import bench
 
     fast = dict(max_length=32, sequence_length=32, repeats=3, warmup=1, throughput_batch_size=4,
                 measure_memory=False, show_progress=False, measure_roofline=False)

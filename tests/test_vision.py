@@ -212,7 +212,7 @@ def test_a_text_teacher_is_not_an_image_classifier(tmp_path):
 def test_export_targets_match_pytorch_and_int8_is_static_qdq(tmp_path, kind):
     import onnx
 
-    from edgekd.export.stage import export
+    from edgekd.exporting.stage import export
 
     student = save(tiny(kind), tmp_path / "student")
     targets = load_targets_for(["onnx-fp32", "onnx-fp16", "onnx-int8", "ort-mobile"], "image-classification")
@@ -233,7 +233,7 @@ def test_export_targets_match_pytorch_and_int8_is_static_qdq(tmp_path, kind):
 
 
 def test_executorch_int8_for_images_is_static_and_takes_any_batch(tmp_path):
-    from edgekd.export.stage import export
+    from edgekd.exporting.stage import export
     from edgekd.sessions import ExecutorchSession
 
     student = save(tiny("mobilenet"), tmp_path / "student")
@@ -259,10 +259,10 @@ def test_top5_accuracy_by_hand():
 
 
 def test_bench_images_each_model_at_its_own_size_with_gates(tmp_path):
-    from edgekd.bench.gates import GateLimits
-    from edgekd.bench.report import markdown
-    from edgekd.bench.stage import bench
-    from edgekd.export.stage import export
+    from edgekd.benchmarking.gates import GateLimits
+    from edgekd.benchmarking.report import markdown
+    from edgekd.benchmarking.stage import bench
+    from edgekd.exporting.stage import export
 
     teacher = save(tiny("vit"), tmp_path / "teacher")  # 32 x 32 pixels
     tiny("resnet").save_pretrained(tmp_path / "student")
@@ -295,7 +295,7 @@ def test_bench_images_each_model_at_its_own_size_with_gates(tmp_path):
 
 
 def test_bench_images_from_the_command_line(tmp_path):
-    from edgekd.export.stage import export
+    from edgekd.exporting.stage import export
 
     photos = write_folder(tmp_path / "photos", per_class=4)
     teacher = save(tiny("resnet"), tmp_path / "teacher")

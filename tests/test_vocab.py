@@ -181,9 +181,9 @@ def test_distill_trim_vocab_then_export_and_bench(teacher_dir, tmp_path):
     import json
 
     from conftest import FILLER, make_rows, run_cli, write_jsonl
-    from edgekd.bench.stage import bench
+    from edgekd.benchmarking.stage import bench
     from edgekd.data import Columns, load_file
-    from edgekd.export.stage import export
+    from edgekd.exporting.stage import export
     from edgekd.targets import load_target
 
     unseen = set(FILLER[:20])  # words the training text never uses: trimmed away

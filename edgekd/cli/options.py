@@ -1,44 +1,57 @@
-"""What every command needs to tell tasks' options apart: which options were typed, and
-one line for an option of another task than the model's."""
+"""What every command shares: which options were typed, and each option's default as --help
+shows it, read from where the defaults live (the tasks' configs, edgekd.api.DEFAULTS and the
+tasks' own), so that the help and the behaviour cannot disagree."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import MISSING, fields
 
 import typer
-
-from edgekd.errors import UserError
 
 TEXT_CLASSIFICATION = "Text classification only"
 CAUSAL_LM = "Causal LM only"
 IMAGE_CLASSIFICATION = "Image classification only"
+CLASSIFIERS = "Text and image classification"
 
 
-def given_options(ctx: typer.Context) -> set[str]:
-    """Names of the options typed on the command line (as opposed to left at their default)."""
-    return {name for name in ctx.params
+def given_options(ctx: typer.Context) -> dict:
+    """The options typed on the command line (as opposed to left at their default), by name."""
+    return {name: value for name, value in ctx.params.items()
             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
 
 
-def refuse_options(given: Iterable[str], names: Iterable[str], *, owner: str) -> None:
-    """One line naming the first option given that belongs to task `owner` only."""
-    for name in [n for n in names if n in set(given)][:1]:
-        raise UserError(f"--{name.replace('_', '-')} is an option of --task {owner} only; "
-                        f"drop it, or pass --task {owner}")
+def task_defaults(command: str, name: str) -> dict[str, object]:
+    """The default of option `name` of `command` for each task that reads it."""
+    from edgekd.api import DEFAULTS
+    from edgekd.tasks import TASKS
+
+    defaults = {}
+    for task in TASKS.values():
+        owned = any(name in other.options.get(command, ()) for other in TASKS.values())
+        if owned and name not in task.options.get(command, ()):
+            continue
+        config = {field.name: field.default for field in fields(task.training_config)
+                  if field.default is not MISSING} if command == "distill" else {}
+        value = {**DEFAULTS.get(command, {}), **task.defaults.get(command, {}), **config}.get(name)
+        if value is not None:
+            defaults[task.name] = value
+    return defaults
 
 
-def refuse_other_tasks(given: Iterable[str], task: str, *, text_only: Iterable[str],
-                       causal_lm_only: Iterable[str], image_only: Iterable[str] = (),
-                       not_for_images: Iterable[str] = ()) -> None:
-    """Refuse, by name, an option of the task that `task` is not. `text_only` options serve
-    text (and image) classifiers, but for `not_for_images`, which serve text classifiers alone."""
-    given = set(given)
-    if task == "causal-lm":
-        refuse_options(given, text_only, owner="text-classification")
-        refuse_options(given, image_only, owner="image-classification")
-    elif task == "image-classification":
-        refuse_options(given, causal_lm_only, owner="causal-lm")
-        refuse_options(given, not_for_images, owner="text-classification")
-    else:
-        refuse_options(given, causal_lm_only, owner="causal-lm")
-        refuse_options(given, image_only, owner="image-classification")
+def default_help(command: str, name: str, text: str) -> str:
+    """`text` followed by the option's default, per task where tasks differ."""
+    defaults = task_defaults(command, name)
+    shown = {task: _shown(value) for task, value in defaults.items()}
+    if not shown:
+        return text
+    if len(set(shown.values())) == 1:
+        return f"{text} [default: {next(iter(shown.values()))}]"
+    return f"{text} [default: " + "; ".join(f"{task} {value}" for task, value in shown.items()) + "]"
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)

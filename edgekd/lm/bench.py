@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgekd.bench.memory import MemoryProbe
-from edgekd.bench.report import add_same_target_speedups
+from edgekd.benchmarking.memory import MemoryProbe
+from edgekd.benchmarking.report import add_same_target_speedups
 from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
 from edgekd.lm.generate import Decoder, decoder_for
@@ -188,10 +188,10 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
              rounds: int = 3, gates=None) -> dict:
     """Quality and speed of teacher (PyTorch), student (PyTorch) and each exported target;
     the report has the schema of every task's (docs/report-schema.md), gates included
-    (`gates`: edgekd.bench.gates.GateLimits; the caller decides whether a failure stops it)."""
-    from edgekd.bench.gates import GateLimits, check_gates
-    from edgekd.bench.machine import machine_info, measurement_warnings
-    from edgekd.bench.report import SCHEMA_VERSION
+    (`gates`: edgekd.benchmarking.gates.GateLimits; the caller decides whether a failure stops it)."""
+    from edgekd.benchmarking.gates import GateLimits, check_gates
+    from edgekd.benchmarking.machine import machine_info, measurement_warnings
+    from edgekd.benchmarking.report import SCHEMA_VERSION
     from edgekd.lm.data import encode_texts
 
     if student_dir is None and artifacts is None:
@@ -252,7 +252,7 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Mod
 def _measure(models: list[_Model], examples: LMExamples, owns: dict, teacher_tokenizer, *, prompt_tokens: int,
              new_tokens: int, rounds: int) -> tuple[list[dict], list[int]]:
     """Every model's quality and, meanwhile, its peak memory in a process of its own (as for
-    every task: edgekd/bench/memory.py, on the decode prompt); then decode speed, all models
+    every task: edgekd/benchmarking/memory.py, on the decode prompt); then decode speed, all models
     interleaved. A trimmed model reads the same prompt in its own tokens."""
     prompt = _prompt(examples, prompt_tokens)
     prompt_text = teacher_tokenizer.decode(prompt)

@@ -55,7 +55,7 @@ def lm_demo(out: Path, *, config: LMDemoConfig = LMDemoConfig(), teacher_source:
             texts: tuple[list[str], list[str]] | None = None) -> dict:
     """Distil, export and bench; returns the bench report with the paths and timings added
     (also written to OUT/report.json and report.md)."""
-    from edgekd.bench.report import print_table, write_report
+    from edgekd.benchmarking.report import print_table, write_report
     from edgekd.targets import load_targets_for
 
     out = Path(out)

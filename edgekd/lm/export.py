@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from edgekd.errors import GateFailed, UserError
-from edgekd.export.artifact import Built, ship_onnx, write_target
+from edgekd.exporting.artifact import Built, ship_onnx, write_target
 from edgekd.targets import Target
 
 OPSET = 17
@@ -268,7 +268,7 @@ def sampled_texts(model: torch.nn.Module, tokenizer, *, count: int, tokens: int,
 def _export_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,
                    overwrite: bool) -> LMArtifact:
     """Build and check one target's folder, written the way every task writes one
-    (edgekd/export/artifact.py: atomically, size budget, config, tokenizer, manifest)."""
+    (edgekd/exporting/artifact.py: atomically, size budget, config, tokenizer, manifest)."""
     from edgekd.lm.quantize import SequenceScorer
 
     checked: dict = {}
@@ -323,7 +323,7 @@ def _export_target(target: Target, context: _LMContext, out: Path, *, budget: fl
 def _prompt_encoder(target: Target, context: _LMContext, staging: Path) -> dict:
     """The prompt encoder beside the model; its ids checked on the first target, the same
     file's session opened for each (an .ort target gets its own conversion)."""
-    from edgekd.export.tokenizer_graph import write_string_model
+    from edgekd.exporting.tokenizer_graph import write_string_model
     from edgekd.lm import prompt_encoder as encoder
 
     model, flagged = context.encoder
@@ -400,7 +400,7 @@ QUANTIZATION_SCHEMES = {
 
 def _build(target: Target, context: _LMContext, destination: Path, *, budget: float | None):
     """Write the target's precision of the model to `destination`; the int8 search, if any."""
-    from edgekd.export.quantize import quantize_int4
+    from edgekd.exporting.quantize import quantize_int4
     from edgekd.lm.quantize import search_int8
 
     if target.precision == "fp32":

@@ -15,7 +15,7 @@ Divergences (teacher distribution P, student distribution Q):
                JSD(beta) / (1 - beta) -> reverse KL as beta -> 1; beta = 0 and beta = 1 are
                defined as those limits, as in TRL.
 
-A sparse teacher (its top-k log-probabilities, see edgekd/distill/cache.py) is compared on the
+A sparse teacher (its top-k log-probabilities, see edgekd/training/cache.py) is compared on the
 k cached tokens plus one "tail" bucket holding all the remaining probability, for both
 teacher and student. The tail is neither dropped nor spread over the top-k: the divergence
 of these (k + 1)-bucket distributions is exact when the teacher's tail is empty and a lower

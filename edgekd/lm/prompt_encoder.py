@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgekd.errors import UserError
-from edgekd.export.tokenizer_graph import (CONTRIB_DOMAIN, HOSTILE_TEXTS, NUL_NOTE, character_class,
+from edgekd.exporting.tokenizer_graph import (CONTRIB_DOMAIN, HOSTILE_TEXTS, NUL_NOTE, character_class,
                                            custom_ops_record)
 
 MODEL_FILE = "prompt_encoder.onnx"
@@ -107,7 +107,7 @@ def encoder_model(tokenizer, *, unsafe: str = "", opset: int = 17, ir_version: i
 
 def build_encoder(tokenizer) -> tuple[onnx.ModelProto, int]:
     """The encoder and the number of characters its `exact` output flags, from the census."""
-    from edgekd.export.tokenizer_graph import _session
+    from edgekd.exporting.tokenizer_graph import _session
 
     session = _session(encoder_model(tokenizer))
     _, differences = _compare(session, tokenizer, census_texts())

@@ -48,7 +48,7 @@ def export_lm_pte(model: torch.nn.Module, path: Path, *, max_length: int) -> dic
     manifest's delegation entry (how many graph nodes XNNPACK took)."""
     from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
 
-    from edgekd.export.mobile import lower_program
+    from edgekd.exporting.mobile import lower_program
     from edgekd.progress import quiet_native_output
 
     try:

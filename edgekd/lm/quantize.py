@@ -21,7 +21,7 @@ So the int8 target is smoothed, then searched:
    relative error of its output. Nothing here knows a model's layer names.
 3. Keep the k highest-scoring MatMuls in float, for the smallest k whose perplexity on the
    gate text stays within `budget` times the fp32 export's: the keep-float search every
-   task shares (edgekd/export/search.py: k = 0 first, then doubling, then bisection).
+   task shares (edgekd/exporting/search.py: k = 0 first, then doubling, then bisection).
 
 The quantised graph is the one ONNX Runtime's own dynamic quantiser writes
 (DynamicQuantizeLinear, MatMulInteger, Cast, Mul: fused by ONNX Runtime into
@@ -343,10 +343,10 @@ def search_int8(reference: Path, destination: Path, *, texts: list[list[int]], b
                 report: Callable[[str], None] = lambda message: None) -> Int8Search:
     """Write the int8 model with the fewest MatMuls kept float whose perplexity on `texts`
     is at most `budget` times the fp32 model's: the keep-float search of every task
-    (edgekd/export/search.py), judged by perplexity, ranked by each MatMul's own error."""
+    (edgekd/exporting/search.py), judged by perplexity, ranked by each MatMul's own error."""
     import onnx
 
-    from edgekd.export.search import keep_float_search
+    from edgekd.exporting.search import keep_float_search
 
     if budget < 1:
         raise ValueError(f"a perplexity budget below 1 ({budget}) cannot be met even in fp32")

@@ -1,9 +1,9 @@
 """Causal-LM distillation: the stage that prepares the teacher, hands the task's pieces to
-the one training loop (edgekd/distill/loop.py) and saves the student.
+the one training loop (edgekd/training/loop.py) and saves the student.
 
 The teacher is used one of two ways: online (its full next-token distribution every
 step) or, with `top_k > 0`, through the sparse top-k cache built once before the first
-step (edgekd/distill/cache.py). With no teacher, or `hard_label_weight` 1, the loop is plain
+step (edgekd/training/cache.py). With no teacher, or `hard_label_weight` 1, the loop is plain
 language-model fine-tuning, the baseline that distillation is measured against. A batch's
 loss is a mean over its predicted tokens, so the loop weighs micro-batches and ranks by them.
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from edgekd.distill.distributed import Ranks
-from edgekd.distill.loop import Trainee, train as loop_train
+from edgekd.training.distributed import Ranks
+from edgekd.training.loop import Trainee, train as loop_train
 from edgekd.config import LMDistillConfig
-from edgekd.distill.cache import TopKCache, open_or_build_top_k
+from edgekd.training.cache import TopKCache, open_or_build_top_k
 from edgekd.lm.data import LMExamples, collate
 from edgekd.vocab import VocabTrim, save_record
 from edgekd.lm.losses import (causal_lm_cross_entropy, distillation_loss, shift_for_next_token,

@@ -13,9 +13,10 @@ Adding a task is one package beside edgekd/lm and edgekd/vision and one entry be
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgekd.config import DistillConfig, ImageDistillConfig, LMDistillConfig
 from edgekd.errors import UserError
 
 
@@ -28,26 +29,73 @@ class Task:
     auto_class: str  # the transformers Auto class that loads teachers and students
     architecture_endings: tuple[str, ...]  # config.architectures entries of this task end so
     preprocessor_class: str = "AutoTokenizer"  # what turns its inputs into tensors, saved beside it
+    # per command, the options this task reads that some other task does not (an option every
+    # task reads is listed nowhere); an option of another task is refused by name
+    options: dict = field(default_factory=dict)
+    # per command, this task's own defaults of options no config holds (edgekd.api.DEFAULTS has the rest)
+    defaults: dict = field(default_factory=dict)
+    training_config: type = DistillConfig  # the frozen config (edgekd/config.py) holding its training defaults
+    contract: str = "classifier"  # what comes out: classifier logits, or a decoder's next tokens (key/value cache)
 
     def matches(self, config: dict) -> bool:
         """Whether a config.json (as a dict) describes a model of this task."""
         return any(a.endswith(self.architecture_endings) for a in config.get("architectures") or [])
 
 
+# distill options that not every task reads
+_CLASSIFIER_TRAINING = ("validation_data", "validation_split", "validation_fraction", "label_column",
+                        "hidden_mse_weight", "attention_weight", "layer_map", "compile", "teacher_cache",
+                        "trust_remote_code")
+_TEXT_INPUTS = ("text_column", "max_length", "trim_vocab", "trim_vocab_min_count", "latency_budget_ms",
+                "budget_target", "sequence_length", "student_init")
+
 TEXT_CLASSIFICATION = Task(
     name="text-classification", summary="sequence classifiers (BERT, DistilBERT, RoBERTa, DeBERTa-v2, ALBERT, ModernBERT, ...)",
-    auto_class="AutoModelForSequenceClassification", architecture_endings=("ForSequenceClassification",))
+    auto_class="AutoModelForSequenceClassification", architecture_endings=("ForSequenceClassification",),
+    options={"distill": frozenset({*_CLASSIFIER_TRAINING, *_TEXT_INPUTS, "text_pair_column", "gradient_accumulation",
+                                   "hidden_cosine_weight", "minilm_weight", "minilm_relation_heads"}),
+             "export": frozenset({"calibration_data", "label_column", "text_pair_column", "exporter", "verify",
+                                  "text_column", "max_length", "with_tokenizer"}),
+             "bench": frozenset({"label_column", "text_pair_column", "sequence_length", "threads", "repeats",
+                                 "throughput_batch", "memory", "roofline", "max_accuracy_drop", "plot",
+                                 "trust_remote_code", "text_column", "max_length"}),
+             "demo": frozenset({"cache_dir", "limit", "max_length", "repeats"})})
 CAUSAL_LM = Task(
     name="causal-lm", summary="decoder language models (Llama, SmolLM2, Qwen2, GPT-2, ...)",
-    auto_class="AutoModelForCausalLM", architecture_endings=("ForCausalLM", "LMHeadModel"))
+    auto_class="AutoModelForCausalLM", architecture_endings=("ForCausalLM", "LMHeadModel"),
+    options={"distill": frozenset({*_TEXT_INPUTS, "prompt_column", "divergence", "beta", "top_k", "freeze_embeddings"}),
+             "export": frozenset({"max_perplexity_ratio", "text_column", "max_length", "with_tokenizer"}),
+             "bench": frozenset({"new_tokens", "rounds", "max_perplexity_ratio", "text_column", "max_length"}),
+             "demo": frozenset({"student_layers", "overwrite"})},
+    defaults={"export": {"targets": ("onnx-fp32", "onnx-int8", "onnx-int4"), "max_length": 512},
+              "demo": {"out": "runs/lm-demo"}},
+    training_config=LMDistillConfig,
+    contract="decoder")
 
 IMAGE_CLASSIFICATION = Task(
     name="image-classification", summary="image classifiers (ViT, ConvNeXt, ResNet, MobileNetV2, ...)",
     auto_class="AutoModelForImageClassification", architecture_endings=("ForImageClassification",),
-    preprocessor_class="AutoImageProcessor")
+    preprocessor_class="AutoImageProcessor",
+    options={"distill": frozenset({*_CLASSIFIER_TRAINING, "image_column", "crop_scale", "flip", "mixup"}),
+             "export": frozenset({"calibration_data", "label_column", "verify", "image_column"}),
+             "bench": frozenset({"label_column", "threads", "repeats", "throughput_batch", "memory", "roofline",
+                                 "max_accuracy_drop", "plot", "trust_remote_code", "image_column"}),
+             "demo": frozenset({"cache_dir", "limit", "repeats"})},
+    defaults={"demo": {"out": "runs/image-demo"}}, training_config=ImageDistillConfig)
 
 TASKS = {task.name: task for task in (TEXT_CLASSIFICATION, CAUSAL_LM, IMAGE_CLASSIFICATION)}
 DEFAULT_TASK = TEXT_CLASSIFICATION.name
+
+
+def refuse_options_of_other_tasks(command: str, given, task: str) -> None:
+    """One line naming the first option given that `task` does not read for `command` but
+    another task does (the first such task in TASKS is named): rather refused than ignored."""
+    reads = TASKS[task].options.get(command, frozenset())
+    for name in given:
+        owner = next((other.name for other in TASKS.values() if name in other.options.get(command, ())), None)
+        if owner is not None and name not in reads:
+            raise UserError(f"--{name.replace('_', '-')} is an option of --task {owner} only; "
+                            f"drop it, or pass --task {owner}")
 
 
 def check_task(name: str) -> Task:

@@ -25,7 +25,7 @@ from edgekd.errors import UserError, exclusive
 from edgekd.integrity import seal, trusted
 from edgekd.progress import console
 from edgekd.vision.data import ImageDataset
-from edgekd.vision.train import ImageDistillConfig
+from edgekd.config import ImageDistillConfig
 
 VALIDATION_ROWS = 5000
 TEACHER_SIZE, STUDENT_SIZE = 56, 40  # pixels a side the teacher and the student look at
@@ -118,10 +118,10 @@ def run_image_demo(*, out: Path, cache: Path | None = None, limit: int | None = 
                    max_steps: int = 0, repeats: int = 50, show_progress: bool = True) -> dict:
     """Teacher (cached) -> shrunk ResNet student, distilled -> onnx-fp32 + static int8 of the
     student and of the teacher (the baseline each student artifact is compared with) -> report."""
-    from edgekd.bench.report import print_table, write_report
-    from edgekd.bench.stage import bench
-    from edgekd.export.inputs import sample_rows
-    from edgekd.export.stage import export
+    from edgekd.benchmarking.report import print_table, write_report
+    from edgekd.benchmarking.stage import bench
+    from edgekd.exporting.inputs import sample_rows
+    from edgekd.exporting.stage import export
     from edgekd.targets import load_targets_for
     from edgekd.vision.models import load_image_classifier, make_image_student
     from edgekd.vision.train import distill_images

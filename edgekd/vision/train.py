@@ -1,7 +1,7 @@
 """Image-classifier distillation: the stage that prepares the teacher, hands the task's
-pieces to the one training loop (edgekd/distill/loop.py) and saves the student.
+pieces to the one training loop (edgekd/training/loop.py) and saves the student.
 
-The loss is that of text classifiers (edgekd/distill/losses.py): hard-label cross-entropy
+The loss is that of text classifiers (edgekd/training/losses.py): hard-label cross-entropy
 plus temperature-softened KL to the teacher's logits, plus, by their weights, feature-map
 MSE between mapped blocks (a learned 1x1 convolution takes the student's channels to the
 teacher's, and the student's map is resized to the teacher's grid, so any two families
@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.config import DistillConfig, _check
-from edgekd.distill.cache import built_once, default_cache_root, teacher_key
-from edgekd.distill.distributed import Ranks
-from edgekd.distill.losses import attention_kl, hard_ce, hidden_mse, kd_kl
-from edgekd.distill.loop import Trainee, train as run_loop
-from edgekd.distill.objective import default_layer_map, parse_layer_map
-from edgekd.distill.train import DistillResult
+from edgekd.config import ImageDistillConfig
+from edgekd.training.cache import built_once, default_cache_root, teacher_key
+from edgekd.training.distributed import Ranks
+from edgekd.training.losses import attention_kl, hard_ce, hidden_mse, kd_kl
+from edgekd.training.loop import Trainee, train as run_loop
+from edgekd.training.objective import default_layer_map, parse_layer_map
+from edgekd.training.train import DistillResult
 from edgekd.errors import UserError
 from edgekd.metrics import quality
 from edgekd.progress import progress_bar
@@ -44,25 +44,6 @@ from edgekd.vision.models import feature_maps, is_transformer
 RESUMABLE_CHANGES = {"device", "checkpoint_every", "compile", "teacher_cache"}
 CACHE_FORMAT = 1
 EVAL_BATCH = 64
-
-
-@dataclass(frozen=True)
-class ImageDistillConfig(DistillConfig):
-    """DistillConfig and the augmentation of consistent teaching."""
-
-    crop_scale: float = 0.0  # random-resized crop keeping at least this share of the area (0: off)
-    flip: bool = False  # horizontal flips
-    mixup: float = 0.0  # Beta(a, a) mixup of image pairs (0: off)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.crop_scale == 0 or 0.05 <= self.crop_scale <= 1,
-               f"--crop-scale must be 0 (off) or in [0.05, 1], got {self.crop_scale}")
-        _check(0 <= self.mixup <= 10, f"--mixup must be between 0 (off) and 10, got {self.mixup}")
-
-    @property
-    def augment(self) -> Augment:
-        return Augment(crop_scale=self.crop_scale, flip=self.flip, mixup=self.mixup)
 
 
 class Student(nn.Module):

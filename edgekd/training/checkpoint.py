@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from edgekd.distill.distributed import Ranks
+from edgekd.training.distributed import Ranks
 from edgekd.errors import UserError, temporary_name
 from edgekd.progress import console
 

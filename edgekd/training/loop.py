@@ -12,7 +12,7 @@ teacher's outputs from a cache or runs the teacher). The loop owns everything el
                   that of the whole batch's mean loss on any number of ranks; AdamW with
                   linear warm-up and decay; gradients clipped to `max_grad_norm`
     every epoch   validation (when the task gives one): the best epoch's student is kept
-    checkpoints   every `checkpoint_every` steps and at epoch ends (edgekd/distill/checkpoint.py):
+    checkpoints   every `checkpoint_every` steps and at epoch ends (edgekd/training/checkpoint.py):
                   `resume` continues mid-epoch and, on CPU, ends with exactly the student an
                   uninterrupted run makes
 """
@@ -32,9 +32,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from edgekd.distill import checkpoint, distributed
-from edgekd.distill.distributed import Ranks
-from edgekd.distill.dropout import training_masks
+from edgekd.training import checkpoint, distributed
+from edgekd.training.distributed import Ranks
+from edgekd.training.dropout import training_masks
 from edgekd.errors import UserError
 from edgekd.progress import console, progress_bar
 

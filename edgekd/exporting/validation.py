@@ -88,13 +88,13 @@ class Accuracy:
 def validation_set(dataset: TextDataset, *, model: torch.nn.Module, tokenizer,
                    input_names: list[str], max_length: int, source: str) -> ValidationSet:
     """Tokenise `dataset` and run the fp32 student over it once."""
-    from edgekd.export.inputs import TokenInputs
+    from edgekd.exporting.inputs import TokenInputs
 
     return reference_set(dataset, model=model, inputs=TokenInputs(tokenizer, input_names, max_length), source=source)
 
 
 def reference_set(dataset, *, model: torch.nn.Module, inputs, source: str) -> ValidationSet:
-    """`dataset` (text or images) as the batches `inputs` make (edgekd/export/inputs.py), with
+    """`dataset` (text or images) as the batches `inputs` make (edgekd/exporting/inputs.py), with
     the fp32 student's logits over them, computed once."""
     feeds_list, logits = inputs.feeds(dataset, batch_size=BATCH_SIZE), []
     model = model.eval().float()

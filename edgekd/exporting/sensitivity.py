@@ -1,8 +1,8 @@
-"""Accuracy-aware int8 for classifiers: the keep-float search (edgekd/export/search.py) with
+"""Accuracy-aware int8 for classifiers: the keep-float search (edgekd/exporting/search.py) with
 a classifier's ranking and judge.
 
 - judge: the accuracy drop on validation data is within the budget, or over it by no more
-  than chance explains (edgekd/export/validation.py);
+  than chance explains (edgekd/exporting/validation.py);
 - rank: each quantised node alone: quantise only that node and measure the mean logit
   error against the fp32 student (a smooth score; accuracy moves in steps).
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgekd.sessions import onnx_session
-from edgekd.export.search import keep_float_search
-from edgekd.export.validation import Accuracy, ValidationSet, mean_logit_error, measure, session_logits
+from edgekd.exporting.search import keep_float_search
+from edgekd.exporting.validation import Accuracy, ValidationSet, mean_logit_error, measure, session_logits
 from edgekd.targets import Budgets
 
 # quantize(destination, nodes_kept_float): writes an int8 model keeping those nodes float

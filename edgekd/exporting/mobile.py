@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from edgekd.errors import UserError
-from edgekd.export.onnx import LogitsOnly
+from edgekd.exporting.onnx import LogitsOnly
 from edgekd.progress import quiet_native_output
 from edgekd.sessions import OPTIMIZATION_LEVELS
 

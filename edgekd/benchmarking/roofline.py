@@ -140,7 +140,7 @@ def torch_operations(model, feeds: dict) -> dict[str, int]:
 
 def matmul_peak(*, threads: int, cache_folder: Path | None) -> dict:
     """The machine's fp32 and int8 matrix-multiply peak in Gop/s at `threads`, cached."""
-    from edgekd.bench.machine import machine_info
+    from edgekd.benchmarking.machine import machine_info
 
     machine = machine_info()
     key = f"{machine['cpu']}|{','.join(machine['flags'])}|threads={threads}|ort={machine['onnxruntime']}"

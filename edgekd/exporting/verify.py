@@ -20,8 +20,8 @@ import numpy as np
 
 from edgekd import arm64
 from edgekd.errors import GateFailed, UserError
-from edgekd.export.parity import LOGIT_TOLERANCE
-from edgekd.export.validation import ValidationSet, measure
+from edgekd.exporting.parity import LOGIT_TOLERANCE
+from edgekd.exporting.validation import ValidationSet, measure
 from edgekd.targets import Budgets
 
 VERIFY_CHOICES = ("arm64",)

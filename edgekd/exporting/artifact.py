@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgekd.errors import GateFailed, UserError, atomic_dir
-from edgekd.export.mobile import convert_to_ort, required_operators
+from edgekd.exporting.mobile import convert_to_ort, required_operators
 from edgekd.manifest import write_manifest
 from edgekd.targets import Target
 

@@ -658,7 +658,7 @@ def write_string_model(model: onnx.ModelProto, staging: Path, *, files: tuple[st
         path = staging / onnx_name
         onnx.save(model, str(path))
         return path, onnx_session(path, optimization_level=optimization_level, custom_ops=True), {}
-    from edgekd.export.mobile import convert_to_ort
+    from edgekd.exporting.mobile import convert_to_ort
 
     scratch.mkdir(parents=True, exist_ok=True)
     source = scratch / onnx_name

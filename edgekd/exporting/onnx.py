@@ -43,14 +43,14 @@ def trace_sample(tokenizer, input_names: list[str]) -> tuple[torch.Tensor, ...]:
 def export_onnx(model: torch.nn.Module, tokenizer, path: Path, *, opset: int,
                 exporter: str = "torchscript") -> list[str]:
     """Write a text classifier as ONNX to `path`; returns the graph's input names."""
-    from edgekd.export.inputs import TokenInputs
+    from edgekd.exporting.inputs import TokenInputs
 
     return export_graph(model, TokenInputs(tokenizer, input_names_of(model, tokenizer)), path, opset=opset,
                         exporter=exporter)
 
 
 def export_graph(model: torch.nn.Module, inputs, path: Path, *, opset: int, exporter: str = "torchscript") -> list[str]:
-    """Write a classifier taking `inputs` (edgekd/export/inputs.py) as ONNX to `path`, every
+    """Write a classifier taking `inputs` (edgekd/exporting/inputs.py) as ONNX to `path`, every
     input's batch axis (and a text's sequence axis) dynamic; returns the graph's input names."""
     model = model.eval().float()
     input_names = list(inputs.names)

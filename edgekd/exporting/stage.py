@@ -1,7 +1,7 @@
 """The export stage for classifiers, of text and of images: a student folder in, one checked
-artifact folder per target out (written the way every task writes them: edgekd/export/artifact.py).
+artifact folder per target out (written the way every task writes them: edgekd/exporting/artifact.py).
 What differs between text and pixels (the graph's inputs, random and real batches) comes
-from edgekd/export/inputs.py; everything below serves both.
+from edgekd/exporting/inputs.py; everything below serves both.
 
 Every artifact is loaded back in its own runtime and checked against the PyTorch
 student: logits within the precision's tolerance, and with validation data the accuracy
@@ -21,15 +21,15 @@ import torch
 
 from edgekd.data import TextDataset
 from edgekd.errors import GateFailed, UserError
-from edgekd.export.artifact import Built, check_request, ship_onnx, write_target
-from edgekd.export.mobile import PTE_FILE, export_pte
-from edgekd.export.inputs import PixelInputs, TokenInputs, sample_rows
-from edgekd.export.onnx import check_onnx_file, convert_fp16, export_graph, input_names_of, opset_of
-from edgekd.export.parity import LOGIT_TOLERANCE, Parity, check_parity
-from edgekd.export.quantize import (calibrate, quantizable_nodes, quantize_dynamic,
+from edgekd.exporting.artifact import Built, check_request, ship_onnx, write_target
+from edgekd.exporting.mobile import PTE_FILE, export_pte
+from edgekd.exporting.inputs import PixelInputs, TokenInputs, sample_rows
+from edgekd.exporting.onnx import check_onnx_file, convert_fp16, export_graph, input_names_of, opset_of
+from edgekd.exporting.parity import LOGIT_TOLERANCE, Parity, check_parity
+from edgekd.exporting.quantize import (calibrate, quantizable_nodes, quantize_dynamic,
                                     quantize_int4, quantize_static)
-from edgekd.export.sensitivity import Int8Search, quantize_within_budget
-from edgekd.export.validation import Accuracy, ValidationSet, measure, reference_set, session_logits
+from edgekd.exporting.sensitivity import Int8Search, quantize_within_budget
+from edgekd.exporting.validation import Accuracy, ValidationSet, measure, reference_set, session_logits
 from edgekd.models import load_model, model_inputs
 from edgekd.sessions import ExecutorchSession, onnx_session
 from edgekd.targets import Target
@@ -92,9 +92,9 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     it, artifacts are checked on random batches only and the manifest says so.
     `calibration` feeds static int8 (default: a sample of `validation`). `exporter`
     overrides the targets' exporter (torchscript, dynamo or optimum). `verify` ("arm64")
-    also runs every ONNX/.ort artifact under arm64 emulation (edgekd/export/verify.py).
+    also runs every ONNX/.ort artifact under arm64 emulation (edgekd/exporting/verify.py).
     `with_tokenizer` also writes, beside each ONNX/.ort model, one that takes raw strings
-    (edgekd/export/tokenizer_graph.py).
+    (edgekd/exporting/tokenizer_graph.py).
     """
     student_dir, out = Path(student_dir), Path(out)
     check_request(student_dir, targets, out, overwrite=overwrite, task=task)
@@ -213,7 +213,7 @@ def _fp32_onnx(target: Target, context: _Context) -> Path:
     if key not in context.fp32_files:
         path = context.scratch / f"fp32-{target.exporter}-{target.opset}.onnx"
         if target.exporter == "optimum":
-            from edgekd.export.optimum import export_with_optimum
+            from edgekd.exporting.optimum import export_with_optimum
 
             names = export_with_optimum(context.student_dir, path, opset=target.opset)
         else:
@@ -326,7 +326,7 @@ def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session,
     in, logits out; its ids and logits checked (tokenizer_graph.check_front)."""
     import onnx
 
-    from edgekd.export import tokenizer_graph as graph
+    from edgekd.exporting import tokenizer_graph as graph
 
     plain = onnx.load(str(onnx_path))
     if context.front is None:
@@ -366,10 +366,10 @@ def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session,
 
 
 def _verified_on_arm64(target: Target, model_path: Path, session, context: _Context) -> dict:
-    """The artifact run under arm64 emulation against its x86 run (edgekd/export/verify.py)."""
+    """The artifact run under arm64 emulation against its x86 run (edgekd/exporting/verify.py)."""
     if target.format == "pte":
         return {"passed": None, "note": "not run: ExecuTorch's runtime is verified on x86 only"}
-    from edgekd.export.verify import verify_arm64
+    from edgekd.exporting.verify import verify_arm64
 
     rows = context.validation or _random_rows(context)
     return verify_arm64(model_path, session, rows, precision=target.precision, budgets=target.budgets,
@@ -381,9 +381,9 @@ def _strings_on_arm64(target: Target, path: Path, session, context: _Context, *,
     strings (the same rows, in the same batches, as the plain model's check)."""
     from dataclasses import replace
 
-    from edgekd.export import tokenizer_graph as graph
-    from edgekd.export.validation import BATCH_SIZE
-    from edgekd.export.verify import verify_arm64
+    from edgekd.exporting import tokenizer_graph as graph
+    from edgekd.exporting.validation import BATCH_SIZE
+    from edgekd.exporting.verify import verify_arm64
 
     rows = context.validation_texts
     if rows is None or context.validation is None:

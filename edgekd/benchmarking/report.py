@@ -246,6 +246,6 @@ def write_report(report: dict, folder: Path, *, plot: bool = True) -> None:
     atomic_write_text(folder / "report.json", json.dumps(_json_safe(report), indent=2) + "\n")
     atomic_write_text(folder / "report.md", markdown(report))
     if plot and _task(report) != "causal-lm":  # accuracy against latency
-        from edgekd.bench.plot import write_plot
+        from edgekd.benchmarking.plot import write_plot
 
         write_plot(report, folder / "report.png")

@@ -1,6 +1,6 @@
 """What a classifier's graph takes, for the export stage that serves text and images alike.
 
-The export stage (edgekd/export/stage.py) needs five things from a task's inputs: the
+The export stage (edgekd/exporting/stage.py) needs five things from a task's inputs: the
 graph's input names and axes, a sample to trace, random batches for the parity check,
 batches of real rows (validation and calibration) with their labels, and the shapes
 torch.export may vary. `TokenInputs` makes them from a tokenizer (batch x sequence ids and
@@ -33,7 +33,7 @@ class TokenInputs:
         return ["batch", "sequence"]
 
     def trace_sample(self) -> tuple[torch.Tensor, ...]:
-        from edgekd.export.onnx import trace_sample
+        from edgekd.exporting.onnx import trace_sample
 
         return trace_sample(self.tokenizer, self.names)
 
@@ -42,7 +42,7 @@ class TokenInputs:
                 1: torch.export.Dim("sequence", min=2, max=max_sequence)}
 
     def random_feeds(self, *, seed: int = 0, shapes=PARITY_SHAPES) -> list[dict[str, np.ndarray]]:
-        from edgekd.export.parity import random_batches
+        from edgekd.exporting.parity import random_batches
 
         return random_batches(self.tokenizer, self.names, seed=seed, shapes=shapes)
 

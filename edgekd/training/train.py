@@ -1,8 +1,8 @@
 """Text-classification distillation: the stage that prepares the teacher, hands the task's
-pieces to the one training loop (edgekd/distill/loop.py) and saves the student.
+pieces to the one training loop (edgekd/training/loop.py) and saves the student.
 
 Before the first step the teacher's outputs over the training data are computed once
-and stored on disk (edgekd/distill/cache.py); every epoch, and every later run on the
+and stored on disk (edgekd/training/cache.py); every epoch, and every later run on the
 same teacher and data, reads them instead of running the teacher. With
 `teacher_cache=False` the teacher runs inside the loop instead.
 """
@@ -19,10 +19,10 @@ import torch
 
 from edgekd.config import DistillConfig
 from edgekd.data import Encoded, TextDataset, collate, encode
-from edgekd.distill.cache import default_cache_root, open_or_build
-from edgekd.distill.distributed import Ranks
-from edgekd.distill.loop import Trainee as LoopTrainee, train as run_loop
-from edgekd.distill.objective import Needs, Objective, Trainee, forward_outputs
+from edgekd.training.cache import default_cache_root, open_or_build
+from edgekd.training.distributed import Ranks
+from edgekd.training.loop import Trainee as LoopTrainee, train as run_loop
+from edgekd.training.objective import Needs, Objective, Trainee, forward_outputs
 from edgekd.errors import UserError
 from edgekd.metrics import quality, torch_logits
 from edgekd.models import save_model

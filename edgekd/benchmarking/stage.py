@@ -1,5 +1,5 @@
 """The bench stage: teacher, student and every exported artifact on the same data, for text
-and image classifiers alike (what each model is fed: edgekd/bench/feeds.py).
+and image classifiers alike (what each model is fed: edgekd/benchmarking/feeds.py).
 
     quality     accuracy, macro-F1, agreement with the teacher, mean KL to the teacher
                 (with more than 5 classes: top-5 accuracy too)
@@ -23,15 +23,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgekd.bench import roofline
-from edgekd.bench.feeds import PixelFeeds, TextFeeds
+from edgekd.benchmarking import roofline
+from edgekd.benchmarking.feeds import PixelFeeds, TextFeeds
 from edgekd.metrics import quality
-from edgekd.bench.gates import GateLimits, check_gates
-from edgekd.bench.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
-from edgekd.bench.machine import machine_info, measurement_warnings
-from edgekd.bench.memory import MemoryProbe
-from edgekd.bench.report import SCHEMA_VERSION, add_same_target_speedups
-from edgekd.bench.runtimes import Candidate, Unavailable, artifact_candidate, runner, text_candidate, torch_candidate
+from edgekd.benchmarking.gates import GateLimits, check_gates
+from edgekd.benchmarking.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
+from edgekd.benchmarking.machine import machine_info, measurement_warnings
+from edgekd.benchmarking.memory import MemoryProbe
+from edgekd.benchmarking.report import SCHEMA_VERSION, add_same_target_speedups
+from edgekd.benchmarking.runtimes import Candidate, Unavailable, artifact_candidate, runner, text_candidate, torch_candidate
 from edgekd.data import TextDataset
 from edgekd.errors import UserError
 from edgekd.manifest import artifact_folders, read_manifest

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgekd.config import DistillConfig
-from edgekd.distill.losses import (attention_kl, hidden_cosine, hidden_mse, kd_loss,
+from edgekd.training.losses import (attention_kl, hidden_cosine, hidden_mse, kd_loss,
                                    minilm_relations)
 from edgekd.errors import UserError
 from edgekd.models import find_attention_projections, model_inputs

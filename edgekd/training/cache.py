@@ -55,8 +55,8 @@ import torch.nn.functional as F
 
 from edgekd.config import cache_dir
 from edgekd.data import Encoded, batches
-from edgekd.distill.distributed import Ranks
-from edgekd.distill.objective import Needs, forward_outputs
+from edgekd.training.distributed import Ranks
+from edgekd.training.objective import Needs, forward_outputs
 from edgekd.errors import UserError, exclusive
 from edgekd.integrity import checksums, trusted
 from edgekd.progress import progress_bar

@@ -7,7 +7,7 @@ whether its rows read tokens or pixels.
                 student and artifact), so a teacher at 224 px and a student at 96 px see the
                 same pictures, each at its own size
 
-Both give the stage (edgekd/bench/stage.py) the same five things: a check of each candidate
+Both give the stage (edgekd/benchmarking/stage.py) the same five things: a check of each candidate
 before anything is timed, its logits over the data, batch-1 inputs for every latency point,
 inputs for the throughput batch, and what the report says about its inputs.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.bench.runtimes import ACCURACY_BATCH_SIZE, Candidate, logits_over, text_logits
+from edgekd.benchmarking.runtimes import ACCURACY_BATCH_SIZE, Candidate, logits_over, text_logits
 from edgekd.errors import UserError
-from edgekd.export.artifact import TOKENIZER_FILES
+from edgekd.exporting.artifact import TOKENIZER_FILES
 
 
 def config_of(candidate: Candidate) -> dict | None:
@@ -93,7 +93,7 @@ class TextFeeds:
 
     def _batches(self, candidates: list[Candidate], texts: list[str], length: int) -> dict[str, dict]:
         """Each candidate's inputs for the same texts, from its own tokenizer (or the teacher's)."""
-        from edgekd.export.tokenizer_graph import PAIR_INPUT, string_feeds
+        from edgekd.exporting.tokenizer_graph import PAIR_INPUT, string_feeds
 
         by_tokenizer: dict[int, dict] = {}
         feeds = {}
@@ -208,7 +208,7 @@ class PixelFeeds:
         return self._pixels[key]
 
     def logits(self, candidate: Candidate, *, progress) -> np.ndarray:
-        from edgekd.bench.runtimes import predict
+        from edgekd.benchmarking.runtimes import predict
         from edgekd.vision.data import batch_pixels
 
         processor, channels = self._processors[candidate.name]

@@ -10,7 +10,7 @@ latency inputs, and reports:
     peak_rss_mb     peak resident memory of the whole process (what a device must hold)
     model_rss_mb    peak - runtime: what loading and running this model added
 
-Run as `python -m edgekd.bench.memory SPEC.json`; this module imports nothing heavy at
+Run as `python -m edgekd.benchmarking.memory SPEC.json`; this module imports nothing heavy at
 the top so that the child's baseline is the runtime's, not edgekd's. A child dies with the
 bench that started it (even one killed by SIGKILL), and the next bench removes the scratch
 folder (`edgekd-memory-PID-*` in the temporary folder) a killed bench left behind.
@@ -51,7 +51,7 @@ class MemoryProbe:
                                          "inputs": str(inputs_path), "input_names": input_names,
                                          "threads": threads, "parent": os.getpid()}))
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "edgekd.bench.memory", str(spec_path)],
+            [sys.executable, "-m", "edgekd.benchmarking.memory", str(spec_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
 

@@ -1,0 +1,226 @@
+"""Text classification's pipeline: its data read with the teacher's labels, its student
+(layers, a sliced or random shape, a latency budget, a trimmed vocabulary), then the stages
+every classifier shares (edgekd/training/train.py, edgekd/exporting/stage.py, edgekd/benchmarking/stage.py).
+
+Each function takes the options as `edgekd.training/export/bench` hold them (`options`: every
+option by name, None where not given; `given`: the names given) and returns their result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekd.tasks import TEXT_CLASSIFICATION
+from edgekd.tasks.shared import (Log, check_writable, classifier_student, judge_student, label2id_of,
+                                 sized_student_config, student_lr, vocabulary_trim)
+
+NAME = TEXT_CLASSIFICATION.name
+
+
+def _columns(options: dict, *, label: bool = True):
+    from edgekd.data import Columns
+
+    return Columns(text=options["text_column"], label=(options["label_column"] or None) if label else None,
+                   text_pair=options["text_pair_column"])
+
+
+def distill(options: dict, *, given: set[str], log: Log):
+    """Load, make the student, call the text-classification stage."""
+    from edgekd.config import DistillConfig, config_from
+    from edgekd.data import load_file, sample_batches, split as split_rows
+    from edgekd.training.train import distill as run_distill
+    from edgekd.models import load_classifier, make_student
+    from edgekd.vocab import describe
+
+    config = config_from(DistillConfig, options, given)
+    out, init = Path(options["out"]), options["student_init"]
+    check_writable(out, overwrite=options["overwrite"] or options["resume"])
+    teacher_model, tokenizer = _teacher(options["teacher"], trust_remote_code=options["trust_remote_code"])
+    layers, shape, given_student = options["student_layers"], options["student_config"], options["student"]
+    if options["latency_budget_ms"] is not None:
+        shape = sized_student_config(teacher_model, tokenizer, task=NAME, budget_ms=options["latency_budget_ms"],
+                                     target=options["budget_target"],
+                                     sequence_length=options["sequence_length"],
+                                     given=(layers, shape, given_student), log=log)
+    if not (layers or shape or given_student):
+        layers = "2"
+    if shape:
+        config = _reshaped_student_lr(config, teacher_model, shape, init, given=given, log=log)
+    columns, label2id = _columns(options), label2id_of(teacher_model)
+    train = load_file(options["data"], columns=columns, label2id=label2id, split=options["split"],
+                      default_split="train")
+    probe = (sample_batches(train, tokenizer, max_length=config.max_length, seed=config.seed)
+             if shape and init == "slice" else None)  # what a sliced width is ranked on
+    student_model, student_tokenizer = make_student(
+        teacher_model, tokenizer, layers=layers, config_spec=shape, model=given_student, seed=config.seed,
+        init=init, probe=probe)
+    if options["validation_data"] is not None:
+        validation = load_file(options["validation_data"], columns=columns, label2id=label2id,
+                               split=options["validation_split"], default_split="validation")
+    elif config.validation_fraction > 0 and len(train) >= 20:
+        validation, train = split_rows(train, fractions=[config.validation_fraction, 1.0], seed=config.seed)
+    else:
+        validation = None
+    trim = vocabulary_trim(options["trim_vocab"], options["trim_vocab_min_count"], texts=_all_texts(train),
+                           held_out=_all_texts(validation) if validation is not None else None,
+                           tokenizer=student_tokenizer, model_config=student_model.config)
+    result = run_distill(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
+                         train=train, validation=validation, config=config, out=out,
+                         overwrite=options["overwrite"], show_progress=not options["quiet"], resume=options["resume"],
+                         cache_dir=options["cache_dir"], trim=trim)
+    if result.student_dir is None:  # not rank 0 under torchrun: rank 0 reports
+        return None
+    if result.vocabulary:
+        log(f"student: {describe(result.vocabulary)}")
+    student = classifier_student(result, validation, task=NAME, unit="samples")
+    return judge_student(student, allow_poor_student=options["allow_poor_student"], log=log)
+
+
+def _teacher(source, *, trust_remote_code: bool):
+    """The teacher and its tokenizer: a folder or hub id, or a (model, tokenizer) pair already loaded."""
+    from edgekd.models import load_classifier
+
+    if isinstance(source, tuple):
+        return source
+    return load_classifier(source, role="teacher", trust_remote_code=trust_remote_code)
+
+
+def _reshaped_student_lr(config, teacher_model, spec: str, init: str, *, given: set[str], log: Log):
+    """A --student-config student's default learning rate: random weights need a larger step than
+    weights that already compute something, and a student sliced to a new width a larger one
+    than a layer cut at the teacher's width (which keeps --lr's default)."""
+    from edgekd.models import parse_student_config
+    from edgekd.slicing import WIDTH_KEYS, family_of
+
+    reshaped = any(key in parse_student_config(spec) for key in WIDTH_KEYS)
+    random_init = init == "random" or (reshaped and family_of(teacher_model) is None)
+    return student_lr(config, random_init=random_init, reshaped=reshaped, given=given, log=log)
+
+
+def _all_texts(dataset) -> list[str]:
+    """Every text of a classification dataset, the second text of pairs included."""
+    return list(dataset.texts) + list(dataset.text_pairs or [])
+
+
+def read_data(source, *, student: Path, options: dict, split: str | None, label: bool = True):
+    """Export's data read with the student's label names, or None when none was given."""
+    if source is None:
+        return None
+    import json
+
+    from edgekd.data import load_file
+
+    config = json.loads((Path(student) / "config.json").read_text())
+    label2id = {str(name): int(index) for index, name in (config.get("id2label") or {}).items()}
+    columns = _columns(options, label=label)
+    default = "validation" if columns.label else "train"
+    return load_file(source, columns=columns, label2id=label2id, split=split if columns.label else None,
+                     default_split=default)
+
+
+def export(student: Path, *, targets, out: Path, options: dict, log: Log):
+    """The classifiers' export stage over text data."""
+    validation = read_data(options["data"], student=student, options=options, split=options["split"])
+    calibration = read_data(options["calibration_data"], student=student, options=options, split="train",
+                            label=False)
+    return classifier_export(student, targets=targets, out=out, options=options, validation=validation,
+                             calibration=calibration, task=NAME)
+
+
+def classifier_export(student: Path, *, targets, out: Path, options: dict, validation, calibration, task: str):
+    """edgekd/exporting/stage.py for a classifier of text or images."""
+    from edgekd.errors import UserError
+    from edgekd.exporting.stage import export as run_export
+    from edgekd.targets import EXPORTERS
+
+    exporter = options["exporter"]
+    if exporter is not None and exporter not in EXPORTERS:
+        raise UserError(f"--exporter '{exporter}' is not one of {', '.join(EXPORTERS)}")
+    data, calibration_data = options["data"], options["calibration_data"]
+    return run_export(
+        student, targets=targets, out=out, overwrite=options["overwrite"], exporter=exporter,
+        validation=validation, validation_source=_source(data, "validation data"), calibration=calibration,
+        calibration_source=_source(calibration_data, "calibration data"), max_length=options["max_length"],
+        verify=tuple(options["verify"]), with_tokenizer=options["with_tokenizer"], task=task)
+
+
+def _source(data, fallback: str) -> str:
+    """How a manifest names where its data came from: the path, or what was handed over in memory."""
+    if data is None:
+        return fallback
+    return str(data) if isinstance(data, (str, Path)) else f"{fallback} given in memory"
+
+
+def bench(options: dict, *, artifacts, gates) -> dict:
+    """The classifiers' bench stage over labelled text."""
+    from edgekd.benchmarking.stage import bench as run_bench
+    from edgekd.data import load_file
+
+    teacher_model, tokenizer = _teacher(options["teacher"], trust_remote_code=options["trust_remote_code"])
+    dataset = load_file(options["data"], columns=_columns(options), label2id=label2id_of(teacher_model),
+                        split=options["split"], default_split="test")
+    return run_bench(teacher=_reference(options["teacher"]), student=options["student"], artifacts=artifacts,
+                     data=dataset, max_length=options["max_length"],
+                     sequence_lengths=list(options["sequence_length"]), **classifier_bench_options(options),
+                     gates=gates, teacher_model=(teacher_model, tokenizer))
+
+
+def classifier_bench_options(options: dict) -> dict:
+    """What the bench stage of every classifier reads."""
+    return dict(threads=options["threads"], repeats=options["repeats"], throughput_batch_size=options["throughput_batch"],
+                measure_memory=options["memory"], measure_roofline=options["roofline"], show_progress=not options["quiet"])
+
+
+def _reference(teacher) -> str:
+    """The teacher as the report names it."""
+    if isinstance(teacher, tuple):
+        return getattr(teacher[0], "name_or_path", "") or "teacher given in memory"
+    return str(teacher)
+
+
+def show_export(artifacts, *, out: Path, checked: bool, log: Log) -> None:
+    """A classifier's artifacts as a table: format, size, parity, accuracy, nodes kept float."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"exported to {out}")
+    table.add_column("target", no_wrap=True)
+    for header in ("format", "MB", "parity", "accuracy (Δ)", "float", "s"):
+        table.add_column(header, justify="left" if header in ("format", "parity") else "right")
+    for artifact in artifacts:
+        table.add_row(artifact.target, f"{artifact.format} {artifact.precision}",
+                      f"{artifact.size_bytes / 1e6:.2f}", _parity_cell(artifact.parity),
+                      _accuracy_cell(artifact.accuracy), str(len(artifact.nodes_kept_float)),
+                      f"{artifact.seconds:.1f}")
+    console = Console()
+    console.print(table)
+    for artifact in artifacts:
+        if artifact.accuracy is not None and artifact.accuracy.within_noise:
+            log(f"{artifact.target}: {artifact.accuracy.describe()}; pass more --data rows to measure the drop "
+                "more finely")
+    if not checked:
+        log("accuracy not checked: no --data given, artifacts were checked on random batches only (the manifests "
+            "say so)")
+
+
+def _parity_cell(parity) -> str:
+    if parity.tolerance is None:  # int8: agreement is the check
+        return f"agree {100 * parity.agreement:.0f}%"
+    return f"{parity.max_abs_diff:.1e} ≤ {parity.tolerance:.0e}"
+
+
+def _accuracy_cell(accuracy) -> str:
+    if accuracy is None:
+        return "not checked"
+    if accuracy.accuracy is None:
+        return f"agree {accuracy.agreement:.1f}%"
+    noise = " ~" if accuracy.within_noise else ""  # explained below the table
+    return f"{accuracy.accuracy:.1f}% ({(-accuracy.drop or 0.0):+.2f}){noise}"
+
+
+def demo(options: dict, *, log: Log) -> None:
+    """MiniLM-L6 fine-tuned on BBC News -> a sliced, trimmed 2-layer student -> fp32 and int8 -> report."""
+    from edgekd.demo import STUDENT_RECIPE, run_demo
+
+    run_demo(out=options["out"], cache=options["cache_dir"], limit=options["limit"], max_length=options["max_length"],
+             epochs=STUDENT_RECIPE.epochs if options["epochs"] is None else options["epochs"],
+             max_steps=options["max_steps"] or 0, repeats=options["repeats"], show_progress=not options["quiet"])
