@@ -52,7 +52,8 @@ from edgekd.config import DistillConfig
 from edgekd.data import TextDataset, demo_splits, encode
 from edgekd.demo import build_teacher, cache_dir, minilm_path
 from edgekd.training.train import distill
-from edgekd.models import load_classifier, make_student
+from edgekd.models import load_classifier
+from edgekd.tasks.text_classification import make_student
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"a": "a-cross-entropy", "b": "b-kd", "c": "c-kd-hidden-attention", "d": "d-kd-minilm"}

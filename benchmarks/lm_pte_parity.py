@@ -67,7 +67,8 @@ def _logit_gap(artifact, model, folder: Path) -> list[dict]:
     from transformers import AutoTokenizer
 
     from edgekd.lm.export import PARITY_PROMPTS
-    from edgekd.lm.pte import PteDecoder, prepared_model
+    from edgekd.lm.generate import PteDecoder
+    from edgekd.lm.pte import prepared_model
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     reference = prepared_model(model, precision=artifact.precision, max_length=64)

@@ -387,37 +387,3 @@ def check_compatible(teacher: nn.Module, teacher_tokenizer, student: nn.Module,
     if depth[1] > depth[0]:
         raise UserError(f"the student has {depth[1]} layers and the teacher {depth[0]}; "
                         "a student must not be deeper than its teacher")
-
-
-def make_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None = None,
-                 config_spec: str | None = None, model: str | Path | None = None,
-                 seed: int = 0, init: str = "slice", probe: list[dict[str, torch.Tensor]] | None = None
-                 ) -> tuple[nn.Module, object]:
-    """The student, made one of three ways, checked against the teacher.
-
-    `layers` with `model` cuts those layers out of the given model instead of the teacher
-    (e.g. a few layers of the pretrained encoder the teacher was fine-tuned from); with
-    `config_spec` it picks the teacher layers whose width is then sliced (edgekd.slicing,
-    ranked on the `probe` batches; `init` "random" starts from random weights instead).
-    """
-    from edgekd.slicing import configured_student
-
-    given = [name for name, value in (("--student-layers", layers), ("--student-config", config_spec),
-                                      ("--student", model)) if value]
-    if len(given) != 1 and given not in (["--student-layers", "--student"], ["--student-layers", "--student-config"]):
-        raise UserError(f"choose exactly one way to make the student, got {' and '.join(given) or 'none'}: "
-                        "--student-layers, --student-config or --student (or --student-layers with either)")
-    if model:
-        student, tokenizer = load_student(model, teacher=teacher)
-        if layers:
-            student = select_layers(student, parse_layers(layers, layer_count(student)))
-    elif config_spec:
-        kept = parse_layers(layers, layer_count(teacher)) if layers else None
-        student = configured_student(teacher, config_spec, init=init, layers=kept, probe=probe, seed=seed)
-        tokenizer = teacher_tokenizer
-    elif layers:
-        student = select_layers(teacher, parse_layers(layers, layer_count(teacher)))
-        tokenizer = teacher_tokenizer
-    check_compatible(teacher, teacher_tokenizer, student, tokenizer)
-    use_eager_attention(student)
-    return student, tokenizer

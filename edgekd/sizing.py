@@ -27,6 +27,7 @@ from torch import nn
 
 from edgekd.errors import UserError, exclusive
 from edgekd.integrity import read_sealed_json, write_sealed_json
+from edgekd.tasks import is_decoder
 
 WIDTH_FRACTIONS = (1.0, 0.75, 0.5, 0.375, 0.25)
 TIMED_RUNS = 15
@@ -147,7 +148,7 @@ def _measure(teacher, tokenizer, candidate: Candidate, *, task: str, target, seq
     model = timing_model(teacher, candidate)
     with tempfile.TemporaryDirectory(prefix="edgekd-sizing-") as scratch:
         fp32 = Path(scratch) / "fp32.onnx"
-        if task == "causal-lm":
+        if is_decoder(task):
             from edgekd.lm.export import export_fp32
 
             export_fp32(model, fp32)
@@ -193,7 +194,7 @@ def timing_model(teacher: nn.Module, candidate: Candidate) -> nn.Module:
 
 def _feeds(session, model, *, task: str, tokens: int) -> dict[str, np.ndarray]:
     names = session.input_names
-    if task == "causal-lm":  # one new token after a cache of `tokens`
+    if is_decoder(task):  # one new token after a cache of `tokens`
         from edgekd.lm.export import cache_shape
 
         kv_heads, head_dim = cache_shape(model.config)

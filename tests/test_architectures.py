@@ -67,7 +67,8 @@ def test_deberta_v2_without_token_types_takes_no_token_type_ids(files, tmp_path)
 
 
 def test_albert_keeps_its_shared_weights_and_runs_them_fewer_times(tmp_path):
-    from edgekd.models import layer_count, make_student
+    from edgekd.models import layer_count
+    from edgekd.tasks.text_classification import make_student
 
     teacher = make_classifier("albert", layers=6)
     student, _ = make_student(teacher, make_tokenizer(), layers="0,5")

@@ -94,7 +94,7 @@ def test_executorch_programs_carry_their_cache_and_fp32_generates_pytorchs_token
     pytest.importorskip("executorch")
     from edgekd.lm.bench import bench_lm
     from edgekd.lm.generate import decoder_for
-    from edgekd.lm.pte import PteDecoder
+    from edgekd.lm.generate import PteDecoder
 
     folder = save_llama(tmp_path / "student", layers=2, seed=4)
     fp32, int4 = export_lm(folder, targets=targets("executorch", "executorch-8da4w"), out=tmp_path / "export",

@@ -56,7 +56,8 @@ def test_loading_rejects_non_classifiers_and_non_model_folders(tmp_path, tokeniz
 # ---------------------------------------------------------------------------- students, three ways
 
 from conftest import make_tokenizer
-from edgekd.models import (check_compatible, find_attention_projections, make_student,
+from edgekd.tasks.text_classification import make_student
+from edgekd.models import (check_compatible, find_attention_projections,
                            parse_student_config, shrunk_student)
 
 ARCHITECTURES = ["bert", "distilbert", "roberta", "electra"]

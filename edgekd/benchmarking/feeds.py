@@ -15,7 +15,6 @@ inputs for the throughput batch, and what the report says about its inputs.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -53,6 +52,10 @@ class TextFeeds:
         self.data, self.tokenizer = data, tokenizer
         self.max_length, self.points = max_length, list(sequence_lengths)
         self._encoded: dict[int, object] = {}
+
+    @classmethod
+    def of(cls, data, tokenizer, teacher_model, settings) -> TextFeeds:
+        return cls(data, tokenizer, max_length=settings.max_length, sequence_lengths=settings.sequence_lengths)
 
     def point_name(self, point: int) -> str:
         return f"{point} tokens"
@@ -176,6 +179,10 @@ class PixelFeeds:
         self._processors: dict[str, tuple[object, int]] = {}
         self._teacher = (processor, _channels(teacher_model.config.to_dict()))
         self._pixels: dict[tuple, np.ndarray] = {}
+
+    @classmethod
+    def of(cls, data, processor, teacher_model, settings) -> PixelFeeds:
+        return cls(data, processor, teacher_model)
 
     def point_name(self, point) -> str:
         return "each model's input size"

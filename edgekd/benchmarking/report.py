@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgekd.errors import atomic_write_text
+from edgekd.tasks import TASKS
 
 SCHEMA_VERSION = 5
 # (header, key, format) of the quality-and-size table
@@ -120,22 +121,31 @@ def _format(fmt: str, value) -> str:
 
 
 def _titles(report: dict) -> tuple[str, str]:
-    settings = report["settings"]
-    if _task(report) == "causal-lm":
-        return (f"edgekd bench: perplexity and size, {report['data']['rows']} held-out texts "
-                f"({report['data']['tokens']} predicted tokens, max {settings['max_length']} per text)",
-                f"greedy decoding at batch 1 and 1 thread: a {settings['prompt_tokens']}-token prompt, then "
-                f"{settings['new_tokens']} tokens; medians of {settings['rounds']} interleaved rounds")
-    if _task(report) == "image-classification":
-        return (f"edgekd bench: quality and size, {report['data']['rows']} images",
-                f"latency at batch 1, each model at its own input size, {settings['repeats']} interleaved "
-                f"repeats; throughput at batch {settings.get('throughput_batch_size', '-')}")
-    quality = (f"edgekd bench: quality and size, {report['data']['rows']} examples "
-               f"(max {settings['max_length']} tokens)")
-    speed = (f"latency at batch 1, {settings['sequence_length']} tokens, "
-             f"{settings['repeats']} interleaved repeats; throughput at batch "
-             f"{settings.get('throughput_batch_size', '-')}")
-    return quality, speed
+    """The quality table's title and the speed table's, as the report's task measures."""
+    return TITLES_BY_TASK[_task(report)](report["settings"], report["data"])
+
+
+def _decoder_titles(settings: dict, data: dict) -> tuple[str, str]:
+    return (f"edgekd bench: perplexity and size, {data['rows']} held-out texts "
+            f"({data['tokens']} predicted tokens, max {settings['max_length']} per text)",
+            f"greedy decoding at batch 1 and 1 thread: a {settings['prompt_tokens']}-token prompt, then "
+            f"{settings['new_tokens']} tokens; medians of {settings['rounds']} interleaved rounds")
+
+
+def _image_titles(settings: dict, data: dict) -> tuple[str, str]:
+    return (f"edgekd bench: quality and size, {data['rows']} images",
+            f"latency at batch 1, each model at its own input size, {settings['repeats']} interleaved "
+            f"repeats; throughput at batch {settings.get('throughput_batch_size', '-')}")
+
+
+def _text_titles(settings: dict, data: dict) -> tuple[str, str]:
+    return (f"edgekd bench: quality and size, {data['rows']} examples (max {settings['max_length']} tokens)",
+            f"latency at batch 1, {settings['sequence_length']} tokens, {settings['repeats']} interleaved repeats; "
+            f"throughput at batch {settings.get('throughput_batch_size', '-')}")
+
+
+TITLES_BY_TASK = {"text-classification": _text_titles, "image-classification": _image_titles,
+                  "causal-lm": _decoder_titles}
 
 
 QUALITY_CAPTION = ("ort: onnxruntime; acc: accuracy on the labels; agree: same prediction as the teacher; KL: mean "
@@ -245,7 +255,7 @@ def write_report(report: dict, folder: Path, *, plot: bool = True) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "report.json", json.dumps(_json_safe(report), indent=2) + "\n")
     atomic_write_text(folder / "report.md", markdown(report))
-    if plot and _task(report) != "causal-lm":  # accuracy against latency
+    if plot and TASKS[_task(report)].contract == "classifier":  # accuracy against latency
         from edgekd.benchmarking.plot import write_plot
 
         write_plot(report, folder / "report.png")

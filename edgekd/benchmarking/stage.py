@@ -15,7 +15,6 @@ The report it returns is documented in docs/report-schema.md (report.SCHEMA_VERS
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -96,13 +95,12 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
         roofline=measure_roofline)
     if len(data) == 0:
         raise UserError("the evaluation data is empty; give at least one labelled example")
-    task = "text-classification" if isinstance(data, TextDataset) else "image-classification"
+    feeds_kind = TextFeeds if isinstance(data, TextDataset) else PixelFeeds  # tokens or pixels
+    task = feeds_kind.task
     model, preprocessor = (teacher_model if teacher_model is not None
                            else load_model(teacher, task=task, role="teacher"))
     _check_data_labels(data, model)
-    feeds = (TextFeeds(data, preprocessor, max_length=settings.max_length,
-                       sequence_lengths=settings.sequence_lengths)
-             if task == "text-classification" else PixelFeeds(data, preprocessor, model))
+    feeds = feeds_kind.of(data, preprocessor, model, settings)
     candidates, skipped = _candidates(teacher, model, student=student, artifacts=artifacts,
                                       threads=settings.threads, task=task)
     for candidate in candidates:

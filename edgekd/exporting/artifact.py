@@ -20,6 +20,7 @@ from edgekd.errors import GateFailed, UserError, atomic_dir
 from edgekd.exporting.mobile import convert_to_ort, required_operators
 from edgekd.manifest import write_manifest
 from edgekd.targets import Target
+from edgekd.tasks import TASKS
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model", "tokenizer.model")
@@ -113,7 +114,7 @@ def check_student_folder(student_dir: Path, *, task: str = "text-classification"
     if not (student_dir / "config.json").is_file():
         raise UserError(f"student folder {student_dir} has no config.json; pass a folder "
                         "written by edgekd distill or save_pretrained")
-    if task == "image-classification":
+    if TASKS[task].inputs == "pixels":
         if not (student_dir / PROCESSOR_FILE).is_file():
             raise UserError(f"student folder {student_dir} has no {PROCESSOR_FILE}; save the image processor "
                             "beside the model with processor.save_pretrained")

@@ -20,6 +20,13 @@ BATCH_SIZE = 32
 PARITY_SHAPES = ((1, 7), (3, 16), (4, 33), (2, 64))  # (batch, sequence) of the random parity batches
 
 
+def trace_sample(tokenizer, input_names: list[str]) -> tuple[torch.Tensor, ...]:
+    """Two rows of different lengths, padded: the trace sees batch > 1 and a real mask."""
+    sample = tokenizer(["an example sentence to trace the graph", "a shorter one"],
+                       padding=True, return_tensors="pt")
+    return tuple(sample[name] for name in input_names)
+
+
 @dataclass
 class TokenInputs:
     """A text classifier's inputs: token ids, attention mask (and token types), padded per batch."""
@@ -33,8 +40,6 @@ class TokenInputs:
         return ["batch", "sequence"]
 
     def trace_sample(self) -> tuple[torch.Tensor, ...]:
-        from edgekd.exporting.onnx import trace_sample
-
         return trace_sample(self.tokenizer, self.names)
 
     def dynamic_dims(self, *, max_batch: int, max_sequence: int) -> dict[int, object]:

@@ -33,13 +33,6 @@ def input_names_of(model: torch.nn.Module, tokenizer) -> list[str]:
     return list(model_inputs(model, dict(sample)))
 
 
-def trace_sample(tokenizer, input_names: list[str]) -> tuple[torch.Tensor, ...]:
-    """Two rows of different lengths, padded: the trace sees batch > 1 and a real mask."""
-    sample = tokenizer(["an example sentence to trace the graph", "a shorter one"],
-                       padding=True, return_tensors="pt")
-    return tuple(sample[name] for name in input_names)
-
-
 def export_onnx(model: torch.nn.Module, tokenizer, path: Path, *, opset: int,
                 exporter: str = "torchscript") -> list[str]:
     """Write a text classifier as ONNX to `path`; returns the graph's input names."""

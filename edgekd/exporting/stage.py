@@ -33,6 +33,7 @@ from edgekd.exporting.validation import Accuracy, ValidationSet, measure, refere
 from edgekd.models import load_model, model_inputs
 from edgekd.sessions import ExecutorchSession, onnx_session
 from edgekd.targets import Target
+from edgekd.tasks import TASKS
 
 MODEL_FILE = "model.onnx"
 CALIBRATION_BATCH_SIZE = 8
@@ -98,7 +99,7 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     """
     student_dir, out = Path(student_dir), Path(out)
     check_request(student_dir, targets, out, overwrite=overwrite, task=task)
-    if with_tokenizer and task != "text-classification":
+    if with_tokenizer and TASKS[task].inputs != "tokens":
         raise UserError("--with-tokenizer puts a text classifier's tokenizer inside its graph; an image "
                         "classifier's graph takes pixels: drop --with-tokenizer")
     if with_tokenizer:
@@ -109,7 +110,7 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     if exporter is not None:
         targets = [replace(target, exporter=exporter) for target in targets]
     model, tokenizer = load_model(student_dir, task=task, role="student")
-    inputs = (PixelInputs.of(model, tokenizer) if task == "image-classification"
+    inputs = (PixelInputs.of(model, tokenizer) if TASKS[task].inputs == "pixels"
               else TokenInputs(tokenizer, input_names_of(model, tokenizer), max_length))
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch:
         context = _Context(

@@ -26,6 +26,7 @@ from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
 from edgekd.lm.generate import Decoder, decoder_for
 from edgekd.lm.models import load_causal_lm
+from edgekd.tasks import is_decoder
 
 # ---------------------------------------------------------------------------- quality
 
@@ -235,7 +236,7 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Mod
                              Path(student_dir)))
     for folder in _artifact_folders(artifacts):
         manifest = read_manifest(folder)
-        if manifest["task"] != "causal-lm":
+        if not is_decoder(manifest["task"]):
             raise UserError(f"{folder} holds a {manifest['task']} artifact, not a causal LM; bench it "
                             "with its own teacher")
         origin = origin_of(manifest, teacher_folder)  # a .gguf teacher: its dequantised folder

@@ -341,7 +341,8 @@ def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget
                        overwrite: bool) -> LMArtifact:
     """One .pte target: the static-cache program (edgekd/lm/pte.py), its greedy tokens
     against PyTorch's (fp32 must match them all) and, quantised, its perplexity budget."""
-    from edgekd.lm.pte import SCHEME_8DA4W, PteDecoder, export_lm_pte, prepared_model
+    from edgekd.lm.generate import PteDecoder
+    from edgekd.lm.pte import SCHEME_8DA4W, export_lm_pte, prepared_model
     from edgekd.lm.quantize import perplexity_of
 
     checked: dict = {}

@@ -54,7 +54,7 @@ def prefill_feed(ids: list[int], past_names: list[str], *, kv_heads: int, head_d
 
 class Decoder:
     """An exported causal LM as a greedy generator; the runtime's part is `prefill`, `step`
-    and `all_logits` (OnnxDecoder: .onnx/.ort; edgekd.lm.pte.PteDecoder: .pte)."""
+    and `all_logits` (OnnxDecoder: .onnx/.ort; PteDecoder: .pte)."""
 
     def __init__(self, folder: Path, *, manifest: dict | None = None) -> None:
         """`manifest`: the folder's manifest when it is not written yet (during export)."""
@@ -62,7 +62,9 @@ class Decoder:
 
         folder = Path(folder)
         self.manifest = manifest if manifest is not None else read_manifest(folder)
-        if self.manifest.get("task") != "causal-lm":
+        from edgekd.tasks import is_decoder
+
+        if not is_decoder(self.manifest.get("task")):
             raise UserError(f"{folder} holds a {self.manifest.get('task')} artifact, not a causal LM; "
                             "pass a folder that edgekd export wrote for a causal LM")
         self.max_length = int(self.manifest["max_length"])
@@ -135,14 +137,42 @@ class OnnxDecoder(Decoder):
         return logits[0, -1], presents
 
 
+class PteDecoder(Decoder):
+    """An exported causal-LM .pte folder as a greedy generator: one token per call."""
+
+    def __init__(self, folder: Path, *, threads: int = 1, manifest: dict | None = None) -> None:
+        from edgekd.sessions import executorch_threads, load_pte_method
+
+        super().__init__(folder, manifest=manifest)
+        executorch_threads(threads)
+        self.method = load_pte_method(self.folder / self.manifest["model_file"])
+
+    def _logits(self, token: int, position: int) -> np.ndarray:
+        import torch
+
+        outputs = self.method.execute([torch.tensor([[token]], dtype=torch.long),
+                                       torch.tensor([position], dtype=torch.long)])
+        return np.asarray(outputs[0], dtype=np.float32)[0, -1]
+
+    def prefill(self, prompt_ids: list[int]):
+        for position, token in enumerate(prompt_ids):  # the program takes one token per call
+            logits = self._logits(int(token), position)
+        return logits, None
+
+    def step(self, token: int, presents, length: int):
+        return self._logits(int(token), length - 1), None
+
+    def all_logits(self, ids: list[int]) -> np.ndarray:
+        self.check_length(len(ids), 0)
+        return np.stack([self._logits(int(token), position) for position, token in enumerate(ids)])
+
+
 def decoder_for(folder: Path, *, threads: int = 1, manifest: dict | None = None) -> Decoder:
     """The folder's artifact as a Decoder of its format (.onnx/.ort in ONNX Runtime, .pte in ExecuTorch)."""
     from edgekd.manifest import read_manifest
 
     manifest = manifest if manifest is not None else read_manifest(Path(folder))
     if manifest.get("format") == "pte":
-        from edgekd.lm.pte import PteDecoder
-
         return PteDecoder(folder, threads=threads, manifest=manifest)
     return OnnxDecoder(folder, threads=threads, manifest=manifest)
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edgekd.errors import UserError
-from edgekd.lm.generate import Decoder
 
 PTE_LM_PRECISIONS = ("fp32", "8da4w")
 GROUP_SIZE = 32  # int4 weights share one scale per this many inputs
@@ -75,31 +73,3 @@ def _quantize_8da4w(model: torch.nn.Module) -> None:
                         f"{dict(model.named_modules())[odd[0]].in_features}; export to executorch (fp32) instead")
     quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                            weight_granularity=PerGroup(GROUP_SIZE)))
-
-
-class PteDecoder(Decoder):
-    """An exported causal-LM .pte folder as a greedy generator: one token per call."""
-
-    def __init__(self, folder: Path, *, threads: int = 1, manifest: dict | None = None) -> None:
-        from edgekd.sessions import executorch_threads, load_pte_method
-
-        super().__init__(folder, manifest=manifest)
-        executorch_threads(threads)
-        self.method = load_pte_method(self.folder / self.manifest["model_file"])
-
-    def _logits(self, token: int, position: int) -> np.ndarray:
-        outputs = self.method.execute([torch.tensor([[token]], dtype=torch.long),
-                                       torch.tensor([position], dtype=torch.long)])
-        return np.asarray(outputs[0], dtype=np.float32)[0, -1]
-
-    def prefill(self, prompt_ids: list[int]):
-        for position, token in enumerate(prompt_ids):  # the program takes one token per call
-            logits = self._logits(int(token), position)
-        return logits, None
-
-    def step(self, token: int, presents, length: int):
-        return self._logits(int(token), length - 1), None
-
-    def all_logits(self, ids: list[int]) -> np.ndarray:
-        self.check_length(len(ids), 0)
-        return np.stack([self._logits(int(token), position) for position, token in enumerate(ids)])

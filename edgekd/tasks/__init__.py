@@ -35,6 +35,7 @@ class Task:
     # per command, this task's own defaults of options no config holds (edgekd.api.DEFAULTS has the rest)
     defaults: dict = field(default_factory=dict)
     training_config: type = DistillConfig  # the frozen config (edgekd/config.py) holding its training defaults
+    inputs: str = "tokens"  # what its graphs take: tokens, or pixels
     contract: str = "classifier"  # what comes out: classifier logits, or a decoder's next tokens (key/value cache)
 
     def matches(self, config: dict) -> bool:
@@ -81,7 +82,7 @@ IMAGE_CLASSIFICATION = Task(
              "bench": frozenset({"label_column", "threads", "repeats", "throughput_batch", "memory", "roofline",
                                  "max_accuracy_drop", "plot", "trust_remote_code", "image_column"}),
              "demo": frozenset({"cache_dir", "limit", "repeats"})},
-    defaults={"demo": {"out": "runs/image-demo"}}, training_config=ImageDistillConfig)
+    defaults={"demo": {"out": "runs/image-demo"}}, training_config=ImageDistillConfig, inputs="pixels")
 
 TASKS = {task.name: task for task in (TEXT_CLASSIFICATION, CAUSAL_LM, IMAGE_CLASSIFICATION)}
 DEFAULT_TASK = TEXT_CLASSIFICATION.name
@@ -96,6 +97,11 @@ def refuse_options_of_other_tasks(command: str, given, task: str) -> None:
         if owner is not None and name not in reads:
             raise UserError(f"--{name.replace('_', '-')} is an option of --task {owner} only; "
                             f"drop it, or pass --task {owner}")
+
+
+def is_decoder(name: str | None) -> bool:
+    """Whether task `name` makes decoders (a key/value-cache graph; next tokens out)."""
+    return name in TASKS and TASKS[name].contract == "decoder"
 
 
 def check_task(name: str) -> Task:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekd.tasks import TEXT_CLASSIFICATION
+from edgekd.errors import UserError
 from edgekd.tasks.shared import (Log, check_writable, classifier_student, judge_student, label2id_of,
                                  sized_student_config, student_lr, vocabulary_trim)
 
@@ -28,7 +29,6 @@ def distill(options: dict, *, given: set[str], log: Log):
     from edgekd.config import DistillConfig, config_from
     from edgekd.data import load_file, sample_batches, split as split_rows
     from edgekd.training.train import distill as run_distill
-    from edgekd.models import load_classifier, make_student
     from edgekd.vocab import describe
 
     config = config_from(DistillConfig, options, given)
@@ -73,6 +73,42 @@ def distill(options: dict, *, given: set[str], log: Log):
         log(f"student: {describe(result.vocabulary)}")
     student = classifier_student(result, validation, task=NAME, unit="samples")
     return judge_student(student, allow_poor_student=options["allow_poor_student"], log=log)
+
+
+def make_student(teacher, teacher_tokenizer, *, layers: str | None = None,
+                 config_spec: str | None = None, model: str | Path | None = None,
+                 seed: int = 0, init: str = "slice", probe: list[dict] | None = None
+                 ) -> tuple:
+    """The student, made one of three ways, checked against the teacher.
+
+    `layers` with `model` cuts those layers out of the given model instead of the teacher
+    (e.g. a few layers of the pretrained encoder the teacher was fine-tuned from); with
+    `config_spec` it picks the teacher layers whose width is then sliced (edgekd.slicing,
+    ranked on the `probe` batches; `init` "random" starts from random weights instead).
+    """
+    from edgekd.models import (check_compatible, layer_count, load_student, parse_layers, select_layers,
+                               use_eager_attention)
+    from edgekd.slicing import configured_student
+
+    given = [name for name, value in (("--student-layers", layers), ("--student-config", config_spec),
+                                      ("--student", model)) if value]
+    if len(given) != 1 and given not in (["--student-layers", "--student"], ["--student-layers", "--student-config"]):
+        raise UserError(f"choose exactly one way to make the student, got {' and '.join(given) or 'none'}: "
+                        "--student-layers, --student-config or --student (or --student-layers with either)")
+    if model:
+        student, tokenizer = load_student(model, teacher=teacher)
+        if layers:
+            student = select_layers(student, parse_layers(layers, layer_count(student)))
+    elif config_spec:
+        kept = parse_layers(layers, layer_count(teacher)) if layers else None
+        student = configured_student(teacher, config_spec, init=init, layers=kept, probe=probe, seed=seed)
+        tokenizer = teacher_tokenizer
+    elif layers:
+        student = select_layers(teacher, parse_layers(layers, layer_count(teacher)))
+        tokenizer = teacher_tokenizer
+    check_compatible(teacher, teacher_tokenizer, student, tokenizer)
+    use_eager_attention(student)
+    return student, tokenizer
 
 
 def _teacher(source, *, trust_remote_code: bool):

@@ -38,7 +38,7 @@ from edgekd.training.train import DistillResult
 from edgekd.errors import UserError
 from edgekd.metrics import quality
 from edgekd.progress import progress_bar
-from edgekd.vision.data import Augment, ImageDataset, batch_pixels, num_channels
+from edgekd.vision.data import ImageDataset, batch_pixels, num_channels
 from edgekd.vision.models import feature_maps, is_transformer
 
 RESUMABLE_CHANGES = {"device", "checkpoint_every", "compile", "teacher_cache"}
