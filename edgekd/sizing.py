@@ -1,6 +1,6 @@
 """A student sized to a latency budget on this machine (`edgekd distill --latency-budget-ms`).
 
-Candidate shapes (layers x hidden width, heads and FFN shrunk with the width) are built with
+ShapeCandidate shapes (layers x hidden width, heads and FFN shrunk with the width) are built with
 random weights (timing does not depend on the weights), converted to the budget's target
 (an ONNX target: fp32, fp16, dynamic int8 or int4) and timed with onnxruntime at the
 target's thread count, batch 1: a classifier's forward pass at `--sequence-length` tokens, a
@@ -35,7 +35,7 @@ BUDGET_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int4")
 
 
 @dataclass(frozen=True)
-class Candidate:
+class ShapeCandidate:
     layers: int
     hidden: int
     heads: int
@@ -46,7 +46,7 @@ class Candidate:
         return f"layers={self.layers},hidden={self.hidden},heads={self.heads},intermediate={self.intermediate}"
 
 
-def candidates_by_width(teacher: nn.Module) -> list[list[Candidate]]:
+def candidates_by_width(teacher: nn.Module) -> list[list[ShapeCandidate]]:
     """For each width (largest first), the shapes of 1 to all the teacher's layers."""
     from edgekd.models import find_layer_list, head_size
     from edgekd.slicing import _intermediate
@@ -66,11 +66,11 @@ def candidates_by_width(teacher: nn.Module) -> list[list[Candidate]]:
             continue
         seen.add(shape)
         ffn = max(8, round(intermediate * hidden / config.hidden_size / 8) * 8)
-        widths.append([Candidate(n, hidden, kept_heads, ffn) for n in range(1, layers + 1)])
+        widths.append([ShapeCandidate(n, hidden, kept_heads, ffn) for n in range(1, layers + 1)])
     return widths
 
 
-def non_embedding_parameters(teacher: nn.Module, candidate: Candidate) -> int:
+def non_embedding_parameters(teacher: nn.Module, candidate: ShapeCandidate) -> int:
     """What the shape can hold: attention and FFN weights of every layer."""
     from edgekd.models import head_size
 
@@ -83,13 +83,13 @@ def non_embedding_parameters(teacher: nn.Module, candidate: Candidate) -> int:
     return int(candidate.layers * (attention + projections * candidate.hidden * candidate.intermediate))
 
 
-def pick(widths: list[list[Candidate]], *, budget_ms: float, latency: Callable[[Candidate], float],
-         capacity: Callable[[Candidate], int]) -> tuple[Candidate | None, list[dict]]:
+def pick(widths: list[list[ShapeCandidate]], *, budget_ms: float, latency: Callable[[ShapeCandidate], float],
+         capacity: Callable[[ShapeCandidate], int]) -> tuple[ShapeCandidate | None, list[dict]]:
     """The most capable candidate within `budget_ms` and every measurement made: per width,
     a bisection over depth for the deepest shape that fits."""
-    measured: dict[Candidate, float] = {}
+    measured: dict[ShapeCandidate, float] = {}
 
-    def time_of(candidate: Candidate) -> float:
+    def time_of(candidate: ShapeCandidate) -> float:
         if candidate not in measured:
             measured[candidate] = latency(candidate)
         return measured[candidate]
@@ -114,7 +114,7 @@ def pick(widths: list[list[Candidate]], *, budget_ms: float, latency: Callable[[
 
 # ---------------------------------------------------------------------------- timing
 
-def shape_latency(teacher: nn.Module, tokenizer, candidate: Candidate, *, task: str, target,
+def shape_latency(teacher: nn.Module, tokenizer, candidate: ShapeCandidate, *, task: str, target,
                   sequence_length: int, cache_folder: Path | None = None) -> float:
     """Median ms of one batch-1 call of `candidate` exported to `target` (cached)."""
     from edgekd.benchmarking.machine import machine_info
@@ -140,7 +140,7 @@ def shape_latency(teacher: nn.Module, tokenizer, candidate: Candidate, *, task: 
     return milliseconds
 
 
-def _measure(teacher, tokenizer, candidate: Candidate, *, task: str, target, sequence_length: int) -> float:
+def _measure(teacher, tokenizer, candidate: ShapeCandidate, *, task: str, target, sequence_length: int) -> float:
     from edgekd.exporting.onnx import convert_fp16, export_onnx
     from edgekd.exporting.quantize import quantize_dynamic, quantize_int4
     from edgekd.sessions import onnx_session
@@ -175,7 +175,7 @@ def _measure(teacher, tokenizer, candidate: Candidate, *, task: str, target, seq
     return 1000 * statistics.median(seconds)
 
 
-def timing_model(teacher: nn.Module, candidate: Candidate) -> nn.Module:
+def timing_model(teacher: nn.Module, candidate: ShapeCandidate) -> nn.Module:
     """A random-weight model of the shape a student sliced to `candidate` would have (or, for
     an architecture slicing does not cover, of models.shrunk_student's shape)."""
     from edgekd.models import parse_student_config, shrunk_student

@@ -9,7 +9,7 @@ import torch
 from conftest import make_classifier, make_rows, make_tokenizer
 from edgekd.config import DistillConfig
 from edgekd.data import TextDataset, batches, encode
-from edgekd.training.objective import (Objective, Trainee, default_layer_map, forward_outputs,
+from edgekd.training.objective import (Objective, ProjectedStudent, default_layer_map, forward_outputs,
                                       parse_layer_map)
 from edgekd.errors import UserError
 from edgekd.models import model_inputs, select_layers, shrunk_student
@@ -52,7 +52,7 @@ def test_losses_are_finite_and_train_the_projection_when_widths_and_heads_differ
     objective = Objective(DistillConfig(**ALL_LOSSES, minilm_relation_heads=2),
                           student_config=student.config, teacher_config=teacher.config)
     assert objective.layer_map == [(0, 1), (1, 3)]  # uniform: the last layer of each half
-    trainee = Trainee(student, objective)
+    trainee = ProjectedStudent(student, objective)
     batch = _batch()
     with torch.no_grad():
         teacher_outputs = forward_outputs(teacher, batch, objective.needs("teacher"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 from conftest import assert_clean_error, make_classifier, make_rows, run_cli, write_jsonl
-from edgekd.sizing import Candidate, candidates_by_width, non_embedding_parameters, pick
+from edgekd.sizing import ShapeCandidate, candidates_by_width, non_embedding_parameters, pick
 
 
 def test_the_picker_takes_the_more_capable_of_the_shapes_that_fit_and_bisects_depth():
-    widths = [[Candidate(n, 64, 4, 256) for n in range(1, 9)], [Candidate(n, 32, 2, 128) for n in range(1, 9)]]
+    widths = [[ShapeCandidate(n, 64, 4, 256) for n in range(1, 9)], [ShapeCandidate(n, 32, 2, 128) for n in range(1, 9)]]
     latency = {64: 3.0, 32: 1.0}  # ms per layer
     calls = []
 
@@ -20,7 +20,7 @@ def test_the_picker_takes_the_more_capable_of_the_shapes_that_fit_and_bisects_de
     capacity = lambda c: c.layers * c.hidden * c.hidden  # noqa: E731
     chosen, table = pick(widths, budget_ms=10.0, latency=timed, capacity=capacity)
     # fits: 3 layers x 64 (capacity 12288) and 8 layers x 32 (8192): the larger one wins
-    assert chosen == Candidate(3, 64, 4, 256)
+    assert chosen == ShapeCandidate(3, 64, 4, 256)
     assert len(calls) == len(set(calls)) <= 2 * 4  # bisection: a few per width, none twice
     assert [row for row in table if row["chosen"]][0]["shape"] == chosen.spec
     assert all(row["fits"] == (row["latency_ms"] <= 10.0) for row in table)

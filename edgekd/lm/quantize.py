@@ -59,7 +59,7 @@ class WeightMatMul:
 
 
 @dataclass
-class Int8Search:
+class PerplexitySearch:
     """What the search measured and chose."""
 
     budget: float  # largest allowed perplexity / fp32 perplexity
@@ -340,7 +340,7 @@ def perplexity_of(logits_of: Callable[[list[int]], np.ndarray], texts: list[list
 
 def search_int8(reference: Path, destination: Path, *, texts: list[list[int]], budget: float,
                 fp32_perplexity: float | None = None, threads: int = 2,
-                report: Callable[[str], None] = lambda message: None) -> Int8Search:
+                report: Callable[[str], None] = lambda message: None) -> PerplexitySearch:
     """Write the int8 model with the fewest MatMuls kept float whose perplexity on `texts`
     is at most `budget` times the fp32 model's: the keep-float search of every task
     (edgekd/exporting/search.py), judged by perplexity, ranked by each MatMul's own error."""
@@ -377,7 +377,7 @@ def search_int8(reference: Path, destination: Path, *, texts: list[list[int]], b
         return [(site.output, error) for site, error in builder.ranked_errors(calibration, threads=threads)]
 
     search = keep_float_search(rank=rank, build=build, judge=judge, max_kept=len(builder.sites))
-    return Int8Search(budget=budget, fp32_perplexity=fp32, perplexity=search.measurement,
+    return PerplexitySearch(budget=budget, fp32_perplexity=fp32, perplexity=search.measurement,
                       matmuls=len(builder.sites), kept_float=[names[output] for output in search.kept],
                       probes=[{"kept_float": k, "perplexity": p} for k, p in search.probes],
                       ranking=[(names[output], error) for output, error in search.ranking], smoothed=smoothed)

@@ -198,7 +198,7 @@ class Objective(nn.Module):
         return self.projections[key](states) if key in self.projections else states
 
 
-class Trainee(nn.Module):
+class ProjectedStudent(nn.Module):
     """The student and the objective's projections as one module, so one optimiser,
     one checkpoint and one DistributedDataParallel wrapper cover everything that learns."""
 

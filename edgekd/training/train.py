@@ -21,8 +21,8 @@ from edgekd.config import DistillConfig
 from edgekd.data import Encoded, TextDataset, collate, encode
 from edgekd.training.cache import default_cache_root, open_or_build
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import Trainee as LoopTrainee, train as run_loop
-from edgekd.training.objective import Needs, Objective, Trainee, forward_outputs
+from edgekd.training.loop import Trainee, train as run_loop
+from edgekd.training.objective import Needs, Objective, ProjectedStudent, forward_outputs
 from edgekd.errors import UserError
 from edgekd.metrics import quality, torch_logits
 from edgekd.models import save_model
@@ -72,12 +72,12 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
     teacher_quality: dict = {}
     found: dict = {}  # what prepare learns and save needs
 
-    def prepare(*, device: torch.device, ranks: Ranks, show_progress: bool) -> LoopTrainee:
+    def prepare(*, device: torch.device, ranks: Ranks, show_progress: bool) -> Trainee:
         train_encoded = encode(train, tokenizer, max_length=config.max_length)
         validation_encoded = (encode(validation, tokenizer, max_length=config.max_length)
                               if validation is not None and len(validation) else None)
         objective = Objective(config, student_config=student.config, teacher_config=(teacher or student).config)
-        trainee = Trainee(student, objective)
+        trainee = ProjectedStudent(student, objective)
         teacher_targets, teacher_validation = _teacher_sources(
             teacher, objective, train_encoded, validation_encoded, config=config, device=device,
             pad_token_id=pad_token_id, cache_root=cache_root, ranks=ranks, show_progress=show_progress)
@@ -96,7 +96,7 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
             teacher_quality.update(quality(teacher_validation, validation_labels, teacher_logits=None))
         found.update(validation_labels=validation_labels, teacher_validation=teacher_validation)
 
-        return LoopTrainee(task="text-classification", module=trainee, student=student,
+        return Trainee(task="text-classification", module=trainee, student=student,
                            examples=len(train_encoded),
                            collate=lambda indices: collate(train_encoded, indices, pad_token_id=pad_token_id),
                            units=lambda batch: len(batch["index"]), loss=loss,

@@ -46,7 +46,7 @@ CACHE_FORMAT = 1
 EVAL_BATCH = 64
 
 
-class Student(nn.Module):
+class ProjectedImageStudent(nn.Module):
     """What learns: the student and the 1x1 convolutions taking its feature maps to the teacher's channels."""
 
     def __init__(self, student: nn.Module, projections: list[nn.Module]) -> None:
@@ -134,7 +134,7 @@ def distill_images(*, teacher: nn.Module | None, teacher_processor, student: nn.
         chosen, projections = plan(config, teacher=teacher, student=student, probe=probes[0],
                                    teacher_probe=probes[1] if teacher is not None else None)
         found["plan"] = chosen
-        module = Student(student, projections)
+        module = ProjectedImageStudent(student, projections)
         cached = None
         if teacher is not None and not chosen.online:
             cached = torch.from_numpy(_cached_logits(teacher, teacher_processor, train, root=cache_root,
