@@ -59,7 +59,7 @@ def main() -> None:
     from edgekd.benchmarking.machine import machine_info
     from edgekd.data import demo_splits
     from edgekd.exporting.stage import export
-    from edgekd.exporting.tokenizer_graph import string_feeds
+    from edgekd.sessions import string_feeds
     from edgekd.exporting.validation import session_logits, validation_set
     from edgekd.exporting.onnx import input_names_of
     from edgekd.models import load_classifier

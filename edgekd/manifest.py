@@ -16,6 +16,11 @@ from pathlib import Path
 
 from edgekd.errors import UserError, atomic_write_text
 
+# what an artifact folder holds beside its model file, so that it runs without the student folder
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+PROCESSOR_FILE = "preprocessor_config.json"  # an image classifier's image processor
+
 MANIFEST = "edgekd.json"
 SCHEMA_VERSION = 3  # 3: `task` field; causal LMs share the schema
 

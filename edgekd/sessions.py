@@ -14,6 +14,16 @@ import torch
 
 from edgekd.errors import UserError, first_line
 
+TEXT_INPUT, PAIR_INPUT = "text", "text_pair"  # the inputs of a model with the tokenizer inside
+
+
+def string_feeds(texts: list[str], pairs: list[str] | None) -> dict[str, np.ndarray]:
+    """Feeds of a model with the tokenizer inside: the texts (and second texts of pairs) as strings."""
+    feeds = {TEXT_INPUT: np.array(texts, dtype=object)}
+    if pairs is not None:
+        feeds[PAIR_INPUT] = np.array(pairs, dtype=object)
+    return feeds
+
 
 class GraphSession:
     """An onnxruntime session that takes feeds for more inputs than its graph has."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgekd.benchmarking.runtimes import ACCURACY_BATCH_SIZE, Candidate, logits_over, text_logits
 from edgekd.errors import UserError
-from edgekd.exporting.artifact import TOKENIZER_FILES
+from edgekd.manifest import TOKENIZER_FILES
 
 
 def config_of(candidate: Candidate) -> dict | None:
@@ -96,7 +96,7 @@ class TextFeeds:
 
     def _batches(self, candidates: list[Candidate], texts: list[str], length: int) -> dict[str, dict]:
         """Each candidate's inputs for the same texts, from its own tokenizer (or the teacher's)."""
-        from edgekd.exporting.tokenizer_graph import PAIR_INPUT, string_feeds
+        from edgekd.sessions import PAIR_INPUT, string_feeds
 
         by_tokenizer: dict[int, dict] = {}
         feeds = {}

@@ -195,7 +195,7 @@ def predict(candidate: Candidate, feeds: dict[str, np.ndarray]) -> np.ndarray:
 def text_logits(candidate: Candidate, texts: list[str], pairs: list[str] | None, *,
                 progress: Callable[[int], None]) -> np.ndarray:
     """Logits of a model that takes raw strings over every text, in order; (rows, num_labels)."""
-    from edgekd.exporting.tokenizer_graph import PAIR_INPUT, string_feeds
+    from edgekd.sessions import PAIR_INPUT, string_feeds
 
     if (PAIR_INPUT in candidate.input_names) != (pairs is not None):
         takes, given = ("text pairs", "single texts") if pairs is None else ("single texts", "text pairs")

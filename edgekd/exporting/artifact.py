@@ -18,13 +18,9 @@ from typing import Callable
 
 from edgekd.errors import GateFailed, UserError, atomic_dir
 from edgekd.exporting.mobile import convert_to_ort, required_operators
-from edgekd.manifest import write_manifest
+from edgekd.manifest import PROCESSOR_FILE, TOKENIZER_FILES, write_manifest
 from edgekd.targets import Target
 from edgekd.tasks import TASKS
-
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer.model")
-PROCESSOR_FILE = "preprocessor_config.json"  # an image classifier's image processor
 
 
 @dataclass

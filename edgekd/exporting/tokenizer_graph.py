@@ -30,12 +30,12 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgekd.errors import UserError
+from edgekd.sessions import PAIR_INPUT, TEXT_INPUT, string_feeds
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 MODEL_FILE = "model.with_tokenizer.onnx"
 ORT_MODEL_FILE = "model.with_tokenizer.ort"
 REQUIRED_OPERATORS_FILE = "required_operators.with_tokenizer.config"
-TEXT_INPUT, PAIR_INPUT = "text", "text_pair"
 ID_OUTPUTS = ("input_ids", "token_type_ids", "attention_mask")
 EXACT_OUTPUT = "exact"  # per row: the ids are the Python tokenizer's
 PREFIX = "tokenizer/"  # names of the tokenizer graph's own values in the merged model
@@ -515,13 +515,6 @@ def merged_model(tokenizer_graph: onnx.ModelProto, model: onnx.ModelProto, *,
     merged = compose.merge_models(pre, model, io_map=[(name, name) for name in kept])
     merged.graph.output.append(helper.make_tensor_value_info(EXACT_OUTPUT, TensorProto.BOOL, ["batch"]))
     return merged
-
-
-def string_feeds(texts: list[str], pairs: list[str] | None) -> dict[str, np.ndarray]:
-    feeds = {TEXT_INPUT: np.array(texts, dtype=object)}
-    if pairs is not None:
-        feeds[PAIR_INPUT] = np.array(pairs, dtype=object)
-    return feeds
 
 
 # ------------------------------------------------------------------------------ census
