@@ -22,6 +22,9 @@ def cache_dir(override: Path | None = None) -> Path:
     return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
 
 
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")  # what a causal-LM student's next tokens match by
+
+
 def config_from(kind, options: dict, given: set[str]):
     """A config of class `kind` from the options given by name; the rest keep its defaults
     (the one place training defaults live). --freeze-embeddings sets train_embeddings off."""
@@ -118,11 +121,6 @@ class ImageDistillConfig(DistillConfig):
                f"--crop-scale must be 0 (off) or in [0.05, 1], got {self.crop_scale}")
         _check(0 <= self.mixup <= 10, f"--mixup must be between 0 (off) and 10, got {self.mixup}")
 
-    @property
-    def augment(self):
-        from edgekd.vision.data import Augment
-
-        return Augment(crop_scale=self.crop_scale, flip=self.flip, mixup=self.mixup)
 
 
 @dataclass(frozen=True)
@@ -155,8 +153,6 @@ class LMDistillConfig:
         _check(0 < self.lr < 1, f"--lr must be in (0, 1), got {self.lr}")
         _check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         _check(2 <= self.max_length <= 1_000_000, f"--max-length must be at least 2, got {self.max_length}")
-        from edgekd.lm.losses import DIVERGENCES
-
         _check(self.divergence in DIVERGENCES,
                f"--divergence {self.divergence!r} is not one of {', '.join(DIVERGENCES)}")
         _check(0 <= self.beta <= 1, f"--beta must be in [0, 1], got {self.beta}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "edgekd"
 TASK_NAMES = ("text-classification", "causal-lm", "image-classification")
+ADAPTERS = ("edgekd.tasks.", "edgekd.lm", "edgekd.vision")  # what one task alone uses
 
 
 def _modules() -> dict[str, Path]:
@@ -84,8 +85,15 @@ def test_stages_import_neither_each_other_nor_tasks_pipelines():
             continue
         others = {m for m in imported if m.startswith(stages) and not m.startswith(stage)}
         assert not others, f"{module} imports the stage {sorted(others)}"
-        pipelines = {m for m in imported if m.startswith("edgekd.tasks.") or m == "edgekd.api"}
-        assert not pipelines, f"{module} imports a task's pipeline {sorted(pipelines)}"
+        adapters = {m for m in imported if m.startswith(ADAPTERS) or m == "edgekd.api"}
+        assert not adapters, f"{module} imports a task's adapter {sorted(adapters)}"
+
+
+def test_shared_modules_import_no_task_adapter():
+    for module, imported in import_graph().items():
+        if module in ("edgekd.config", "edgekd.data", "edgekd.models", "edgekd.pixels", "edgekd.sessions",
+                      "edgekd.manifest", "edgekd.metrics", "edgekd.targets"):
+            assert not {m for m in imported if m.startswith(ADAPTERS)}, module
 
 
 def test_no_task_name_is_compared_outside_the_tasks():

@@ -333,7 +333,7 @@ def test_a_saved_dataset_with_an_image_feature_and_class_labels(tmp_path):
 
 def test_a_vit_sliced_with_nothing_away_is_the_teacher_and_a_narrower_one_keeps_its_strongest_channels():
     from edgekd.slicing import sliced_student
-    from edgekd.vision.data import probe_batches
+    from edgekd.pixels import probe_batches
 
     teacher = tiny("vit")
     probe = probe_batches(pictures(24), processor(), channels=3)

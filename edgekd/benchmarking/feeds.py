@@ -205,7 +205,7 @@ class PixelFeeds:
         self._processors[candidate.name] = (same, _channels(config_of(candidate) or {}))
 
     def _batch(self, candidate: Candidate, indices: list[int]) -> np.ndarray:
-        from edgekd.vision.data import batch_pixels
+        from edgekd.pixels import batch_pixels
 
         processor, channels = self._processors[candidate.name]
         key = (id(processor), channels, tuple(indices))
@@ -216,7 +216,7 @@ class PixelFeeds:
 
     def logits(self, candidate: Candidate, *, progress) -> np.ndarray:
         from edgekd.benchmarking.runtimes import predict
-        from edgekd.vision.data import batch_pixels
+        from edgekd.pixels import batch_pixels
 
         processor, channels = self._processors[candidate.name]
         # ExecuTorch programs are usually exported for few rows: feed them one at a time.

@@ -76,7 +76,7 @@ class PixelInputs:
 
     @classmethod
     def of(cls, model: torch.nn.Module, processor) -> PixelInputs:
-        from edgekd.vision.data import input_size, num_channels
+        from edgekd.pixels import input_size, num_channels
 
         height, width = input_size(processor, model)
         return cls(processor=processor, channels=num_channels(model), height=height, width=width)
@@ -103,7 +103,7 @@ class PixelInputs:
         return self.random_feeds(seed=1, shapes=[(batch_size, 0)] * batches)
 
     def feeds(self, dataset, *, batch_size: int = BATCH_SIZE) -> list[dict[str, np.ndarray]]:
-        from edgekd.vision.data import batch_pixels
+        from edgekd.pixels import batch_pixels
 
         return [{"pixel_values": batch_pixels(dataset, list(range(start, min(start + batch_size, len(dataset)))),
                                               [self.processor], channels=[self.channels])[0].numpy()}

@@ -32,6 +32,10 @@ class LMExamples:
         """Next-token predictions that count: learnt tokens after the first position."""
         return sum(sum(flags[1:]) for flags in self.learnt)
 
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The examples at `indices`, padded into one batch (`collate`)."""
+        return collate(self, indices)
+
 
 def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
                  prompts: Sequence[str] | None = None) -> LMExamples:

@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+from edgekd.config import DIVERGENCES  # one list of names: the config checks it
 
 
 def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:

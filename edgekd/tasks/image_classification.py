@@ -34,7 +34,7 @@ def distill(options: dict, *, given: set[str], log: Log):
     from edgekd.config import ImageDistillConfig, config_from
     from edgekd.data import split as split_rows
     from edgekd.slicing import WIDTH_KEYS
-    from edgekd.vision.data import num_channels, probe_batches
+    from edgekd.pixels import num_channels, probe_batches
     from edgekd.vision.models import make_image_student, parse_image_spec, slices_width
     from edgekd.vision.train import distill_images
 

@@ -347,16 +347,15 @@ def top_k_rows(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], *, top_
 
 def _build_top_k(teacher: torch.nn.Module, examples, *, folder: Path, top_k: int, temperature: float,
                  vocabulary: int, batch_size: int, device: torch.device, show_progress: bool) -> dict:
-    """Run the teacher once over every example and write the arrays into `folder`; returns the meta."""
-    from edgekd.lm.data import collate
-
+    """Run the teacher once over every example (`examples.batch(indices)` pads a batch) and write
+    the arrays into `folder`; returns the meta."""
     started = time.perf_counter()
     id_type = np.uint16 if vocabulary <= np.iinfo(np.uint16).max + 1 else np.int32
     id_parts, value_parts, offsets = [], [], [0]
     with progress_bar("teacher top-k", total=len(examples), enabled=show_progress) as advance:
         for start in range(0, len(examples), batch_size):
             indices = list(range(start, min(start + batch_size, len(examples))))
-            batch = {name: tensor.to(device) for name, tensor in collate(examples, indices).items()}
+            batch = {name: tensor.to(device) for name, tensor in examples.batch(indices).items()}
             for ids, values in top_k_rows(teacher, batch, top_k=top_k, temperature=temperature,
                                           vocabulary=vocabulary):
                 id_parts.append(ids.astype(id_type))

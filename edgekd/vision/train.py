@@ -38,12 +38,18 @@ from edgekd.training.train import DistillResult
 from edgekd.errors import UserError
 from edgekd.metrics import quality
 from edgekd.progress import progress_bar
-from edgekd.vision.data import ImageDataset, batch_pixels, num_channels
+from edgekd.pixels import Augment, batch_pixels, num_channels
+from edgekd.vision.data import ImageDataset
 from edgekd.vision.models import feature_maps, is_transformer
 
 RESUMABLE_CHANGES = {"device", "checkpoint_every", "compile", "teacher_cache"}
 CACHE_FORMAT = 1
 EVAL_BATCH = 64
+
+
+def augment_of(config: ImageDistillConfig) -> Augment:
+    """The augmentation of consistent teaching that the config asks for."""
+    return Augment(crop_scale=config.crop_scale, flip=config.flip, mixup=config.mixup)
 
 
 class ProjectedImageStudent(nn.Module):
@@ -108,7 +114,7 @@ def plan(config: ImageDistillConfig, *, teacher: nn.Module | None, student: nn.M
         if features:
             projections = [nn.Conv2d(ours["maps"][s].shape[1], theirs["maps"][t].shape[1], kernel_size=1)
                            for s, t in pairs]
-    online = config.augment.active or features or attentions or not config.teacher_cache
+    online = augment_of(config).active or features or attentions or not config.teacher_cache
     return Plan(pairs, features, attentions, online), projections
 
 
@@ -150,7 +156,7 @@ def distill_images(*, teacher: nn.Module | None, teacher_processor, student: nn.
         def collate(indices: list[int]) -> dict:
             rng = random.Random(hash((config.seed, *indices)))  # the same view on resume
             views = batch_pixels(train, indices, processors if chosen.online else processors[:1],
-                                 channels=channels, augment=config.augment, rng=rng)
+                                 channels=channels, augment=augment_of(config), rng=rng)
             labels = torch.tensor([-100 if train.labels[i] is None else train.labels[i] for i in indices])
             batch = {"index": torch.tensor(indices), "pixel_values": views[0], "labels": labels}
             if chosen.online:
@@ -183,7 +189,7 @@ def distill_images(*, teacher: nn.Module | None, teacher_processor, student: nn.
         student.save_pretrained(folder, safe_serialization=True)
         processor.save_pretrained(folder)
         record = {"teacher_cache": not found["plan"].online and teacher is not None,
-                  "augmentation": config.augment.describe(), "feature_pairs": found["plan"].pairs,
+                  "augmentation": augment_of(config).describe(), "feature_pairs": found["plan"].pairs,
                   "seconds": seconds}
         (folder / "distillation.json").write_text(json.dumps(record, indent=2))
 
@@ -206,7 +212,7 @@ def describe_teaching(config: ImageDistillConfig, chosen: Plan, *, teacher) -> s
     """One line saying how the teacher teaches in this run."""
     if teacher is None:
         return "training on the labels alone (no teacher)"
-    augment = config.augment
+    augment = augment_of(config)
     views = ", ".join(name for name, on in (("random-resized crop", augment.crop_scale > 0),
                                             ("flip", augment.flip), ("mixup", augment.mixup > 0)) if on)
     if not chosen.online:
