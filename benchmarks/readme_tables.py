@@ -1,15 +1,18 @@
-"""README's tables, printed from the committed results (demo.json, lm_demo.json, shrink.json,
-lm_shrink.json, phones.json, images.json).
+"""The tables of README.md and docs/*.md, printed from the committed results under
+benchmarks/results/. A page holds each between `<!-- table: NAME -->` and `<!-- /table -->`.
 
-    python benchmarks/readme_tables.py
+    python benchmarks/readme_tables.py           # print every table
+    python benchmarks/readme_tables.py --write   # rewrite them in README.md and docs/*.md
 
 Each table is followed by the CPU it was measured on (model, cores and flags, from the result).
-tests/test_readme_numbers.py checks that every number in README's tables occurs in a result.
+tests/test_readme_numbers.py checks that every table on those pages is one of these, exactly.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -195,14 +198,55 @@ def _yes(value: bool) -> str:
     return "yes" if value else "**no**"
 
 
+def lm_pte_table(result: dict) -> str:
+    """The causal-LM demo student as ExecuTorch programs beside its int4 ONNX export."""
+    headers = ["model", "runtime", "held-out perplexity", "size", "decode tokens/s", SPEEDUPS[0]]
+    rows = [[row["name"], row["runtime"], f"{row['perplexity']:.1f}", f"{row['size_bytes'] / 1e6:.0f} MB",
+             f"{row['decode_tokens_per_second']:.1f}", f"{row['speedup']:.2f}×"] for row in result["rows"]]
+    return markdown(headers, rows, result["machine"])
+
+
+# every table the README and docs/ show: its name in the page, its result file, how it is printed
+TABLES = {"demo": ("demo.json", classifier_table), "lm_demo": ("lm_demo.json", causal_lm_table),
+          "shrink": ("shrink.json", shrink_table), "shrink_comparisons": ("shrink.json", shrink_comparisons),
+          "lm_shrink": ("lm_shrink.json", lm_shrink_table), "phones": ("phones.json", phones_table),
+          "images": ("images.json", images_table), "images_goals": ("images.json", images_goals),
+          "lm_pte": ("lm_pte.json", lm_pte_table)}
+BLOCK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(\n<!-- /table -->)", re.S)
+PAGES = ["README.md", *sorted(f"docs/{path.name}" for path in (RESULTS.parent.parent / "docs").glob("*.md"))]
+
+
+def render(name: str) -> str:
+    """Table `name` printed from its committed result."""
+    file, table = TABLES[name]
+    return table(json.loads((RESULTS / file).read_text()))
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """(name, table as written) of every generated block in a page."""
+    return [(match.group(2), match.group(3)) for match in BLOCK.finditer(text)]
+
+
+def rewritten(text: str) -> str:
+    """The page with every generated block printed anew from the results."""
+    return BLOCK.sub(lambda match: match.group(1) + render(match.group(2)) + match.group(4), text)
+
+
 def main() -> None:
-    for name, table in (("demo.json", classifier_table), ("lm_demo.json", causal_lm_table),
-                        ("shrink.json", shrink_table), ("shrink.json", shrink_comparisons),
-                        ("lm_shrink.json", lm_shrink_table), ("phones.json", phones_table),
-                        ("images.json", images_table), ("images.json", images_goals)):
-        path = RESULTS / name
-        if path.is_file():
-            print(f"<!-- from benchmarks/results/{name} -->\n{table(json.loads(path.read_text()))}\n")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help="rewrite the tables in README.md and docs/*.md")
+    arguments = parser.parse_args()
+    root = RESULTS.parent.parent
+    if not arguments.write:
+        for name in TABLES:
+            print(f"<!-- table: {name} -->\n{render(name)}\n<!-- /table -->\n")
+        return
+    for page in PAGES:
+        path = root / page
+        text = path.read_text()
+        if rewritten(text) != text:
+            path.write_text(rewritten(text))
+            print(f"rewrote {page}")
 
 
 if __name__ == "__main__":

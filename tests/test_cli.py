@@ -89,6 +89,15 @@ def test_bench_bad_input(teacher_dir, test_file, tmp_path):
 
 
 def test_debug_shows_the_traceback(teacher_dir, tmp_path):
-    result = runner.invoke(app, ["--debug", "distill", "--teacher", str(teacher_dir), "--data",
-                                 str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")])
-    assert result.exit_code != 0 and result.exception is not None
+    from edgekd.errors import UserError
+
+    arguments = ["distill", "--teacher", str(teacher_dir), "--data", str(tmp_path / "none.csv"),
+                 "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, ["--debug", *arguments])
+    # with --debug the UserError itself escapes (the traceback is printed), not a clean exit
+    assert result.exit_code != 0 and isinstance(result.exception, UserError)
+    assert "does not exist" in str(result.exception)
+    # without it: one line and exit code 1, the error turned into SystemExit by the CLI
+    plain = runner.invoke(app, arguments)
+    assert plain.exit_code == 1 and isinstance(plain.exception, SystemExit)
+    assert "error:" in plain.output and "Traceback" not in plain.output

@@ -1,69 +1,61 @@
-"""Every number in README's tables comes from a committed benchmark result: rounded the way
-the table shows it (percentages of fractions, MB of bytes, minutes of seconds), it occurs in
-a JSON file under benchmarks/results/ (history/ holds earlier machines' results and does not
-count)."""
+"""Every table of README.md and docs/*.md is printed from a committed benchmark result:
+benchmarks/readme_tables.py prints it again from benchmarks/results/ and it must be the
+same, character for character (results/history/ holds earlier machines' results and does
+not count)."""
 
 from __future__ import annotations
 
-import json
-import math
+import importlib.util
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NUMBER = re.compile(r"^(-?\d[\d,]*(?:\.\d+)?)\s*(%|×|x|MB|ms|min|s)?$")
-# how a JSON value becomes what a table shows
-SHOWN_AS = (lambda v: v, lambda v: 100 * v, lambda v: v / 1e6, lambda v: v / 60)
 
 
-def table_numbers(markdown: str) -> list[tuple[str, str]]:
-    """(row label, number as written) for every numeric cell of every table body."""
-    found = []
-    for line in markdown.splitlines():
-        if not line.startswith("|") or set(line) <= set("|-: "):
-            continue
-        cells = [cell.strip().strip("*") for cell in line.strip().strip("|").split("|")]
-        numbers = [(cells[0], match.group(1)) for cell in cells[1:] if (match := NUMBER.match(cell))]
-        found.extend(numbers)
-    return found
+def _tables_module():
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def result_values() -> list[float]:
-    values = []
-
-    def walk(item):
-        if isinstance(item, bool):
-            return
-        if isinstance(item, (int, float)) and math.isfinite(item):
-            values.append(float(item))
-        elif isinstance(item, dict):
-            for value in item.values():
-                walk(value)
-        elif isinstance(item, list):
-            for value in item:
-                walk(value)
-
-    for path in (ROOT / "benchmarks" / "results").glob("*.json"):
-        walk(json.loads(path.read_text()))
-    return values
+NUMBER = re.compile(r"^\*?(-?\d[\d,]*(?:\.\d+)?)\s*(%|×|x|MB|ms|min|s)?\*?$")
 
 
-def occurs(written: str, values: list[float]) -> bool:
-    number = float(written.replace(",", ""))
-    decimals = len(written.partition(".")[2])
-    return any(f"{shown(value):.{decimals}f}" == f"{number:.{decimals}f}" for value in values for shown in SHOWN_AS)
+def _table_lines_outside_blocks(text: str, tables) -> list[str]:
+    """Table rows with a figure in a cell (a number, perhaps with its unit) outside the generated blocks."""
+    outside = tables.BLOCK.sub("", text)
+    return [line for line in outside.splitlines() if line.startswith("|")
+            and any(NUMBER.match(cell.strip()) for cell in line.strip().strip("|").split("|")[1:])]
 
 
-def test_the_checker_finds_a_number_rounded_wrong():
-    values = [4.349988, 0.966, 90872572.0]
-    assert occurs("4.3", values) and occurs("96.6", values) and occurs("90.9", values)
-    assert not occurs("4.4", values)  # 4.35 is shown as 4.3 by its own format, never 4.4
-    assert table_numbers("| model | x |\n|---|---|\n| student | 4.4× |\n| name | onnx-int8 |") == [("student", "4.4")]
+def test_every_generated_table_equals_the_one_printed_from_the_results():
+    tables = _tables_module()
+    for page in tables.PAGES:
+        text = (ROOT / page).read_text()
+        for name, written in tables.blocks(text):
+            assert written == tables.render(name), f"{page}: table {name} differs from its result; run " \
+                                                   "python benchmarks/readme_tables.py --write"
 
 
-def test_every_number_in_readme_tables_occurs_in_a_committed_result():
-    numbers = table_numbers((ROOT / "README.md").read_text())
-    assert len(numbers) >= 20  # the headline tables are there
-    values = result_values()
-    missing = [f"{label}: {written}" for label, written in numbers if not occurs(written, values)]
-    assert not missing, f"README numbers found in no benchmarks/results/*.json: {missing}"
+def test_no_table_of_figures_is_written_by_hand():
+    tables = _tables_module()
+    for page in tables.PAGES:
+        assert _table_lines_outside_blocks((ROOT / page).read_text(), tables) == [], page
+
+
+def test_the_readme_shows_one_headline_table_per_task():
+    tables = _tables_module()
+    names = [name for name, _ in tables.blocks((ROOT / "README.md").read_text())]
+    assert names == ["demo", "images", "lm_demo"]
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 150
+
+
+def test_the_check_sees_a_changed_figure():
+    tables = _tables_module()
+    page = f"<!-- table: demo -->\n{tables.render('demo')}\n<!-- /table -->"
+    (name, written), = tables.blocks(page)
+    assert written == tables.render(name)
+    changed = page.replace("96.2%", "96.3%", 1)
+    assert changed != page and tables.blocks(changed)[0][1] != tables.render("demo")
+    assert _table_lines_outside_blocks("| a | 1.5 |\n" + page, tables) == ["| a | 1.5 |"]
