@@ -112,11 +112,11 @@ def main() -> None:
     from edgekd.benchmarking.machine import busy
     from edgekd.benchmarking.report import print_table
     from edgekd.benchmarking.stage import bench
-    from edgekd.cli.app import quiet_libraries
+    from edgekd.progress import silence_libraries
     from edgekd.exporting.stage import export
     from edgekd.targets import load_target
 
-    quiet_libraries()
+    silence_libraries()
     started = time.perf_counter()
     teacher_dir, student, student_int8, splits = prepare(args)
     scratch = Path(tempfile.mkdtemp(prefix="edgekd-baseline-"))

@@ -55,7 +55,7 @@ def main() -> None:
     from lm_demo import paired_bootstrap, per_text_nll, perplexity
 
     from edgekd.benchmarking.machine import machine_info
-    from edgekd.cli.app import quiet_libraries
+    from edgekd.progress import silence_libraries
     from edgekd.lm.bench import bench_lm
     from edgekd.lm.data import encode_texts
     from edgekd.lm.demo import LMDemoConfig, demo_texts
@@ -65,7 +65,7 @@ def main() -> None:
     from edgekd.targets import load_targets_for
     from edgekd.vocab import plan_trim
 
-    quiet_libraries()
+    silence_libraries()
     started = time.perf_counter()
     config = LMDemoConfig()
     if args.train_embeddings:

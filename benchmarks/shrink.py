@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from edgekd.benchmarking.stage import bench
-    from edgekd.cli.app import quiet_libraries
+    from edgekd.progress import silence_libraries
     from edgekd.config import cache_dir
     from edgekd.data import demo_splits, sample_batches
     from edgekd.demo import LAYER_CUT, STUDENT_RECIPE, TEACHER_RECIPE, build_teacher
@@ -74,7 +74,7 @@ def main() -> None:
     from edgekd.vocab import plan_trim
     from edgekd.targets import load_target
 
-    quiet_libraries()
+    silence_libraries()
     started = time.perf_counter()
     splits = demo_splits(seed=0)
     teacher_dir = build_teacher(splits, cache=cache_dir(None), recipe=TEACHER_RECIPE)

@@ -12,6 +12,7 @@ raise `edgekd.UserError` (a failed gate `edgekd.GateFailed`), with one line sayi
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import typing
 from pathlib import Path
@@ -44,6 +45,18 @@ DEFAULTS = {
 }
 
 
+def _libraries_quiet(function):
+    """Run an API call with library chatter (warnings, logs, bars) silenced, restored after it."""
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        from edgekd.progress import libraries_quiet
+
+        with libraries_quiet():
+            return function(*args, **kwargs)
+
+    return quiet
+
+
 def _resolved(command: str, task: str, given: dict, names: Sequence[str]) -> dict:
     """Every option by name: given, else the task's default, else the command's, else None."""
     defaults = {**DEFAULTS[command], **TASKS[task].defaults.get(command, {})}
@@ -68,8 +81,9 @@ def _task_of(task: str | None, *sources, hub: bool = False) -> str:
 
 # ---------------------------------------------------------------------------- distill
 
-def distill(*, teacher: str | tuple | None = None, data: Path | str | list | None = None, out: PathLike | None = None, task: str | None = None,
-            split: str | None = None, recipe: PathLike | None = None, student_layers: str | None = None,
+@_libraries_quiet
+def distill(*, teacher: str | tuple | None = None, data: Path | str | list | None = None,
+            out: PathLike | None = None, task: str | None = None, split: str | None = None, recipe: PathLike | None = None, student_layers: str | None = None,
             student_config: str | None = None, student_init: str | None = None, student: str | None = None,
             latency_budget_ms: float | None = None, budget_target: str | None = None,
             trim_vocab: bool | None = None, trim_vocab_min_count: int | None = None,
@@ -194,6 +208,7 @@ def _convert(value, kind, *, where: str):
 
 # ---------------------------------------------------------------------------- export
 
+@_libraries_quiet
 def export(student: PathLike, *, out: PathLike, targets: Sequence[str] | None = None, task: str | None = None,
            data=None, split: str | None = None, calibration_data=None, text_column: str | None = None,
            image_column: str | None = None, label_column: str | None = None, text_pair_column: str | None = None,
@@ -231,6 +246,7 @@ def export(student: PathLike, *, out: PathLike, targets: Sequence[str] | None = 
 
 # ---------------------------------------------------------------------------- bench
 
+@_libraries_quiet
 def bench(*, teacher, data, student: PathLike | None = None, artifacts: Sequence[PathLike] | None = None,
           teacher_artifacts: Sequence[PathLike] | None = None, task: str | None = None,
           out: PathLike | None = None, split: str | None = None, text_column: str | None = None,
@@ -250,6 +266,9 @@ def bench(*, teacher, data, student: PathLike | None = None, artifacts: Sequence
     from edgekd.benchmarking.report import print_table, write_report
 
     options = _given(locals())
+    if isinstance(teacher, tuple):
+        raise UserError("bench measures the teacher's own files (its memory in a child process): pass the "
+                        "teacher's folder, hub id or .gguf file, not a loaded model")
     student = Path(student) if student is not None else None
     task_name = _task_of(task, student, teacher, hub=True)
     refuse_options_of_other_tasks("bench", set(options) - {"teacher", "data", "task"}, task_name)
@@ -290,6 +309,7 @@ def _teacher_exports(roots: list, *, teacher) -> list[Path]:
 
 # ---------------------------------------------------------------------------- demo
 
+@_libraries_quiet
 def demo(*, task: str | None = None, out: PathLike | None = None, epochs: int | None = None,
          max_steps: int | None = None, cache_dir: PathLike | None = None, limit: int | None = None,
          max_length: int | None = None, repeats: int | None = None, student_layers: str | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
 from dataclasses import dataclass, replace
@@ -62,11 +63,26 @@ DATA_FORMATS = ".csv, .tsv, .jsonl or .parquet file, a folder written by dataset
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
-def read_rows(source: Path | str, *, split: str | None = None, default_split: str | None = None) -> list[dict]:
+def in_memory(source) -> bool:
+    """Whether data was handed over as an object (a list of dicts, a datasets.Dataset), not named by a path."""
+    return not isinstance(source, (str, os.PathLike))
+
+
+def source_name(source) -> str:
+    """How messages name data: its path, or what was handed over."""
+    if not in_memory(source):
+        return str(source)
+    return f"the {len(source)} rows given" if isinstance(source, (list, tuple)) else "the dataset given"
+
+
+def read_rows(source, *, split: str | None = None, default_split: str | None = None) -> list[dict]:
     """Rows as dicts from a CSV/TSV/JSONL/Parquet/.txt file (.txt: one text per non-empty
     line, column `text`), a folder written by `datasets.save_to_disk`, or a Hugging Face hub
-    dataset id (`name` or `name:config`). For data with several splits, `split` chooses one;
+    dataset id (`name` or `name:config`); or handed over in memory: a list of dicts, a
+    `datasets.Dataset` or `DatasetDict`. For data with several splits, `split` chooses one;
     without it `default_split` is taken when the data has it, else the only split."""
+    if in_memory(source):
+        return _given_rows(source, split=split, default_split=default_split)
     path = Path(source)
     if path.is_dir():
         if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
@@ -79,6 +95,21 @@ def read_rows(source: Path | str, *, split: str | None = None, default_split: st
     if split is not None:
         raise UserError(f"--split {split} applies to datasets with splits; {path} is a single file: drop it")
     return _read_file(path)
+
+
+def _given_rows(source, *, split: str | None, default_split: str | None) -> list[dict]:
+    """The rows of data handed over in memory."""
+    if hasattr(source, "features") or (hasattr(source, "keys") and hasattr(source, "column_names")):
+        return _dataset_rows(source, "the dataset given", split=split, default_split=default_split)
+    if isinstance(source, (list, tuple)):
+        if split is not None:
+            raise UserError(f"split {split} applies to datasets with splits; the rows given are one list: drop it")
+        bad = next((i for i, row in enumerate(source) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise UserError(f"row {bad + 1} of the rows given is a {type(source[bad]).__name__}, not a dict of "
+                            "column: value; pass a list of dicts")
+        return [dict(row) for row in source]
+    raise UserError(f"data must be a path, a list of dicts or a datasets.Dataset, got {type(source).__name__}")
 
 
 def _read_file(path: Path) -> list[dict]:
@@ -183,10 +214,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def load_file(path: Path, *, columns: Columns, label2id: dict[str, int], split: str | None = None,
+def load_file(path, *, columns: Columns, label2id: dict[str, int], split: str | None = None,
               default_split: str | None = None) -> TextDataset:
     """Read data (see `read_rows`) and map its labels onto the teacher's label set `label2id`."""
     rows = read_rows(path, split=split, default_split=default_split)
+    path = source_name(path)
     if not rows:
         raise UserError(f"data file {path} has no rows; give a file with at least one example")
     present = set(rows[0])
@@ -209,14 +241,14 @@ def load_file(path: Path, *, columns: Columns, label2id: dict[str, int], split: 
     return TextDataset(texts=texts, labels=labels, label_names=label_names, text_pairs=pairs)
 
 
-def _text(value, path: Path, row: int, column: str) -> str:
+def _text(value, path: str, row: int, column: str) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         raise UserError(f"{path}, row {row + 1}: column '{column}' is empty; "
                         "remove the row or fill in its text")
     return str(value)
 
 
-def _label_index(value, label2id: dict[str, int], path: Path, row: int) -> int | None:
+def _label_index(value, label2id: dict[str, int], path: str, row: int) -> int | None:
     if value is None or value == "":
         return None  # unlabelled row: learns from the teacher's soft labels only
     key = str(value).strip()

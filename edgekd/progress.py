@@ -65,3 +65,59 @@ def quiet_native_output() -> Iterator[None]:
                 os.dup2(saved, 2)
     finally:
         os.close(saved)
+
+
+def silence_libraries() -> None:
+    """Keep the terminal for edgekd's own progress: silence library chatter and their bars
+    (for the rest of the process: the command line's choice; the API uses `libraries_quiet`)."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    # onnxruntime.quantization logs warnings on the root logger, and imports may reconfigure
+    # its level: edgekd itself never logs, so library records below ERROR are dropped at the source
+    logging.disable(logging.WARNING)
+    # torchao (pulled in by executorch, imported by transformers) warns through torch's own logger
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", module=r"transformers.*")
+    for category in (UserWarning, FutureWarning, DeprecationWarning):  # torch.export, torchao, ExecuTorch
+        warnings.filterwarnings("ignore", category=category)
+    try:
+        from torch.jit import TracerWarning
+
+        warnings.filterwarnings("ignore", category=TracerWarning)
+    except ImportError:
+        pass
+
+
+@contextmanager
+def libraries_quiet() -> Iterator[None]:
+    """`silence_libraries` for one call of the Python API, with the caller's settings restored
+    after it (warnings filters, logging, transformers' verbosity and bars)."""
+    if _library_output["shown"]:
+        yield
+        return
+    import logging
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    disabled, verbosity = logging.root.manager.disable, transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    pytree = logging.getLogger("torch.utils._pytree")
+    pytree_level = pytree.level
+    with warnings.catch_warnings():
+        silence_libraries()
+        try:
+            yield
+        finally:
+            logging.disable(disabled)
+            pytree.setLevel(pytree_level)
+            transformers_logging.set_verbosity(verbosity)
+            (transformers_logging.enable_progress_bar if bars else transformers_logging.disable_progress_bar)()

@@ -29,42 +29,13 @@ _state = {"debug": False}
 
 @app.callback()
 def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
-    from edgekd.progress import show_library_output
+    from edgekd.progress import show_library_output, silence_libraries
 
     _state["debug"] = debug
     show_library_output(debug)
     stop_cleanly_on_sigterm()
     if not debug:
-        quiet_libraries()
-
-
-def quiet_libraries() -> None:
-    """Keep the terminal for edgekd's own progress: silence library chatter and their bars."""
-    import logging
-    import os
-    import warnings
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    # onnxruntime.quantization logs warnings on the root logger, and imports may reconfigure
-    # its level: edgekd itself never logs, so library records below ERROR are dropped at the source
-    logging.disable(logging.WARNING)
-    # torchao (pulled in by executorch, imported by transformers) warns through torch's own logger
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
-    warnings.filterwarnings("ignore", module=r"transformers.*")
-    for category in (UserWarning, FutureWarning, DeprecationWarning):  # torch.export, torchao, ExecuTorch
-        warnings.filterwarnings("ignore", category=category)
-    try:
-        from torch.jit import TracerWarning
-
-        warnings.filterwarnings("ignore", category=TracerWarning)
-    except ImportError:
-        pass
+        silence_libraries()
 
 
 def user_errors(command: Callable) -> Callable:

@@ -88,9 +88,10 @@ def read_texts(source, *, text_column: str = "text", prompt_column: str | None =
                ) -> tuple[list[str], list[str] | None]:
     """Texts (and prompts) from any data `edgekd.data.read_rows` reads (a .txt file: one text
     per non-empty line)."""
-    from edgekd.data import read_rows
+    from edgekd.data import read_rows, source_name
 
     rows = read_rows(source, split=split, default_split=default_split)
+    source = source_name(source)
     if not rows:
         raise UserError(f"{source} has no texts; give at least one")
     for column in filter(None, (text_column, prompt_column)):

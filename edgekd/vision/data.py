@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgekd.data import read_rows
+from edgekd.data import in_memory, read_rows, source_name
 from edgekd.errors import UserError
 from edgekd.progress import progress_bar
 
@@ -87,6 +87,11 @@ def load_images(source: Path | str, *, label2id: dict[str, int] | None, image_co
     a saved or hub dataset with an Image feature. Labels are mapped by name onto `label2id`
     (the teacher's labels); without `label2id` the folder names or label values, sorted, are
     the labels. Every image is decoded once here."""
+    if in_memory(source):
+        dataset = _from_rows(read_rows(source, split=split, default_split=default_split), source_name(source),
+                             base=None, image_column=image_column, label_column=label_column, label2id=label2id)
+        check_readable(dataset, show_progress=show_progress)
+        return dataset
     path = Path(source)
     if path.is_dir() and not _is_saved_dataset(path):
         dataset = _read_folder(path, split=split, default_split=default_split, label2id=label2id)
