@@ -141,8 +141,8 @@ def shape_latency(teacher: nn.Module, tokenizer, candidate: ShapeCandidate, *, t
 
 
 def _measure(teacher, tokenizer, candidate: ShapeCandidate, *, task: str, target, sequence_length: int) -> float:
-    from edgekd.exporting.onnx import convert_fp16, export_onnx
-    from edgekd.exporting.quantize import quantize_dynamic, quantize_int4
+    from edgekd.exporting.onnx import export_onnx
+    from edgekd.exporting.quantize import build_precision, quantize_dynamic
     from edgekd.sessions import onnx_session
 
     model = timing_model(teacher, candidate)
@@ -155,14 +155,8 @@ def _measure(teacher, tokenizer, candidate: ShapeCandidate, *, task: str, target
         else:
             export_onnx(model, tokenizer, fp32, opset=target.opset)
         path = Path(scratch) / "model.onnx"
-        if target.precision == "int8-dynamic":
-            quantize_dynamic(fp32, path, target.quantization)
-        elif target.precision == "int4":
-            quantize_int4(fp32, path)
-        elif target.precision == "fp16":
-            convert_fp16(fp32, path)
-        else:
-            path = fp32
+        build_precision(target.precision, fp32, path,
+                        int8=lambda source, destination: quantize_dynamic(source, destination, target.quantization))
         session = onnx_session(path, threads=target.runtime.threads)
         feeds = _feeds(session, model, task=task, tokens=sequence_length)
         for _ in range(3):

@@ -12,9 +12,10 @@ import numpy as np
 MAX_RELATIVE_IQR = 0.25
 
 
-def measure_interleaved(runners: dict[str, Callable[[], object]], *, repeats: int,
-                        warmup: int = 3, progress=None) -> dict[str, np.ndarray]:
-    """Seconds per call of each runner, `repeats` rounds after `warmup` untimed rounds.
+def interleaved(runners: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 0,
+                progress=None) -> dict[str, list]:
+    """What each runner returns in each of `rounds` rounds, after `warmup` rounds whose results
+    are dropped: the one interleaved loop of every measurement (latency, decode speed).
 
     Each round calls every runner once, in the same order: drift of the machine during
     the run spreads over all runners instead of biasing whichever ran last.
@@ -22,15 +23,28 @@ def measure_interleaved(runners: dict[str, Callable[[], object]], *, repeats: in
     for _ in range(warmup):
         for run in runners.values():
             run()
-    times = {name: [] for name in runners}
-    for _ in range(repeats):
+    results = {name: [] for name in runners}
+    for _ in range(rounds):
         for name, run in runners.items():
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
+            results[name].append(run())
         if progress is not None:
             progress(1)
-    return {name: np.array(values) for name, values in times.items()}
+    return results
+
+
+def measure_interleaved(runners: dict[str, Callable[[], object]], *, repeats: int,
+                        warmup: int = 3, progress=None) -> dict[str, np.ndarray]:
+    """Seconds per call of each runner, `repeats` interleaved rounds after `warmup` untimed ones."""
+    def timed(run: Callable[[], object]) -> Callable[[], float]:
+        def call() -> float:
+            started = time.perf_counter()
+            run()
+            return time.perf_counter() - started
+        return call
+
+    seconds = interleaved({name: timed(run) for name, run in runners.items()}, rounds=repeats, warmup=warmup,
+                          progress=progress)
+    return {name: np.array(values) for name, values in seconds.items()}
 
 
 def summarize(seconds: np.ndarray) -> dict[str, float]:

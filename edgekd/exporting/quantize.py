@@ -182,3 +182,32 @@ def quantizable_nodes(model_path: Path, options: Quantization, *, weights_only: 
         elif node.op_type == "MatMul" and not weights_only:
             chosen.append(node.name)
     return chosen
+
+
+# ------------------------------------------------------------------------------ precisions
+
+def _copy(source: Path, destination: Path) -> None:
+    import shutil
+
+    shutil.copyfile(source, destination)
+
+
+def _fp16(source: Path, destination: Path) -> None:
+    from edgekd.exporting.onnx import convert_fp16
+
+    convert_fp16(source, destination)
+
+
+# The one table from a precision to the pass that makes it from the fp32 ONNX model. int8 is
+# not in it: each contract brings its own (a classifier's searched against its accuracy
+# budget, a decoder's against its perplexity budget, the sizing timer's plain dynamic one).
+PRECISION_PASSES = {"fp32": _copy, "fp16": _fp16, "int4": quantize_int4}
+
+
+def build_precision(precision: str, source: Path, destination: Path, *, int8):
+    """The model of `precision` written to `destination` from the fp32 `source`: by the table,
+    or by `int8(source, destination)`, whose result is returned (None for the others)."""
+    if precision in PRECISION_PASSES:
+        PRECISION_PASSES[precision](source, destination)
+        return None
+    return int8(source, destination)

@@ -24,10 +24,10 @@ from edgekd.errors import GateFailed, UserError
 from edgekd.exporting.artifact import Built, check_request, ship_onnx, write_target
 from edgekd.exporting.mobile import PTE_FILE, export_pte
 from edgekd.exporting.inputs import PixelInputs, TokenInputs, sample_rows
-from edgekd.exporting.onnx import check_onnx_file, convert_fp16, export_graph, input_names_of, opset_of
+from edgekd.exporting.onnx import check_onnx_file, export_graph, input_names_of, opset_of
 from edgekd.exporting.parity import LOGIT_TOLERANCE, Parity, check_parity
-from edgekd.exporting.quantize import (calibrate, quantizable_nodes, quantize_dynamic,
-                                    quantize_int4, quantize_static)
+from edgekd.exporting.quantize import (build_precision, calibrate, quantizable_nodes, quantize_dynamic,
+                                    quantize_static)
 from edgekd.exporting.sensitivity import Int8Search, quantize_within_budget
 from edgekd.exporting.validation import Accuracy, ValidationSet, measure, reference_set, session_logits
 from edgekd.models import load_model, model_inputs
@@ -230,16 +230,9 @@ def _fp32_onnx(target: Target, context: _Context) -> Path:
 def _build_onnx(target: Target, context: _Context, destination: Path) -> dict:
     """Write the target's precision of the ONNX model to `destination`; returns manifest details."""
     source = _fp32_onnx(target, context)
-    details = {"opset": opset_of(source)}
-    if target.precision == "fp32":
-        shutil.copyfile(source, destination)
-    elif target.precision == "fp16":
-        convert_fp16(source, destination)
-    elif target.precision == "int4":
-        quantize_int4(source, destination)
-    else:
-        details.update(_build_int8(target, context, source, destination))
-    return details
+    searched = build_precision(target.precision, source, destination,
+                               int8=lambda fp32, path: _build_int8(target, context, fp32, path))
+    return {"opset": opset_of(source), **(searched or {})}
 
 
 def _build_int8(target: Target, context: _Context, source: Path, destination: Path) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgekd.benchmarking.latency import interleaved
 from edgekd.benchmarking.memory import MemoryProbe
 from edgekd.benchmarking.report import add_same_target_speedups
 from edgekd.errors import UserError
@@ -147,11 +148,9 @@ def onnx_decode(decoder: Decoder, prompt_ids: list[int], new_tokens: int) -> Spe
 
 
 def interleaved_speeds(runners: dict[str, Callable[[], Speed]], *, rounds: int) -> dict[str, dict]:
-    """Each runner once per round, in turn, so machine noise hits all alike; medians."""
-    samples = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            samples[name].append(run())
+    """Each runner once per round, in turn (edgekd/benchmarking/latency.py), so machine noise
+    hits all alike; medians."""
+    samples = interleaved(runners, rounds=rounds)
     return {name: {"prefill_tokens_per_second": statistics.median(s.prefill_tokens_per_second for s in runs),
                    "decode_tokens_per_second": statistics.median(s.decode_tokens_per_second for s in runs),
                    "decode_samples": [round(s.decode_tokens_per_second, 2) for s in runs]}

@@ -401,25 +401,22 @@ QUANTIZATION_SCHEMES = {
 
 def _build(target: Target, context: _LMContext, destination: Path, *, budget: float | None):
     """Write the target's precision of the model to `destination`; the int8 search, if any."""
-    from edgekd.exporting.quantize import quantize_int4
+    from edgekd.exporting.quantize import build_precision
     from edgekd.lm.quantize import search_int8
 
-    if target.precision == "fp32":
-        shutil.copyfile(context.reference, destination)
-        return None
-    if target.precision == "int4":
-        quantize_int4(context.reference, destination)
-        return None
-    if budget not in context.searched:  # int8 targets of one budget share one search
-        result = context.scratch / f"int8-{budget:g}" / destination.name
-        result.parent.mkdir()
-        context.searched[budget] = result, search_int8(
-            context.reference, result, texts=context.gate.texts, budget=budget,
-            fp32_perplexity=context.gate.fp32_perplexity, threads=torch.get_num_threads(), report=context.report)
-    result, search = context.searched[budget]
-    for file in result.parent.iterdir():  # model.onnx, and model.onnx.data when large
-        shutil.copyfile(file, destination.parent / file.name)
-    return search
+    def int8(source: Path, destination: Path):
+        if budget not in context.searched:  # int8 targets of one budget share one search
+            result = context.scratch / f"int8-{budget:g}" / destination.name
+            result.parent.mkdir()
+            context.searched[budget] = result, search_int8(
+                source, result, texts=context.gate.texts, budget=budget, fp32_perplexity=context.gate.fp32_perplexity,
+                threads=torch.get_num_threads(), report=context.report)
+        result, search = context.searched[budget]
+        for file in result.parent.iterdir():  # model.onnx, and model.onnx.data when large
+            shutil.copyfile(file, destination.parent / file.name)
+        return search
+
+    return build_precision(target.precision, context.reference, destination, int8=int8)
 
 
 def _check_perplexity(target: Target, perplexity: float, gate: Gate, budget: float) -> None:
