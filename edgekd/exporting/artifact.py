@@ -33,18 +33,38 @@ class Built:
     parity: dict  # how the artifact compared with PyTorch
     details: dict = field(default_factory=dict)  # task-specific manifest fields
     weight_files: tuple[str, ...] = ()  # files beside model_file that hold its weights (model.onnx.data)
+    checks: dict = field(default_factory=dict)  # the Artifact's own check fields (parity, accuracy, ...)
 
 
 @dataclass(frozen=True)
-class Written:
+class Artifact:
+    """One exported, checked model, of any task: what `edgekd bench` measures."""
+
+    target: str
     folder: Path
-    built: Built
+    model_file: Path
+    format: str
+    precision: str
     size_bytes: int  # the model file and its weight files
     seconds: float
+    parity: object = None  # a classifier's logits against PyTorch (exporting/parity.Parity)
+    accuracy: object = None  # a classifier's on the validation data (exporting/validation.Accuracy); None without
+    nodes_kept_float: tuple[str, ...] = ()  # int8 nodes (a decoder's MatMuls) kept in float
+    greedy_agreement: float | None = None  # a decoder's share of PyTorch's greedy tokens it generates
+    perplexity_ratio: float | None = None  # a quantised decoder's perplexity over the fp32 export's
+
+    @property
+    def exact(self) -> bool:
+        """Every greedy token a decoder generates is PyTorch's."""
+        return self.greedy_agreement == 1.0
+
+    @property
+    def kept_float(self) -> int:
+        return len(self.nodes_kept_float)
 
 
 def write_target(target: Target, out: Path, *, task: str, student_dir: Path, model, tokenizer,
-                 overwrite: bool, build: Callable[[Path], Built]) -> Written:
+                 overwrite: bool, build: Callable[[Path], Built]) -> Artifact:
     """OUT/<target>/, written atomically: `build(folder)` writes and checks the model file;
     then the size budget, the config and tokenizer files and the manifest."""
     started = time.perf_counter()
@@ -59,7 +79,8 @@ def write_target(target: Target, out: Path, *, task: str, student_dir: Path, mod
         write_manifest(staging, task=task, target=target, model_file=built.model_file, student_dir=student_dir,
                        inputs=built.inputs, outputs=built.outputs, parity=built.parity, size_bytes=size,
                        seconds=seconds, details=built.details)
-    return Written(folder=folder, built=built, size_bytes=size, seconds=seconds)
+    return Artifact(target=target.name, folder=folder, model_file=folder / built.model_file, format=target.format,
+                    precision=target.precision, size_bytes=size, seconds=seconds, **built.checks)
 
 
 def ship_onnx(target: Target, onnx_path: Path, folder: Path, details: dict) -> tuple[Path, tuple[str, ...]]:

@@ -21,7 +21,7 @@ import torch
 
 from edgekd.data import TextDataset
 from edgekd.errors import GateFailed, UserError
-from edgekd.exporting.artifact import Built, check_request, ship_onnx, write_target
+from edgekd.exporting.artifact import Artifact, Built, check_request, ship_onnx, write_target
 from edgekd.exporting.mobile import PTE_FILE, export_pte
 from edgekd.exporting.inputs import PixelInputs, TokenInputs, sample_rows
 from edgekd.exporting.onnx import check_onnx_file, export_graph, input_names_of, opset_of
@@ -37,22 +37,6 @@ from edgekd.tasks import TASKS
 
 MODEL_FILE = "model.onnx"
 CALIBRATION_BATCH_SIZE = 8
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """One exported, checked model: what `edgekd bench` measures."""
-
-    target: str
-    folder: Path
-    model_file: Path
-    format: str
-    precision: str
-    size_bytes: int
-    parity: Parity
-    seconds: float
-    accuracy: Accuracy | None = None  # None when no validation data was given
-    nodes_kept_float: tuple[str, ...] = ()
 
 
 @dataclass
@@ -145,8 +129,6 @@ def _calibration_feeds(dataset, inputs: TokenInputs | PixelInputs, targets: list
 # ------------------------------------------------------------------------------ one target
 
 def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool) -> Artifact:
-    checked: dict = {}
-
     def build(staging: Path) -> Built:
         details: dict = {}
         weight_files: tuple[str, ...] = ()
@@ -182,23 +164,20 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
                        if target.format == "onnx" else onnx_session(model_path, ort_format=True))
             if context.with_tokenizer:
                 details["with_tokenizer"] = _with_tokenizer(target, context, onnx_path, session, staging)
-        checked["parity"] = parity = _checked_parity(target, session, context)
-        checked["accuracy"] = accuracy = _checked_accuracy(target, session, context)
-        checked["nodes_kept_float"] = tuple(details.get("nodes_kept_float", ()))
+        parity = _checked_parity(target, session, context)
+        accuracy = _checked_accuracy(target, session, context)
         if "arm64" in context.verify:
             details["verified"] = {"arm64": _verified_on_arm64(target, model_path, session, context)}
         # the graph's own inputs: an exporter drops those the model ignores
         inputs = getattr(session, "input_names", context.inputs.names)
         return Built(model_file=model_path.name, inputs={name: context.inputs.axes() for name in inputs},
                      outputs={"logits": ["batch", "num_labels"]}, parity=asdict(parity),
-                     details=_manifest_details(target, accuracy, details), weight_files=weight_files)
+                     details=_manifest_details(target, accuracy, details), weight_files=weight_files,
+                     checks={"parity": parity, "accuracy": accuracy,
+                             "nodes_kept_float": tuple(details.get("nodes_kept_float", ()))})
 
-    written = write_target(target, out, task=context.task, student_dir=context.student_dir,
-                           model=context.model, tokenizer=context.tokenizer, overwrite=overwrite, build=build)
-    return Artifact(target=target.name, folder=written.folder, model_file=written.folder / written.built.model_file,
-                    format=target.format, precision=target.precision, size_bytes=written.size_bytes,
-                    parity=checked["parity"], seconds=written.seconds, accuracy=checked["accuracy"],
-                    nodes_kept_float=checked["nodes_kept_float"])
+    return write_target(target, out, task=context.task, student_dir=context.student_dir, model=context.model,
+                        tokenizer=context.tokenizer, overwrite=overwrite, build=build)
 
 
 def _pte_samples(context: _Context) -> list[dict[str, np.ndarray]]:

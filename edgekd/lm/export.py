@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from edgekd.errors import GateFailed, UserError
-from edgekd.exporting.artifact import Built, ship_onnx, write_target
+from edgekd.exporting.artifact import Artifact, Built, ship_onnx, write_target
 from edgekd.targets import Target
+from edgekd.tasks import CAUSAL_LM
 
 OPSET = 17
 GATE_TEXTS = 16  # texts the perplexity budget is measured on
@@ -105,21 +106,6 @@ def export_fp32(model: torch.nn.Module, path: Path) -> None:
                         f"{str(error).strip().splitlines()[0][:200]}") from error
 
 
-@dataclass(frozen=True)
-class LMArtifact:
-    """One exported target: where it is and how it compared with PyTorch."""
-
-    target: str
-    folder: Path
-    model_file: str
-    size_bytes: int
-    greedy_agreement: float  # share of generated tokens equal to PyTorch's greedy tokens
-    exact: bool  # every generated token equal
-    perplexity_ratio: float | None = None  # on the gate text, against the fp32 export
-    kept_float: int = 0  # MatMuls the int8 search kept in float
-    precision: str = "fp32"
-
-
 PARITY_PROMPTS = ("The government said on Monday that", "Shares in the company",
                   "The film, which stars")
 
@@ -142,7 +128,7 @@ class Gate:
 def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bool = False,
               max_length: int = 512, parity_tokens: int = 16, gate_texts: list[str] | None = None,
               gate_source: str = "held-out text", max_perplexity_ratio: float | None = None,
-              show_progress: bool = True, with_tokenizer: bool = False) -> list[LMArtifact]:
+              show_progress: bool = True, with_tokenizer: bool = False) -> list[Artifact]:
     """Export the causal LM in `student_dir` to `out/<target>/` for each target, each checked
     and each written atomically.
 
@@ -266,12 +252,10 @@ def sampled_texts(model: torch.nn.Module, tokenizer, *, count: int, tokens: int,
 
 
 def _export_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,
-                   overwrite: bool) -> LMArtifact:
+                   overwrite: bool) -> Artifact:
     """Build and check one target's folder, written the way every task writes one
     (edgekd/exporting/artifact.py: atomically, size budget, config, tokenizer, manifest)."""
     from edgekd.lm.quantize import SequenceScorer
-
-    checked: dict = {}
 
     if target.format == "pte":
         return _export_pte_target(target, context, out, budget=budget, overwrite=overwrite)
@@ -301,23 +285,20 @@ def _export_target(target: Target, context: _LMContext, out: Path, *, budget: fl
             details["quantization"] = QUANTIZATION_SCHEMES[target.precision]
         if context.encoder is not None:
             details["prompt_encoder"] = _prompt_encoder(target, context, staging)
-        checked.update(agreement=agreement, search=search,
-                       perplexity_ratio=perplexity / context.gate.fp32_perplexity if budget is not None else None)
         inputs, outputs = io_names(context.model.config.num_hidden_layers)
         return Built(model_file=model_path.name,
                      inputs={name: AXES.get(name, ["batch", "kv_heads", "past", "head_dim"]) for name in inputs},
                      outputs={name: AXES.get(name, ["batch", "kv_heads", "total", "head_dim"]) for name in outputs},
                      parity={"greedy_agreement": agreement, "prompts": len(context.prompts),
                              "new_tokens": context.parity_tokens, "exact": agreement == 1.0},
-                     details=details, weight_files=weight_files)
+                     details=details, weight_files=weight_files,
+                     checks={"greedy_agreement": agreement,
+                             "nodes_kept_float": tuple(search.kept_float) if search else (),
+                             "perplexity_ratio": perplexity / context.gate.fp32_perplexity if budget is not None
+                             else None})
 
-    written = write_target(target, out, task="causal-lm", student_dir=context.student_dir, model=context.model,
-                           tokenizer=context.tokenizer, overwrite=overwrite, build=build)
-    search = checked["search"]
-    return LMArtifact(target=target.name, folder=written.folder, model_file=written.built.model_file,
-                      size_bytes=written.size_bytes, greedy_agreement=checked["agreement"],
-                      exact=checked["agreement"] == 1.0, perplexity_ratio=checked["perplexity_ratio"],
-                      kept_float=len(search.kept_float) if search else 0, precision=target.precision)
+    return write_target(target, out, task=CAUSAL_LM.name, student_dir=context.student_dir, model=context.model,
+                        tokenizer=context.tokenizer, overwrite=overwrite, build=build)
 
 
 def _prompt_encoder(target: Target, context: _LMContext, staging: Path) -> dict:
@@ -338,14 +319,12 @@ def _prompt_encoder(target: Target, context: _LMContext, staging: Path) -> dict:
 
 
 def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,
-                       overwrite: bool) -> LMArtifact:
+                       overwrite: bool) -> Artifact:
     """One .pte target: the static-cache program (edgekd/lm/pte.py), its greedy tokens
     against PyTorch's (fp32 must match them all) and, quantised, its perplexity budget."""
     from edgekd.lm.generate import PteDecoder
     from edgekd.lm.pte import SCHEME_8DA4W, export_lm_pte, prepared_model
     from edgekd.lm.quantize import perplexity_of
-
-    checked: dict = {}
 
     def build(staging: Path) -> Built:
         context.report(f"{target.name}: torch.export with a static cache of {context.max_length} positions, "
@@ -373,20 +352,16 @@ def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget
             details["perplexity_gate"] = context.gate.describe(measured, budget)
             details["quantization"] = SCHEME_8DA4W
             ratio = measured / context.gate.fp32_perplexity
-        checked.update(agreement=agreement, perplexity_ratio=ratio)
         return Built(model_file="model.pte",
                      inputs={"input_ids": ["1", "1"], "cache_position": ["1"]},
                      outputs={"logits": ["1", "1", "vocab"]},
                      parity={"greedy_agreement": agreement, "prompts": len(context.prompts),
                              "new_tokens": context.parity_tokens, "exact": agreement == 1.0},
-                     details=details, weight_files=())
+                     details=details, weight_files=(),
+                     checks={"greedy_agreement": agreement, "perplexity_ratio": ratio})
 
-    written = write_target(target, out, task="causal-lm", student_dir=context.student_dir, model=context.model,
-                           tokenizer=context.tokenizer, overwrite=overwrite, build=build)
-    return LMArtifact(target=target.name, folder=written.folder, model_file=written.built.model_file,
-                      size_bytes=written.size_bytes, greedy_agreement=checked["agreement"],
-                      exact=checked["agreement"] == 1.0, perplexity_ratio=checked["perplexity_ratio"],
-                      kept_float=0, precision=target.precision)
+    return write_target(target, out, task=CAUSAL_LM.name, student_dir=context.student_dir, model=context.model,
+                        tokenizer=context.tokenizer, overwrite=overwrite, build=build)
 
 
 AXES = {"input_ids": ["batch", "new"], "attention_mask": ["batch", "total"], "logits": ["batch", "new", "vocab"]}

@@ -85,7 +85,7 @@ def show_export(artifacts, *, out: Path, checked: bool, log: Log) -> None:
     for artifact in artifacts:
         gate = f"  perplexity {artifact.perplexity_ratio:.3f}x fp32" if artifact.perplexity_ratio else ""
         kept = f" ({artifact.kept_float} MatMuls kept float)" if artifact.kept_float else ""
-        log(f"{artifact.target:<12} {artifact.folder / artifact.model_file}  "
+        log(f"{artifact.target:<12} {artifact.model_file}  "
             f"{artifact.size_bytes / 2**20:.1f} MB  greedy tokens equal to PyTorch: "
             f"{artifact.greedy_agreement:.0%}{gate}{kept}")
 
