@@ -209,7 +209,7 @@ def _convert(value, kind, *, where: str):
 # ---------------------------------------------------------------------------- export
 
 @_libraries_quiet
-def export(student: PathLike, *, out: PathLike, targets: Sequence[str] | None = None, task: str | None = None,
+def export(student: PathLike | Student, *, out: PathLike, targets: Sequence[str] | None = None, task: str | None = None,
            data=None, split: str | None = None, calibration_data=None, text_column: str | None = None,
            image_column: str | None = None, label_column: str | None = None, text_pair_column: str | None = None,
            max_length: int | None = None, exporter: str | None = None, max_perplexity_ratio: float | None = None,
@@ -222,8 +222,8 @@ def export(student: PathLike, *, out: PathLike, targets: Sequence[str] | None = 
     from edgekd.exporting.verify import check_choices
     from edgekd.targets import load_targets_for
 
-    options = _given(locals())
-    student, out = Path(student), Path(out)
+    student, out = _folder(student), Path(out)
+    options = {**_given(locals()), "student": student}
     task_name = _task_of(task, student)
     given = set(options) - {"student", "out", "task"}
     refuse_options_of_other_tasks("export", given, task_name)
@@ -247,7 +247,7 @@ def export(student: PathLike, *, out: PathLike, targets: Sequence[str] | None = 
 # ---------------------------------------------------------------------------- bench
 
 @_libraries_quiet
-def bench(*, teacher, data, student: PathLike | None = None, artifacts: Sequence[PathLike] | None = None,
+def bench(*, teacher, data, student: PathLike | Student | None = None, artifacts: Sequence | None = None,
           teacher_artifacts: Sequence[PathLike] | None = None, task: str | None = None,
           out: PathLike | None = None, split: str | None = None, text_column: str | None = None,
           image_column: str | None = None, label_column: str | None = None, text_pair_column: str | None = None,
@@ -265,11 +265,11 @@ def bench(*, teacher, data, student: PathLike | None = None, artifacts: Sequence
     from edgekd.benchmarking.gates import GateLimits
     from edgekd.benchmarking.report import print_table, write_report
 
+    student, artifacts = _folder(student), [_folder(a) for a in artifacts or []] or None
     options = _given(locals())
     if isinstance(teacher, tuple):
         raise UserError("bench measures the teacher's own files (its memory in a child process): pass the "
                         "teacher's folder, hub id or .gguf file, not a loaded model")
-    student = Path(student) if student is not None else None
     task_name = _task_of(task, student, teacher, hub=True)
     refuse_options_of_other_tasks("bench", set(options) - {"teacher", "data", "task"}, task_name)
     resolved = _resolved("bench", task_name, options, [n for n in inspect.signature(bench).parameters
@@ -287,6 +287,13 @@ def bench(*, teacher, data, student: PathLike | None = None, artifacts: Sequence
         print_table(report)
         log(f"report written to {folder}/report.json, report.md{' and report.png' if plot else ''}")
     return Report(data=report, folder=folder)
+
+
+def _folder(made) -> Path | None:
+    """The folder of what an earlier call returned (a Student, an Artifact), or the path given."""
+    if made is None:
+        return None
+    return Path(getattr(made, "path", None) or getattr(made, "folder", None) or made)
 
 
 def _teacher_exports(roots: list, *, teacher) -> list[Path]:

@@ -55,13 +55,13 @@ def main(out: Path) -> edgekd.Report:
                              epochs=2, max_length=32, overwrite=True, quiet=True)
     print(f"student: {student.path}, {student.steps} steps, validation {student.validation}")
 
-    artifacts = edgekd.export(student.path, targets=["onnx-fp32", "onnx-int8"], out=out / "export", data=test,
+    artifacts = edgekd.export(student, targets=["onnx-fp32", "onnx-int8"], out=out / "export", data=test,
                               overwrite=True, log=None)
     for artifact in artifacts:
         print(f"{artifact.target}: {artifact.model_file} ({artifact.size_bytes / 1e6:.2f} MB), "
               f"parity {artifact.parity.max_abs_diff:.1e}")
 
-    report = edgekd.bench(teacher=str(teacher), student=student.path, artifacts=[out / "export"], data=test,
+    report = edgekd.bench(teacher=str(teacher), student=student, artifacts=artifacts, data=test,
                           out=out / "bench", max_length=32, sequence_length=[32], repeats=5, throughput_batch=0,
                           memory=False, quiet=True, log=None)
     for row in report.rows:
