@@ -110,7 +110,93 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
     (`edgekd distill --help` says what each option does). Returns the Student (None on the
     processes other than rank 0 under torchrun); raises GateFailed, after saving it, for a
     student no better than guessing unless `allow_poor_student`. `log` receives the lines the
-    command line prints (None: silent); `quiet` switches progress bars off."""
+    command line prints (None: silent); `quiet` switches progress bars off.
+
+    Options (on the command line: --name-with-dashes):
+        task: text-classification, causal-lm or image-classification (default: read from the teacher's
+            config.json).
+        teacher: Teacher folder or hub id: a sequence classifier, an image classifier or a causal LM (also a
+            .gguf file).
+        data: Training data: .csv, .tsv, .jsonl, .parquet or .txt (one text per line), a folder written by
+            datasets.save_to_disk, or a hub dataset id (name or name:config).
+        split: Split of a --data dataset with several (default: train).
+        out: Folder for the student (save_pretrained format).
+        recipe: YAML file whose keys are these options (student-layers: 2); flags override it.
+        student_layers: Student = teacher layers: a count or indices like 0,3,5 (text-classification default
+            2). A count is evenly spaced for encoders (ALBERT: repeats of its shared layer); for causal LMs
+            it drops the contiguous block that changes the hidden state least.
+        student_config: Student = the teacher shrunk to this shape:
+            hidden=192,layers=2,heads=6,intermediate=768. Sliced from the teacher's weights (hidden
+            channels, heads and FFN neurons ranked by activation on 512 training texts; BERT, RoBERTa,
+            XLM-R, ELECTRA, DistilBERT, Llama, Qwen2, Mistral); with --student-layers, those teacher layers
+            are the ones sliced.
+        student_init: How a --student-config student starts: slice (from the teacher's weights) or random
+            (the configuration alone; embeddings of unchanged shape copied).
+        student: Student = this model folder or hub id (a plain encoder gets the teacher's labels); with
+            --student-layers, those layers of it.
+        latency_budget_ms: Student = the most capable shape (layers x width, sliced from the teacher) whose
+            --budget-target export runs within this many ms here at batch 1 (causal LMs: per decoded token);
+            the candidates' timings are shown and cached per machine.
+        budget_target: The target a --latency-budget-ms is measured on.
+        trim_vocab: Keep only the tokens the training text uses (and the special ones): the student's
+            embedding (a causal LM's output head too) and tokenizer shrink, kept text tokenizes exactly as
+            before; the share of held-out words that tokenize differently is reported (causal LMs: by edgekd
+            bench).
+        trim_vocab_min_count: With --trim-vocab, keep a token only if the training text uses it at least
+            this often
+        sequence_length: Tokens per input when timing a --latency-budget-ms (causal LMs: the cache length).
+        validation_data: Validation data for choosing the best epoch (default: a slice of --data).
+        validation_split: Split of a --validation-data dataset (default: validation).
+        validation_fraction: Share of --data held out for validation when --validation-data is absent.
+        text_column: Column with the input text.
+        image_column: Column of a --data table with image paths (relative to the table) or bytes (default:
+            image, img, path, ...); a folder of class folders (root/<label>/*.png) needs none.
+        crop_scale: Random-resized crop keeping at least this share of each picture (0: off); teacher and
+            student see the same view, so the teacher runs every step.
+        flip: Random horizontal flips (the same for teacher and student).
+        mixup: Mixup of picture pairs, Beta(a, a) with this a (0: off).
+        label_column: Column with labels (names or indices); empty rows learn from soft labels.
+        text_pair_column: Column with the second text of text-pair tasks.
+        prompt_column: Column with a prompt, prepended to the text and not learnt.
+        epochs: Passes over the training data.
+        max_steps: Stop after this many optimiser steps (0: --epochs decides).
+        lr: Peak learning rate (AdamW, warm-up then linear decay); a --student-config or --latency-budget-ms
+            student: 0.0003 sliced, 0.001 random.
+        batch_size: Examples per optimiser step, over all processes.
+        gradient_accumulation: Run each step's batch as this many micro-batches (less memory, same result).
+        warmup_fraction: Share of steps with a rising learning rate.
+        weight_decay: AdamW decoupled weight decay.
+        max_grad_norm: Clip gradients to this global norm.
+        temperature: Softmax temperature of the KD term (causal LMs: inside the divergence).
+        hard_label_weight: Weight of cross-entropy on the hard labels (classes; next tokens for causal LMs);
+            the rest goes to matching the teacher.
+        hidden_mse_weight: Weight of hidden-state (feature-map) MSE (TinyBERT).
+        hidden_cosine_weight: Weight of hidden-state cosine loss (DistilBERT).
+        attention_weight: Weight of attention-distribution KL (TinyBERT).
+        minilm_weight: Weight of MiniLM-v2 q/k/v relation KL (last layers).
+        minilm_relation_heads: Heads the MiniLM relations are split into (0: the teacher's head count).
+        layer_map: Student:teacher layer pairs like 0:1,1:5 (default: the layers cut from, else uniform).
+        divergence: forward_kl, reverse_kl or jsd.
+        beta: JSD weight on the teacher (0 forward KL, 1 reverse KL).
+        top_k: Teacher tokens cached per position (0: run the teacher every step).
+        freeze_embeddings: Keep the token embeddings and output head fixed
+        max_length: Tokens per example after truncation.
+        seed: Random seed.
+        device: auto, cpu or cuda (bf16 autocast on cuda).
+        compile: torch.compile the student.
+        teacher_cache: Store teacher outputs on disk once (fp16) and reuse them across epochs and runs.
+        cache_dir: Where teacher caches live (default $EDGEKD_CACHE/teacher-outputs; causal-lm:
+            $EDGEKD_CACHE/lm-top-k).
+        checkpoint_every: Steps between checkpoints in OUT.checkpoints/, also at epoch ends (0: no
+            checkpoints).
+        allow_poor_student: Keep a student no better than guessing (while the teacher is) without failing:
+            by default that run exits with code 2. Guessing is the most common label (validation accuracy)
+            for classifiers, the training text's token frequencies (next-token loss) for causal LMs.
+        resume: Continue from the checkpoint of an interrupted run.
+        overwrite: Replace --out (and its checkpoints) if they exist.
+        quiet: No progress bars.
+        trust_remote_code: Allow model folders to run their own Python code (only for sources you trust).
+    """
     options = _given(locals())
     if recipe is not None:
         options = {**recipe_values(Path(recipe)), **options}  # the options given win over the recipe
@@ -209,15 +295,47 @@ def _convert(value, kind, *, where: str):
 # ---------------------------------------------------------------------------- export
 
 @_libraries_quiet
-def export(student: PathLike | Student, *, out: PathLike, targets: Sequence[str] | None = None, task: str | None = None,
-           data=None, split: str | None = None, calibration_data=None, text_column: str | None = None,
+def export(student: Path | Student, *, out: Path, targets: Sequence[str] | None = None, task: str | None = None,
+           data: Path | str | list | None = None, split: str | None = None,
+           calibration_data: Path | str | list | None = None, text_column: str | None = None,
            image_column: str | None = None, label_column: str | None = None, text_pair_column: str | None = None,
            max_length: int | None = None, exporter: str | None = None, max_perplexity_ratio: float | None = None,
            verify: Sequence[str] | None = None, with_tokenizer: bool | None = None, overwrite: bool | None = None,
            log: Log | None = print) -> list:
     """Convert the student folder for each target (`edgekd targets` lists them) into
     `out/<target>/`, each checked against PyTorch and, with `data`, held to its target's budget
-    (`edgekd export --help`). Returns the artifacts written; `log` receives their summary."""
+    (`edgekd export --help`). Returns the artifacts written; `log` receives their summary.
+
+    Options (on the command line: --name-with-dashes):
+        student: Student folder written by edgekd distill (or any save_pretrained folder).
+        task: text-classification, causal-lm or image-classification (default: read from the student's
+            config.json).
+        targets: Target name from `edgekd targets` or a YAML file; repeatable.
+        out: Folder that receives one sub-folder per target.
+        data: Validation data (a file, a saved dataset or a hub id, as for distill): every artifact is held
+            to its target's budget on it (accuracy; causal LMs: perplexity). Without it classifiers are
+            checked on random batches, causal LMs on text sampled from the student.
+        split: Split of a --data dataset (default: validation).
+        calibration_data: Training samples for static int8 calibration (default: --data).
+        text_column: Column with the input text.
+        image_column: Image classifiers: the column of a --data table holding image paths or bytes (default:
+            image, img, path, ...); a folder of class folders needs none.
+        label_column: Column with labels; empty: agreement only.
+        text_pair_column: Column with the second text of text-pair tasks.
+        max_length: Tokens per example after truncation (causal LMs: longest prompt + generated tokens).
+        exporter: Override the targets' exporter: torchscript, dynamo or optimum.
+        max_perplexity_ratio: Largest perplexity of a quantised export over the fp32 export's (default: the
+            target's budget: onnx-int8 1.1, onnx-int4 2); int8 keeps its worst-quantising MatMuls float
+            until it holds.
+        verify: Also run each ONNX/.ort artifact on another machine and compare it with this one: arm64 runs
+            it with the aarch64 onnxruntime under qemu emulation, on an older and a recent ARM core (sets
+            itself up on first use, about 250 MB, cached); repeatable.
+        with_tokenizer: Also write, beside each ONNX/.ort model, one that takes raw strings: for a text
+            classifier (single texts or pairs) its WordPiece tokenizer as ONNX Runtime Extensions operators
+            in front of the model; for a causal LM (byte-level BPE) a prompt encoder, prompt_encoder.onnx.
+            Checked token for token against the Python tokenizer; the app registers the extensions library
+        overwrite: Replace existing target folders.
+    """
     from edgekd.exporting.artifact import check_request
     from edgekd.exporting.verify import check_choices
     from edgekd.targets import load_targets_for
@@ -247,8 +365,8 @@ def export(student: PathLike | Student, *, out: PathLike, targets: Sequence[str]
 # ---------------------------------------------------------------------------- bench
 
 @_libraries_quiet
-def bench(*, teacher, data, student: PathLike | Student | None = None, artifacts: Sequence | None = None,
-          teacher_artifacts: Sequence[PathLike] | None = None, task: str | None = None,
+def bench(*, teacher: str | None = None, data: Path | str | list | None = None, student: Path | Student | None = None,
+          artifacts: Sequence[Path] | None = None, teacher_artifacts: Sequence[Path] | None = None, task: str | None = None,
           out: PathLike | None = None, split: str | None = None, text_column: str | None = None,
           image_column: str | None = None, label_column: str | None = None, text_pair_column: str | None = None,
           max_length: int | None = None, sequence_length: Sequence[int] | None = None, threads: int | None = None,
@@ -261,12 +379,55 @@ def bench(*, teacher, data, student: PathLike | Student | None = None, artifacts
     """Measure the teacher, the student and the exported artifacts on the same data, interleaved
     (`edgekd bench --help`), and write report.json, report.md (and report.png) to `out`
     (default: the first artifacts folder, else runs/bench). Returns the Report; a failed gate
-    is `report.passed == False` (the command line then exits with code 2)."""
+    is `report.passed == False` (the command line then exits with code 2).
+
+    Options (on the command line: --name-with-dashes):
+        teacher: Teacher folder or hub id (the reference; a causal LM may be a .gguf file).
+        data: Evaluation data (a file, a saved dataset or a hub id, as for distill; images: also a folder of
+            class folders): labelled for classifiers; held-out text for causal LMs.
+        split: Split of a --data dataset (default: test).
+        student: Student folder (PyTorch) to include.
+        artifacts: Output folder of edgekd export; repeatable (artifacts exported from the teacher itself
+            are reported as teacher/TARGET, the no-distillation baseline). Causal LMs: one folder.
+        teacher_artifacts: Output folder of edgekd export run on the teacher itself; repeatable. Each
+            student artifact is also compared with the teacher's artifact of the same target, measured in
+            the same run (column 'vs teacher/target'): the speedup distillation alone bought.
+        task: text-classification, image-classification or causal-lm (default: read from the student's or
+            teacher's config.json).
+        out: Where report.json, report.md (and for classifiers report.png) go (default: --artifacts, else
+            runs/bench).
+        text_column: Column with the input text.
+        image_column: Column with image paths or bytes (default: image, img, path, ...).
+        label_column: Column with labels.
+        text_pair_column: Second text column.
+        max_length: Tokens per example for the accuracy (causal LMs: perplexity) pass.
+        sequence_length: Tokens per input for the latency pass; repeatable (the first is the headline).
+        threads: Threads for latency; default: each artifact's target profile (1 = a phone core).
+        repeats: Interleaved timed repeats per model at batch 1.
+        throughput_batch: Batch size of the throughput pass (0 = skip).
+        memory: Measure peak resident memory (one process per model).
+        roofline: Count operations and compare with the machine's peak.
+        max_accuracy_drop: Gate: accuracy points an artifact may lose against the student it was exported
+            from (default: its target's budget).
+        max_perplexity_ratio: Gate: perplexity over that of the model an artifact was made from (the
+            student; the teacher for the student) (default: its target's budget).
+        max_latency_ms: Gate: p50 latency at batch 1 in ms; causal LMs: per decoded token (default: its
+            target's budget).
+        max_size_mb: Gate: model file size in MB (default: its target's budget).
+        plot: Write report.png (accuracy vs latency, size).
+        new_tokens: Tokens generated per speed measurement.
+        rounds: Interleaved speed rounds (medians are reported).
+        quiet: No progress bars.
+        trust_remote_code: Allow model folders to run their own Python code (only for sources you trust).
+    """
     from edgekd.benchmarking.gates import GateLimits
     from edgekd.benchmarking.report import print_table, write_report
 
     student, artifacts = _folder(student), [_folder(a) for a in artifacts or []] or None
     options = _given(locals())
+    for name in ("teacher", "data"):
+        if options.get(name) is None:
+            raise UserError(f"--{name} is required: the bench measures the teacher and the others on that data")
     if isinstance(teacher, tuple):
         raise UserError("bench measures the teacher's own files (its memory in a child process): pass the "
                         "teacher's folder, hub id or .gguf file, not a loaded model")
@@ -317,11 +478,27 @@ def _teacher_exports(roots: list, *, teacher) -> list[Path]:
 # ---------------------------------------------------------------------------- demo
 
 @_libraries_quiet
-def demo(*, task: str | None = None, out: PathLike | None = None, epochs: int | None = None,
-         max_steps: int | None = None, cache_dir: PathLike | None = None, limit: int | None = None,
+def demo(*, task: str | None = None, out: Path | None = None, epochs: int | None = None,
+         max_steps: int | None = None, cache_dir: Path | None = None, limit: int | None = None,
          max_length: int | None = None, repeats: int | None = None, student_layers: str | None = None,
          overwrite: bool | None = None, quiet: bool | None = None, log: Log | None = print) -> None:
-    """The whole pipeline offline on a task's embedded default (`edgekd demo --help`)."""
+    """The whole pipeline offline on a task's embedded default (`edgekd demo --help`).
+
+    Options (on the command line: --name-with-dashes):
+        task: text-classification (MiniLM + BBC News), image-classification (ResNet + Fashion-MNIST) or
+            causal-lm (SmolLM2-135M + BBC News text) (default: text-classification).
+        out: Folder for student, artifacts and report.
+        epochs: Student epochs (text-classification default 2, image-classification 4; causal-lm: instead of
+            --max-steps).
+        max_steps: Stop after this many optimiser steps (causal-lm default 150, which fits a 2-core CPU).
+        cache_dir: Where the built teacher is cached (default $EDGEKD_CACHE or ~/.cache/edgekd).
+        limit: Use at most this many articles (pictures) per split (a quick run).
+        max_length: Tokens per article.
+        repeats: Interleaved latency repeats per model.
+        student_layers: SmolLM2 layers the student keeps (of 30).
+        overwrite: Replace --out if it exists.
+        quiet: No progress bars.
+    """
     options = _given(locals())
     task_name = check_task(task or text_classification.NAME).name
     refuse_options_of_other_tasks("demo", set(options) - {"task", "out", "epochs", "max_steps", "quiet"}, task_name)
