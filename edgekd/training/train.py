@@ -116,20 +116,37 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
         save_record(folder, record)
         found["vocabulary"] = record
 
-    trained = run_loop(task="text-classification", config=config, out=out, examples=len(train), prepare=prepare,
-                       save=save, resumable_changes=RESUMABLE_CHANGES, overwrite=overwrite, resume=resume,
+    trained = train_classifier(task="text-classification", teacher=teacher, config=config, out=out,
+                               examples=len(train), prepare=prepare, save=save, overwrite=overwrite, resume=resume,
+                               show_progress=show_progress)
+    vocabulary = found.get("vocabulary", {})
+    validation_metrics = trained.progress.best_metrics
+    if "validation" in vocabulary:
+        vocabulary["before_trim"], validation_metrics = validation_metrics, vocabulary["validation"]
+    return result_of(trained, started=started, validation=validation_metrics, teacher_validation=teacher_quality,
+                     vocabulary=vocabulary)
+
+
+def train_classifier(*, task: str, teacher: torch.nn.Module | None, config, out: Path, examples: int,
+                     prepare: Callable[..., Trainee], save: Callable[[Path, float], None], overwrite: bool,
+                     resume: bool, show_progress: bool):
+    """The training loop for a classifier of text or images; the teacher back on the CPU after it."""
+    trained = run_loop(task=task, config=config, out=out, examples=examples, prepare=prepare, save=save,
+                       resumable_changes=RESUMABLE_CHANGES, overwrite=overwrite, resume=resume,
                        show_progress=show_progress)
     if teacher is not None:
         teacher.cpu()
+    return trained
+
+
+def result_of(trained, *, started: float, validation: dict, teacher_validation: dict,
+              vocabulary: dict | None = None) -> DistillResult:
+    """A classifier's DistillResult from what the loop returned."""
     progress = trained.progress
-    vocabulary = found.get("vocabulary", {})
-    validation_metrics = progress.best_metrics
-    if "validation" in vocabulary:
-        vocabulary["before_trim"], validation_metrics = progress.best_metrics, vocabulary["validation"]
-    return DistillResult(student_dir=trained.out, best_epoch=progress.best_epoch, validation=validation_metrics,
+    return DistillResult(student_dir=trained.out, best_epoch=progress.best_epoch, validation=validation,
                          seconds=time.perf_counter() - started, steps=progress.step,
                          samples_per_second=trained.units_per_second, teacher_seconds=trained.prepare_seconds,
-                         teacher_validation=teacher_quality, vocabulary=vocabulary)
+                         teacher_validation=teacher_validation, vocabulary=vocabulary or {})
 
 
 # ---------------------------------------------------------------------------- teacher outputs

@@ -32,9 +32,9 @@ from edgekd.config import ImageDistillConfig
 from edgekd.training.cache import built_once, default_cache_root, teacher_key
 from edgekd.training.distributed import Ranks
 from edgekd.training.losses import attention_kl, hard_ce, hidden_mse, kd_kl
-from edgekd.training.loop import Trainee, train as run_loop
+from edgekd.training.loop import Trainee
 from edgekd.training.objective import default_layer_map, parse_layer_map
-from edgekd.training.train import DistillResult
+from edgekd.training.train import DistillResult, result_of, train_classifier
 from edgekd.errors import UserError
 from edgekd.metrics import quality
 from edgekd.progress import progress_bar
@@ -42,7 +42,6 @@ from edgekd.pixels import Augment, batch_pixels, num_channels
 from edgekd.vision.data import ImageDataset
 from edgekd.vision.models import feature_maps, is_transformer
 
-RESUMABLE_CHANGES = {"device", "checkpoint_every", "compile", "teacher_cache"}
 CACHE_FORMAT = 1
 EVAL_BATCH = 64
 
@@ -193,19 +192,14 @@ def distill_images(*, teacher: nn.Module | None, teacher_processor, student: nn.
                   "seconds": seconds}
         (folder / "distillation.json").write_text(json.dumps(record, indent=2))
 
-    trained = run_loop(task="image-classification", config=config, out=out, examples=len(train), prepare=prepare,
-                       save=save, resumable_changes=RESUMABLE_CHANGES, overwrite=overwrite, resume=resume,
-                       show_progress=show_progress)
-    if teacher is not None:
-        teacher.cpu()
-    progress = trained.progress
+    trained = train_classifier(task="image-classification", teacher=teacher, config=config, out=out,
+                               examples=len(train), prepare=prepare, save=save, overwrite=overwrite, resume=resume,
+                               show_progress=show_progress)
     teacher_quality = {}
     if found.get("teacher_validation") is not None:
         teacher_quality = quality(found["teacher_validation"], found["validation_labels"], teacher_logits=None)
-    return DistillResult(student_dir=trained.out, best_epoch=progress.best_epoch, validation=progress.best_metrics,
-                         seconds=time.perf_counter() - started, steps=progress.step,
-                         samples_per_second=trained.units_per_second, teacher_seconds=trained.prepare_seconds,
-                         teacher_validation=teacher_quality)
+    return result_of(trained, started=started, validation=trained.progress.best_metrics,
+                     teacher_validation=teacher_quality)
 
 
 def describe_teaching(config: ImageDistillConfig, chosen: Plan, *, teacher) -> str:
