@@ -253,52 +253,109 @@ def sampled_texts(model: torch.nn.Module, tokenizer, *, count: int, tokens: int,
 
 def _export_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,
                    overwrite: bool) -> Artifact:
-    """Build and check one target's folder, written the way every task writes one
-    (edgekd/exporting/artifact.py: atomically, size budget, config, tokenizer, manifest)."""
-    from edgekd.lm.quantize import SequenceScorer
-
-    if target.format == "pte":
-        return _export_pte_target(target, context, out, budget=budget, overwrite=overwrite)
+    """Build and check one target's folder (.onnx, .ort or .pte), written the way every task
+    writes one (edgekd/exporting/artifact.py: atomically, size budget, config, tokenizer,
+    manifest): its greedy tokens against PyTorch's (fp32 must match them all) and, quantised,
+    its perplexity budget."""
+    from edgekd.lm.quantize import perplexity_of
 
     def build(staging: Path) -> Built:
-        onnx_path = context.scratch / target.name / "model.onnx"
-        onnx_path.parent.mkdir()
-        search = _build(target, context, onnx_path, budget=budget)
-        perplexity = None
-        if budget is not None:
-            perplexity = (search.perplexity if search is not None else
-                          SequenceScorer(onnx_path, threads=torch.get_num_threads()).perplexity(context.gate.texts))
-            _check_perplexity(target, perplexity, context.gate, budget)
         details = {"max_length": context.max_length, "layers": context.model.config.num_hidden_layers,
                    "eos_token_id": context.tokenizer.eos_token_id}
-        model_path, weight_files = ship_onnx(target, onnx_path, staging, details)
-        agreement = _greedy_agreement(staging, context, {"task": "causal-lm", "model_file": model_path.name,
-                                                         **details})
+        made = (_pte_program if target.format == "pte" else _onnx_graph)(target, context, staging, details,
+                                                                          budget=budget)
+        produced = [made.decoder.greedy(ids, new_tokens=context.parity_tokens, stop_at_eos=False)
+                    for ids in context.prompts]
+        agreement = _token_agreement(context.expected, produced)
         if target.precision == "fp32" and agreement < 1.0:
-            raise UserError(f"the fp32 ONNX export generates different tokens from PyTorch "
-                            f"({agreement:.0%} agree); the export is wrong, please report it")
-        if budget is not None:
-            details["perplexity_gate"] = context.gate.describe(perplexity, budget)
-        if search is not None:
-            details["int8_search"] = search.describe()
+            raise UserError(f"the fp32 {made.kind} generates different tokens from PyTorch ({agreement:.0%} agree); "
+                            "the export is wrong, please report it")
+        if made.same_precision_tokens is not None:  # the same quantised model's greedy tokens in PyTorch
+            details["greedy_agreement_with_pytorch_same_precision"] = _token_agreement(made.same_precision_tokens,
+                                                                                       produced)
         if target.precision != "fp32":
-            details["quantization"] = QUANTIZATION_SCHEMES[target.precision]
-        if context.encoder is not None:
-            details["prompt_encoder"] = _prompt_encoder(target, context, staging)
-        inputs, outputs = io_names(context.model.config.num_hidden_layers)
-        return Built(model_file=model_path.name,
-                     inputs={name: AXES.get(name, ["batch", "kv_heads", "past", "head_dim"]) for name in inputs},
-                     outputs={name: AXES.get(name, ["batch", "kv_heads", "total", "head_dim"]) for name in outputs},
+            details["quantization"] = made.quantization
+        ratio = None
+        if budget is not None:
+            perplexity = (made.perplexity if made.perplexity is not None
+                          else perplexity_of(made.decoder.all_logits, context.gate.texts))
+            _check_perplexity(target, perplexity, context.gate, budget)
+            details["perplexity_gate"] = context.gate.describe(perplexity, budget)
+            ratio = perplexity / context.gate.fp32_perplexity
+        return Built(model_file=made.model_file, inputs=made.inputs, outputs=made.outputs,
                      parity={"greedy_agreement": agreement, "prompts": len(context.prompts),
                              "new_tokens": context.parity_tokens, "exact": agreement == 1.0},
-                     details=details, weight_files=weight_files,
-                     checks={"greedy_agreement": agreement,
-                             "nodes_kept_float": tuple(search.kept_float) if search else (),
-                             "perplexity_ratio": perplexity / context.gate.fp32_perplexity if budget is not None
-                             else None})
+                     details=details, weight_files=made.weight_files,
+                     checks={"greedy_agreement": agreement, "nodes_kept_float": made.kept_float,
+                             "perplexity_ratio": ratio})
 
     return write_target(target, out, task=CAUSAL_LM.name, student_dir=context.student_dir, model=context.model,
                         tokenizer=context.tokenizer, overwrite=overwrite, build=build)
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A target's model file in the folder, and how to run it for the checks."""
+
+    kind: str  # what it is, for messages: "ONNX export", ".pte"
+    model_file: str
+    decoder: object  # edgekd.lm.generate.Decoder over the folder being written
+    inputs: dict
+    outputs: dict
+    quantization: dict | None = None  # what a quantised target is made of
+    perplexity: float | None = None  # on the gate text, when building it measured it already
+    weight_files: tuple[str, ...] = ()
+    kept_float: tuple[str, ...] = ()  # MatMuls an int8 search kept float
+    same_precision_tokens: list | None = None  # greedy tokens of the same quantised model in PyTorch
+
+
+def _onnx_graph(target: Target, context: _LMContext, staging: Path, details: dict, *, budget: float | None) -> _Made:
+    """The key/value-cache graph at the target's precision (.onnx, or .ort), its perplexity gate
+    measured before it is shipped; the prompt encoder beside it with --with-tokenizer."""
+    from edgekd.lm.generate import OnnxDecoder
+    from edgekd.lm.quantize import SequenceScorer
+
+    onnx_path = context.scratch / target.name / "model.onnx"
+    onnx_path.parent.mkdir()
+    search = _build(target, context, onnx_path, budget=budget)
+    perplexity = None
+    if budget is not None:  # fails before the graph is shipped and generated with
+        perplexity = (search.perplexity if search is not None else
+                      SequenceScorer(onnx_path, threads=torch.get_num_threads()).perplexity(context.gate.texts))
+        _check_perplexity(target, perplexity, context.gate, budget)
+    model_path, weight_files = ship_onnx(target, onnx_path, staging, details)
+    decoder = OnnxDecoder(staging, threads=1, manifest={"task": CAUSAL_LM.name, "model_file": model_path.name,
+                                                        **details})
+    if search is not None:
+        details["int8_search"] = search.describe()
+    if context.encoder is not None:
+        details["prompt_encoder"] = _prompt_encoder(target, context, staging)
+    inputs, outputs = io_names(context.model.config.num_hidden_layers)
+    return _Made(kind="ONNX export", model_file=model_path.name, decoder=decoder,
+                 inputs={name: AXES.get(name, ["batch", "kv_heads", "past", "head_dim"]) for name in inputs},
+                 outputs={name: AXES.get(name, ["batch", "kv_heads", "total", "head_dim"]) for name in outputs},
+                 quantization=QUANTIZATION_SCHEMES.get(target.precision), perplexity=perplexity,
+                 weight_files=weight_files, kept_float=tuple(search.kept_float) if search else ())
+
+
+def _pte_program(target: Target, context: _LMContext, staging: Path, details: dict, *, budget: float | None) -> _Made:
+    """The static-cache program (edgekd/lm/pte.py); quantised, also compared with the same
+    quantised model in PyTorch (what the program should reproduce)."""
+    from edgekd.lm.generate import PteDecoder
+    from edgekd.lm.pte import SCHEME_8DA4W, export_lm_pte, prepared_model
+
+    context.report(f"{target.name}: torch.export with a static cache of {context.max_length} positions, "
+                   f"{target.precision}, lowered to XNNPACK")
+    prepared = prepared_model(context.model, precision=target.precision, max_length=context.max_length)
+    details.update(delegation=export_lm_pte(prepared, staging / "model.pte", max_length=context.max_length),
+                   cache="static, inside the program: call it with one token and its position")
+    decoder = PteDecoder(staging, manifest={"task": CAUSAL_LM.name, "format": "pte", "model_file": "model.pte",
+                                            **details})
+    same = (None if target.precision == "fp32" else
+            torch_greedy(prepared, context.tokenizer, context.prompts, new_tokens=context.parity_tokens))
+    return _Made(kind=".pte", model_file="model.pte", decoder=decoder,
+                 inputs={"input_ids": ["1", "1"], "cache_position": ["1"]}, outputs={"logits": ["1", "1", "vocab"]},
+                 quantization=SCHEME_8DA4W, same_precision_tokens=same)
 
 
 def _prompt_encoder(target: Target, context: _LMContext, staging: Path) -> dict:
@@ -316,52 +373,6 @@ def _prompt_encoder(target: Target, context: _LMContext, staging: Path) -> dict:
         context.encoder_checks = encoder.check_encoder(session, context.tokenizer, texts=context.encoder_texts,
                                                        source=context.encoder_source)
     return encoder.encoder_record(path, context.encoder_checks, flagged_characters=flagged, **details)
-
-
-def _export_pte_target(target: Target, context: _LMContext, out: Path, *, budget: float | None,
-                       overwrite: bool) -> Artifact:
-    """One .pte target: the static-cache program (edgekd/lm/pte.py), its greedy tokens
-    against PyTorch's (fp32 must match them all) and, quantised, its perplexity budget."""
-    from edgekd.lm.generate import PteDecoder
-    from edgekd.lm.pte import SCHEME_8DA4W, export_lm_pte, prepared_model
-    from edgekd.lm.quantize import perplexity_of
-
-    def build(staging: Path) -> Built:
-        context.report(f"{target.name}: torch.export with a static cache of {context.max_length} positions, "
-                       f"{target.precision}, lowered to XNNPACK")
-        prepared = prepared_model(context.model, precision=target.precision, max_length=context.max_length)
-        delegation = export_lm_pte(prepared, staging / "model.pte", max_length=context.max_length)
-        details = {"max_length": context.max_length, "layers": context.model.config.num_hidden_layers,
-                   "eos_token_id": context.tokenizer.eos_token_id, "delegation": delegation,
-                   "cache": "static, inside the program: call it with one token and its position"}
-        manifest = {"task": "causal-lm", "format": "pte", "model_file": "model.pte", **details}
-        decoder = PteDecoder(staging, manifest=manifest)
-        produced = [decoder.greedy(ids, new_tokens=context.parity_tokens, stop_at_eos=False)
-                    for ids in context.prompts]
-        agreement = _token_agreement(context.expected, produced)
-        if target.precision == "fp32" and agreement < 1.0:
-            raise UserError(f"the fp32 .pte generates different tokens from PyTorch ({agreement:.0%} agree); "
-                            "the export is wrong, please report it")
-        ratio = None
-        if target.precision != "fp32":  # the same quantised model in PyTorch: what the program should reproduce
-            same = torch_greedy(prepared, context.tokenizer, context.prompts, new_tokens=context.parity_tokens)
-            details["greedy_agreement_with_pytorch_same_precision"] = _token_agreement(same, produced)
-        if budget is not None:
-            measured = perplexity_of(decoder.all_logits, context.gate.texts)
-            _check_perplexity(target, measured, context.gate, budget)
-            details["perplexity_gate"] = context.gate.describe(measured, budget)
-            details["quantization"] = SCHEME_8DA4W
-            ratio = measured / context.gate.fp32_perplexity
-        return Built(model_file="model.pte",
-                     inputs={"input_ids": ["1", "1"], "cache_position": ["1"]},
-                     outputs={"logits": ["1", "1", "vocab"]},
-                     parity={"greedy_agreement": agreement, "prompts": len(context.prompts),
-                             "new_tokens": context.parity_tokens, "exact": agreement == 1.0},
-                     details=details, weight_files=(),
-                     checks={"greedy_agreement": agreement, "perplexity_ratio": ratio})
-
-    return write_target(target, out, task=CAUSAL_LM.name, student_dir=context.student_dir, model=context.model,
-                        tokenizer=context.tokenizer, overwrite=overwrite, build=build)
 
 
 AXES = {"input_ids": ["batch", "new"], "attention_mask": ["batch", "total"], "logits": ["batch", "new", "vocab"]}
@@ -400,15 +411,6 @@ def _check_perplexity(target: Target, perplexity: float, gate: Gate, budget: flo
                          f"{perplexity / gate.fp32_perplexity:.2f}x the fp32 export's "
                          f"({gate.fp32_perplexity:.2f}), over its budget of {budget:g}x; raise "
                          "--max-perplexity-ratio or choose onnx-int8 or onnx-fp32")
-
-
-def _greedy_agreement(folder: Path, context: _LMContext, manifest: dict) -> float:
-    """Share of PyTorch's greedy tokens the artifact in `folder` reproduces."""
-    from edgekd.lm.generate import OnnxDecoder
-
-    decoder = OnnxDecoder(folder, threads=1, manifest=manifest)
-    produced = [decoder.greedy(ids, new_tokens=context.parity_tokens, stop_at_eos=False) for ids in context.prompts]
-    return _token_agreement(context.expected, produced)
 
 
 def _token_agreement(expected: list[list[int]], produced: list[list[int]]) -> float:
