@@ -79,6 +79,17 @@ class MemoryProbe:
         self._scratch.cleanup()
 
 
+def meanwhile(probes: dict[str, MemoryProbe], work):
+    """`work()` while each model's probe measures its memory in a child process of its own; its
+    result and every probe's, the probes stopped whatever happens (every task's bench)."""
+    try:
+        result = work()
+        return result, {name: probe.result() for name, probe in probes.items()}
+    finally:
+        for probe in probes.values():
+            probe.stop()
+
+
 def measure_memory(*, model_format: str, source: Path | str, input_names: list[str],
                    feeds: dict[str, np.ndarray], threads: int) -> dict:
     """Peak resident memory of a child process that loads `source` and runs it on `feeds`."""

@@ -28,7 +28,7 @@ from edgekd.metrics import quality
 from edgekd.benchmarking.gates import GateLimits, check_gates
 from edgekd.benchmarking.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
 from edgekd.benchmarking.machine import machine_info, measurement_warnings
-from edgekd.benchmarking.memory import MemoryProbe
+from edgekd.benchmarking.memory import MemoryProbe, meanwhile
 from edgekd.benchmarking.report import SCHEMA_VERSION, add_same_target_speedups
 from edgekd.benchmarking.runtimes import Candidate, Unavailable, artifact_candidate, runner, text_candidate, torch_candidate
 from edgekd.data import TextDataset
@@ -181,12 +181,7 @@ def _measure(candidates: list[Candidate], *, feeds, settings: BenchSettings,
     # The machine's load before any of our work starts: a busy machine shows up here.
     machine = machine_info()
     probes = _start_memory_probes(candidates, latency_feeds[headline]) if settings.measure_memory else {}
-    try:
-        logits = _all_logits(candidates, feeds=feeds, show_progress=show_progress)
-        memory = {name: probe.result() for name, probe in probes.items()}
-    finally:
-        for probe in probes.values():
-            probe.stop()
+    logits, memory = meanwhile(probes, lambda: _all_logits(candidates, feeds=feeds, show_progress=show_progress))
     latency, batch_seconds = _time_all(candidates, feeds=feeds, latency_feeds=latency_feeds, settings=settings,
                                        show_progress=show_progress)
     operations, peaks = ({}, {})

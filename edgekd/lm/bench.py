@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.benchmarking.latency import interleaved
-from edgekd.benchmarking.memory import MemoryProbe
+from edgekd.benchmarking.memory import MemoryProbe, meanwhile
 from edgekd.benchmarking.report import add_same_target_speedups
 from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
@@ -266,13 +266,9 @@ def _measure(models: list[_Model], examples: LMExamples, owns: dict, teacher_tok
         feeds = {"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
         probes[model.name] = MemoryProbe(model_format=model.format, source=model.memory_source,
                                          input_names=list(feeds), feeds=feeds, threads=1)
-    try:
-        rows, loaded = _quality_rows(models, examples, owns)
-        for row in rows:
-            row["memory"] = probes[row["name"]].result() if row["name"] in probes else None
-    finally:
-        for probe in probes.values():
-            probe.stop()
+    (rows, loaded), memory = meanwhile(probes, lambda: _quality_rows(models, examples, owns))
+    for row in rows:
+        row["memory"] = memory.get(row["name"])
     runners = {name: (lambda m=instance, p=prompts[name]: onnx_decode(m, p, new_tokens))
                if isinstance(instance, Decoder)
                else (lambda m=instance, p=prompts[name]: torch_decode(m, p, new_tokens)) for name, instance in loaded.items()}
