@@ -120,3 +120,17 @@ def test_the_python_api_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "gates passed" in result.stdout and (tmp_path / "bench" / "report.json").is_file()
     assert "student/onnx-int8" in result.stdout
+
+
+def test_pictures_handed_over_in_memory_are_read_like_a_table(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from edgekd.vision.data import load_images
+
+    rows = [{"image": Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)), "label": name}
+            for i, name in enumerate(["a", "b", "a"])]
+    dataset = load_images(rows, label2id={"a": 0, "b": 1})
+    assert len(dataset) == 3 and dataset.labels == [0, 1, 0] and dataset.source == "the 3 rows given"
+    with pytest.raises(edgekd.UserError, match="the 1 rows given has no image column"):
+        load_images([{"text": "not a picture"}], label2id={"a": 0})
