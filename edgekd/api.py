@@ -1,4 +1,4 @@
-"""The Python API: `edgekd.training`, `edgekd.exporting` and `edgekd.benchmarking`.
+"""The Python API: `edgekd.distill`, `edgekd.export` and `edgekd.bench`.
 
 Each function's keyword names are the command line's option names, underscored; the command
 line parses, calls exactly these and prints. An option left at None takes its default: the
@@ -243,7 +243,8 @@ def recipe_values(path: Path) -> dict:
             raise UserError(f"recipe {path}: '{key}' is not a distill option"
                             f"{f'; did you mean {hint}?' if known and hint != key else ''} "
                             f"(see edgekd distill --help)")
-        values[name] = None if value is None else _convert(value, types[name], where=f"recipe {path}: {key}")
+        if value is not None:  # an empty entry (`epochs:`) leaves the option at its default
+            values[name] = _convert(value, types[name], where=f"recipe {path}: {key}")
     return values
 
 

@@ -106,3 +106,9 @@ def test_flags_override_the_recipe(teacher_dir, train_file, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(r["epoch"] for r in records) == 1  # --epochs 1 beat the recipe's 3
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1  # from the recipe
+
+
+def test_an_empty_recipe_entry_leaves_the_option_at_its_default(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs:\nstudent-layers: '1'\n")
+    assert recipe_values(recipe) == {"student_layers": "1"}

@@ -3,7 +3,7 @@ teacher (the contiguous block that changes the hidden state least, a sliced shap
 latency budget), the top-k distillation stage (edgekd/lm/train.py), the key/value-cache
 export (edgekd/lm/export.py) and the perplexity and decode-speed bench (edgekd/lm/bench.py).
 
-Each function takes the options as `edgekd.training/export/bench` hold them (`options`: every
+Each function takes the options as `edgekd.distill/export/bench` hold them (`options`: every
 option by name, defaults filled in; `given`: the names given) and returns their result."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ folders, tables of paths or bytes, datasets with an Image feature), the student 
 given (edgekd/vision/models.py), the image stage (edgekd/vision/train.py: the same augmented
 view for teacher and student), then the export and bench stages every classifier shares.
 
-Each function takes the options as `edgekd.training/export/bench` hold them (`options`: every
+Each function takes the options as `edgekd.distill/export/bench` hold them (`options`: every
 option by name, defaults filled in; `given`: the names given) and returns their result."""
 
 from __future__ import annotations

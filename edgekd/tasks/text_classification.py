@@ -2,7 +2,7 @@
 (layers, a sliced or random shape, a latency budget, a trimmed vocabulary), then the stages
 every classifier shares (edgekd/training/train.py, edgekd/exporting/stage.py, edgekd/benchmarking/stage.py).
 
-Each function takes the options as `edgekd.training/export/bench` hold them (`options`: every
+Each function takes the options as `edgekd.distill/export/bench` hold them (`options`: every
 option by name, None where not given; `given`: the names given) and returns their result."""
 
 from __future__ import annotations
