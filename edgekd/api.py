@@ -37,7 +37,7 @@ DEFAULTS = {
                     label_column="label", trim_vocab=False, allow_poor_student=False, resume=False,
                     overwrite=False, quiet=False, trust_remote_code=False),
     "export": dict(targets=("onnx-int8",), text_column="text", label_column="label", max_length=128, verify=(),
-                   with_tokenizer=False, overwrite=False),
+                   with_tokenizer=False, overwrite=False, quiet=False),
     "demo": dict(out="runs/demo", max_length=128, repeats=50, student_layers="20", overwrite=False, quiet=False),
     "bench": dict(text_column="text", label_column="label", max_length=128, sequence_length=(128,), repeats=50,
                   throughput_batch=32, memory=True, roofline=True, plot=True, new_tokens=64, rounds=3,
@@ -302,7 +302,7 @@ def export(student: Path | Student, *, out: Path, targets: Sequence[str] | None 
            image_column: str | None = None, label_column: str | None = None, text_pair_column: str | None = None,
            max_length: int | None = None, exporter: str | None = None, max_perplexity_ratio: float | None = None,
            verify: Sequence[str] | None = None, with_tokenizer: bool | None = None, overwrite: bool | None = None,
-           log: Log | None = print) -> list:
+           quiet: bool | None = None, log: Log | None = print) -> list:
     """Convert the student folder for each target (`edgekd targets` lists them) into
     `out/<target>/`, each checked against PyTorch and, with `data`, held to its target's budget
     (`edgekd export --help`). Returns the artifacts written; `log` receives their summary.
@@ -336,6 +336,7 @@ def export(student: Path | Student, *, out: Path, targets: Sequence[str] | None 
             in front of the model; for a causal LM (byte-level BPE) a prompt encoder, prompt_encoder.onnx.
             Checked token for token against the Python tokenizer; the app registers the extensions library
         overwrite: Replace existing target folders.
+        quiet: No progress output (the int8 search's, reading pictures).
     """
     from edgekd.exporting.artifact import check_request
     from edgekd.exporting.verify import check_choices

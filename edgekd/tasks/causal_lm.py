@@ -77,7 +77,7 @@ def export(student: Path, *, targets, out: Path, options: dict, log: Log):
                      max_length=options["max_length"], gate_texts=texts,
                      gate_source=(str(data) if isinstance(data, (str, Path)) else "held-out text") if data is not None
                      else "", max_perplexity_ratio=options["max_perplexity_ratio"],
-                     with_tokenizer=options["with_tokenizer"])
+                     with_tokenizer=options["with_tokenizer"], show_progress=not options["quiet"])
 
 
 def show_export(artifacts, *, out: Path, checked: bool, log: Log) -> None:

@@ -78,7 +78,7 @@ def read_images(source, *, label2id, options: dict, split, default_split: str, l
 
     return load_images(source, label2id=label2id, image_column=options["image_column"],
                        label_column=(options["label_column"] or None) if label else None, split=split,
-                       default_split=default_split, show_progress=not options.get("quiet", False))
+                       default_split=default_split, show_progress=not options["quiet"])
 
 
 def _student_labels(student: Path) -> dict[str, int]:
