@@ -122,6 +122,14 @@ def check_request(student_dir: Path, targets: list[Target], out: Path, *, overwr
                             "pass --overwrite to replace it or choose another --out")
 
 
+def refuse_programs_with_strings(targets: list[Target]) -> None:
+    """--with-tokenizer serves ONNX and .ort targets: an ExecuTorch program has no string operators."""
+    refused = [target.name for target in targets if target.format == "pte"]
+    if refused:
+        raise UserError(f"--with-tokenizer serves ONNX and .ort targets; {refused[0]} is an ExecuTorch "
+                        "program, which has no string operators: export it without --with-tokenizer")
+
+
 def check_student_folder(student_dir: Path, *, task: str = "text-classification") -> None:
     """A clear error for a missing folder, or one without config.json or tokenizer
     (an image classifier: image processor) files."""

@@ -21,7 +21,8 @@ import torch
 
 from edgekd.data import TextDataset
 from edgekd.errors import GateFailed, UserError
-from edgekd.exporting.artifact import Artifact, Built, check_request, ship_onnx, write_target
+from edgekd.exporting.artifact import (Artifact, Built, check_request, refuse_programs_with_strings, ship_onnx,
+                                       write_target)
 from edgekd.exporting.mobile import PTE_FILE, export_pte
 from edgekd.exporting.inputs import PixelInputs, TokenInputs, sample_rows
 from edgekd.exporting.onnx import check_onnx_file, export_graph, input_names_of, opset_of
@@ -87,10 +88,7 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
         raise UserError("--with-tokenizer puts a text classifier's tokenizer inside its graph; an image "
                         "classifier's graph takes pixels: drop --with-tokenizer")
     if with_tokenizer:
-        refused = [target.name for target in targets if target.format == "pte"]
-        if refused:
-            raise UserError(f"--with-tokenizer serves ONNX and .ort targets; {refused[0]} is an ExecuTorch "
-                            "program, which has no string operators: export it without --with-tokenizer")
+        refuse_programs_with_strings(targets)
     if exporter is not None:
         targets = [replace(target, exporter=exporter) for target in targets]
     model, tokenizer = load_model(student_dir, task=task, role="student")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from edgekd.errors import GateFailed, UserError
-from edgekd.exporting.artifact import Artifact, Built, ship_onnx, write_target
+from edgekd.exporting.artifact import Artifact, Built, refuse_programs_with_strings, ship_onnx, write_target
 from edgekd.targets import Target
 from edgekd.tasks import CAUSAL_LM
 
@@ -152,10 +152,7 @@ def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite:
                             f"for a causal LM; choose a target of {', '.join(LM_PRECISIONS)} precision "
                             f"(.pte: {', '.join(PTE_LM_PRECISIONS)})")
     if with_tokenizer:
-        refused = [target.name for target in targets if target.format == "pte"]
-        if refused:
-            raise UserError(f"--with-tokenizer serves ONNX and .ort targets; {refused[0]} is an ExecuTorch "
-                            "program, which has no string operators: export it without --with-tokenizer")
+        refuse_programs_with_strings(targets)
     model, tokenizer = load_causal_lm(student_dir, role="student")
     encoder = None
     if with_tokenizer:  # refused before any export work when the operator has no exact algorithm

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 from edgekd.tasks import IMAGE_CLASSIFICATION
-from edgekd.tasks.shared import Log, check_writable, classifier_student, judge_student, label2id_of, student_lr
+from edgekd.tasks.shared import (Log, check_writable, classifier_student, held_out, judge_student, label2id_of,
+                                 student_lr)
 from edgekd.tasks import text_classification
 from edgekd.tasks.text_classification import classifier_bench_options, classifier_export
 
@@ -32,7 +33,6 @@ def distill(options: dict, *, given: set[str], log: Log):
     """An ImageDistillConfig, images read with the teacher's labels, the student made from the
     teacher (or given), the image stage."""
     from edgekd.config import ImageDistillConfig, config_from
-    from edgekd.data import split as split_rows
     from edgekd.slicing import WIDTH_KEYS
     from edgekd.pixels import num_channels, probe_batches
     from edgekd.vision.models import make_image_student, parse_image_spec, slices_width
@@ -49,13 +49,8 @@ def distill(options: dict, *, given: set[str], log: Log):
                             reshaped=any(key in parse_image_spec(spec) for key in WIDTH_KEYS))
     train = read_images(options["data"], label2id=label2id_of(teacher_model), options=options,
                         split=options["split"], default_split="train")
-    if options["validation_data"] is not None:
-        validation = read_images(options["validation_data"], label2id=label2id_of(teacher_model), options=options,
-                                 split=options["validation_split"], default_split="validation")
-    elif config.validation_fraction > 0 and len(train) >= 20:
-        validation, train = split_rows(train, fractions=[config.validation_fraction, 1.0], seed=config.seed)
-    else:
-        validation = None
+    validation, train = held_out(train, options=options, config=config, read=lambda source, split: read_images(
+        source, label2id=label2id_of(teacher_model), options=options, split=split, default_split="validation"))
     student_model, student_processor = make_image_student(
         teacher_model, processor, layers=options["student_layers"], config_spec=spec,
         model=options["student"], seed=config.seed, trust_remote_code=options["trust_remote_code"],

@@ -88,6 +88,19 @@ def classifier_student(result, validation, *, task: str, unit: str):
                    vocabulary=getattr(result, "vocabulary", None), poor=poor or None)
 
 
+def held_out(train, *, options: dict, config, read):
+    """(validation, train): --validation-data read by `read(source, split)`, else a
+    --validation-fraction slice of the training rows (from 20 rows on), else none."""
+    from edgekd.data import split as split_rows
+
+    if options["validation_data"] is not None:
+        return read(options["validation_data"], options["validation_split"]), train
+    if config.validation_fraction > 0 and len(train) >= 20:
+        validation, rest = split_rows(train, fractions=[config.validation_fraction, 1.0], seed=config.seed)
+        return validation, rest
+    return None, train
+
+
 def check_writable(out, *, overwrite: bool) -> None:
     """Fail before any work when `out` exists (without overwrite) or cannot be created."""
     import os

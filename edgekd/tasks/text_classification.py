@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekd.tasks import TEXT_CLASSIFICATION
 from edgekd.errors import UserError
-from edgekd.tasks.shared import (Log, check_writable, classifier_student, judge_student, label2id_of,
+from edgekd.tasks import TEXT_CLASSIFICATION
+from edgekd.tasks.shared import (Log, check_writable, classifier_student, held_out, judge_student, label2id_of,
                                  sized_student_config, student_lr, vocabulary_trim)
 
 NAME = TEXT_CLASSIFICATION.name
@@ -27,7 +27,7 @@ def _columns(options: dict, *, label: bool = True):
 def distill(options: dict, *, given: set[str], log: Log):
     """Load, make the student, call the text-classification stage."""
     from edgekd.config import DistillConfig, config_from
-    from edgekd.data import load_file, sample_batches, split as split_rows
+    from edgekd.data import load_file, sample_batches
     from edgekd.training.train import distill as run_distill
     from edgekd.vocab import describe
 
@@ -53,13 +53,8 @@ def distill(options: dict, *, given: set[str], log: Log):
     student_model, student_tokenizer = make_student(
         teacher_model, tokenizer, layers=layers, config_spec=shape, model=given_student, seed=config.seed,
         init=init, probe=probe)
-    if options["validation_data"] is not None:
-        validation = load_file(options["validation_data"], columns=columns, label2id=label2id,
-                               split=options["validation_split"], default_split="validation")
-    elif config.validation_fraction > 0 and len(train) >= 20:
-        validation, train = split_rows(train, fractions=[config.validation_fraction, 1.0], seed=config.seed)
-    else:
-        validation = None
+    validation, train = held_out(train, options=options, config=config, read=lambda source, split: load_file(
+        source, columns=columns, label2id=label2id, split=split, default_split="validation"))
     trim = vocabulary_trim(options["trim_vocab"], options["trim_vocab_min_count"], texts=_all_texts(train),
                            held_out=_all_texts(validation) if validation is not None else None,
                            tokenizer=student_tokenizer, model_config=student_model.config)
