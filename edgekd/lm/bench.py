@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from edgekd.benchmarking.latency import interleaved
 from edgekd.benchmarking.memory import MemoryProbe, meanwhile
+from edgekd.benchmarking.runtimes import Candidate
 from edgekd.benchmarking.report import add_same_target_speedups
 from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
@@ -166,21 +167,7 @@ def folder_bytes(folder: Path, pattern: str) -> int:
 
 # ---------------------------------------------------------------------------- the stage
 
-@dataclass(frozen=True)
-class _Model:
-    """One model to measure: a row of the report."""
-
-    name: str  # teacher, student, student/<target> or teacher/<target>
-    runtime: str
-    format: str  # pytorch | onnx | ort | pte
-    precision: str
-    target: str | None
-    source: Path
-    load: Callable[[], object]
-    size_bytes: int
-    reference: str | None  # what it was made from: its quality ratio is against that row
-    memory_source: Path  # what the memory probe loads: the model folder (a .gguf's dequantised one) or file
-    tokenizer_folder: Path  # where its tokenizer is (a trimmed vocabulary's is not the teacher's)
+LM_INPUTS = ["input_ids", "attention_mask"]  # what the memory probe feeds a causal LM
 
 
 def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | list[Path] | None,
@@ -201,7 +188,7 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
     models = _models(teacher_dir, student_dir, artifacts)
     teacher_tokenizer = _teacher_tokenizer(teacher_dir)
     examples = encode_texts(texts, teacher_tokenizer, max_length=max_length)
-    owns = {model.name: own_vocabulary(model.tokenizer_folder, teacher_tokenizer, examples)
+    owns = {model.name: own_vocabulary(model.config_folder, teacher_tokenizer, examples)
             for model in models if model.name != "teacher"}
     machine = machine_info()
     threads = torch.get_num_threads()
@@ -220,36 +207,50 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
     return report
 
 
-def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[_Model]:
+def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[Candidate]:
+    """Teacher, student and each artifact, loaded (the artifacts' manifests checked first); each
+    candidate's config folder is where its tokenizer is (a trimmed vocabulary's is not the teacher's)."""
     from edgekd.lm.models import dequantised_gguf
     from edgekd.manifest import origin_of, read_manifest
 
     teacher_folder = dequantised_gguf(Path(teacher_dir)) if str(teacher_dir).lower().endswith(".gguf") else teacher_dir
-    models = [_Model("teacher", "pytorch fp32", "pytorch", "fp32", None, Path(teacher_dir),
-                     lambda: load_causal_lm(teacher_dir)[0], folder_bytes(teacher_dir, "*.safetensors"), None,
-                     Path(teacher_folder), Path(teacher_folder))]
-    if student_dir is not None:
-        models.append(_Model("student", "pytorch fp32", "pytorch", "fp32", None, Path(student_dir),
-                             lambda: load_causal_lm(student_dir, role="student")[0],
-                             folder_bytes(student_dir, "*.safetensors"), "teacher", Path(student_dir),
-                             Path(student_dir)))
+    exported = []
     for folder in _artifact_folders(artifacts):
         manifest = read_manifest(folder)
         if not is_decoder(manifest["task"]):
             raise UserError(f"{folder} holds a {manifest['task']} artifact, not a causal LM; bench it "
                             "with its own teacher")
-        origin = origin_of(manifest, teacher_folder)  # a .gguf teacher: its dequantised folder
+        exported.append((folder, manifest, origin_of(manifest, teacher_folder)))  # a .gguf teacher: its folder
+    common = dict(input_names=LM_INPUTS, threads=1)
+    models = [Candidate("teacher", "pytorch fp32", "pytorch", Path(teacher_dir), load_causal_lm(teacher_dir)[0],
+                        origin="teacher", config_folder=Path(teacher_folder), **common)]
+    if student_dir is not None:
+        models.append(Candidate("student", "pytorch fp32", "pytorch", Path(student_dir),
+                                load_causal_lm(student_dir, role="student")[0], config_folder=Path(student_dir),
+                                **common))
+    for folder, manifest, origin in exported:
         runtime = {"ort": "ort-mobile", "pte": "executorch"}.get(manifest["format"], "ort")
-        models.append(_Model(f"{origin}/{manifest['target']}", f"{runtime} {manifest['precision']}",
-                             manifest["format"], manifest["precision"], manifest["target"],
-                             folder / manifest["model_file"], lambda f=folder: decoder_for(f, threads=1),
-                             folder_bytes(folder, "model.*"),
-                             "student" if origin == "student" and student_dir is not None else "teacher",
-                             folder / manifest["model_file"], folder))
+        models.append(Candidate(f"{origin}/{manifest['target']}", f"{runtime} {manifest['precision']}",
+                                manifest["format"], folder / manifest["model_file"], decoder_for(folder, threads=1),
+                                precision=manifest["precision"], target=manifest["target"], config_folder=folder,
+                                origin=origin, **common))
     return models
 
 
-def _measure(models: list[_Model], examples: LMExamples, owns: dict, teacher_tokenizer, *, prompt_tokens: int,
+def _reference(model: Candidate, *, has_student: bool) -> str | None:
+    """The row a model's quality ratio is against: what it was made from."""
+    if model.name == "teacher":
+        return None
+    return "student" if model.origin == "student" and model.name != "student" and has_student else "teacher"
+
+
+def _size_bytes(model: Candidate) -> int:
+    if model.format == "pytorch":
+        return folder_bytes(model.source, "*.safetensors")
+    return folder_bytes(model.config_folder, "model.*")
+
+
+def _measure(models: list[Candidate], examples: LMExamples, owns: dict, teacher_tokenizer, *, prompt_tokens: int,
              new_tokens: int, rounds: int) -> tuple[list[dict], list[int]]:
     """Every model's quality and, meanwhile, its peak memory in a process of its own (as for
     every task: edgekd/benchmarking/memory.py, on the decode prompt); then decode speed, all models
@@ -264,7 +265,8 @@ def _measure(models: list[_Model], examples: LMExamples, owns: dict, teacher_tok
             continue  # the memory child feeds whole prompts; a .pte causal LM takes one token per call
         ids = prompts[model.name]
         feeds = {"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-        probes[model.name] = MemoryProbe(model_format=model.format, source=model.memory_source,
+        memory_source = model.config_folder if model.format == "pytorch" else model.source  # a .gguf: its folder
+        probes[model.name] = MemoryProbe(model_format=model.format, source=memory_source,
                                          input_names=list(feeds), feeds=feeds, threads=1)
     (rows, loaded), memory = meanwhile(probes, lambda: _quality_rows(models, examples, owns))
     for row in rows:
@@ -284,25 +286,24 @@ def _measure(models: list[_Model], examples: LMExamples, owns: dict, teacher_tok
     return rows, prompt
 
 
-def _quality_rows(models: list[_Model], examples: LMExamples, owns: dict) -> tuple[list[dict], dict]:
+def _quality_rows(models: list[Candidate], examples: LMExamples, owns: dict) -> tuple[list[dict], dict]:
     """Perplexity and agreement with the teacher of each model; the loaded models."""
-    rows, loaded, teacher_top1, vocabulary = [], {}, None, None
+    rows, teacher_top1, vocabulary = [], None, None
+    has_student = any(model.name == "student" for model in models)
     for model in models:
-        instance = model.load()
         own = owns.get(model.name)
         if vocabulary is None:
-            vocabulary = instance.get_output_embeddings().out_features
-        logits_fn = onnx_logits_fn(instance) if isinstance(instance, Decoder) else torch_logits_fn(instance)
+            vocabulary = model.model.get_output_embeddings().out_features
+        logits_fn = onnx_logits_fn(model.model) if isinstance(model.model, Decoder) else torch_logits_fn(model.model)
         if teacher_top1 is None:
             teacher_top1 = top1_predictions(logits_fn, examples, vocabulary=vocabulary)
         row_quality = quality(logits_fn, examples, vocabulary=len(own.kept) if own else vocabulary, own=own,
                               teacher_top1=None if model.name == "teacher" else teacher_top1)
         rows.append({"name": model.name, "runtime": model.runtime, "format": model.format,
                      "precision": model.precision, "target": model.target, "source": str(model.source),
-                     "threads": 1, "quality": row_quality, "reference": model.reference,
-                     "size_bytes": model.size_bytes, "vocabulary": own.coverage if own else None})
-        loaded[model.name] = instance
-    return rows, loaded
+                     "threads": 1, "quality": row_quality, "reference": _reference(model, has_student=has_student),
+                     "size_bytes": _size_bytes(model), "vocabulary": own.coverage if own else None})
+    return rows, {model.name: model.model for model in models}
 
 
 def _artifact_folders(artifacts) -> list[Path]:
