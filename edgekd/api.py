@@ -83,8 +83,9 @@ def _task_of(task: str | None, *sources, hub: bool = False) -> str:
 
 @_libraries_quiet
 def distill(*, teacher: str | tuple | None = None, data: Path | str | list | None = None,
-            out: PathLike | None = None, task: str | None = None, split: str | None = None, recipe: PathLike | None = None, student_layers: str | None = None,
-            student_config: str | None = None, student_init: str | None = None, student: str | None = None,
+            out: PathLike | None = None, task: str | None = None, split: str | None = None,
+            recipe: PathLike | None = None, student_layers: str | None = None, student_config: str | None = None,
+            student_init: str | None = None, student: str | None = None,
             latency_budget_ms: float | None = None, budget_target: str | None = None,
             trim_vocab: bool | None = None, trim_vocab_min_count: int | None = None,
             sequence_length: int | None = None, validation_data: Path | str | list | None = None,
@@ -367,9 +368,10 @@ def export(student: Path | Student, *, out: Path, targets: Sequence[str] | None 
 # ---------------------------------------------------------------------------- bench
 
 @_libraries_quiet
-def bench(*, teacher: str | None = None, data: Path | str | list | None = None, student: Path | Student | None = None,
-          artifacts: Sequence[Path] | None = None, teacher_artifacts: Sequence[Path] | None = None, task: str | None = None,
-          out: PathLike | None = None, split: str | None = None, text_column: str | None = None,
+def bench(*, teacher: str | None = None, data: Path | str | list | None = None,
+          student: Path | Student | None = None, artifacts: Sequence[Path] | None = None,
+          teacher_artifacts: Sequence[Path] | None = None, task: str | None = None, out: PathLike | None = None,
+          split: str | None = None, text_column: str | None = None,
           image_column: str | None = None, label_column: str | None = None, text_pair_column: str | None = None,
           max_length: int | None = None, sequence_length: Sequence[int] | None = None, threads: int | None = None,
           repeats: int | None = None, throughput_batch: int | None = None, memory: bool | None = None,

@@ -42,8 +42,8 @@ def distill(options: dict, *, given: set[str], log: Log):
             given=(options["student_layers"], shape, options["student"]), log=log)
     student_model, student_tokenizer = make_lm_student(
         teacher_model, tokenizer, layers=options["student_layers"], config_spec=shape,
-        model=options["student"], seed=config.seed, probe=probe_batch(examples),  # the probe picks the layers a count drops
-        init=options["student_init"])
+        model=options["student"], seed=config.seed, init=options["student_init"],
+        probe=probe_batch(examples))  # the probe picks the layers a count drops
     vocabulary = shared_vocabulary(teacher_model, tokenizer, student_model, student_tokenizer)
     trim = vocabulary_trim(options["trim_vocab"], options["trim_vocab_min_count"],
                            texts=list(texts) + list(prompts or []), held_out=None, tokenizer=student_tokenizer,
@@ -51,7 +51,8 @@ def distill(options: dict, *, given: set[str], log: Log):
     result = distill_lm(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
                         train=examples, config=config, out=out, vocabulary=vocabulary, trim=trim,
                         overwrite=options["overwrite"], show_progress=not options["quiet"],
-                        resume=options["resume"], cache_root=Path(options["cache_dir"]) if options["cache_dir"] else None)
+                        resume=options["resume"],
+                        cache_root=Path(options["cache_dir"]) if options["cache_dir"] else None)
     if result.student_dir is None:  # rank 0 alone reports under torchrun
         return None
     if result.vocabulary:

@@ -197,8 +197,9 @@ def bench(options: dict, *, artifacts, gates) -> dict:
 
 def classifier_bench_options(options: dict) -> dict:
     """What the bench stage of every classifier reads."""
-    return dict(threads=options["threads"], repeats=options["repeats"], throughput_batch_size=options["throughput_batch"],
-                measure_memory=options["memory"], measure_roofline=options["roofline"], show_progress=not options["quiet"])
+    return dict(threads=options["threads"], repeats=options["repeats"],
+                throughput_batch_size=options["throughput_batch"], measure_memory=options["memory"],
+                measure_roofline=options["roofline"], show_progress=not options["quiet"])
 
 
 def _reference(teacher) -> str:
