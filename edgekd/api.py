@@ -19,7 +19,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Callable, Sequence, Union
 
-from edgekd.errors import UserError, exclusive, first_process
+from edgekd.errors import UserError, exclusive, first_process, refuse_overlap
 from edgekd.results import Report, Student
 from edgekd.tasks import TASKS, check_task, refuse_options_of_other_tasks, resolve, task_of_config
 from edgekd.tasks import causal_lm, image_classification, text_classification
@@ -208,6 +208,9 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
     refuse_options_of_other_tasks("distill", options, task_name)
     names = [name for name in inspect.signature(distill).parameters if name not in ("recipe", "log", "task")]
     resolved = _resolved("distill", task_name, options, names)
+    refuse_overlap(resolved["out"], {"teacher": resolved["teacher"], "student": resolved["student"],
+                                     "data": resolved["data"], "validation data": resolved["validation_data"],
+                                     "recipe": recipe, "cache folder": resolved["cache_dir"]})
     # one writer per out folder, from the first moment: a second run fails at once, not after training
     with exclusive(Path(resolved["out"])) if first_process() else contextlib.nullcontext():
         return PIPELINES[task_name].distill(resolved, given=set(options), log=log or _silent)
@@ -354,6 +357,9 @@ def export(student: Path | Student, *, out: Path, targets: Sequence[str] | None 
     if not 2 <= resolved["max_length"] <= 8192:
         raise UserError(f"--max-length {resolved['max_length']} is out of range; choose 2 to 8192")
     check_request(student, chosen, out, overwrite=resolved["overwrite"], task=task_name)
+    for target in chosen:  # only OUT/<target> is written: it must not overlap what the export reads
+        refuse_overlap(out / target.name, {"student": student, "data": resolved["data"],
+                                           "calibration data": resolved["calibration_data"]})
     check_choices(list(resolved["verify"]))
     pipeline = PIPELINES[task_name]
     with contextlib.ExitStack() as locks:  # one writer per target folder, from the first moment

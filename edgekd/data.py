@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -116,7 +117,8 @@ def _read_file(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            with path.open(newline="", encoding="utf-8") as handle:
+            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one long article is one field
+            with path.open(newline="", encoding="utf-8-sig") as handle:  # a byte-order mark is not a column name
                 return list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
         if suffix in (".jsonl", ".json"):
             return _read_jsonl(path)
@@ -125,7 +127,7 @@ def _read_file(path: Path) -> list[dict]:
 
             return parquet.read_table(path).to_pylist()
         if suffix == ".txt":
-            return [{"text": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return [{"text": line} for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not valid UTF-8 text (byte {error.start}); "
                         "re-save it as UTF-8") from error
@@ -198,7 +200,7 @@ def _with_label_names(dataset) -> list[dict]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

@@ -58,8 +58,9 @@ def load_model(name_or_path: str | Path, *, task: str, role: str = "teacher", tr
                         "pass a model folder or a hub id you can reach") from error
     _check_task(config, task=task, role=role, source=source)
     try:
-        model = getattr(transformers, TASKS[task].auto_class).from_pretrained(
-            source, attn_implementation="eager", trust_remote_code=trust_remote_code, dtype=dtype)
+        model, loading = getattr(transformers, TASKS[task].auto_class).from_pretrained(
+            source, attn_implementation="eager", trust_remote_code=trust_remote_code, dtype=dtype,
+            output_loading_info=True)
         tokenizer = load_preprocessor(source, task=task, trust_remote_code=trust_remote_code)
     except pickle.UnpicklingError as error:
         raise UserError(f"{role} '{source}' stores its weights as a pickle that holds more than "
@@ -68,7 +69,20 @@ def load_model(name_or_path: str | Path, *, task: str, role: str = "teacher", tr
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise UserError(f"cannot load {role} from '{source}': {first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error
+    if TASKS[task].contract == "classifier":
+        _check_head(model, loading, role=role, source=source)
     return model.eval(), tokenizer
+
+
+def _check_head(model: nn.Module, loading: dict, *, role: str, source: str) -> None:
+    """A classifier whose head the checkpoint lacks (saved from the base model, the usual
+    mistake) would teach or be measured with random logits: refused by name."""
+    prefix = f"{model.base_model_prefix}."
+    missing = sorted(key for key in loading.get("missing_keys", ()) if not key.startswith(prefix))
+    if missing:
+        raise UserError(f"{role} '{source}' has no weights for its classification head ({', '.join(missing[:3])}): "
+                        "it was saved from the base model, so its logits would be random; fine-tune it for "
+                        "classification first and pass that folder")
 
 
 def load_preprocessor(source: str | Path, *, task: str, trust_remote_code: bool = False):

@@ -98,6 +98,10 @@ def read_texts(source, *, text_column: str = "text", prompt_column: str | None =
         if column not in rows[0]:
             raise UserError(f"{source} has no column '{column}' (columns: {', '.join(map(str, rows[0]))}); "
                             "pass --text-column/--prompt-column")
+    for number, row in enumerate(rows, start=1):
+        if row[text_column] is None or not str(row[text_column]).strip():
+            raise UserError(f"{source}, row {number}: column '{text_column}' is empty; remove the row or fill in "
+                            "its text")
     texts = [str(row[text_column]) for row in rows]
     prompts = [str(row[prompt_column] or "") for row in rows] if prompt_column else None
     return texts, prompts

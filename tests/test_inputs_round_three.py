@@ -1,0 +1,76 @@
+"""Faults a new user met (round three of bad inputs): data lost, input read wrong, valid
+input refused. Each is one actionable line, or the input read as the user meant it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from conftest import assert_clean_error, make_classifier, make_rows, make_tokenizer, run_cli, write_jsonl
+
+
+def _digest(folder) -> str:
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file())).hexdigest()
+
+
+def test_distill_never_writes_over_its_own_teacher(teacher_dir, train_file, tmp_path):
+    before = _digest(teacher_dir)
+    for out in (teacher_dir, teacher_dir.parent):
+        result = run_cli("distill", "--teacher", teacher_dir, "--data", train_file, "--out", out, "--overwrite",
+                         "--student-layers", "1", "--epochs", "1", "--quiet")
+        assert_clean_error(result, "must not overlap what the run reads")
+    assert _digest(teacher_dir) == before
+
+
+def test_distill_never_writes_over_its_data(teacher_dir, tmp_path):
+    (tmp_path / "runs").mkdir()
+    data = write_jsonl(make_rows(40), tmp_path / "runs" / "train.jsonl")
+    result = run_cli("distill", "--teacher", teacher_dir, "--data", data, "--out", tmp_path / "runs", "--overwrite",
+                     "--student-layers", "1", "--quiet")
+    assert_clean_error(result, "--out .* holds the data")
+    assert data.is_file()
+
+
+def test_export_never_writes_inside_its_student(student_dir):
+    before = _digest(student_dir)
+    result = run_cli("export", student_dir, "--target", "onnx-fp32", "--out", student_dir)
+    assert_clean_error(result, "lies inside the student")
+    assert _digest(student_dir) == before
+
+
+def test_a_csv_with_a_byte_order_mark_and_a_long_field_reads_as_written(tmp_path):
+    from edgekd.data import read_rows
+
+    long_text = "word " * 40_000  # 200 kB in one field, past csv's default limit
+    path = tmp_path / "excel.csv"
+    path.write_text(f"text,label\n{long_text},positive\nshort,negative\n", encoding="utf-8-sig")
+    rows = read_rows(path)
+    assert list(rows[0]) == ["text", "label"] and rows[0]["text"] == long_text and rows[1]["label"] == "negative"
+
+
+def test_a_causal_lm_text_that_is_null_is_refused_by_row(tmp_path):
+    from edgekd.errors import UserError
+    from edgekd.lm.data import read_texts
+
+    path = tmp_path / "texts.jsonl"
+    path.write_text(json.dumps({"text": "a real text"}) + "\n" + json.dumps({"text": None}) + "\n")
+    try:
+        read_texts(path)
+    except UserError as error:
+        assert "row 2: column 'text' is empty" in str(error)
+    else:
+        raise AssertionError("a null text was read as a text")
+
+
+def test_a_teacher_saved_without_its_head_is_refused_by_name(train_file, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    teacher = tmp_path / "base-checkpoint"
+    make_classifier("bert", layers=2).save_pretrained(teacher)
+    make_tokenizer().save_pretrained(teacher)
+    weights = load_file(teacher / "model.safetensors")
+    save_file({name: value for name, value in weights.items() if name.startswith("bert.")},
+              teacher / "model.safetensors", metadata={"format": "pt"})
+    result = run_cli("distill", "--teacher", teacher, "--data", train_file, "--out", tmp_path / "s", "--quiet")
+    assert_clean_error(result, "no weights for its classification head \\(classifier.bias, classifier.weight\\)")
+    assert not (tmp_path / "s").exists()
