@@ -74,3 +74,42 @@ def test_a_teacher_saved_without_its_head_is_refused_by_name(train_file, tmp_pat
     result = run_cli("distill", "--teacher", teacher, "--data", train_file, "--out", tmp_path / "s", "--quiet")
     assert_clean_error(result, "no weights for its classification head \\(classifier.bias, classifier.weight\\)")
     assert not (tmp_path / "s").exists()
+
+
+def _read_one(path):
+    from edgekd.vision.data import decode
+
+    return decode(path, path.name)
+
+
+def test_a_16_bit_picture_keeps_its_grey_levels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "scan.png"
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(path)  # mid-grey in 16 bits
+    picture = _read_one(path)
+    assert picture.mode == "L" and abs(int(np.asarray(picture).mean()) - 128) <= 1  # not clipped to white
+
+
+def test_an_exif_rotated_photo_is_read_upright(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: a viewer turns it 90 degrees
+    Image.new("RGB", (40, 20), "red").save(path, exif=exif)
+    assert _read_one(path).size == (20, 40)
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    import pytest
+    from PIL import Image
+
+    from edgekd.errors import UserError
+
+    path = tmp_path / "huge.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: past twice the limit
+    with pytest.raises(UserError, match="huge.png is too large to read safely"):
+        _read_one(path)

@@ -64,19 +64,38 @@ def _describe(image, source: str, row: int) -> str:
 def decode(image, name: str):
     """A PIL image from a path, encoded bytes or an array; one line naming the image if it
     cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(image, np.ndarray):
         return Image.fromarray(image)
     try:
-        with Image.open(image if isinstance(image, Path) else io.BytesIO(image)) as opened:
-            opened.load()
-            return opened.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large but within the limit
+            with Image.open(image if isinstance(image, Path) else io.BytesIO(image)) as opened:
+                opened.load()
+                return _eight_bit(ImageOps.exif_transpose(opened))  # as a photo viewer shows it
     except FileNotFoundError as error:
         raise UserError(f"image {name} does not exist; fix the path or remove the row") from error
+    except Image.DecompressionBombError as error:
+        raise UserError(f"image {name} is too large to read safely ({str(error).splitlines()[0][:120]}); "
+                        "resize it or remove it") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise UserError(f"image {name} cannot be read ({str(error).splitlines()[0][:120]}); "
                         "replace or remove the file") from error
+
+
+def _eight_bit(picture):
+    """A 16- or 32-bit single-channel picture scaled to 8 bits over its own range (Pillow's
+    conversion clips it: a 16-bit scan would arrive almost white); others as they are."""
+    from PIL import Image
+
+    if picture.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return picture
+    values = np.asarray(picture, dtype=np.float64)
+    top = 65535.0 if picture.mode.startswith("I;16") or values.max() > 255 else (1.0 if values.max() <= 1 else 255.0)
+    return Image.fromarray(np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8), "L")
 
 
 def load_images(source: Path | str, *, label2id: dict[str, int] | None, image_column: str | None = None,
