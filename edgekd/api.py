@@ -362,10 +362,16 @@ def export(student: Path | Student, *, out: Path, targets: Sequence[str] | None 
                                            "calibration data": resolved["calibration_data"]})
     check_choices(list(resolved["verify"]))
     pipeline = PIPELINES[task_name]
-    with contextlib.ExitStack() as locks:  # one writer per target folder, from the first moment
-        for target in chosen:
-            locks.enter_context(exclusive(out / target.name))
-        artifacts = pipeline.export(student, targets=chosen, out=out, options=resolved, log=log or _silent)
+    created = not out.exists()
+    try:
+        with contextlib.ExitStack() as locks:  # one writer per target folder, from the first moment
+            for target in chosen:
+                locks.enter_context(exclusive(out / target.name))
+            artifacts = pipeline.export(student, targets=chosen, out=out, options=resolved, log=log or _silent)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed export leaves no empty --out folder of its own making
+        raise
     if log is not None:
         pipeline.show_export(artifacts, out=out, checked=resolved["data"] is not None, log=log)
     return artifacts

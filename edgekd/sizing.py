@@ -210,6 +210,10 @@ def sized_spec(teacher: nn.Module, tokenizer, *, task: str, budget_ms: float, ta
 
     if not budget_ms > 0:
         raise UserError(f"--latency-budget-ms must be positive, got {budget_ms}")
+    positions = getattr(teacher.config, "max_position_embeddings", None) or sequence_length
+    if not 2 <= sequence_length <= positions:
+        raise UserError(f"--sequence-length {sequence_length} is out of range for this teacher; choose 2 to "
+                        f"{positions} tokens (its positions)")
     (target,) = load_targets_for([target_name], task)
     if target.format != "onnx" or target.precision not in BUDGET_PRECISIONS:
         raise UserError(f"--budget-target {target_name} is a {target.format} {target.precision} target; a latency "

@@ -113,3 +113,21 @@ def test_a_decompression_bomb_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: past twice the limit
     with pytest.raises(UserError, match="huge.png is too large to read safely"):
         _read_one(path)
+
+
+def test_a_refused_tokenizer_leaves_no_folder_behind(tmp_path):
+    from lm_tiny import make_byte_level_tokenizer
+
+    student = tmp_path / "student"
+    make_classifier("roberta", layers=2, vocab_size=300).save_pretrained(student)
+    make_byte_level_tokenizer().save_pretrained(student)
+    result = run_cli("export", student, "--target", "onnx-fp32", "--with-tokenizer", "--out", tmp_path / "out")
+    assert_clean_error(result, "--with-tokenizer: the student's tokenizer .* cannot be reproduced")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_latency_budget_at_an_impossible_sequence_length_is_one_line(teacher_dir, train_file, tmp_path):
+    for length in ("-5", "100000"):
+        result = run_cli("distill", "--teacher", teacher_dir, "--data", train_file, "--out", tmp_path / "s",
+                         "--latency-budget-ms", "5", "--sequence-length", length)
+        assert_clean_error(result, f"--sequence-length {length} is out of range for this teacher; choose 2 to 130")

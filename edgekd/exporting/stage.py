@@ -92,6 +92,10 @@ def export(student_dir: Path, *, targets: list[Target], out: Path, overwrite: bo
     if exporter is not None:
         targets = [replace(target, exporter=exporter) for target in targets]
     model, tokenizer = load_model(student_dir, task=task, role="student")
+    if with_tokenizer:  # a tokenizer the operators cannot reproduce is refused before any work
+        from edgekd.exporting.tokenizer_graph import wordpiece_settings
+
+        wordpiece_settings(tokenizer)
     inputs = (PixelInputs.of(model, tokenizer) if TASKS[task].inputs == "pixels"
               else TokenInputs(tokenizer, input_names_of(model, tokenizer), max_length))
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as scratch:
