@@ -92,17 +92,16 @@ def _locked(path: Path, *, folder: Path, wait: bool, what: str) -> int:
 
 
 def refuse_overlap(out: Path, inputs: dict[str, object], *, option: str = "--out") -> None:
-    """One line when the output folder is, holds or lies inside an input of the same run (a
-    teacher, student, data or cache folder or file): writing it, with --overwrite above all,
-    would replace what the run reads. Inputs that are not paths on disk (hub ids, data in
-    memory) cannot overlap and are passed over."""
+    """One line when the output folder is or holds an input of the same run (a teacher, student,
+    data or cache folder or file): replacing it, as --overwrite does, would delete what the run
+    reads. Inputs that are not paths on disk (hub ids, data in memory) are passed over."""
     target = Path(out).expanduser().resolve()
     for name, value in inputs.items():
         if not isinstance(value, (str, os.PathLike)) or not Path(value).expanduser().exists():
             continue
         source = Path(value).expanduser().resolve()
-        if source == target or target in source.parents or source in target.parents:
-            where = ("is" if source == target else "holds" if target in source.parents else "lies inside")
+        if source == target or target in source.parents:
+            where = "is" if source == target else "holds"
             raise UserError(f"{option} {out} {where} the {name} {value}; an output folder must not overlap what "
                             f"the run reads: choose another {option}")
 

@@ -31,11 +31,14 @@ def test_distill_never_writes_over_its_data(teacher_dir, tmp_path):
     assert data.is_file()
 
 
-def test_export_never_writes_inside_its_student(student_dir):
-    before = _digest(student_dir)
-    result = run_cli("export", student_dir, "--target", "onnx-fp32", "--out", student_dir)
-    assert_clean_error(result, "lies inside the student")
-    assert _digest(student_dir) == before
+def test_export_never_writes_over_its_student(student_dir, tmp_path):
+    import shutil
+
+    student = shutil.copytree(student_dir, tmp_path / "onnx-fp32")  # a student folder named like a target
+    before = _digest(student)
+    result = run_cli("export", student, "--target", "onnx-fp32", "--out", tmp_path, "--overwrite")
+    assert_clean_error(result, "onnx-fp32 is the student")
+    assert _digest(student) == before
 
 
 def test_a_csv_with_a_byte_order_mark_and_a_long_field_reads_as_written(tmp_path):
