@@ -191,10 +191,27 @@ def select_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     student.config.num_hidden_layers = len(layers)
     if getattr(student.config, "num_hidden_groups", None) is not None:  # ALBERT, one group per layer
         student.config.num_hidden_groups = len(layers)
-    if getattr(student.config, "layer_types", None):  # decoders mixing full and sliding attention
-        student.config.layer_types = [student.config.layer_types[i] for i in layers]
+    _cut_per_layer_fields(student.config, layers, total=len(layer_list))
     student.config.edgekd_source_layers = list(layers)
     return student
+
+
+PER_LAYER = {"layer_types", "attention_window", "layers_block_type", "no_rope_layers"}  # known to be per layer
+NOT_PER_LAYER = {"architectures", "hidden_sizes", "depths", "out_features", "out_indices", "stage_names",
+                 "pos_att_type"}
+
+
+def _cut_per_layer_fields(config, layers: list[int], *, total: int) -> None:
+    """Config fields with one entry per layer follow the kept layers (Longformer's
+    `attention_window`, the full/sliding `layer_types` of Gemma 2/3, Qwen3 and others), or the
+    student's config would describe the teacher's depth and not load again. Besides the fields
+    known to be per layer, any list as long as the layers is taken for one from three layers on
+    (two entries are too often something else, such as DeBERTa's `pos_att_type`)."""
+    for name, value in list(config.to_dict().items()):
+        if not isinstance(value, (list, tuple)) or len(value) != total or name in NOT_PER_LAYER:
+            continue
+        if name in PER_LAYER or total >= 3:
+            setattr(config, name, type(value)(value[i] for i in layers))
 
 
 def _fewer_repeats(teacher: nn.Module, layers: list[int]) -> nn.Module:

@@ -134,3 +134,38 @@ def test_a_latency_budget_at_an_impossible_sequence_length_is_one_line(teacher_d
         result = run_cli("distill", "--teacher", teacher_dir, "--data", train_file, "--out", tmp_path / "s",
                          "--latency-budget-ms", "5", "--sequence-length", length)
         assert_clean_error(result, f"--sequence-length {length} is out of range for this teacher; choose 2 to 130")
+
+
+def test_a_layer_cut_keeps_per_layer_config_fields_with_the_kept_layers(tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from edgekd.models import select_layers
+
+    config = AutoConfig.for_model("longformer", num_hidden_layers=4, hidden_size=32, num_attention_heads=4,
+                                  intermediate_size=64, vocab_size=80, max_position_embeddings=130,
+                                  attention_window=[4, 8, 12, 16], num_labels=3, pad_token_id=0)
+    teacher = AutoModelForSequenceClassification.from_config(config).eval()
+    student = select_layers(teacher, [0, 3])
+    assert student.config.attention_window == [4, 16] and student.config.num_hidden_layers == 2
+    student.save_pretrained(tmp_path / "student")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")  # loads again
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, student(input_ids=ids).logits)
+
+
+def test_an_operation_count_that_fails_costs_the_report_nothing(teacher_dir, student_dir, tmp_path, monkeypatch):
+    import edgekd
+    import edgekd.benchmarking.roofline as roofline
+
+    def broken(model, feeds):
+        raise AttributeError("'NoneType' object has no attribute 'next_functions'")
+
+    monkeypatch.setattr(roofline, "torch_operations", broken)
+    report = edgekd.bench(teacher=str(teacher_dir), student=student_dir, data=make_rows(24, seed=3),
+                          out=tmp_path / "bench", max_length=32, sequence_length=[32], repeats=2,
+                          throughput_batch=0, memory=False, quiet=True, log=None)
+    assert (tmp_path / "bench" / "report.json").is_file() and (tmp_path / "bench" / "report.md").is_file()
+    assert all(row["efficiency"] is None for row in report.rows)
+    assert "operation count of teacher not measured: 'NoneType' object has no attribute" in " ".join(
+        report.data["warnings"])

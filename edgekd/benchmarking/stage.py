@@ -32,7 +32,7 @@ from edgekd.benchmarking.memory import MemoryProbe, meanwhile
 from edgekd.benchmarking.report import SCHEMA_VERSION, add_same_target_speedups
 from edgekd.benchmarking.runtimes import Candidate, Unavailable, artifact_candidate, runner, text_candidate, torch_candidate
 from edgekd.data import TextDataset
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 from edgekd.manifest import artifact_folders, read_manifest
 from edgekd.models import count_parameters, load_model
 from edgekd.progress import progress_bar
@@ -116,7 +116,7 @@ def bench(*, teacher: str | Path, student: Path | None, artifacts: Path | Sequen
                        "labels": data.label_names},
               "settings": {**_settings_record(settings, candidates), **feeds.settings_record()},
               "peak": measurement["peaks"], "skipped": skipped}
-    report["warnings"] = _warnings(report)
+    report["warnings"] = _warnings(report) + measurement["not_measured"]
     report["gates"] = check_gates(rows, gates)
     return report
 
@@ -184,13 +184,16 @@ def _measure(candidates: list[Candidate], *, feeds, settings: BenchSettings,
     logits, memory = meanwhile(probes, lambda: _all_logits(candidates, feeds=feeds, show_progress=show_progress))
     latency, batch_seconds = _time_all(candidates, feeds=feeds, latency_feeds=latency_feeds, settings=settings,
                                        show_progress=show_progress)
-    operations, peaks = ({}, {})
-    if settings.roofline:
-        operations = {c.name: _operations(c, latency_feeds[headline][c.name]) for c in candidates}
-        peaks = {str(threads): roofline.matmul_peak(threads=threads, cache_folder=_cache(cache_folder))
+    operations, peaks, not_measured = {}, {}, []
+    if settings.roofline:  # optional: a model whose operations cannot be counted loses its efficiency only
+        operations = {c.name: _optional(lambda c=c: _operations(c, latency_feeds[headline][c.name]),
+                                        f"operation count of {c.name}", not_measured) for c in candidates}
+        peaks = {str(threads): _optional(lambda t=threads: roofline.matmul_peak(threads=t,
+                                                                                cache_folder=_cache(cache_folder)),
+                                         f"matrix-multiply peak at {threads} thread(s)", not_measured)
                  for threads in sorted({c.threads for c in candidates})}
     return {"logits": logits, "memory": memory, "latency": latency, "batch_seconds": batch_seconds,
-            "operations": operations, "peaks": peaks, "machine": machine,
+            "operations": operations, "peaks": peaks, "not_measured": not_measured, "machine": machine,
             "throughput_batch_size": settings.throughput_batch_size, "headline": headline}
 
 
@@ -320,10 +323,19 @@ def _row(candidate: Candidate, *, measurement: dict, labels: np.ndarray, has_stu
 
 def _efficiency(measurement: dict, candidate: Candidate, seconds: float) -> dict | None:
     operations = measurement["operations"].get(candidate.name)
-    if operations is None:
+    peak = measurement["peaks"].get(str(candidate.threads))
+    if operations is None or peak is None:
         return None
-    peak = measurement["peaks"][str(candidate.threads)]
     return roofline.efficiency(operations, seconds=seconds, peak=peak)
+
+
+def _optional(measure, what: str, not_measured: list[str]):
+    """An optional measurement, or None with one line saying why: it never costs the report."""
+    try:
+        return measure()
+    except Exception as error:  # noqa: BLE001 - any library failure; the rest of the bench stands
+        not_measured.append(f"{what} not measured: {first_line(error)[:200]}")
+        return None
 
 
 def _parameters(candidate: Candidate) -> int | None:
