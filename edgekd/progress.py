@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -19,9 +20,15 @@ console = Console(stderr=True)
 @contextmanager
 def progress_bar(description: str, *, total: int, enabled: bool = True
                  ) -> Iterator[Callable[..., None]]:
-    """Yield `advance(n, **fields)`; fields (loss, lr, ...) are shown after the bar."""
+    """Yield `advance(n, **fields)`; fields (loss, lr, ...) are shown after the bar. When stderr
+    is not a terminal (CI, nohup, a job scheduler) a bar cannot redraw: a plain line with the
+    count, the rate and the time left is printed every LOG_EVERY seconds and at the end."""
     if not enabled:
         yield lambda n=1, **fields: None
+        return
+    if not console.is_terminal:
+        with plain_progress(description, total=total) as advance:
+            yield advance
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
@@ -35,6 +42,47 @@ def progress_bar(description: str, *, total: int, enabled: bool = True
             progress.update(task, advance=n, **({"info": info} if fields else {}))
 
         yield advance
+
+
+LOG_EVERY = 10.0  # seconds between plain progress lines in a log
+
+
+@contextmanager
+def plain_progress(description: str, *, total: int, clock: Callable[[], float] = time.monotonic,
+                   write: Callable[[str], None] | None = None) -> Iterator[Callable[..., None]]:
+    """Progress as log lines: `description: done/total (percent), rate/s, ETA, fields`."""
+    write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+    started = last = clock()
+    state = {"done": 0, "fields": ""}
+
+    def line() -> str:
+        elapsed = max(clock() - started, 1e-9)
+        rate = state["done"] / elapsed
+        left = (total - state["done"]) / rate if rate > 0 and total else float("nan")
+        eta = "" if left != left else f", ETA {_duration(left)}"
+        share = f" ({100 * state['done'] / total:.0f}%)" if total else ""
+        fields = f"  {state['fields']}" if state["fields"] else ""
+        return (f"{description}: {state['done']}/{total}{share}, {rate:,.1f}/s{eta}, "
+                f"{_duration(elapsed)} elapsed{fields}")
+
+    def advance(n: int = 1, **fields) -> None:
+        nonlocal last
+        state["done"] += n
+        if fields:
+            state["fields"] = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in fields.items())
+        if clock() - last >= LOG_EVERY:
+            last = clock()
+            write(line())
+
+    yield advance
+    write(line())
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
 _library_output = {"shown": False}  # `edgekd --debug` shows what libraries print
