@@ -57,10 +57,13 @@ def _libraries_quiet(function):
     return quiet
 
 
-def _resolved(command: str, task: str, given: dict, names: Sequence[str]) -> dict:
-    """Every option by name: given, else the task's default, else the command's, else None."""
+def _resolved(function: Callable, task: str, given: dict) -> dict:
+    """Every option of `function` by name: given, else the task's default, else the command's,
+    else None (the task's config holds it)."""
+    command = function.__name__
     defaults = {**DEFAULTS[command], **TASKS[task].defaults.get(command, {})}
-    return {name: given[name] if name in given else defaults.get(name) for name in names}
+    return {name: given[name] if name in given else defaults.get(name)
+            for name in inspect.signature(function).parameters if name != "log"}
 
 
 def _given(values: dict) -> dict:
@@ -206,8 +209,7 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
             raise UserError(f"--{name} is required (give it as a flag or in the --recipe file)")
     task_name = _task_of(options.get("task"), options["teacher"], hub=True)
     refuse_options_of_other_tasks("distill", options, task_name)
-    names = [name for name in inspect.signature(distill).parameters if name not in ("recipe", "log", "task")]
-    resolved = _resolved("distill", task_name, options, names)
+    resolved = _resolved(distill, task_name, options)
     refuse_overlap(resolved["out"], {"teacher": resolved["teacher"], "student": resolved["student"],
                                      "data": resolved["data"], "validation data": resolved["validation_data"],
                                      "recipe": recipe, "cache folder": resolved["cache_dir"]})
@@ -349,10 +351,8 @@ def export(student: Path | Student, *, out: Path, targets: Sequence[str] | None 
     student, out = _folder(student), Path(out)
     options = {**_given(locals()), "student": student}
     task_name = _task_of(task, student)
-    given = set(options) - {"student", "out", "task"}
-    refuse_options_of_other_tasks("export", given, task_name)
-    resolved = _resolved("export", task_name, options, [n for n in inspect.signature(export).parameters
-                                                      if n not in ("student", "out", "task", "log")])
+    refuse_options_of_other_tasks("export", options, task_name)
+    resolved = _resolved(export, task_name, options)
     chosen = load_targets_for(list(resolved["targets"]), task_name)
     if not 2 <= resolved["max_length"] <= 8192:
         raise UserError(f"--max-length {resolved['max_length']} is out of range; choose 2 to 8192")
@@ -448,14 +448,12 @@ def bench(*, teacher: str | None = None, data: Path | str | list | None = None,
         raise UserError("bench measures the teacher's own files (its memory in a child process): pass the "
                         "teacher's folder, hub id or .gguf file, not a loaded model")
     task_name = _task_of(task, student, teacher, hub=True)
-    refuse_options_of_other_tasks("bench", set(options) - {"teacher", "data", "task"}, task_name)
-    resolved = _resolved("bench", task_name, options, [n for n in inspect.signature(bench).parameters
-                                                     if n not in ("task", "log")])
-    resolved["student"] = student
+    refuse_options_of_other_tasks("bench", options, task_name)
+    resolved = _resolved(bench, task_name, options)
     gates = GateLimits(max_accuracy_drop=max_accuracy_drop, max_perplexity_ratio=max_perplexity_ratio,
                        max_latency_ms=max_latency_ms, max_size_mb=max_size_mb)
     folder = Path(out or (artifacts[0] if artifacts else "runs/bench"))
-    folders = [Path(a) for a in artifacts or []] + _teacher_exports(teacher_artifacts or [], teacher=teacher)
+    folders = list(artifacts or []) + _teacher_exports(teacher_artifacts or [], teacher=teacher)
     plot = resolved["plot"] and TASKS[task_name].contract == "classifier"
     with exclusive(folder, what="bench report folder"):  # one bench writes a report folder at a time
         report = PIPELINES[task_name].bench(resolved, artifacts=folders or None, gates=gates)
@@ -478,8 +476,6 @@ def _teacher_exports(roots: list, *, teacher) -> list[Path]:
     from edgekd.lm.models import dequantised_gguf
     from edgekd.manifest import artifact_folders, origin_of, read_manifest
 
-    if roots and isinstance(teacher, tuple):
-        raise UserError("teacher_artifacts are checked against the teacher's folder; pass the teacher as a path")
     reference = dequantised_gguf(Path(teacher)) if str(teacher).lower().endswith(".gguf") else Path(teacher)
     folders = [folder for root in roots for folder in artifact_folders(Path(root))]
     for folder in folders:
@@ -517,9 +513,8 @@ def demo(*, task: str | None = None, out: Path | None = None, epochs: int | None
     """
     options = _given(locals())
     task_name = check_task(task or text_classification.NAME).name
-    refuse_options_of_other_tasks("demo", set(options) - {"task", "out", "epochs", "max_steps", "quiet"}, task_name)
-    resolved = _resolved("demo", task_name, options, [n for n in inspect.signature(demo).parameters
-                                                    if n not in ("task", "log")])
+    refuse_options_of_other_tasks("demo", options, task_name)
+    resolved = _resolved(demo, task_name, options)
     resolved["out"] = Path(resolved["out"])
     with exclusive(resolved["out"], what="demo folder"):  # one demo writes a folder at a time, from the first moment
         PIPELINES[task_name].demo(resolved, log=log or _silent)

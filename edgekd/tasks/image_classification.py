@@ -8,13 +8,11 @@ option by name, defaults filled in; `given`: the names given) and returns their 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from edgekd.tasks import IMAGE_CLASSIFICATION
+from edgekd.tasks import IMAGE_CLASSIFICATION, text_classification
 from edgekd.tasks.shared import (Log, check_writable, classifier_student, held_out, judge_student, label2id_of,
-                                 student_lr)
-from edgekd.tasks import text_classification
+                                 saved_label2id, student_lr)
 from edgekd.tasks.text_classification import classifier_bench_options, classifier_export
 
 NAME = IMAGE_CLASSIFICATION.name
@@ -47,10 +45,11 @@ def distill(options: dict, *, given: set[str], log: Log):
     if spec:
         config = student_lr(config, random_init=not sliced, given=given, log=log,
                             reshaped=any(key in parse_image_spec(spec) for key in WIDTH_KEYS))
-    train = read_images(options["data"], label2id=label2id_of(teacher_model), options=options,
-                        split=options["split"], default_split="train")
+    label2id = label2id_of(teacher_model)
+    train = read_images(options["data"], label2id=label2id, options=options, split=options["split"],
+                        default_split="train")
     validation, train = held_out(train, options=options, config=config, read=lambda source, split: read_images(
-        source, label2id=label2id_of(teacher_model), options=options, split=split, default_split="validation"))
+        source, label2id=label2id, options=options, split=split, default_split="validation"))
     student_model, student_processor = make_image_student(
         teacher_model, processor, layers=options["student_layers"], config_spec=spec,
         model=options["student"], seed=config.seed, trust_remote_code=options["trust_remote_code"],
@@ -76,14 +75,9 @@ def read_images(source, *, label2id, options: dict, split, default_split: str, l
                        default_split=default_split, show_progress=not options["quiet"])
 
 
-def _student_labels(student: Path) -> dict[str, int]:
-    config = json.loads((Path(student) / "config.json").read_text())
-    return {str(name): int(index) for index, name in (config.get("id2label") or {}).items()}
-
-
 def export(student: Path, *, targets, out: Path, options: dict, log: Log):
     """The classifiers' export stage over pictures (static int8 calibrated on them)."""
-    labels = _student_labels(student)
+    labels = saved_label2id(student)
     validation = read_images(options["data"], label2id=labels, options=options, split=options["split"],
                              default_split="validation")
     calibration = read_images(options["calibration_data"], label2id=labels, options=options, split=None,

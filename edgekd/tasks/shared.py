@@ -118,3 +118,12 @@ def check_writable(out, *, overwrite: bool) -> None:
 
 def label2id_of(model) -> dict[str, int]:
     return {str(name): int(i) for i, name in model.config.id2label.items()}
+
+
+def saved_label2id(folder) -> dict[str, int]:
+    """The label names of the model saved in `folder` (its config.json), without loading it."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return {str(name): int(index) for index, name in (config.get("id2label") or {}).items()}

@@ -3,7 +3,8 @@
 every classifier shares (edgekd/training/train.py, edgekd/exporting/stage.py, edgekd/benchmarking/stage.py).
 
 Each function takes the options as `edgekd.distill/export/bench` hold them (`options`: every
-option by name, None where not given; `given`: the names given) and returns their result."""
+option by name, defaults filled in, None where the task's config holds the default; `given`:
+the names given) and returns their result."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from edgekd.errors import UserError
 from edgekd.tasks import TEXT_CLASSIFICATION
 from edgekd.tasks.shared import (Log, check_writable, classifier_student, held_out, judge_student, label2id_of,
-                                 sized_student_config, student_lr, vocabulary_trim)
+                                 saved_label2id, sized_student_config, student_lr, vocabulary_trim)
 
 NAME = TEXT_CLASSIFICATION.name
 
@@ -136,12 +137,9 @@ def read_data(source, *, student: Path, options: dict, split: str | None, label:
     """Export's data read with the student's label names, or None when none was given."""
     if source is None:
         return None
-    import json
-
     from edgekd.data import load_file
 
-    config = json.loads((Path(student) / "config.json").read_text())
-    label2id = {str(name): int(index) for index, name in (config.get("id2label") or {}).items()}
+    label2id = saved_label2id(student)
     columns = _columns(options, label=label)
     default = "validation" if columns.label else "train"
     return load_file(source, columns=columns, label2id=label2id, split=split if columns.label else None,
@@ -159,7 +157,6 @@ def export(student: Path, *, targets, out: Path, options: dict, log: Log):
 
 def classifier_export(student: Path, *, targets, out: Path, options: dict, validation, calibration, task: str):
     """edgekd/exporting/stage.py for a classifier of text or images."""
-    from edgekd.errors import UserError
     from edgekd.exporting.stage import export as run_export
     from edgekd.targets import EXPORTERS
 
