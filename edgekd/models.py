@@ -67,6 +67,8 @@ def load_model(name_or_path: str | Path, *, task: str, role: str = "teacher", tr
                         "tensors; edgekd never runs such files: convert the weights to "
                         "safetensors from a source you trust") from error
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        if "ignore_mismatched_sizes" in str(error):
+            _refuse_mismatched_weights(source, task=task, role=role, trust_remote_code=trust_remote_code)
         raise UserError(f"cannot load {role} from '{source}': {first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error
     if TASKS[task].contract == "classifier":
@@ -83,6 +85,26 @@ def _check_head(model: nn.Module, loading: dict, *, role: str, source: str) -> N
         raise UserError(f"{role} '{source}' has no weights for its classification head ({', '.join(missing[:3])}): "
                         "it was saved from the base model, so its logits would be random; fine-tune it for "
                         "classification first and pass that folder")
+
+
+def _refuse_mismatched_weights(source: str, *, task: str, role: str, trust_remote_code: bool) -> None:
+    """Weights whose shapes differ from the config's (a head for 3 labels beside an id2label of 2):
+    refused naming the weight, both shapes and the config field to fix."""
+    import transformers
+
+    from edgekd.tasks import TASKS
+
+    model, loading = getattr(transformers, TASKS[task].auto_class).from_pretrained(
+        source, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, output_loading_info=True)
+    if not loading.get("mismatched_keys"):
+        return
+    key, saved, expected = max(sorted(loading["mismatched_keys"]), key=lambda item: len(item[1]))
+    if TASKS[task].contract == "classifier" and not key.startswith(f"{model.base_model_prefix}."):
+        raise UserError(f"{role} '{source}': its classification head was trained on {saved[0]} labels "
+                        f"({key} has shape {list(saved)}) but config.json's id2label names {expected[0]}; "
+                        "make id2label and label2id name every label the head was trained on")
+    raise UserError(f"{role} '{source}': the weight {key} has shape {list(saved)} but config.json makes it "
+                    f"{list(expected)}; save the config with the weights it was trained with")
 
 
 def load_preprocessor(source: str | Path, *, task: str, trust_remote_code: bool = False):
@@ -229,6 +251,24 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def student_from_config(teacher: nn.Module, config, **options) -> nn.Module:
+    """A randomly initialised student of the teacher's class. A config the class cannot build, or
+    one that makes a student larger than its teacher, is refused in one line before any memory
+    is spent (the probe is built on the meta device, outside the random stream)."""
+    kind = type(teacher)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            probe = kind._from_config(copy.deepcopy(config), **options)
+    except Exception as error:  # noqa: BLE001 - any architecture's own shape check
+        raise UserError(f"--student-config makes a {kind.__name__} its code cannot build "
+                        f"({first_line(error)[:160]}); choose other values") from error
+    size, limit = count_parameters(probe), count_parameters(teacher)
+    if size > limit:
+        raise UserError(f"--student-config makes a student of {size:,} parameters, more than the teacher's "
+                        f"{limit:,}; choose smaller values")
+    return kind._from_config(config, **options)
+
+
 def save_model(model: nn.Module, tokenizer, folder: Path) -> None:
     """A plain save_pretrained folder (safetensors, config with id2label, tokenizer)."""
     model.save_pretrained(folder, safe_serialization=True)
@@ -359,7 +399,7 @@ def shrunk_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module
         if hasattr(config, stale):
             delattr(config, stale)
     torch.manual_seed(seed)
-    student = type(teacher)._from_config(config, attn_implementation="eager")
+    student = student_from_config(teacher, config, attn_implementation="eager")
     inherited = {name: tensor for name, tensor in teacher.state_dict().items() if "embed" in name}
     own = student.state_dict()
     with torch.no_grad():

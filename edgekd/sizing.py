@@ -172,7 +172,7 @@ def _measure(teacher, tokenizer, candidate: ShapeCandidate, *, task: str, target
 def timing_model(teacher: nn.Module, candidate: ShapeCandidate) -> nn.Module:
     """A random-weight model of the shape a student sliced to `candidate` would have (or, for
     an architecture slicing does not cover, of models.shrunk_student's shape)."""
-    from edgekd.models import parse_student_config, shrunk_student
+    from edgekd.models import parse_student_config, shrunk_student, student_from_config
     from edgekd.slicing import family_of, shaped_config, student_shape
 
     family = family_of(teacher)
@@ -183,7 +183,7 @@ def timing_model(teacher: nn.Module, candidate: ShapeCandidate) -> nn.Module:
     config.num_hidden_layers = candidate.layers
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:candidate.layers]
-    return type(teacher)._from_config(config, attn_implementation="eager").eval()
+    return student_from_config(teacher, config, attn_implementation="eager").eval()
 
 
 def _feeds(session, model, *, task: str, tokens: int) -> dict[str, np.ndarray]:

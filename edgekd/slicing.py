@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import UserError
-from edgekd.models import _intermediate_name, ffn_width, find_layer_list, head_size, model_inputs
+from edgekd.models import _intermediate_name, ffn_width, find_layer_list, head_size, model_inputs, student_from_config
 
 HIDDEN, HEADS, KV, FFN = "hidden", "heads", "kv", "ffn"
 
@@ -276,7 +276,7 @@ def sliced_student(model: nn.Module, values: dict[str, int], batches: list[dict[
                         f"{', '.join(sorted(FAMILIES))}); pass --student-init random")
     shape = student_shape(model, family, values)
     indices = kept_indices(model, shape, importance(model, family, batches))
-    student = type(model)._from_config(shaped_config(model, family, shape), attn_implementation="eager")
+    student = student_from_config(model, shaped_config(model, family, shape), attn_implementation="eager")
     prefix, _ = find_layer_list(model)
     wanted = student.state_dict()
     sliced = {}

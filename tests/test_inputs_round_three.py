@@ -79,6 +79,20 @@ def test_a_teacher_saved_without_its_head_is_refused_by_name(train_file, tmp_pat
     assert not (tmp_path / "s").exists()
 
 
+def test_a_head_for_other_labels_than_the_config_names_is_refused_by_name(train_file, tmp_path):
+    teacher = tmp_path / "three-labels"
+    make_classifier("bert", layers=2, num_labels=3).save_pretrained(teacher)
+    make_tokenizer().save_pretrained(teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    config.update(id2label={"0": "no", "1": "yes"}, label2id={"no": 0, "yes": 1})  # a label dropped by hand
+    (teacher / "config.json").write_text(json.dumps(config))
+    result = run_cli("distill", "--teacher", teacher, "--data", train_file, "--out", tmp_path / "s", "--quiet")
+    assert_clean_error(result, "head was trained on 3 labels .*classifier.weight has shape \\[3, 32\\].* names 2; "
+                               "make id2label and label2id name every label")
+    assert "ignore_mismatched_sizes" not in result.output and "LOAD REPORT" not in result.output
+    assert not (tmp_path / "s").exists()
+
+
 def _read_one(path):
     from edgekd.vision.data import decode
 
@@ -189,3 +203,60 @@ def test_a_write_that_fails_leaves_no_temporary_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_write_text(tmp_path / "report.json", "{" + " " * 1000 + "}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_picture_folders_split_into_train_and_test_say_which_split_to_choose(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from edgekd.errors import UserError
+    from edgekd.vision.data import load_images
+
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / split / label / "0.png")
+    for default in ("validation", None):  # export's default split, and none at all
+        try:
+            load_images(tmp_path, label2id=None, default_split=default)
+        except UserError as error:
+            assert "is split into folders test/, train/ of class folders" in str(error)
+            assert "choose one with --split" in str(error) and "has no images" not in str(error)
+        else:
+            raise AssertionError("split folders were read as classes")
+    assert load_images(tmp_path, label2id=None, split="test").label_names == ["cat", "dog"]
+
+
+def _swin_and_mobilevit():
+    import transformers as t
+
+    labels = dict(id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1})
+    swin = t.SwinForImageClassification(t.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2],
+                                                     num_heads=[2, 4], window_size=4, **labels))
+    mobilevit = t.MobileViTForImageClassification(t.MobileViTConfig(
+        image_size=32, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 40], **labels))
+    return swin.eval(), mobilevit.eval()
+
+
+def test_student_config_on_swin_and_mobilevit_shrinks_or_says_why():
+    import pytest
+    import torch
+
+    from edgekd.errors import UserError
+    from edgekd.vision.models import shrunk_image_student
+
+    swin, mobilevit = _swin_and_mobilevit()
+    student = shrunk_image_student(swin, "width=0.5")
+    assert student.config.embed_dim == 8 and student.config.hidden_size == swin.config.hidden_size // 2
+    assert student(pixel_values=torch.rand(1, 3, 32, 32)).logits.shape == (1, 2)  # it runs
+    with pytest.raises(UserError, match="width=0.3 makes stage 1 5 channels wide, not divisible by its 2 heads"):
+        shrunk_image_student(swin, "width=0.3")
+    with pytest.raises(UserError, match="'layers' does not apply to MobileViTForImageClassification .*no num_hidden"):
+        shrunk_image_student(mobilevit, "layers=1")
+
+
+def test_an_absurd_student_config_is_refused_before_memory_is_spent(teacher_dir, train_file, tmp_path):
+    result = run_cli("distill", "--teacher", teacher_dir, "--data", train_file, "--out", tmp_path / "s",
+                     "--student-config", "hidden=1000000,layers=1", "--student-init", "random", "--quiet")
+    assert_clean_error(result, "makes a student of 5,000,[0-9,]+ parameters, more than the teacher's")
+    assert not (tmp_path / "s").exists()

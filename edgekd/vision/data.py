@@ -136,6 +136,11 @@ def _read_folder(root: Path, *, split: str | None, default_split: str | None,
     elif split is not None:
         raise UserError(f"{root} has no folder {split}/ of class folders; drop --split {split}")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    splits = [folder.name for folder in classes if not _images_in(folder) and any(p.is_dir() for p in folder.iterdir())]
+    if classes and len(splits) == len(classes):  # root/<split>/<label>/..., without the split wanted
+        missing = f" and has no {chosen}/" if chosen else ""
+        raise UserError(f"{root} is split into folders {', '.join(f'{name}/' for name in splits)} of class "
+                        f"folders{missing}; choose one with --split (e.g. --split {splits[0]})")
     if not classes:
         loose = _images_in(root)
         raise UserError(f"{root} has no class folders{f' ({len(loose)} loose images)' if loose else ''}; "

@@ -206,6 +206,9 @@ def shrunk_image_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.
         for key, value in values.items():
             if value != int(value):
                 raise UserError(f"--student-config: {key} must be a whole number, got {value:g}")
+            if not hasattr(config, TRANSFORMER_KEYS[key]):
+                raise UserError(f"--student-config: '{key}' does not apply to {type(teacher).__name__} (its config "
+                                f"has no {TRANSFORMER_KEYS[key]}); give the student with --student")
             setattr(config, TRANSFORMER_KEYS[key], int(value))
         if config.hidden_size % config.num_attention_heads:
             raise UserError(f"--student-config: hidden={config.hidden_size} is not divisible by "
@@ -223,10 +226,23 @@ def shrunk_image_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.
                             "use depth (blocks per stage) and width (a share of every stage's channels)")
         if "depth" in values:
             config.depths = [min(int(values["depth"]), depth) for depth in config.depths]
-        if "width" in values:
+        if "width" in values and getattr(config, "hidden_sizes", None):
             config.hidden_sizes = [max(1, round(width * values["width"])) for width in config.hidden_sizes]
             if hasattr(config, "embedding_size"):
                 config.embedding_size = max(1, round(config.embedding_size * values["width"]))
+        elif "width" in values and getattr(config, "embed_dim", None):  # Swin-like: every stage doubles it
+            share = max(1, round(config.embed_dim * values["width"])) / config.embed_dim
+            config.embed_dim = round(config.embed_dim * share)
+            if hasattr(config, "hidden_size"):
+                config.hidden_size = round(config.hidden_size * share)
+            for stage, heads in enumerate(getattr(config, "num_heads", None) or []):
+                if (config.embed_dim * 2 ** stage) % heads:
+                    raise UserError(f"--student-config: width={values['width']:g} makes stage {stage + 1} "
+                                    f"{config.embed_dim * 2 ** stage} channels wide, not divisible by its {heads} "
+                                    "heads; choose a width that keeps them divisible")
+        elif "width" in values:
+            raise UserError(f"--student-config: 'width' does not apply to {type(teacher).__name__} (its config "
+                            "names no stage widths); give the student with --student")
     elif hasattr(config, "depth_multiplier") and set(values) <= {"width"}:
         config.depth_multiplier = config.depth_multiplier * values["width"]
     else:
@@ -234,9 +250,11 @@ def shrunk_image_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.
     for stale in ("edgekd_source_layers", "edgekd_source_blocks"):
         if hasattr(config, stale):
             delattr(config, stale)
+    from edgekd.models import student_from_config
+
     torch.manual_seed(seed)
     options = {"attn_implementation": "eager"} if is_transformer(teacher) else {}
-    return type(teacher)._from_config(config, **options).eval()
+    return student_from_config(teacher, config, **options).eval()
 
 
 def processor_for(student: nn.Module, processor):
