@@ -260,3 +260,86 @@ def test_an_absurd_student_config_is_refused_before_memory_is_spent(teacher_dir,
                      "--student-config", "hidden=1000000,layers=1", "--student-init", "random", "--quiet")
     assert_clean_error(result, "makes a student of 5,000,[0-9,]+ parameters, more than the teacher's")
     assert not (tmp_path / "s").exists()
+
+
+INTERRUPTING_DRIVER = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background test runner hands SIGINT ignored
+import importlib
+module = importlib.import_module(sys.argv[1])
+name, number = sys.argv[2], int(sys.argv[3])
+real = getattr(module, name)
+def interrupted(*args, **kwargs):
+    os.kill(os.getpid(), number)  # the signal arrives in the middle of the work
+    time.sleep(30)
+    return real(*args, **kwargs)
+setattr(module, name, interrupted)
+from edgekd.cli import main
+sys.argv = ["edgekd"] + sys.argv[4:]
+main()
+"""
+
+
+def _interrupt(tmp_path, where: str, number: int, *args) -> tuple[int, list[str]]:
+    import subprocess
+    import sys
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(INTERRUPTING_DRIVER)
+    module, name = where.rsplit(".", 1)
+    process = subprocess.run([sys.executable, str(driver), module, name, str(number), *map(str, args)],
+                             capture_output=True, text=True, timeout=300)
+    return process.returncode, [line for line in process.stderr.splitlines() if line.strip()]
+
+
+def _children_of_a_gone_run(marker: str) -> list[str]:
+    """Command lines of processes still running that name `marker` (the run's own folder)."""
+    import os
+    from pathlib import Path
+
+    found = []
+    for process in Path("/proc").iterdir():
+        try:
+            if process.name.isdigit() and int(process.name) != os.getpid():
+                command = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found += [command] if marker in command or marker in _spec_of(command) else []
+        except OSError:
+            continue
+    return found
+
+
+def _spec_of(command: str) -> str:
+    from pathlib import Path
+
+    spec = command.split()[-1] if command.strip() else ""
+    try:
+        return Path(spec).read_text()[:2000] if spec.endswith(".json") else ""
+    except OSError:
+        return ""
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("number, code, name", [(15, 143, "SIGTERM"), (2, 130, "Ctrl-C")])
+def test_export_and_bench_stop_on_sigterm_and_ctrl_c_in_one_line_with_nothing_half_written(
+        student_dir, teacher_dir, test_file, tmp_path, number, code, name):
+    import time
+
+    out = tmp_path / "export"
+    status, lines = _interrupt(tmp_path, "edgekd.exporting.artifact.write_manifest", number,
+                               "export", student_dir, "--target", "onnx-fp32", "--out", out, "--quiet")
+    assert status == code and lines == [f"edgekd export was interrupted ({name}); nothing half-written was kept; "
+                                        "rerun it to start again"], lines
+    assert not out.exists() or list(out.iterdir()) == []  # no target folder, no .partial staging folder
+    assert run_cli("export", student_dir, "--target", "onnx-fp32", "--out", out, "--quiet").exit_code == 0
+
+    report = tmp_path / "report"
+    status, lines = _interrupt(tmp_path, "edgekd.benchmarking.stage._all_logits", number,
+                               "bench", "--teacher", teacher_dir, "--student", student_dir, "--artifacts", out,
+                               "--data", test_file, "--out", report, "--repeats", "2", "--quiet")
+    assert status == code and lines == [f"edgekd bench was interrupted ({name}); nothing half-written was kept; "
+                                        "rerun it to start again"], lines
+    assert not report.exists() or list(report.iterdir()) == []
+    time.sleep(1)  # the memory probes die with their parent
+    assert _children_of_a_gone_run(str(student_dir)) == []
