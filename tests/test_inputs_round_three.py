@@ -343,3 +343,47 @@ def test_export_and_bench_stop_on_sigterm_and_ctrl_c_in_one_line_with_nothing_ha
     assert not report.exists() or list(report.iterdir()) == []
     time.sleep(1)  # the memory probes die with their parent
     assert _children_of_a_gone_run(str(student_dir)) == []
+
+
+def test_paths_and_class_names_outside_ascii_serve_every_command(teacher_dir, student_dir, train_file, tmp_path):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "données é 学生"
+    teacher, data = shutil.copytree(teacher_dir, root / "enseignant ü"), shutil.copy(train_file, root / "entraîné.jsonl")
+    assert run_cli("distill", "--teacher", teacher, "--data", data, "--out", root / "élève", "--student-layers", "1",
+                   "--epochs", "1", "--quiet").exit_code == 0
+    exported = run_cli("export", root / "élève", "--target", "onnx-int8", "--target", "ort-mobile", "--with-tokenizer",
+                       "--out", root / "exporté", "--quiet")
+    assert exported.exit_code == 0, exported.output
+    bench = run_cli("bench", "--teacher", teacher, "--student", root / "élève", "--artifacts", root / "exporté",
+                    "--data", data, "--out", root / "rapport", "--repeats", "2", "--quiet")
+    assert bench.exit_code == 0, bench.output
+    rows = json.loads((root / "rapport" / "report.json").read_text(encoding="utf-8"))["rows"]
+    assert {row["name"] for row in rows} == {"teacher", "student", "student/onnx-int8", "student/ort-mobile",
+                                           "student/onnx-int8+tokenizer", "student/ort-mobile+tokenizer"}
+
+    from edgekd.vision.data import load_images
+
+    for label in ("chat é", "狗"):  # class folders and files named in any script
+        (root / "photos" / label).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "photos" / label / "très 小.png")
+    assert load_images(root / "photos", label2id=None).label_names == ["chat é", "狗"]
+
+
+def test_an_export_that_fills_the_disk_is_one_line_and_leaves_no_target_folder(student_dir, tmp_path, monkeypatch):
+    import errno
+
+    import edgekd.exporting.artifact as artifact
+
+    def full_disk(folder, **fields):  # the model file is written; the manifest finds the disk full
+        (folder / "edgekd.json").write_text("{")
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "edgekd.json"))
+
+    monkeypatch.setattr(artifact, "write_manifest", full_disk)
+    out = tmp_path / "export"
+    result = run_cli("export", student_dir, "--target", "onnx-fp32", "--out", out, "--quiet")
+    assert_clean_error(result, "cannot write .*edgekd.json: No space left on device; free some space")
+    assert not out.exists() or list(out.iterdir()) == []  # no onnx-fp32/ beside a model, no staging folder
