@@ -213,7 +213,7 @@ def select_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     student.config.num_hidden_layers = len(layers)
     if getattr(student.config, "num_hidden_groups", None) is not None:  # ALBERT, one group per layer
         student.config.num_hidden_groups = len(layers)
-    _cut_per_layer_fields(student.config, layers, total=len(layer_list))
+    cut_per_layer_fields(student.config, layers, total=len(layer_list))
     student.config.edgekd_source_layers = list(layers)
     return student
 
@@ -223,7 +223,7 @@ NOT_PER_LAYER = {"architectures", "hidden_sizes", "depths", "out_features", "out
                  "pos_att_type"}
 
 
-def _cut_per_layer_fields(config, layers: list[int], *, total: int) -> None:
+def cut_per_layer_fields(config, layers: list[int], *, total: int) -> None:
     """Config fields with one entry per layer follow the kept layers (Longformer's
     `attention_window`, the full/sliding `layer_types` of Gemma 2/3, Qwen3 and others), or the
     student's config would describe the teacher's depth and not load again. Besides the fields
@@ -333,7 +333,18 @@ def use_eager_attention(model: nn.Module) -> None:
 # through `attribute_map`; only the feed-forward width has no canonical name.
 _SHRINK_KEYS = {"hidden": "hidden_size", "layers": "num_hidden_layers",
                 "heads": "num_attention_heads", "intermediate": None}
-_INTERMEDIATE_NAMES = ("intermediate_size", "hidden_dim", "ffn_dim", "encoder_ffn_dim")
+_INTERMEDIATE_NAMES = ("intermediate_size", "hidden_dim", "ffn_dim", "encoder_ffn_dim", "n_inner", "d_ff", "dff",
+                       "ffn_hidden_size")
+# widths a config derives from the hidden size unless told otherwise: they follow a new width
+_FOLLOW_HIDDEN = ("pooler_hidden_size", "embedding_size")
+
+
+def follow_hidden(config, teacher_config) -> None:
+    """Fields that were the teacher's hidden size (DeBERTa's pooler, an unfactorised embedding)
+    become the student's; a factorised embedding (ELECTRA's 128 under 256) keeps its width."""
+    for name in _FOLLOW_HIDDEN:
+        if getattr(teacher_config, name, None) == teacher_config.hidden_size:
+            setattr(config, name, config.hidden_size)
 
 
 def parse_student_config(spec: str) -> dict[str, int]:
@@ -389,9 +400,12 @@ def shrunk_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module
         config.num_key_value_heads = values["heads"]
     if "hidden" in values and getattr(config, "head_dim", None):
         config.head_dim = config.hidden_size // config.num_attention_heads
+    follow_hidden(config, teacher.config)
     if config.num_hidden_layers > teacher_layers:
         raise UserError(f"--student-config asks for {config.num_hidden_layers} layers but the "
                         f"teacher has {teacher_layers}; a student must not be deeper than its teacher")
+    if config.num_hidden_layers < teacher_layers:  # per-layer fields keep the teacher's pattern from its start
+        cut_per_layer_fields(config, list(range(config.num_hidden_layers)), total=teacher_layers)
     if config.hidden_size % config.num_attention_heads:
         raise UserError(f"--student-config: hidden={config.hidden_size} is not divisible by "
                         f"heads={config.num_attention_heads}; choose a head count that divides it")

@@ -172,7 +172,7 @@ def _measure(teacher, tokenizer, candidate: ShapeCandidate, *, task: str, target
 def timing_model(teacher: nn.Module, candidate: ShapeCandidate) -> nn.Module:
     """A random-weight model of the shape a student sliced to `candidate` would have (or, for
     an architecture slicing does not cover, of models.shrunk_student's shape)."""
-    from edgekd.models import parse_student_config, shrunk_student, student_from_config
+    from edgekd.models import cut_per_layer_fields, parse_student_config, shrunk_student, student_from_config
     from edgekd.slicing import family_of, shaped_config, student_shape
 
     family = family_of(teacher)
@@ -180,9 +180,8 @@ def timing_model(teacher: nn.Module, candidate: ShapeCandidate) -> nn.Module:
         return shrunk_student(teacher, candidate.spec)
     values = parse_student_config(candidate.spec)
     config = shaped_config(teacher, family, student_shape(teacher, family, values))
+    cut_per_layer_fields(config, list(range(candidate.layers)), total=config.num_hidden_layers)
     config.num_hidden_layers = candidate.layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = config.layer_types[:candidate.layers]
     return student_from_config(teacher, config, attn_implementation="eager").eval()
 
 

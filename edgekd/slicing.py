@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from edgekd.errors import UserError
-from edgekd.models import _intermediate_name, ffn_width, find_layer_list, head_size, model_inputs, student_from_config
+from edgekd.models import (_intermediate_name, ffn_width, find_layer_list, follow_hidden, head_size, model_inputs,
+                           student_from_config)
 
 HIDDEN, HEADS, KV, FFN = "hidden", "heads", "kv", "ffn"
 
@@ -300,6 +301,7 @@ def shaped_config(model: nn.Module, family: Family, shape: Shape):
     if family.grouped_kv:
         config.num_key_value_heads, config.head_dim = shape.kv_heads, shape.head_dim
     setattr(config, _intermediate_name(config), shape.intermediate)
+    follow_hidden(config, model.config)
     return config
 
 

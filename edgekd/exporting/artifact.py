@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekd.errors import GateFailed, UserError, atomic_dir
+from edgekd.errors import GateFailed, UserError, atomic_dir, first_line
 from edgekd.exporting.mobile import convert_to_ort, required_operators
 from edgekd.manifest import PROCESSOR_FILE, TOKENIZER_FILES, write_manifest
 from edgekd.targets import Target
@@ -70,7 +70,13 @@ def write_target(target: Target, out: Path, *, task: str, student_dir: Path, mod
     started = time.perf_counter()
     folder = Path(out) / target.name
     with atomic_dir(folder, overwrite=overwrite) as staging:
-        built = build(staging)
+        try:
+            built = build(staging)
+        except (UserError, OSError):
+            raise  # refusals, and storage faults the command line names
+        except Exception as error:  # noqa: BLE001 - an architecture a converter or runtime cannot serve
+            raise UserError(f"target '{target.name}': {type(model).__name__} does not export and run as "
+                            f"{target.format} ({first_line(error)[:200]}); choose another target") from error
         size = sum((staging / name).stat().st_size for name in (built.model_file, *built.weight_files))
         check_size(target, size)
         model.config.save_pretrained(staging)

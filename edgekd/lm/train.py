@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import Trainee, train as loop_train
+from edgekd.training.loop import Trainee, runs_or_refused, train as loop_train
 from edgekd.config import LMDistillConfig
 from edgekd.training.cache import TopKCache, open_or_build_top_k
 from edgekd.lm.data import LMExamples, collate
@@ -62,6 +62,12 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
     found: dict = {}
 
     def prepare(*, device: torch.device, ranks: Ranks, show_progress: bool) -> Trainee:
+        first = collate(train, list(range(min(2, len(train)))))
+        for role, model in (("teacher", teacher if uses_teacher else None), ("student", student)):
+            if model is not None:
+                with runs_or_refused(model, role):
+                    model(input_ids=first["input_ids"].to(next(model.parameters()).device),
+                          attention_mask=first["attention_mask"].to(next(model.parameters()).device))
         cache, found["teacher_seconds"] = _teacher_cache(
             teacher if uses_teacher else None, train, config=config, vocabulary=vocabulary, device=device,
             root=cache_root, ranks=ranks, show_progress=show_progress)

@@ -39,6 +39,29 @@ from edgekd.errors import UserError
 from edgekd.progress import console, progress_bar
 
 
+@contextlib.contextmanager
+def runs_or_refused(model: torch.nn.Module, role: str):
+    """Run `model` once on a first batch before any work: a model whose own code fails on the
+    task's inputs (a layout model without its boxes, a hybrid cut to no attention layer) is
+    refused in one line naming its class, not met as a traceback after the teacher cache."""
+    from edgekd.errors import first_line
+
+    was_training = model.training
+    model.eval()  # no dropout: the check draws nothing from the training's random stream
+    try:
+        with torch.no_grad():
+            yield
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any architecture's own failure
+        fix = ("choose other --student-layers or --student-config values, or give the student with --student"
+               if role == "student" else "edgekd cannot distil this architecture as it is")
+        raise UserError(f"the {role} ({type(model).__name__}) fails on its first batch "
+                        f"({first_line(error)[:160]}); {fix}") from error
+    finally:
+        model.train(was_training)
+
+
 @dataclass
 class Trainee:
     """What a task gives the loop."""

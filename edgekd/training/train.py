@@ -21,7 +21,7 @@ from edgekd.config import DistillConfig
 from edgekd.data import Encoded, TextDataset, collate, encode
 from edgekd.training.cache import default_cache_root, open_or_build
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import Trainee, train as run_loop
+from edgekd.training.loop import Trainee, runs_or_refused, train as run_loop
 from edgekd.training.objective import Needs, Objective, ProjectedStudent, forward_outputs
 from edgekd.errors import UserError
 from edgekd.metrics import quality, torch_logits
@@ -78,6 +78,12 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
                               if validation is not None and len(validation) else None)
         objective = Objective(config, student_config=student.config, teacher_config=(teacher or student).config)
         trainee = ProjectedStudent(student, objective)
+        first = collate(train_encoded, list(range(min(2, len(train_encoded)))), pad_token_id=pad_token_id)
+        for role, model in (("teacher", teacher), ("student", student)):
+            if model is not None:
+                with runs_or_refused(model, role):
+                    forward_outputs(model, {name: value.to(next(model.parameters()).device)
+                                            for name, value in first.items()}, objective.needs(role))
         teacher_targets, teacher_validation = _teacher_sources(
             teacher, objective, train_encoded, validation_encoded, config=config, device=device,
             pad_token_id=pad_token_id, cache_root=cache_root, ranks=ranks, show_progress=show_progress)
