@@ -383,6 +383,12 @@ def _intermediate_name(config) -> str:
                     f"(looked for {', '.join(_INTERMEDIATE_NAMES)}); leave out 'intermediate='")
 
 
+def _settable(config, name: str) -> bool:
+    """A plain field, not a property the config derives (Falcon's head_dim)."""
+    attribute = getattr(type(config), name, None)
+    return not isinstance(attribute, property) or attribute.fset is not None
+
+
 def shrunk_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module:
     """A randomly initialised student of the teacher's own class, shrunk per `spec`, for every task.
 
@@ -398,7 +404,7 @@ def shrunk_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module
         setattr(config, _SHRINK_KEYS[key] or _intermediate_name(config), value)
     if "heads" in values and getattr(config, "num_key_value_heads", None) and values["heads"] % config.num_key_value_heads:
         config.num_key_value_heads = values["heads"]
-    if "hidden" in values and getattr(config, "head_dim", None):
+    if "hidden" in values and getattr(config, "head_dim", None) and _settable(config, "head_dim"):
         config.head_dim = config.hidden_size // config.num_attention_heads
     follow_hidden(config, teacher.config)
     if config.num_hidden_layers > teacher_layers:
@@ -448,6 +454,18 @@ def load_student(source: str | Path, *, teacher: nn.Module) -> tuple[nn.Module, 
     return model, tokenizer
 
 
+def embedded_tokens(model: nn.Module) -> int | None:
+    """How many token ids the model embeds, or None where it does not say (CANINE reads
+    characters; I-BERT's quantised embedding keeps its own fields)."""
+    try:
+        embedding = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        return None
+    rows = getattr(embedding, "num_embeddings", None)
+    weight = getattr(embedding, "weight", None)
+    return rows if rows is not None else (int(weight.shape[0]) if weight is not None else None)
+
+
 def check_compatible(teacher: nn.Module, teacher_tokenizer, student: nn.Module,
                      student_tokenizer) -> None:
     """Before any training: one vocabulary, one label set, and a student no deeper."""
@@ -457,9 +475,8 @@ def check_compatible(teacher: nn.Module, teacher_tokenizer, student: nn.Module,
         raise UserError(f"teacher and student tokenizers differ ({len(teacher_vocab)} vs "
                         f"{len(student_vocab)} tokens, {differing} entries differ); "
                         "distillation needs one vocabulary: pick a student with the teacher's tokenizer")
-    embeddings = (teacher.get_input_embeddings().num_embeddings,
-                  student.get_input_embeddings().num_embeddings)
-    if embeddings[0] != embeddings[1]:
+    embeddings = (embedded_tokens(teacher), embedded_tokens(student))
+    if None not in embeddings and embeddings[0] != embeddings[1]:
         raise UserError(f"teacher and student embed {embeddings[0]} and {embeddings[1]} token ids; "
                         "pick a student built for the teacher's vocabulary")
     teacher_labels = [teacher.config.id2label[i] for i in sorted(teacher.config.id2label)]

@@ -168,7 +168,11 @@ LOADERS: dict[str, Callable] = {"onnx": _load_onnx, "ort": _load_ort, "pte": _lo
 
 
 def feeds_of(candidate: Candidate, batch: dict) -> dict[str, np.ndarray]:
-    """The arrays a candidate takes from a batch, or a UserError naming what is missing."""
+    """The arrays a candidate takes from a batch, or a UserError naming what is missing. Token
+    types a tokenizer does not make (RoBERTa's, CamemBERT's) are all zeros, as the model itself
+    takes them when none are given."""
+    if "token_type_ids" in candidate.input_names and "token_type_ids" not in batch and "input_ids" in batch:
+        batch = {**batch, "token_type_ids": np.zeros_like(np.asarray(batch["input_ids"]))}
     missing = [name for name in candidate.input_names if name not in batch]
     if missing:
         raise UserError(f"{candidate.name} needs inputs {missing} that the evaluation data does not "

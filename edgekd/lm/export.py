@@ -45,13 +45,20 @@ class DecoderWithCache(torch.nn.Module):
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        config = self.model.config
+        window = getattr(config, "sliding_window", None)
+        sliding = window and "sliding_attention" in (getattr(config, "layer_types", None) or ())
+        # Every layer keeps its whole cache (one graph interface); a sliding layer's window is its mask.
+        cache = DynamicCache() if sliding else DynamicCache(config=config)
         for layer in range(self.layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         new = input_ids.shape[1]
         # positions count real tokens only, so left padding in a batch is harmless
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -new:]
-        output = self.model(input_ids=input_ids, attention_mask=causal_mask(attention_mask, new),
+        mask = causal_mask(attention_mask, new)
+        if sliding:
+            mask = {"full_attention": mask, "sliding_attention": causal_mask(attention_mask, new, window=window)}
+        output = self.model(input_ids=input_ids, attention_mask=mask,
                             position_ids=position_ids, past_key_values=cache, use_cache=True)
         presents = []
         for layer in range(self.layers):
@@ -60,12 +67,15 @@ class DecoderWithCache(torch.nn.Module):
         return (output.logits, *presents)
 
 
-def causal_mask(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
-    """(batch, 1, new, total) additive float mask: a query sees earlier real tokens only."""
+def causal_mask(attention_mask: torch.Tensor, new: int, *, window: int | None = None) -> torch.Tensor:
+    """(batch, 1, new, total) additive float mask: a query sees earlier real tokens only (with
+    `window`, only the last `window` of them, as a sliding-attention layer does)."""
     total = attention_mask.shape[1]
     key_positions = torch.arange(total, device=attention_mask.device)
     query_positions = key_positions[total - new:]
     allowed = (key_positions[None, :] <= query_positions[:, None])[None, None]
+    if window:
+        allowed = allowed & (query_positions[:, None] - key_positions[None, :] < window)[None, None]
     allowed = allowed & attention_mask[:, None, None, :].bool()
     return torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
@@ -74,7 +84,11 @@ def cache_shape(config) -> tuple[int, int]:
     """(kv_heads, head_dim) of each layer's cache."""
     from edgekd.models import head_size
 
-    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads, head_size(config)
+    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+    if not heads:
+        raise UserError(f"a {config.model_type} model keeps no key/value cache (it has no attention heads, as "
+                        "state-space models do); edgekd exports decoders with attention")
+    return heads, head_size(config)
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:

@@ -215,7 +215,7 @@ def _build_part(teacher, encoded: Encoded, needs: Needs, *, folder: Path, part: 
     folder.mkdir(parents=True, exist_ok=True)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     np.save(folder / "offsets.npy", offsets)
-    heads = int(teacher.config.num_attention_heads)
+    heads = int(getattr(teacher.config, "num_attention_heads", 0) or 0)  # FNet mixes tokens without attention
     attention_offsets = np.concatenate([[0], np.cumsum(heads * lengths * lengths)])
     if needs.attention_layers:
         np.save(folder / "attention-offsets.npy", attention_offsets)
