@@ -13,6 +13,7 @@ times; a model where the layers cannot be found gets an error naming what is mis
 from __future__ import annotations
 
 import copy
+import functools
 import pickle
 import re
 from pathlib import Path
@@ -194,6 +195,24 @@ def parse_layers(spec: str, total: int) -> list[int]:
     return sorted(indices)
 
 
+def student_maker(make):
+    """A way of making a student that fails in an architecture's own code (a config that
+    refuses a field, a layer its cut leaves inconsistent) says so in one line naming the
+    teacher's class, before any work."""
+    @functools.wraps(make)
+    def refused_by_name(teacher, *args, **kwargs):
+        try:
+            return make(teacher, *args, **kwargs)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any architecture's own code
+            raise UserError(f"edgekd cannot make a student of {type(teacher).__name__} this way "
+                            f"({first_line(error)[:160]}); try other --student-layers or --student-config "
+                            "values, or give the student with --student") from error
+    return refused_by_name
+
+
+@student_maker
 def select_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     """A student: a copy of `teacher` keeping only the transformer layers in `layers`.
 
@@ -203,13 +222,22 @@ def select_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
         return _fewer_repeats(teacher, layers)
     student = copy.deepcopy(teacher)
     name, layer_list = find_layer_list(student)
-    kept = nn.ModuleList([layer_list[i] for i in layers])
-    for new_index, layer in enumerate(kept):
-        for module in layer.modules():  # decoders index their KV cache by layer_idx
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = new_index
-    parent_name, _, attribute = name.rpartition(".")
-    setattr(student.get_submodule(parent_name) if parent_name else student, attribute, kept)
+    parent_name, _, _ = name.rpartition(".")
+    parent = student.get_submodule(parent_name) if parent_name else student
+    # XLM and FlauBERT keep each layer's parts in parallel lists: every list beside it is cut alike
+    for attribute, siblings in list(parent.named_children()):
+        if isinstance(siblings, nn.ModuleList) and len(siblings) == len(layer_list):
+            kept = nn.ModuleList([siblings[i] for i in layers])
+            for new_index, (old_index, layer) in enumerate(zip(layers, kept)):
+                for module in layer.modules():  # decoders index their KV cache by layer_idx
+                    if hasattr(module, "layer_idx"):
+                        module.layer_idx = new_index
+                    if getattr(module, "layer_id", None) == old_index:  # XLM's name for it
+                        module.layer_id = new_index
+            setattr(parent, attribute, kept)
+    for count in ("n_layers", "num_layers", "num_hidden_layers"):  # a depth the module copied from its config
+        if getattr(parent, count, None) == len(layer_list):
+            setattr(parent, count, len(layers))
     student.config.num_hidden_layers = len(layers)
     if getattr(student.config, "num_hidden_groups", None) is not None:  # ALBERT, one group per layer
         student.config.num_hidden_groups = len(layers)
@@ -230,6 +258,12 @@ def cut_per_layer_fields(config, layers: list[int], *, total: int) -> None:
     known to be per layer, any list as long as the layers is taken for one from three layers on
     (two entries are too often something else, such as DeBERTa's `pos_att_type`)."""
     for name, value in list(config.to_dict().items()):
+        if ("layer" in name and isinstance(value, dict) and value
+                and all(str(key).isdigit() and int(key) < total for key in value)):
+            by_layer = {int(key): entry for key, entry in value.items()}  # Gemma 4's per_layer_config
+            setattr(config, name, {type(next(iter(value)))(new): by_layer[old]
+                                   for new, old in enumerate(layers) if old in by_layer})
+            continue
         if not isinstance(value, (list, tuple)) or len(value) != total or name in NOT_PER_LAYER:
             continue
         if name in PER_LAYER or total >= 3:
@@ -389,6 +423,7 @@ def _settable(config, name: str) -> bool:
     return not isinstance(attribute, property) or attribute.fset is not None
 
 
+@student_maker
 def shrunk_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module:
     """A randomly initialised student of the teacher's own class, shrunk per `spec`, for every task.
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from edgekd.errors import UserError
 from edgekd.models import (_intermediate_name, ffn_width, find_layer_list, follow_hidden, head_size, model_inputs,
-                           student_from_config)
+                           student_from_config, student_maker)
 
 HIDDEN, HEADS, KV, FFN = "hidden", "heads", "kv", "ffn"
 
@@ -325,6 +325,7 @@ WIDTH_KEYS = ("hidden", "heads", "intermediate")
 STUDENT_INITS = ("slice", "random")
 
 
+@student_maker
 def configured_student(teacher: nn.Module, spec: str, *, init: str = "slice", layers: list[int] | None = None,
                        probe: list[dict[str, torch.Tensor]] | None = None, seed: int = 0) -> nn.Module:
     """The student `--student-config` asks for, for every task. With `init` "slice" (the

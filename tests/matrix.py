@@ -161,7 +161,7 @@ def run_family(model_type: str, task: str, root: Path) -> dict:
     else:
         spec = "hidden=16,layers=2,heads=2,intermediate=32"
     bench_options = (dict(new_tokens=4, rounds=1) if task == "causal-lm"
-                     else dict(repeats=2, throughput_batch=0, memory=False, plot=False))
+                     else dict(repeats=2, throughput_batch=0, plot=False))  # memory and roofline as users get them
     steps = [("distill cut", lambda: edgekd.distill(teacher=str(teacher), out=root / "cut",
                                                     student_layers="2" if layers is None or layers > 2 else "1",
                                                     **common, **training)),

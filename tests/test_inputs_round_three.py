@@ -387,3 +387,72 @@ def test_an_export_that_fills_the_disk_is_one_line_and_leaves_no_target_folder(s
     result = run_cli("export", student_dir, "--target", "onnx-fp32", "--out", out, "--quiet")
     assert_clean_error(result, "cannot write .*edgekd.json: No space left on device; free some space")
     assert not out.exists() or list(out.iterdir()) == []  # no onnx-fp32/ beside a model, no staging folder
+
+
+def test_a_tokenizer_without_token_types_benches_a_model_that_takes_them(teacher_dir, student_dir, test_file,
+                                                                        tmp_path):
+    # RoBERTa-style tokenizers (CamemBERT, Data2Vec-text) make no token_type_ids; the BERT-style
+    # graph still takes them: they are all zeros, as the model takes them when none are given
+    import shutil
+
+    teacher = shutil.copytree(teacher_dir, tmp_path / "teacher")
+    student = shutil.copytree(student_dir, tmp_path / "student")
+    for folder in (teacher, student):
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        settings["model_input_names"] = ["input_ids", "attention_mask"]
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    assert run_cli("export", student, "--target", "onnx-fp32", "--out", tmp_path / "export", "--quiet").exit_code == 0
+    result = run_cli("bench", "--teacher", teacher, "--student", student, "--artifacts", tmp_path / "export",
+                     "--data", test_file, "--out", tmp_path / "report", "--repeats", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads((tmp_path / "report" / "report.json").read_text())["rows"]}
+    assert rows["student/onnx-fp32"]["quality"]["agreement"] == 1.0  # the same logits as PyTorch's
+
+
+def test_a_teacher_that_fails_on_its_first_batch_is_refused_by_name_before_any_work(train_file, tmp_path):
+    import pytest
+    import torch
+
+    import edgekd
+
+    model, tokenizer = make_classifier("bert", layers=2), make_tokenizer()
+
+    class NeedsBoxes(type(model)):  # like a layout model given text alone
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x30 and 32x8)")
+
+    model.__class__ = NeedsBoxes
+    with pytest.raises(edgekd.UserError, match="the teacher \\(NeedsBoxes\\) fails on its first batch \\(mat1 and "
+                                               "mat2 .*\\); edgekd cannot distil this architecture"):
+        edgekd.distill(teacher=(model, tokenizer), data=train_file, out=tmp_path / "s", student_layers="1",
+                       cache_dir=tmp_path / "cache", log=None, quiet=True)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "cache").exists()  # no teacher cache was built
+    del torch
+
+
+def test_a_layer_cut_cuts_parallel_layer_lists_and_per_layer_tables_alike():
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from edgekd.models import cut_per_layer_fields, select_layers
+
+    config = AutoConfig.for_model("xlm", n_layers=4, emb_dim=32, n_heads=4, vocab_size=80, num_labels=3,
+                                  pad_token_id=0)
+    teacher = AutoModelForSequenceClassification.from_config(config).eval()  # attentions, ffns, ... side by side
+    student = select_layers(teacher, [0, 3])
+    parts = student.transformer
+    assert len(parts.attentions) == len(parts.ffns) == len(parts.layer_norm1) == len(parts.layer_norm2) == 2
+    assert parts.attentions[1] is not teacher.transformer.attentions[3] and parts.attentions[1].layer_id == 1
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    assert student(input_ids=ids).logits.shape == (1, 3)
+
+    class Config:  # a per-layer table keyed by layer index (Gemma 4's per_layer_config)
+        per_layer_config = {"1": "local", "3": "global"}
+        label_names = {"0": "a", "1": "b"}  # not per layer
+
+        def to_dict(self):
+            return {"per_layer_config": self.per_layer_config, "label_names": self.label_names}
+
+    table = Config()
+    cut_per_layer_fields(table, [0, 3], total=4)
+    assert table.per_layer_config == {"1": "global"} and table.label_names == {"0": "a", "1": "b"}

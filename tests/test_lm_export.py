@@ -118,3 +118,31 @@ def test_executorch_programs_carry_their_cache_and_fp32_generates_pytorchs_token
     assert rows["teacher/executorch"]["runtime"] == "executorch fp32"
     assert rows["teacher/executorch"]["quality"]["perplexity"] == pytest.approx(rows["teacher"]["quality"]["perplexity"],
                                                                                 rel=1e-3)
+
+
+def test_a_sliding_window_decoder_generates_pytorchs_tokens_past_its_window(tmp_path):
+    # Gemma 2 alternates sliding-window and full attention layers; the window (6) is far shorter
+    # than prompt + generation, so every cached step past it must mask like PyTorch
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=52, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=6,
+                          max_position_embeddings=128, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    assert config.layer_types == ["sliding_attention", "full_attention"]
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(4)  # peaked predictions: greedy tokens are not ties
+    model.save_pretrained(tmp_path / "student")
+    tokenizer = make_lm_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "student")
+    (artifact,) = export_lm(tmp_path / "student", targets=targets("onnx-fp32"), out=tmp_path / "export",
+                            max_length=40, parity_tokens=8)
+    decoder = OnnxDecoder(tmp_path / "export" / "onnx-fp32")
+    prompt = "w3 w7 a dog ran on the mat w1 the cat"
+    expected = torch_greedy(model, tokenizer, [prompt], new_tokens=16)[0]
+    assert decoder.greedy(tokenizer(prompt, add_special_tokens=False)["input_ids"], new_tokens=16,
+                          stop_at_eos=False) == expected
+    assert artifact.exact

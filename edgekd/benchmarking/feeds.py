@@ -139,7 +139,9 @@ def _token_batch(tokenizer, texts: list[str], length: int) -> dict[str, np.ndarr
     """Real texts, truncated or padded to exactly `length` tokens each."""
     encoded = tokenizer(texts, truncation=True, max_length=length, padding="max_length",
                         return_tensors="np")
-    return {name: np.ascontiguousarray(value, dtype=np.int64) for name, value in encoded.items()}
+    batch = {name: np.ascontiguousarray(value, dtype=np.int64) for name, value in encoded.items()}
+    batch.setdefault("token_type_ids", np.zeros_like(batch["input_ids"]))  # RoBERTa-style tokenizers make none
+    return batch
 
 
 def _own_tokenizer(candidate: Candidate, vocabulary: int):

