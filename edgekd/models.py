@@ -145,8 +145,9 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
                   if isinstance(module, nn.ModuleList) and len(module) == expected
                   and len({type(child) for child in module}) == 1]
     if not candidates:
-        raise UserError(f"cannot find the list of {expected} transformer layers in "
-                        f"{type(model).__name__}; give the student as a model folder instead")
+        what = f"the list of {expected} transformer layers" if expected else "a list of transformer layers"
+        raise UserError(f"cannot find {what} in {type(model).__name__}; give the student as a model folder "
+                        "instead")
     # The outermost list wins (a layer may hold nested lists of the same length).
     candidates.sort(key=lambda item: item[0].count("."))
     return candidates[0]
@@ -242,13 +243,29 @@ def select_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     if getattr(student.config, "num_hidden_groups", None) is not None:  # ALBERT, one group per layer
         student.config.num_hidden_groups = len(layers)
     cut_per_layer_fields(student.config, layers, total=len(layer_list))
+    _backbone_stages(student.config, total=len(layer_list))
     student.config.edgekd_source_layers = list(layers)
+    type(student.config).from_dict(student.config.to_dict())  # the student's config must load again
     return student
 
 
 PER_LAYER = {"layer_types", "attention_window", "layers_block_type", "no_rope_layers"}  # known to be per layer
 NOT_PER_LAYER = {"architectures", "hidden_sizes", "depths", "out_features", "out_indices", "stage_names",
                  "pos_att_type"}
+
+
+def _backbone_stages(config, *, total: int) -> None:
+    """A ViT-like config that names one backbone stage per layer (BEiT, DINOv2: stem, stage1, ...)
+    names the student's stages, its output the last of them."""
+    stages = getattr(config, "stage_names", None)
+    if not stages or len(stages) != total + 1:
+        return
+    count = config.num_hidden_layers
+    config.stage_names = list(stages[:count + 1])
+    if hasattr(config, "set_output_features_output_indices"):
+        config.set_output_features_output_indices(out_features=[config.stage_names[-1]], out_indices=None)
+    else:
+        config.out_features, config.out_indices = [config.stage_names[-1]], [count]
 
 
 def cut_per_layer_fields(config, layers: list[int], *, total: int) -> None:

@@ -53,8 +53,9 @@ SIZES = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key
              qk_nope_head_dim=8, v_head_dim=8, sliding_window=16, attention_window=8, first_k_dense_replace=1,
              n_group=1, topk_group=1, rotary_dim=8, partial_rotary_factor=0.5, global_attn_every_n_layers=2,
              local_attention=16, max_window_layers=2, num_global_layers=1)
-IMAGE_SIZES = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=4,
-                   num_attention_heads=4, intermediate_size=64, embed_dim=16, embedding_size=8)
+IMAGE_SIZES = dict(image_size=64, patch_size=16, num_channels=3, hidden_size=32, num_hidden_layers=4,
+                   num_attention_heads=4, intermediate_size=64, embed_dim=16, embedding_size=8, window_size=4)
+PIXELS = 64
 
 
 def families(task: str) -> list[str]:
@@ -68,6 +69,7 @@ def tiny_model(model_type: str, task: str, *, vocab_size: int, token_ids: dict):
     from transformers import AutoConfig
 
     from conftest import LABELS
+    from test_vision import LABELS as IMAGE_LABELS
 
     try:
         default = AutoConfig.for_model(model_type)
@@ -78,12 +80,15 @@ def tiny_model(model_type: str, task: str, *, vocab_size: int, token_ids: dict):
         for key, value in {"hidden_sizes": 8, "depths": 1, "num_heads": 1, "embed_dims": 8, "neck_hidden_sizes": 8,
                            "hidden_dims": 8, "num_attention_heads": 2}.items():
             current = getattr(default, key, None)
-            if isinstance(current, (list, tuple)):
+            if isinstance(current, (list, tuple)) and current and isinstance(current[0], int):
                 sizes[key] = [value * (2 ** i if key in ("hidden_sizes", "embed_dims", "hidden_dims") and value > 1
                                        else 1) for i in range(len(current))]
-    given = {key: value for key, value in sizes.items() if _has(default, key)}
+    given = {key: value for key, value in sizes.items()  # a list field keeps its kind (CvT's embed_dim per stage)
+             if _has(default, key)
+             and isinstance(getattr(default, key, None), (list, tuple)) == isinstance(value, (list, tuple))}
     if task != "causal-lm":
-        given.update(num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+        labels = IMAGE_LABELS if task == "image-classification" else LABELS
+        given.update(num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     try:
         config = AutoConfig.for_model(model_type, **given)
         auto = getattr(__import__("transformers"), {"text-classification": "AutoModelForSequenceClassification",
@@ -98,7 +103,7 @@ def tiny_model(model_type: str, task: str, *, vocab_size: int, token_ids: dict):
         started = time.perf_counter()
         with torch.no_grad():  # the shrink must leave a model that runs, fast
             if task == "image-classification":
-                model(pixel_values=torch.rand(1, 3, 32, 32))
+                model(pixel_values=torch.rand(1, 3, PIXELS, PIXELS))
             else:
                 model(input_ids=torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]]),
                       attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
@@ -137,7 +142,7 @@ def run_family(model_type: str, task: str, root: Path) -> dict:
     if task == "image-classification":
         from test_vision import pictures, processor
 
-        preprocessor, data = processor(32), _picture_rows(pictures(24))
+        preprocessor, data = processor(PIXELS), _picture_rows(pictures(24))
     elif task == "causal-lm":
         preprocessor = make_lm_tokenizer()
         data = [{"text": text} for text in make_texts(24)]

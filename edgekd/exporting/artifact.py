@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -70,13 +71,8 @@ def write_target(target: Target, out: Path, *, task: str, student_dir: Path, mod
     started = time.perf_counter()
     folder = Path(out) / target.name
     with atomic_dir(folder, overwrite=overwrite) as staging:
-        try:
+        with converter_failures(model, f"as {target.format}", target=target.name):
             built = build(staging)
-        except (UserError, OSError):
-            raise  # refusals, and storage faults the command line names
-        except Exception as error:  # noqa: BLE001 - an architecture a converter or runtime cannot serve
-            raise UserError(f"target '{target.name}': {type(model).__name__} does not export and run as "
-                            f"{target.format} ({first_line(error)[:200]}); choose another target") from error
         size = sum((staging / name).stat().st_size for name in (built.model_file, *built.weight_files))
         check_size(target, size)
         model.config.save_pretrained(staging)
@@ -87,6 +83,19 @@ def write_target(target: Target, out: Path, *, task: str, student_dir: Path, mod
                        seconds=seconds, details=built.details)
     return Artifact(target=target.name, folder=folder, model_file=folder / built.model_file, format=target.format,
                     precision=target.precision, size_bytes=size, seconds=seconds, **built.checks)
+
+
+@contextmanager
+def converter_failures(model, what: str, *, target: str):
+    """A converter or runtime that cannot serve an architecture (an operator it lacks, a graph it
+    cannot run) is one line naming the model's class and the target, never a traceback."""
+    try:
+        yield
+    except (UserError, OSError):
+        raise  # refusals, and storage faults the command line names
+    except Exception as error:  # noqa: BLE001 - any converter's or runtime's own failure
+        raise UserError(f"target '{target}': {type(model).__name__} does not export and run {what} "
+                        f"({first_line(error)[:200]}); choose another target") from error
 
 
 def ship_onnx(target: Target, onnx_path: Path, folder: Path, details: dict) -> tuple[Path, tuple[str, ...]]:

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from edgekd.errors import GateFailed, UserError
-from edgekd.exporting.artifact import Artifact, Built, refuse_programs_with_strings, ship_onnx, write_target
+from edgekd.exporting.artifact import (Artifact, Built, converter_failures, refuse_programs_with_strings, ship_onnx,
+                                       write_target)
 from edgekd.targets import Target
 from edgekd.tasks import CAUSAL_LM
 
@@ -191,8 +192,10 @@ def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite:
                              encoder_source=gate_source if gate_texts else "no --data given")
         budgets = {target.name: _budget(target, max_perplexity_ratio) for target in targets}
         if any(budgets.values()):
-            context.gate = _gate(model, tokenizer, reference, texts=gate_texts, source=gate_source,
-                                 tokens=min(GATE_TOKENS, limit))
+            gated = ", ".join(name for name, budget in budgets.items() if budget)
+            with converter_failures(model, "in ONNX Runtime (its fp32 graph scores the perplexity gate)", target=gated):
+                context.gate = _gate(model, tokenizer, reference, texts=gate_texts, source=gate_source,
+                                     tokens=min(GATE_TOKENS, limit))
         return [_export_target(target, context, Path(out), budget=budgets[target.name], overwrite=overwrite)
                 for target in targets]
 

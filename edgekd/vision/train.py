@@ -139,7 +139,7 @@ def distill_images(*, teacher: nn.Module | None, teacher_processor, student: nn.
         for role, model, pixels in (("teacher", teacher, probes[-1]), ("student", student, probes[0])):
             if model is not None:
                 with runs_or_refused(model, role):
-                    model(pixel_values=pixels.to(next(model.parameters()).device))
+                    model(pixel_values=pixels.to(next(model.parameters()).device)).logits  # noqa: B018 - a classifier's
         chosen, projections = plan(config, teacher=teacher, student=student, probe=probes[0],
                                    teacher_probe=probes[1] if teacher is not None else None)
         found["plan"] = chosen
