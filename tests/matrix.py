@@ -165,15 +165,19 @@ def run_family(model_type: str, task: str, root: Path) -> dict:
         spec = "depth=1" if getattr(model.config, "depths", None) else "layers=2,hidden=16,heads=2,intermediate=32"
     else:
         spec = "hidden=16,layers=2,heads=2,intermediate=32"
-    bench_options = (dict(new_tokens=4, rounds=1) if task == "causal-lm"
-                     else dict(repeats=2, throughput_batch=0, plot=False))  # memory and roofline as users get them
+    # short texts and few rounds; the memory probe (a child process per model) is left to its own tests
+    bench_options = dict(max_length=32, memory=False, **(dict(new_tokens=4, rounds=1) if task == "causal-lm" else
+                                                         dict(repeats=2, throughput_batch=0, plot=False)))
+    if task == "text-classification":
+        bench_options["sequence_length"] = [16]
+    export_options = dict(max_length=32) if text else {}
     steps = [("distill cut", lambda: edgekd.distill(teacher=str(teacher), out=root / "cut",
                                                     student_layers="2" if layers is None or layers > 2 else "1",
                                                     **common, **training)),
              ("distill config", lambda: edgekd.distill(teacher=str(teacher), out=root / "config", student_config=spec,
                                                        **common, **training)),
              ("export onnx-int8", lambda: edgekd.export(root / "cut", targets=["onnx-int8"], out=root / "export",
-                                                        quiet=True, log=None)),
+                                                        quiet=True, log=None, **export_options)),
              ("bench", lambda: edgekd.bench(teacher=str(teacher), student=root / "cut", artifacts=[root / "export"],
                                             data=data, out=root / "report", quiet=True, log=None,
                                             **bench_options))]
@@ -267,23 +271,27 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--task", action="append", choices=list(TASKS))
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--results", type=Path, default=Path("runs/architectures.jsonl"))
+    parser.add_argument("--shard", default="0/1", help="K/N: the K-th of N equal shares of the families")
     parser.add_argument("--write", action="store_true", help=f"write {TABLE.name} from the results")
     args = parser.parse_args(argv)
     args.results.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # tiny models; shards run side by side
+    shard, shards = map(int, args.shard.split("/"))
+    cases = [(task, family) for task in args.task or list(TASKS) for family in families(task)
+             if not args.only or family in args.only]
     done = {}
     if args.results.exists():  # a run that stopped goes on where it was
         done = {(o["task"], o["family"]): o for o in map(json.loads, args.results.read_text().splitlines())}
     with args.results.open("a") as sink:
-        for task in args.task or list(TASKS):
-            for family in families(task):
-                if (args.only and family not in args.only) or (task, family) in done:
-                    continue
-                with tempfile.TemporaryDirectory() as folder:
-                    outcome = run_family(family, task, Path(folder))
-                print(json.dumps(outcome), flush=True)
-                sink.write(json.dumps(outcome) + "\n")
-                sink.flush()
-                done[task, family] = outcome
+        for task, family in cases[shard::shards]:
+            if (task, family) in done:
+                continue
+            with tempfile.TemporaryDirectory() as folder:
+                outcome = run_family(family, task, Path(folder))
+            print(json.dumps(outcome), flush=True)
+            sink.write(json.dumps(outcome) + "\n")
+            sink.flush()
+            done[task, family] = outcome
     if args.write:
         TABLE.write_text(render(list(done.values())))
 
