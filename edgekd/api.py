@@ -93,7 +93,8 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
             trim_vocab: bool | None = None, trim_vocab_min_count: int | None = None,
             sequence_length: int | None = None, validation_data: Path | str | list | None = None,
             validation_split: str | None = None,
-            validation_fraction: float | None = None, text_column: str | None = None,
+            validation_fraction: float | None = None, validation_rows: int | None = None,
+            text_column: str | None = None,
             image_column: str | None = None, crop_scale: float | None = None, flip: bool | None = None,
             mixup: float | None = None, label_column: str | None = None, text_pair_column: str | None = None,
             prompt_column: str | None = None, epochs: int | None = None, max_steps: int | None = None,
@@ -152,6 +153,7 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
         validation_data: Validation data for choosing the best epoch (default: a slice of --data).
         validation_split: Split of a --validation-data dataset (default: validation).
         validation_fraction: Share of --data held out for validation when --validation-data is absent.
+        validation_rows: At most this many held-out rows (the teacher runs over them before the first step).
         text_column: Column with the input text.
         image_column: Column of a --data table with image paths (relative to the table) or bytes (default:
             image, img, path, ...); a folder of class folders (root/<label>/*.png) needs none.

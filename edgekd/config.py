@@ -56,6 +56,7 @@ class DistillConfig:
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     max_grad_norm: float = 1.0  # gradients are clipped to this global norm
     validation_fraction: float = 0.1  # held out of --data for choosing the best epoch, when no --validation-data
+    validation_rows: int = 2000  # at most this many held-out rows: the teacher runs over them before step 1
     # Intermediate losses, each added with its weight (0 = off). Widths may differ: a
     # learned projection maps student states to the teacher's width for MSE and cosine.
     hidden_mse_weight: float = 0.0  # TinyBERT hidden-state MSE between mapped layers
@@ -93,6 +94,7 @@ class DistillConfig:
         _check(self.max_grad_norm > 0, f"max grad norm must be > 0, got {self.max_grad_norm}")
         _check(0 <= self.validation_fraction < 1,
                f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
+        _check(self.validation_rows >= 1, f"--validation-rows must be at least 1, got {self.validation_rows}")
         for name in ("hidden_mse_weight", "hidden_cosine_weight", "attention_weight", "minilm_weight"):
             value = getattr(self, name)
             _check(0 <= value <= 1000 and value == value,

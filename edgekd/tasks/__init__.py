@@ -44,9 +44,9 @@ class Task:
 
 
 # distill options that not every task reads
-_CLASSIFIER_TRAINING = ("validation_data", "validation_split", "validation_fraction", "label_column",
-                        "hidden_mse_weight", "attention_weight", "layer_map", "compile", "teacher_cache",
-                        "trust_remote_code")
+_CLASSIFIER_TRAINING = ("validation_data", "validation_split", "validation_fraction", "validation_rows",
+                        "label_column", "hidden_mse_weight", "attention_weight", "layer_map", "compile",
+                        "teacher_cache", "trust_remote_code")
 _TEXT_INPUTS = ("text_column", "max_length", "trim_vocab", "trim_vocab_min_count", "latency_budget_ms",
                 "budget_target", "sequence_length", "student_init")
 

@@ -90,13 +90,15 @@ def classifier_student(result, validation, *, task: str, unit: str):
 
 def held_out(train, *, options: dict, config, read):
     """(validation, train): --validation-data read by `read(source, split)`, else a
-    --validation-fraction slice of the training rows (from 20 rows on), else none."""
+    --validation-fraction slice of the training rows (from 20 rows on, at most --validation-rows
+    of them: the teacher runs over every one before the first step), else none."""
     from edgekd.data import split as split_rows
 
     if options["validation_data"] is not None:
         return read(options["validation_data"], options["validation_split"]), train
     if config.validation_fraction > 0 and len(train) >= 20:
-        validation, rest = split_rows(train, fractions=[config.validation_fraction, 1.0], seed=config.seed)
+        share = min(config.validation_fraction, config.validation_rows / len(train))
+        validation, rest = split_rows(train, fractions=[share, 1.0], seed=config.seed)
         return validation, rest
     return None, train
 
