@@ -132,7 +132,7 @@ def _read_file(path: Path) -> list[dict]:
         raise UserError(f"{path} is not valid UTF-8 text (byte {error.start}); "
                         "re-save it as UTF-8") from error
     except (csv.Error, OSError, ValueError) as error:
-        raise UserError(f"cannot read {path}: {str(error).splitlines()[0]}; "
+        raise UserError(f"cannot read {path}: {first_line(error)}; "
                         "check that the file is a well-formed "
                         f"{suffix.lstrip('.').upper()} file") from error
     raise UserError(f"unknown data format '{suffix}' for {path}; use .csv, .tsv, .jsonl, .parquet or .txt")

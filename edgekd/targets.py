@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 FORMATS = ("onnx", "ort", "pte")
@@ -219,7 +219,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise UserError(f"target file {path} is not valid YAML: {str(error).splitlines()[0]}") from error
+        raise UserError(f"target file {path} is not valid YAML: {first_line(error)}") from error
     if not isinstance(raw, dict):
         raise UserError(f"target file {path} must be a mapping of keys to values")
     for key, value in raw.items():

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgekd.data import Encoded, batches
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 from edgekd.sessions import ExecutorchSession, executorch_threads, open_session
 from edgekd.manifest import MANIFEST, origin_of, read_manifest
 from edgekd.models import model_inputs
@@ -192,7 +192,7 @@ def predict(candidate: Candidate, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return np.array(logits, dtype=np.float32, copy=True)  # onnxruntime may reuse the buffer
     except Exception as error:  # wrong dtype, ids beyond the vocabulary, shapes out of range...
         raise UserError(f"{candidate.name} cannot run on the evaluation data: "
-                        f"{str(error).strip().splitlines()[0][:200]}; it was made for another "
+                        f"{first_line(error)[:200]}; it was made for another "
                         "tokenizer, vocabulary or input shape than the teacher's") from error
 
 

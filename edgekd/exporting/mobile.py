@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 from edgekd.exporting.onnx import LogitsOnly
 from edgekd.progress import quiet_native_output
 from edgekd.sessions import OPTIMIZATION_LEVELS
@@ -103,7 +103,7 @@ def export_pte(model: torch.nn.Module, inputs, path: Path, *,
         raise
     except Exception as error:  # torch.export / ExecuTorch raise many types with long texts
         raise UserError(f"ExecuTorch cannot export {type(model).__name__}: "
-                        f"{str(error).strip().splitlines()[0][:200]}; use an ONNX target "
+                        f"{first_line(error)[:200]}; use an ONNX target "
                         "for this architecture") from error
     if inputs.kind == "pixels":
         delegation["max_batch"] = largest_batch(path, sample[0])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 from edgekd.models import model_inputs
 
 
@@ -64,7 +64,7 @@ def export_graph(model: torch.nn.Module, inputs, path: Path, *, opset: int, expo
         raise
     except Exception as error:  # tracer and exporter raise many types with long texts
         raise UserError(f"the {exporter} exporter cannot convert {type(model).__name__}: "
-                        f"{str(error).strip().splitlines()[0][:200]}; try another exporter "
+                        f"{first_line(error)[:200]}; try another exporter "
                         "(--exporter dynamo, or --exporter optimum in the optimum environment)") from error
     return input_names
 
@@ -86,7 +86,7 @@ def check_onnx_file(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as error:  # onnx raises ValidationError or protobuf DecodeError
-        raise UserError(f"{path} is not a valid ONNX model ({str(error).strip().splitlines()[0][:160]}); "
+        raise UserError(f"{path} is not a valid ONNX model ({first_line(error)[:160]}); "
                         "the file is corrupt or truncated, export it again") from error
 
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 
 
 def export_with_optimum(student_dir: Path, path: Path, *, opset: int) -> list[str]:
@@ -31,7 +31,7 @@ def export_with_optimum(student_dir: Path, path: Path, *, opset: int) -> list[st
                         opset=opset, do_validation=False, library_name="transformers")
         except Exception as error:  # Optimum raises ValueError/KeyError for unsupported models
             raise UserError(f"Optimum cannot export {student_dir}: "
-                            f"{str(error).strip().splitlines()[0][:200]}") from error
+                            f"{first_line(error)[:200]}") from error
         shutil.copyfile(Path(scratch) / "model.onnx", path)
     graph = onnx.load(str(path), load_external_data=False).graph
     return [i.name for i in graph.input]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.errors import GateFailed, UserError
+from edgekd.errors import GateFailed, UserError, first_line
 from edgekd.exporting.artifact import (Artifact, Built, converter_failures, refuse_programs_with_strings, ship_onnx,
                                        write_target)
 from edgekd.targets import Target
@@ -85,11 +85,16 @@ def cache_shape(config) -> tuple[int, int]:
     """(kv_heads, head_dim) of each layer's cache."""
     from edgekd.models import head_size
 
-    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+    try:
+        heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+        size = head_size(config) if heads else None
+    except Exception as error:  # noqa: BLE001 - Gemma 4 refuses to give one head size for every layer
+        raise UserError(f"a {config.model_type} model's layers differ in shape ({first_line(error)[:120]}); edgekd "
+                        "exports decoders whose layers share one key/value cache shape") from error
     if not heads:
         raise UserError(f"a {config.model_type} model keeps no key/value cache (it has no attention heads, as "
                         "state-space models do); edgekd exports decoders with attention")
-    return heads, head_size(config)
+    return heads, size
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
@@ -117,8 +122,7 @@ def export_fp32(model: torch.nn.Module, path: Path) -> None:
                               dynamo=False, input_names=inputs, output_names=outputs,
                               dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True)
     except Exception as error:  # the tracer raises many types with long texts
-        raise UserError(f"cannot export {type(model).__name__} to ONNX: "
-                        f"{str(error).strip().splitlines()[0][:200]}") from error
+        raise UserError(f"cannot export {type(model).__name__} to ONNX: {first_line(error)[:200]}") from error
 
 
 PARITY_PROMPTS = ("The government said on Monday that", "Shares in the company",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def open_lm_session(path: Path, *, threads: int = 1):
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own types for bad files
-        raise UserError(f"cannot open {path}: {str(error).splitlines()[0][:200]}; export it again") from error
+        raise UserError(f"cannot open {path}: {first_line(error)[:200]}; export it again") from error
     past_names = [i.name for i in session.get_inputs() if i.name.startswith("past_")]
     shape = session.get_inputs()[2].shape  # (batch, kv_heads, past, head_dim)
     return session, past_names, int(shape[1]), int(shape[3])

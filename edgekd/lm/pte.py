@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 
 PTE_LM_PRECISIONS = ("fp32", "8da4w")
 GROUP_SIZE = 32  # int4 weights share one scale per this many inputs
@@ -59,7 +59,7 @@ def export_lm_pte(model: torch.nn.Module, path: Path, *, max_length: int) -> dic
         raise
     except Exception as error:  # torch.export and ExecuTorch errors are long; the first line names the cause
         raise UserError(f"ExecuTorch cannot export {type(model).__name__} with a static cache: "
-                        f"{str(error).strip().splitlines()[0][:200]}; export it to onnx-fp32 instead") from error
+                        f"{first_line(error)[:200]}; export it to onnx-fp32 instead") from error
 
 
 def _quantize_8da4w(model: torch.nn.Module) -> None:
