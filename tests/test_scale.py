@@ -24,3 +24,28 @@ def test_validation_rows_reaches_the_command_line_and_is_checked(teacher_dir, tm
     result = run_cli("distill", "--teacher", teacher_dir, "--data", data, "--out", tmp_path / "s",
                      "--student-layers", "1", "--validation-rows", "0", "--quiet")
     assert result.exit_code != 0 and "--validation-rows must be at least 1, got 0" in result.output
+
+
+def test_training_records_its_rate_in_metrics_and_the_final_line(teacher_dir, tmp_path):
+    import json
+
+    import edgekd
+    from lm_tiny import make_texts, save_llama
+
+    lines = []
+    edgekd.distill(teacher=teacher_dir, data=make_rows(40), out=tmp_path / "text", student_layers="1", epochs=1,
+                   quiet=True, log=lines.append, cache_dir=tmp_path / "cache")
+    steps = [json.loads(line) for line in (tmp_path / "text" / "metrics.jsonl").read_text().splitlines()]
+    steps = [record for record in steps if "loss" in record]
+    assert steps and all(record["samples_per_second"] > 0 for record in steps)
+    assert "samples/s" in lines[-1]
+
+    lm = save_llama(tmp_path / "lm", layers=2)
+    lines.clear()
+    edgekd.distill(teacher=lm, data=[{"text": text} for text in make_texts(24)], out=tmp_path / "slm",
+                   student_layers="1", max_steps=3, top_k=8, allow_poor_student=True, quiet=True,
+                   log=lines.append, cache_dir=tmp_path / "cache")
+    steps = [json.loads(line) for line in (tmp_path / "slm" / "metrics.jsonl").read_text().splitlines()]
+    steps = [record for record in steps if "loss" in record]
+    assert len(steps) == 3 and all(record["tokens_per_second"] > record["samples_per_second"] > 0 for record in steps)
+    assert " tokens/s, " in lines[-1]

@@ -82,7 +82,7 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
 
         return Trainee(task="causal-lm", module=student, student=student, examples=len(train),
                        collate=lambda indices: collate(train, indices), units=predicted_tokens, loss=loss,
-                       autocast=config.bf16)
+                       autocast=config.bf16, unit="tokens")
 
     def save(folder: Path, seconds: float) -> None:
         model, model_tokenizer = student.eval(), tokenizer

@@ -58,7 +58,8 @@ def distill(options: dict, *, given: set[str], log: Log):
     if result.vocabulary:
         log(f"student: {describe(result.vocabulary)} (edgekd bench reports held-out coverage)")
     line = (f"student written to {result.student_dir} ({result.steps} steps, final loss "
-            f"{result.final_loss:.4f}, {result.seconds:.0f}s; teacher cache {result.teacher_seconds:.0f}s"
+            f"{result.final_loss:.4f}, {result.tokens_per_second:.1f} tokens/s, {result.seconds:.0f}s; "
+            f"teacher cache {result.teacher_seconds:.0f}s"
             f"{f', {result.cache_bytes_per_token:.0f} B/token' if result.cache_bytes_per_token else ''})")
     poor = poor_student(student_model, teacher_model, examples, vocabulary=vocabulary)
     student = Student(path=result.student_dir, task=NAME, steps=result.steps, seconds=result.seconds, summary=line,

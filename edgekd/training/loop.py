@@ -75,6 +75,7 @@ class Trainee:
     loss: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]  # (wrapped module, batch) -> mean, parts
     evaluate: Callable[[], dict] | None = None  # validation metrics of the student (None: no validation)
     autocast: bool = True  # bf16 autocast on CUDA
+    unit: str = "samples"  # what `units` counts, as metrics.jsonl names its rate: samples, or a causal LM's tokens
 
 
 @dataclass
@@ -181,7 +182,7 @@ class Loop:
         self.trainee.module.train()
         order = epoch_order(self.trainee.examples, seed=config.seed, epoch=epoch)
         skip = min(self.trainee.examples, progress.batches_done * config.batch_size)
-        started, seen = time.perf_counter(), 0
+        started, seen, units_before = time.perf_counter(), 0, self.units_this_run
         with progress_bar(f"epoch {epoch}/{self.epochs}", total=self.trainee.examples,
                           enabled=self.show_progress) as advance:
             advance(skip)
@@ -194,10 +195,13 @@ class Loop:
                 progress.batches_done += 1
                 seen += len(indices)
                 learning_rate = self.scheduler.get_last_lr()[0]
-                advance(len(indices), loss=loss, lr=learning_rate,
-                        samples_per_s=seen / (time.perf_counter() - started))
+                elapsed = time.perf_counter() - started
+                rates = {"samples_per_second": round(seen / elapsed, 2)}  # of this epoch so far
+                if self.trainee.unit != "samples":
+                    rates[f"{self.trainee.unit}_per_second"] = round((self.units_this_run - units_before) / elapsed, 2)
+                advance(len(indices), loss=loss, lr=learning_rate, samples_per_s=rates["samples_per_second"])
                 self._record(progress, {"step": progress.step, "epoch": epoch, "loss": loss,
-                                        "lr": learning_rate, **parts})
+                                        "lr": learning_rate, **parts, **rates})
                 if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
                     self._save(progress)
 
