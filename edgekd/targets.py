@@ -16,8 +16,9 @@ import yaml
 from edgekd.errors import UserError, first_line
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-FORMATS = ("onnx", "ort", "pte")
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4", "8da4w")  # 8da4w: .pte causal LMs
+FORMATS = ("onnx", "ort", "pte", "gguf")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4", "8da4w", "q8_0")  # 8da4w: .pte, q8_0: .gguf
+GGUF_PRECISIONS = ("fp16", "q8_0")  # llama.cpp's f16 and Q8_0, for causal LMs
 TASK_NAMES = ("text-classification", "causal-lm", "image-classification")  # edgekd.tasks.TASKS, without importing it
 INTEGER_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -106,7 +107,7 @@ class Budgets:
 class Target:
     name: str
     description: str  # one line, shown by `edgekd targets`
-    format: str  # onnx, ort or pte
+    format: str  # onnx, ort, pte or gguf
     precision: str  # fp32, fp16, int8-dynamic, int8-static or int4 (weight-only)
     tasks: tuple[str, ...] = ("text-classification",)  # the tasks this target applies to
     opset: int = 17  # ONNX opset of the exported graph
@@ -129,6 +130,9 @@ class Target:
                  f"graph_optimization_level must be one of {OPTIMIZATION_LEVELS}")
         _require(self.format != "pte" or self.precision in PTE_PRECISIONS,
                  f"format pte supports precisions {PTE_PRECISIONS}")
+        _require(self.format != "gguf" or (self.precision in GGUF_PRECISIONS and list(self.tasks) == ["causal-lm"]),
+                 f"format gguf serves causal-lm at precisions {GGUF_PRECISIONS}")
+        _require(self.precision != "q8_0" or self.format == "gguf", "precision q8_0 is a gguf precision")
         _require(bool(self.tasks) and all(task in TASK_NAMES for task in self.tasks),
                  f"tasks must list one or more of {TASK_NAMES}")
 

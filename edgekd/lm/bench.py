@@ -185,7 +185,10 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
         raise UserError("nothing to compare with the teacher; pass --student and/or --artifacts")
     if new_tokens < 2 or rounds < 1:
         raise UserError(f"--new-tokens must be at least 2 (got {new_tokens}) and --rounds at least 1 (got {rounds})")
-    models = _models(teacher_dir, student_dir, artifacts)
+    models, skipped = _models(teacher_dir, student_dir, artifacts)
+    if len(models) == 1:
+        raise UserError(f"nothing to compare with the teacher: {skipped[0]['reason']}" if skipped else
+                        "nothing to compare with the teacher; pass --student and/or --artifacts")
     teacher_tokenizer = _teacher_tokenizer(teacher_dir)
     examples = encode_texts(texts, teacher_tokenizer, max_length=max_length)
     owns = {model.name: own_vocabulary(model.config_folder, teacher_tokenizer, examples)
@@ -202,24 +205,30 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
               "data": {"rows": len(examples), "tokens": examples.predicted_tokens},
               "settings": {"max_length": max_length, "prompt_tokens": len(prompt), "new_tokens": new_tokens,
                            "rounds": rounds, "threads": 1, "batch_size": 1, "interleaved": True},
-              "skipped": [], "warnings": measurement_warnings(rows, machine)}
+              "skipped": skipped, "warnings": [f"skipped {item['artifact']}: {item['reason']}" for item in skipped]
+              + measurement_warnings(rows, machine)}
     report["gates"] = check_gates(rows, gates or GateLimits())
     return report
 
 
-def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[Candidate]:
+def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> tuple[list[Candidate], list[dict]]:
     """Teacher, student and each artifact, loaded (the artifacts' manifests checked first); each
-    candidate's config folder is where its tokenizer is (a trimmed vocabulary's is not the teacher's)."""
+    candidate's config folder is where its tokenizer is (a trimmed vocabulary's is not the teacher's).
+    Also the artifacts skipped, with why (a .gguf file is measured with llama.cpp's own tools)."""
     from edgekd.lm.models import dequantised_gguf
     from edgekd.manifest import origin_of, read_manifest
 
     teacher_folder = dequantised_gguf(Path(teacher_dir)) if str(teacher_dir).lower().endswith(".gguf") else teacher_dir
-    exported = []
+    exported, skipped = [], []
     for folder in _artifact_folders(artifacts):
         manifest = read_manifest(folder)
         if not is_decoder(manifest["task"]):
             raise UserError(f"{folder} holds a {manifest['task']} artifact, not a causal LM; bench it "
                             "with its own teacher")
+        if manifest["format"] == "gguf":
+            skipped.append({"artifact": str(folder), "reason": "a .gguf file runs in llama.cpp, which edgekd bench "
+                            "does not drive yet: measure it with llama-perplexity and llama-bench"})
+            continue
         exported.append((folder, manifest, origin_of(manifest, teacher_folder)))  # a .gguf teacher: its folder
     common = dict(input_names=LM_INPUTS, threads=1)
     models = [Candidate("teacher", "pytorch fp32", "pytorch", Path(teacher_dir), load_causal_lm(teacher_dir)[0],
@@ -234,7 +243,7 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> list[Cand
                                 manifest["format"], folder / manifest["model_file"], decoder_for(folder, threads=1),
                                 precision=manifest["precision"], target=manifest["target"], config_folder=folder,
                                 origin=origin, **common))
-    return models
+    return models, skipped
 
 
 def _reference(model: Candidate, *, has_student: bool) -> str | None:

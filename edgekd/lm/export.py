@@ -164,15 +164,21 @@ def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite:
                         "the fp32 export meets; use e.g. 1.1")
     from edgekd.lm.pte import PTE_LM_PRECISIONS
 
+    from edgekd.targets import GGUF_PRECISIONS
+
     for target in targets:
-        allowed = PTE_LM_PRECISIONS if target.format == "pte" else LM_PRECISIONS
-        if target.precision not in allowed or target.format not in ("onnx", "ort", "pte"):
+        allowed = {"pte": PTE_LM_PRECISIONS, "gguf": GGUF_PRECISIONS}.get(target.format, LM_PRECISIONS)
+        if target.precision not in allowed or target.format not in ("onnx", "ort", "pte", "gguf"):
             raise UserError(f"target '{target.name}' ({target.format} {target.precision}) cannot be built "
                             f"for a causal LM; choose a target of {', '.join(LM_PRECISIONS)} precision "
-                            f"(.pte: {', '.join(PTE_LM_PRECISIONS)})")
+                            f"(.pte: {', '.join(PTE_LM_PRECISIONS)}; .gguf: {', '.join(GGUF_PRECISIONS)})")
     if with_tokenizer:
         refuse_programs_with_strings(targets)
     model, tokenizer = load_causal_lm(student_dir, role="student")
+    if any(target.format == "gguf" for target in targets):  # a model or tokenizer a .gguf cannot hold: before any work
+        from edgekd.lm.gguf import check_writable
+
+        check_writable(model, tokenizer)
     encoder = None
     if with_tokenizer:  # refused before any export work when the operator has no exact algorithm
         from edgekd.lm.prompt_encoder import build_encoder
@@ -280,8 +286,8 @@ def _export_target(target: Target, context: _LMContext, out: Path, *, budget: fl
     def build(staging: Path) -> Built:
         details = {"max_length": context.max_length, "layers": context.model.config.num_hidden_layers,
                    "eos_token_id": context.tokenizer.eos_token_id}
-        made = (_pte_program if target.format == "pte" else _onnx_graph)(target, context, staging, details,
-                                                                          budget=budget)
+        make = {"pte": _pte_program, "gguf": _gguf_file}.get(target.format, _onnx_graph)
+        made = make(target, context, staging, details, budget=budget)
         produced = [made.decoder.greedy(ids, new_tokens=context.parity_tokens, stop_at_eos=False)
                     for ids in context.prompts]
         agreement = _token_agreement(context.expected, produced)
@@ -374,6 +380,23 @@ def _pte_program(target: Target, context: _LMContext, staging: Path, details: di
     return _Made(kind=".pte", model_file="model.pte", decoder=decoder,
                  inputs={"input_ids": ["1", "1"], "cache_position": ["1"]}, outputs={"logits": ["1", "1", "vocab"]},
                  quantization=SCHEME_8DA4W, same_precision_tokens=same)
+
+
+def _gguf_file(target: Target, context: _LMContext, staging: Path, details: dict, *, budget: float | None) -> _Made:
+    """The model, its hyper-parameters and tokenizer in one .gguf file for llama.cpp
+    (edgekd/lm/gguf.py), read back with transformers' GGUF reader for the checks."""
+    from edgekd.lm.generate import GgufDecoder
+    from edgekd.lm.gguf import write_gguf
+
+    context.report(f"{target.name}: GGUF {target.precision} with the tokenizer inside, for llama.cpp")
+    details.update(gguf=write_gguf(context.model, context.tokenizer, staging / "model.gguf",
+                                   precision=target.precision),
+                   run_with="llama.cpp: llama-cli -m model.gguf, or any app built on it")
+    decoder = GgufDecoder(staging, manifest={"task": CAUSAL_LM.name, "format": "gguf", "model_file": "model.gguf",
+                                             **details})
+    return _Made(kind="GGUF file", model_file="model.gguf", decoder=decoder, inputs={}, outputs={},
+                 quantization={"scheme": "Q8_0: blocks of 32 weights, one f16 scale each"}
+                 if target.precision == "q8_0" else None)
 
 
 def _prompt_encoder(target: Target, context: _LMContext, staging: Path) -> dict:

@@ -167,6 +167,38 @@ class PteDecoder(Decoder):
         return np.stack([self._logits(int(token), position) for position, token in enumerate(ids)])
 
 
+class GgufDecoder(Decoder):
+    """A .gguf folder read back by transformers' GGUF reader (dequantised to float32): what the
+    file holds, checked token by token against the student; llama.cpp itself runs it in apps."""
+
+    def __init__(self, folder: Path, *, threads: int = 1, manifest: dict | None = None) -> None:
+        from edgekd.lm.gguf import read_back
+
+        super().__init__(folder, manifest=manifest)
+        self.model, _ = read_back(self.folder / self.manifest["model_file"])
+
+    def prefill(self, prompt_ids: list[int]):
+        import torch
+
+        with torch.no_grad():
+            output = self.model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+        return output.logits[0, -1].numpy(), output.past_key_values
+
+    def step(self, token: int, presents, length: int):
+        import torch
+
+        with torch.no_grad():
+            output = self.model(input_ids=torch.tensor([[token]]), past_key_values=presents, use_cache=True)
+        return output.logits[0, -1].numpy(), output.past_key_values
+
+    def all_logits(self, ids: list[int]) -> np.ndarray:
+        import torch
+
+        self.check_length(len(ids), 0)
+        with torch.no_grad():
+            return self.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+
 def decoder_for(folder: Path, *, threads: int = 1, manifest: dict | None = None) -> Decoder:
     """The folder's artifact as a Decoder of its format (.onnx/.ort in ONNX Runtime, .pte in ExecuTorch)."""
     from edgekd.manifest import read_manifest
@@ -174,6 +206,8 @@ def decoder_for(folder: Path, *, threads: int = 1, manifest: dict | None = None)
     manifest = manifest if manifest is not None else read_manifest(Path(folder))
     if manifest.get("format") == "pte":
         return PteDecoder(folder, threads=threads, manifest=manifest)
+    if manifest.get("format") == "gguf":
+        return GgufDecoder(folder, threads=threads, manifest=manifest)
     return OnnxDecoder(folder, threads=threads, manifest=manifest)
 
 
