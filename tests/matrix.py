@@ -272,6 +272,23 @@ def render(outcomes: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def statuses(table: str) -> dict:
+    """{(section, family): (status per step...)} of a rendered table: pass, refused or -, and
+    "not built"; what the published table must agree with a run on (the wording of a refusal
+    may change with a library's messages, what passes and what is refused may not)."""
+    found, section = {}, None
+    for line in table.splitlines():
+        if line.startswith("## "):
+            section = line[3:]
+        elif line.startswith("| ") and not line.startswith("| family"):
+            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+            found[section, cells[0]] = tuple(cell.split(":")[0] for cell in cells[1:])
+        elif line.startswith("Not built tiny: "):
+            for entry in line[len("Not built tiny: "):].split("; "):
+                found[section, entry.split(" (")[0]] = ("not built",)
+    return found
+
+
 def main(argv: list[str]) -> None:
     import argparse
 
