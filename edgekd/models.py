@@ -144,6 +144,11 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     candidates = [(name, module) for name, module in model.named_modules()
                   if isinstance(module, nn.ModuleList) and len(module) == expected
                   and len({type(child) for child in module}) == 1]
+    blocks = getattr(model.config, "block_sizes", None)
+    if not candidates and isinstance(blocks, (list, tuple)):  # Funnel: layers in blocks, pooled between them
+        raise UserError(f"{type(model).__name__} keeps its layers in {len(blocks)} blocks of {list(blocks)}, pooling "
+                        "between them, not in one list a layer cut can choose from; make the student with "
+                        "--student-config or give it with --student")
     if not candidates:
         what = f"the list of {expected} transformer layers" if expected else "a list of transformer layers"
         raise UserError(f"cannot find {what} in {type(model).__name__}; give the student as a model folder "

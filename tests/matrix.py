@@ -105,8 +105,8 @@ def tiny_model(model_type: str, task: str, *, vocab_size: int, token_ids: dict):
             if task == "image-classification":
                 model(pixel_values=torch.rand(1, 3, PIXELS, PIXELS))
             else:
-                model(input_ids=torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]]),
-                      attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
+                model(input_ids=torch.tensor([[2] + list(range(10, 24)) + [3], [2] + list(range(30, 40)) + [3] + [0] * 4]),
+                      attention_mask=torch.tensor([[1] * 16, [1] * 12 + [0] * 4]))
         if time.perf_counter() - started > 2:
             raise NotBuilt(f"one tiny forward pass takes {time.perf_counter() - started:.0f} s after the generic shrink")
     except NotBuilt:
