@@ -313,3 +313,23 @@ def test_read_only_output_is_a_clear_error(small_disk, student_dir):
                                  "--out", str(small_disk / "export")])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "error:" in result.output and (small_disk / "keep.txt").read_text() == "existing"
+
+
+def test_every_test_reliability_md_cites_exists():
+    """A guarantee is only as good as the test beside it: each cited file and test is real."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    missing = []
+    for line in (root / "RELIABILITY.md").read_text().splitlines():
+        if not line.startswith("| "):
+            continue
+        current = None
+        for reference in re.findall(r"`((?:tests/[\w/]+\.py)?(?:::\w+)?)`", line.rsplit("|", 2)[-2]):
+            path, _, name = reference.partition("::")
+            current = root / path if path else current
+            if current is None or not current.is_file():
+                missing.append(reference)
+            elif name and not re.search(rf"^def {name}\(", current.read_text(), re.MULTILINE):
+                missing.append(f"{current.name}::{name}")
+    assert not missing, f"RELIABILITY.md cites tests that do not exist: {missing}"
