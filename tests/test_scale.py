@@ -49,3 +49,34 @@ def test_training_records_its_rate_in_metrics_and_the_final_line(teacher_dir, tm
     steps = [record for record in steps if "loss" in record]
     assert len(steps) == 3 and all(record["tokens_per_second"] > record["samples_per_second"] > 0 for record in steps)
     assert " tokens/s, " in lines[-1]
+
+
+def test_max_steps_runs_the_teacher_only_on_the_rows_its_steps_use(teacher_dir, tmp_path):
+    import json
+
+    import edgekd
+    from lm_tiny import make_texts, save_llama
+
+    edgekd.distill(teacher=teacher_dir, data=make_rows(400), out=tmp_path / "text", student_layers="1", max_steps=2,
+                   batch_size=4, validation_rows=20, quiet=True, log=None, cache_dir=tmp_path / "cache")
+    built = sorted(json.loads(meta.read_text())["rows"] for meta in (tmp_path / "cache").rglob("meta.json"))
+    assert built == [8, 20]  # 2 steps of 4 rows, and the capped validation slice; not the 380 training rows
+
+    lm = save_llama(tmp_path / "lm", layers=2)
+    result = edgekd.distill(teacher=lm, data=[{"text": text} for text in make_texts(100)], out=tmp_path / "slm",
+                            student_layers="1", max_steps=3, batch_size=4, top_k=8, allow_poor_student=True,
+                            quiet=True, log=None, cache_dir=tmp_path / "lm-cache")
+    assert result.steps == 3
+    metas = [json.loads(meta.read_text()) for meta in (tmp_path / "lm-cache").rglob("meta.json")]
+    assert [meta["examples"] for meta in metas] == [12]  # 3 steps of 4 texts, not 100
+
+
+def test_a_max_steps_run_counts_its_progress_in_the_rows_it_trains_on(teacher_dir, tmp_path):
+    import re
+
+    data = write_jsonl(make_rows(400), tmp_path / "train.jsonl")
+    result = run_cli("distill", "--teacher", teacher_dir, "--data", data, "--out", tmp_path / "s", "--student-layers",
+                     "1", "--max-steps", "2", "--batch-size", "4", "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    epoch = [line for line in result.output.splitlines() if re.match(r"epoch 1/\d+: ", line)]
+    assert epoch and epoch[-1].startswith(f"{epoch[-1].split(':')[0]}: 8/8 (100%)"), epoch  # not 8/360

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import Trainee, runs_or_refused, train as loop_train
+from edgekd.training.loop import Trainee, rows_used, runs_or_refused, train as loop_train
 from edgekd.config import LMDistillConfig
-from edgekd.training.cache import TopKCache, open_or_build_top_k
+from edgekd.training.cache import TopKCache, UsedRows, open_or_build_top_k
 from edgekd.lm.data import LMExamples, collate
 from edgekd.vocab import VocabTrim, save_record
 from edgekd.lm.losses import (causal_lm_cross_entropy, distillation_loss, shift_for_next_token,
@@ -143,9 +143,13 @@ def _teacher_cache(teacher: torch.nn.Module | None, train: LMExamples, *, config
     if not config.top_k:
         return None, 0.0
     started = time.perf_counter()
-    cache = open_or_build_top_k(teacher, train, top_k=config.top_k, temperature=config.temperature,
+    used = rows_used(len(train), config)  # --max-steps inside one epoch: the teacher sees those texts only
+    rows = train if used is None else LMExamples(input_ids=[train.input_ids[i] for i in used],
+                                                 learnt=[train.learnt[i] for i in used], pad_token_id=train.pad_token_id)
+    cache = open_or_build_top_k(teacher, rows, top_k=config.top_k, temperature=config.temperature,
                                 vocabulary=vocabulary, root=root, device=device, ranks=ranks,
                                 show_progress=show_progress)
+    cache = cache if used is None else UsedRows(cache, used)
     teacher.cpu()  # the loop reads the cache; free the device for the student
     return cache, time.perf_counter() - started
 

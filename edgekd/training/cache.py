@@ -66,6 +66,20 @@ TOP_K_FORMAT_VERSION = 1
 QKV_NAMES = ("query", "key", "value")
 
 
+class UsedRows:
+    """A teacher cache built over only the rows a run uses (loop.rows_used), answering by the
+    dataset's own row index."""
+
+    def __init__(self, cache, rows: list[int]):
+        self.cache, self.position = cache, {index: position for position, index in enumerate(rows)}
+
+    def gather(self, indices: list[int], **options):
+        return self.cache.gather([self.position[index] for index in indices], **options)
+
+    def __getattr__(self, name: str):
+        return getattr(self.cache, name)
+
+
 def default_cache_root() -> Path:
     """$EDGEKD_CACHE/teacher-outputs, else ~/.cache/edgekd/teacher-outputs."""
     return cache_dir() / "teacher-outputs"

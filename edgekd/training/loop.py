@@ -106,6 +106,14 @@ def epoch_order(examples: int, *, seed: int, epoch: int) -> list[int]:
     return order
 
 
+def rows_used(examples: int, config) -> list[int] | None:
+    """The examples a --max-steps run ending inside its first epoch trains on (the teacher need
+    see no others), in index order; None when the run reads every example."""
+    if not config.max_steps or config.max_steps * config.batch_size >= examples:
+        return None
+    return sorted(epoch_order(examples, seed=config.seed, epoch=1)[:config.max_steps * config.batch_size])
+
+
 def resumable(folder: Path, *, config, task: str, examples: int, resumable_changes: set[str], resume: bool,
               overwrite: bool, ranks: Ranks) -> dict | None:
     """The checkpoint to continue from (with `resume`), after checking it is this task's, for
@@ -183,8 +191,9 @@ class Loop:
         order = epoch_order(self.trainee.examples, seed=config.seed, epoch=epoch)
         skip = min(self.trainee.examples, progress.batches_done * config.batch_size)
         started, seen, units_before = time.perf_counter(), 0, self.units_this_run
-        with progress_bar(f"epoch {epoch}/{self.epochs}", total=self.trainee.examples,
-                          enabled=self.show_progress) as advance:
+        # the rows this epoch will train on: a --max-steps run ending inside it is not timed as a whole epoch
+        total = min(self.trainee.examples, skip + (self.total_steps - progress.step) * config.batch_size)
+        with progress_bar(f"epoch {epoch}/{self.epochs}", total=total, enabled=self.show_progress) as advance:
             advance(skip)
             for start in range(skip, len(order), config.batch_size):
                 if progress.step >= self.total_steps:

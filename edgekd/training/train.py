@@ -19,9 +19,9 @@ import torch
 
 from edgekd.config import DistillConfig
 from edgekd.data import Encoded, TextDataset, collate, encode
-from edgekd.training.cache import default_cache_root, open_or_build
+from edgekd.training.cache import UsedRows, default_cache_root, open_or_build
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import Trainee, runs_or_refused, train as run_loop
+from edgekd.training.loop import Trainee, rows_used, runs_or_refused, train as run_loop
 from edgekd.training.objective import Needs, Objective, ProjectedStudent, forward_outputs
 from edgekd.errors import UserError
 from edgekd.metrics import quality, torch_logits
@@ -178,8 +178,13 @@ def _teacher_sources(teacher, objective: Objective, train: Encoded, validation: 
         return None, teacher_validation
     if not config.teacher_cache:
         return _online_teacher(teacher, needs, device), teacher_validation
-    cache = open_or_build(teacher, train, needs, root=cache_root, device=device, pad_token_id=pad_token_id,
+    used = rows_used(len(train), config)  # --max-steps inside one epoch: the teacher sees those rows only
+    rows = train if used is None else Encoded(
+        input_ids=[train.input_ids[i] for i in used], labels=[train.labels[i] for i in used],
+        token_type_ids=None if train.token_type_ids is None else [train.token_type_ids[i] for i in used])
+    cache = open_or_build(teacher, rows, needs, root=cache_root, device=device, pad_token_id=pad_token_id,
                           ranks=ranks, description="teacher outputs (train)", show_progress=show_progress)
+    cache = cache if used is None else UsedRows(cache, used)
     teacher.cpu()  # from here on the cache answers for it
     return (lambda batch: cache.gather(batch["index"].tolist(), width=batch["input_ids"].shape[1],
                                        device=device)), teacher_validation
