@@ -80,3 +80,39 @@ def test_a_max_steps_run_counts_its_progress_in_the_rows_it_trains_on(teacher_di
     assert result.exit_code == 0, result.output
     epoch = [line for line in result.output.splitlines() if re.match(r"epoch 1/\d+: ", line)]
     assert epoch and epoch[-1].startswith(f"{epoch[-1].split(':')[0]}: 8/8 (100%)"), epoch  # not 8/360
+
+
+def test_the_top_k_cache_streams_its_rows_to_disk_and_keeps_no_part_files(tmp_path):
+    import numpy as np
+
+    from edgekd.training.cache import _npy_from_raw
+
+    rows = np.arange(40, dtype=np.float16).reshape(10, 4)
+    (tmp_path / "values.part").write_bytes(rows[:6].tobytes() + rows[6:].tobytes())  # written batch by batch
+    _npy_from_raw(tmp_path / "values.part", tmp_path / "values.npy", dtype=np.float16, shape=(10, 4), rows_per_copy=3)
+    assert np.array_equal(np.load(tmp_path / "values.npy"), rows) and not (tmp_path / "values.part").exists()
+    (tmp_path / "none.part").write_bytes(b"")
+    _npy_from_raw(tmp_path / "none.part", tmp_path / "none.npy", dtype=np.uint16, shape=(0, 4))
+    assert np.load(tmp_path / "none.npy").shape == (0, 4)
+
+
+def test_a_streamed_top_k_cache_holds_the_teachers_top_k(tmp_path):
+    import numpy as np
+    import torch
+
+    from edgekd.lm.data import encode_texts
+    from edgekd.training.cache import open_or_build_top_k, top_k_rows
+    from lm_tiny import make_llama, make_lm_tokenizer, make_texts
+
+    teacher, tokenizer = make_llama(layers=2), make_lm_tokenizer()
+    examples = encode_texts(make_texts(20), tokenizer, max_length=32)
+    cache = open_or_build_top_k(teacher, examples, top_k=4, temperature=1.0, vocabulary=52, root=tmp_path,
+                                batch_size=3, show_progress=False)
+    assert not list(tmp_path.rglob("*.part"))
+    batch = {name: tensor for name, tensor in examples.batch(list(range(20))).items()}
+    expected = list(top_k_rows(teacher, batch, top_k=4, temperature=1.0, vocabulary=52))
+    ids, log_probs = cache.gather(list(range(20)), width=max(len(row) for row in examples.input_ids))
+    for row, (want_ids, want_values) in enumerate(expected):
+        assert np.array_equal(ids[row, :len(want_ids)].numpy(), want_ids)
+        torch.testing.assert_close(log_probs[row, :len(want_ids)], torch.from_numpy(want_values.astype(np.float16)).float(),
+                                   atol=2e-3, rtol=0)

@@ -359,25 +359,44 @@ def top_k_rows(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], *, top_
             for row, length in enumerate(lengths.tolist())]
 
 
+def _npy_from_raw(raw: Path, path: Path, *, dtype, shape: tuple[int, int], rows_per_copy: int = 1 << 16) -> None:
+    """`raw` (the rows' bytes, written as they came) as the .npy file `path`, copied in slices."""
+    if shape[0] == 0:
+        np.save(path, np.zeros(shape, dtype=dtype))
+    else:
+        source = np.memmap(raw, dtype=dtype, mode="r", shape=shape)
+        target = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        for start in range(0, shape[0], rows_per_copy):
+            target[start:start + rows_per_copy] = source[start:start + rows_per_copy]
+        target.flush()
+        del source, target
+    raw.unlink()
+
+
 def _build_top_k(teacher: torch.nn.Module, examples, *, folder: Path, top_k: int, temperature: float,
                  vocabulary: int, batch_size: int, device: torch.device, show_progress: bool) -> dict:
     """Run the teacher once over every example (`examples.batch(indices)` pads a batch) and write
     the arrays into `folder`; returns the meta."""
     started = time.perf_counter()
-    id_type = np.uint16 if vocabulary <= np.iinfo(np.uint16).max + 1 else np.int32
-    id_parts, value_parts, offsets = [], [], [0]
+    types = {"token_ids": np.uint16 if vocabulary <= np.iinfo(np.uint16).max + 1 else np.int32,
+             "log_probs": np.float16}
+    offsets = [0]
+    # each batch's rows go straight to disk: memory stays one batch, whatever the token count
+    sinks = {name: (folder / f"{name}.part").open("wb") for name in types}
     with progress_bar("teacher top-k", total=len(examples), enabled=show_progress) as advance:
         for start in range(0, len(examples), batch_size):
             indices = list(range(start, min(start + batch_size, len(examples))))
             batch = {name: tensor.to(device) for name, tensor in examples.batch(indices).items()}
             for ids, values in top_k_rows(teacher, batch, top_k=top_k, temperature=temperature,
                                           vocabulary=vocabulary):
-                id_parts.append(ids.astype(id_type))
-                value_parts.append(values.astype(np.float16))
+                sinks["token_ids"].write(np.ascontiguousarray(ids, dtype=types["token_ids"]).tobytes())
+                sinks["log_probs"].write(np.ascontiguousarray(values, dtype=types["log_probs"]).tobytes())
                 offsets.append(offsets[-1] + len(ids))
             advance(len(indices))
+    for sink in sinks.values():
+        sink.close()
     np.save(folder / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-    np.save(folder / "token_ids.npy", np.concatenate(id_parts))
-    np.save(folder / "log_probs.npy", np.concatenate(value_parts))
+    for name, dtype in types.items():
+        _npy_from_raw(folder / f"{name}.part", folder / f"{name}.npy", dtype=dtype, shape=(offsets[-1], top_k))
     return {"k": top_k, "temperature": temperature, "examples": len(examples), "positions": offsets[-1],
             "vocabulary": vocabulary, "format": TOP_K_FORMAT_VERSION, "build_seconds": time.perf_counter() - started}
