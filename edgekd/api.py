@@ -34,6 +34,7 @@ PIPELINES = {text_classification.NAME: text_classification, causal_lm.NAME: caus
 # defaults of the options that no config holds; a task's own differ in its `defaults`
 DEFAULTS = {
     "distill": dict(student_init="slice", budget_target="onnx-int8", sequence_length=128, text_column="text",
+                    trim_vocab_max_drop=1.0,
                     label_column="label", trim_vocab=False, allow_poor_student=False, resume=False,
                     overwrite=False, quiet=False, trust_remote_code=False),
     "export": dict(targets=("onnx-int8",), text_column="text", label_column="label", max_length=128, verify=(),
@@ -91,6 +92,7 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
             student_init: str | None = None, student: str | None = None,
             latency_budget_ms: float | None = None, budget_target: str | None = None,
             trim_vocab: bool | None = None, trim_vocab_min_count: int | None = None,
+            trim_vocab_max_drop: float | None = None,
             sequence_length: int | None = None, validation_data: Path | str | list | None = None,
             validation_split: str | None = None,
             validation_fraction: float | None = None, validation_rows: int | None = None,
@@ -147,6 +149,8 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
             embedding (a causal LM's output head too) and tokenizer shrink, kept text tokenizes exactly as
             before; the share of held-out words that tokenize differently is reported (causal LMs: by edgekd
             bench).
+        trim_vocab_max_drop: With --trim-vocab, the validation accuracy (points) a trim may cost; a trim that
+            costs more is not kept: the student is saved with the teacher's vocabulary, with a warning.
         trim_vocab_min_count: With --trim-vocab, keep a token only if the training text uses it at least
             this often
         sequence_length: Tokens per input when timing a --latency-budget-ms (causal LMs: the cache length).

@@ -333,6 +333,7 @@ class VocabTrim:
     tokenizer: object  # the trimmed tokenizer
     trim: Trim
     held_out: list[str] | None = None  # text not trained on, for the coverage report
+    max_drop: float | None = None  # validation accuracy points the trim may cost a classifier (None: unjudged)
 
     def apply(self, model: nn.Module) -> tuple[nn.Module, object, dict]:
         """A trimmed copy of `model` (which is left whole), the trimmed tokenizer and the record."""
@@ -371,6 +372,10 @@ def describe(record: dict) -> str:
     if "coverage" in record:
         line += (f"; {100 * record['coverage']['changed_share']:.2f}% of held-out words "
                  "tokenize differently")
+    if record.get("not_kept"):
+        line = f"the trim was not kept ({record['not_kept']}); " + line.replace("trimmed to", "would keep")
+    elif "accuracy_change" in record:
+        line += f"; validation accuracy {record['accuracy_change']:+.2f} points after trimming"
     return line
 
 

@@ -237,3 +237,52 @@ def test_trim_vocab_min_count_needs_trim_vocab(teacher_dir, train_file, tmp_path
                      "--trim-vocab-min-count", "2")
     assert result.exit_code == 1 and "only applies with --trim-vocab" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_trim_that_costs_more_accuracy_than_its_budget_is_not_kept(teacher_dir, tmp_path):
+    # the budget is judged on held-out accuracy: at -1 points no trim can pass, at 100 every trim does
+    import json
+
+    import pytest
+
+    import edgekd
+    from conftest import make_rows
+
+    common = dict(teacher=teacher_dir, data=make_rows(80), student_config="hidden=16,heads=2,intermediate=32",
+                  trim_vocab=True, epochs=1, quiet=True, allow_poor_student=True, cache_dir=tmp_path / "cache")
+    lines = []
+    kept = edgekd.distill(out=tmp_path / "kept", trim_vocab_max_drop=100, log=lines.append, **common)
+    record = json.loads((tmp_path / "kept" / "vocabulary.json").read_text())
+    assert "not_kept" not in record and "accuracy_change" in record
+    assert json.loads((tmp_path / "kept" / "config.json").read_text())["vocab_size"] == record["kept_tokens"]
+    assert any("validation accuracy" in line and "points after trimming" in line for line in lines)
+    assert kept.validation == record["validation"]
+
+    with pytest.raises(edgekd.UserError, match="--trim-vocab-max-drop must be 0 or more"):
+        edgekd.distill(out=tmp_path / "bad", trim_vocab_max_drop=-1, log=None, **common)
+
+    from edgekd.training import train as training
+    from edgekd.training.train import judge_trim
+
+    record = {"validation": {"accuracy": 0.80}}
+    assert judge_trim(record, whole={"accuracy": 0.805}, max_drop=1.0) and abs(record["accuracy_change"] + 0.5) < 1e-9
+    record = {"validation": {"accuracy": 0.77}}
+    assert not judge_trim(record, whole={"accuracy": 0.813}, max_drop=1.0)
+    assert record["not_kept"] == "it cost 4.30 validation accuracy points, over --trim-vocab-max-drop 1"
+    assert record["validation"] == {"accuracy": 0.813}  # what was saved: the whole student
+
+    import unittest.mock
+
+    lines.clear()
+
+    def over_budget(record, *, whole, max_drop):
+        record.update(accuracy_change=-4.3, not_kept="it cost 4.30 validation accuracy points", validation=whole)
+        return False
+
+    with unittest.mock.patch.object(training, "judge_trim", over_budget):
+        edgekd.distill(out=tmp_path / "refused", trim_vocab_max_drop=1.0, log=lines.append, **common)
+    record = json.loads((tmp_path / "refused" / "vocabulary.json").read_text())
+    config = json.loads((tmp_path / "refused" / "config.json").read_text())
+    teacher_vocabulary = json.loads((teacher_dir / "config.json").read_text())["vocab_size"]
+    assert config["vocab_size"] == teacher_vocabulary != record["kept_tokens"]  # the teacher's vocabulary, whole
+    assert any(line.startswith("warning: student: the trim was not kept (it cost 4.30") for line in lines)

@@ -30,19 +30,25 @@ def student_lr(config, *, random_init: bool, reshaped: bool, given: set[str], lo
 
 
 def vocabulary_trim(trim_vocab: bool, min_count: int | None, *, texts: list[str], held_out: list[str] | None,
-                    tokenizer, model_config):
-    """The VocabTrim --trim-vocab asks for (edgekd/vocab.py), checked before training, or None."""
+                    tokenizer, model_config, max_drop: float | None = None):
+    """The VocabTrim --trim-vocab asks for (edgekd/vocab.py), checked before training, or None;
+    `max_drop`: the validation accuracy points it may cost (a classifier's)."""
+    import dataclasses
+
     from edgekd.vocab import plan_trim
 
     if not trim_vocab:
         if min_count is not None:
             raise UserError("--trim-vocab-min-count only applies with --trim-vocab; add --trim-vocab or drop it")
         return None
+    if max_drop is not None and not max_drop >= 0:
+        raise UserError(f"--trim-vocab-max-drop must be 0 or more accuracy points, got {max_drop}")
     min_count = 1 if min_count is None else min_count
     if min_count < 1:
         raise UserError(f"--trim-vocab-min-count must be at least 1, got {min_count}")
     # a tokenizer that cannot be trimmed exactly fails here, before training
-    return plan_trim(tokenizer, texts, held_out=held_out, min_count=min_count, model_config=model_config)
+    plan = plan_trim(tokenizer, texts, held_out=held_out, min_count=min_count, model_config=model_config)
+    return dataclasses.replace(plan, max_drop=max_drop)
 
 
 def sized_student_config(teacher_model, tokenizer, *, task: str, budget_ms: float, target: str,

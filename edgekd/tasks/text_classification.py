@@ -58,7 +58,8 @@ def distill(options: dict, *, given: set[str], log: Log):
         source, columns=columns, label2id=label2id, split=split, default_split="validation"))
     trim = vocabulary_trim(options["trim_vocab"], options["trim_vocab_min_count"], texts=_all_texts(train),
                            held_out=_all_texts(validation) if validation is not None else None,
-                           tokenizer=student_tokenizer, model_config=student_model.config)
+                           tokenizer=student_tokenizer, model_config=student_model.config,
+                           max_drop=options["trim_vocab_max_drop"])
     result = run_distill(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
                          train=train, validation=validation, config=config, out=out,
                          overwrite=options["overwrite"], show_progress=not options["quiet"], resume=options["resume"],
@@ -66,7 +67,7 @@ def distill(options: dict, *, given: set[str], log: Log):
     if result.student_dir is None:  # not rank 0 under torchrun: rank 0 reports
         return None
     if result.vocabulary:
-        log(f"student: {describe(result.vocabulary)}")
+        log(f"{'warning: ' if result.vocabulary.get('not_kept') else ''}student: {describe(result.vocabulary)}")
     student = classifier_student(result, validation, task=NAME, unit="samples")
     return judge_student(student, allow_poor_student=options["allow_poor_student"], log=log)
 

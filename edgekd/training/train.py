@@ -118,6 +118,12 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
             pad = small_tokenizer.pad_token_id if small_tokenizer.pad_token_id is not None else 0
             record["validation"] = quality(torch_logits(small, encoded, pad_token_id=pad),
                                            found["validation_labels"], teacher_logits=found["teacher_validation"])
+            if trim.max_drop is not None:  # judged on held-out accuracy, not only on coverage
+                whole = quality(torch_logits(student, encode(validation, tokenizer, max_length=config.max_length),
+                                             pad_token_id=pad_token_id),
+                                found["validation_labels"], teacher_logits=found["teacher_validation"])
+                if not judge_trim(record, whole=whole, max_drop=trim.max_drop):
+                    small, small_tokenizer = student, tokenizer
         save_model(small, small_tokenizer, folder)
         save_record(folder, record)
         found["vocabulary"] = record
@@ -131,6 +137,19 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
         vocabulary["before_trim"], validation_metrics = validation_metrics, vocabulary["validation"]
     return result_of(trained, started=started, validation=validation_metrics, teacher_validation=teacher_quality,
                      vocabulary=vocabulary)
+
+
+def judge_trim(record: dict, *, whole: dict, max_drop: float) -> bool:
+    """Whether a trim is kept: what it cost in validation accuracy (`record["validation"]`, the
+    trimmed student's, against `whole`, the student's before trimming) within `max_drop` points.
+    A trim that is not kept says why, and the record holds the whole student's metrics."""
+    record["accuracy_change"] = 100 * (record["validation"]["accuracy"] - whole["accuracy"])
+    if -record["accuracy_change"] <= max_drop:
+        return True
+    record["not_kept"] = (f"it cost {-record['accuracy_change']:.2f} validation accuracy points, over "
+                          f"--trim-vocab-max-drop {max_drop:g}")
+    record["validation"] = whole
+    return False
 
 
 def train_classifier(*, task: str, teacher: torch.nn.Module | None, config, out: Path, examples: int,
