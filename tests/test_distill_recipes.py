@@ -60,8 +60,8 @@ def test_every_config_field_is_a_cli_option_and_back():
     pipeline_options = text_reads - set(DistillConfig.__dataclass_fields__)
     assert pipeline_options == {"task", "teacher", "data", "split", "out", "recipe", "student_layers", "student_config",
                                 "student_init", "student", "latency_budget_ms", "budget_target", "trim_vocab",
-                                "trim_vocab_min_count", "sequence_length", "validation_data", "validation_split",
-                                "text_column", "label_column", "text_pair_column", "cache_dir", "allow_poor_student",
+                                "trim_vocab_min_count", "trim_vocab_max_drop", "sequence_length", "validation_data",
+                                "validation_split", "text_column", "label_column", "text_pair_column", "cache_dir", "allow_poor_student",
                                 "resume", "overwrite", "quiet", "trust_remote_code"}
 
 
