@@ -34,9 +34,8 @@ PIPELINES = {text_classification.NAME: text_classification, causal_lm.NAME: caus
 # defaults of the options that no config holds; a task's own differ in its `defaults`
 DEFAULTS = {
     "distill": dict(student_init="slice", budget_target="onnx-int8", sequence_length=128, text_column="text",
-                    trim_vocab_max_drop=1.0,
-                    label_column="label", trim_vocab=False, allow_poor_student=False, resume=False,
-                    overwrite=False, quiet=False, trust_remote_code=False),
+                    label_column="label", trim_vocab=False, trim_vocab_max_drop=1.0, allow_poor_student=False,
+                    resume=False, overwrite=False, quiet=False, trust_remote_code=False),
     "export": dict(targets=("onnx-int8",), text_column="text", label_column="label", max_length=128, verify=(),
                    with_tokenizer=False, overwrite=False, quiet=False),
     "demo": dict(out="runs/demo", max_length=128, repeats=50, student_layers="20", overwrite=False, quiet=False),

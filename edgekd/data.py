@@ -338,6 +338,11 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def subset(self, indices: Sequence[int]) -> Encoded:
+        return Encoded(input_ids=[self.input_ids[i] for i in indices], labels=[self.labels[i] for i in indices],
+                       token_type_ids=None if self.token_type_ids is None
+                       else [self.token_type_ids[i] for i in indices])
+
 
 def encode(dataset: TextDataset, tokenizer, *, max_length: int) -> Encoded:
     """Tokenise every text (and text pair), truncating to `max_length` tokens."""

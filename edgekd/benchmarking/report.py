@@ -58,6 +58,11 @@ COLUMNS_BY_TASK = {"text-classification": (COLUMNS, SPEED_COLUMNS), "causal-lm":
 NAN = float("nan")
 
 
+def skipped_warnings(skipped: list[dict]) -> list[str]:
+    """One warning for each artifact a bench passed over, saying why."""
+    return [f"skipped {item['artifact']}: {item['reason']}" for item in skipped]
+
+
 def add_same_target_speedups(rows: list[dict]) -> None:
     """Each student row's speedup over the teacher in the same form, measured in the same run:
     `student/T` over `teacher/T` (the teacher exported to target T), the student in PyTorch over

@@ -29,7 +29,7 @@ from edgekd.benchmarking.gates import GateLimits, check_gates
 from edgekd.benchmarking.latency import MAX_RELATIVE_IQR, measure_interleaved, noisy, summarize, throughput
 from edgekd.benchmarking.machine import machine_info, measurement_warnings
 from edgekd.benchmarking.memory import MemoryProbe, meanwhile
-from edgekd.benchmarking.report import SCHEMA_VERSION, add_same_target_speedups
+from edgekd.benchmarking.report import SCHEMA_VERSION, add_same_target_speedups, skipped_warnings
 from edgekd.benchmarking.runtimes import Candidate, Unavailable, artifact_candidate, runner, text_candidate, torch_candidate
 from edgekd.data import TextDataset
 from edgekd.errors import UserError, first_line
@@ -382,7 +382,7 @@ def _warnings(report: dict) -> list[str]:
                     f"{row['name']}: latency at {where} spreads too widely to trust "
                     f"(IQR {summary['iqr_ms']:.2f} ms = {100 * summary['relative_iqr']:.0f}% of "
                     f"the median); use more --repeats or a quieter machine")
-    warnings += [f"skipped {item['artifact']}: {item['reason']}" for item in report["skipped"]]
+    warnings += skipped_warnings(report["skipped"])
     if report["data"]["labelled_rows"] == 0:
         warnings.append("the evaluation data has no labels: accuracy and F1 are not measured, "
                         "agreement and KL to the teacher are")

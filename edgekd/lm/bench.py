@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from edgekd.benchmarking.latency import interleaved
 from edgekd.benchmarking.memory import MemoryProbe, meanwhile
 from edgekd.benchmarking.runtimes import Candidate
-from edgekd.benchmarking.report import add_same_target_speedups
+from edgekd.benchmarking.report import add_same_target_speedups, skipped_warnings
 from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
 from edgekd.lm.generate import Decoder, decoder_for
@@ -205,8 +205,7 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
               "data": {"rows": len(examples), "tokens": examples.predicted_tokens},
               "settings": {"max_length": max_length, "prompt_tokens": len(prompt), "new_tokens": new_tokens,
                            "rounds": rounds, "threads": 1, "batch_size": 1, "interleaved": True},
-              "skipped": skipped, "warnings": [f"skipped {item['artifact']}: {item['reason']}" for item in skipped]
-              + measurement_warnings(rows, machine)}
+              "skipped": skipped, "warnings": skipped_warnings(skipped) + measurement_warnings(rows, machine)}
     report["gates"] = check_gates(rows, gates or GateLimits())
     return report
 

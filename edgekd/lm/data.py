@@ -27,6 +27,10 @@ class LMExamples:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def subset(self, indices: Sequence[int]) -> LMExamples:
+        return LMExamples(input_ids=[self.input_ids[i] for i in indices], learnt=[self.learnt[i] for i in indices],
+                          pad_token_id=self.pad_token_id)
+
     @property
     def predicted_tokens(self) -> int:
         """Next-token predictions that count: learnt tokens after the first position."""

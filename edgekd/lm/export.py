@@ -26,7 +26,7 @@ import torch
 from edgekd.errors import GateFailed, UserError, first_line
 from edgekd.exporting.artifact import (Artifact, Built, converter_failures, refuse_programs_with_strings, ship_onnx,
                                        write_target)
-from edgekd.targets import Target
+from edgekd.targets import GGUF_PRECISIONS, Target
 from edgekd.tasks import CAUSAL_LM
 
 OPSET = 17
@@ -163,8 +163,6 @@ def export_lm(student_dir: Path, *, targets: list[Target], out: Path, overwrite:
         raise UserError(f"--max-perplexity-ratio {max_perplexity_ratio} is below 1, which not even "
                         "the fp32 export meets; use e.g. 1.1")
     from edgekd.lm.pte import PTE_LM_PRECISIONS
-
-    from edgekd.targets import GGUF_PRECISIONS
 
     for target in targets:
         allowed = {"pte": PTE_LM_PRECISIONS, "gguf": GGUF_PRECISIONS}.get(target.format, LM_PRECISIONS)

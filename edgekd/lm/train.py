@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import Trainee, rows_used, runs_or_refused, train as loop_train
+from edgekd.training.loop import Trainee, check_first_batch, train as loop_train
 from edgekd.config import LMDistillConfig
-from edgekd.training.cache import TopKCache, UsedRows, open_or_build_top_k
+from edgekd.training.cache import TopKCache, open_or_build_top_k, over_rows_used
 from edgekd.lm.data import LMExamples, collate
 from edgekd.vocab import VocabTrim, save_record
 from edgekd.lm.losses import (causal_lm_cross_entropy, distillation_loss, shift_for_next_token,
@@ -63,11 +63,9 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
 
     def prepare(*, device: torch.device, ranks: Ranks, show_progress: bool) -> Trainee:
         first = collate(train, list(range(min(2, len(train)))))
-        for role, model in (("teacher", teacher if uses_teacher else None), ("student", student)):
-            if model is not None:
-                with runs_or_refused(model, role):
-                    model(input_ids=first["input_ids"].to(next(model.parameters()).device),
-                          attention_mask=first["attention_mask"].to(next(model.parameters()).device))
+        check_first_batch({"teacher": teacher if uses_teacher else None, "student": student},
+                          lambda role, model, device: model(input_ids=first["input_ids"].to(device),
+                                                            attention_mask=first["attention_mask"].to(device)))
         cache, found["teacher_seconds"] = _teacher_cache(
             teacher if uses_teacher else None, train, config=config, vocabulary=vocabulary, device=device,
             root=cache_root, ranks=ranks, show_progress=show_progress)
@@ -143,13 +141,9 @@ def _teacher_cache(teacher: torch.nn.Module | None, train: LMExamples, *, config
     if not config.top_k:
         return None, 0.0
     started = time.perf_counter()
-    used = rows_used(len(train), config)  # --max-steps inside one epoch: the teacher sees those texts only
-    rows = train if used is None else LMExamples(input_ids=[train.input_ids[i] for i in used],
-                                                 learnt=[train.learnt[i] for i in used], pad_token_id=train.pad_token_id)
-    cache = open_or_build_top_k(teacher, rows, top_k=config.top_k, temperature=config.temperature,
-                                vocabulary=vocabulary, root=root, device=device, ranks=ranks,
-                                show_progress=show_progress)
-    cache = cache if used is None else UsedRows(cache, used)
+    cache = over_rows_used(lambda rows: open_or_build_top_k(
+        teacher, rows, top_k=config.top_k, temperature=config.temperature, vocabulary=vocabulary, root=root,
+        device=device, ranks=ranks, show_progress=show_progress), train, config)
     teacher.cpu()  # the loop reads the cache; free the device for the student
     return cache, time.perf_counter() - started
 

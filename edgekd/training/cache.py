@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from edgekd.config import cache_dir
 from edgekd.data import Encoded, batches
 from edgekd.training.distributed import Ranks
+from edgekd.training.loop import rows_used
 from edgekd.training.objective import Needs, forward_outputs
 from edgekd.errors import UserError, exclusive
 from edgekd.integrity import checksums, trusted
@@ -66,9 +67,15 @@ TOP_K_FORMAT_VERSION = 1
 QKV_NAMES = ("query", "key", "value")
 
 
-class UsedRows:
-    """A teacher cache built over only the rows a run uses (loop.rows_used), answering by the
-    dataset's own row index."""
+def over_rows_used(build: Callable, examples, config):
+    """`build(examples)`, a teacher cache, built over only the examples a --max-steps run ending
+    inside its first epoch trains on (loop.rows_used), answering by the examples' own index."""
+    used = rows_used(len(examples), config)
+    return build(examples) if used is None else _UsedRows(build(examples.subset(used)), used)
+
+
+class _UsedRows:
+    """A cache over some rows, answering by the dataset's own row index."""
 
     def __init__(self, cache, rows: list[int]):
         self.cache, self.position = cache, {index: position for position, index in enumerate(rows)}

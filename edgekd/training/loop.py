@@ -39,27 +39,31 @@ from edgekd.errors import UserError
 from edgekd.progress import console, progress_bar
 
 
-@contextlib.contextmanager
-def runs_or_refused(model: torch.nn.Module, role: str):
-    """Run `model` once on a first batch before any work: a model whose own code fails on the
-    task's inputs (a layout model without its boxes, a hybrid cut to no attention layer) is
-    refused in one line naming its class, not met as a traceback after the teacher cache."""
+def check_first_batch(models: dict[str, torch.nn.Module | None],
+                      run: Callable[[str, torch.nn.Module, torch.device], object]) -> None:
+    """`run(role, model, its device)` once for each of teacher and student (None: absent) before any
+    work: a model whose own code fails on the task's inputs (a layout model without its boxes, a
+    hybrid cut to no attention layer) is refused in one line naming its class, not met as a
+    traceback after the teacher cache."""
     from edgekd.errors import first_line
 
-    was_training = model.training
-    model.eval()  # no dropout: the check draws nothing from the training's random stream
-    try:
-        with torch.no_grad():
-            yield
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any architecture's own failure
-        fix = ("choose other --student-layers or --student-config values, or give the student with --student"
-               if role == "student" else "edgekd cannot distil this architecture as it is")
-        raise UserError(f"the {role} ({type(model).__name__}) fails on its first batch "
-                        f"({first_line(error)[:160]}); {fix}") from error
-    finally:
-        model.train(was_training)
+    for role, model in models.items():
+        if model is None:
+            continue
+        was_training = model.training
+        model.eval()  # no dropout: the check draws nothing from the training's random stream
+        try:
+            with torch.no_grad():
+                run(role, model, next(model.parameters()).device)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any architecture's own failure
+            fix = ("choose other --student-layers or --student-config values, or give the student with --student"
+                   if role == "student" else "edgekd cannot distil this architecture as it is")
+            raise UserError(f"the {role} ({type(model).__name__}) fails on its first batch "
+                            f"({first_line(error)[:160]}); {fix}") from error
+        finally:
+            model.train(was_training)
 
 
 @dataclass

@@ -19,9 +19,9 @@ import torch
 
 from edgekd.config import DistillConfig
 from edgekd.data import Encoded, TextDataset, collate, encode
-from edgekd.training.cache import UsedRows, default_cache_root, open_or_build
+from edgekd.training.cache import default_cache_root, open_or_build, over_rows_used
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import Trainee, rows_used, runs_or_refused, train as run_loop
+from edgekd.training.loop import Trainee, check_first_batch, train as run_loop
 from edgekd.training.objective import Needs, Objective, ProjectedStudent, forward_outputs
 from edgekd.errors import UserError
 from edgekd.metrics import quality, torch_logits
@@ -79,11 +79,8 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
         objective = Objective(config, student_config=student.config, teacher_config=(teacher or student).config)
         trainee = ProjectedStudent(student, objective)
         first = collate(train_encoded, list(range(min(2, len(train_encoded)))), pad_token_id=pad_token_id)
-        for role, model in (("teacher", teacher), ("student", student)):
-            if model is not None:
-                with runs_or_refused(model, role):
-                    forward_outputs(model, {name: value.to(next(model.parameters()).device)
-                                            for name, value in first.items()}, objective.needs(role))
+        check_first_batch({"teacher": teacher, "student": student}, lambda role, model, device: forward_outputs(
+            model, {name: value.to(device) for name, value in first.items()}, objective.needs(role)))
         teacher_targets, teacher_validation = _teacher_sources(
             teacher, objective, train_encoded, validation_encoded, config=config, device=device,
             pad_token_id=pad_token_id, cache_root=cache_root, ranks=ranks, show_progress=show_progress)
@@ -197,13 +194,9 @@ def _teacher_sources(teacher, objective: Objective, train: Encoded, validation: 
         return None, teacher_validation
     if not config.teacher_cache:
         return _online_teacher(teacher, needs, device), teacher_validation
-    used = rows_used(len(train), config)  # --max-steps inside one epoch: the teacher sees those rows only
-    rows = train if used is None else Encoded(
-        input_ids=[train.input_ids[i] for i in used], labels=[train.labels[i] for i in used],
-        token_type_ids=None if train.token_type_ids is None else [train.token_type_ids[i] for i in used])
-    cache = open_or_build(teacher, rows, needs, root=cache_root, device=device, pad_token_id=pad_token_id,
-                          ranks=ranks, description="teacher outputs (train)", show_progress=show_progress)
-    cache = cache if used is None else UsedRows(cache, used)
+    cache = over_rows_used(lambda rows: open_or_build(
+        teacher, rows, needs, root=cache_root, device=device, pad_token_id=pad_token_id, ranks=ranks,
+        description="teacher outputs (train)", show_progress=show_progress), train, config)
     teacher.cpu()  # from here on the cache answers for it
     return (lambda batch: cache.gather(batch["index"].tolist(), width=batch["input_ids"].shape[1],
                                        device=device)), teacher_validation

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from edgekd.data import in_memory, read_rows, source_name
-from edgekd.errors import UserError
+from edgekd.errors import UserError, first_line
 from edgekd.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -79,10 +79,10 @@ def decode(image, name: str):
     except FileNotFoundError as error:
         raise UserError(f"image {name} does not exist; fix the path or remove the row") from error
     except Image.DecompressionBombError as error:
-        raise UserError(f"image {name} is too large to read safely ({str(error).splitlines()[0][:120]}); "
+        raise UserError(f"image {name} is too large to read safely ({first_line(error)[:120]}); "
                         "resize it or remove it") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise UserError(f"image {name} cannot be read ({str(error).splitlines()[0][:120]}); "
+        raise UserError(f"image {name} cannot be read ({first_line(error)[:120]}); "
                         "replace or remove the file") from error
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import UserError
-from edgekd.models import student_maker
+from edgekd.models import student_from_config, student_maker
 
 TRANSFORMER_KEYS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
                     "intermediate": "intermediate_size", "patch": "patch_size", "image": "image_size"}
@@ -254,8 +254,6 @@ def shrunk_image_student(teacher: nn.Module, spec: str, *, seed: int = 0) -> nn.
     for stale in ("edgekd_source_layers", "edgekd_source_blocks"):
         if hasattr(config, stale):
             delattr(config, stale)
-    from edgekd.models import student_from_config
-
     torch.manual_seed(seed)
     options = {"attn_implementation": "eager"} if is_transformer(teacher) else {}
     return student_from_config(teacher, config, **options).eval()

@@ -32,7 +32,7 @@ from edgekd.config import ImageDistillConfig
 from edgekd.training.cache import built_once, default_cache_root, teacher_key
 from edgekd.training.distributed import Ranks
 from edgekd.training.losses import attention_kl, hard_ce, hidden_mse, kd_kl
-from edgekd.training.loop import Trainee, runs_or_refused
+from edgekd.training.loop import Trainee, check_first_batch
 from edgekd.training.objective import default_layer_map, parse_layer_map
 from edgekd.training.train import DistillResult, result_of, train_classifier
 from edgekd.errors import UserError
@@ -136,10 +136,9 @@ def distill_images(*, teacher: nn.Module | None, teacher_processor, student: nn.
 
     def prepare(*, device: torch.device, ranks: Ranks, show_progress: bool) -> Trainee:
         probes = batch_pixels(train, [0, min(1, len(train) - 1)], processors, channels=channels)
-        for role, model, pixels in (("teacher", teacher, probes[-1]), ("student", student, probes[0])):
-            if model is not None:
-                with runs_or_refused(model, role):
-                    model(pixel_values=pixels.to(next(model.parameters()).device)).logits  # noqa: B018 - a classifier's
+        check_first_batch({"teacher": teacher, "student": student},  # each on its own pixels; a classifier has logits
+                          lambda role, model, device: model(
+                              pixel_values=probes[1 if role == "teacher" else 0].to(device)).logits)
         chosen, projections = plan(config, teacher=teacher, student=student, probe=probes[0],
                                    teacher_probe=probes[1] if teacher is not None else None)
         found["plan"] = chosen
