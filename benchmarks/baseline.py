@@ -111,7 +111,7 @@ def main() -> None:
 
     from edgekd.benchmarking.machine import busy
     from edgekd.benchmarking.report import print_table
-    from edgekd.benchmarking.stage import bench
+    from edgekd.benchmarking.classifier import bench
     from edgekd.progress import silence_libraries
     from edgekd.exporting.stage import export
     from edgekd.targets import load_target

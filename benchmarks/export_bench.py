@@ -74,7 +74,7 @@ def main() -> None:
                                           "interleaved medians", help="what the machine was doing")
     args = parser.parse_args()
 
-    from edgekd.benchmarking.stage import machine_info
+    from edgekd.benchmarking.machine import machine_info
     from edgekd.data import demo_splits
     from edgekd.exporting.stage import export
     from edgekd.exporting.validation import validation_set

@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--note", default="")
     args = parser.parse_args()
 
-    from edgekd.benchmarking.stage import bench
+    from edgekd.benchmarking.classifier import bench
     from edgekd.progress import silence_libraries
     from edgekd.config import cache_dir
     from edgekd.data import demo_splits, sample_batches

@@ -107,7 +107,7 @@ def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
     from dataclasses import replace
 
     from edgekd.benchmarking.report import print_table, write_report
-    from edgekd.benchmarking.stage import bench
+    from edgekd.benchmarking.classifier import bench
     from edgekd.training.train import distill
     from edgekd.exporting.stage import export
     from edgekd.data import sample_batches

@@ -13,7 +13,7 @@ import pytest
 from edgekd.metrics import accuracy, agreement, macro_f1, mean_kl
 from edgekd.benchmarking.latency import measure_interleaved, noisy, summarize, throughput
 from edgekd.benchmarking.report import SCHEMA_VERSION, markdown, write_report
-from edgekd.benchmarking.stage import bench
+from edgekd.benchmarking.classifier import bench
 from edgekd.data import Columns, TextDataset, load_file
 from edgekd.errors import UserError
 from edgekd.exporting.stage import export
@@ -77,7 +77,7 @@ def test_report_schema_rows_for_teacher_student_and_every_artifact(teacher_dir, 
                                                                    teacher, data, tmp_path):
     report = bench(teacher=teacher_dir, student=student_dir, artifacts=exported, data=data,
                    teacher_model=teacher, sequence_lengths=[32, 16], cache_folder=tmp_path, **FAST)
-    assert report["schema_version"] == SCHEMA_VERSION == 5 and report["task"] == "text-classification"
+    assert report["schema_version"] == SCHEMA_VERSION == 6 and report["task"] == "text-classification"
     assert {"rows", "machine", "data", "settings", "peak", "warnings", "gates", "skipped"} <= set(report)
     assert [r["name"] for r in report["rows"]] == ["teacher", "student", "student/onnx-fp32",
                                                    "student/onnx-int8"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgekd.benchmarking.runtimes import artifact_candidate, predict
-from edgekd.benchmarking.stage import bench
+from edgekd.benchmarking.classifier import bench
 from edgekd.data import Columns, encode, load_file
 from edgekd.models import load_classifier
 

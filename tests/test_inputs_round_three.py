@@ -335,7 +335,7 @@ def test_export_and_bench_stop_on_sigterm_and_ctrl_c_in_one_line_with_nothing_ha
     assert run_cli("export", student_dir, "--target", "onnx-fp32", "--out", out, "--quiet").exit_code == 0
 
     report = tmp_path / "report"
-    status, lines = _interrupt(tmp_path, "edgekd.benchmarking.stage._all_logits", number,
+    status, lines = _interrupt(tmp_path, "edgekd.benchmarking.classifier._all_logits", number,
                                "bench", "--teacher", teacher_dir, "--student", student_dir, "--artifacts", out,
                                "--data", test_file, "--out", report, "--repeats", "2", "--quiet")
     assert status == code and lines == [f"edgekd bench was interrupted ({name}); nothing half-written was kept; "

@@ -213,7 +213,7 @@ def test_a_pair_task_exports_a_model_that_takes_string_pairs(tmp_path):
     np.testing.assert_allclose(one[0], reference[-1], atol=1e-5)
 
     # bench times it with tokenization included, on the same pairs, and predicts as the plain model
-    from edgekd.benchmarking.stage import bench
+    from edgekd.benchmarking.classifier import bench
 
     fast = dict(max_length=32, sequence_length=32, repeats=3, warmup=1, throughput_batch_size=4,
                 measure_memory=False, show_progress=False, measure_roofline=False)

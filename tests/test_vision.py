@@ -261,7 +261,7 @@ def test_top5_accuracy_by_hand():
 def test_bench_images_each_model_at_its_own_size_with_gates(tmp_path):
     from edgekd.benchmarking.gates import GateLimits
     from edgekd.benchmarking.report import markdown
-    from edgekd.benchmarking.stage import bench
+    from edgekd.benchmarking.classifier import bench
     from edgekd.exporting.stage import export
 
     teacher = save(tiny("vit"), tmp_path / "teacher")  # 32 x 32 pixels

@@ -193,7 +193,7 @@ def test_distill_trim_vocab_then_export_and_bench(teacher_dir, tmp_path):
     import json
 
     from conftest import FILLER, make_rows, run_cli, write_jsonl
-    from edgekd.benchmarking.stage import bench
+    from edgekd.benchmarking.classifier import bench
     from edgekd.data import Columns, load_file
     from edgekd.exporting.stage import export
     from edgekd.targets import load_target

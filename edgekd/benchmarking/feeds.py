@@ -7,9 +7,10 @@ whether its rows read tokens or pixels.
                 student and artifact), so a teacher at 224 px and a student at 96 px see the
                 same pictures, each at its own size
 
-Both give the stage (edgekd/benchmarking/stage.py) the same five things: a check of each candidate
-before anything is timed, its logits over the data, batch-1 inputs for every latency point,
-inputs for the throughput batch, and what the report says about its inputs.
+Both give the classifiers' measurement (edgekd/benchmarking/classifier.py) the same five
+things: a check of each candidate before anything is timed, its logits over the data, batch-1
+inputs for every latency point, inputs for the throughput batch, and what the report says
+about its inputs.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Bench for causal LMs: quality on held-out text and speed of step-by-step decoding.
+"""The decoder contract's bench measurement (edgekd/benchmarking/stage.py runs it, as it runs
+the classifiers'): quality on held-out text and speed of step-by-step decoding.
 
 Quality: perplexity (exp of the mean next-token cross-entropy over held-out text) and
 top-1 next-token agreement with the teacher. Speed: prefill tokens/s (the prompt in one
 pass) and decode tokens/s (one token per step, KV cache reused) at 1 thread, measured
-interleaved across models in rounds and reported as medians; peak resident memory of a
-process of its own that loads and runs each model (as for every task); size on disk.
+interleaved across models in rounds and reported as medians. Memory, size and the report
+are the stage's, as for every task.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.benchmarking.latency import interleaved
-from edgekd.benchmarking.memory import MemoryProbe, meanwhile
 from edgekd.benchmarking.runtimes import Candidate
-from edgekd.benchmarking.report import add_same_target_speedups, skipped_warnings
 from edgekd.errors import UserError
 from edgekd.lm.data import LMExamples
 from edgekd.lm.generate import Decoder, decoder_for
@@ -40,10 +39,6 @@ def torch_logits_fn(model: torch.nn.Module) -> Callable[[list[int]], np.ndarray]
         return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
 
     return logits
-
-
-def onnx_logits_fn(decoder: Decoder) -> Callable[[list[int]], np.ndarray]:
-    return decoder.all_logits
 
 
 def quality(logits_fn: Callable[[list[int]], np.ndarray], examples: LMExamples, *,
@@ -158,14 +153,7 @@ def interleaved_speeds(runners: dict[str, Callable[[], Speed]], *, rounds: int) 
             for name, runs in samples.items()}
 
 
-def folder_bytes(folder: Path, pattern: str) -> int:
-    """Bytes of the files matching `pattern` in `folder` (of the file, for a .gguf teacher)."""
-    if Path(folder).is_file():
-        return Path(folder).stat().st_size
-    return sum(p.stat().st_size for p in Path(folder).glob(pattern))
-
-
-# ---------------------------------------------------------------------------- the stage
+# ---------------------------------------------------------------------------- the measurement
 
 LM_INPUTS = ["input_ids", "attention_mask"]  # what the memory probe feeds a causal LM
 
@@ -176,38 +164,96 @@ def bench_lm(*, teacher_dir: Path, student_dir: Path | None, artifacts: Path | l
     """Quality and speed of teacher (PyTorch), student (PyTorch) and each exported target;
     the report has the schema of every task's (docs/report-schema.md), gates included
     (`gates`: edgekd.benchmarking.gates.GateLimits; the caller decides whether a failure stops it)."""
-    from edgekd.benchmarking.gates import GateLimits, check_gates
-    from edgekd.benchmarking.machine import machine_info, measurement_warnings
-    from edgekd.benchmarking.report import SCHEMA_VERSION
-    from edgekd.lm.data import encode_texts
+    from edgekd.benchmarking.gates import GateLimits
+    from edgekd.benchmarking.stage import run
 
     if student_dir is None and artifacts is None:
         raise UserError("nothing to compare with the teacher; pass --student and/or --artifacts")
     if new_tokens < 2 or rounds < 1:
         raise UserError(f"--new-tokens must be at least 2 (got {new_tokens}) and --rounds at least 1 (got {rounds})")
-    models, skipped = _models(teacher_dir, student_dir, artifacts)
-    if len(models) == 1:
-        raise UserError(f"nothing to compare with the teacher: {skipped[0]['reason']}" if skipped else
-                        "nothing to compare with the teacher; pass --student and/or --artifacts")
-    teacher_tokenizer = _teacher_tokenizer(teacher_dir)
-    examples = encode_texts(texts, teacher_tokenizer, max_length=max_length)
-    owns = {model.name: own_vocabulary(model.config_folder, teacher_tokenizer, examples)
-            for model in models if model.name != "teacher"}
-    machine = machine_info()
+    measurement = DecoderMeasurement(teacher_dir, student_dir, artifacts, texts=texts, max_length=max_length,
+                                     prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # every speed is at 1 thread; restored on the way out
     try:
-        rows, prompt = _measure(models, examples, owns, teacher_tokenizer, prompt_tokens=prompt_tokens,
-                                new_tokens=new_tokens, rounds=rounds)
+        return run(measurement, gates=gates or GateLimits())
     finally:
         torch.set_num_threads(threads)
-    report = {"schema_version": SCHEMA_VERSION, "task": "causal-lm", "rows": rows, "machine": machine,
-              "data": {"rows": len(examples), "tokens": examples.predicted_tokens},
-              "settings": {"max_length": max_length, "prompt_tokens": len(prompt), "new_tokens": new_tokens,
-                           "rounds": rounds, "threads": 1, "batch_size": 1, "interleaved": True},
-              "skipped": skipped, "warnings": skipped_warnings(skipped) + measurement_warnings(rows, machine)}
-    report["gates"] = check_gates(rows, gates or GateLimits())
-    return report
+
+
+class DecoderMeasurement:
+    """The decoder contract's measurement (edgekd/benchmarking/stage.py runs it): perplexity and
+    next-token agreement over held-out text; prefill and decode speed, one token per step with
+    the key/value cache, at 1 thread. A trimmed model reads the same texts in its own tokens."""
+
+    task = "causal-lm"
+
+    def __init__(self, teacher_dir: Path, student_dir: Path | None, artifacts, *, texts: list[str],
+                 max_length: int, prompt_tokens: int, new_tokens: int, rounds: int):
+        from edgekd.lm.data import encode_texts
+
+        self.teacher_dir, self.student_dir, self.artifacts = teacher_dir, student_dir, artifacts
+        self.max_length, self.new_tokens, self.rounds = max_length, new_tokens, rounds
+        self.tokenizer = _teacher_tokenizer(teacher_dir)
+        self.examples = encode_texts(texts, self.tokenizer, max_length=max_length)
+        self.prompt = _prompt(self.examples, prompt_tokens)
+        self.owns: dict[str, OwnVocabulary | None] = {}
+        self.prompts: dict[str, list[int]] = {}
+
+    def candidates(self) -> tuple[list[Candidate], list[dict]]:
+        models, skipped = _models(self.teacher_dir, self.student_dir, self.artifacts)
+        if len(models) == 1:
+            raise UserError(f"nothing to compare with the teacher: {skipped[0]['reason']}" if skipped else
+                            "nothing to compare with the teacher; pass --student and/or --artifacts")
+        self.owns = {model.name: own_vocabulary(model.config_folder, self.tokenizer, self.examples)
+                     for model in models if model.name != "teacher"}
+        prompt_text = self.tokenizer.decode(self.prompt)
+        self.prompts = {model.name: self.owns[model.name].tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+                        if self.owns.get(model.name) else self.prompt for model in models}
+        return models, skipped
+
+    def memory_feeds(self, candidates: list[Candidate]) -> dict[str, dict]:
+        # the memory child feeds whole prompts; a .pte causal LM takes one token per call
+        return {model.name: {"input_ids": np.asarray([self.prompts[model.name]], dtype=np.int64),
+                             "attention_mask": np.ones((1, len(self.prompts[model.name])), dtype=np.int64)}
+                for model in candidates if model.format != "pte"}
+
+    def quality(self, candidates: list[Candidate]) -> dict[str, dict]:
+        """Perplexity and agreement with the teacher's top-1 next token of each model."""
+        qualities, teacher_top1 = {}, None
+        vocabulary = candidates[0].model.get_output_embeddings().out_features  # the teacher's
+        for model in candidates:
+            own = self.owns.get(model.name)
+            logits_fn = _logits_fn(model.model)
+            if teacher_top1 is None:
+                teacher_top1 = top1_predictions(logits_fn, self.examples, vocabulary=vocabulary)
+            row_quality = quality(logits_fn, self.examples, vocabulary=len(own.kept) if own else vocabulary, own=own,
+                                  teacher_top1=None if model.name == "teacher" else teacher_top1)
+            qualities[model.name] = {"quality": row_quality, "vocabulary": own.coverage if own else None}
+        return qualities
+
+    def speed(self, candidates: list[Candidate]) -> dict[str, dict]:
+        """Decode speed of every model, interleaved; `latency.p50_ms` is per decoded token."""
+        runners = {model.name: (lambda m=model.model, p=self.prompts[model.name]: decode_speed(m, p, self.new_tokens))
+                   for model in candidates}
+        speeds = interleaved_speeds(runners, rounds=self.rounds)
+        return {name: {"latency": {"p50_ms": 1000 / speed["decode_tokens_per_second"], **speed}}
+                for name, speed in speeds.items()}
+
+    def compare(self, rows: list[dict]) -> None:
+        perplexity = {row["name"]: row["quality"]["perplexity"] for row in rows}
+        for row in rows:
+            row["perplexity_ratio"] = perplexity[row["name"]] / perplexity[row["reference"] or "teacher"]
+            row["perplexity_ratio_vs_teacher"] = perplexity[row["name"]] / perplexity["teacher"]
+
+    def record(self, candidates: list[Candidate]) -> dict:
+        return {"data": {"rows": len(self.examples), "tokens": self.examples.predicted_tokens},
+                "settings": {"max_length": self.max_length, "prompt_tokens": len(self.prompt),
+                             "new_tokens": self.new_tokens, "rounds": self.rounds, "threads": 1, "batch_size": 1,
+                             "interleaved": True}}
+
+    def warnings(self, report: dict) -> list[str]:
+        return []
 
 
 def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> tuple[list[Candidate], list[dict]]:
@@ -215,11 +261,12 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> tuple[lis
     candidate's config folder is where its tokenizer is (a trimmed vocabulary's is not the teacher's).
     Also the artifacts skipped, with why (a .gguf file is measured with llama.cpp's own tools)."""
     from edgekd.lm.models import dequantised_gguf
-    from edgekd.manifest import origin_of, read_manifest
+    from edgekd.manifest import artifact_folders, origin_of, read_manifest
 
     teacher_folder = dequantised_gguf(Path(teacher_dir)) if str(teacher_dir).lower().endswith(".gguf") else teacher_dir
+    given = [] if artifacts is None else [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
     exported, skipped = [], []
-    for folder in _artifact_folders(artifacts):
+    for folder in [folder for root in given for folder in artifact_folders(root)]:
         manifest = read_manifest(folder)
         if not is_decoder(manifest["task"]):
             raise UserError(f"{folder} holds a {manifest['task']} artifact, not a causal LM; bench it "
@@ -245,86 +292,16 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> tuple[lis
     return models, skipped
 
 
-def _reference(model: Candidate, *, has_student: bool) -> str | None:
-    """The row a model's quality ratio is against: what it was made from."""
-    if model.name == "teacher":
-        return None
-    return "student" if model.origin == "student" and model.name != "student" and has_student else "teacher"
+def _logits_fn(model) -> Callable[[list[int]], np.ndarray]:
+    return model.all_logits if isinstance(model, Decoder) else torch_logits_fn(model)
 
 
-def _size_bytes(model: Candidate) -> int:
-    if model.format == "pytorch":
-        return folder_bytes(model.source, "*.safetensors")
-    return folder_bytes(model.config_folder, "model.*")
-
-
-def _measure(models: list[Candidate], examples: LMExamples, owns: dict, teacher_tokenizer, *, prompt_tokens: int,
-             new_tokens: int, rounds: int) -> tuple[list[dict], list[int]]:
-    """Every model's quality and, meanwhile, its peak memory in a process of its own (as for
-    every task: edgekd/benchmarking/memory.py, on the decode prompt); then decode speed, all models
-    interleaved. A trimmed model reads the same prompt in its own tokens."""
-    prompt = _prompt(examples, prompt_tokens)
-    prompt_text = teacher_tokenizer.decode(prompt)
-    prompts = {model.name: owns[model.name].tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-               if owns.get(model.name) else prompt for model in models}
-    probes = {}
-    for model in models:
-        if model.format == "pte":
-            continue  # the memory child feeds whole prompts; a .pte causal LM takes one token per call
-        ids = prompts[model.name]
-        feeds = {"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-        memory_source = model.config_folder if model.format == "pytorch" else model.source  # a .gguf: its folder
-        probes[model.name] = MemoryProbe(model_format=model.format, source=memory_source,
-                                         input_names=list(feeds), feeds=feeds, threads=1)
-    (rows, loaded), memory = meanwhile(probes, lambda: _quality_rows(models, examples, owns))
-    for row in rows:
-        row["memory"] = memory.get(row["name"])
-    runners = {name: (lambda m=instance, p=prompts[name]: onnx_decode(m, p, new_tokens))
-               if isinstance(instance, Decoder)
-               else (lambda m=instance, p=prompts[name]: torch_decode(m, p, new_tokens)) for name, instance in loaded.items()}
-    speeds = interleaved_speeds(runners, rounds=rounds)
-    perplexity = {row["name"]: row["quality"]["perplexity"] for row in rows}
-    for row in rows:
-        speed = speeds[row["name"]]
-        row["latency"] = {"p50_ms": 1000 / speed["decode_tokens_per_second"], **speed}  # decode, per token
-        row["speedup"] = speed["decode_tokens_per_second"] / speeds["teacher"]["decode_tokens_per_second"]
-        row["perplexity_ratio"] = perplexity[row["name"]] / perplexity[row["reference"] or "teacher"]
-        row["perplexity_ratio_vs_teacher"] = perplexity[row["name"]] / perplexity["teacher"]
-    add_same_target_speedups(rows)
-    return rows, prompt
-
-
-def _quality_rows(models: list[Candidate], examples: LMExamples, owns: dict) -> tuple[list[dict], dict]:
-    """Perplexity and agreement with the teacher of each model; the loaded models."""
-    rows, teacher_top1, vocabulary = [], None, None
-    has_student = any(model.name == "student" for model in models)
-    for model in models:
-        own = owns.get(model.name)
-        if vocabulary is None:
-            vocabulary = model.model.get_output_embeddings().out_features
-        logits_fn = onnx_logits_fn(model.model) if isinstance(model.model, Decoder) else torch_logits_fn(model.model)
-        if teacher_top1 is None:
-            teacher_top1 = top1_predictions(logits_fn, examples, vocabulary=vocabulary)
-        row_quality = quality(logits_fn, examples, vocabulary=len(own.kept) if own else vocabulary, own=own,
-                              teacher_top1=None if model.name == "teacher" else teacher_top1)
-        rows.append({"name": model.name, "runtime": model.runtime, "format": model.format,
-                     "precision": model.precision, "target": model.target, "source": str(model.source),
-                     "threads": 1, "quality": row_quality, "reference": _reference(model, has_student=has_student),
-                     "size_bytes": _size_bytes(model), "vocabulary": own.coverage if own else None})
-    return rows, {model.name: model.model for model in models}
-
-
-def _artifact_folders(artifacts) -> list[Path]:
-    from edgekd.manifest import artifact_folders
-
-    given = [] if artifacts is None else [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
-    return [folder for root in given for folder in artifact_folders(root)]
+def decode_speed(model, prompt_ids: list[int], new_tokens: int) -> Speed:
+    return (onnx_decode if isinstance(model, Decoder) else torch_decode)(model, prompt_ids, new_tokens)
 
 
 def _teacher_tokenizer(teacher_dir: Path):
     from transformers import AutoTokenizer
-
-    from edgekd.lm.models import load_causal_lm
 
     return load_causal_lm(teacher_dir)[1] if str(teacher_dir).endswith(".gguf") \
         else AutoTokenizer.from_pretrained(str(teacher_dir))

@@ -88,7 +88,7 @@ def export(student: Path, *, targets, out: Path, options: dict, log: Log):
 
 def bench(options: dict, *, artifacts, gates) -> dict:
     """The classifiers' bench stage over labelled pictures, each model at its own input size."""
-    from edgekd.benchmarking.stage import bench as run_bench
+    from edgekd.benchmarking.classifier import bench as run_bench
 
     teacher_model, processor = _teacher(options["teacher"], trust_remote_code=options["trust_remote_code"])
     images = read_images(options["data"], label2id=label2id_of(teacher_model), options=options,

@@ -181,7 +181,7 @@ def _source(data, fallback: str) -> str:
 
 def bench(options: dict, *, artifacts, gates) -> dict:
     """The classifiers' bench stage over labelled text."""
-    from edgekd.benchmarking.stage import bench as run_bench
+    from edgekd.benchmarking.classifier import bench as run_bench
     from edgekd.data import load_file
 
     teacher_model, tokenizer = _teacher(options["teacher"], trust_remote_code=options["trust_remote_code"])

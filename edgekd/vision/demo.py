@@ -119,7 +119,7 @@ def run_image_demo(*, out: Path, cache: Path | None = None, limit: int | None = 
     """Teacher (cached) -> shrunk ResNet student, distilled -> onnx-fp32 + static int8 of the
     student and of the teacher (the baseline each student artifact is compared with) -> report."""
     from edgekd.benchmarking.report import print_table, write_report
-    from edgekd.benchmarking.stage import bench
+    from edgekd.benchmarking.classifier import bench
     from edgekd.exporting.inputs import sample_rows
     from edgekd.exporting.stage import export
     from edgekd.targets import load_targets_for
