@@ -81,7 +81,7 @@ def comparison(rows: dict, total: int) -> dict:
 def prepare(args) -> tuple[Path, Path, Path, dict]:
     """The cached teacher, the student, the student's int8 export, and the demo splits."""
     from edgekd.data import demo_splits
-    from edgekd.demo import build_teacher, cache_dir
+    from edgekd.tasks.text_demo import build_teacher, cache_dir
     from edgekd.errors import UserError
 
     splits = demo_splits(seed=0)

@@ -27,7 +27,7 @@ import torch
 from edgekd.benchmarking.machine import machine_info  # CPU model and flags, recorded with every figure
 from edgekd.config import DistillConfig
 from edgekd.data import demo_splits
-from edgekd.demo import STUDENT_RECIPE, build_teacher, cache_dir
+from edgekd.tasks.text_demo import STUDENT_RECIPE, build_teacher, cache_dir
 from edgekd.training.train import distill
 from edgekd.models import load_classifier, select_layers
 

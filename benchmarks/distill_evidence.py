@@ -50,7 +50,7 @@ from edgekd.cli import app
 from edgekd.cli.distill import recipe_values
 from edgekd.config import DistillConfig
 from edgekd.data import TextDataset, demo_splits, encode
-from edgekd.demo import build_teacher, cache_dir, minilm_path
+from edgekd.tasks.text_demo import build_teacher, cache_dir, minilm_path
 from edgekd.training.train import distill
 from edgekd.models import load_classifier
 from edgekd.tasks.text_classification import make_student

@@ -22,7 +22,7 @@ import torch
 
 from edgekd.metrics import quality, torch_logits
 from edgekd.data import demo_splits, encode
-from edgekd.demo import STUDENT_RECIPE, build_teacher, cache_dir
+from edgekd.tasks.text_demo import STUDENT_RECIPE, build_teacher, cache_dir
 from edgekd.training.train import distill
 from edgekd.models import load_classifier, select_layers
 

@@ -133,10 +133,11 @@ def main() -> None:
 
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if args.demo is None:
-        from edgekd.vision.demo import run_image_demo
+        from edgekd.demo import run
+        from edgekd.vision.demo import ImageDemo
 
         with tempfile.TemporaryDirectory(prefix="edgekd-image-demo-") as scratch:
-            report = run_image_demo(out=Path(scratch), cache=args.cache_dir)
+            report = run(ImageDemo(cache=args.cache_dir), out=Path(scratch))
     else:
         report = json.loads((args.demo / "report.json").read_text())
     result["demo"] = {**demo_goals(report), "recipe": report.get("demo")}

@@ -131,7 +131,8 @@ def main() -> None:
     from edgekd.training.cache import open_or_build_top_k as open_or_build
     from edgekd.benchmarking.report import print_table
     from edgekd.lm.data import encode_texts
-    from edgekd.lm.demo import demo_texts, lm_demo
+    from edgekd.demo import run
+    from edgekd.lm.demo import LMDemo, demo_texts
     from edgekd.lm.models import demo_gguf_path, dequantised_gguf, load_causal_lm, make_lm_student, probe_batch
 
     config = demo_config(arguments)
@@ -145,7 +146,7 @@ def main() -> None:
         report = json.loads(partial.read_text())  # the demo's report, timings included
         demo_seconds = sum(report["demo"]["timings"].values())
     else:
-        report = lm_demo(work / "demo", config=config, overwrite=True)
+        report = run(LMDemo(config, overwrite=True), out=work / "demo")
         demo_seconds = time.perf_counter() - started
         RESULT.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(report, indent=2, default=str))

@@ -66,7 +66,7 @@ def main() -> None:
     from edgekd.progress import silence_libraries
     from edgekd.config import cache_dir
     from edgekd.data import demo_splits, sample_batches
-    from edgekd.demo import LAYER_CUT, STUDENT_RECIPE, TEACHER_RECIPE, build_teacher
+    from edgekd.tasks.text_demo import LAYER_CUT, STUDENT_RECIPE, TEACHER_RECIPE, build_teacher
     from edgekd.training.train import distill
     from edgekd.exporting.stage import export
     from edgekd.models import count_parameters, layer_count, load_classifier, parse_layers, save_model, select_layers

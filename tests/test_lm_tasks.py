@@ -230,14 +230,15 @@ def test_the_causal_lm_demo_benches_the_teacher_exported_to_the_same_targets(lm,
     from dataclasses import replace
 
     from edgekd.config import LMDistillConfig
-    from edgekd.lm.demo import LMDemoConfig, lm_demo
+    from edgekd.demo import run
+    from edgekd.lm.demo import LMDemo, LMDemoConfig
     from lm_tiny import make_texts
 
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
     config = replace(LMDemoConfig(), student_layers="1", targets=("onnx-fp32", "onnx-int8"),
                      distill=LMDistillConfig(max_steps=2, batch_size=4, max_length=24, top_k=8, device="cpu"))
-    report = lm_demo(tmp_path / "demo", config=config, teacher_source=lm["teacher"], show_progress=False,
-                     texts=(make_texts(8), make_texts(3, seed=5)))
+    report = run(LMDemo(config, teacher_source=lm["teacher"], show_progress=False,
+                        texts=(make_texts(8), make_texts(3, seed=5))), out=tmp_path / "demo")
     rows = {row["name"]: row for row in report["rows"]}
     assert set(rows) == {"teacher", "student", "student/onnx-fp32", "student/onnx-int8",
                          "teacher/onnx-fp32", "teacher/onnx-int8"}

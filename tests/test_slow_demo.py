@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from edgekd.cli import app
 from edgekd.data import demo_splits, write_jsonl
-from edgekd.demo import build_teacher
+from edgekd.tasks.text_demo import build_teacher
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -33,7 +33,7 @@ def slice_files(tmp_path_factory):
 def minilm_teacher(slice_files, tmp_path_factory):
     from dataclasses import replace
 
-    from edgekd.demo import TEACHER_RECIPE
+    from edgekd.tasks.text_demo import TEACHER_RECIPE
 
     _, small = slice_files
     cache = tmp_path_factory.mktemp("cache")

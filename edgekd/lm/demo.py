@@ -11,12 +11,10 @@ benchmarks/results/lm_demo.json.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.errors import UserError
-from edgekd.progress import console
 from edgekd.lm.bench import bench_lm
 from edgekd.lm.data import encode_texts
 from edgekd.lm.export import export_lm
@@ -24,6 +22,7 @@ from edgekd.lm.models import (demo_gguf_path, dequantised_gguf, load_causal_lm, 
                               probe_batch)
 from edgekd.config import LMDistillConfig
 from edgekd.lm.train import distill_lm
+from edgekd.targets import load_targets_for
 
 
 @dataclass(frozen=True)
@@ -50,72 +49,56 @@ def demo_texts(config: LMDemoConfig) -> tuple[list[str], list[str]]:
     return splits["train"].texts[:config.train_texts], splits["test"].texts[:config.eval_texts]
 
 
-def lm_demo(out: Path, *, config: LMDemoConfig = LMDemoConfig(), teacher_source: str | Path | None = None,
-            overwrite: bool = False, show_progress: bool = True,
-            texts: tuple[list[str], list[str]] | None = None) -> dict:
-    """Distil, export and bench; returns the bench report with the paths and timings added
-    (also written to OUT/report.json and report.md)."""
-    from edgekd.benchmarking.report import print_table, write_report
-    from edgekd.targets import load_targets_for
+class LMDemo:
+    """SmolLM2-135M -> a student of `config.student_layers` layers, distilled on its top-k next
+    tokens -> the student and the teacher exported with a key/value cache -> report (the driver:
+    edgekd/demo.py). Quantised exports are held to their perplexity budget on the training text,
+    so that the held-out text stays unseen until the bench."""
 
-    out = Path(out)
-    targets = load_targets_for(list(config.targets), "causal-lm")
-    timings, started = {}, time.perf_counter()
-    teacher_dir = Path(teacher_source) if teacher_source else dequantised_gguf(demo_gguf_path())
-    teacher, tokenizer = load_causal_lm(teacher_dir)
-    timings["teacher_load_seconds"] = time.perf_counter() - started
-    train_texts, eval_texts = texts or demo_texts(config)
-    examples = encode_texts(train_texts, tokenizer, max_length=config.distill.max_length)
-    probe = probe_batch(examples)
-    student, _ = make_lm_student(teacher, tokenizer, layers=config.student_layers, probe=probe)
-    result = distill_lm(teacher=teacher, student=student, tokenizer=tokenizer, train=examples,
-                        config=config.distill, out=out / "student", overwrite=overwrite,
-                        vocabulary=teacher.get_output_embeddings().out_features,
-                        show_progress=show_progress)
-    timings.update(teacher_cache_seconds=result.teacher_seconds, distill_seconds=result.seconds)
-    del teacher
-    started = time.perf_counter()
-    # quantised exports are held to their perplexity budget on training text, so that the
-    # held-out text stays unseen until the bench
-    artifacts = export_lm(out / "student", targets=targets, out=out / "export",
-                          overwrite=overwrite, max_length=max(256, config.distill.max_length),
-                          gate_texts=train_texts, gate_source="BBC News training articles",
-                          show_progress=show_progress)
-    timings["export_seconds"] = time.perf_counter() - started
-    started = time.perf_counter()
-    teacher_artifacts = _teacher_baseline(teacher_dir, targets, out=out / "teacher-export", overwrite=overwrite,
-                                          max_length=max(256, config.distill.max_length), gate_texts=train_texts,
-                                          show_progress=show_progress)
-    timings["teacher_export_seconds"] = time.perf_counter() - started
-    started = time.perf_counter()
-    report = bench_lm(teacher_dir=teacher_dir, student_dir=out / "student",
-                      artifacts=[out / "export", *teacher_artifacts],
-                      texts=eval_texts, max_length=config.distill.max_length)
-    timings["bench_seconds"] = time.perf_counter() - started
-    report["demo"] = {"timings": timings, "student_layers": config.student_layers,
-                      "cache_bytes_per_token": result.cache_bytes_per_token,
-                      "train_tokens_per_second": result.tokens_per_second,
-                      "parity": {a.target: a.greedy_agreement for a in artifacts},
-                      "perplexity_gate": {a.target: a.perplexity_ratio for a in artifacts if a.perplexity_ratio},
-                      "int8_kept_float": {a.target: a.kept_float for a in artifacts
-                                          if a.precision == "int8-dynamic"}}
-    write_report(report, out)
-    if show_progress:
-        print_table(report)
-    return report
+    export_note = ""
 
+    def __init__(self, config: LMDemoConfig = LMDemoConfig(), *, teacher_source: str | Path | None = None,
+                 texts: tuple[list[str], list[str]] | None = None, overwrite: bool = False,
+                 show_progress: bool = True):
+        self.config, self.teacher_source, self.texts = config, teacher_source, texts
+        self.targets = config.targets
+        self.overwrite, self.show_progress = overwrite, show_progress
+        self.result, self.artifacts = None, None
 
-def _teacher_baseline(teacher_dir: Path, targets, *, out: Path, overwrite: bool, max_length: int,
-                      gate_texts: list[str], show_progress: bool) -> list[Path]:
-    """The teacher exported to the student's targets: what each student artifact is compared
-    with (the speedup distillation alone bought). A target whose budget the teacher misses is
-    said so and left out of the comparison; the others are kept."""
-    from edgekd.errors import GateFailed
+    def data(self) -> dict[str, list[str]]:
+        train, test = self.texts or demo_texts(self.config)
+        return {"train": train, "test": test}
 
-    console.print("export: the teacher to the same targets (the baseline without distillation)")
-    try:
-        export_lm(teacher_dir, targets=targets, out=out, overwrite=overwrite, max_length=max_length,
-                  gate_texts=gate_texts, gate_source="BBC News training articles", show_progress=show_progress)
-    except GateFailed as failure:
-        console.print(f"teacher baseline: {failure}; that target has no teacher counterpart", soft_wrap=True)
-    return [folder for folder in sorted(out.glob("*")) if (folder / "edgekd.json").is_file()]
+    def teacher(self, data: dict[str, list[str]]) -> Path:
+        return Path(self.teacher_source) if self.teacher_source else dequantised_gguf(demo_gguf_path())
+
+    def distill(self, teacher: Path, data: dict[str, list[str]], out: Path) -> Path:
+        model, tokenizer = load_causal_lm(teacher)
+        examples = encode_texts(data["train"], tokenizer, max_length=self.config.distill.max_length)
+        student, _ = make_lm_student(model, tokenizer, layers=self.config.student_layers, probe=probe_batch(examples))
+        self.result = distill_lm(teacher=model, student=student, tokenizer=tokenizer, train=examples,
+                                 config=self.config.distill, out=out, overwrite=self.overwrite,
+                                 vocabulary=model.get_output_embeddings().out_features,
+                                 show_progress=self.show_progress)
+        return out
+
+    def export(self, model: Path, data: dict[str, list[str]], out: Path) -> list:
+        artifacts = export_lm(model, targets=load_targets_for(list(self.targets), "causal-lm"), out=out,
+                              overwrite=self.overwrite, max_length=max(256, self.config.distill.max_length),
+                              gate_texts=data["train"], gate_source="BBC News training articles",
+                              show_progress=self.show_progress)
+        self.artifacts = self.artifacts or artifacts  # the student's, exported first
+        return artifacts
+
+    def bench(self, teacher: Path, student: Path, artifacts: list[Path], data: dict[str, list[str]]) -> dict:
+        return bench_lm(teacher_dir=teacher, student_dir=student, artifacts=artifacts, texts=data["test"],
+                        max_length=self.config.distill.max_length)
+
+    def record(self) -> dict:
+        artifacts = self.artifacts
+        return {"student_layers": self.config.student_layers, "teacher_cache_seconds": self.result.teacher_seconds,
+                "cache_bytes_per_token": self.result.cache_bytes_per_token,
+                "train_tokens_per_second": self.result.tokens_per_second,
+                "parity": {a.target: a.greedy_agreement for a in artifacts},
+                "perplexity_gate": {a.target: a.perplexity_ratio for a in artifacts if a.perplexity_ratio},
+                "int8_kept_float": {a.target: a.kept_float for a in artifacts if a.precision == "int8-dynamic"}}

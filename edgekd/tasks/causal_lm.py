@@ -109,15 +109,13 @@ def demo(options: dict, *, log: Log) -> None:
     import json
     from dataclasses import replace
 
-    from edgekd.benchmarking.report import print_table
-    from edgekd.lm.demo import LMDemoConfig, lm_demo
+    from edgekd.demo import run
+    from edgekd.lm.demo import LMDemo, LMDemoConfig
 
     defaults = LMDemoConfig()
     epochs, max_steps = options["epochs"], options["max_steps"]
     budget = ({"epochs": epochs, "max_steps": max_steps or 0} if epochs is not None
               else {"max_steps": max_steps} if max_steps is not None else {})
     config = replace(defaults, student_layers=options["student_layers"], distill=replace(defaults.distill, **budget))
-    report = lm_demo(options["out"], config=config, overwrite=options["overwrite"], show_progress=not options["quiet"])
-    if options["quiet"]:
-        print_table(report)
+    report = run(LMDemo(config, overwrite=options["overwrite"], show_progress=not options["quiet"]), out=options["out"])
     log(json.dumps({"report": str(Path(options["out"]) / "report.json"), **report["demo"]["timings"]}))

@@ -102,7 +102,9 @@ show_export = text_classification.show_export  # the classifiers' table
 
 def demo(options: dict, *, log: Log) -> None:
     """A ResNet on Fashion-MNIST -> a narrower, shallower student at 40 px -> fp32 and static int8 -> report."""
-    from edgekd.vision.demo import run_image_demo
+    from edgekd.demo import run
+    from edgekd.vision.demo import ImageDemo
 
-    run_image_demo(out=options["out"], cache=options["cache_dir"], limit=options["limit"], epochs=options["epochs"],
-                   max_steps=options["max_steps"] or 0, repeats=options["repeats"], show_progress=not options["quiet"])
+    run(ImageDemo(cache=options["cache_dir"], limit=options["limit"], epochs=options["epochs"],
+                  max_steps=options["max_steps"] or 0, repeats=options["repeats"], show_progress=not options["quiet"]),
+        out=options["out"])

@@ -249,8 +249,10 @@ def _accuracy_cell(accuracy) -> str:
 
 def demo(options: dict, *, log: Log) -> None:
     """MiniLM-L6 fine-tuned on BBC News -> a sliced, trimmed 2-layer student -> fp32 and int8 -> report."""
-    from edgekd.demo import STUDENT_RECIPE, run_demo
+    from edgekd.demo import run
+    from edgekd.tasks.text_demo import STUDENT_RECIPE, TextDemo
 
-    run_demo(out=options["out"], cache=options["cache_dir"], limit=options["limit"], max_length=options["max_length"],
-             epochs=STUDENT_RECIPE.epochs if options["epochs"] is None else options["epochs"],
-             max_steps=options["max_steps"] or 0, repeats=options["repeats"], show_progress=not options["quiet"])
+    run(TextDemo(cache=options["cache_dir"], limit=options["limit"], max_length=options["max_length"],
+                 epochs=STUDENT_RECIPE.epochs if options["epochs"] is None else options["epochs"],
+                 max_steps=options["max_steps"] or 0, repeats=options["repeats"], show_progress=not options["quiet"]),
+        out=options["out"])

@@ -114,69 +114,62 @@ def student_processor(processor):
     return resized_processor(processor, STUDENT_SIZE, STUDENT_SIZE)
 
 
-def run_image_demo(*, out: Path, cache: Path | None = None, limit: int | None = None, epochs: int | None = None,
-                   max_steps: int = 0, repeats: int = 50, show_progress: bool = True) -> dict:
+class ImageDemo:
     """Teacher (cached) -> shrunk ResNet student, distilled -> onnx-fp32 + static int8 of the
-    student and of the teacher (the baseline each student artifact is compared with) -> report."""
-    from edgekd.benchmarking.report import print_table, write_report
-    from edgekd.benchmarking.classifier import bench
-    from edgekd.exporting.inputs import sample_rows
-    from edgekd.exporting.stage import export
-    from edgekd.targets import load_targets_for
-    from edgekd.vision.models import load_image_classifier, make_image_student
-    from edgekd.vision.train import distill_images
+    student and of the teacher -> report (the driver: edgekd/demo.py)."""
 
-    if limit is not None and limit < 100:
-        raise UserError(f"--limit must be at least 100 pictures, got {limit}")
-    out = Path(out)
-    clock = _Clock()
-    splits = demo_splits(limit=limit)
-    console.print(f"data: Fashion-MNIST, {len(splits['train'])} train / {len(splits['validation'])} validation / "
-                  f"{len(splits['test'])} test pictures, 10 classes")
-    teacher_dir = build_teacher(splits, cache=cache_dir(cache), show_progress=show_progress)
-    clock.lap("data_and_teacher_seconds")
-    teacher, processor = load_image_classifier(teacher_dir, role="teacher")
-    student, _ = make_image_student(teacher, processor, config_spec=STUDENT_CONFIG, seed=STUDENT_RECIPE.seed)
-    recipe = replace(STUDENT_RECIPE, epochs=STUDENT_RECIPE.epochs if epochs is None else epochs, max_steps=max_steps)
-    console.print(f"student: the teacher's configuration shrunk ({STUDENT_CONFIG}, random weights) at "
-                  f"{STUDENT_SIZE} px, distilled for {recipe.epochs} epoch(s)")
-    result = distill_images(teacher=teacher, teacher_processor=processor, student=student,
-                            processor=student_processor(processor), train=splits["train"],
-                            validation=splits["validation"], config=recipe, out=out / "student", overwrite=True,
-                            show_progress=show_progress, cache_dir=cache_dir(cache) / "teacher-outputs",
-                            log=console.print)
-    clock.lap("distill_seconds")
-    targets = load_targets_for(list(TARGETS), "image-classification")
-    calibration, _ = sample_rows(splits["train"], 512, seed=0)
-    for name, folder in (("student", result.student_dir), ("teacher", teacher_dir)):
-        console.print(f"export: the {name} to {', '.join(TARGETS)} (int8: static, calibrated on 512 training pictures)")
-        export(folder, targets=targets, out=out / ("export" if name == "student" else "teacher-export"),
-               overwrite=True, validation=splits["validation"], validation_source="Fashion-MNIST validation",
-               calibration=calibration, calibration_source="Fashion-MNIST train", task="image-classification")
-    clock.lap("export_seconds")
-    report = bench(teacher=teacher_dir, student=result.student_dir, artifacts=[out / "export", out / "teacher-export"],
-                   data=splits["test"], repeats=repeats, show_progress=show_progress, teacher_model=(teacher, processor),
-                   cache_folder=cache)
-    clock.lap("bench_seconds")
-    report["demo"] = {"timings": clock.laps, "teacher_dir": str(teacher_dir), "teacher_config": TEACHER_CONFIG,
-                      "teacher_size": TEACHER_SIZE, "student_config": STUDENT_CONFIG, "student_size": STUDENT_SIZE,
-                      "student_recipe": asdict(recipe)}
-    write_report(report, out)
-    print_table(report)
-    console.print(f"report: {out / 'report.md'} and {out / 'report.json'}")
-    return report
+    targets = TARGETS
+    export_note = " (int8: static, calibrated on 512 training pictures)"
 
+    def __init__(self, *, cache: Path | None = None, limit: int | None = None, epochs: int | None = None,
+                 max_steps: int = 0, repeats: int = 50, show_progress: bool = True):
+        if limit is not None and limit < 100:
+            raise UserError(f"--limit must be at least 100 pictures, got {limit}")
+        self.cache, self.limit, self.repeats, self.show_progress = cache, limit, repeats, show_progress
+        self.recipe = replace(STUDENT_RECIPE, epochs=STUDENT_RECIPE.epochs if epochs is None else epochs,
+                              max_steps=max_steps)
+        self.loaded_teacher = None
 
-class _Clock:
-    """Seconds of each part of the demo, for the report."""
+    def data(self) -> dict[str, ImageDataset]:
+        splits = demo_splits(limit=self.limit)
+        console.print(f"data: Fashion-MNIST, {len(splits['train'])} train / {len(splits['validation'])} validation / "
+                      f"{len(splits['test'])} test pictures, 10 classes")
+        return splits
 
-    def __init__(self) -> None:
-        import time
+    def teacher(self, data: dict[str, ImageDataset]) -> Path:
+        return build_teacher(data, cache=cache_dir(self.cache), show_progress=self.show_progress)
 
-        self._now = time.perf_counter
-        self._last = self._now()
-        self.laps: dict[str, float] = {}
+    def distill(self, teacher: Path, data: dict[str, ImageDataset], out: Path) -> Path:
+        from edgekd.vision.models import load_image_classifier, make_image_student
+        from edgekd.vision.train import distill_images
 
-    def lap(self, name: str) -> None:
-        now = self._now()
-        self.laps[name], self._last = now - self._last, now
+        model, processor = self.loaded_teacher = load_image_classifier(teacher, role="teacher")
+        student, _ = make_image_student(model, processor, config_spec=STUDENT_CONFIG, seed=STUDENT_RECIPE.seed)
+        console.print(f"student: the teacher's configuration shrunk ({STUDENT_CONFIG}, random weights) at "
+                      f"{STUDENT_SIZE} px, distilled for {self.recipe.epochs} epoch(s)")
+        result = distill_images(teacher=model, teacher_processor=processor, student=student,
+                                processor=student_processor(processor), train=data["train"],
+                                validation=data["validation"], config=self.recipe, out=out, overwrite=True,
+                                show_progress=self.show_progress, cache_dir=cache_dir(self.cache) / "teacher-outputs",
+                                log=console.print)
+        return result.student_dir
+
+    def export(self, model: Path, data: dict[str, ImageDataset], out: Path) -> list:
+        from edgekd.exporting.inputs import sample_rows
+        from edgekd.exporting.stage import export
+        from edgekd.targets import load_targets_for
+
+        calibration, _ = sample_rows(data["train"], 512, seed=0)
+        return export(model, targets=load_targets_for(list(TARGETS), "image-classification"), out=out,
+                      overwrite=True, validation=data["validation"], validation_source="Fashion-MNIST validation",
+                      calibration=calibration, calibration_source="Fashion-MNIST train", task="image-classification")
+
+    def bench(self, teacher: Path, student: Path, artifacts: list[Path], data: dict[str, ImageDataset]) -> dict:
+        from edgekd.benchmarking.classifier import bench
+
+        return bench(teacher=teacher, student=student, artifacts=artifacts, data=data["test"], repeats=self.repeats,
+                     show_progress=self.show_progress, teacher_model=self.loaded_teacher, cache_folder=self.cache)
+
+    def record(self) -> dict:
+        return {"teacher_config": TEACHER_CONFIG, "teacher_size": TEACHER_SIZE, "student_config": STUDENT_CONFIG,
+                "student_size": STUDENT_SIZE, "student_recipe": asdict(self.recipe)}
