@@ -106,7 +106,8 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
             hidden_cosine_weight: float | None = None, attention_weight: float | None = None,
             minilm_weight: float | None = None, minilm_relation_heads: int | None = None,
             layer_map: str | None = None, divergence: str | None = None, beta: float | None = None,
-            top_k: int | None = None, freeze_embeddings: bool | None = None, max_length: int | None = None,
+            top_k: int | None = None, freeze_embeddings: bool | None = None, pack: bool | None = None,
+            max_length: int | None = None,
             seed: int | None = None, device: str | None = None, compile: bool | None = None,
             teacher_cache: bool | None = None, cache_dir: PathLike | None = None,
             checkpoint_every: int | None = None, allow_poor_student: bool | None = None,
@@ -189,6 +190,8 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
         beta: JSD weight on the teacher (0 forward KL, 1 reverse KL).
         top_k: Teacher tokens cached per position (0: run the teacher every step).
         freeze_embeddings: Keep the token embeddings and output head fixed
+        pack: Join the texts, each ended by the end-of-text token, and train on full --max-length sequences
+            cut from them (no token of a long text dropped, no padding).
         max_length: Tokens per example after truncation.
         seed: Random seed.
         device: auto, cpu or cuda (bf16 autocast on cuda).

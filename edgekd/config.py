@@ -133,7 +133,8 @@ class LMDistillConfig:
     max_steps: int = 0  # stop after this many optimiser steps (0 = --epochs decides)
     lr: float = 3e-4  # peak AdamW learning rate, reached after warm-up
     batch_size: int = 8  # texts per step
-    max_length: int = 128  # tokens per text after truncation
+    max_length: int = 128  # tokens per text after truncation (packed: per sequence)
+    pack: bool = False  # join the texts with end-of-text tokens and cut full max_length sequences
     divergence: str = "forward_kl"  # forward_kl, reverse_kl or jsd
     beta: float = 0.5  # JSD weight on the teacher (0 -> forward KL, 1 -> reverse KL)
     temperature: float = 1.0  # softens both distributions inside the divergence (times T^2)

@@ -1,8 +1,11 @@
 """Text for language modelling: tokenise, mark which tokens are learnt, batch.
 
-Each text becomes one example, truncated to `max_length` tokens. An optional prompt is
-prepended and masked out of the loss (labels -100), as is padding; examples are padded on
-the right to the longest in their batch.
+Each text becomes one example, truncated to `max_length` tokens; packed (`pack`), the texts
+are instead joined end to end, each followed by the end-of-text token, and cut into full
+sequences of `max_length` tokens, so no token of a long text is dropped and no step is spent
+on padding (a sequence may span two texts, as in the pretraining the teachers had). An
+optional prompt is prepended and masked out of the loss (labels -100), as is padding;
+examples are padded on the right to the longest in their batch.
 """
 
 from __future__ import annotations
@@ -42,25 +45,40 @@ class LMExamples:
 
 
 def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
-                 prompts: Sequence[str] | None = None) -> LMExamples:
-    """Tokenise; texts shorter than two tokens are dropped (nothing to predict)."""
+                 prompts: Sequence[str] | None = None, pack: bool = False) -> LMExamples:
+    """Tokenise; texts shorter than two tokens are dropped (nothing to predict). `pack`: every
+    token kept, in full sequences of `max_length` (the last one may be shorter)."""
     if prompts is not None and len(prompts) != len(texts):
         raise UserError(f"{len(prompts)} prompts for {len(texts)} texts; give one prompt per text")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise UserError("the tokenizer has neither a pad nor an end-of-text token; add one")
+    if pack and tokenizer.eos_token_id is None:
+        raise UserError("--pack joins texts with the end-of-text token and the tokenizer has none; "
+                        "leave --pack out")
     ids, learnt = [], []
     for index, text in enumerate(texts):
         prompt_ids = tokenizer(prompts[index], add_special_tokens=False)["input_ids"] if prompts else []
         text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        tokens = (prompt_ids + text_ids)[:max_length]
+        tokens = prompt_ids + text_ids + ([tokenizer.eos_token_id] if pack else [])
+        tokens = tokens if pack else tokens[:max_length]
         if len(tokens) < 2:
             continue
         ids.append(tokens)
         learnt.append([position >= len(prompt_ids) for position in range(len(tokens))])
+    if pack:
+        ids, learnt = _packed(ids, max_length), _packed(learnt, max_length)
     if not ids:
         raise UserError("no text has two or more tokens; give longer training texts")
     return LMExamples(input_ids=ids, learnt=learnt, pad_token_id=int(pad))
+
+
+def _packed(rows: list[list], length: int) -> list[list]:
+    """The rows joined end to end and cut into pieces of `length`; a last piece of one item is
+    dropped (nothing to predict)."""
+    joined = [item for row in rows for item in row]
+    pieces = [joined[start:start + length] for start in range(0, len(joined), length)]
+    return [piece for piece in pieces if len(piece) >= 2]
 
 
 def collate(examples: LMExamples, indices: Sequence[int]) -> dict[str, torch.Tensor]:

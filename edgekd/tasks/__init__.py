@@ -65,7 +65,8 @@ TEXT_CLASSIFICATION = Task(
 CAUSAL_LM = Task(
     name="causal-lm", summary="decoder language models (Llama, SmolLM2, Qwen2, GPT-2, ...)",
     auto_class="AutoModelForCausalLM", architecture_endings=("ForCausalLM", "LMHeadModel"),
-    options={"distill": frozenset({*_TEXT_INPUTS, "prompt_column", "divergence", "beta", "top_k", "freeze_embeddings"}),
+    options={"distill": frozenset({*_TEXT_INPUTS, "prompt_column", "divergence", "beta", "top_k", "freeze_embeddings",
+                                   "pack"}),
              "export": frozenset({"max_perplexity_ratio", "text_column", "max_length", "with_tokenizer"}),
              "bench": frozenset({"new_tokens", "rounds", "max_perplexity_ratio", "text_column", "max_length"}),
              "demo": frozenset({"student_layers", "overwrite"})},

@@ -33,7 +33,7 @@ def distill(options: dict, *, given: set[str], log: Log):
                                 prompt_column=options["prompt_column"], split=options["split"], default_split="train")
     teacher_model, tokenizer = (options["teacher"] if isinstance(options["teacher"], tuple)
                                 else load_causal_lm(options["teacher"]))
-    examples = encode_texts(texts, tokenizer, max_length=config.max_length, prompts=prompts)
+    examples = encode_texts(texts, tokenizer, max_length=config.max_length, prompts=prompts, pack=config.pack)
     shape = options["student_config"]
     if options["latency_budget_ms"] is not None:
         shape = sized_student_config(
