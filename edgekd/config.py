@@ -70,6 +70,7 @@ class DistillConfig:
     checkpoint_every: int = 200  # optimiser steps between checkpoints, also written at epoch ends (0 = none)
     teacher_cache: bool = True  # compute teacher outputs once, store them on disk (fp16), reuse them
     compile: bool = False  # torch.compile the student (worth it on GPUs for long runs)
+    fsdp: bool = False  # under torchrun: teacher and student sharded across the processes (FSDP2)
 
     @property
     def uses_intermediate_losses(self) -> bool:
@@ -107,6 +108,9 @@ class DistillConfig:
         _check(self.max_steps >= 0, f"--max-steps must be >= 0, got {self.max_steps}")
         _check(self.checkpoint_every >= 0,
                f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")
+        _check(not (self.fsdp and self.teacher_cache), "--fsdp runs the sharded teacher inside the training loop, "
+               "not over a teacher cache; add --no-teacher-cache")
+        _check(not (self.fsdp and self.compile), "--fsdp and --compile cannot be combined; drop one")
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ class LMDistillConfig:
     train_embeddings: bool = True  # False freezes token embeddings and output head: the
     # student starts from the teacher's, and on a CPU this skips the largest weight gradient
     checkpoint_every: int = 50  # steps between checkpoints in OUT.checkpoints/ (0: none)
+    fsdp: bool = False  # under torchrun: teacher and student sharded across the processes (FSDP2)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
@@ -168,6 +173,8 @@ class LMDistillConfig:
         _check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
         _check(self.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
         _check(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        _check(not (self.fsdp and self.top_k), "--fsdp runs the sharded teacher inside the training loop, not over "
+               "a top-k cache; add --top-k 0")
 
     def total_steps(self, texts: int) -> int:
         """Optimiser steps of a run over `texts` training texts: --max-steps, else --epochs

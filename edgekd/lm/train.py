@@ -92,7 +92,7 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
 
     trained = loop_train(task="causal-lm", config=config, out=out, examples=len(train), prepare=prepare,
                          save=save, resumable_changes=RESUMABLE_CHANGES, overwrite=overwrite, resume=resume,
-                         show_progress=show_progress)
+                         show_progress=show_progress, teacher=teacher if uses_teacher else None)
     student.eval()
     records = [record for record in trained.progress.records if "loss" in record]
     cache = found["cache"]
@@ -199,9 +199,11 @@ def poor_student(student: torch.nn.Module, teacher: torch.nn.Module | None, exam
                  vocabulary: int) -> str | None:
     """Why a distilled causal LM predicts its training text no better than token frequencies
     alone while its teacher does, or None."""
+    from edgekd.training.distributed import is_sharded
+
     guess = unigram_cross_entropy(examples)
     student_loss = mean_cross_entropy(student, examples, vocabulary=vocabulary)
-    if student_loss < guess or teacher is None:
+    if student_loss < guess or teacher is None or is_sharded(teacher):  # a sharded teacher runs on every rank only
         return None
     teacher_loss = mean_cross_entropy(teacher, examples, vocabulary=vocabulary)  # only when the student looks poor
     if teacher_loss >= guess:

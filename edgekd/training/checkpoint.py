@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
@@ -98,8 +98,9 @@ def to_resume(folder: Path, *, config, resumable_changes: set[str], resume: bool
     if check is not None:
         check(state)
     saved_config = state.get("config", {})
+    defaults = {field.name: field.default for field in fields(config)}  # options newer than the checkpoint
     changed = sorted(k for k, v in asdict(config).items()
-                     if k not in resumable_changes and saved_config.get(k) != v)
+                     if k not in resumable_changes and saved_config.get(k, defaults[k]) != v)
     if changed:
         first = changed[0]
         raise UserError(f"the checkpoint in {folder} was written with {first}={saved_config.get(first)!r}, "

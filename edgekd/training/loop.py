@@ -149,14 +149,15 @@ class Loop:
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         warmup_steps = max(1, round(config.warmup_fraction * self.total_steps))
         trainee.module.to(device).train()
-        self.parameters = [p for p in trainee.module.parameters() if p.requires_grad]
+        model = distributed.wrap(trainee.module, ranks, device, fsdp=getattr(config, "fsdp", False))
+        self.sharded = distributed.is_sharded(model)  # FSDP: `model` learns, `trainee.module` is its whole copy
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
         # fused: one kernel over all parameters, several times faster on CPU than the
         # per-tensor loop (the embedding matrix alone is most of a small student).
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay,
                                            fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: schedule(step, total_steps=self.total_steps, warmup_steps=warmup_steps))
-        model = distributed.wrap(trainee.module, ranks, device)
         self.model = torch.compile(model) if self.compiled else model
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                        enabled=device.type == "cuda" and trainee.autocast)
@@ -183,6 +184,7 @@ class Loop:
             self._end_epoch(progress, seconds=time.perf_counter() - epoch_started)
             if progress.step >= self.total_steps:
                 break
+        self._unshard()
         distributed.check_in_sync(self.trainee.module, self.ranks)
         if progress.best_state is not None:
             self.trainee.student.load_state_dict(progress.best_state)
@@ -233,8 +235,7 @@ class Loop:
             weight = (self.trainee.units(micro) if piece else 0) / max(total_units, 1) * self.ranks.world
             micro = {name: tensor.to(self.device) for name, tensor in micro.items()}
             last = number == len(pieces) - 1
-            sync = self.model.no_sync() if self.ranks.distributed and not last else contextlib.nullcontext()
-            with sync:
+            with distributed.gradient_sync(self.model, self.ranks, enabled=last):
                 with self.autocast, training_masks(self.device, compiled=self.compiled):
                     loss, parts = self.trainee.loss(self.model, micro)
                 (loss * weight).backward()
@@ -256,6 +257,7 @@ class Loop:
 
     def _end_epoch(self, progress: Progress, *, seconds: float) -> None:
         """Validate, keep the best student, log, checkpoint at the epoch boundary."""
+        self._unshard()
         metrics = self.trainee.evaluate() if self.ranks.is_main and self.trainee.evaluate else {}
         self._record(progress, {"epoch": progress.epoch, "step": progress.step, "validation": metrics,
                                 "seconds": seconds})
@@ -274,8 +276,15 @@ class Loop:
 
     # -- checkpoints
 
+    def _unshard(self) -> None:
+        """Under FSDP, the whole student (validated, checkpointed, saved) made the shards' again."""
+        if self.sharded:
+            distributed.unsharded(self.model, self.trainee.module)
+
     def _save(self, progress: Progress) -> None:
         rng = self.ranks.gather(checkpoint.rng_state(self.device))  # every rank's random stream
+        self._unshard()
+        optimizer = distributed.optimizer_state(self.model, self.optimizer)  # every rank: FSDP gathers it
         if not self.ranks.is_main:
             return
         checkpoint.save(self.checkpoints, {
@@ -283,14 +292,14 @@ class Loop:
             "step": progress.step, "epoch": progress.epoch, "batches_done": progress.batches_done,
             "units": progress.units,
             "trainee": {k: v.detach().cpu() for k, v in self.trainee.module.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
             "rng": rng, "config": asdict(self.config), "records": progress.records,
             "best": {"epoch": progress.best_epoch, "metrics": progress.best_metrics,
                      "state": progress.best_state}})
 
     def _restore(self, saved: dict) -> Progress:
-        self.trainee.module.load_state_dict(saved["trainee"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        distributed.load_state(self.model, self.trainee.module, self.optimizer, module_state=saved["trainee"],
+                               optimizer_state=saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         rng = saved["rng"]
         checkpoint.restore_rng(rng[self.ranks.rank % len(rng)], self.device)
@@ -356,10 +365,12 @@ class Trained:
 
 def train(*, task: str, config, out: Path, examples: int, prepare: Callable[..., Trainee],
           save: Callable[[Path, float], None], resumable_changes: set[str], overwrite: bool = False,
-          resume: bool = False, show_progress: bool = True) -> Trained:
+          resume: bool = False, show_progress: bool = True, teacher: torch.nn.Module | None = None) -> Trained:
     """Run the loop for one task: `prepare(device=, ranks=, show_progress=)` makes the Trainee
     (teacher caches are built there, inside the atomic output folder), `save(folder, seconds)`
-    writes the student. Under torchrun every rank calls this; rank 0 alone writes."""
+    writes the student. Under torchrun every rank calls this; rank 0 alone writes. With
+    `config.fsdp` under torchrun, `teacher` is sharded across the ranks (in place) before
+    `prepare`, and every rank then runs it together."""
     from edgekd.cpu_memory import reuse_freed_memory
     from edgekd.errors import atomic_dir
 
@@ -367,6 +378,10 @@ def train(*, task: str, config, out: Path, examples: int, prepare: Callable[...,
     ranks, device, started = distributed.setup(config.device)
     try:
         show_progress = show_progress and ranks.is_main
+        if getattr(config, "fsdp", False) and ranks.distributed and teacher is not None:
+            distributed.shard(teacher.to(device))
+        elif getattr(config, "fsdp", False) and not ranks.distributed and show_progress:
+            console.print("--fsdp: one process, nothing to shard (start it with torchrun --nproc_per_node N)")
         torch.manual_seed(config.seed)  # projections and random students start the same on every rank
         out = Path(out)
         checkpoints = checkpoint.checkpoint_dir(out)  # beside `out`: the atomic write of the student spares it

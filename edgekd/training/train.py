@@ -155,7 +155,7 @@ def train_classifier(*, task: str, teacher: torch.nn.Module | None, config, out:
     """The training loop for a classifier of text or images; the teacher back on the CPU after it."""
     trained = run_loop(task=task, config=config, out=out, examples=examples, prepare=prepare, save=save,
                        resumable_changes=RESUMABLE_CHANGES, overwrite=overwrite, resume=resume,
-                       show_progress=show_progress)
+                       show_progress=show_progress, teacher=teacher)
     if teacher is not None:
         teacher.cpu()
     return trained
