@@ -59,7 +59,6 @@ def _torchrun(tmp_path, args: list, *, crash_at: int = 0) -> subprocess.Complete
 
 
 def _lm_args(teacher, train, out, *extra) -> list:
-    # 13 texts in batches of 4: the last batch of each epoch has one row, so one rank gets none
     return ["distill", "--task", "causal-lm", "--teacher", teacher, "--data", train, "--out", out,
             "--student-layers", "1", "--max-steps", "8", "--batch-size", "4", "--max-length", "24", "--lr", "3e-3",
             "--top-k", "0", "--divergence", "jsd", "--checkpoint-every", "3", "--device", "cpu", "--quiet",
@@ -71,12 +70,19 @@ def _max_difference(a: dict, b: dict) -> float:
     return max((a[name] - b[name]).abs().max().item() for name in a)
 
 
-def test_fsdp_shards_teacher_and_student_and_matches_one_process(tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    teacher = save_llama(tmp_path / "teacher", layers=3, seed=1)
+@pytest.fixture
+def llama_files(tmp_path):
+    """A tiny Llama teacher and 13 training texts: in batches of 4 the last batch of each epoch has
+    one row, so one rank gets none."""
     train = tmp_path / "train.txt"
     train.write_text("\n".join(make_texts(13)))
+    return save_llama(tmp_path / "teacher", layers=3, seed=1), train
+
+
+def test_fsdp_shards_teacher_and_student_and_matches_one_process(llama_files, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    teacher, train = llama_files
     process = _torchrun(tmp_path, _lm_args(teacher, train, tmp_path / "fsdp", "--fsdp"))
     assert process.returncode == 0, process.stderr[-3000:]
     single = run(*_lm_args(teacher, train, tmp_path / "single"))
@@ -96,10 +102,8 @@ def test_fsdp_shards_teacher_and_student_and_matches_one_process(tmp_path):
     assert not (tmp_path / "fsdp.checkpoints").exists()
 
 
-def test_fsdp_resumes_after_a_crash_as_if_never_stopped(tmp_path):
-    teacher = save_llama(tmp_path / "teacher", layers=3, seed=1)
-    train = tmp_path / "train.txt"
-    train.write_text("\n".join(make_texts(13)))
+def test_fsdp_resumes_after_a_crash_as_if_never_stopped(llama_files, tmp_path):
+    teacher, train = llama_files
     whole = _torchrun(tmp_path, _lm_args(teacher, train, tmp_path / "whole", "--fsdp"))
     assert whole.returncode == 0, whole.stderr[-3000:]
     crashed = _torchrun(tmp_path, _lm_args(teacher, train, tmp_path / "resumed", "--fsdp"), crash_at=5)
