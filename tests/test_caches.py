@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from conftest import LABELS, make_classifier, make_rows, make_tokenizer
-from edgekd import demo as demo_module
+from edgekd.tasks import text_demo as demo_module
 from edgekd.data import TextDataset
 from edgekd.integrity import RECORD, corruption, seal
 from edgekd.lm import models as lm_models
