@@ -62,3 +62,29 @@ def test_distillation_learns_the_task(teacher_dir, tmp_path):
                      train=data.subset(range(240)), validation=data.subset(range(240, 300)),
                      config=config, out=tmp_path / "s", show_progress=False)
     assert result.validation["accuracy"] > 0.55  # chance is 1/3
+
+
+def test_batches_made_ahead_in_a_thread_train_the_same_student(teacher_dir, train_file, tmp_path, monkeypatch):
+    """What a GPU run does (the next batch made while a step runs), forced on the CPU: the same
+    batches in the same order, so the same student, bit for bit."""
+    import edgekd.training.loop as loop
+    from safetensors.torch import load_file as load_weights
+
+    make = loop.Prefetch._make
+
+    def run(out, prefetching: bool):
+        monkeypatch.setattr(loop, "_prefetching", lambda device: prefetching)
+        made = []
+        monkeypatch.setattr(loop.Prefetch, "_make", lambda self, indices: (made.append(indices), make(self, indices))[1])
+        teacher, tokenizer = load_classifier(teacher_dir)
+        data = load_file(train_file, columns=Columns(), label2id=teacher.config.label2id)
+        distill(teacher=teacher, student=select_layers(teacher, [0, 3]), tokenizer=tokenizer, train=data,
+                validation=None, config=DistillConfig(epochs=2, batch_size=8, max_length=16, device="cpu",
+                                                      checkpoint_every=0),
+                out=out, cache_dir=tmp_path / "cache", show_progress=False)
+        return load_weights(out / "model.safetensors"), made
+
+    plain, none_made = run(tmp_path / "plain", False)
+    ahead, made = run(tmp_path / "ahead", True)
+    assert not none_made and len(made) == 16  # 64 rows in batches of 8, two epochs: every batch made once
+    assert plain.keys() == ahead.keys() and all(torch.equal(plain[name], ahead[name]) for name in plain)

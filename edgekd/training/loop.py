@@ -162,6 +162,7 @@ class Loop:
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                        enabled=device.type == "cuda" and trainee.autocast)
         self.tensorboard = _tensorboard(metrics_path.parent / "tensorboard") if metrics_path else None
+        self.prefetch = Prefetch(trainee.collate, pin=device.type == "cuda") if _prefetching(device) else None
         self.units_this_run = 0  # for rates: the units trained by this process's run (not before a resume)
 
     # -- the loop
@@ -205,6 +206,8 @@ class Loop:
                 if progress.step >= self.total_steps:
                     break
                 indices = order[start:start + config.batch_size]
+                if self.prefetch is not None and progress.step + 1 < self.total_steps:  # made while this step runs
+                    self.prefetch.ahead(order[start + config.batch_size:start + 2 * config.batch_size])
                 loss, parts = self._step(indices, progress)
                 progress.step += 1
                 progress.batches_done += 1
@@ -222,7 +225,7 @@ class Loop:
 
     def _step(self, indices: list[int], progress: Progress) -> tuple[float, dict]:
         """One optimiser step over one global batch: this rank's rows, in micro-batches."""
-        batch = self.trainee.collate(indices)
+        batch = self.prefetch.take(indices) if self.prefetch is not None else self.trainee.collate(indices)
         total_units = self.trainee.units(batch)  # the same on every rank: each holds the whole batch
         rows = self.ranks.shard(list(range(len(indices))))
         pieces = [piece.tolist() for piece in np.array_split(rows, self.accumulation)]
@@ -233,7 +236,7 @@ class Loop:
             # batch's, times the world size that DDP's mean divides out, the summed gradient
             # is that of the whole batch's mean loss (a rank without rows joins at weight 0).
             weight = (self.trainee.units(micro) if piece else 0) / max(total_units, 1) * self.ranks.world
-            micro = {name: tensor.to(self.device) for name, tensor in micro.items()}
+            micro = {name: tensor.to(self.device, non_blocking=True) for name, tensor in micro.items()}
             last = number == len(pieces) - 1
             with distributed.gradient_sync(self.model, self.ranks, enabled=last):
                 with self.autocast, training_masks(self.device, compiled=self.compiled):
@@ -330,6 +333,37 @@ class Loop:
             for name, value in values.items():
                 if isinstance(value, float) and name not in ("epoch", "step"):
                     self.tensorboard.add_scalar(name, value, record["step"])
+
+
+def _prefetching(device: torch.device) -> bool:
+    """On a GPU the next batch is made (tokenised, decoded) in a thread while this one trains, in
+    pinned memory, and copied without blocking; on the CPU the cores are the model's."""
+    return device.type == "cuda"
+
+
+class Prefetch:
+    """Batches made in a background thread ahead of their step (`ahead`) and handed over when
+    it comes (`take`; a batch not made ahead is made then): the same batches, in the same
+    order, as making each when it is needed."""
+
+    def __init__(self, collate: Callable[[list[int]], dict], *, pin: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.collate, self.pin = collate, pin
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekd-batches")
+        self.pending: dict[tuple[int, ...], object] = {}
+
+    def _make(self, indices: list[int]) -> dict:
+        batch = self.collate(indices)
+        return {name: tensor.pin_memory() for name, tensor in batch.items()} if self.pin else batch
+
+    def ahead(self, indices: list[int]) -> None:
+        if indices and tuple(indices) not in self.pending:
+            self.pending[tuple(indices)] = self.pool.submit(self._make, list(indices))
+
+    def take(self, indices: list[int]) -> dict:
+        made = self.pending.pop(tuple(indices), None)
+        return made.result() if made is not None else self._make(indices)
 
 
 def _tensorboard(folder: Path):
