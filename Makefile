@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgekd-installed
 
-.PHONY: demo test test-fast test-optimum bench verify-arm64 clean
+.PHONY: demo test test-fast test-optimum test-llama bench verify-arm64 clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,19 @@ test-optimum:
 	$(OPTIMUM_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[optimum,test]"
 	$(OPTIMUM_VENV)/bin/python -m pytest -q tests/test_export_optimum.py
 
+# llama.cpp (the llama extra: GGUF K-quants, .gguf bench rows) builds from source once, into .llama-wheels, for
+# any x86-64 CPU with AVX2: a -march=native build may use instructions (AMX) a container does not allow
+LLAMA_WHEELS ?= .llama-wheels
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+$(LLAMA_WHEELS)/.built: pyproject.toml
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) \
+	  "$$($(PY) -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['llama'][0])")"
+	touch $@
+
+test-llama: $(STAMP) $(LLAMA_WHEELS)/.built
+	$(PIP) install -q -c constraints.txt --find-links $(LLAMA_WHEELS) -e ".[llama]"
+	$(PY) -m pytest -q tests/test_gguf.py
+
 # the README's headline: make demo timed cold (fresh clone, venv and cache) and warm
 bench: $(STAMP)
 	$(PY) benchmarks/demo.py --cold
@@ -49,4 +62,4 @@ verify-arm64: $(STAMP)
 	  --data $(DEMO_OUT)/validation.jsonl --verify arm64 --with-tokenizer --out $(DEMO_OUT)/verify-arm64 --overwrite
 
 clean:
-	rm -rf $(VENV) $(OPTIMUM_VENV) .edgekd-cache runs
+	rm -rf $(VENV) $(OPTIMUM_VENV) $(LLAMA_WHEELS) .edgekd-cache runs

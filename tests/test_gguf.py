@@ -85,7 +85,10 @@ def test_a_tokenizer_or_model_a_gguf_file_cannot_hold_is_one_line_and_nothing_is
         check_writable(gpt2, make_byte_level_tokenizer())
 
 
-def test_bench_skips_a_gguf_file_naming_llama_cpps_tools(exported, tmp_path):
+def test_bench_skips_a_gguf_file_where_llama_cpp_is_not_installed(exported, tmp_path, monkeypatch):
+    import edgekd.lm.gguf
+
+    monkeypatch.setattr(edgekd.lm.gguf, "llama_cpp_installed", lambda: False)
     root, _, _ = exported
     result = run_cli("bench", "--teacher", root / "student", "--student", root / "student", "--artifacts",
                      root / "export", "--data", root / "held.txt", "--out", tmp_path / "report", "--rounds", "1",
@@ -94,3 +97,71 @@ def test_bench_skips_a_gguf_file_naming_llama_cpps_tools(exported, tmp_path):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {row["name"] for row in report["rows"]} == {"teacher", "student"}
     assert len(report["skipped"]) == 2 and "llama-perplexity and llama-bench" in report["skipped"][0]["reason"]
+
+
+def test_q4_k_m_needs_llama_cpps_quantiser_in_one_line(exported, tmp_path, monkeypatch):
+    import edgekd.lm.gguf
+
+    monkeypatch.setattr(edgekd.lm.gguf, "llama_cpp_installed", lambda: False)
+    root, _, _ = exported
+    result = run_cli("export", root / "student", "--target", "gguf-q4_k_m", "--out", tmp_path / "out")
+    assert_clean_error(result, r"Q4_K_M is made by llama.cpp's quantiser: pip install 'edgekd\[llama\]'")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- llama.cpp itself (make test-llama)
+
+@pytest.fixture(scope="module")
+def with_llama_cpp(exported):
+    pytest.importorskip("llama_cpp", reason="llama.cpp is the llama extra: make test-llama")
+    root, model, tokenizer = exported
+    result = run_cli("export", root / "student", "--target", "gguf-q4_k_m", "--data", root / "held.txt",
+                     "--out", root / "export", "--quiet")
+    assert result.exit_code == 0, result.output
+    return root, model, tokenizer
+
+
+def test_llama_cpp_runs_the_f16_file_as_pytorch_runs_the_student(with_llama_cpp):
+    from edgekd.lm.generate import LlamaCppDecoder
+
+    root, model, tokenizer = with_llama_cpp
+    decoder = LlamaCppDecoder(root / "export" / "gguf-f16")
+    ids = tokenizer(" ".join(make_texts(2, seed=4)), add_special_tokens=False)["input_ids"][:40]
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    logits = decoder.all_logits(ids)
+    assert np.abs(logits - expected).max() < 0.05 * np.abs(expected).max()  # f16 weights and key/value cache
+    assert (logits.argmax(-1) == expected.argmax(-1)).mean() > 0.95
+
+
+def test_q4_k_m_is_made_by_llama_cpp_and_held_to_its_perplexity_budget_by_it(with_llama_cpp):
+    import gguf
+
+    root, _, _ = with_llama_cpp
+    manifest = json.loads((root / "export" / "gguf-q4_k_m" / "edgekd.json").read_text())
+    gate = manifest["perplexity_gate"]
+    assert gate["ratio"] <= gate["max_ratio"] == 1.15 and manifest["checked_with"] == "llama.cpp"
+    assert manifest["gguf"]["quantised_by"] == "llama.cpp"
+    assert "Q4_K_M" in manifest["quantization"]["scheme"]
+    sizes = {name: (root / "export" / name / "model.gguf").stat().st_size for name in ("gguf-q8_0", "gguf-q4_k_m")}
+    assert sizes["gguf-q4_k_m"] < sizes["gguf-q8_0"]
+    reader = gguf.GGUFReader(str(root / "export" / "gguf-q4_k_m" / "model.gguf"))
+    types = {tensor.tensor_type.name for tensor in reader.tensors}
+    assert types - {"F32", "F16", "Q8_0"}  # llama.cpp's own smaller types (K-quants need rows of 256)
+    assert not list((root / "export" / "gguf-q4_k_m").glob("*.f16.gguf"))  # the f16 step is not shipped
+
+
+def test_bench_measures_gguf_files_with_llama_cpp(with_llama_cpp, tmp_path):
+    root, _, _ = with_llama_cpp
+    result = run_cli("bench", "--teacher", root / "student", "--student", root / "student", "--artifacts",
+                     root / "export", "--data", root / "held.txt", "--out", tmp_path / "report", "--rounds", "1",
+                     "--new-tokens", "4", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {row["target"]: row for row in report["rows"] if row["format"] == "gguf"}
+    assert set(rows) == {"gguf-f16", "gguf-q8_0", "gguf-q4_k_m"} and not report["skipped"]
+    f16, q4 = rows["gguf-f16"], rows["gguf-q4_k_m"]
+    student = next(row for row in report["rows"] if row["name"] == "student")
+    assert f16["runtime"] == "llama.cpp fp16" and q4["runtime"] == "llama.cpp q4_k_m"
+    assert f16["quality"]["perplexity"] == pytest.approx(student["quality"]["perplexity"], rel=0.02)
+    assert q4["latency"]["decode_tokens_per_second"] > 0 and q4["memory"]["peak_rss_mb"] > 0

@@ -3,7 +3,7 @@
 A separate process per model, because a process's peak resident set only grows: measured
 in the bench process, the teacher loaded first would set the peak for every model after
 it. The child imports only the runtime the model needs (onnxruntime alone for ONNX and
-ORT files, torch for PyTorch and ExecuTorch), loads the model, runs it on the bench's
+ORT files, torch for PyTorch and ExecuTorch, llama.cpp for GGUF), loads the model, runs it on the bench's
 latency inputs, and reports:
 
     runtime_rss_mb  resident memory after importing the runtime, before loading the model
@@ -213,8 +213,23 @@ def _executorch(spec: dict, feeds: dict):
     return load
 
 
+def _llama_cpp(spec: dict, feeds: dict):
+    from llama_cpp import Llama
+
+    def load():
+        ids = [int(token) for token in feeds["input_ids"][0]]
+        model = Llama(model_path=spec["source"], n_ctx=max(len(ids), 8), n_threads=spec["threads"],
+                      n_threads_batch=spec["threads"], verbose=False)
+
+        def forward():
+            model.reset()
+            model.eval(ids)
+        return forward
+    return load
+
+
 CHILD_LOADERS = {"pytorch": _pytorch, "onnx": _onnxruntime, "ort": _onnxruntime,
-                 "pte": _executorch}
+                 "pte": _executorch, "gguf": _llama_cpp}
 
 
 if __name__ == "__main__":

@@ -259,7 +259,8 @@ class DecoderMeasurement:
 def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> tuple[list[Candidate], list[dict]]:
     """Teacher, student and each artifact, loaded (the artifacts' manifests checked first); each
     candidate's config folder is where its tokenizer is (a trimmed vocabulary's is not the teacher's).
-    Also the artifacts skipped, with why (a .gguf file is measured with llama.cpp's own tools)."""
+    Also the artifacts skipped, with why (a .gguf file where llama.cpp is not installed)."""
+    from edgekd.lm.gguf import llama_cpp_installed
     from edgekd.lm.models import dequantised_gguf
     from edgekd.manifest import artifact_folders, origin_of, read_manifest
 
@@ -271,9 +272,10 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> tuple[lis
         if not is_decoder(manifest["task"]):
             raise UserError(f"{folder} holds a {manifest['task']} artifact, not a causal LM; bench it "
                             "with its own teacher")
-        if manifest["format"] == "gguf":
-            skipped.append({"artifact": str(folder), "reason": "a .gguf file runs in llama.cpp, which edgekd bench "
-                            "does not drive yet: measure it with llama-perplexity and llama-bench"})
+        if manifest["format"] == "gguf" and not llama_cpp_installed():
+            skipped.append({"artifact": str(folder), "reason": "a .gguf file runs in llama.cpp, which is not "
+                            "installed here: pip install 'edgekd[llama]', or measure it with llama-perplexity "
+                            "and llama-bench"})
             continue
         exported.append((folder, manifest, origin_of(manifest, teacher_folder)))  # a .gguf teacher: its folder
     common = dict(input_names=LM_INPUTS, threads=1)
@@ -284,7 +286,7 @@ def _models(teacher_dir: Path, student_dir: Path | None, artifacts) -> tuple[lis
                                 load_causal_lm(student_dir, role="student")[0], config_folder=Path(student_dir),
                                 **common))
     for folder, manifest, origin in exported:
-        runtime = {"ort": "ort-mobile", "pte": "executorch"}.get(manifest["format"], "ort")
+        runtime = {"ort": "ort-mobile", "pte": "executorch", "gguf": "llama.cpp"}.get(manifest["format"], "ort")
         models.append(Candidate(f"{origin}/{manifest['target']}", f"{runtime} {manifest['precision']}",
                                 manifest["format"], folder / manifest["model_file"], decoder_for(folder, threads=1),
                                 precision=manifest["precision"], target=manifest["target"], config_folder=folder,

@@ -380,21 +380,28 @@ def _pte_program(target: Target, context: _LMContext, staging: Path, details: di
                  quantization=SCHEME_8DA4W, same_precision_tokens=same)
 
 
+GGUF_SCHEMES = {"q8_0": "Q8_0: blocks of 32 weights, one f16 scale each",
+                "q4_k_m": "Q4_K_M: llama.cpp's 4-bit K-quant mix (super-blocks of 256 weights; its quantiser "
+                          "gives some tensors more bits, and rows not a multiple of 256 a simpler type)"}
+
+
 def _gguf_file(target: Target, context: _LMContext, staging: Path, details: dict, *, budget: float | None) -> _Made:
     """The model, its hyper-parameters and tokenizer in one .gguf file for llama.cpp
-    (edgekd/lm/gguf.py), read back with transformers' GGUF reader for the checks."""
-    from edgekd.lm.generate import GgufDecoder
-    from edgekd.lm.gguf import write_gguf
+    (edgekd/lm/gguf.py). f16 is read back with transformers' GGUF reader for the checks; a
+    quantised file is run by llama.cpp itself when it is installed (its own kernels score the
+    perplexity gate), else read back too."""
+    from edgekd.lm.generate import GgufDecoder, LlamaCppDecoder
+    from edgekd.lm.gguf import llama_cpp_installed, write_gguf
 
     context.report(f"{target.name}: GGUF {target.precision} with the tokenizer inside, for llama.cpp")
     details.update(gguf=write_gguf(context.model, context.tokenizer, staging / "model.gguf",
                                    precision=target.precision),
                    run_with="llama.cpp: llama-cli -m model.gguf, or any app built on it")
-    decoder = GgufDecoder(staging, manifest={"task": CAUSAL_LM.name, "format": "gguf", "model_file": "model.gguf",
-                                             **details})
+    kind = LlamaCppDecoder if target.precision != "fp16" and llama_cpp_installed() else GgufDecoder
+    decoder = kind(staging, manifest={"task": CAUSAL_LM.name, "format": "gguf", "model_file": "model.gguf", **details})
+    details["checked_with"] = "llama.cpp" if kind is LlamaCppDecoder else "transformers' GGUF reader"
     return _Made(kind="GGUF file", model_file="model.gguf", decoder=decoder, inputs={}, outputs={},
-                 quantization={"scheme": "Q8_0: blocks of 32 weights, one f16 scale each"}
-                 if target.precision == "q8_0" else None)
+                 quantization={"scheme": GGUF_SCHEMES[target.precision]} if target.precision in GGUF_SCHEMES else None)
 
 
 def _prompt_encoder(target: Target, context: _LMContext, staging: Path) -> dict:

@@ -199,15 +199,55 @@ class GgufDecoder(Decoder):
             return self.model(input_ids=torch.tensor([ids])).logits[0].numpy()
 
 
+class LlamaCppDecoder(Decoder):
+    """A .gguf file run by llama.cpp itself (through llama-cpp-python, the `llama` extra): its
+    own kernels and quantised types, at `threads` threads, as the apps built on it run it."""
+
+    def __init__(self, folder: Path, *, threads: int = 1, manifest: dict | None = None) -> None:
+        super().__init__(folder, manifest=manifest)
+        self.model = open_llama_cpp(self.folder / self.manifest["model_file"], context=self.max_length,
+                                    threads=threads)
+
+    def prefill(self, prompt_ids: list[int]):
+        self.model.reset()
+        self.model.eval(list(prompt_ids))
+        return np.array(self.model.scores[len(prompt_ids) - 1], dtype=np.float32), None
+
+    def step(self, token: int, presents, length: int):
+        self.model.eval([int(token)])
+        return np.array(self.model.scores[length - 1], dtype=np.float32), None
+
+    def all_logits(self, ids: list[int]) -> np.ndarray:
+        self.check_length(len(ids), 0)
+        self.model.reset()
+        self.model.eval(list(ids))
+        return np.array(self.model.scores[:len(ids)], dtype=np.float32)
+
+
+def open_llama_cpp(path: Path, *, context: int, threads: int):
+    """llama.cpp's model on `path`, every position's logits kept, its own log lines silenced."""
+    from llama_cpp import Llama
+
+    try:
+        return Llama(model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                     logits_all=True, verbose=False)
+    except Exception as error:  # noqa: BLE001 - llama.cpp reports a bad file as a ValueError or RuntimeError
+        raise UserError(f"llama.cpp cannot load {path}: {first_line(error)[:200]}; export it again") from error
+
+
 def decoder_for(folder: Path, *, threads: int = 1, manifest: dict | None = None) -> Decoder:
-    """The folder's artifact as a Decoder of its format (.onnx/.ort in ONNX Runtime, .pte in ExecuTorch)."""
+    """The folder's artifact as a Decoder of its format (.onnx/.ort in ONNX Runtime, .pte in
+    ExecuTorch, .gguf in llama.cpp when it is installed, else read back by transformers)."""
     from edgekd.manifest import read_manifest
 
     manifest = manifest if manifest is not None else read_manifest(Path(folder))
     if manifest.get("format") == "pte":
         return PteDecoder(folder, threads=threads, manifest=manifest)
     if manifest.get("format") == "gguf":
-        return GgufDecoder(folder, threads=threads, manifest=manifest)
+        from edgekd.lm.gguf import llama_cpp_installed
+
+        kind = LlamaCppDecoder if llama_cpp_installed() else GgufDecoder
+        return kind(folder, threads=threads, manifest=manifest)
     return OnnxDecoder(folder, threads=threads, manifest=manifest)
 
 

@@ -5,7 +5,10 @@ llama.cpp (and the apps built on it: LM Studio, Ollama, llamafile, the phone app
 every tensor under llama.cpp's own names, and the tokenizer (its tokens, their types, the BPE
 merges, the special ids and the chat template). Two precisions need nothing but the `gguf`
 writer: f16 (norms stay f32) and Q8_0 (blocks of 32 weights, one f16 scale each: llama.cpp's
-own 8-bit type; matrices whose rows are not a multiple of 32 stay f16).
+own 8-bit type; matrices whose rows are not a multiple of 32 stay f16). Q4_K_M, llama.cpp's
+most used 4-bit mix, is made from the f16 file by llama.cpp's own quantiser (the `llama`
+extra: llama-cpp-python); its K-quants need rows that are a multiple of 256, and llama.cpp
+gives other matrices a simpler type of its choosing.
 
 What llama.cpp expects and the Hugging Face layout differs in one place: its llama kernels
 apply rotary embeddings to interleaved pairs, so the query and key rows of each head are
@@ -25,7 +28,8 @@ from edgekd.errors import UserError
 
 # Hugging Face model types written, and llama.cpp's architecture for each
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
-PRECISIONS = ("fp16", "q8_0")  # what a GGUF target's `precision` may be
+PRECISIONS = ("fp16", "q8_0", "q4_k_m")  # what a GGUF target's `precision` may be
+LLAMA_CPP_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}  # made by llama.cpp's quantiser from f16
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
 
 
@@ -39,10 +43,18 @@ def check_writable(model, tokenizer) -> None:
 
 
 def write_gguf(model, tokenizer, path: Path, *, precision: str) -> dict:
-    """Write `model` and `tokenizer` to `path` at `precision` (fp16 or q8_0); what was written."""
+    """Write `model` and `tokenizer` to `path` at `precision` (fp16, q8_0 or q4_k_m); what was written."""
     import gguf
 
     check_writable(model, tokenizer)
+    if precision in LLAMA_CPP_TYPES:
+        f16 = path.with_name(f"{path.stem}.f16.gguf")
+        written = write_gguf(model, tokenizer, f16, precision="fp16")
+        try:
+            _llama_cpp_quantize(f16, path, LLAMA_CPP_TYPES[precision])
+        finally:
+            f16.unlink(missing_ok=True)
+        return {**written, "tensors": "chosen by llama.cpp's quantiser", "quantised_by": "llama.cpp"}
     config = model.config
     architecture = ARCHITECTURES[config.model_type]
     writer = gguf.GGUFWriter(str(path), architecture)
@@ -85,6 +97,35 @@ def write_gguf(model, tokenizer, path: Path, *, precision: str) -> dict:
     writer.write_tensors_to_file()
     writer.close()
     return {"architecture": architecture, "tensors": counts, "tokenizer": "gpt2 (byte-level BPE)"}
+
+
+def _llama_cpp_quantize(source: Path, out: Path, file_type: str) -> None:
+    """llama.cpp's own quantiser, f16 `source` -> `out` of `file_type` (a llama_ftype name)."""
+    if not llama_cpp_installed():
+        raise UserError(f"{file_type.removeprefix('LLAMA_FTYPE_MOSTLY_')} is made by llama.cpp's quantiser: "
+                        "pip install 'edgekd[llama]' (it builds llama-cpp-python, about 15 CPU-minutes), "
+                        "or choose gguf-q8_0")
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp._logger import set_verbose
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    parameters = llama_cpp.llama_model_quantize_default_params()
+    parameters.ftype = getattr(llama_cpp, file_type)
+    parameters.nthread = 0  # llama.cpp's choice: every core
+    set_verbose(False)  # its log lines are errors only
+    with suppress_stdout_stderr(disable=False):  # and its own prints stay off the terminal
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(parameters))
+    if status != 0 or not out.is_file():
+        raise UserError(f"llama.cpp's quantiser failed on {source.name} (status {status}); nothing was written")
+
+
+def llama_cpp_installed() -> bool:
+    """Whether llama.cpp runs here (llama-cpp-python: pip install 'edgekd[llama]')."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def _kind(data: np.ndarray, precision: str) -> str:

@@ -1,0 +1,89 @@
+"""The causal-LM demo student in llama.cpp: gguf-q4_k_m against onnx-int4, in one interleaved run.
+
+    EDGEKD_CACHE=/path/to/cache python benchmarks/lm_gguf.py --student runs/lm-demo/student
+
+Needs the llama extra (`make test-llama` installs it). Exports the student to `onnx-int4`,
+`gguf-q8_0` and `gguf-q4_k_m` and the teacher (SmolLM2-135M) to `gguf-q4_k_m` (what a
+llama.cpp user would run without distillation), each the way `edgekd export` does
+(quantised files held to their perplexity budget on the demo's BBC training articles, scored
+by llama.cpp), then benches them all with the teacher and the student in PyTorch on the
+demo's held-out articles: perplexity, next-token agreement with the teacher, decode
+tokens/s at 1 thread (interleaved rounds, medians), size, peak memory.
+
+Goals (benchmarks/results/lm_gguf.json): the student's gguf-q4_k_m decodes at least as many
+tokens/s as its onnx-int4 artifact, at a held-out perplexity no worse than 1.1x onnx-int4's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "benchmarks" / "results" / "lm_gguf.json"
+STUDENT_TARGETS = ("onnx-int4", "gguf-q8_0", "gguf-q4_k_m")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", type=Path, required=True, help="The causal-LM demo's student folder.")
+    parser.add_argument("--rounds", type=int, default=5, help="Interleaved decode rounds.")
+    parser.add_argument("--max-length", type=int, default=256, help="Positions of the exported cache.")
+    args = parser.parse_args()
+
+    from edgekd.benchmarking.machine import machine_info
+    from edgekd.benchmarking.report import print_table
+    from edgekd.errors import atomic_write_text
+    from edgekd.lm.bench import bench_lm
+    from edgekd.lm.demo import LMDemoConfig, demo_texts
+    from edgekd.lm.export import export_lm
+    from edgekd.lm.models import demo_gguf_path, dequantised_gguf
+    from edgekd.targets import load_target
+
+    config = LMDemoConfig()
+    train_texts, eval_texts = demo_texts(config)
+    teacher = dequantised_gguf(demo_gguf_path())
+    with tempfile.TemporaryDirectory(prefix="edgekd-lm-gguf-") as scratch:
+        export, teacher_export = Path(scratch) / "export", Path(scratch) / "teacher-export"
+        seconds, artifacts = {}, {}
+        for model, out, names in ((args.student, export, STUDENT_TARGETS), (teacher, teacher_export, ("gguf-q4_k_m",))):
+            for name in names:
+                started = time.perf_counter()
+                (artifact,) = export_lm(model, targets=[load_target(name)], out=out, max_length=args.max_length,
+                                        gate_texts=train_texts, gate_source="BBC News training articles")
+                key = f"{'teacher' if out == teacher_export else 'student'}/{name}"
+                seconds[key], artifacts[key] = time.perf_counter() - started, artifact
+        report = bench_lm(teacher_dir=teacher, student_dir=args.student, artifacts=[export, teacher_export],
+                          texts=eval_texts, max_length=config.distill.max_length, rounds=args.rounds)
+        print_table(report)
+    rows = {row["name"]: row for row in report["rows"]}
+    q4, int4 = rows["student/gguf-q4_k_m"], rows["student/onnx-int4"]
+    measured = {"q4_k_m_over_int4_decode_speed": q4["latency"]["decode_tokens_per_second"]
+                / int4["latency"]["decode_tokens_per_second"],
+                "q4_k_m_over_int4_perplexity": q4["quality"]["perplexity"] / int4["quality"]["perplexity"],
+                "q4_k_m_speedup_over_teacher_q4_k_m": q4["speedup_same_target"]}
+    result = {
+        "exports": {name: {"seconds": seconds[name], "size_bytes": a.size_bytes,
+                           "greedy_agreement": a.greedy_agreement, "perplexity_ratio_on_gate": a.perplexity_ratio}
+                    for name, a in artifacts.items()},
+        "measured": measured,
+        "goals": {"q4_k_m_decodes_at_least_as_fast_as_onnx_int4": measured["q4_k_m_over_int4_decode_speed"] >= 1.0,
+                  "q4_k_m_perplexity_within_1.1x_of_onnx_int4": measured["q4_k_m_over_int4_perplexity"] <= 1.1},
+        "rows": [{"name": r["name"], "runtime": r["runtime"], "perplexity": r["quality"]["perplexity"],
+                  "top1_agreement": r["quality"].get("top1_agreement"), "size_bytes": r["size_bytes"],
+                  "decode_tokens_per_second": r["latency"]["decode_tokens_per_second"],
+                  "prefill_tokens_per_second": r["latency"]["prefill_tokens_per_second"],
+                  "ms_per_token": r["latency"]["p50_ms"], "speedup": r["speedup"],
+                  "speedup_same_target": r["speedup_same_target"],
+                  "peak_rss_mb": (r["memory"] or {}).get("peak_rss_mb")} for r in rows.values()],
+        "max_length": args.max_length, "rounds": args.rounds, "held_out_texts": report["data"]["rows"],
+        "warnings": report["warnings"], "machine": machine_info()}
+    atomic_write_text(RESULT, json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"measured": measured, "goals": result["goals"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
