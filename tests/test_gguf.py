@@ -85,16 +85,21 @@ def test_a_tokenizer_or_model_a_gguf_file_cannot_hold_is_one_line_and_nothing_is
         check_writable(gpt2, make_byte_level_tokenizer())
 
 
+def _bench(root, out) -> dict:
+    """The report of bench on the student and every artifact exported from it."""
+    result = run_cli("bench", "--teacher", root / "student", "--student", root / "student", "--artifacts",
+                     root / "export", "--data", root / "held.txt", "--out", out, "--rounds", "1",
+                     "--new-tokens", "4", "--quiet")
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "report.json").read_text())
+
+
 def test_bench_skips_a_gguf_file_where_llama_cpp_is_not_installed(exported, tmp_path, monkeypatch):
     import edgekd.lm.gguf
 
     monkeypatch.setattr(edgekd.lm.gguf, "llama_cpp_installed", lambda: False)
     root, _, _ = exported
-    result = run_cli("bench", "--teacher", root / "student", "--student", root / "student", "--artifacts",
-                     root / "export", "--data", root / "held.txt", "--out", tmp_path / "report", "--rounds", "1",
-                     "--new-tokens", "4", "--quiet")
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    report = _bench(root, tmp_path / "report")
     assert {row["name"] for row in report["rows"]} == {"teacher", "student"}
     assert len(report["skipped"]) == 2 and "llama-perplexity and llama-bench" in report["skipped"][0]["reason"]
 
@@ -153,11 +158,7 @@ def test_q4_k_m_is_made_by_llama_cpp_and_held_to_its_perplexity_budget_by_it(wit
 
 def test_bench_measures_gguf_files_with_llama_cpp(with_llama_cpp, tmp_path):
     root, _, _ = with_llama_cpp
-    result = run_cli("bench", "--teacher", root / "student", "--student", root / "student", "--artifacts",
-                     root / "export", "--data", root / "held.txt", "--out", tmp_path / "report", "--rounds", "1",
-                     "--new-tokens", "4", "--quiet")
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    report = _bench(root, tmp_path / "report")
     rows = {row["target"]: row for row in report["rows"] if row["format"] == "gguf"}
     assert set(rows) == {"gguf-f16", "gguf-q8_0", "gguf-q4_k_m"} and not report["skipped"]
     f16, q4 = rows["gguf-f16"], rows["gguf-q4_k_m"]
