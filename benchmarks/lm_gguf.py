@@ -16,49 +16,26 @@ tokens/s as its onnx-int4 artifact, at a held-out perplexity no worse than 1.1x 
 
 from __future__ import annotations
 
-import argparse
 import json
-import tempfile
-import time
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "lm_gguf.json"
+sys.path.insert(0, str(ROOT / "benchmarks"))
 STUDENT_TARGETS = ("onnx-int4", "gguf-q8_0", "gguf-q4_k_m")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", type=Path, required=True, help="The causal-LM demo's student folder.")
-    parser.add_argument("--rounds", type=int, default=5, help="Interleaved decode rounds.")
-    parser.add_argument("--max-length", type=int, default=256, help="Positions of the exported cache.")
-    args = parser.parse_args()
+    from lm_exports import arguments, export_and_bench
 
+    args = arguments(__doc__.splitlines()[0], rounds=5)
     from edgekd.benchmarking.machine import machine_info
-    from edgekd.benchmarking.report import print_table
     from edgekd.errors import atomic_write_text
-    from edgekd.lm.bench import bench_lm
-    from edgekd.lm.demo import LMDemoConfig, demo_texts
-    from edgekd.lm.export import export_lm
-    from edgekd.lm.models import demo_gguf_path, dequantised_gguf
-    from edgekd.targets import load_target
 
-    config = LMDemoConfig()
-    train_texts, eval_texts = demo_texts(config)
-    teacher = dequantised_gguf(demo_gguf_path())
-    with tempfile.TemporaryDirectory(prefix="edgekd-lm-gguf-") as scratch:
-        export, teacher_export = Path(scratch) / "export", Path(scratch) / "teacher-export"
-        seconds, artifacts = {}, {}
-        for model, out, names in ((args.student, export, STUDENT_TARGETS), (teacher, teacher_export, ("gguf-q4_k_m",))):
-            for name in names:
-                started = time.perf_counter()
-                (artifact,) = export_lm(model, targets=[load_target(name)], out=out, max_length=args.max_length,
-                                        gate_texts=train_texts, gate_source="BBC News training articles")
-                key = f"{'teacher' if out == teacher_export else 'student'}/{name}"
-                seconds[key], artifacts[key] = time.perf_counter() - started, artifact
-        report = bench_lm(teacher_dir=teacher, student_dir=args.student, artifacts=[export, teacher_export],
-                          texts=eval_texts, max_length=config.distill.max_length, rounds=args.rounds)
-        print_table(report)
+    report, artifacts, seconds = export_and_bench(args.student, student_targets=STUDENT_TARGETS,
+                                                  teacher_targets=("gguf-q4_k_m",), max_length=args.max_length,
+                                                  rounds=args.rounds)
     rows = {row["name"]: row for row in report["rows"]}
     q4, int4 = rows["student/gguf-q4_k_m"], rows["student/onnx-int4"]
     measured = {"q4_k_m_over_int4_decode_speed": q4["latency"]["decode_tokens_per_second"]

@@ -14,48 +14,28 @@ exactly; the 8da4w .pte is within its 2x perplexity budget of the fp32 export.
 
 from __future__ import annotations
 
-import argparse
 import json
-import tempfile
-import time
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "lm_pte.json"
+sys.path.insert(0, str(ROOT / "benchmarks"))
 TARGETS = ("executorch", "executorch-8da4w", "onnx-int4")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", type=Path, required=True, help="The causal-LM demo's student folder.")
-    parser.add_argument("--rounds", type=int, default=3, help="Interleaved decode rounds.")
-    parser.add_argument("--max-length", type=int, default=256, help="Positions of the exported cache.")
-    args = parser.parse_args()
+    from lm_exports import arguments, export_and_bench
 
+    args = arguments(__doc__.splitlines()[0], rounds=3)
     from edgekd.benchmarking.machine import machine_info
-    from edgekd.benchmarking.report import print_table
     from edgekd.errors import atomic_write_text
-    from edgekd.lm.bench import bench_lm
-    from edgekd.lm.demo import LMDemoConfig, demo_texts
-    from edgekd.lm.export import export_lm
-    from edgekd.lm.models import demo_gguf_path, dequantised_gguf
-    from edgekd.targets import load_target
 
-    config = LMDemoConfig()
-    train_texts, eval_texts = demo_texts(config)
-    with tempfile.TemporaryDirectory(prefix="edgekd-lm-pte-") as scratch:
-        export = Path(scratch) / "export"
-        seconds = {}
-        artifacts = {}
-        for name in TARGETS:
-            started = time.perf_counter()
-            (artifact,) = export_lm(args.student, targets=[load_target(name)], out=export, max_length=args.max_length,
-                                    gate_texts=train_texts, gate_source="BBC News training articles")
-            seconds[name], artifacts[name] = time.perf_counter() - started, artifact
-        report = bench_lm(teacher_dir=dequantised_gguf(demo_gguf_path()), student_dir=args.student, artifacts=export,
-                          texts=eval_texts, max_length=config.distill.max_length, rounds=args.rounds)
-        print_table(report)
-        manifests = {name: json.loads((export / name / "edgekd.json").read_text()) for name in TARGETS}
+    report, exported, seconds = export_and_bench(args.student, student_targets=TARGETS, max_length=args.max_length,
+                                                 rounds=args.rounds)
+    artifacts = {name: exported[f"student/{name}"] for name in TARGETS}
+    seconds = {name: seconds[f"student/{name}"] for name in TARGETS}
+    manifests = {name: json.loads(report["manifests"][f"student/{name}"]) for name in TARGETS}
     rows = {row["name"]: row for row in report["rows"]}
     result = {
         "exports": {name: {"seconds": seconds[name], "size_bytes": a.size_bytes, "greedy_agreement": a.greedy_agreement,

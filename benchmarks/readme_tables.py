@@ -206,12 +206,22 @@ def lm_pte_table(result: dict) -> str:
     return markdown(headers, rows, result["machine"])
 
 
+def lm_gguf_table(result: dict) -> str:
+    """The causal-LM demo student in llama.cpp beside its int4 ONNX export, and the teacher's own Q4_K_M."""
+    headers = ["model", "runtime", "held-out perplexity", "size", "decode tokens/s", SPEEDUPS[0], SPEEDUPS[1],
+               "peak memory"]
+    rows = [[row["name"], row["runtime"], f"{row['perplexity']:.1f}", f"{row['size_bytes'] / 1e6:.0f} MB",
+             f"{row['decode_tokens_per_second']:.1f}", f"{row['speedup']:.2f}×", _times(row["speedup_same_target"]),
+             "–" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb']:.0f} MB"] for row in result["rows"]]
+    return markdown(headers, rows, result["machine"])
+
+
 # every table the README and docs/ show: its name in the page, its result file, how it is printed
 TABLES = {"demo": ("demo.json", classifier_table), "lm_demo": ("lm_demo.json", causal_lm_table),
           "shrink": ("shrink.json", shrink_table), "shrink_comparisons": ("shrink.json", shrink_comparisons),
           "lm_shrink": ("lm_shrink.json", lm_shrink_table), "phones": ("phones.json", phones_table),
           "images": ("images.json", images_table), "images_goals": ("images.json", images_goals),
-          "lm_pte": ("lm_pte.json", lm_pte_table)}
+          "lm_pte": ("lm_pte.json", lm_pte_table), "lm_gguf": ("lm_gguf.json", lm_gguf_table)}
 BLOCK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(\n<!-- /table -->)", re.S)
 PAGES = ["README.md", *sorted(f"docs/{path.name}" for path in (RESULTS.parent.parent / "docs").glob("*.md"))]
 

@@ -145,7 +145,7 @@ def test_q4_k_m_is_made_by_llama_cpp_and_held_to_its_perplexity_budget_by_it(wit
     root, _, _ = with_llama_cpp
     manifest = json.loads((root / "export" / "gguf-q4_k_m" / "edgekd.json").read_text())
     gate = manifest["perplexity_gate"]
-    assert gate["ratio"] <= gate["max_ratio"] == 1.15 and manifest["checked_with"] == "llama.cpp"
+    assert gate["ratio"] <= gate["max_ratio"] == 1.3 and manifest["checked_with"] == "llama.cpp"
     assert manifest["gguf"]["quantised_by"] == "llama.cpp"
     assert "Q4_K_M" in manifest["quantization"]["scheme"]
     sizes = {name: (root / "export" / name / "model.gguf").stat().st_size for name in ("gguf-q8_0", "gguf-q4_k_m")}
