@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 
-def arguments(description: str, *, rounds: int) -> argparse.Namespace:
+def arguments(description: str, *, rounds: int, result: Path) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=result, help=f"Where the result goes (default {result}).")
     parser.add_argument("--student", type=Path, required=True, help="The causal-LM demo's student folder.")
     parser.add_argument("--rounds", type=int, default=rounds, help="Interleaved decode rounds.")
     parser.add_argument("--max-length", type=int, default=256, help="Positions of the exported cache.")

@@ -29,7 +29,7 @@ STUDENT_TARGETS = ("onnx-int4", "gguf-q8_0", "gguf-q4_k_m")
 def main() -> None:
     from lm_exports import arguments, export_and_bench
 
-    args = arguments(__doc__.splitlines()[0], rounds=5)
+    args = arguments(__doc__.splitlines()[0], rounds=5, result=RESULT)
     from edgekd.benchmarking.machine import machine_info
     from edgekd.errors import atomic_write_text
 
@@ -57,9 +57,16 @@ def main() -> None:
                   "speedup_same_target": r["speedup_same_target"],
                   "peak_rss_mb": (r["memory"] or {}).get("peak_rss_mb")} for r in rows.values()],
         "max_length": args.max_length, "rounds": args.rounds, "held_out_texts": report["data"]["rows"],
-        "warnings": report["warnings"], "machine": machine_info()}
-    atomic_write_text(RESULT, json.dumps(result, indent=2) + "\n")
+        "warnings": report["warnings"], "machine": machine_info(), "llama_cpp": _llama_cpp_build()}
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({"measured": measured, "goals": result["goals"]}, indent=2))
+
+
+def _llama_cpp_build() -> dict:
+    """The llama.cpp build that ran: its version and the CPU features compiled in."""
+    import llama_cpp
+
+    return {"version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode().strip()}
 
 
 if __name__ == "__main__":

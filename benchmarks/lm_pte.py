@@ -27,7 +27,7 @@ TARGETS = ("executorch", "executorch-8da4w", "onnx-int4")
 def main() -> None:
     from lm_exports import arguments, export_and_bench
 
-    args = arguments(__doc__.splitlines()[0], rounds=3)
+    args = arguments(__doc__.splitlines()[0], rounds=3, result=RESULT)
     from edgekd.benchmarking.machine import machine_info
     from edgekd.errors import atomic_write_text
 
@@ -52,7 +52,7 @@ def main() -> None:
                   "ms_per_token": r["latency"]["p50_ms"], "speedup": r["speedup"]} for r in rows.values()],
         "max_length": args.max_length, "rounds": args.rounds, "held_out_texts": report["data"]["rows"],
         "machine": machine_info()}
-    atomic_write_text(RESULT, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["checks"]))
 
 
