@@ -185,6 +185,8 @@ class Loop:
             self._end_epoch(progress, seconds=time.perf_counter() - epoch_started)
             if progress.step >= self.total_steps:
                 break
+        if self.prefetch is not None:
+            self.prefetch.pool.shutdown(cancel_futures=True)
         self._unshard()
         distributed.check_in_sync(self.trainee.module, self.ranks)
         if progress.best_state is not None:
@@ -280,7 +282,8 @@ class Loop:
     # -- checkpoints
 
     def _unshard(self) -> None:
-        """Under FSDP, the whole student (validated, checkpointed, saved) made the shards' again."""
+        """Under FSDP, the whole copy given the shards' parameters before it is validated,
+        checkpointed or saved."""
         if self.sharded:
             distributed.unsharded(self.model, self.trainee.module)
 
