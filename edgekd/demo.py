@@ -21,7 +21,7 @@ from edgekd.progress import console
 
 
 class DemoSpec(Protocol):
-    """One task's demo; `distill` and `export` may keep what `record` reports."""
+    """One task's demo; `distill` may keep what `record` reports."""
 
     targets: tuple[str, ...]  # what the student and the teacher are exported to
     export_note: str  # said after the targets, when they are exported (how int8 is calibrated)
@@ -41,8 +41,9 @@ class DemoSpec(Protocol):
     def bench(self, teacher: Path, student: Path, artifacts: list[Path], data: dict) -> dict:
         """The bench report of teacher, student and artifacts on the held-out split."""
 
-    def record(self) -> dict:
-        """What the report says of the demo's own recipe (report.json `demo`)."""
+    def record(self, artifacts: list) -> dict:
+        """What the report says of the demo's own recipe and of the student's `artifacts`
+        (report.json `demo`)."""
 
 
 def run(spec: DemoSpec, *, out: Path, log=console.print) -> dict:
@@ -57,7 +58,7 @@ def run(spec: DemoSpec, *, out: Path, log=console.print) -> dict:
     student = spec.distill(teacher, data, out / "student")
     clock.lap("distill_seconds")
     log(f"export: the student to {', '.join(spec.targets)}{spec.export_note}")
-    spec.export(student, data, out / "export")
+    artifacts = spec.export(student, data, out / "export")
     clock.lap("export_seconds")
     log("export: the teacher to the same targets (the baseline without distillation)")
     try:
@@ -68,7 +69,7 @@ def run(spec: DemoSpec, *, out: Path, log=console.print) -> dict:
     baseline = [folder for folder in sorted((out / "teacher-export").glob("*")) if (folder / MANIFEST).is_file()]
     report = spec.bench(teacher, student, [out / "export", *baseline], data)
     clock.lap("bench_seconds")
-    report["demo"] = {"timings": clock.laps, "teacher_dir": str(teacher), **spec.record()}
+    report["demo"] = {"timings": clock.laps, "teacher_dir": str(teacher), **spec.record(artifacts)}
     write_report(report, out)
     print_table(report)
     log(f"report: {out / 'report.md'} and {out / 'report.json'}")

@@ -17,9 +17,9 @@ from edgekd.errors import UserError, first_line
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 FORMATS = ("onnx", "ort", "pte", "gguf")
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4", "8da4w", "q8_0",
-              "q4_k_m")  # 8da4w: .pte; q8_0 and q4_k_m: .gguf
-GGUF_PRECISIONS = ("fp16", "q8_0", "q4_k_m")  # llama.cpp's f16, Q8_0 and Q4_K_M, for causal LMs
+GGUF_TYPES = ("q8_0", "q4_k_m")  # llama.cpp's own quantised types: .gguf only
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4", "8da4w", *GGUF_TYPES)  # 8da4w: .pte
+GGUF_PRECISIONS = ("fp16", *GGUF_TYPES)  # llama.cpp's f16, Q8_0 and Q4_K_M, for causal LMs
 TASK_NAMES = ("text-classification", "causal-lm", "image-classification")  # edgekd.tasks.TASKS, without importing it
 INTEGER_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -133,7 +133,7 @@ class Target:
                  f"format pte supports precisions {PTE_PRECISIONS}")
         _require(self.format != "gguf" or (self.precision in GGUF_PRECISIONS and list(self.tasks) == ["causal-lm"]),
                  f"format gguf serves causal-lm at precisions {GGUF_PRECISIONS}")
-        _require(self.precision not in ("q8_0", "q4_k_m") or self.format == "gguf",
+        _require(self.precision not in GGUF_TYPES or self.format == "gguf",
                  f"precision {self.precision} is a gguf precision")
         _require(bool(self.tasks) and all(task in TASK_NAMES for task in self.tasks),
                  f"tasks must list one or more of {TASK_NAMES}")

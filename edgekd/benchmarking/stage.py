@@ -79,7 +79,7 @@ def run(measurement: Measurement, *, gates: GateLimits = GateLimits()) -> dict:
     return report
 
 
-def reference_of(candidate: Candidate, *, has_student: bool) -> str | None:
+def _reference(candidate: Candidate, *, has_student: bool) -> str | None:
     """The row a model is judged against: what it was made from (an artifact of the student: the
     student, when it is benched too; the student and the teacher's artifacts: the teacher)."""
     if candidate.name == "teacher":
@@ -91,7 +91,7 @@ def reference_of(candidate: Candidate, *, has_student: bool) -> str | None:
 def _described(candidate: Candidate, *, has_student: bool) -> dict:
     return {"name": candidate.name, "runtime": candidate.runtime, "format": candidate.format,
             "precision": candidate.precision, "target": candidate.target, "source": str(candidate.source),
-            "threads": candidate.threads, "reference": reference_of(candidate, has_student=has_student),
+            "threads": candidate.threads, "reference": _reference(candidate, has_student=has_student),
             "params": _parameters(candidate), "size_bytes": _size(candidate)}
 
 

@@ -63,7 +63,7 @@ class LMDemo:
         self.config, self.teacher_source, self.texts = config, teacher_source, texts
         self.targets = config.targets
         self.overwrite, self.show_progress = overwrite, show_progress
-        self.result, self.artifacts = None, None
+        self.result = None
 
     def data(self) -> dict[str, list[str]]:
         train, test = self.texts or demo_texts(self.config)
@@ -83,19 +83,16 @@ class LMDemo:
         return out
 
     def export(self, model: Path, data: dict[str, list[str]], out: Path) -> list:
-        artifacts = export_lm(model, targets=load_targets_for(list(self.targets), "causal-lm"), out=out,
-                              overwrite=self.overwrite, max_length=max(256, self.config.distill.max_length),
-                              gate_texts=data["train"], gate_source="BBC News training articles",
-                              show_progress=self.show_progress)
-        self.artifacts = self.artifacts or artifacts  # the student's, exported first
-        return artifacts
+        return export_lm(model, targets=load_targets_for(list(self.targets), "causal-lm"), out=out,
+                         overwrite=self.overwrite, max_length=max(256, self.config.distill.max_length),
+                         gate_texts=data["train"], gate_source="BBC News training articles",
+                         show_progress=self.show_progress)
 
     def bench(self, teacher: Path, student: Path, artifacts: list[Path], data: dict[str, list[str]]) -> dict:
         return bench_lm(teacher_dir=teacher, student_dir=student, artifacts=artifacts, texts=data["test"],
                         max_length=self.config.distill.max_length)
 
-    def record(self) -> dict:
-        artifacts = self.artifacts
+    def record(self, artifacts: list) -> dict:
         return {"student_layers": self.config.student_layers, "teacher_cache_seconds": self.result.teacher_seconds,
                 "cache_bytes_per_token": self.result.cache_bytes_per_token,
                 "train_tokens_per_second": self.result.tokens_per_second,

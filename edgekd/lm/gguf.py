@@ -28,7 +28,6 @@ from edgekd.errors import UserError
 
 # Hugging Face model types written, and llama.cpp's architecture for each
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
-PRECISIONS = ("fp16", "q8_0", "q4_k_m")  # what a GGUF target's `precision` may be
 LLAMA_CPP_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}  # made by llama.cpp's quantiser from f16
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
 

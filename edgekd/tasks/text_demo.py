@@ -159,5 +159,5 @@ class TextDemo:
                      max_length=self.max_length, sequence_length=self.max_length, repeats=self.repeats,
                      show_progress=self.show_progress, teacher_model=self.loaded_teacher)
 
-    def record(self) -> dict:
+    def record(self, artifacts: list) -> dict:
         return {"student_config": STUDENT_CONFIG, "student_recipe": asdict(self.recipe), "vocabulary": self.vocabulary}

@@ -170,6 +170,6 @@ class ImageDemo:
         return bench(teacher=teacher, student=student, artifacts=artifacts, data=data["test"], repeats=self.repeats,
                      show_progress=self.show_progress, teacher_model=self.loaded_teacher, cache_folder=self.cache)
 
-    def record(self) -> dict:
+    def record(self, artifacts: list) -> dict:
         return {"teacher_config": TEACHER_CONFIG, "teacher_size": TEACHER_SIZE, "student_config": STUDENT_CONFIG,
                 "student_size": STUDENT_SIZE, "student_recipe": asdict(self.recipe)}
