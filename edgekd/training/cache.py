@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.config import cache_dir
-from edgekd.data import Encoded, batches
+from edgekd.data import chunks, collate
 from edgekd.training.distributed import Ranks
 from edgekd.training.loop import rows_used
 from edgekd.training.objective import Needs, forward_outputs
@@ -62,8 +62,8 @@ from edgekd.errors import UserError, exclusive
 from edgekd.integrity import checksums, trusted
 from edgekd.progress import progress_bar
 
-FORMAT_VERSION = 1
-TOP_K_FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the key hashes the tokens a chunk at a time
+TOP_K_FORMAT_VERSION = 2  # 2: the key hashes the tokens a chunk at a time
 QKV_NAMES = ("query", "key", "value")
 
 
@@ -103,10 +103,17 @@ def teacher_key(teacher: torch.nn.Module, contents: dict) -> str:
     return digest.hexdigest()[:20]
 
 
-def cache_key(teacher: torch.nn.Module, encoded: Encoded, needs: Needs) -> str:
-    """The dense cache's key: teacher weights, tokenised data and the outputs stored."""
-    return teacher_key(teacher, {"input_ids": encoded.input_ids, "token_type_ids": encoded.token_type_ids,
-                                 "needs": needs.describe(), "format": FORMAT_VERSION})
+def cache_key(teacher: torch.nn.Module, encoded, needs: Needs) -> tuple[str, np.ndarray]:
+    """The dense cache's key (teacher weights, tokenised data and the outputs stored) and each
+    row's token count, from one pass over `encoded` (Encoded, or Tokenised: a chunk of rows at
+    a time, so memory stays one chunk however many rows there are)."""
+    digest, lengths = hashlib.sha256(), []
+    for chunk in chunks(encoded):
+        digest.update(json.dumps([chunk.input_ids, chunk.token_type_ids]).encode())
+        lengths.append(np.fromiter(map(len, chunk.input_ids), dtype=np.int64, count=len(chunk)))
+    key = teacher_key(teacher, {"data": digest.hexdigest(), "rows": len(encoded), "needs": needs.describe(),
+                                "format": FORMAT_VERSION})
+    return key, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
 
 
 def built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None], unwritable: str) -> Path:
@@ -210,29 +217,32 @@ def _attention_heads(teacher: torch.nn.Module, needs: Needs) -> dict[str, int]:
     return {str(layer): int(teacher.config.num_attention_heads) for layer in needs.attention_layers}
 
 
-def open_or_build(teacher: torch.nn.Module, encoded: Encoded, needs: Needs, *, root: Path,
+def open_or_build(teacher: torch.nn.Module, encoded, needs: Needs, *, root: Path,
                   device: torch.device, pad_token_id: int, ranks: Ranks, batch_size: int = 32,
                   description: str = "teacher outputs", show_progress: bool = True) -> TeacherCache:
-    """The dense cache for this teacher, data and `needs`: opened if built before, else built
-    (each rank builds its own part), then opened by every rank."""
+    """The dense cache for this teacher, data (Encoded, or Tokenised) and `needs`: opened if
+    built before, else built (each rank builds its own part), then opened by every rank."""
+    key, lengths = cache_key(teacher, encoded, needs)
+
     def build(staging: Path) -> dict:
-        _build_part(teacher, encoded, needs, folder=staging / f"part-{ranks.rank}", part=ranks.rank,
-                    parts=ranks.world, device=device, pad_token_id=pad_token_id,
+        _build_part(teacher, encoded, needs, lengths=lengths, folder=staging / f"part-{ranks.rank}",
+                    part=ranks.rank, parts=ranks.world, device=device, pad_token_id=pad_token_id,
                     batch_size=batch_size, description=description, show_progress=show_progress)
         return {"rows": len(encoded), "parts": ranks.world, "needs": needs.describe(),
                 "heads": _attention_heads(teacher, needs), "format": FORMAT_VERSION, "dtype": "float16"}
 
-    final = built_once(Path(root) / cache_key(teacher, encoded, needs), ranks=ranks, build=build,
+    final = built_once(Path(root) / key, ranks=ranks, build=build,
                        unwritable="set --cache-dir to a writable folder or pass --no-teacher-cache")
     return TeacherCache(final)
 
 
-def _build_part(teacher, encoded: Encoded, needs: Needs, *, folder: Path, part: int, parts: int,
+def _build_part(teacher, encoded, needs: Needs, *, lengths: np.ndarray, folder: Path, part: int, parts: int,
                 device: torch.device, pad_token_id: int, batch_size: int, description: str,
                 show_progress: bool) -> None:
-    """Run the teacher over rows part, part + parts, ... and write them as `.npy` arrays."""
+    """Run the teacher over rows part, part + parts, ... (tokenised a batch at a time) and write
+    them as `.npy` arrays; `lengths` holds every row's token count."""
     rows = list(range(part, len(encoded), parts))
-    lengths = np.array([len(encoded.input_ids[i]) for i in rows], dtype=np.int64)
+    lengths = lengths[rows]
     folder.mkdir(parents=True, exist_ok=True)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     np.save(folder / "offsets.npy", offsets)
@@ -241,19 +251,17 @@ def _build_part(teacher, encoded: Encoded, needs: Needs, *, folder: Path, part: 
     if needs.attention_layers:
         np.save(folder / "attention-offsets.npy", attention_offsets)
     writers: dict[str, np.ndarray] = {}
-    shard = Encoded(input_ids=[encoded.input_ids[i] for i in rows],
-                    token_type_ids=None if encoded.token_type_ids is None
-                    else [encoded.token_type_ids[i] for i in rows],
-                    labels=[encoded.labels[i] for i in rows])
     teacher.eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     with progress_bar(description, total=len(rows), enabled=show_progress) as advance, torch.no_grad():
-        for batch in batches(shard, batch_size=batch_size, pad_token_id=pad_token_id):
+        for start in range(0, len(rows), batch_size):
+            batch = collate(encoded, rows[start:start + batch_size], pad_token_id=pad_token_id)
             with autocast:
                 outputs = forward_outputs(teacher, {k: v.to(device) for k, v in batch.items()}, needs)
-            _write_batch(writers, folder, outputs, batch["index"].tolist(), lengths=lengths,
+            positions = list(range(start, start + len(batch["index"])))
+            _write_batch(writers, folder, outputs, positions, lengths=lengths,
                          offsets=offsets, attention_offsets=attention_offsets, rows=len(rows))
-            advance(len(batch["index"]))
+            advance(len(positions))
     for array in writers.values():
         array.flush()
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgekd.config import DistillConfig
-from edgekd.data import Encoded, TextDataset, collate, encode
+from edgekd.data import Encoded, TextDataset, Tokenised, collate, encode
 from edgekd.training.cache import default_cache_root, open_or_build, over_rows_used
 from edgekd.training.distributed import Ranks
 from edgekd.training.loop import Trainee, check_first_batch, train as run_loop
@@ -73,7 +73,7 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
     found: dict = {}  # what prepare learns and save needs
 
     def prepare(*, device: torch.device, ranks: Ranks, show_progress: bool) -> Trainee:
-        train_encoded = encode(train, tokenizer, max_length=config.max_length)
+        train_encoded = Tokenised(train, tokenizer, max_length=config.max_length)  # a batch at a time
         validation_encoded = (encode(validation, tokenizer, max_length=config.max_length)
                               if validation is not None and len(validation) else None)
         objective = Objective(config, student_config=student.config, teacher_config=(teacher or student).config)
@@ -176,7 +176,7 @@ def result_of(trained, *, started: float, validation: dict, teacher_validation: 
 TeacherTargets = Callable[[dict], dict]
 
 
-def _teacher_sources(teacher, objective: Objective, train: Encoded, validation: Encoded | None, *,
+def _teacher_sources(teacher, objective: Objective, train: Tokenised, validation: Encoded | None, *,
                      config: DistillConfig, device: torch.device, pad_token_id: int, cache_root: Path,
                      ranks: Ranks, show_progress: bool) -> tuple[TeacherTargets | None, np.ndarray | None]:
     """Where each batch's teacher outputs come from, and the teacher's validation logits."""
