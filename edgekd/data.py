@@ -9,6 +9,7 @@ memory-mapped (see "reading files"), and is tokenised a batch at a time (`Tokeni
 
 from __future__ import annotations
 
+import array
 import csv
 import hashlib
 import itertools
@@ -44,7 +45,9 @@ class Texts(Sequence[str]):
     are never held at once. `rows` picks and orders rows (a split, a subset)."""
 
     def __init__(self, column, rows: np.ndarray | None = None) -> None:
-        self.column, self.rows = column, rows
+        self.column = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+        self.rows = rows
+        self._starts = np.cumsum([0] + [len(chunk) for chunk in self.column.chunks])
 
     def __len__(self) -> int:
         return len(self.column) if self.rows is None else len(self.rows)
@@ -52,15 +55,26 @@ class Texts(Sequence[str]):
     def __getitem__(self, key):
         if isinstance(key, slice):
             return self.take(range(*key.indices(len(self))))
-        position = range(len(self))[key]
-        return self.column[int(position if self.rows is None else self.rows[position])].as_py()
+        return self.take([range(len(self))[key]])[0]
 
     def take(self, indices: Sequence[int]) -> list[str]:
-        """The texts at `indices`, as a list."""
+        """The texts at `indices`, as a list: a run of rows is one zero-copy slice, other rows
+        are read from their chunk (never the whole column gathered, as ChunkedArray.take does)."""
         chosen = np.asarray(indices, dtype=np.int64)
         if self.rows is not None:
             chosen = self.rows[chosen]
-        return self.column.take(pa.array(chosen)).to_pylist() if len(chosen) else []
+        if len(chosen) == 0:
+            return []
+        if len(chosen) > 1 and chosen[-1] - chosen[0] == len(chosen) - 1 and np.all(np.diff(chosen) == 1):
+            return self.column.slice(int(chosen[0]), len(chosen)).to_pylist()
+        chunks = np.searchsorted(self._starts, chosen, side="right") - 1
+        texts: list = [None] * len(chosen)
+        for chunk in np.unique(chunks):
+            where = np.flatnonzero(chunks == chunk)
+            local = pa.array(chosen[where] - self._starts[chunk])
+            for position, text in zip(where.tolist(), self.column.chunk(int(chunk)).take(local).to_pylist()):
+                texts[position] = text
+        return texts
 
     def subset(self, indices: Sequence[int]) -> Texts:
         chosen = np.asarray(indices, dtype=np.int64)
@@ -434,11 +448,13 @@ def text_column(table, name: str, path: str) -> Texts:
         except pa.ArrowException as error:
             raise UserError(f"{path}: column '{name}' holds {column.type}, not text; "
                             "set --text-column to the column with the texts") from error
-    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), True)
-    hits = pc.indices_nonzero(blank)
-    if len(hits):
-        raise UserError(f"{path}, row {hits[0].as_py() + 1}: column '{name}' is empty; "
-                        "remove the row or fill in its text")
+    for start in range(0, len(column), 1 << 16):  # a slice at a time: no copy of the whole column
+        part = column.slice(start, 1 << 16)
+        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(part)), 0), True)
+        hits = pc.indices_nonzero(blank)
+        if len(hits):
+            raise UserError(f"{path}, row {start + hits[0].as_py() + 1}: column '{name}' is empty; "
+                            "remove the row or fill in its text")
     return Texts(column)
 
 
@@ -480,7 +496,7 @@ def _label_index(value, label2id: dict[str, int], path: str, row: int) -> int | 
 
 def split(dataset: TextDataset, *, fractions: Sequence[float], seed: int) -> list[TextDataset]:
     """Shuffle with `seed` and cut into parts of the given fractions (the last takes the rest)."""
-    order = list(range(len(dataset)))
+    order = array.array("q", range(len(dataset)))  # shuffled as a list would be, in 8 bytes a row
     random.Random(seed).shuffle(order)
     parts, start = [], 0
     for fraction in fractions[:-1]:

@@ -10,34 +10,92 @@ examples are padded on the right to the longest in their batch.
 
 from __future__ import annotations
 
+import array
+import hashlib
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from edgekd.errors import UserError
 
 
+class TokenRows(Sequence[list]):
+    """Rows of numbers (token ids, learnt flags) in one flat array with offsets: 4 bytes a token
+    id, where a list of Python ints costs 8 to 36. Row i is a list when read."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self.flat, self.offsets = flat, offsets
+
+    @classmethod
+    def of(cls, rows, dtype=np.int32) -> TokenRows:
+        """`rows` (TokenRows, or lists) as TokenRows."""
+        if isinstance(rows, TokenRows):
+            return rows
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=int(lengths.sum()))
+        return cls(flat, np.concatenate([[0], np.cumsum(lengths)]))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self.take(range(*key.indices(len(self))))
+        index = range(len(self))[key]
+        return self.flat[self.offsets[index]:self.offsets[index + 1]].tolist()
+
+    def row(self, index: int) -> np.ndarray:
+        """Row `index` as an array (a view)."""
+        return self.flat[self.offsets[index]:self.offsets[index + 1]]
+
+    def take(self, indices: Sequence[int]) -> TokenRows:
+        rows = [self.row(i) for i in indices]
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        flat = np.concatenate(rows) if rows else self.flat[:0]
+        return TokenRows(flat, np.concatenate([[0], np.cumsum(lengths)]))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
+
+    __hash__ = None
+
+    def digest(self) -> str:
+        """SHA-256 of the rows' values (as int64) and where each row starts."""
+        digest = hashlib.sha256(self.offsets.astype(np.int64).tobytes())
+        for start in range(0, len(self.flat), 1 << 24):
+            digest.update(self.flat[start:start + (1 << 24)].astype(np.int64).tobytes())
+        return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class LMExamples:
-    """Token ids per example and, per token, whether it is learnt (not prompt)."""
+    """Token ids per example and, per token, whether it is learnt (not prompt): TokenRows from
+    `encode_texts`, or lists."""
 
-    input_ids: list[list[int]]
-    learnt: list[list[bool]]
+    input_ids: Sequence[Sequence[int]]
+    learnt: Sequence[Sequence[bool]]
     pad_token_id: int
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def subset(self, indices: Sequence[int]) -> LMExamples:
-        return LMExamples(input_ids=[self.input_ids[i] for i in indices], learnt=[self.learnt[i] for i in indices],
-                          pad_token_id=self.pad_token_id)
+        take = lambda rows: rows.take(indices) if isinstance(rows, TokenRows) else [rows[i] for i in indices]  # noqa: E731
+        return LMExamples(input_ids=take(self.input_ids), learnt=take(self.learnt), pad_token_id=self.pad_token_id)
 
     @property
     def predicted_tokens(self) -> int:
         """Next-token predictions that count: learnt tokens after the first position."""
-        return sum(sum(flags[1:]) for flags in self.learnt)
+        learnt = TokenRows.of(self.learnt, dtype=np.bool_)
+        return int(learnt.flat.sum()) - int(learnt.flat[learnt.offsets[:-1][np.diff(learnt.offsets) > 0]].sum())
+
+    def digest(self) -> str:
+        """What the examples' tokens hash to (the top-k cache's key)."""
+        return TokenRows.of(self.input_ids).digest()
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """The examples at `indices`, padded into one batch (`collate`)."""
@@ -47,7 +105,8 @@ class LMExamples:
 def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
                  prompts: Sequence[str] | None = None, pack: bool = False) -> LMExamples:
     """Tokenise; texts shorter than two tokens are dropped (nothing to predict). `pack`: every
-    token kept, in full sequences of `max_length` (the last one may be shorter)."""
+    token kept, in full sequences of `max_length` (the last one may be shorter). The tokens go
+    into flat arrays as they come (TokenRows): memory is 5 bytes a token, whatever the count."""
     if prompts is not None and len(prompts) != len(texts):
         raise UserError(f"{len(prompts)} prompts for {len(texts)} texts; give one prompt per text")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -56,7 +115,7 @@ def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
     if pack and tokenizer.eos_token_id is None:
         raise UserError("--pack joins texts with the end-of-text token and the tokenizer has none; "
                         "leave --pack out")
-    ids, learnt = [], []
+    ids, learnt, offsets = array.array("i"), array.array("b"), array.array("q", [0])
     for index, text in enumerate(texts):
         prompt_ids = tokenizer(prompts[index], add_special_tokens=False)["input_ids"] if prompts else []
         text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -64,21 +123,20 @@ def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
         tokens = tokens if pack else tokens[:max_length]
         if len(tokens) < 2:
             continue
-        ids.append(tokens)
-        learnt.append([position >= len(prompt_ids) for position in range(len(tokens))])
-    if pack:
-        ids, learnt = _packed(ids, max_length), _packed(learnt, max_length)
-    if not ids:
+        ids.extend(tokens)
+        learnt.extend(bytes(len(prompt_ids)) + b"\1" * (len(tokens) - len(prompt_ids)))
+        offsets.append(len(ids))
+    flat_ids, flat_learnt = np.frombuffer(ids, dtype=np.int32), np.frombuffer(learnt, dtype=np.bool_)
+    offsets = np.frombuffer(offsets, dtype=np.int64)
+    if pack:  # full sequences of max_length; a last piece of one token is dropped (nothing to predict)
+        offsets = np.append(np.arange(0, len(flat_ids), max_length), len(flat_ids))
+        if len(offsets) > 1 and offsets[-1] - offsets[-2] < 2:
+            offsets = offsets[:-1]
+            flat_ids, flat_learnt = flat_ids[:offsets[-1]], flat_learnt[:offsets[-1]]
+    if len(offsets) < 2:
         raise UserError("no text has two or more tokens; give longer training texts")
-    return LMExamples(input_ids=ids, learnt=learnt, pad_token_id=int(pad))
-
-
-def _packed(rows: list[list], length: int) -> list[list]:
-    """The rows joined end to end and cut into pieces of `length`; a last piece of one item is
-    dropped (nothing to predict)."""
-    joined = [item for row in rows for item in row]
-    pieces = [joined[start:start + length] for start in range(0, len(joined), length)]
-    return [piece for piece in pieces if len(piece) >= 2]
+    return LMExamples(input_ids=TokenRows(flat_ids, offsets), learnt=TokenRows(flat_learnt, offsets),
+                      pad_token_id=int(pad))
 
 
 def collate(examples: LMExamples, indices: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -107,9 +165,10 @@ def batches(examples: LMExamples, *, batch_size: int, shuffle: bool, seed: int =
 
 def read_texts(source, *, text_column: str = "text", prompt_column: str | None = None,
                split: str | None = None, default_split: str | None = None
-               ) -> tuple[list[str], list[str] | None]:
+               ) -> tuple[Sequence[str], list[str] | None]:
     """Texts (and prompts) from any data `edgekd.data.read_table` reads (a .txt file: one text
-    per non-empty line)."""
+    per non-empty line). The texts stay in the Arrow table (`edgekd.data.Texts`), read as they
+    are tokenised."""
     from edgekd.data import read_table, source_name, text_column as column_of
 
     table = read_table(source, split=split, default_split=default_split)
@@ -120,6 +179,6 @@ def read_texts(source, *, text_column: str = "text", prompt_column: str | None =
         if column not in table.column_names:
             raise UserError(f"{source} has no column '{column}' (columns: {', '.join(map(str, table.column_names))}); "
                             "pass --text-column/--prompt-column")
-    texts = list(column_of(table, text_column, source))  # every example is tokenised before training
+    texts = column_of(table, text_column, source)
     prompts = [str(value or "") for value in table[prompt_column]] if prompt_column else None
     return texts, prompts

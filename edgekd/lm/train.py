@@ -16,13 +16,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgekd.training.distributed import Ranks
 from edgekd.training.loop import Trainee, check_first_batch, train as loop_train
 from edgekd.config import LMDistillConfig
 from edgekd.training.cache import TopKCache, open_or_build_top_k, over_rows_used
-from edgekd.lm.data import LMExamples, collate
+from edgekd.lm.data import LMExamples, TokenRows, collate
 from edgekd.vocab import VocabTrim, save_record
 from edgekd.lm.losses import (causal_lm_cross_entropy, distillation_loss, shift_for_next_token,
                               sparse_distillation_loss)
@@ -183,15 +184,13 @@ def mean_cross_entropy(model: torch.nn.Module, examples: LMExamples, *, vocabula
 def unigram_cross_entropy(examples: LMExamples) -> float:
     """The cross-entropy of always predicting the training text's token frequencies, on the
     tokens `mean_cross_entropy` scores: what a model that learnt no context reaches."""
-    counts: dict[int, int] = {}
-    for ids, flags in zip(examples.input_ids, examples.learnt):
-        for token, learnt in zip(ids[1:], flags[1:]):
-            if learnt:
-                counts[token] = counts.get(token, 0) + 1
-    total = sum(counts.values())
-    scored = [(ids[1:], flags[1:]) for ids, flags in zip(examples.input_ids[:GUARD_TEXTS],
-                                                        examples.learnt[:GUARD_TEXTS])]
-    losses = [-math.log(counts[token] / total) for ids, flags in scored for token, learnt in zip(ids, flags) if learnt]
+    ids, learnt = TokenRows.of(examples.input_ids), TokenRows.of(examples.learnt, dtype=np.bool_)
+    counted = learnt.flat.copy()
+    counted[ids.offsets[:-1][np.diff(ids.offsets) > 0]] = False  # a text's first token is predicted by nothing
+    counts = np.bincount(ids.flat[counted].astype(np.int64))
+    total = int(counts.sum())
+    scored = [(ids[i][1:], learnt[i][1:]) for i in range(min(GUARD_TEXTS, len(ids)))]
+    losses = [-math.log(int(counts[token]) / total) for ids, flags in scored for token, learnt in zip(ids, flags) if learnt]
     return sum(losses) / max(len(losses), 1)
 
 

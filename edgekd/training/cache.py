@@ -63,7 +63,7 @@ from edgekd.integrity import checksums, trusted
 from edgekd.progress import progress_bar
 
 FORMAT_VERSION = 2  # 2: the key hashes the tokens a chunk at a time
-TOP_K_FORMAT_VERSION = 2  # 2: the key hashes the tokens a chunk at a time
+TOP_K_FORMAT_VERSION = 2  # 2: the key hashes the tokens as one int64 array
 QKV_NAMES = ("query", "key", "value")
 
 
@@ -348,7 +348,7 @@ def open_or_build_top_k(teacher: torch.nn.Module, examples, *, top_k: int, tempe
     opened if built before, else built by rank 0 while the other ranks wait."""
     if not 1 <= top_k <= vocabulary:
         raise UserError(f"--top-k {top_k} must be between 1 and the vocabulary size {vocabulary}")
-    key = teacher_key(teacher, {"ids": examples.input_ids, "k": top_k, "temperature": temperature,
+    key = teacher_key(teacher, {"ids": examples.digest(), "k": top_k, "temperature": temperature,
                                 "vocabulary": vocabulary, "format": TOP_K_FORMAT_VERSION})
 
     def build(staging: Path) -> dict | None:

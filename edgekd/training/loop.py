@@ -19,8 +19,10 @@ teacher's outputs from a cache or runs the teacher). The loop owns everything el
 
 from __future__ import annotations
 
+import array
 import contextlib
 import copy
+import functools
 import json
 import math
 import random
@@ -103,9 +105,11 @@ def schedule(step: int, *, total_steps: int, warmup_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def epoch_order(examples: int, *, seed: int, epoch: int) -> list[int]:
-    """The order examples are taken in during `epoch` (1-based)."""
-    order = list(range(examples))
+@functools.lru_cache(maxsize=2)  # a --max-steps run asks for epoch 1's order twice (rows_used, then the loop)
+def epoch_order(examples: int, *, seed: int, epoch: int) -> array.array:
+    """The order examples are taken in during `epoch` (1-based): 8 bytes an example (a list of
+    two million Python ints would cost 70 MB), shuffled exactly as a list would be."""
+    order = array.array("q", range(examples))
     random.Random(seed + epoch).shuffle(order)
     return order
 
@@ -207,9 +211,9 @@ class Loop:
             for start in range(skip, len(order), config.batch_size):
                 if progress.step >= self.total_steps:
                     break
-                indices = order[start:start + config.batch_size]
+                indices = order[start:start + config.batch_size].tolist()
                 if self.prefetch is not None and progress.step + 1 < self.total_steps:  # made while this step runs
-                    self.prefetch.ahead(order[start + config.batch_size:start + 2 * config.batch_size])
+                    self.prefetch.ahead(order[start + config.batch_size:start + 2 * config.batch_size].tolist())
                 loss, parts = self._step(indices, progress)
                 progress.step += 1
                 progress.batches_done += 1
