@@ -268,6 +268,8 @@ def _write_arrow(path: Path, out: Path) -> None:
             source = parquet.ParquetFile(path)
             _write_batches(out, source.schema_arrow, source.iter_batches(batch_size=CHUNK_ROWS))
             return
+        if suffix in (".csv", ".tsv") and _fast_csv(path, out, delimiter="\t" if suffix == ".tsv" else ","):
+            return
         columns = None
         while True:  # JSONL whose later rows bring new keys: again, with every key seen
             try:
@@ -281,6 +283,36 @@ def _write_arrow(path: Path, out: Path) -> None:
         raise UserError(f"cannot read {path}: {first_line(error)}; "
                         "check that the file is a well-formed "
                         f"{suffix.lstrip('.').upper()} file") from error
+
+
+def _fast_csv(path: Path, out: Path, *, delimiter: str) -> bool:
+    """A well-formed CSV/TSV read by pyarrow's reader (C++, a block at a time, every value text):
+    True when it wrote `out`. False, with nothing written, for a file it would read otherwise
+    than the csv module does (a byte-order mark, rows of another length, bad UTF-8, a repeated
+    column name): the csv module then reads it, and names what is wrong."""
+    import pyarrow.csv as arrow_csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            if handle.read(1) == "\ufeff":
+                return False
+            handle.seek(0)
+            header = next(csv.reader(handle, delimiter=delimiter), None)
+    except (UnicodeDecodeError, csv.Error):
+        return False
+    if not header or len(set(header)) != len(header):
+        return False
+    try:
+        reader = arrow_csv.open_csv(
+            path, read_options=arrow_csv.ReadOptions(block_size=1 << 24, column_names=header, skip_rows=1),
+            parse_options=arrow_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=arrow_csv.ConvertOptions(column_types={name: pa.string() for name in header},
+                                                     strings_can_be_null=False))
+        _write_batches(out, reader.schema, reader)
+    except (pa.ArrowException, OSError):
+        out.unlink(missing_ok=True)
+        return False
+    return True
 
 
 class _NewColumns(Exception):

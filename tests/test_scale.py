@@ -218,3 +218,25 @@ def test_training_tokenises_only_the_rows_it_uses(teacher_dir, tmp_path, monkeyp
     train_texts = {row["text"] for row in rows}
     assert 0 < len(set(tokenised)) <= 8 + 2 and set(tokenised) <= train_texts  # 2 steps of 4 rows (and the 2 rows
     # of the first-batch check), not 380
+
+
+def test_csv_read_by_arrow_holds_what_the_csv_module_reads_and_odd_files_still_read(tmp_path, monkeypatch):
+    import csv
+
+    from edgekd.data import read_table
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    rows = [{"text": 'a "quoted", comma', "label": "x"}, {"text": "two\nlines", "label": ""},
+            {"text": "NA", "label": "null"}, {"text": "naïve café ☕", "label": "1"}]
+    for suffix, delimiter in ((".csv", ","), (".tsv", "\t")):
+        path = tmp_path / f"odd{suffix}"
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, ["text", "label"], delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(rows)
+        with path.open(newline="", encoding="utf-8") as handle:
+            expected = list(csv.DictReader(handle, delimiter=delimiter))
+        assert read_table(path).to_list() == expected, suffix  # empty stays "", "NA" and "null" stay text
+    ragged = tmp_path / "ragged.csv"  # a short row: the csv module's reading (a missing value is None)
+    ragged.write_text("\ufefftext,label\nfirst,a\nsecond\n", encoding="utf-8")
+    assert read_table(ragged).to_list() == [{"text": "first", "label": "a"}, {"text": "second", "label": None}]

@@ -56,8 +56,9 @@ def distill(options: dict, *, given: set[str], log: Log):
         init=init, probe=probe)
     validation, train = held_out(train, options=options, config=config, read=lambda source, split: load_file(
         source, columns=columns, label2id=label2id, split=split, default_split="validation"))
-    trim = vocabulary_trim(options["trim_vocab"], options["trim_vocab_min_count"], texts=_all_texts(train),
-                           held_out=_all_texts(validation) if validation is not None else None,
+    trimming = options["trim_vocab"]  # only then is every text read here
+    trim = vocabulary_trim(trimming, options["trim_vocab_min_count"], texts=_all_texts(train) if trimming else [],
+                           held_out=_all_texts(validation) if validation is not None and trimming else None,
                            tokenizer=student_tokenizer, model_config=student_model.config,
                            max_drop=options["trim_vocab_max_drop"])
     result = run_distill(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
