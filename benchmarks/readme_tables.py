@@ -216,12 +216,36 @@ def lm_gguf_table(result: dict) -> str:
     return markdown(headers, rows, result["machine"])
 
 
+def scale_table(result: dict) -> str:
+    """`distill --max-steps 50` on 20k to 2M rows: memory, time to the first step, samples/s."""
+    sizes = [str(size) for size in result["sizes"]]
+    headers = ["measure", *[f"{int(size):,} rows" for size in sizes], "largest ÷ smallest", "goal"]
+    goals = {"peak_rss_mb": f"≤ {result['goals']['peak_rss']}×", "first_step_seconds":
+             f"≤ {result['goals']['first_step']}× and < {result['goals']['first_step_seconds']:.0f} s",
+             "samples_per_second": f"≥ {result['goals']['samples_per_second']}× (warm)"}
+    formats = {"peak_rss_mb": "{:.0f} MB", "first_step_seconds": "{:.1f} s", "samples_per_second": "{:.0f}"}
+    names = {"peak_rss_mb": "peak RSS", "first_step_seconds": "time to the first step", "samples_per_second": "samples/s"}
+    rows = [[f"{names[key]}, {mode} cache", *[formats[key].format(result["table"][size][f"{mode}_{key}"]) for size in sizes],
+             f"{result['ratios_largest_to_smallest'][f'{mode}_{key}']:.2f}×", goals[key]]
+            for key in formats for mode in ("cold", "warm")]
+    return markdown(headers, rows, result["machine"])
+
+
+def scale_top_k_table(result: dict) -> str:
+    """The causal-LM top-k cache built over 1M to 50M tokens: peak memory and bytes per token."""
+    headers = ["tokens", "text", "peak RSS", "cache bytes per token", "seconds"]
+    rows = [[f"{row['tokens']:,}", f"{row['text_mb']:.0f} MB", f"{row['peak_rss_mb']:.0f} MB",
+             f"{row['bytes_per_token']:.1f}", f"{row['seconds']:.0f}"] for row in result["rows"]]
+    return markdown(headers, rows, result["machine"])
+
+
 # every table the README and docs/ show: its name in the page, its result file, how it is printed
 TABLES = {"demo": ("demo.json", classifier_table), "lm_demo": ("lm_demo.json", causal_lm_table),
           "shrink": ("shrink.json", shrink_table), "shrink_comparisons": ("shrink.json", shrink_comparisons),
           "lm_shrink": ("lm_shrink.json", lm_shrink_table), "phones": ("phones.json", phones_table),
           "images": ("images.json", images_table), "images_goals": ("images.json", images_goals),
-          "lm_pte": ("lm_pte.json", lm_pte_table), "lm_gguf": ("lm_gguf.json", lm_gguf_table)}
+          "lm_pte": ("lm_pte.json", lm_pte_table), "lm_gguf": ("lm_gguf.json", lm_gguf_table),
+          "scale": ("scale.json", scale_table), "scale_top_k": ("scale_top_k.json", scale_top_k_table)}
 BLOCK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(\n<!-- /table -->)", re.S)
 PAGES = ["README.md", *sorted(f"docs/{path.name}" for path in (RESULTS.parent.parent / "docs").glob("*.md"))]
 
