@@ -137,6 +137,7 @@ DATA_FORMATS = ".csv, .tsv, .jsonl or .parquet file, a folder written by dataset
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
 TABLE_FORMAT = 1  # what a converted file holds; a change builds new folders
 CHUNK_ROWS = 8192  # rows parsed and written at a time
+BLANKS = "blank-rows.json"  # beside a converted file: each text column's first blank row
 
 
 def in_memory(source) -> bool:
@@ -228,7 +229,6 @@ def _given_list(source, *, split: str | None) -> list[dict]:
 def _converted(path: Path):
     """The file at `path` as a memory-mapped Dataset, converted first unless the data cache
     holds these bytes already."""
-    from edgekd.config import cache_dir
     from edgekd.errors import exclusive
     from edgekd.integrity import seal, trusted
 
@@ -236,7 +236,7 @@ def _converted(path: Path):
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
-    folder = cache_dir() / "data" / digest.hexdigest()[:32]
+    folder = _data_cache() / digest.hexdigest()[:32]
     with exclusive(folder, wait=True, what="data cache"):
         if not trusted(folder, what="data cache"):
             staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
@@ -254,6 +254,12 @@ def _converted(path: Path):
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
     return _datasets().Dataset.from_file(str(folder / "data.arrow"))
+
+
+def _data_cache() -> Path:
+    from edgekd.config import cache_dir
+
+    return cache_dir() / "data"
 
 
 def _write_arrow(path: Path, out: Path) -> None:
@@ -339,9 +345,40 @@ def _write_text_chunks(path: Path, out: Path, *, suffix: str, columns: list[str]
 
 
 def _write_batches(out: Path, schema: pa.Schema, batches) -> None:
+    """Write `batches` as an Arrow stream, and beside it (BLANKS) the first row of each text
+    column whose text is missing or blank, so that reading the column need not scan it."""
+    texts = [name for name, kind in zip(schema.names, schema.types)
+             if pa.types.is_string(kind) or pa.types.is_large_string(kind)]
+    first_blank: dict[str, int | None] = dict.fromkeys(texts)
+    rows = 0
     with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for batch in batches:
             writer.write_batch(batch)
+            for name in texts:
+                if first_blank[name] is None and (found := _first_blank(batch.column(name))) is not None:
+                    first_blank[name] = rows + found
+            rows += batch.num_rows
+    (out.parent / BLANKS).write_text(json.dumps(first_blank))
+
+
+def _first_blank(column) -> int | None:
+    """The first row of a text column that is missing or blank, or None."""
+    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), True)
+    hits = pc.indices_nonzero(blank)
+    return hits[0].as_py() if len(hits) else None
+
+
+def _recorded_blanks(table) -> dict[str, int | None]:
+    """What a file edgekd converted records of its text columns' first blank rows ({} for other
+    data). The folder's checksums were verified when it was opened."""
+    files = getattr(table, "cache_files", None) or []
+    record = Path(files[0]["filename"]).parent / BLANKS if len(files) == 1 else None
+    if record is None or record.parent.parent != _data_cache():
+        return {}
+    try:
+        return json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _parsed_rows(path: Path, suffix: str) -> Iterator[dict]:
@@ -471,22 +508,23 @@ def text_column(table, name: str, path: str) -> Texts:
     """Column `name` of a Dataset as Texts, checked: a row whose text is missing or blank is one
     error naming it (`path` names the data)."""
     arrow, rows = _arrow_of(table)
-    column = arrow.column(name)
+    column, recorded = arrow.column(name), _recorded_blanks(table) if rows is None else {}
     if rows is not None:
-        column, rows = column.take(pa.array(rows)), None
+        column = column.take(pa.array(rows))
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         try:
             column = pc.cast(column, pa.string())
         except pa.ArrowException as error:
             raise UserError(f"{path}: column '{name}' holds {column.type}, not text; "
                             "set --text-column to the column with the texts") from error
-    for start in range(0, len(column), 1 << 16):  # a slice at a time: no copy of the whole column
-        part = column.slice(start, 1 << 16)
-        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(part)), 0), True)
-        hits = pc.indices_nonzero(blank)
-        if len(hits):
-            raise UserError(f"{path}, row {start + hits[0].as_py() + 1}: column '{name}' is empty; "
-                            "remove the row or fill in its text")
+    if name in recorded:
+        blank = recorded[name]
+    else:  # a slice at a time: no copy of the whole column
+        blank = next((start + found for start in range(0, len(column), 1 << 16)
+                      if (found := _first_blank(column.slice(start, 1 << 16))) is not None), None)
+    if blank is not None:
+        raise UserError(f"{path}, row {blank + 1}: column '{name}' is empty; "
+                        "remove the row or fill in its text")
     return Texts(column)
 
 

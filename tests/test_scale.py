@@ -1,8 +1,12 @@
-"""What keeps work proportional to what a run uses: a bounded validation slice."""
+"""What keeps work proportional to what a run uses: data read as Arrow and tokenised a batch at a
+time, a bounded validation slice, a teacher run only on the rows used, caches written as they go."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from conftest import make_rows, run_cli, write_jsonl
 
@@ -240,3 +244,26 @@ def test_csv_read_by_arrow_holds_what_the_csv_module_reads_and_odd_files_still_r
     ragged = tmp_path / "ragged.csv"  # a short row: the csv module's reading (a missing value is None)
     ragged.write_text("\ufefftext,label\nfirst,a\nsecond\n", encoding="utf-8")
     assert read_table(ragged).to_list() == [{"text": "first", "label": "a"}, {"text": "second", "label": None}]
+
+
+def test_a_converted_file_records_its_first_blank_text_and_reading_it_again_trusts_the_record(tmp_path, monkeypatch):
+    import edgekd.data as data
+    from edgekd.data import Columns, load_file
+    from edgekd.errors import UserError
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "CHUNK_ROWS", 3)
+    rows = make_rows(10)
+    rows[7]["text"] = "   "
+    path = write_jsonl(rows, tmp_path / "blank.jsonl")
+    label2id = {name: i for i, name in enumerate(sorted({row["label"] for row in rows}))}
+    for _ in range(2):  # converted, then mapped again: the same one line
+        with pytest.raises(UserError, match=r"blank.jsonl, row 8: column 'text' is empty"):
+            load_file(path, columns=Columns(), label2id=label2id)
+    record = next((tmp_path / "cache" / "data").glob(f"*/{data.BLANKS}"))
+    assert json.loads(record.read_text()) == {"text": 7, "label": None}
+    scanned = []
+    monkeypatch.setattr(data, "_first_blank", lambda column: scanned.append(column) or None)
+    with pytest.raises(UserError, match="row 8"):
+        load_file(path, columns=Columns(), label2id=label2id)
+    assert not scanned  # the text column was not read to find it
