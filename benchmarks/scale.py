@@ -65,7 +65,7 @@ def write_rows(path: Path, rows: int, seed: int = 0) -> None:
             written += 1
 
 
-def _high_water_kb(pid: int) -> int:
+def high_water_kb(pid: int) -> int:
     """The process's peak resident memory so far (VmHWM). Not wait4's ru_maxrss: a child forked
     from this process counts this process's memory at the fork in it."""
     try:
@@ -88,7 +88,7 @@ def one_run(data: Path, teacher: Path, *, cache: Path, work: Path) -> dict:
         process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
     first_step, peak_kb = None, 0
     while True:  # the first metrics line appears when the first step is done
-        peak_kb = max(peak_kb, _high_water_kb(process.pid))
+        peak_kb = max(peak_kb, high_water_kb(process.pid))
         pid, status, _ = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break

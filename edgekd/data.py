@@ -123,6 +123,7 @@ class TextDataset:
             text_pairs=None if self.text_pairs is None else _subset(self.text_pairs, indices),
         )
 
+
 # ---------------------------------------------------------------------------- reading files
 #
 # Every reader gives a `datasets.Dataset`: Arrow columns, memory-mapped from disk, so that

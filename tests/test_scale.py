@@ -95,7 +95,7 @@ def test_the_top_k_cache_streams_its_rows_to_disk_and_keeps_no_part_files(tmp_pa
 
     rows = np.arange(40, dtype=np.float16).reshape(10, 4)
     (tmp_path / "values.part").write_bytes(rows[:6].tobytes() + rows[6:].tobytes())  # written batch by batch
-    _npy_from_raw(tmp_path / "values.part", tmp_path / "values.npy", dtype=np.float16, shape=(10, 4), rows_per_copy=3)
+    _npy_from_raw(tmp_path / "values.part", tmp_path / "values.npy", dtype=np.float16, shape=(10, 4), block_bytes=24)
     assert np.array_equal(np.load(tmp_path / "values.npy"), rows) and not (tmp_path / "values.part").exists()
     (tmp_path / "none.part").write_bytes(b"")
     _npy_from_raw(tmp_path / "none.part", tmp_path / "none.npy", dtype=np.uint16, shape=(0, 4))

@@ -374,17 +374,17 @@ def top_k_rows(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], *, top_
             for row, length in enumerate(lengths.tolist())]
 
 
-def _npy_from_raw(raw: Path, path: Path, *, dtype, shape: tuple[int, int], rows_per_copy: int = 1 << 16) -> None:
-    """`raw` (the rows' bytes, written as they came) as the .npy file `path`, copied in slices."""
-    if shape[0] == 0:
-        np.save(path, np.zeros(shape, dtype=dtype))
-    else:
-        source = np.memmap(raw, dtype=dtype, mode="r", shape=shape)
-        target = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        for start in range(0, shape[0], rows_per_copy):
-            target[start:start + rows_per_copy] = source[start:start + rows_per_copy]
-        target.flush()
-        del source, target
+def _npy_from_raw(raw: Path, path: Path, *, dtype, shape: tuple[int, int], block_bytes: int = 1 << 24) -> None:
+    """`raw` (the rows' bytes, written as they came) as the .npy file `path`: its header, then the
+    bytes copied a block at a time with plain reads and writes (a memory map of both files
+    would count every page copied in the process's resident memory)."""
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if raw.stat().st_size != expected:
+        raise RuntimeError(f"{raw.name} holds {raw.stat().st_size} bytes, not the {expected} of {shape}")
+    with path.open("wb") as target, raw.open("rb") as source:
+        np.lib.format.write_array_header_1_0(target, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                      "fortran_order": False, "shape": tuple(shape)})
+        shutil.copyfileobj(source, target, block_bytes)
     raw.unlink()
 
 
