@@ -66,8 +66,8 @@ class TokenRows(Sequence[list]):
     def digest(self) -> str:
         """SHA-256 of the rows' values (as int64) and where each row starts."""
         digest = hashlib.sha256(self.offsets.astype(np.int64).tobytes())
-        for start in range(0, len(self.flat), 1 << 24):
-            digest.update(self.flat[start:start + (1 << 24)].astype(np.int64).tobytes())
+        for start in range(0, len(self.flat), 1 << 20):  # 8 MB at a time
+            digest.update(self.flat[start:start + (1 << 20)].astype(np.int64).tobytes())
         return digest.hexdigest()
 
 

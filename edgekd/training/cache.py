@@ -250,50 +250,48 @@ def _build_part(teacher, encoded, needs: Needs, *, lengths: np.ndarray, folder: 
     attention_offsets = np.concatenate([[0], np.cumsum(heads * lengths * lengths)])
     if needs.attention_layers:
         np.save(folder / "attention-offsets.npy", attention_offsets)
-    writers: dict[str, np.ndarray] = {}
+    writers: dict[str, tuple] = {}  # name: (its raw file, open for appending; the shape of one row)
     teacher.eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with progress_bar(description, total=len(rows), enabled=show_progress) as advance, torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = collate(encoded, rows[start:start + batch_size], pad_token_id=pad_token_id)
-            with autocast:
-                outputs = forward_outputs(teacher, {k: v.to(device) for k, v in batch.items()}, needs)
-            positions = list(range(start, start + len(batch["index"])))
-            _write_batch(writers, folder, outputs, positions, lengths=lengths,
-                         offsets=offsets, attention_offsets=attention_offsets, rows=len(rows))
-            advance(len(positions))
-    for array in writers.values():
-        array.flush()
+    try:
+        with progress_bar(description, total=len(rows), enabled=show_progress) as advance, torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = collate(encoded, rows[start:start + batch_size], pad_token_id=pad_token_id)
+                with autocast:
+                    outputs = forward_outputs(teacher, {k: v.to(device) for k, v in batch.items()}, needs)
+                positions = list(range(start, start + len(batch["index"])))
+                _write_batch(writers, folder, outputs, positions, lengths=lengths)
+                advance(len(positions))
+    finally:
+        for sink, _ in writers.values():
+            sink.close()
+    for name, (sink, tail) in writers.items():  # each row went to disk as it came: now the .npy files
+        raw = Path(sink.name)
+        _npy_from_raw(raw, folder / f"{name}.npy", dtype=np.float16,
+                      shape=(raw.stat().st_size // (2 * int(np.prod(tail))), *tail))
 
 
-def _writer(writers: dict, folder: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _append(writers: dict, folder: Path, name: str, values: np.ndarray) -> None:
+    """Append `values` (rows of one output) to its raw file, as float16."""
     if name not in writers:
-        writers[name] = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+",
-                                                  dtype=np.float16, shape=shape)
-    return writers[name]
+        writers[name] = ((folder / f"{name}.part").open("wb"), values.shape[1:])
+    writers[name][0].write(np.ascontiguousarray(values, dtype=np.float16).tobytes())
 
 
-def _write_batch(writers: dict, folder: Path, outputs: dict, positions: list[int], *,
-                 lengths: np.ndarray, offsets: np.ndarray, attention_offsets: np.ndarray,
-                 rows: int) -> None:
-    """Store one batch's outputs, each row trimmed to its real tokens."""
-    logits = outputs["logits"].float().cpu().numpy()
-    _writer(writers, folder, "logits", (rows, logits.shape[-1]))[positions] = logits
+def _write_batch(writers: dict, folder: Path, outputs: dict, positions: list[int], *, lengths: np.ndarray) -> None:
+    """Store one batch's outputs, each row trimmed to its real tokens, after the rows before it
+    (a part's rows are written in order)."""
+    _append(writers, folder, "logits", outputs["logits"].float().cpu().numpy())
     token_outputs = {f"hidden-{layer}": states for layer, states in outputs["hidden"].items()}
     if outputs["qkv"] is not None:
         token_outputs.update(zip(QKV_NAMES, outputs["qkv"]))
     for name, states in token_outputs.items():
         states = states.float().cpu().numpy()
-        array = _writer(writers, folder, name, (int(offsets[-1]), states.shape[-1]))
-        for r, position in enumerate(positions):
-            array[offsets[position]:offsets[position + 1]] = states[r, : lengths[position]]
+        _append(writers, folder, name, np.concatenate([states[r, :lengths[p]] for r, p in enumerate(positions)]))
     for layer, attention in outputs["attention"].items():
         attention = attention.float().cpu().numpy()
-        array = _writer(writers, folder, f"attention-{layer}", (int(attention_offsets[-1]),))
-        for r, position in enumerate(positions):
-            length = lengths[position]
-            block = attention[r, :, :length, :length].reshape(-1)
-            array[attention_offsets[position]:attention_offsets[position] + block.size] = block
+        _append(writers, folder, f"attention-{layer}", np.concatenate(
+            [attention[r, :, :lengths[p], :lengths[p]].reshape(-1) for r, p in enumerate(positions)]))
 
 
 # ---------------------------------------------------------------------------- sparse top-k (causal LMs)
