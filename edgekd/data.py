@@ -543,9 +543,10 @@ def _labels(column, rows: np.ndarray | None, names: list[str] | None, label2id: 
             value = names[value]
         try:
             index = _label_index(value, label2id, path, 0)
-        except UserError:  # again, naming the first row that holds it
+        except UserError:
+            index = -2
+        if index == -2:  # again, to name the first row that holds it
             _label_index(value, label2id, path, pc.index(column, distinct[position]).as_py())
-            raise
         lookup[position] = -1 if index is None else index
     found = pc.fill_null(pc.index_in(column, value_set=distinct), len(distinct))
     indices = lookup[np.asarray(found.to_numpy(zero_copy_only=False), dtype=np.int64)]

@@ -91,15 +91,24 @@ def test_a_max_steps_run_counts_its_progress_in_the_rows_it_trains_on(teacher_di
 def test_the_top_k_cache_streams_its_rows_to_disk_and_keeps_no_part_files(tmp_path):
     import numpy as np
 
-    from edgekd.training.cache import _npy_from_raw
+    from edgekd.training.cache import NpyAppender
 
     rows = np.arange(40, dtype=np.float16).reshape(10, 4)
-    (tmp_path / "values.part").write_bytes(rows[:6].tobytes() + rows[6:].tobytes())  # written batch by batch
-    _npy_from_raw(tmp_path / "values.part", tmp_path / "values.npy", dtype=np.float16, shape=(10, 4), block_bytes=24)
-    assert np.array_equal(np.load(tmp_path / "values.npy"), rows) and not (tmp_path / "values.part").exists()
-    (tmp_path / "none.part").write_bytes(b"")
-    _npy_from_raw(tmp_path / "none.part", tmp_path / "none.npy", dtype=np.uint16, shape=(0, 4))
+    values = NpyAppender(tmp_path / "values.npy", dtype=np.float16, row_shape=(4,))
+    values.append(rows[:6])  # written batch by batch
+    values.append(rows[6:].astype(np.float32))
+    values.close()
+    assert np.array_equal(np.load(tmp_path / "values.npy"), rows) and sorted(p.name for p in tmp_path.iterdir()) == ["values.npy"]
+    assert np.array_equal(np.load(tmp_path / "values.npy", mmap_mode="r"), rows)
+    none = NpyAppender(tmp_path / "none.npy", dtype=np.uint16, row_shape=(4,))
+    none.close()
     assert np.load(tmp_path / "none.npy").shape == (0, 4)
+    wide = NpyAppender(tmp_path / "wide.npy", dtype=np.int32, row_shape=(3, 2))
+    wide.append(np.ones((2**20, 3, 2)))  # a long shape still fits the header
+    wide.close()
+    assert np.load(tmp_path / "wide.npy", mmap_mode="r").shape == (2**20, 3, 2)
+    with pytest.raises(ValueError, match="rows of shape"):
+        NpyAppender(tmp_path / "x.npy", dtype=np.float16, row_shape=(4,)).append(np.zeros((1, 5)))
 
 
 def test_a_streamed_top_k_cache_holds_the_teachers_top_k(tmp_path):

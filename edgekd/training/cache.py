@@ -250,7 +250,7 @@ def _build_part(teacher, encoded, needs: Needs, *, lengths: np.ndarray, folder: 
     attention_offsets = np.concatenate([[0], np.cumsum(heads * lengths * lengths)])
     if needs.attention_layers:
         np.save(folder / "attention-offsets.npy", attention_offsets)
-    writers: dict[str, tuple] = {}  # name: (its raw file, open for appending; the shape of one row)
+    writers: dict[str, NpyAppender] = {}
     teacher.eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     try:
@@ -263,19 +263,15 @@ def _build_part(teacher, encoded, needs: Needs, *, lengths: np.ndarray, folder: 
                 _write_batch(writers, folder, outputs, positions, lengths=lengths)
                 advance(len(positions))
     finally:
-        for sink, _ in writers.values():
-            sink.close()
-    for name, (sink, tail) in writers.items():  # each row went to disk as it came: now the .npy files
-        raw = Path(sink.name)
-        _npy_from_raw(raw, folder / f"{name}.npy", dtype=np.float16,
-                      shape=(raw.stat().st_size // (2 * int(np.prod(tail))), *tail))
+        for writer in writers.values():
+            writer.close()
 
 
 def _append(writers: dict, folder: Path, name: str, values: np.ndarray) -> None:
-    """Append `values` (rows of one output) to its raw file, as float16."""
+    """Append `values` (rows of one output) to its .npy file, as float16."""
     if name not in writers:
-        writers[name] = ((folder / f"{name}.part").open("wb"), values.shape[1:])
-    writers[name][0].write(np.ascontiguousarray(values, dtype=np.float16).tobytes())
+        writers[name] = NpyAppender(folder / f"{name}.npy", dtype=np.float16, row_shape=values.shape[1:])
+    writers[name].append(values)
 
 
 def _write_batch(writers: dict, folder: Path, outputs: dict, positions: list[int], *, lengths: np.ndarray) -> None:
@@ -372,18 +368,35 @@ def top_k_rows(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], *, top_
             for row, length in enumerate(lengths.tolist())]
 
 
-def _npy_from_raw(raw: Path, path: Path, *, dtype, shape: tuple[int, int], block_bytes: int = 1 << 24) -> None:
-    """`raw` (the rows' bytes, written as they came) as the .npy file `path`: its header, then the
-    bytes copied a block at a time with plain reads and writes (a memory map of both files
-    would count every page copied in the process's resident memory)."""
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if raw.stat().st_size != expected:
-        raise RuntimeError(f"{raw.name} holds {raw.stat().st_size} bytes, not the {expected} of {shape}")
-    with path.open("wb") as target, raw.open("rb") as source:
-        np.lib.format.write_array_header_1_0(target, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                                      "fortran_order": False, "shape": tuple(shape)})
-        shutil.copyfileobj(source, target, block_bytes)
-    raw.unlink()
+class NpyAppender:
+    """A `.npy` file written a block of rows at a time, straight to disk (memory stays one block,
+    whatever the row count; nothing is copied afterwards): a header with room for any shape
+    comes first, and its shape is written into it when the file is closed."""
+
+    HEADER_BYTES = 128  # magic, version, length and the header's text, padded: the rows start aligned
+
+    def __init__(self, path: Path, *, dtype, row_shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.row_shape, self.rows = Path(path), np.dtype(dtype), tuple(row_shape), 0
+        self.file = self.path.open("wb")
+        self.file.write(b"\0" * self.HEADER_BYTES)
+
+    def append(self, values) -> None:
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        if values.shape[1:] != self.row_shape:
+            raise ValueError(f"rows of shape {values.shape[1:]} appended to {self.path.name} of {self.row_shape}")
+        self.file.write(values.tobytes())
+        self.rows += len(values)
+
+    def close(self) -> None:
+        """Write the header, with the shape of every row appended, and close."""
+        if self.file.closed:
+            return
+        text = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                     "shape": (self.rows, *self.row_shape)})
+        text = text.ljust(self.HEADER_BYTES - 10 - 1) + "\n"
+        self.file.seek(0)
+        self.file.write(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1"))
+        self.file.close()
 
 
 def _build_top_k(teacher: torch.nn.Module, examples, *, folder: Path, top_k: int, temperature: float,
@@ -395,21 +408,21 @@ def _build_top_k(teacher: torch.nn.Module, examples, *, folder: Path, top_k: int
              "log_probs": np.float16}
     offsets = [0]
     # each batch's rows go straight to disk: memory stays one batch, whatever the token count
-    sinks = {name: (folder / f"{name}.part").open("wb") for name in types}
-    with progress_bar("teacher top-k", total=len(examples), enabled=show_progress) as advance:
-        for start in range(0, len(examples), batch_size):
-            indices = list(range(start, min(start + batch_size, len(examples))))
-            batch = {name: tensor.to(device) for name, tensor in examples.batch(indices).items()}
-            for ids, values in top_k_rows(teacher, batch, top_k=top_k, temperature=temperature,
-                                          vocabulary=vocabulary):
-                sinks["token_ids"].write(np.ascontiguousarray(ids, dtype=types["token_ids"]).tobytes())
-                sinks["log_probs"].write(np.ascontiguousarray(values, dtype=types["log_probs"]).tobytes())
-                offsets.append(offsets[-1] + len(ids))
-            advance(len(indices))
-    for sink in sinks.values():
-        sink.close()
+    sinks = {name: NpyAppender(folder / f"{name}.npy", dtype=dtype, row_shape=(top_k,)) for name, dtype in types.items()}
+    try:
+        with progress_bar("teacher top-k", total=len(examples), enabled=show_progress) as advance:
+            for start in range(0, len(examples), batch_size):
+                indices = list(range(start, min(start + batch_size, len(examples))))
+                batch = {name: tensor.to(device) for name, tensor in examples.batch(indices).items()}
+                for ids, values in top_k_rows(teacher, batch, top_k=top_k, temperature=temperature,
+                                              vocabulary=vocabulary):
+                    sinks["token_ids"].append(ids)
+                    sinks["log_probs"].append(values)
+                    offsets.append(offsets[-1] + len(ids))
+                advance(len(indices))
+    finally:
+        for sink in sinks.values():
+            sink.close()
     np.save(folder / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-    for name, dtype in types.items():
-        _npy_from_raw(folder / f"{name}.part", folder / f"{name}.npy", dtype=dtype, shape=(offsets[-1], top_k))
     return {"k": top_k, "temperature": temperature, "examples": len(examples), "positions": offsets[-1],
             "vocabulary": vocabulary, "format": TOP_K_FORMAT_VERSION, "build_seconds": time.perf_counter() - started}
