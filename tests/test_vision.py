@@ -89,6 +89,15 @@ def test_folder_tree_is_read_with_the_teachers_labels(tmp_path):
     assert data.picture(0).size == (24, 24)
 
 
+def test_a_jsonl_table_may_give_class_indices_as_numbers(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    write_folder(tmp_path / "photos", per_class=1)
+    rows = [{"file": f"photos/{name}/0.png", "label": index} for index, name in enumerate(LABELS)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in reversed(rows)))
+    data = load_images(tmp_path / "rows.jsonl", label2id={n: i for i, n in enumerate(LABELS)})
+    assert data.labels == [2, 1, 0]
+
+
 def test_table_of_paths_and_of_bytes(tmp_path):
     root = write_folder(tmp_path / "photos", per_class=2)
     rows = [{"file": f"photos/{name}/0.png", "label": name} for name in LABELS]

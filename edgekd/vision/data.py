@@ -169,8 +169,8 @@ def _label_index(value, label2id: dict[str, int] | None, *, where: str) -> int |
     name = str(value)
     if name in label2id:
         return label2id[name]
-    if isinstance(value, int) and 0 <= value < len(label2id):
-        return value
+    if name.lstrip("-").isdigit() and 0 <= int(name) < len(label2id):  # a class index (JSONL and CSV give text)
+        return int(name)
     raise UserError(f"label '{name}' of {where} is not one of the teacher's labels "
                     f"({', '.join(sorted(label2id, key=label2id.get)[:8])}); fix the label or the teacher")
 
