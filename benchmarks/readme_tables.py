@@ -222,9 +222,11 @@ def scale_table(result: dict) -> str:
     headers = ["measure", *[f"{int(size):,} rows" for size in sizes], "largest ÷ smallest", "goal"]
     goals = {"peak_rss_mb": f"≤ {result['goals']['peak_rss']}×", "first_step_seconds":
              f"≤ {result['goals']['first_step']}× and < {result['goals']['first_step_seconds']:.0f} s",
-             "samples_per_second": f"≥ {result['goals']['samples_per_second']}× (warm)"}
-    formats = {"peak_rss_mb": "{:.0f} MB", "first_step_seconds": "{:.1f} s", "samples_per_second": "{:.0f}"}
-    names = {"peak_rss_mb": "peak RSS", "first_step_seconds": "time to the first step", "samples_per_second": "samples/s"}
+             "samples_per_second": f"≥ {result['goals']['samples_per_second']}× (warm)", "peak_anonymous_mb": "–"}
+    formats = {"peak_rss_mb": "{:.0f} MB", "peak_anonymous_mb": "{:.0f} MB", "first_step_seconds": "{:.1f} s",
+               "samples_per_second": "{:.0f}"}
+    names = {"peak_rss_mb": "peak RSS", "peak_anonymous_mb": "peak RSS less mapped files", "first_step_seconds":
+             "time to the first step", "samples_per_second": "samples/s"}
     rows = [[f"{names[key]}, {mode} cache", *[formats[key].format(result["table"][size][f"{mode}_{key}"]) for size in sizes],
              f"{result['ratios_largest_to_smallest'][f'{mode}_{key}']:.2f}×", goals[key]]
             for key in formats for mode in ("cold", "warm")]

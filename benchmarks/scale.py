@@ -13,7 +13,9 @@ size twice:
   validation rows and over the 800 training rows the 50 steps use);
 - warm: the same cache again (what a second run, or a run after an interrupt, pays).
 
-Measured per run: peak RSS of the process (its VmHWM, read every 20 ms until it exits), seconds from the process start to
+Measured per run: peak RSS of the process (its VmHWM, read every 20 ms until it exits), and the
+peak of its anonymous memory (RssAnon: RSS less the pages of files it maps, such as the Arrow
+data; those are page cache the kernel can take back), seconds from the process start to
 the first optimiser step (the first line of metrics.jsonl appearing), and the loop's samples/s
 over the 50 steps (metrics.jsonl's last line). Medians over repeats. Goals (issue #28), against
 the smallest size: peak RSS at the largest <= 1.25x; time to first step <= 1.5x and < 60 s;
@@ -42,6 +44,7 @@ from edgekd.data import demo_splits
 from edgekd.tasks.text_demo import build_teacher
 
 RESULT = Path(__file__).resolve().parent / "results" / "scale.json"
+KEYS = ("peak_rss_mb", "peak_anonymous_mb", "first_step_seconds", "samples_per_second")
 GOALS = {"peak_rss": 1.25, "first_step": 1.5, "first_step_seconds": 60.0, "samples_per_second": 0.9}
 
 
@@ -65,14 +68,15 @@ def write_rows(path: Path, rows: int, seed: int = 0) -> None:
             written += 1
 
 
-def high_water_kb(pid: int) -> int:
-    """The process's peak resident memory so far (VmHWM). Not wait4's ru_maxrss: a child forked
-    from this process counts this process's memory at the fork in it."""
+def memory_kb(pid: int, field: str = "VmHWM") -> int:
+    """A line of /proc/<pid>/status, in kB: VmHWM, the process's peak resident memory so far (not
+    wait4's ru_maxrss: a child forked from this process counts this process's memory at the fork
+    in it), or RssAnon, its resident memory now that is not pages of files it maps."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:  # already gone
         return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:")), 0)
 
 
 def one_run(data: Path, teacher: Path, *, cache: Path, work: Path) -> dict:
@@ -86,9 +90,10 @@ def one_run(data: Path, teacher: Path, *, cache: Path, work: Path) -> dict:
     started = time.perf_counter()
     with log.open("wb") as stderr:
         process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
-    first_step, peak_kb = None, 0
+    first_step, peak_kb, anonymous_kb = None, 0, 0
     while True:  # the first metrics line appears when the first step is done
-        peak_kb = max(peak_kb, high_water_kb(process.pid))
+        peak_kb = max(peak_kb, memory_kb(process.pid))
+        anonymous_kb = max(anonymous_kb, memory_kb(process.pid, "RssAnon"))
         pid, status, _ = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
@@ -102,7 +107,7 @@ def one_run(data: Path, teacher: Path, *, cache: Path, work: Path) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [record for record in records if "loss" in record]
     shutil.rmtree(out)
-    return {"peak_rss_mb": peak_kb / 1024, "first_step_seconds": first_step,
+    return {"peak_rss_mb": peak_kb / 1024, "peak_anonymous_mb": anonymous_kb / 1024, "first_step_seconds": first_step,
             "seconds": time.perf_counter() - started, "steps": len(steps),
             "samples_per_second": steps[-1]["samples_per_second"]}
 
@@ -138,10 +143,10 @@ def main() -> None:
 
     small, large = args.sizes[0], args.sizes[-1]
     table = {size: {f"{mode}_{key}": median(size, mode, key) for mode in ("cold", "warm")
-                    for key in ("peak_rss_mb", "first_step_seconds", "samples_per_second")}
+                    for key in KEYS}
              for size in args.sizes}
     ratios = {f"{mode}_{key}": table[large][f"{mode}_{key}"] / table[small][f"{mode}_{key}"]
-              for mode in ("cold", "warm") for key in ("peak_rss_mb", "first_step_seconds", "samples_per_second")}
+              for mode in ("cold", "warm") for key in KEYS}
     goals = {"peak_rss": all(ratios[f"{m}_peak_rss_mb"] <= GOALS["peak_rss"] for m in ("cold", "warm")),
              "first_step": all(ratios[f"{m}_first_step_seconds"] <= GOALS["first_step"]
                                and table[large][f"{m}_first_step_seconds"] < GOALS["first_step_seconds"]

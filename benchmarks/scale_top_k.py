@@ -105,7 +105,7 @@ def main() -> None:
     if args.child:
         return child(args.child, args.work)
     from edgekd.benchmarking.machine import machine_info
-    from scale import high_water_kb  # benchmarks/scale.py, beside this file
+    from scale import memory_kb  # benchmarks/scale.py, beside this file
 
     tokenizer = tokenizer_for(args.work)
     rows = []
@@ -118,7 +118,7 @@ def main() -> None:
                                    env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         peak = 0
         while process.poll() is None:
-            peak = max(peak, high_water_kb(process.pid))
+            peak = max(peak, memory_kb(process.pid))
             time.sleep(0.02)
         output = process.stdout.read()
         if process.returncode:
