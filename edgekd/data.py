@@ -17,7 +17,6 @@ import json
 import os
 import random
 import re
-import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,7 +64,7 @@ class Texts(Sequence[str]):
             chosen = self.rows[chosen]
         if len(chosen) == 0:
             return []
-        if len(chosen) > 1 and chosen[-1] - chosen[0] == len(chosen) - 1 and np.all(np.diff(chosen) == 1):
+        if len(chosen) > 1 and np.all(np.diff(chosen) == 1):
             return self.column.slice(int(chosen[0]), len(chosen)).to_pylist()
         chunks = np.searchsorted(self._starts, chosen, side="right") - 1
         texts: list = [None] * len(chosen)
@@ -229,31 +228,22 @@ def _given_list(source, *, split: str | None) -> list[dict]:
 
 def _converted(path: Path):
     """The file at `path` as a memory-mapped Dataset, converted first unless the data cache
-    holds these bytes already."""
-    from edgekd.errors import exclusive
-    from edgekd.integrity import seal, trusted
+    holds these bytes already (built as the other caches are: one builder at a time, in a
+    staging folder renamed into place, sealed by its checksums)."""
+    from edgekd.errors import atomic_dir, exclusive
+    from edgekd.integrity import file_digest, seal, trusted
 
-    digest = hashlib.sha256(f"{TABLE_FORMAT} {path.suffix.lower()}\n".encode())
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    folder = _data_cache() / digest.hexdigest()[:32]
-    with exclusive(folder, wait=True, what="data cache"):
+    key = hashlib.sha256(f"{TABLE_FORMAT} {path.suffix.lower()} {file_digest(path)}".encode()).hexdigest()[:32]
+    folder = _data_cache() / key
+    with exclusive(folder, wait=True, what="data cache"):  # a second run waits, then maps the first's
         if not trusted(folder, what="data cache"):
-            staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
             try:
-                staging.mkdir(parents=True)
-                _write_arrow(path, staging / "data.arrow")
-                seal(staging)
-                staging.rename(folder)
+                with atomic_dir(folder, overwrite=True) as staging:
+                    _write_arrow(path, staging / "data.arrow")
+                    seal(staging)
             except OSError as error:
-                shutil.rmtree(staging, ignore_errors=True)
                 raise UserError(f"cannot write the data cache under {folder.parent}: {error.strerror}; "
                                 "set EDGEKD_CACHE to a writable folder") from error
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
     return _datasets().Dataset.from_file(str(folder / "data.arrow"))
 
 

@@ -48,6 +48,10 @@ class TokenRows(Sequence[list]):
         index = range(len(self))[key]
         return self.flat[self.offsets[index]:self.offsets[index + 1]].tolist()
 
+    def firsts(self) -> np.ndarray:
+        """Where in `flat` each non-empty row starts."""
+        return self.offsets[:-1][np.diff(self.offsets) > 0]
+
     def row(self, index: int) -> np.ndarray:
         """Row `index` as an array (a view)."""
         return self.flat[self.offsets[index]:self.offsets[index + 1]]
@@ -91,7 +95,7 @@ class LMExamples:
     def predicted_tokens(self) -> int:
         """Next-token predictions that count: learnt tokens after the first position."""
         learnt = TokenRows.of(self.learnt, dtype=np.bool_)
-        return int(learnt.flat.sum()) - int(learnt.flat[learnt.offsets[:-1][np.diff(learnt.offsets) > 0]].sum())
+        return int(learnt.flat.sum()) - int(learnt.flat[learnt.firsts()].sum())
 
     def digest(self) -> str:
         """What the examples' tokens hash to (the top-k cache's key)."""

@@ -186,7 +186,7 @@ def unigram_cross_entropy(examples: LMExamples) -> float:
     tokens `mean_cross_entropy` scores: what a model that learnt no context reaches."""
     ids, learnt = TokenRows.of(examples.input_ids), TokenRows.of(examples.learnt, dtype=np.bool_)
     counted = learnt.flat.copy()
-    counted[ids.offsets[:-1][np.diff(ids.offsets) > 0]] = False  # a text's first token is predicted by nothing
+    counted[ids.firsts()] = False  # a text's first token is predicted by nothing
     counts = np.bincount(ids.flat[counted].astype(np.int64))
     total = int(counts.sum())
     scored = [(ids[i][1:], learnt[i][1:]) for i in range(min(GUARD_TEXTS, len(ids)))]
