@@ -1,15 +1,14 @@
 """The teacher cache: stored outputs equal the teacher's, reused when nothing changed,
 rebuilt when weights, data or tokenisation change."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import make_classifier, make_rows, make_tokenizer
-from edgekd.data import TextDataset, batches, encode
-from edgekd.training.cache import TeacherCache, open_or_build
+from edgekd.data import TextDataset, batches, collate, encode
+from edgekd.training.cache import open_or_build
 from edgekd.training.distributed import Ranks
 from edgekd.training.objective import Needs, forward_outputs
 
@@ -73,57 +72,145 @@ def test_cache_is_reused_and_rebuilt_when_anything_it_depends_on_changes(tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
-def test_a_cache_of_two_parts_reads_like_one(tmp_path):
-    # What two torchrun ranks write (rows 0, 2, 4, ... and 1, 3, 5, ...) reads back in row order.
-    from edgekd.training.cache import FORMAT_VERSION, _build_part, cache_key
+def test_shards_two_ranks_build_round_robin_are_byte_identical_to_one_process(tmp_path):
+    # Under torchrun rank r builds shards r, r + world, ...; a one-process gloo group answers the
+    # barriers, and Ranks says which rank this process plays.
+    import torch.distributed as dist
 
     teacher = make_classifier("bert", layers=3)
     encoded = _encoded(rows=11)
-    staging = tmp_path / ".staging"
-    _, lengths = cache_key(teacher, encoded, NEEDS)
-    for part in (0, 1):
-        _build_part(teacher, encoded, NEEDS, lengths=lengths, folder=staging / f"part-{part}", part=part, parts=2,
-                    device=torch.device("cpu"), pad_token_id=0, batch_size=4, description="", show_progress=False)
-    meta = {"rows": 11, "parts": 2, "needs": NEEDS.describe(), "heads": {"1": 4}, "format": FORMAT_VERSION}
-    (staging / "meta.json").write_text(json.dumps(meta))
-    staging.rename(tmp_path / "two")
-    one = _build(teacher, encoded, tmp_path / "one")
-    two = TeacherCache(tmp_path / "two")
-    rows = list(range(11))
-    width = max(len(ids) for ids in encoded.input_ids)
-    cpu = torch.device("cpu")
-    a, b = one.gather(rows, width=width, device=cpu), two.gather(rows, width=width, device=cpu)
+    options = dict(device=torch.device("cpu"), pad_token_id=0, batch_size=3, show_progress=False, shard_rows=2)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        calls = _count_forwards(teacher)
+        two = open_or_build(teacher, encoded, NEEDS, root=tmp_path / "two", ranks=Ranks(rank=0, world=2), **options)
+        assert sorted(p.name for p in two.folder.glob("shard-*")) == ["shard-00000", "shard-00002", "shard-00004"]
+        open_or_build(teacher, encoded, NEEDS, root=tmp_path / "two", ranks=Ranks(rank=1, world=2), **options)
+        built_by_ranks = len(calls)
+    finally:
+        dist.destroy_process_group()
+    one = open_or_build(teacher, encoded, NEEDS, root=tmp_path / "one", ranks=Ranks(), **options)
+    assert built_by_ranks == 6  # 6 shards of up to 2 rows, one teacher batch each: every row once
+    assert _files(tmp_path / "two") == _files(tmp_path / "one") and len(_files(tmp_path / "one")) > 6 * 3
+    rows, width = list(range(11)), max(len(ids) for ids in encoded.input_ids)
+    a, b = (cache.gather(rows, width=width, device=torch.device("cpu")) for cache in (one, two))
     assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["attention"][1], b["attention"][1])
-    assert json.loads((tmp_path / "two" / "meta.json").read_text())["parts"] == 2
+
+
+def _files(root):
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_a_lazy_cache_runs_the_teacher_on_a_shard_when_training_first_reads_it(tmp_path):
+    teacher = make_classifier("bert", layers=3)
+    encoded = _encoded(rows=20)
+    order = list(reversed(range(20)))  # the order training reads the rows in
+    with torch.no_grad():
+        expected = forward_outputs(teacher, collate(encoded, [19, 18, 17], pad_token_id=0), NEEDS)
+    rows_seen = []
+    teacher.register_forward_hook(lambda module, args, kwargs, output: rows_seen.append(len(kwargs["input_ids"])),
+                                  with_kwargs=True)
+    cache = open_or_build(teacher, encoded, NEEDS, root=tmp_path, device=torch.device("cpu"), pad_token_id=0,
+                          ranks=Ranks(), batch_size=4, show_progress=False, order=order, lazy=True, shard_rows=8)
+    assert not rows_seen and not list(cache.folder.glob("shard-*"))  # nothing before the first step
+    width = max(len(ids) for ids in encoded.input_ids)
+    first = cache.gather([19, 18, 17], width=width, device=torch.device("cpu"))  # the first batch
+    assert sum(rows_seen) == 8 and [p.name for p in cache.folder.glob("shard-*")] == ["shard-00000"]
+    torch.testing.assert_close(first["logits"], expected["logits"], rtol=2e-3, atol=2e-3)
+    cache.gather(order[3:20], width=width, device=torch.device("cpu"))
+    assert sum(rows_seen) == 20  # every row once, shard by shard
+    reopened = open_or_build(teacher, encoded, NEEDS, root=tmp_path, device=torch.device("cpu"), pad_token_id=0,
+                             ranks=Ranks(), batch_size=4, show_progress=False, order=order, lazy=True, shard_rows=8)
+    assert torch.equal(reopened.gather([19, 18, 17], width=width, device=torch.device("cpu"))["logits"],
+                       first["logits"]) and sum(rows_seen) == 20  # read back, the teacher idle
+
+
+BUILD = """
+import sys, time
+import torch
+sys.path.insert(0, {tests!r})
+from conftest import make_classifier
+from test_distill_cache import NEEDS, _encoded
+from edgekd.training.cache import open_or_build
+from edgekd.training.distributed import Ranks
+
+torch.set_num_threads(1)
+teacher, encoded = make_classifier("bert", layers=3), _encoded(rows=40)
+rows = []
+def slow(module, args, kwargs, output):
+    rows.append(len(kwargs["input_ids"]))
+    time.sleep({pause})
+teacher.register_forward_hook(slow, with_kwargs=True)
+order = [(7 * i) % 40 for i in range(40)]
+cache = open_or_build(teacher, encoded, NEEDS, root={root!r}, device=torch.device("cpu"), pad_token_id=0,
+                      ranks=Ranks(), batch_size=2, show_progress=False, order=order, lazy=True, shard_rows=4)
+for start in range(0, 40, 4):  # as training reads it: a batch at a time
+    cache.gather(order[start:start + 4], width=24, device=torch.device("cpu"))
+print("rows", sum(rows))
+"""
+
+
+def _build_in_process(root, *, pause=0.0):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = BUILD.format(tests=str(Path(__file__).parent), root=str(root), pause=pause)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_cache_killed_mid_build_goes_on_from_its_last_shard_and_ends_byte_identical(tmp_path):
+    import signal
+    import time
+
+    whole = _build_in_process(tmp_path / "whole")
+    killed = _build_in_process(tmp_path / "killed", pause=0.25)  # slow: 0.25 s a teacher batch of 2 rows
+    deadline = time.monotonic() + 120
+    sealed = lambda: list((tmp_path / "killed").glob("*/shard-*/edgekd-checksums.json"))  # noqa: E731
+    while len(sealed()) < 3 and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    done = len(sealed())
+    assert killed.returncode == -signal.SIGKILL and 3 <= done < 10, (done, killed.stderr.read())
+    resumed = _build_in_process(tmp_path / "killed")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert out.split() == ["rows", str(40 - 4 * done)]  # the teacher ran only on the shards not sealed
+    assert whole.communicate(timeout=300)[0].split() == ["rows", "40"]
+    assert _files(tmp_path / "killed") == _files(tmp_path / "whole")  # no staging left, the same bytes
 
 
 def _damage_overwrite(folder):
-    logits = folder / "part-0" / "logits.npy"
+    logits = folder / "shard-00000" / "logits.npy"
     array = np.load(logits)
     np.save(logits, np.full_like(array, 7.0))  # a valid file with the wrong values
-    return "part-0/logits.npy does not match its checksum"
+    return "logits.npy does not match its checksum"
 
 
 def _damage_truncate(folder):
-    path = folder / "part-0" / "hidden-0.npy"
+    path = folder / "shard-00000" / "hidden-0.npy"
     path.write_bytes(path.read_bytes()[:90])  # a header cut short
-    return "part-0/hidden-0.npy does not match its checksum"
+    return "hidden-0.npy does not match its checksum"
 
 
 def _damage_remove(folder):
-    (folder / "part-0" / "offsets.npy").unlink()
-    return "part-0/offsets.npy is missing"
+    (folder / "shard-00000" / "offsets-hidden-0.npy").unlink()
+    return "offsets-hidden-0.npy is missing"
 
 
 def _damage_old(folder):
-    meta = json.loads((folder / "meta.json").read_text())
-    del meta["checksums"]  # as an older edgekd wrote it
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return "has no checksums"
+    (folder / "shard-00000" / "edgekd-checksums.json").unlink()  # as a run killed while sealing leaves it
+    return "has no edgekd-checksums.json"
 
 
-@pytest.mark.parametrize("damage", [_damage_overwrite, _damage_truncate, _damage_remove, _damage_old],
-                         ids=["overwritten", "truncated", "missing", "no-checksums"])
+def _damage_meta(folder):
+    (folder / "meta.json").write_text("{")
+    return "its meta.json is missing or unreadable"
+
+
+@pytest.mark.parametrize("damage", [_damage_overwrite, _damage_truncate, _damage_remove, _damage_old, _damage_meta],
+                         ids=["overwritten", "truncated", "missing", "no-checksums", "meta"])
 def test_a_damaged_cache_is_reported_in_one_line_and_rebuilt_never_read(damage, tmp_path, capsys):
     # setup: a built cache, then damaged on disk
     teacher = make_classifier("bert", layers=3)

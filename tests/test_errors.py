@@ -130,23 +130,36 @@ def test_bench_and_demo_refuse_a_report_folder_another_run_is_writing(teacher_di
 
 
 def test_a_second_builder_of_a_cache_waits_for_the_first_then_uses_its_cache(tmp_path):
+    import shutil
+    import threading
     import time
 
-    from edgekd.training.cache import built_once
-    from edgekd.training.distributed import Ranks
+    import numpy as np
 
-    final = tmp_path / "cache" / "key"
+    from edgekd.training.cache import Shards
+
     builds = []
 
-    def build(staging):
-        builds.append(staging)
-        (staging / "values.npy").write_bytes(b"\x00" * 16)
-        return {"format": 1}
+    def compute(rows):
+        builds.append(rows)
+        yield [{"values": np.full((1, 2), row, dtype=np.float16)} for row in rows]
 
-    holder = _hold(final, 1.5, tmp_path)
+    def shards(folder):
+        return Shards(folder, order=np.arange(6), shard_rows=3, compute=compute, what="teacher cache", unwritable="")
+
+    shards(tmp_path / "elsewhere").ensure([0])  # what the first builder will have written
+    builds.clear()
+    final = tmp_path / "cache" / "key"
+    holder = _hold(final / "shard-00000", 1.5, tmp_path)  # the first builder, holding shard 0
+    finishing = threading.Timer(0.5, lambda: shutil.copytree(tmp_path / "elsewhere" / "shard-00000",
+                                                              final / "shard-00000"))
+    finishing.start()
     started = time.monotonic()
-    built_once(final, ranks=Ranks(), build=build, unwritable="")
+    second = shards(final)
+    assert [v.tolist() for v in second.rows("values", [2, 0])] == [[[2, 2]], [[0, 0]]]
     assert time.monotonic() - started >= 1.0  # it waited for the other builder
     holder.wait()
-    built_once(final, ranks=Ranks(), build=build, unwritable="")
-    assert len(builds) == 1 and (final / "meta.json").is_file()
+    finishing.join()
+    assert not builds  # and read the shard it wrote, never running the teacher on it
+    second.rows("values", [4])
+    assert builds == [[3, 4, 5]] and sorted(p.name for p in final.iterdir()) == ["shard-00000", "shard-00001"]

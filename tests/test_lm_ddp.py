@@ -9,14 +9,12 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
 from conftest import run_cli as run
 from edgekd.training.distributed import Ranks
-from edgekd.errors import UserError
 from edgekd.training.cache import open_or_build_top_k as open_or_build
 from edgekd.lm.data import encode_texts
 from lm_tiny import make_llama, make_lm_tokenizer, make_texts, save_llama
@@ -69,18 +67,20 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert not (tmp_path / "ddp.checkpoints").exists()
 
 
-def test_only_rank_0_builds_the_teacher_cache(tmp_path):
+def test_the_ranks_build_the_top_k_shards_round_robin(tmp_path):
     # A one-process gloo group answers the barriers; Ranks says which rank this process plays.
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         tokenizer, teacher = make_lm_tokenizer(), make_llama(layers=2, seed=1)
         examples = encode_texts(make_texts(6), tokenizer, max_length=16)
-        options = dict(top_k=4, temperature=1.0, vocabulary=52, root=tmp_path / "cache", show_progress=False)
-        with pytest.raises(UserError, match="unreadable"):  # rank 1 opens what rank 0 built: nothing yet
-            open_or_build(teacher, examples, ranks=Ranks(rank=1, world=2), **options)
-        assert not list((tmp_path / "cache").glob("*/meta.json"))
-        built = open_or_build(teacher, examples, ranks=Ranks(rank=0, world=2), **options)
-        opened = open_or_build(teacher, examples, ranks=Ranks(rank=1, world=2), **options)
-        assert opened.folder == built.folder and opened.token_ids.shape == built.token_ids.shape
+        options = dict(top_k=4, temperature=1.0, vocabulary=52, show_progress=False, shard_rows=2)
+        built = open_or_build(teacher, examples, ranks=Ranks(rank=0, world=2), root=tmp_path / "two", **options)
+        assert sorted(p.name for p in built.folder.glob("shard-*")) == ["shard-00000", "shard-00002"]
+        opened = open_or_build(teacher, examples, ranks=Ranks(rank=1, world=2), root=tmp_path / "two", **options)
+        assert sorted(p.name for p in built.folder.glob("shard-*")) == ["shard-00000", "shard-00001", "shard-00002"]
     finally:
         dist.destroy_process_group()
+    one = open_or_build(teacher, examples, root=tmp_path / "one", **options)
+    files = lambda root: {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}  # noqa: E731
+    assert files(tmp_path / "two") == files(tmp_path / "one") and opened.folder.name == one.folder.name
+    assert all(torch.equal(a, b) for a, b in zip(opened.gather([0, 5], width=16), one.gather([0, 5], width=16)))

@@ -41,8 +41,12 @@ def test_cache_holds_the_teachers_top_k_compactly(setup, tmp_path):
     teacher, tokenizer, examples = setup
     cache = open_or_build(teacher, examples, top_k=8, temperature=2.0, vocabulary=52,
                           root=tmp_path, show_progress=False)
-    assert cache.token_ids.dtype.itemsize == 2 and cache.bytes_per_token == 8 * 2 + 8 * 2
-    assert cache.token_ids.shape[0] == sum(len(ids) - 1 for ids in examples.input_ids)
+    stored = {name: [np.load(path) for path in sorted(cache.folder.glob(f"shard-*/{name}.npy"))]
+              for name in ("token_ids", "log_probs")}
+    assert {a.dtype for a in stored["token_ids"]} == {np.dtype(np.uint16)}
+    assert {a.dtype for a in stored["log_probs"]} == {np.dtype(np.float16)} and cache.bytes_per_token == 8 * 2 + 8 * 2
+    assert sum(a.shape[0] for a in stored["token_ids"]) == sum(len(ids) - 1 for ids in examples.input_ids)
+    assert {a.shape[1] for name in stored for a in stored[name]} == {8}
     batch = collate(examples, [3, 4])
     ids, log_probs = cache.gather([3, 4], width=batch["input_ids"].shape[1])
     with torch.no_grad():
@@ -52,10 +56,10 @@ def test_cache_holds_the_teachers_top_k_compactly(setup, tmp_path):
     assert torch.equal(ids[0, :length], expected.indices[0, :length])
     torch.testing.assert_close(log_probs[0, :length], expected.values[0, :length], atol=2e-2, rtol=1e-3)
     # opened, not rebuilt, the second time
-    stamp = (cache.folder / "token_ids.npy").stat().st_mtime_ns
+    stamp = (cache.folder / "shard-00000" / "token_ids.npy").stat().st_mtime_ns
     again = open_or_build(teacher, examples, top_k=8, temperature=2.0, vocabulary=52,
                           root=tmp_path, show_progress=False)
-    assert again.folder == cache.folder and (again.folder / "token_ids.npy").stat().st_mtime_ns == stamp
+    assert again.folder == cache.folder and (again.folder / "shard-00000" / "token_ids.npy").stat().st_mtime_ns == stamp
 
 
 def test_full_k_cache_gives_the_dense_loss(setup, tmp_path):
@@ -139,7 +143,8 @@ def test_a_damaged_top_k_cache_is_rebuilt_not_read(setup, tmp_path, capsys):
     options = dict(top_k=4, temperature=1.0, vocabulary=52, root=tmp_path, show_progress=False)
     built = open_or_build(teacher, examples, **options)
     expected = built.gather([0, 1], width=24)
-    np.save(built.folder / "log_probs.npy", np.zeros_like(np.load(built.folder / "log_probs.npy")))
+    damaged = built.folder / "shard-00000" / "log_probs.npy"
+    np.save(damaged, np.zeros_like(np.load(damaged)))
     capsys.readouterr()
     rebuilt = open_or_build(teacher, examples, **options)
     assert "log_probs.npy does not match its checksum); rebuilding" in capsys.readouterr().err

@@ -74,7 +74,7 @@ def test_max_steps_runs_the_teacher_only_on_the_rows_its_steps_use(teacher_dir, 
                             quiet=True, log=None, cache_dir=tmp_path / "lm-cache")
     assert result.steps == 3
     metas = [json.loads(meta.read_text()) for meta in (tmp_path / "lm-cache").rglob("meta.json")]
-    assert [meta["examples"] for meta in metas] == [12]  # 3 steps of 4 texts, not 100
+    assert [meta["rows"] for meta in metas] == [12]  # 3 steps of 4 texts, not 100
 
 
 def test_a_max_steps_run_counts_its_progress_in_the_rows_it_trains_on(teacher_dir, tmp_path):

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import Trainee, check_first_batch, train as loop_train
+from edgekd.training.loop import Trainee, check_first_batch, train as loop_train, training_order
 from edgekd.config import LMDistillConfig
-from edgekd.training.cache import TopKCache, open_or_build_top_k, over_rows_used
+from edgekd.training.cache import TopKCache, open_or_build_top_k
 from edgekd.lm.data import LMExamples, TokenRows, collate
 from edgekd.vocab import VocabTrim, save_record
 from edgekd.lm.losses import (causal_lm_cross_entropy, distillation_loss, shift_for_next_token,
@@ -67,7 +67,7 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
         check_first_batch({"teacher": teacher if uses_teacher else None, "student": student},
                           lambda role, model, device: model(input_ids=first["input_ids"].to(device),
                                                             attention_mask=first["attention_mask"].to(device)))
-        cache, found["teacher_seconds"] = _teacher_cache(
+        cache, found["open_seconds"] = _teacher_cache(
             teacher if uses_teacher else None, train, config=config, vocabulary=vocabulary, device=device,
             root=cache_root, ranks=ranks, show_progress=show_progress)
         found["cache"] = cache
@@ -81,7 +81,12 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
 
         return Trainee(task="causal-lm", module=student, student=student, examples=len(train),
                        collate=lambda indices: collate(train, indices), units=predicted_tokens, loss=loss,
-                       autocast=config.bf16, unit="tokens")
+                       autocast=config.bf16, unit="tokens",
+                       teacher_seconds=teacher_seconds)
+
+    def teacher_seconds() -> float:  # opening the top-k cache, and writing it (before or during the steps)
+        cache = found.get("cache")
+        return found.get("open_seconds", 0.0) + (cache.build_seconds if cache is not None else 0.0)
 
     def save(folder: Path, seconds: float) -> None:
         model, model_tokenizer = student.eval(), tokenizer
@@ -89,7 +94,7 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
             model, model_tokenizer, found["vocabulary"] = trim.apply(student)
             save_record(folder, found["vocabulary"])
         _save_student(model, model_tokenizer, folder, config=config, teacher=teacher, seconds=seconds,
-                      teacher_seconds=found["teacher_seconds"])
+                      teacher_seconds=teacher_seconds())
 
     trained = loop_train(task="causal-lm", config=config, out=out, examples=len(train), prepare=prepare,
                          save=save, resumable_changes=RESUMABLE_CHANGES, overwrite=overwrite, resume=resume,
@@ -98,7 +103,7 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
     records = [record for record in trained.progress.records if "loss" in record]
     cache = found["cache"]
     return LMDistillResult(student_dir=trained.out, steps=trained.progress.step, seconds=trained.seconds,
-                           teacher_seconds=found["teacher_seconds"], tokens_per_second=trained.units_per_second,
+                           teacher_seconds=teacher_seconds(), tokens_per_second=trained.units_per_second,
                            final_loss=records[-1]["loss"] if records else math.nan,
                            cache_bytes_per_token=cache.bytes_per_token if cache else 0.0,
                            vocabulary=found.get("vocabulary", {}))
@@ -134,7 +139,8 @@ def predicted_tokens(batch: dict) -> int:
 def _teacher_cache(teacher: torch.nn.Module | None, train: LMExamples, *, config: LMDistillConfig,
                    vocabulary: int, device: torch.device, root: Path | None, ranks: Ranks,
                    show_progress: bool) -> tuple[TopKCache | None, float]:
-    """The top-k cache (built by rank 0 once, opened by every rank) and the seconds it took;
+    """The top-k cache (on one process written as training reads it; under torchrun built first,
+    each rank its share of the shards) and the seconds opening it took, besides writing it;
     (None, 0) when the teacher runs in the loop or is not used."""
     if teacher is None:
         return None, 0.0
@@ -142,11 +148,12 @@ def _teacher_cache(teacher: torch.nn.Module | None, train: LMExamples, *, config
     if not config.top_k:
         return None, 0.0
     started = time.perf_counter()
-    cache = over_rows_used(lambda rows: open_or_build_top_k(
-        teacher, rows, top_k=config.top_k, temperature=config.temperature, vocabulary=vocabulary, root=root,
-        device=device, ranks=ranks, show_progress=show_progress), train, config)
-    teacher.cpu()  # the loop reads the cache; free the device for the student
-    return cache, time.perf_counter() - started
+    # one process: written as training reads it (the first step waits for one shard); torchrun: built first
+    cache = open_or_build_top_k(teacher, train, top_k=config.top_k, temperature=config.temperature,
+                                vocabulary=vocabulary, root=root, device=device, ranks=ranks,
+                                show_progress=show_progress, order=training_order(len(train), config),
+                                lazy=not ranks.distributed)
+    return cache, time.perf_counter() - started - cache.build_seconds
 
 
 def _save_student(student: torch.nn.Module, tokenizer, folder: Path, *, config: LMDistillConfig,

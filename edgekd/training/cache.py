@@ -1,53 +1,50 @@
-"""Teacher outputs computed once, stored on disk as memory-mapped arrays, reused: one cache
-module for every task, with two payloads.
+"""Teacher outputs computed as training consumes them, stored on disk as memory-mapped arrays,
+reused: one cache for every task, with two payloads (a classifier's dense outputs, a causal
+LM's top-k).
 
 A cache folder is named by a hash of everything its contents depend on: the teacher's
-weights, the tokenised data (which fixes the text, the tokenizer and --max-length), and
-which outputs are stored. Change any of them and a new folder is built; the same run
-again (or every later epoch) reads the stored arrays instead of running the teacher.
-`built_once` is the one build protocol: the ranks write into a staging folder beside the
-final one, rank 0 adds meta.json and renames it into place, so a reader never sees a
-half-built cache and a cache two runs build at once is kept once. meta.json records the
-SHA-256 of every file; a cache whose files are missing, truncated or changed is reported in
-one line and rebuilt, never read.
+weights, the data (which fixes the text, the tokenizer and --max-length), what is stored, and
+the order the rows are stored in. That order is the order the first epoch takes them in (or,
+for a --max-steps run that ends inside it, the rows its steps use: the teacher sees no
+others), cut into shards of SHARD_ROWS rows. On one process the cache is written as training
+consumes it: the first batch that needs a shard runs the teacher over that shard's rows and
+seals it, so the first step waits for one shard, not for the whole dataset; later epochs and
+later runs read the shards. Under torchrun every rank builds every world-th shard before
+training starts.
 
-Dense rows (text classification), `<root>/teacher-outputs/<key>/` (`.npy`, mmap, never pickles):
+Each shard is written under a temporary name, sealed with the SHA-256 of its files
+(edgekd/integrity.py) and renamed into place, holding a lock while it is built: a run killed
+mid-build leaves its finished shards, and the next run on the same teacher, data and seed
+goes on from there, ending with the same bytes as a run never stopped; two runs at once
+build each shard once. A shard whose files are missing, truncated or changed is said so in
+one line and built again, never read.
 
-    meta.json                    rows, parts, what is stored, format version
-    part-<p>/offsets.npy         (rows_p + 1,) token offset of each row in this part
-    part-<p>/logits.npy          (rows_p, num_labels)
-    part-<p>/hidden-<layer>.npy  (tokens_p, width)           only when a loss needs it
-    part-<p>/attention-<layer>.npy (sum of heads * len^2,)   flattened per row
-    part-<p>/query.npy, key.npy, value.npy (tokens_p, width) MiniLM's last layer
+    <root>/<key>/meta.json                 rows, rows per shard, what is stored, format version
+    <root>/<key>/shard-<s>/<name>.npy      the rows' values, one after another (mmap, never pickles)
+    <root>/<key>/shard-<s>/offsets-<name>.npy  (rows + 1,) where each row's values start
 
-Row i lives in part i % parts at position i // parts: with N processes each builds
-one part (its shard) at the same time.
+Dense rows (text classification), under `teacher-outputs/`: `logits` (one row of num_labels
+each), `hidden-<layer>` and MiniLM's `query`, `key`, `value` ((tokens, width) each row),
+`attention-<layer>` (heads * tokens^2 each row, flattened); float16.
 
-Sparse top-k (causal LMs), `<root>/lm-top-k/<key>/`: the teacher's top-k next-token
+Sparse top-k (causal LMs), under `lm-top-k/`: the teacher's top-k next-token
 log-probabilities. With a vocabulary under 65,536 ids are uint16, so k = 64 costs
 64 * (2 + 2) = 256 bytes per token (fp16 log-probabilities); the full distribution over
 SmolLM2's 49,152 tokens would be 98 KB in fp16. The probability outside the top-k is not
 stored: it is 1 minus their sum, which the loss uses as a tail bucket (edgekd/lm/losses.py).
-Rank 0 alone builds it (the teacher runs over the text once, however many processes train):
-
-    meta.json        k, temperature, examples, predicted positions, format version
-    offsets.npy      (examples + 1,) int64: example i owns rows offsets[i]:offsets[i+1]
-    token_ids.npy    (positions, k) uint16 or int32: the teacher's top-k tokens
-    log_probs.npy    (positions, k) float16: their log-probabilities at `temperature`
-
-Example i of length n has n - 1 rows: row t is the prediction of token t + 1.
+An example of n tokens has n - 1 rows of `token_ids` and `log_probs` (k each): row t is the
+prediction of token t + 1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -55,36 +52,17 @@ import torch.nn.functional as F
 
 from edgekd.config import cache_dir
 from edgekd.data import chunks, collate
+from edgekd.errors import UserError, atomic_write_text, exclusive
+from edgekd.integrity import seal, trusted
+from edgekd.progress import console, progress_bar
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import rows_used
 from edgekd.training.objective import Needs, forward_outputs
-from edgekd.errors import UserError, exclusive
-from edgekd.integrity import checksums, trusted
-from edgekd.progress import progress_bar
 
-FORMAT_VERSION = 2  # 2: the key hashes the tokens a chunk at a time
-TOP_K_FORMAT_VERSION = 2  # 2: the key hashes the tokens as one int64 array
+FORMAT_VERSION = 3  # 3: shards in training order, each sealed as it is written
+SHARD_ROWS = 1024  # the first step waits for one shard of teacher outputs
 QKV_NAMES = ("query", "key", "value")
 
-
-def over_rows_used(build: Callable, examples, config):
-    """`build(examples)`, a teacher cache, built over only the examples a --max-steps run ending
-    inside its first epoch trains on (loop.rows_used), answering by the examples' own index."""
-    used = rows_used(len(examples), config)
-    return build(examples) if used is None else _UsedRows(build(examples.subset(used)), used)
-
-
-class _UsedRows:
-    """A cache over some rows, answering by the dataset's own row index."""
-
-    def __init__(self, cache, rows: list[int]):
-        self.cache, self.position = cache, {index: position for position, index in enumerate(rows)}
-
-    def gather(self, indices: list[int], **options):
-        return self.cache.gather([self.position[index] for index in indices], **options)
-
-    def __getattr__(self, name: str):
-        return getattr(self.cache, name)
+Rows = list[dict[str, np.ndarray]]  # a teacher batch's outputs: per row, its values by name
 
 
 def default_cache_root() -> Path:
@@ -103,269 +81,145 @@ def teacher_key(teacher: torch.nn.Module, contents: dict) -> str:
     return digest.hexdigest()[:20]
 
 
-def cache_key(teacher: torch.nn.Module, encoded, needs: Needs) -> tuple[str, np.ndarray]:
-    """The dense cache's key (teacher weights, tokenised data and the outputs stored) and each
-    row's token count, from one pass over `encoded` (Encoded, or Tokenised: a chunk of rows at
-    a time, so memory stays one chunk however many rows there are)."""
-    digest, lengths = hashlib.sha256(), []
-    for chunk in chunks(encoded):
-        digest.update(json.dumps([chunk.input_ids, chunk.token_type_ids]).encode())
-        lengths.append(np.fromiter(map(len, chunk.input_ids), dtype=np.int64, count=len(chunk)))
-    key = teacher_key(teacher, {"data": digest.hexdigest(), "rows": len(encoded), "needs": needs.describe(),
-                                "format": FORMAT_VERSION})
-    return key, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+def _order_of(order: Sequence[int] | None, rows: int) -> np.ndarray:
+    return np.arange(rows, dtype=np.int64) if order is None else np.asarray(order, dtype=np.int64)
 
 
-def built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None], unwritable: str) -> Path:
-    """`final`, built first unless it holds a cache whose checksums match: every rank runs
-    `build(staging)` (each writes what is its to write; rank 0's return value is the
-    meta.json, to which the checksums of every file are added), then rank 0 renames the
-    staging folder into place. A cache that fails its checksums is said so in one line and
-    rebuilt, never read. `unwritable` ends the one-line error for a folder that cannot be
-    written."""
-    # one builder per cache across processes: a second run waits for the first, then reuses its cache
-    with exclusive(final, wait=True, what="teacher cache") if ranks.is_main else contextlib.nullcontext():
-        return _built_once(final, ranks=ranks, build=build, unwritable=unwritable)
+def _held_rows(data, order: np.ndarray):
+    """`data` restricted to the rows `order` holds, in index order (the key hashes their values)."""
+    return data if len(order) == len(data) else data.subset(np.sort(order).tolist())
 
 
-def _built_once(final: Path, *, ranks: Ranks, build: Callable[[Path], dict | None], unwritable: str) -> Path:
-    if ranks.is_main:  # a cache that fails its checksums is removed, to be rebuilt
-        trusted(final, what="teacher cache", record="meta.json")
-    ranks.barrier()
-    if (final / "meta.json").is_file():
-        return final
-    if ranks.is_main:  # holding the lock: any other staging folder of this cache is a killed run's
-        for debris in final.parent.glob(f".{final.name}.building-*"):
-            shutil.rmtree(debris, ignore_errors=True)
-    staging = final.parent / f".{final.name}.building-{ranks.broadcast_token()}"
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-        meta = build(staging)
-    except BaseException as error:  # an error, Ctrl-C or SIGTERM: no half-built cache stays
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError):
-            raise UserError(f"cannot write the teacher cache under {final.parent}: {error.strerror}; "
-                            f"{unwritable}") from error
-        raise
-    ranks.barrier()
-    if ranks.is_main:
-        (staging / "meta.json").write_text(json.dumps({**meta, "checksums": checksums(staging, record="meta.json")}, indent=2))
-        if final.exists():  # another run finished the same cache first: keep theirs
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            staging.rename(final)
-    ranks.barrier()
-    return final
+class Shards:
+    """The rows of one cache folder, shard by shard: position p of `order` (the row order[p])
+    lives in shard p // shard_rows. `rows(name, indices)` reads rows by the data's own index,
+    building first (with `compute`) any shard that is not on disk yet."""
 
+    def __init__(self, folder: Path, *, order: np.ndarray, shard_rows: int,
+                 compute: Callable[[list[int]], Iterator[Rows]], what: str, unwritable: str) -> None:
+        self.folder, self.order, self.shard_rows, self.compute = Path(folder), order, shard_rows, compute
+        self.what, self.unwritable = what, unwritable
+        self.position = np.full(int(order.max()) + 1 if len(order) else 0, -1, dtype=np.int64)
+        self.position[order] = np.arange(len(order))
+        self.count = math.ceil(len(order) / shard_rows)
+        self.build_seconds = 0.0
+        self._open: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
-class TeacherCache:
-    """Read side: gathers padded per-batch teacher outputs from the memory-mapped parts."""
+    def path(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:05d}"
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        meta = json.loads((self.folder / "meta.json").read_text())
-        self.rows, self.parts = meta["rows"], meta["parts"]
-        self.needs = Needs(hidden_layers=tuple(meta["needs"]["hidden"]),
-                           attention_layers=tuple(meta["needs"]["attention"]),
-                           qkv_layer=meta["needs"]["qkv"])
-        self.heads = meta.get("heads")
-        self._arrays = [self._open_part(p) for p in range(self.parts)]
+    def missing(self) -> list[int]:
+        return [s for s in range(self.count) if s not in self._open and not self.path(s).is_dir()]
 
-    def _open_part(self, part: int) -> dict[str, np.ndarray]:
-        folder = self.folder / f"part-{part}"
-        return {file.stem: np.load(file, mmap_mode="r", allow_pickle=False)
-                for file in folder.glob("*.npy")}
+    def rows_of(self, shards: Iterable[int]) -> int:
+        return sum(len(self.order[s * self.shard_rows:(s + 1) * self.shard_rows]) for s in shards)
 
-    def _locate(self, row: int) -> tuple[dict[str, np.ndarray], int]:
-        return self._arrays[row % self.parts], row // self.parts
+    def ensure(self, shards: Iterable[int], advance: Callable[[int], None] = lambda n: None) -> None:
+        """Shards `shards` on disk and open: read if sealed and intact, else built now."""
+        for shard in shards:
+            if shard in self._open:
+                continue
+            final = self.path(shard)
+            if not trusted(final, what=self.what):  # none yet, or corrupt (said so and removed)
+                with exclusive(final, wait=True, what=self.what):  # one builder per shard
+                    if not final.is_dir():  # else another run built it while this one waited
+                        self._build(shard, final, advance)
+            self._open[shard] = {file.stem[len("offsets-"):]: (
+                np.load(final / f"{file.stem[len('offsets-'):]}.npy", mmap_mode="r", allow_pickle=False),
+                np.load(file, allow_pickle=False)) for file in final.glob("offsets-*.npy")}
 
-    def gather(self, indices: list[int], *, width: int, device: torch.device) -> dict:
-        """Teacher outputs for rows `indices`, padded to `width` tokens, like `forward_outputs`."""
-        logits = np.stack([self._locate(i)[0]["logits"][self._locate(i)[1]] for i in indices])
-        outputs = {"logits": torch.from_numpy(logits.astype(np.float32)).to(device),
-                   "hidden": {layer: self._tokens(f"hidden-{layer}", indices, width, device)
-                              for layer in self.needs.hidden_layers},
-                   "attention": {layer: self._attention(layer, indices, width, device)
-                                 for layer in self.needs.attention_layers},
-                   "qkv": None}
-        if self.needs.qkv_layer is not None:
-            outputs["qkv"] = tuple(self._tokens(name, indices, width, device) for name in QKV_NAMES)
-        return outputs
-
-    def _tokens(self, name: str, indices: list[int], width: int, device: torch.device) -> torch.Tensor:
-        first, _ = self._locate(indices[0])
-        padded = np.zeros((len(indices), width, first[name].shape[-1]), dtype=np.float32)
-        for r, i in enumerate(indices):
-            arrays, position = self._locate(i)
-            start, end = arrays["offsets"][position], arrays["offsets"][position + 1]
-            padded[r, : end - start] = arrays[name][start:end]
-        return torch.from_numpy(padded).to(device)
-
-    def _attention(self, layer: int, indices: list[int], width: int, device: torch.device) -> torch.Tensor:
-        heads = self.heads[str(layer)]
-        padded = np.zeros((len(indices), heads, width, width), dtype=np.float32)
-        for r, i in enumerate(indices):
-            arrays, position = self._locate(i)
-            start = int(arrays["attention-offsets"][position])
-            length = int(arrays["offsets"][position + 1] - arrays["offsets"][position])
-            block = arrays[f"attention-{layer}"][start:start + heads * length * length]
-            padded[r, :, :length, :length] = block.reshape(heads, length, length)
-        return torch.from_numpy(padded).to(device)
-
-
-def _attention_heads(teacher: torch.nn.Module, needs: Needs) -> dict[str, int]:
-    return {str(layer): int(teacher.config.num_attention_heads) for layer in needs.attention_layers}
-
-
-def open_or_build(teacher: torch.nn.Module, encoded, needs: Needs, *, root: Path,
-                  device: torch.device, pad_token_id: int, ranks: Ranks, batch_size: int = 32,
-                  description: str = "teacher outputs", show_progress: bool = True) -> TeacherCache:
-    """The dense cache for this teacher, data (Encoded, or Tokenised) and `needs`: opened if
-    built before, else built (each rank builds its own part), then opened by every rank."""
-    key, lengths = cache_key(teacher, encoded, needs)
-
-    def build(staging: Path) -> dict:
-        _build_part(teacher, encoded, needs, lengths=lengths, folder=staging / f"part-{ranks.rank}",
-                    part=ranks.rank, parts=ranks.world, device=device, pad_token_id=pad_token_id,
-                    batch_size=batch_size, description=description, show_progress=show_progress)
-        return {"rows": len(encoded), "parts": ranks.world, "needs": needs.describe(),
-                "heads": _attention_heads(teacher, needs), "format": FORMAT_VERSION, "dtype": "float16"}
-
-    final = built_once(Path(root) / key, ranks=ranks, build=build,
-                       unwritable="set --cache-dir to a writable folder or pass --no-teacher-cache")
-    return TeacherCache(final)
-
-
-def _build_part(teacher, encoded, needs: Needs, *, lengths: np.ndarray, folder: Path, part: int, parts: int,
-                device: torch.device, pad_token_id: int, batch_size: int, description: str,
-                show_progress: bool) -> None:
-    """Run the teacher over rows part, part + parts, ... (tokenised a batch at a time) and write
-    them as `.npy` arrays; `lengths` holds every row's token count."""
-    rows = list(range(part, len(encoded), parts))
-    lengths = lengths[rows]
-    folder.mkdir(parents=True, exist_ok=True)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    np.save(folder / "offsets.npy", offsets)
-    heads = int(getattr(teacher.config, "num_attention_heads", 0) or 0)  # FNet mixes tokens without attention
-    attention_offsets = np.concatenate([[0], np.cumsum(heads * lengths * lengths)])
-    if needs.attention_layers:
-        np.save(folder / "attention-offsets.npy", attention_offsets)
-    writers: dict[str, NpyAppender] = {}
-    teacher.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    try:
-        with progress_bar(description, total=len(rows), enabled=show_progress) as advance, torch.no_grad():
-            for start in range(0, len(rows), batch_size):
-                batch = collate(encoded, rows[start:start + batch_size], pad_token_id=pad_token_id)
-                with autocast:
-                    outputs = forward_outputs(teacher, {k: v.to(device) for k, v in batch.items()}, needs)
-                positions = list(range(start, start + len(batch["index"])))
-                _write_batch(writers, folder, outputs, positions, lengths=lengths)
-                advance(len(positions))
-    finally:
-        for writer in writers.values():
-            writer.close()
-
-
-def _append(writers: dict, folder: Path, name: str, values: np.ndarray) -> None:
-    """Append `values` (rows of one output) to its .npy file, as float16."""
-    if name not in writers:
-        writers[name] = NpyAppender(folder / f"{name}.npy", dtype=np.float16, row_shape=values.shape[1:])
-    writers[name].append(values)
-
-
-def _write_batch(writers: dict, folder: Path, outputs: dict, positions: list[int], *, lengths: np.ndarray) -> None:
-    """Store one batch's outputs, each row trimmed to its real tokens, after the rows before it
-    (a part's rows are written in order)."""
-    _append(writers, folder, "logits", outputs["logits"].float().cpu().numpy())
-    token_outputs = {f"hidden-{layer}": states for layer, states in outputs["hidden"].items()}
-    if outputs["qkv"] is not None:
-        token_outputs.update(zip(QKV_NAMES, outputs["qkv"]))
-    for name, states in token_outputs.items():
-        states = states.float().cpu().numpy()
-        _append(writers, folder, name, np.concatenate([states[r, :lengths[p]] for r, p in enumerate(positions)]))
-    for layer, attention in outputs["attention"].items():
-        attention = attention.float().cpu().numpy()
-        _append(writers, folder, f"attention-{layer}", np.concatenate(
-            [attention[r, :, :lengths[p], :lengths[p]].reshape(-1) for r, p in enumerate(positions)]))
-
-
-# ---------------------------------------------------------------------------- sparse top-k (causal LMs)
-
-@dataclass
-class TopKCache:
-    """Read side: padded (batch, tokens - 1, k) tensors for a batch of examples."""
-
-    folder: Path
-    top_k: int
-    temperature: float
-    offsets: np.ndarray
-    token_ids: np.ndarray
-    log_probs: np.ndarray
-    build_seconds: float = 0.0
-
-    @classmethod
-    def open(cls, folder: Path) -> TopKCache:
-        folder = Path(folder)
+    def _build(self, shard: int, final: Path, advance: Callable[[int], None]) -> None:
+        started = time.perf_counter()
+        staging = final.with_name(f".{final.name}.building")
+        shutil.rmtree(staging, ignore_errors=True)  # holding the lock: a killed run's
+        rows = self.order[shard * self.shard_rows:(shard + 1) * self.shard_rows].tolist()
+        writers: dict[str, NpyAppender] = {}
+        offsets: dict[str, list[int]] = {}
         try:
-            meta = json.loads((folder / "meta.json").read_text())
-            arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-                      for name in ("offsets", "token_ids", "log_probs")}
-        except (OSError, ValueError) as error:
-            raise UserError(f"teacher cache {folder} is unreadable ({error}); delete it to rebuild") from error
-        return cls(folder=folder, top_k=meta["k"], temperature=meta["temperature"], **arrays,
-                   build_seconds=meta.get("build_seconds", 0.0))
+            staging.mkdir(parents=True)
+            for batch in self.compute(rows):
+                for row in batch:
+                    for name, values in row.items():
+                        if name not in writers:
+                            writers[name] = NpyAppender(staging / f"{name}.npy", dtype=values.dtype,
+                                                        row_shape=values.shape[1:])
+                            offsets[name] = [0]
+                        writers[name].append(values)
+                        offsets[name].append(offsets[name][-1] + len(values))
+                advance(len(batch))
+            for name, writer in writers.items():
+                writer.close()
+                np.save(staging / f"offsets-{name}.npy", np.asarray(offsets[name], dtype=np.int64))
+            seal(staging)
+            staging.rename(final)
+        except BaseException as error:  # an error, Ctrl-C or SIGTERM: no half-built shard stays
+            for writer in writers.values():
+                writer.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError):
+                raise UserError(f"cannot write the {self.what} under {self.folder.parent}: {error.strerror}; "
+                                f"{self.unwritable}") from error
+            raise
+        self.build_seconds += time.perf_counter() - started
 
-    @property
-    def bytes_per_token(self) -> float:
-        rows = self.token_ids.shape[0]
-        return (self.token_ids.nbytes + self.log_probs.nbytes) / max(rows, 1)
-
-    def gather(self, indices: list[int], *, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(batch, width - 1, k) token ids and log-probabilities; padding rows hold a valid
-        uniform distribution so that masked positions stay finite."""
-        token_ids = torch.zeros((len(indices), width - 1, self.top_k), dtype=torch.long)
-        log_probs = torch.full((len(indices), width - 1, self.top_k),
-                               -float(np.log(self.top_k + 1)), dtype=torch.float32)
-        for row, index in enumerate(indices):
-            start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-            token_ids[row, :end - start] = torch.from_numpy(self.token_ids[start:end].astype(np.int64))
-            log_probs[row, :end - start] = torch.from_numpy(self.log_probs[start:end].astype(np.float32))
-        return token_ids, log_probs
-
-
-def open_or_build_top_k(teacher: torch.nn.Module, examples, *, top_k: int, temperature: float,
-                        vocabulary: int, root: Path | None = None, batch_size: int = 8,
-                        device: torch.device = torch.device("cpu"), show_progress: bool = True,
-                        ranks: Ranks = Ranks()) -> TopKCache:
-    """The top-k cache for this teacher, text (edgekd.lm.data.LMExamples), k and temperature:
-    opened if built before, else built by rank 0 while the other ranks wait."""
-    if not 1 <= top_k <= vocabulary:
-        raise UserError(f"--top-k {top_k} must be between 1 and the vocabulary size {vocabulary}")
-    key = teacher_key(teacher, {"ids": examples.digest(), "k": top_k, "temperature": temperature,
-                                "vocabulary": vocabulary, "format": TOP_K_FORMAT_VERSION})
-
-    def build(staging: Path) -> dict | None:
-        if not ranks.is_main:
-            return None
-        return _build_top_k(teacher, examples, folder=staging, top_k=top_k, temperature=temperature,
-                            vocabulary=vocabulary, batch_size=batch_size, device=device, show_progress=show_progress)
-
-    final = built_once(Path(root or cache_dir() / "lm-top-k") / key, ranks=ranks, build=build,
-                       unwritable="set --cache-dir to a writable folder or pass --top-k 0")
-    return TopKCache.open(final)
+    def rows(self, name: str, indices: Sequence[int]) -> list[np.ndarray]:
+        """Row `i`'s values of `name`, for each i in `indices` (the data's own row numbers)."""
+        positions = self.position[np.asarray(indices, dtype=np.int64)]
+        if (positions < 0).any():
+            raise ValueError(f"rows {np.asarray(indices)[positions < 0].tolist()[:5]} are not in {self.folder}")
+        shards = positions // self.shard_rows
+        self.ensure(np.unique(shards).tolist())
+        found = []
+        for position, shard in zip(positions.tolist(), shards.tolist()):
+            values, offsets = self._open[shard][name]
+            local = position - shard * self.shard_rows
+            found.append(values[offsets[local]:offsets[local + 1]])
+        return found
 
 
-@torch.no_grad()
-def top_k_rows(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], *, top_k: int,
-               temperature: float, vocabulary: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per example: (positions, k) token ids and log-probabilities of the teacher."""
-    logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    log_probs = F.log_softmax(logits[..., :vocabulary].float() / temperature, dim=-1)
-    values, ids = log_probs[:, :-1].topk(top_k, dim=-1)
-    lengths = batch["attention_mask"].sum(1)
-    return [(ids[row, :length - 1].cpu().numpy(), values[row, :length - 1].cpu().numpy())
-            for row, length in enumerate(lengths.tolist())]
+def open_shards(teacher: torch.nn.Module, *, root: Path, contents: dict, meta: dict, order: np.ndarray,
+                compute: Callable[[list[int]], Iterator[Rows]], ranks: Ranks, lazy: bool, shard_rows: int,
+                what: str, unwritable: str, description: str, show_progress: bool) -> Shards:
+    """The cache of `teacher`'s outputs over the rows in `order` (`contents`: what else they
+    depend on). With `lazy` (one process) nothing is built now: shards are built as they are
+    first read. Else every rank builds every world-th missing shard now, with a progress bar."""
+    key = teacher_key(teacher, {**contents, "order": hashlib.sha256(order.tobytes()).hexdigest(),
+                                "shard_rows": shard_rows, "format": FORMAT_VERSION})
+    folder = Path(root) / key
+    expected = {**meta, "rows": len(order), "shard_rows": shard_rows, "format": FORMAT_VERSION}
+    if ranks.is_main:
+        try:
+            with exclusive(folder, wait=True, what=what):
+                _check_meta(folder, expected, what=what)
+        except OSError as error:
+            raise UserError(f"cannot write the {what} under {folder.parent}: {error.strerror}; {unwritable}") from error
+    ranks.barrier()
+    shards = Shards(folder, order=order, shard_rows=shard_rows, compute=compute, what=what, unwritable=unwritable)
+    if not lazy:  # this rank's shards verified, the missing built
+        mine, missing = range(ranks.rank, shards.count, ranks.world), shards.missing()
+        todo = shards.rows_of(s for s in missing if s % ranks.world == ranks.rank)
+        with progress_bar(description, total=todo, enabled=show_progress and todo > 0) as advance:
+            shards.ensure(mine, advance)
+        ranks.barrier()
+    return shards
+
+
+def _check_meta(folder: Path, expected: dict, *, what: str) -> None:
+    """meta.json written when the folder is made; a folder whose meta.json is unreadable or
+    says otherwise is removed (said so in one line) and made again."""
+    path, expected = folder / "meta.json", json.loads(json.dumps(expected))  # as it reads back
+    if folder.exists():
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError):
+            found = None
+        if found == expected:
+            return
+        console.print(f"{what} {folder} is corrupt (its meta.json is missing or unreadable); rebuilding",
+                      soft_wrap=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(expected, indent=2))
 
 
 class NpyAppender:
@@ -399,30 +253,165 @@ class NpyAppender:
         self.file.close()
 
 
-def _build_top_k(teacher: torch.nn.Module, examples, *, folder: Path, top_k: int, temperature: float,
-                 vocabulary: int, batch_size: int, device: torch.device, show_progress: bool) -> dict:
-    """Run the teacher once over every example (`examples.batch(indices)` pads a batch) and write
-    the arrays into `folder`; returns the meta."""
-    started = time.perf_counter()
-    types = {"token_ids": np.uint16 if vocabulary <= np.iinfo(np.uint16).max + 1 else np.int32,
-             "log_probs": np.float16}
-    offsets = [0]
-    # each batch's rows go straight to disk: memory stays one batch, whatever the token count
-    sinks = {name: NpyAppender(folder / f"{name}.npy", dtype=dtype, row_shape=(top_k,)) for name, dtype in types.items()}
-    try:
-        with progress_bar("teacher top-k", total=len(examples), enabled=show_progress) as advance:
-            for start in range(0, len(examples), batch_size):
-                indices = list(range(start, min(start + batch_size, len(examples))))
-                batch = {name: tensor.to(device) for name, tensor in examples.batch(indices).items()}
-                for ids, values in top_k_rows(teacher, batch, top_k=top_k, temperature=temperature,
-                                              vocabulary=vocabulary):
-                    sinks["token_ids"].append(ids)
-                    sinks["log_probs"].append(values)
-                    offsets.append(offsets[-1] + len(ids))
-                advance(len(indices))
-    finally:
-        for sink in sinks.values():
-            sink.close()
-    np.save(folder / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-    return {"k": top_k, "temperature": temperature, "examples": len(examples), "positions": offsets[-1],
-            "vocabulary": vocabulary, "format": TOP_K_FORMAT_VERSION, "build_seconds": time.perf_counter() - started}
+# ---------------------------------------------------------------------------- dense rows (classifiers)
+
+class TeacherCache:
+    """Read side: gathers padded per-batch teacher outputs from the shards."""
+
+    def __init__(self, shards: Shards, *, needs: Needs, heads: int) -> None:
+        self.shards, self.needs, self.heads = shards, needs, heads
+
+    @property
+    def folder(self) -> Path:
+        return self.shards.folder
+
+    @property
+    def build_seconds(self) -> float:
+        return self.shards.build_seconds
+
+    def gather(self, indices: list[int], *, width: int, device: torch.device) -> dict:
+        """Teacher outputs for rows `indices`, padded to `width` tokens, like `forward_outputs`."""
+        logits = np.concatenate(self.shards.rows("logits", indices))
+        outputs = {"logits": torch.from_numpy(logits.astype(np.float32)).to(device),
+                   "hidden": {layer: self._tokens(f"hidden-{layer}", indices, width, device)
+                              for layer in self.needs.hidden_layers},
+                   "attention": {layer: self._attention(layer, indices, width, device)
+                                 for layer in self.needs.attention_layers},
+                   "qkv": None}
+        if self.needs.qkv_layer is not None:
+            outputs["qkv"] = tuple(self._tokens(name, indices, width, device) for name in QKV_NAMES)
+        return outputs
+
+    def _tokens(self, name: str, indices: list[int], width: int, device: torch.device) -> torch.Tensor:
+        rows = self.shards.rows(name, indices)
+        padded = np.zeros((len(indices), width, rows[0].shape[-1]), dtype=np.float32)
+        for r, values in enumerate(rows):
+            padded[r, :len(values)] = values
+        return torch.from_numpy(padded).to(device)
+
+    def _attention(self, layer: int, indices: list[int], width: int, device: torch.device) -> torch.Tensor:
+        padded = np.zeros((len(indices), self.heads, width, width), dtype=np.float32)
+        for r, block in enumerate(self.shards.rows(f"attention-{layer}", indices)):
+            length = math.isqrt(len(block) // self.heads)
+            padded[r, :, :length, :length] = block.reshape(self.heads, length, length)
+        return torch.from_numpy(padded).to(device)
+
+
+def open_or_build(teacher: torch.nn.Module, encoded, needs: Needs, *, root: Path, device: torch.device,
+                  pad_token_id: int, ranks: Ranks, batch_size: int = 32, description: str = "teacher outputs",
+                  show_progress: bool = True, order: Sequence[int] | None = None, lazy: bool = False,
+                  shard_rows: int = SHARD_ROWS) -> TeacherCache:
+    """The dense cache of this teacher over the rows of `encoded` (Encoded, or Tokenised) in
+    `order` (None: every row, in order), storing what `needs` asks for. With `lazy` its shards
+    are built as training first reads them; else now, each rank its share."""
+    order = _order_of(order, len(encoded))
+    digest = hashlib.sha256()
+    for chunk in chunks(_held_rows(encoded, order)):  # a chunk of rows at a time, whatever their number
+        digest.update(json.dumps([chunk.input_ids, chunk.token_type_ids]).encode())
+    heads = int(getattr(teacher.config, "num_attention_heads", 0) or 0)  # FNet mixes tokens without attention
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    @torch.no_grad()
+    def compute(rows: list[int]) -> Iterator[Rows]:
+        teacher.eval()
+        for start in range(0, len(rows), batch_size):
+            batch = collate(encoded, rows[start:start + batch_size], pad_token_id=pad_token_id)
+            with autocast:
+                outputs = forward_outputs(teacher, {k: v.to(device) for k, v in batch.items()}, needs)
+            yield _dense_rows(outputs, batch["attention_mask"].sum(1).tolist())
+
+    shards = open_shards(teacher, root=root, contents={"data": digest.hexdigest(), "needs": needs.describe()},
+                         meta={"needs": needs.describe(), "heads": heads, "dtype": "float16"}, order=order,
+                         compute=compute, ranks=ranks, lazy=lazy, shard_rows=shard_rows, what="teacher cache",
+                         unwritable="set --cache-dir to a writable folder or pass --no-teacher-cache",
+                         description=description, show_progress=show_progress)
+    return TeacherCache(shards, needs=needs, heads=heads)
+
+
+def _dense_rows(outputs: dict, lengths: list[int]) -> Rows:
+    """One batch's outputs per row, trimmed to its real tokens, as float16."""
+    half = lambda tensor: tensor.float().cpu().numpy().astype(np.float16)  # noqa: E731
+    logits = half(outputs["logits"])
+    tokens = {f"hidden-{layer}": half(states) for layer, states in outputs["hidden"].items()}
+    if outputs["qkv"] is not None:
+        tokens.update(zip(QKV_NAMES, map(half, outputs["qkv"])))
+    attention = {f"attention-{layer}": half(weights) for layer, weights in outputs["attention"].items()}
+    return [{"logits": logits[r:r + 1],
+             **{name: states[r, :length] for name, states in tokens.items()},
+             **{name: weights[r, :, :length, :length].reshape(-1) for name, weights in attention.items()}}
+            for r, length in enumerate(lengths)]
+
+
+# ---------------------------------------------------------------------------- sparse top-k (causal LMs)
+
+class TopKCache:
+    """Read side: padded (batch, tokens - 1, k) tensors for a batch of examples."""
+
+    def __init__(self, shards: Shards, *, top_k: int, temperature: float, id_bytes: int) -> None:
+        self.shards, self.top_k, self.temperature, self.id_bytes = shards, top_k, temperature, id_bytes
+
+    @property
+    def folder(self) -> Path:
+        return self.shards.folder
+
+    @property
+    def build_seconds(self) -> float:
+        return self.shards.build_seconds
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.top_k * (self.id_bytes + 2)  # ids and fp16 log-probabilities
+
+    def gather(self, indices: list[int], *, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, width - 1, k) token ids and log-probabilities; padding rows hold a valid
+        uniform distribution so that masked positions stay finite."""
+        token_ids = torch.zeros((len(indices), width - 1, self.top_k), dtype=torch.long)
+        log_probs = torch.full((len(indices), width - 1, self.top_k),
+                               -float(np.log(self.top_k + 1)), dtype=torch.float32)
+        for row, (ids, values) in enumerate(zip(self.shards.rows("token_ids", indices),
+                                                self.shards.rows("log_probs", indices))):
+            token_ids[row, :len(ids)] = torch.from_numpy(ids.astype(np.int64))
+            log_probs[row, :len(values)] = torch.from_numpy(values.astype(np.float32))
+        return token_ids, log_probs
+
+
+def open_or_build_top_k(teacher: torch.nn.Module, examples, *, top_k: int, temperature: float,
+                        vocabulary: int, root: Path | None = None, batch_size: int = 8,
+                        device: torch.device = torch.device("cpu"), show_progress: bool = True,
+                        ranks: Ranks = Ranks(), order: Sequence[int] | None = None, lazy: bool = False,
+                        shard_rows: int = SHARD_ROWS) -> TopKCache:
+    """The top-k cache of this teacher over the examples (edgekd.lm.data.LMExamples) in
+    `order` (None: every example, in order), for k and temperature. With `lazy` its shards are
+    built as training first reads them; else now, each rank its share."""
+    if not 1 <= top_k <= vocabulary:
+        raise UserError(f"--top-k {top_k} must be between 1 and the vocabulary size {vocabulary}")
+    order = _order_of(order, len(examples))
+    id_type = np.uint16 if vocabulary <= np.iinfo(np.uint16).max + 1 else np.int32
+
+    def compute(rows: list[int]) -> Iterator[Rows]:
+        teacher.eval()
+        for start in range(0, len(rows), batch_size):
+            batch = {name: tensor.to(device) for name, tensor in examples.batch(rows[start:start + batch_size]).items()}
+            yield [{"token_ids": ids.astype(id_type), "log_probs": values.astype(np.float16)}
+                   for ids, values in top_k_rows(teacher, batch, top_k=top_k, temperature=temperature,
+                                                 vocabulary=vocabulary)]
+
+    contents = {"ids": _held_rows(examples, order).digest(), "k": top_k, "temperature": temperature,
+                "vocabulary": vocabulary}
+    shards = open_shards(teacher, root=Path(root or cache_dir() / "lm-top-k"), contents=contents, meta=contents,
+                         order=order, compute=compute, ranks=ranks, lazy=lazy, shard_rows=shard_rows,
+                         what="teacher cache", unwritable="set --cache-dir to a writable folder or pass --top-k 0",
+                         description="teacher top-k", show_progress=show_progress)
+    return TopKCache(shards, top_k=top_k, temperature=temperature, id_bytes=np.dtype(id_type).itemsize)
+
+
+@torch.no_grad()
+def top_k_rows(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], *, top_k: int,
+               temperature: float, vocabulary: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per example: (positions, k) token ids and log-probabilities of the teacher."""
+    logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    log_probs = F.log_softmax(logits[..., :vocabulary].float() / temperature, dim=-1)
+    values, ids = log_probs[:, :-1].topk(top_k, dim=-1)
+    lengths = batch["attention_mask"].sum(1)
+    return [(ids[row, :length - 1].cpu().numpy(), values[row, :length - 1].cpu().numpy())
+            for row, length in enumerate(lengths.tolist())]

@@ -82,6 +82,7 @@ class Trainee:
     evaluate: Callable[[], dict] | None = None  # validation metrics of the student (None: no validation)
     autocast: bool = True  # bf16 autocast on CUDA
     unit: str = "samples"  # what `units` counts, as metrics.jsonl names its rate: samples, or a causal LM's tokens
+    teacher_seconds: Callable[[], float] = lambda: 0.0  # spent writing the teacher cache so far
 
 
 @dataclass
@@ -105,7 +106,7 @@ def schedule(step: int, *, total_steps: int, warmup_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-@functools.lru_cache(maxsize=2)  # a --max-steps run asks for epoch 1's order twice (rows_used, then the loop)
+@functools.lru_cache(maxsize=2)  # epoch 1's order is asked for twice (training_order, then the loop)
 def epoch_order(examples: int, *, seed: int, epoch: int) -> array.array:
     """The order examples are taken in during `epoch` (1-based): 8 bytes an example (a list of
     two million Python ints would cost 70 MB), shuffled exactly as a list would be."""
@@ -114,12 +115,15 @@ def epoch_order(examples: int, *, seed: int, epoch: int) -> array.array:
     return order
 
 
-def rows_used(examples: int, config) -> list[int] | None:
-    """The examples a --max-steps run ending inside its first epoch trains on (the teacher need
-    see no others), in index order; None when the run reads every example."""
-    if not config.max_steps or config.max_steps * config.batch_size >= examples:
-        return None
-    return sorted(epoch_order(examples, seed=config.seed, epoch=1)[:config.max_steps * config.batch_size])
+def training_order(examples: int, config) -> np.ndarray:
+    """The rows a run trains on, in the order its first epoch takes them: every row, or, for a
+    --max-steps run ending inside its first epoch, the rows its steps use (the teacher need see
+    no others). Teacher caches store their rows in this order, so that they are written as
+    training reads them."""
+    order = np.array(epoch_order(examples, seed=config.seed, epoch=1), dtype=np.int64)
+    if config.max_steps and config.max_steps * config.batch_size < examples:
+        order = order[:config.max_steps * config.batch_size]
+    return order
 
 
 def resumable(folder: Path, *, config, task: str, examples: int, resumable_changes: set[str], resume: bool,
@@ -399,9 +403,9 @@ class Trained:
 
     out: Path | None  # the student's folder; None on the ranks other than 0 (rank 0 writes)
     progress: Progress
-    seconds: float  # spent in training steps (teacher outputs ready)
+    seconds: float  # spent in training steps, less the time the teacher cache was written in them
     units_per_second: float  # loss units (rows or predicted tokens) per second of those steps
-    prepare_seconds: float  # building or opening teacher caches
+    prepare_seconds: float  # building or opening teacher caches (those written in the steps too)
 
 
 def train(*, task: str, config, out: Path, examples: int, prepare: Callable[..., Trainee],
@@ -435,7 +439,11 @@ def train(*, task: str, config, out: Path, examples: int, prepare: Callable[...,
             prepare_seconds = time.perf_counter() - prepare_started
             loop = Loop(trainee, config=config, device=device, ranks=ranks, checkpoints=checkpoints,
                         metrics_path=staging / "metrics.jsonl" if staging else None, show_progress=show_progress)
+            teacher_before = trainee.teacher_seconds()
             progress, seconds = loop.run(saved)
+            # a cache written as training reads it: its time is the teacher's, not the student's steps'
+            teacher_in_steps = trainee.teacher_seconds() - teacher_before
+            seconds, prepare_seconds = seconds - teacher_in_steps, prepare_seconds + teacher_in_steps
             trainee.module.cpu()
             if staging is not None:
                 save(staging, seconds)

@@ -19,9 +19,9 @@ import torch
 
 from edgekd.config import DistillConfig
 from edgekd.data import Encoded, TextDataset, Tokenised, collate, encode
-from edgekd.training.cache import default_cache_root, open_or_build, over_rows_used
+from edgekd.training.cache import default_cache_root, open_or_build
 from edgekd.training.distributed import Ranks
-from edgekd.training.loop import Trainee, check_first_batch, train as run_loop
+from edgekd.training.loop import Trainee, check_first_batch, train as run_loop, training_order
 from edgekd.training.objective import Needs, Objective, ProjectedStudent, forward_outputs
 from edgekd.errors import UserError
 from edgekd.metrics import quality, torch_logits
@@ -81,7 +81,7 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
         first = collate(train_encoded, list(range(min(2, len(train_encoded)))), pad_token_id=pad_token_id)
         check_first_batch({"teacher": teacher, "student": student}, lambda role, model, device: forward_outputs(
             model, {name: value.to(device) for name, value in first.items()}, objective.needs(role)))
-        teacher_targets, teacher_validation = _teacher_sources(
+        teacher_targets, teacher_validation, teacher_seconds = _teacher_sources(
             teacher, objective, train_encoded, validation_encoded, config=config, device=device,
             pad_token_id=pad_token_id, cache_root=cache_root, ranks=ranks, show_progress=show_progress)
 
@@ -103,7 +103,8 @@ def distill(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tokeni
                            examples=len(train_encoded),
                            collate=lambda indices: collate(train_encoded, indices, pad_token_id=pad_token_id),
                            units=lambda batch: len(batch["index"]), loss=loss,
-                           evaluate=evaluate if validation_encoded is not None else None)
+                           evaluate=evaluate if validation_encoded is not None else None,
+                           teacher_seconds=teacher_seconds)
 
     def save(folder: Path, seconds: float) -> None:
         if trim is None:
@@ -178,10 +179,13 @@ TeacherTargets = Callable[[dict], dict]
 
 def _teacher_sources(teacher, objective: Objective, train: Tokenised, validation: Encoded | None, *,
                      config: DistillConfig, device: torch.device, pad_token_id: int, cache_root: Path,
-                     ranks: Ranks, show_progress: bool) -> tuple[TeacherTargets | None, np.ndarray | None]:
-    """Where each batch's teacher outputs come from, and the teacher's validation logits."""
+                     ranks: Ranks, show_progress: bool
+                     ) -> tuple[TeacherTargets | None, np.ndarray | None, Callable[[], float]]:
+    """Where each batch's teacher outputs come from, the teacher's validation logits, and how
+    long the teacher cache has been written in training steps so far."""
+    none = lambda: 0.0  # noqa: E731
     if teacher is None:
-        return None, None
+        return None, None, none
     needs = objective.needs("teacher")
     in_loop = objective.needs_teacher_logits or config.uses_intermediate_losses
     teacher.to(device)
@@ -191,15 +195,15 @@ def _teacher_sources(teacher, objective: Objective, train: Tokenised, validation
                                                 pad_token_id=pad_token_id, cache_root=cache_root,
                                                 ranks=ranks, show_progress=show_progress)
     if not in_loop:
-        return None, teacher_validation
+        return None, teacher_validation, none
     if not config.teacher_cache:
-        return _online_teacher(teacher, needs, device), teacher_validation
-    cache = over_rows_used(lambda rows: open_or_build(
-        teacher, rows, needs, root=cache_root, device=device, pad_token_id=pad_token_id, ranks=ranks,
-        description="teacher outputs (train)", show_progress=show_progress), train, config)
-    teacher.cpu()  # from here on the cache answers for it
+        return _online_teacher(teacher, needs, device), teacher_validation, none
+    # one process: written as training reads it (the first step waits for one shard); torchrun: built first
+    cache = open_or_build(teacher, train, needs, root=cache_root, device=device, pad_token_id=pad_token_id,
+                          ranks=ranks, description="teacher outputs (train)", show_progress=show_progress,
+                          order=training_order(len(train), config), lazy=not ranks.distributed)
     return (lambda batch: cache.gather(batch["index"].tolist(), width=batch["input_ids"].shape[1],
-                                       device=device)), teacher_validation
+                                       device=device)), teacher_validation, lambda: cache.build_seconds
 
 
 def _online_teacher(teacher, needs: Needs, device: torch.device) -> TeacherTargets:

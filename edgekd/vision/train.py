@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.config import ImageDistillConfig
-from edgekd.training.cache import built_once, default_cache_root, teacher_key
+from edgekd.training.cache import SHARD_ROWS, default_cache_root, open_shards
 from edgekd.training.distributed import Ranks
 from edgekd.training.losses import attention_kl, hard_ce, hidden_mse, kd_kl
 from edgekd.training.loop import Trainee, check_first_batch
@@ -37,12 +37,10 @@ from edgekd.training.objective import default_layer_map, parse_layer_map
 from edgekd.training.train import DistillResult, result_of, train_classifier
 from edgekd.errors import UserError
 from edgekd.metrics import quality
-from edgekd.progress import progress_bar
 from edgekd.pixels import Augment, batch_pixels, num_channels
 from edgekd.vision.data import ImageDataset
 from edgekd.vision.models import feature_maps, is_transformer
 
-CACHE_FORMAT = 1
 EVAL_BATCH = 64
 
 
@@ -310,28 +308,22 @@ def dataset_digest(dataset: ImageDataset) -> str:
 
 def _cached_logits(teacher: nn.Module, processor, dataset: ImageDataset, *, root: Path, device: torch.device,
                    ranks: Ranks, show_progress: bool) -> np.ndarray:
-    """The teacher's logits over `dataset`, built once into `<root>/image-logits/<key>/`
-    (teacher weights, pictures and image processor in the key; checksums verified on open)."""
-    key = teacher_key(teacher, {"images": dataset_digest(dataset), "processor": processor.to_dict(),
-                                "format": CACHE_FORMAT})
-    final = root / "image-logits" / key
+    """The teacher's logits over `dataset` (float32), from the shared teacher cache under
+    `<root>/image-logits/` (teacher weights, pictures and image processor in the key), built
+    first where they are missing, each rank its share of the shards."""
+    channels = num_channels(teacher)
 
-    def build(staging: Path) -> dict:
+    @torch.no_grad()
+    def compute(rows: list[int]):
         teacher.to(device).eval()
-        rows = []
-        channels = num_channels(teacher)
-        with progress_bar("teacher logits (train)", total=len(dataset), enabled=show_progress) as advance, \
-                torch.no_grad():
-            for start in range(0, len(dataset), EVAL_BATCH):
-                indices = list(range(start, min(start + EVAL_BATCH, len(dataset))))
-                (pixels,) = batch_pixels(dataset, indices, [processor], channels=[channels])
-                rows.append(teacher(pixel_values=pixels.to(device)).logits.float().cpu().numpy())
-                advance(len(indices))
-        np.save(staging / "logits.npy", np.concatenate(rows).astype(np.float32))
-        return {"rows": len(dataset), "format": CACHE_FORMAT}
+        for start in range(0, len(rows), EVAL_BATCH):
+            (pixels,) = batch_pixels(dataset, rows[start:start + EVAL_BATCH], [processor], channels=[channels])
+            logits = teacher(pixel_values=pixels.to(device)).logits.float().cpu().numpy()
+            yield [{"logits": row[None]} for row in logits]
 
-    folder = built_once(final, ranks=ranks, build=build, unwritable="pass --cache-dir or --no-teacher-cache")
-    logits = np.load(folder / "logits.npy")
-    if logits.shape[0] != len(dataset):
-        raise UserError(f"the teacher cache {folder} holds {logits.shape[0]} rows, not {len(dataset)}; delete it")
-    return logits
+    shards = open_shards(teacher, root=root / "image-logits", order=np.arange(len(dataset)), compute=compute,
+                         contents={"images": dataset_digest(dataset), "processor": processor.to_dict()},
+                         meta={"dtype": "float32"}, ranks=ranks, lazy=False, shard_rows=SHARD_ROWS,
+                         what="teacher cache", unwritable="pass --cache-dir or --no-teacher-cache",
+                         description="teacher logits (train)", show_progress=show_progress)
+    return np.concatenate(shards.rows("logits", range(len(dataset))))
