@@ -638,6 +638,13 @@ class Encoded:
 
     rows = subset  # what `Tokenised.rows` is: these rows, tokenised
 
+    def digest(self) -> str:
+        """SHA-256 of the tokens (what a teacher cache over them is keyed by)."""
+        digest = hashlib.sha256()
+        for chunk in chunks(self):
+            digest.update(json.dumps([chunk.input_ids, chunk.token_type_ids]).encode())
+        return digest.hexdigest()
+
 
 class Tokenised:
     """A dataset tokenised a batch at a time, when the batch is wanted: nothing is tokenised up
@@ -664,6 +671,30 @@ class Tokenised:
 
     def subset(self, indices: Sequence[int]) -> Tokenised:
         return Tokenised(self.dataset.subset(indices), self.tokenizer, max_length=self.max_length)
+
+    def digest(self) -> str:
+        """SHA-256 of what fixes the tokens: the texts (and text pairs), the tokenizer's files and
+        --max-length. Nothing is tokenised: the first step of two million rows does not wait for
+        a pass of the tokenizer over all of them."""
+        digest = hashlib.sha256(f"{tokenizer_digest(self.tokenizer)}:{self.max_length}".encode())
+        for texts in filter(None, (self.dataset.texts, self.dataset.text_pairs)):
+            for start in range(0, len(texts), CHUNK_ROWS):
+                taken = _taken(texts, range(start, min(start + CHUNK_ROWS, len(texts))))
+                digest.update(json.dumps(taken).encode())
+        return digest.hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """SHA-256 of the files `save_pretrained` writes for `tokenizer`: everything that decides its tokens."""
+    import tempfile
+
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as folder:
+        for path in sorted(tokenizer.save_pretrained(folder)):
+            path = Path(path)
+            if path.is_file():
+                digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def chunks(encoded, size: int = CHUNK_ROWS) -> Iterator[Encoded]:

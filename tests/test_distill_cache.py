@@ -229,3 +229,28 @@ def test_a_damaged_cache_is_reported_in_one_line_and_rebuilt_never_read(damage, 
     got = rebuilt.gather(list(range(20)), width=24, device=torch.device("cpu"))
     assert torch.equal(got["logits"], expected["logits"]) and torch.equal(got["hidden"][0], expected["hidden"][0])
     assert _build(teacher, encoded, tmp_path).folder == folder and not capsys.readouterr().err.strip()
+
+
+def test_a_cache_over_text_read_a_batch_at_a_time_is_keyed_without_tokenising_it(tmp_path, monkeypatch):
+    import edgekd.data as data
+    from edgekd.data import Tokenised
+
+    rows = make_rows(30)
+    dataset = TextDataset(texts=[r["text"] for r in rows], labels=[None] * 30, label_names=["a", "b", "c"])
+    tokenised = Tokenised(dataset, make_tokenizer(), max_length=24)
+    calls = []
+    encode_rows = data.encode
+    monkeypatch.setattr(data, "encode", lambda *a, **k: calls.append(len(a[0])) or encode_rows(*a, **k))
+    teacher = make_classifier("bert", layers=3)
+    cache = open_or_build(teacher, tokenised, NEEDS, root=tmp_path, device=torch.device("cpu"), pad_token_id=0,
+                          ranks=Ranks(), show_progress=False, order=list(range(30)), lazy=True, shard_rows=8)
+    assert not calls  # keyed by the texts, the tokenizer's files and --max-length
+    cache.gather([0, 1], width=24, device=torch.device("cpu"))
+    assert sum(calls) == 8  # the first shard's rows, for the teacher; not all 30
+    keys = {cache.folder.name}
+    for changed in (Tokenised(dataset, make_tokenizer(), max_length=12),
+                    Tokenised(dataset.subset(list(reversed(range(30)))), make_tokenizer(), max_length=24)):
+        keys.add(open_or_build(teacher, changed, NEEDS, root=tmp_path, device=torch.device("cpu"), pad_token_id=0,
+                               ranks=Ranks(), show_progress=False, order=list(range(30)), lazy=True,
+                               shard_rows=8).folder.name)
+    assert len(keys) == 3

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.config import cache_dir
-from edgekd.data import chunks, collate
+from edgekd.data import collate
 from edgekd.errors import UserError, atomic_write_text, exclusive
 from edgekd.integrity import seal, trusted
 from edgekd.progress import console, progress_bar
@@ -305,9 +305,6 @@ def open_or_build(teacher: torch.nn.Module, encoded, needs: Needs, *, root: Path
     `order` (None: every row, in order), storing what `needs` asks for. With `lazy` its shards
     are built as training first reads them; else now, each rank its share."""
     order = _order_of(order, len(encoded))
-    digest = hashlib.sha256()
-    for chunk in chunks(_held_rows(encoded, order)):  # a chunk of rows at a time, whatever their number
-        digest.update(json.dumps([chunk.input_ids, chunk.token_type_ids]).encode())
     heads = int(getattr(teacher.config, "num_attention_heads", 0) or 0)  # FNet mixes tokens without attention
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -320,7 +317,8 @@ def open_or_build(teacher: torch.nn.Module, encoded, needs: Needs, *, root: Path
                 outputs = forward_outputs(teacher, {k: v.to(device) for k, v in batch.items()}, needs)
             yield _dense_rows(outputs, batch["attention_mask"].sum(1).tolist())
 
-    shards = open_shards(teacher, root=root, contents={"data": digest.hexdigest(), "needs": needs.describe()},
+    shards = open_shards(teacher, root=root, contents={"data": _held_rows(encoded, order).digest(),
+                                                       "needs": needs.describe()},
                          meta={"needs": needs.describe(), "heads": heads, "dtype": "float16"}, order=order,
                          compute=compute, ranks=ranks, lazy=lazy, shard_rows=shard_rows, what="teacher cache",
                          unwritable="set --cache-dir to a writable folder or pass --no-teacher-cache",
