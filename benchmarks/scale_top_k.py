@@ -5,7 +5,9 @@
 Text: the demo corpus's articles (BBC News), repeated with a distinct prefix per copy ("copy
 17: ..."), one article per line of a .txt file, until the wanted token count. Each size runs in
 its own process, as `edgekd distill` reaches the cache: `read_texts` (Arrow), `encode_texts`
-(packed into sequences of 256 tokens), then `open_or_build_top_k` with k = 64.
+(packed into sequences of 256 tokens, stored on disk and memory-mapped), then
+`open_or_build_top_k` with k = 64 (every shard built, as torchrun ranks build theirs before
+training; one process builds each shard as training first reads it, with the same memory).
 
 The teacher is not the demo's SmolLM2-135M: its cache build reads about 700 tokens a second on
 2 cores (results/lm_demo.json), so 50M tokens would take about 20 hours. It is a random 1-layer Llama (width
@@ -13,7 +15,8 @@ The teacher is not the demo's SmolLM2-135M: its cache build reads about 700 toke
 of 4,096 still ran at 10^4 tokens a second, mostly in top-k over the vocabulary): what is
 measured is the cache machinery's memory, which does not depend on the teacher's size (the
 teacher's own weights add a constant). Its ids fit uint16, as SmolLM2's 49,152 do, so bytes per
-token are what the demo's cache stores. Measured per size: peak RSS (VmHWM, read every 20 ms), seconds,
+token are what the demo's cache stores. Measured per size: peak RSS (VmHWM, read every 20 ms), the
+peak of anonymous memory (RssAnon: RSS less the pages of mapped files, which the kernel can take back), seconds,
 and the cache's bytes per token. Goal (issue #28): peak RSS <= 3 GB at 50M tokens, bytes per
 token as today (k * (2 + 2) = 256 for k = 64).
 """
@@ -68,6 +71,7 @@ def write_text(path: Path, tokens: int, tokenizer) -> None:
 
 def child(text: Path, folder: Path) -> None:
     """One size: read, encode, build the cache; prints a JSON line."""
+    import numpy as np
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -77,7 +81,7 @@ def child(text: Path, folder: Path) -> None:
     started = time.perf_counter()
     tokenizer = tokenizer_for(folder)
     texts, _ = read_texts(text)
-    examples = encode_texts(texts, tokenizer, max_length=LENGTH, pack=True)
+    examples = encode_texts(texts, tokenizer, max_length=LENGTH, pack=True, store=folder / "tokens")
     encoded = time.perf_counter()
     torch.manual_seed(0)
     teacher = LlamaForCausalLM(LlamaConfig(vocab_size=VOCABULARY, hidden_size=32, intermediate_size=64,
@@ -85,8 +89,8 @@ def child(text: Path, folder: Path) -> None:
                                            max_position_embeddings=LENGTH)).eval()
     cache = open_or_build_top_k(teacher, examples, top_k=TOP_K, temperature=1.0, vocabulary=VOCABULARY,
                                 root=folder / f"cache-{text.stem}", batch_size=16, show_progress=False)
-    stored = sum(path.stat().st_size for path in cache.folder.iterdir() if path.suffix == ".npy")
-    positions = json.loads((cache.folder / "meta.json").read_text())["positions"]
+    stored = sum(path.stat().st_size for path in cache.folder.glob("shard-*/*.npy"))
+    positions = sum(int(np.load(path)[-1]) for path in cache.folder.glob("shard-*/offsets-token_ids.npy"))
     tokens = int(examples.input_ids.offsets[-1])
     print(json.dumps({"tokens": tokens, "examples": len(examples), "positions": positions,
                       "cache_bytes": stored, "bytes_per_token": stored / positions,
@@ -116,14 +120,15 @@ def main() -> None:
         environment = {**os.environ, "EDGEKD_CACHE": str(args.work / "edgekd-cache")}
         process = subprocess.Popen([sys.executable, __file__, "--work", str(args.work), "--child", str(text)],
                                    env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        peak = 0
+        peak = anonymous = 0
         while process.poll() is None:
-            peak = max(peak, memory_kb(process.pid))
+            peak, anonymous = max(peak, memory_kb(process.pid)), max(anonymous, memory_kb(process.pid, "RssAnon"))
             time.sleep(0.02)
         output = process.stdout.read()
         if process.returncode:
             raise SystemExit(f"the {tokens}-token run failed: {output[-2000:]}")
         rows.append({"target_tokens": tokens, "text_mb": text.stat().st_size / 2**20, "peak_rss_mb": peak / 1024,
+                     "peak_anonymous_mb": anonymous / 1024,
                      **json.loads(output.strip().splitlines()[-1])})
         print(rows[-1], flush=True)
     largest = rows[-1]

@@ -179,8 +179,8 @@ def read_table(source, *, split: str | None = None, default_split: str | None = 
 
 def read_rows(source, *, split: str | None = None, default_split: str | None = None) -> list[dict]:
     """`read_table`'s rows as dicts, with ClassLabel values written as their class names: for
-    the readers that hold every row anyway (image tables decode every picture once). A list of
-    dicts handed over is returned as it is (its values may be pictures)."""
+    data small enough to hold as Python objects. A list of dicts handed over is returned as it
+    is (its values may be pictures)."""
     if isinstance(source, (list, tuple)):
         return _given_list(source, split=split)
     table = read_table(source, split=split, default_split=default_split)

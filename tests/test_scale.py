@@ -276,3 +276,41 @@ def test_a_converted_file_records_its_first_blank_text_and_reading_it_again_trus
     with pytest.raises(UserError, match="row 8"):
         load_file(path, columns=Columns(), label2id=label2id)
     assert not scanned  # the text column was not read to find it
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_lm_tokens_stored_on_disk_equal_those_in_memory_and_are_reused(tmp_path, pack, capsys):
+    import numpy as np
+
+    from edgekd.lm.data import encode_texts
+    from lm_tiny import make_lm_tokenizer, make_texts
+
+    tokenizer = make_lm_tokenizer()
+    texts = make_texts(30) + ["", "w1"]  # too short to predict anything: dropped either way
+    prompts = ["w2 w3" if i % 3 else "" for i in range(len(texts))]
+    options = dict(max_length=12, prompts=prompts, pack=pack)
+    in_memory = encode_texts(texts, tokenizer, **options)
+    stored = encode_texts(texts, tokenizer, store=tmp_path, **options)
+    assert isinstance(stored.input_ids.flat, np.memmap) and isinstance(stored.learnt.flat, np.memmap)
+    assert list(stored.input_ids) == list(in_memory.input_ids) and list(stored.learnt) == list(in_memory.learnt)
+    assert stored.predicted_tokens == in_memory.predicted_tokens
+    # reused: the tokenizer is not called again; another --max-length is another store
+    calls = []
+    original = type(tokenizer).__call__
+    type(tokenizer).__call__ = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    try:
+        again = encode_texts(texts, tokenizer, store=tmp_path, **options)
+    finally:
+        type(tokenizer).__call__ = original
+    assert not calls and again.digest() == stored.digest()
+    assert encode_texts(texts, tokenizer, store=tmp_path, **{**options, "max_length": 10}).digest() != stored.digest()
+    assert stored.subset([0, 1]).digest() == in_memory.subset([0, 1]).digest()  # a subset hashes its tokens
+    # a damaged store is said so in one line and tokenised again
+    folder = tmp_path / stored.digest()[:24]
+    ids = np.load(folder / "ids.npy")
+    np.save(folder / "ids.npy", ids[::-1].copy())
+    capsys.readouterr()
+    rebuilt = encode_texts(texts, tokenizer, store=tmp_path, **options)
+    assert "ids.npy does not match its checksum); rebuilding" in capsys.readouterr().err
+    assert list(rebuilt.input_ids) == list(in_memory.input_ids)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -381,3 +381,26 @@ def test_distill_slices_a_vit_student_from_the_command_line(tmp_path):
     assert "sliced from the teacher, so --lr 0.0003" in result.output
     config = json.loads((tmp_path / "student" / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (16, 2, 2)
+
+
+def test_an_image_table_stays_in_arrow_and_is_read_a_picture_at_a_time(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from edgekd.vision.data import ImageColumn
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = write_folder(tmp_path / "photos", per_class=2)
+    blobs = [(root / name / "1.png").read_bytes() for name in LABELS]
+    pq.write_table(pa.table({"image": blobs + [b"not a picture"], "label": LABELS + ["dots"]}), tmp_path / "bytes.parquet")
+    paths = [f"photos/{name}/{i}.png" for name in LABELS for i in (0, 1)]
+    (tmp_path / "paths.csv").write_text("file,label\n" + "".join(f"{p},{p.split('/')[1]}\n" for p in paths))
+    data = load_images(tmp_path / "paths.csv", label2id=None)
+    assert isinstance(data.images, ImageColumn) and data.labels == [sorted(LABELS).index(n) for n in LABELS for _ in "ab"]
+    second = root / LABELS[1] / "1.png"
+    assert data.images[3] == second and data.names[3] == str(second)
+    picked = data.subset([5, 0])
+    assert isinstance(picked.images, ImageColumn) and picked.names[0] == str(root / LABELS[2] / "1.png")
+    assert np.array_equal(np.asarray(picked.picture(1)), np.asarray(data.picture(0)))
+    with pytest.raises(UserError, match=r"image row 4 of .*bytes.parquet cannot be read"):  # named by its row
+        load_images(tmp_path / "bytes.parquet", label2id=None)

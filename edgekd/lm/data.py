@@ -13,13 +13,17 @@ from __future__ import annotations
 import array
 import hashlib
 import itertools
+import json
 import random
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from edgekd.data import tokenizer_digest
 from edgekd.errors import UserError
 
 
@@ -83,6 +87,7 @@ class LMExamples:
     input_ids: Sequence[Sequence[int]]
     learnt: Sequence[Sequence[bool]]
     pad_token_id: int
+    known_digest: str | None = None  # stored tokens: the key of what they were made from
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -98,19 +103,25 @@ class LMExamples:
         return int(learnt.flat.sum()) - int(learnt.flat[learnt.firsts()].sum())
 
     def digest(self) -> str:
-        """What the examples' tokens hash to (the top-k cache's key)."""
-        return TokenRows.of(self.input_ids).digest()
+        """What the examples' tokens hash to (the top-k cache's key); for stored tokens, what
+        they were made from (the same texts, tokenizer and options make the same tokens)."""
+        return self.known_digest or TokenRows.of(self.input_ids).digest()
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """The examples at `indices`, padded into one batch (`collate`)."""
         return collate(self, indices)
 
 
+TOKENISE_ROWS = 1024  # texts handed to the tokenizer at once (its batch call is several times faster)
+
+
 def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
-                 prompts: Sequence[str] | None = None, pack: bool = False) -> LMExamples:
+                 prompts: Sequence[str] | None = None, pack: bool = False, store: Path | None = None) -> LMExamples:
     """Tokenise; texts shorter than two tokens are dropped (nothing to predict). `pack`: every
     token kept, in full sequences of `max_length` (the last one may be shorter). The tokens go
-    into flat arrays as they come (TokenRows): memory is 5 bytes a token, whatever the count."""
+    into flat arrays as they come (TokenRows): 5 bytes a token, in memory; with `store` (a
+    folder), on disk: tokenised once into `<store>/<key>/` (the key: the texts, the prompts, the
+    tokenizer's files and these options), memory-mapped, and reused by later runs."""
     if prompts is not None and len(prompts) != len(texts):
         raise UserError(f"{len(prompts)} prompts for {len(texts)} texts; give one prompt per text")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -119,19 +130,21 @@ def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
     if pack and tokenizer.eos_token_id is None:
         raise UserError("--pack joins texts with the end-of-text token and the tokenizer has none; "
                         "leave --pack out")
-    ids, learnt, offsets = array.array("i"), array.array("b"), array.array("q", [0])
-    for index, text in enumerate(texts):
-        prompt_ids = tokenizer(prompts[index], add_special_tokens=False)["input_ids"] if prompts else []
-        text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        tokens = prompt_ids + text_ids + ([tokenizer.eos_token_id] if pack else [])
-        tokens = tokens if pack else tokens[:max_length]
-        if len(tokens) < 2:
-            continue
-        ids.extend(tokens)
-        learnt.extend(bytes(len(prompt_ids)) + b"\1" * (len(tokens) - len(prompt_ids)))
-        offsets.append(len(ids))
-    flat_ids, flat_learnt = np.frombuffer(ids, dtype=np.int32), np.frombuffer(learnt, dtype=np.bool_)
-    offsets = np.frombuffer(offsets, dtype=np.int64)
+    tokens = _tokens(texts, tokenizer, max_length=max_length, prompts=prompts, pack=pack)
+    if store is None:
+        ids, learnt, offsets = array.array("i"), array.array("b"), array.array("q", [0])
+        for row_ids, row_learnt in tokens:
+            ids.extend(row_ids)
+            learnt.extend(row_learnt)
+            offsets.append(len(ids))
+        arrays = (np.frombuffer(ids, dtype=np.int32), np.frombuffer(learnt, dtype=np.bool_),
+                  np.frombuffer(offsets, dtype=np.int64))
+        digest = None
+    else:
+        arrays, digest = _stored_tokens(tokens, folder=Path(store), key={
+            "texts": _texts_digest(texts), "prompts": None if prompts is None else _texts_digest(prompts),
+            "tokenizer": tokenizer_digest(tokenizer), "max_length": max_length, "pack": pack})
+    flat_ids, flat_learnt, offsets = arrays
     if pack:  # full sequences of max_length; a last piece of one token is dropped (nothing to predict)
         offsets = np.append(np.arange(0, len(flat_ids), max_length), len(flat_ids))
         if len(offsets) > 1 and offsets[-1] - offsets[-2] < 2:
@@ -140,7 +153,76 @@ def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
     if len(offsets) < 2:
         raise UserError("no text has two or more tokens; give longer training texts")
     return LMExamples(input_ids=TokenRows(flat_ids, offsets), learnt=TokenRows(flat_learnt, offsets),
-                      pad_token_id=int(pad))
+                      pad_token_id=int(pad), known_digest=digest)
+
+
+def _tokens(texts: Sequence[str], tokenizer, *, max_length: int, prompts: Sequence[str] | None,
+            pack: bool) -> Iterator[tuple[list[int], bytes]]:
+    """Each kept text's token ids and learnt flags, the texts tokenised TOKENISE_ROWS at a time."""
+    from edgekd.data import _taken
+
+    for start in range(0, len(texts), TOKENISE_ROWS):
+        rows = range(start, min(start + TOKENISE_ROWS, len(texts)))
+        text_ids = tokenizer(_taken(texts, rows), add_special_tokens=False)["input_ids"]
+        prompt_ids = (tokenizer(_taken(prompts, rows), add_special_tokens=False)["input_ids"] if prompts
+                      else [[]] * len(rows))
+        for prompt, text in zip(prompt_ids, text_ids):
+            tokens = prompt + text + ([tokenizer.eos_token_id] if pack else [])
+            tokens = tokens if pack else tokens[:max_length]
+            if len(tokens) >= 2:
+                yield tokens, bytes(len(prompt)) + b"\1" * (len(tokens) - len(prompt))
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    from edgekd.data import _taken
+
+    digest = hashlib.sha256()
+    for start in range(0, len(texts), TOKENISE_ROWS * 8):
+        digest.update(json.dumps(_taken(texts, range(start, min(start + TOKENISE_ROWS * 8, len(texts))))).encode())
+    return digest.hexdigest()
+
+
+TOKENS_FORMAT = 1
+
+
+def _stored_tokens(tokens: Iterator[tuple[list[int], bytes]], *, folder: Path, key: dict
+                   ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str]:
+    """The flat ids, learnt flags and offsets of `tokens`, memory-mapped from `folder/<key>/`:
+    written there first (straight to disk, a text at a time; sealed) unless an intact copy is
+    there. Returns them and the key, which stands for the tokens' digest."""
+    from edgekd.errors import exclusive
+    from edgekd.integrity import seal, trusted
+    from edgekd.training.cache import NpyAppender
+
+    digest = hashlib.sha256(json.dumps({**key, "format": TOKENS_FORMAT}, sort_keys=True).encode()).hexdigest()
+    final = folder / digest[:24]
+    with exclusive(final, wait=True, what="token cache"):
+        if not trusted(final, what="token cache"):
+            staging = final.with_name(f".{final.name}.building")
+            shutil.rmtree(staging, ignore_errors=True)  # holding the lock: a killed run's
+            try:
+                staging.mkdir(parents=True)
+                sinks = (NpyAppender(staging / "ids.npy", dtype=np.int32, row_shape=()),
+                         NpyAppender(staging / "learnt.npy", dtype=np.bool_, row_shape=()))
+                offsets = array.array("q", [0])
+                for row_ids, row_learnt in tokens:
+                    sinks[0].append(row_ids)
+                    sinks[1].append(np.frombuffer(row_learnt, dtype=np.bool_))
+                    offsets.append(offsets[-1] + len(row_ids))
+                for sink in sinks:
+                    sink.close()
+                np.save(staging / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
+                seal(staging)
+                staging.rename(final)
+            except BaseException as error:
+                shutil.rmtree(staging, ignore_errors=True)
+                if isinstance(error, OSError):
+                    raise UserError(f"cannot write the token cache under {folder}: {error.strerror}; "
+                                    "set --cache-dir to a writable folder") from error
+                raise
+    arrays = tuple(np.load(final / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                   for name in ("ids", "learnt", "offsets"))
+    return arrays, digest
 
 
 def collate(examples: LMExamples, indices: Sequence[int]) -> dict[str, torch.Tensor]:

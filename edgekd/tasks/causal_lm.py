@@ -19,7 +19,7 @@ NAME = CAUSAL_LM.name
 def distill(options: dict, *, given: set[str], log: Log):
     """An LMDistillConfig from the options given (the rest keep its defaults), the student made
     from the teacher, the causal-LM stage."""
-    from edgekd.config import LMDistillConfig, config_from
+    from edgekd.config import LMDistillConfig, cache_dir, config_from
     from edgekd.lm.data import encode_texts, read_texts
     from edgekd.lm.models import load_causal_lm, make_lm_student, probe_batch, shared_vocabulary
     from edgekd.lm.train import distill_lm, poor_student
@@ -33,7 +33,10 @@ def distill(options: dict, *, given: set[str], log: Log):
                                 prompt_column=options["prompt_column"], split=options["split"], default_split="train")
     teacher_model, tokenizer = (options["teacher"] if isinstance(options["teacher"], tuple)
                                 else load_causal_lm(options["teacher"]))
-    examples = encode_texts(texts, tokenizer, max_length=config.max_length, prompts=prompts, pack=config.pack)
+    cache_root = Path(options["cache_dir"]) if options["cache_dir"] else None
+    # tokenised once into the cache, memory-mapped: memory does not grow with the token count
+    examples = encode_texts(texts, tokenizer, max_length=config.max_length, prompts=prompts, pack=config.pack,
+                            store=(cache_root or cache_dir()) / "tokens")
     shape = options["student_config"]
     if options["latency_budget_ms"] is not None:
         shape = sized_student_config(
@@ -51,8 +54,7 @@ def distill(options: dict, *, given: set[str], log: Log):
     result = distill_lm(teacher=teacher_model, student=student_model, tokenizer=student_tokenizer,
                         train=examples, config=config, out=out, vocabulary=vocabulary, trim=trim,
                         overwrite=options["overwrite"], show_progress=not options["quiet"],
-                        resume=options["resume"],
-                        cache_root=Path(options["cache_dir"]) if options["cache_dir"] else None)
+                        resume=options["resume"], cache_root=cache_root)
     if result.student_dir is None:  # rank 0 alone reports under torchrun
         return None
     if result.vocabulary:

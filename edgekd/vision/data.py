@@ -4,7 +4,9 @@ image processor.
 
 Every image is decoded once when the data is read, so a corrupt or unreadable file is one
 line naming it before any training starts; batches decode again from the source (a path,
-bytes or a small array kept in memory), so a large photo folder is not held decoded.
+bytes or a small array kept in memory), so a large photo folder is not held decoded. A table
+(a file, a saved or hub dataset) keeps its image column in Arrow, memory-mapped, read a
+picture at a time (`ImageColumn`): a million-row table is never a Python list of its cells.
 Grey or colour follows the model (`config.num_channels`); resizing, cropping and
 normalising follow its image processor, so a teacher and a student that expect different
 sizes each get their own pixels of the same picture.
@@ -13,13 +15,13 @@ sizes each get their own pixels of the same picture.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from edgekd.data import in_memory, read_rows, source_name
+from edgekd.data import class_names, in_memory, read_rows, read_table, source_name
 from edgekd.errors import UserError, first_line
 from edgekd.progress import progress_bar
 
@@ -38,15 +40,33 @@ class ImageDataset:
     names: list[str] = field(default_factory=list)  # how each image is named in errors
 
     def __post_init__(self) -> None:
-        if not self.names:
+        if isinstance(self.images, ImageColumn):
+            self.names = self.images.names  # each read with its row
+        elif not self.names:
             self.names = [_describe(image, self.source, row) for row, image in enumerate(self.images)]
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, indices: Sequence[int]) -> ImageDataset:
-        return ImageDataset(images=[self.images[i] for i in indices], labels=[self.labels[i] for i in indices],
-                            label_names=self.label_names, source=self.source, names=[self.names[i] for i in indices])
+        images = (self.images.subset(indices) if isinstance(self.images, ImageColumn)
+                  else [self.images[i] for i in indices])
+        return ImageDataset(images=images, labels=[self.labels[i] for i in indices], label_names=self.label_names,
+                            source=self.source, names=[] if isinstance(images, ImageColumn)
+                            else [self.names[i] for i in indices])
+
+    def labelled_by(self, raw_labels: Sequence, label2id: dict[str, int] | None) -> ImageDataset:
+        """This dataset with `raw_labels` (one per image, None where unlabelled) mapped by name onto
+        `label2id`; without it, the values, sorted, are the labels."""
+        labels = [_label_index(value, label2id, where=f"row {i} of {self.source}")
+                  for i, value in enumerate(raw_labels, 1)]
+        if label2id is None:
+            label_names = sorted({str(label) for label in labels if label is not None})
+            index = {name: i for i, name in enumerate(label_names)}
+            labels = [None if label is None else index[str(label)] for label in labels]
+        else:
+            label_names = sorted(label2id, key=label2id.get)
+        return replace(self, labels=labels, label_names=label_names)
 
     @property
     def labelled(self) -> bool:
@@ -59,6 +79,51 @@ class ImageDataset:
 
 def _describe(image, source: str, row: int) -> str:
     return str(image) if isinstance(image, Path) else f"row {row + 1} of {source}"
+
+
+class ImageColumn(Sequence):
+    """The image column of an Arrow table, read a row at a time when a batch wants it (a
+    million-picture table is never held as Python objects): each value a Path (relative to
+    `base`), encoded bytes or a uint8 array, as `_image_value` makes it."""
+
+    def __init__(self, column, *, name: str, base: Path | None, source: str, rows: np.ndarray | None = None) -> None:
+        self.column, self.name, self.base, self.source, self.rows = column, name, base, source, rows
+        self.names = _ColumnNames(self)
+
+    def __len__(self) -> int:
+        return len(self.column) if self.rows is None else len(self.rows)
+
+    def row(self, index: int) -> int:
+        """The table row of item `index`."""
+        index = range(len(self))[index]
+        return index if self.rows is None else int(self.rows[index])
+
+    def __getitem__(self, index: int):
+        row = self.row(index)
+        return _image_value(self.column[row].as_py(), base=self.base, source=self.source, row=row + 1,
+                            column=self.name)
+
+    def subset(self, indices: Sequence[int]) -> ImageColumn:
+        chosen = np.asarray(indices, dtype=np.int64)
+        return ImageColumn(self.column, name=self.name, base=self.base, source=self.source,
+                           rows=chosen if self.rows is None else self.rows[chosen])
+
+
+class _ColumnNames(Sequence):
+    """How each image of an ImageColumn is named in errors: its path, else its table row."""
+
+    def __init__(self, images: ImageColumn) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> str:
+        value = self.images.column[self.images.row(index)].as_py()
+        value = (value.get("bytes") or value.get("path")) if isinstance(value, dict) else value
+        if isinstance(value, str) and value:
+            return str(_image_value(value, base=self.images.base, source=self.images.source, row=0, column=""))
+        return f"row {self.images.row(index) + 1} of {self.images.source}"
 
 
 def decode(image, name: str):
@@ -106,18 +171,23 @@ def load_images(source: Path | str, *, label2id: dict[str, int] | None, image_co
     a saved or hub dataset with an Image feature. Labels are mapped by name onto `label2id`
     (the teacher's labels); without `label2id` the folder names or label values, sorted, are
     the labels. Every image is decoded once here."""
-    if in_memory(source):
-        dataset = _from_rows(read_rows(source, split=split, default_split=default_split), source_name(source),
-                             base=None, image_column=image_column, label_column=label_column, label2id=label2id)
+    if isinstance(source, (list, tuple)):  # rows handed over: their values may be pictures
+        dataset = _from_rows(read_rows(source, split=split), source_name(source), base=None,
+                             image_column=image_column, label_column=label_column, label2id=label2id)
+        check_readable(dataset, show_progress=show_progress)
+        return dataset
+    if in_memory(source):  # a datasets.Dataset (or DatasetDict) handed over
+        dataset = _from_table(read_table(source, split=split, default_split=default_split), source_name(source),
+                              base=None, image_column=image_column, label_column=label_column, label2id=label2id)
         check_readable(dataset, show_progress=show_progress)
         return dataset
     path = Path(source)
     if path.is_dir() and not _is_saved_dataset(path):
         dataset = _read_folder(path, split=split, default_split=default_split, label2id=label2id)
     else:
-        rows = read_rows(source, split=split, default_split=default_split)
-        dataset = _from_rows(rows, str(source), base=path.parent if path.is_file() else None,
-                             image_column=image_column, label_column=label_column, label2id=label2id)
+        dataset = _from_table(read_table(source, split=split, default_split=default_split), str(source),
+                              base=path.parent if path.is_file() else None, image_column=image_column,
+                              label_column=label_column, label2id=label2id)
     check_readable(dataset, show_progress=show_progress)
     return dataset
 
@@ -177,27 +247,49 @@ def _label_index(value, label2id: dict[str, int] | None, *, where: str) -> int |
 
 def _from_rows(rows: list[dict], source: str, *, base: Path | None, image_column: str | None,
                label_column: str | None, label2id: dict[str, int] | None) -> ImageDataset:
+    """Rows handed over in memory (their values may be pictures)."""
     if not rows:
         raise UserError(f"{source} has no rows; pass data with images in it")
-    column = image_column or next((c for c in IMAGE_COLUMNS if c in rows[0]), None)
-    if column is None or column not in rows[0]:
+    column = _image_column(list(rows[0]), source, image_column=image_column, label_column=label_column)
+    images = [_image_value(row.get(column), base=base, source=source, row=number, column=column)
+              for number, row in enumerate(rows, start=1)]
+    names = [str(image) if isinstance(image, Path) else f"row {number} of {source}"
+             for number, image in enumerate(images, start=1)]
+    raw_labels = [row.get(label_column) for row in rows] if label_column else [None] * len(rows)
+    return ImageDataset(images=images, labels=[], label_names=[], source=source, names=names).labelled_by(
+        raw_labels, label2id)
+
+
+def _from_table(table, source: str, *, base: Path | None, image_column: str | None, label_column: str | None,
+                label2id: dict[str, int] | None) -> ImageDataset:
+    """A table read from a file or a dataset: its image column stays in Arrow (ImageColumn)."""
+    if len(table) == 0:
+        raise UserError(f"{source} has no rows; pass data with images in it")
+    column = _image_column(table.column_names, source, image_column=image_column, label_column=label_column)
+    mapping = getattr(table, "_indices", None)  # a selection of the table's rows, when it is one
+    images = ImageColumn(table.data.column(column), name=column, base=base, source=source,
+                         rows=None if mapping is None else np.asarray(mapping.column(0), dtype=np.int64))
+    raw_labels = [None] * len(table)
+    if label_column:
+        raw_labels = table[label_column]
+        names = class_names(table).get(label_column)
+        if names:  # a ClassLabel column: its values by class name, as a file would give them
+            raw_labels = [names[value] if isinstance(value, int) and 0 <= value < len(names) else value
+                          for value in raw_labels]
+    return ImageDataset(images=images, labels=[], label_names=[], source=source).labelled_by(raw_labels, label2id)
+
+
+def _image_column(columns: list[str], source: str, *, image_column: str | None, label_column: str | None) -> str:
+    """The column holding the images (given, or the first of IMAGE_COLUMNS), after checking that
+    it and the label column are there."""
+    column = image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
+    if column is None or column not in columns:
         raise UserError(f"{source} has no image column{f' {image_column}' if image_column else ''} "
-                        f"(columns: {', '.join(rows[0])}); pass --image-column")
-    images, names, raw_labels = [], [], []
-    for row_number, row in enumerate(rows, start=1):
-        images.append(_image_value(row.get(column), base=base, source=source, row=row_number, column=column))
-        names.append(str(images[-1]) if isinstance(images[-1], Path) else f"row {row_number} of {source}")
-        raw_labels.append(row.get(label_column) if label_column else None)
-    if label_column and label_column not in rows[0]:
-        raise UserError(f"{source} has no label column {label_column} (columns: {', '.join(rows[0])}); "
+                        f"(columns: {', '.join(columns)}); pass --image-column")
+    if label_column and label_column not in columns:
+        raise UserError(f"{source} has no label column {label_column} (columns: {', '.join(columns)}); "
                         "pass --label-column")
-    labels = [_label_index(value, label2id, where=f"row {i} of {source}") for i, value in enumerate(raw_labels, 1)]
-    if label2id is None:
-        label_names = sorted({str(label) for label in labels if label is not None})
-        labels = [None if label is None else label_names.index(str(label)) for label in labels]
-    else:
-        label_names = sorted(label2id, key=label2id.get)
-    return ImageDataset(images=images, labels=labels, label_names=label_names, source=source, names=names)
+    return column
 
 
 def _image_value(value, *, base: Path | None, source: str, row: int, column: str):
