@@ -18,6 +18,7 @@ import os
 import random
 import re
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -703,10 +704,14 @@ def chunks(encoded, size: int = CHUNK_ROWS) -> Iterator[Encoded]:
         yield encoded.rows(range(start, min(start + size, len(encoded))))
 
 
+_TOKENIZING = threading.Lock()  # the next batch is tokenised in a thread on a GPU, a teacher cache shard in the loop
+
+
 def encode(dataset: TextDataset, tokenizer, *, max_length: int) -> Encoded:
     """Tokenise every text (and text pair), truncating to `max_length` tokens."""
-    encoded = tokenizer(list(dataset.texts), None if dataset.text_pairs is None else list(dataset.text_pairs),
-                        truncation=True, max_length=max_length, padding=False)
+    with _TOKENIZING:  # a fast tokenizer sets its truncation per call: two threads at once fail ("Already borrowed")
+        encoded = tokenizer(list(dataset.texts), None if dataset.text_pairs is None else list(dataset.text_pairs),
+                            truncation=True, max_length=max_length, padding=False)
     token_type_ids = encoded.get("token_type_ids")
     return Encoded(input_ids=encoded["input_ids"], token_type_ids=token_type_ids,
                    labels=list(dataset.labels))

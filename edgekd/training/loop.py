@@ -120,10 +120,10 @@ def training_order(examples: int, config) -> np.ndarray:
     --max-steps run ending inside its first epoch, the rows its steps use (the teacher need see
     no others). Teacher caches store their rows in this order, so that they are written as
     training reads them."""
-    order = np.array(epoch_order(examples, seed=config.seed, epoch=1), dtype=np.int64)
+    order = epoch_order(examples, seed=config.seed, epoch=1)
     if config.max_steps and config.max_steps * config.batch_size < examples:
         order = order[:config.max_steps * config.batch_size]
-    return order
+    return np.array(order, dtype=np.int64)
 
 
 def resumable(folder: Path, *, config, task: str, examples: int, resumable_changes: set[str], resume: bool,
