@@ -235,8 +235,9 @@ def scale_table(result: dict) -> str:
 
 def scale_top_k_table(result: dict) -> str:
     """The causal-LM top-k cache built over 1M to 50M tokens: peak memory and bytes per token."""
-    headers = ["tokens", "text", "peak RSS", "cache", "cache bytes per token"]
+    headers = ["tokens", "text", "peak RSS", "peak RSS less mapped files", "cache", "cache bytes per token"]
     rows = [[f"{row['tokens']:,}", f"{row['text_mb']:.0f} MB", f"{row['peak_rss_mb']:.0f} MB",
+             f"{row['peak_anonymous_mb']:.0f} MB" if "peak_anonymous_mb" in row else "–",
              f"{row['cache_bytes'] / 1e9:.1f} GB", f"{row['bytes_per_token']:.1f}"] for row in result["rows"]]
     return markdown(headers, rows, result["machine"])
 
