@@ -208,6 +208,7 @@ class Loop:
         order = epoch_order(self.trainee.examples, seed=config.seed, epoch=epoch)
         skip = min(self.trainee.examples, progress.batches_done * config.batch_size)
         started, seen, units_before = time.perf_counter(), 0, self.units_this_run
+        teacher_before = self.trainee.teacher_seconds()  # a cache written in the steps: not the student's time
         # the rows this epoch will train on: a --max-steps run ending inside it is not timed as a whole epoch
         total = min(self.trainee.examples, skip + (self.total_steps - progress.step) * config.batch_size)
         with progress_bar(f"epoch {epoch}/{self.epochs}", total=total, enabled=self.show_progress) as advance:
@@ -223,7 +224,7 @@ class Loop:
                 progress.batches_done += 1
                 seen += len(indices)
                 learning_rate = self.scheduler.get_last_lr()[0]
-                elapsed = time.perf_counter() - started
+                elapsed = time.perf_counter() - started - (self.trainee.teacher_seconds() - teacher_before)
                 rates = {"samples_per_second": round(seen / elapsed, 2)}  # of this epoch so far
                 if self.trainee.unit != "samples":
                     rates[f"{self.trainee.unit}_per_second"] = round((self.units_this_run - units_before) / elapsed, 2)
