@@ -200,7 +200,8 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
         fsdp: Under torchrun, shard the teacher and the student across the processes with PyTorch FSDP2, so a
             teacher no single device holds can teach; the teacher runs inside the loop (with --no-teacher-cache;
             causal LMs: --top-k 0). One process: nothing to shard.
-        teacher_cache: Store teacher outputs on disk once (fp16) and reuse them across epochs and runs.
+        teacher_cache: Store teacher outputs on disk once (fp16; a shard at a time, as the first epoch reaches
+            it) and reuse them across epochs and runs.
         cache_dir: Where teacher caches live (default $EDGEKD_CACHE/teacher-outputs; causal-lm:
             $EDGEKD_CACHE/lm-top-k).
         checkpoint_every: Steps between checkpoints in OUT.checkpoints/, also at epoch ends (0: no

@@ -1,10 +1,10 @@
 """Text-classification distillation: the stage that prepares the teacher, hands the task's
 pieces to the one training loop (edgekd/training/loop.py) and saves the student.
 
-Before the first step the teacher's outputs over the training data are computed once
-and stored on disk (edgekd/training/cache.py); every epoch, and every later run on the
-same teacher and data, reads them instead of running the teacher. With
-`teacher_cache=False` the teacher runs inside the loop instead.
+The teacher's outputs over the training data are computed once, a shard at a time as the
+first epoch reaches it, and stored on disk (edgekd/training/cache.py); every later epoch, and
+every later run on the same teacher, data and seed, reads them instead of running the
+teacher. With `teacher_cache=False` the teacher runs inside the loop instead.
 """
 
 from __future__ import annotations
