@@ -255,21 +255,27 @@ class NpyAppender:
         self.file.close()
 
 
-# ---------------------------------------------------------------------------- dense rows (classifiers)
+class _Reader:
+    """What both payloads' read sides tell of their shards."""
 
-class TeacherCache:
-    """Read side: gathers padded per-batch teacher outputs from the shards."""
-
-    def __init__(self, shards: Shards, *, needs: Needs, heads: int) -> None:
-        self.shards, self.needs, self.heads = shards, needs, heads
+    shards: Shards
 
     @property
     def folder(self) -> Path:
         return self.shards.folder
 
     @property
-    def build_seconds(self) -> float:
+    def build_seconds(self) -> float:  # spent writing shards in this process
         return self.shards.build_seconds
+
+
+# ---------------------------------------------------------------------------- dense rows (classifiers)
+
+class TeacherCache(_Reader):
+    """Read side: gathers padded per-batch teacher outputs from the shards."""
+
+    def __init__(self, shards: Shards, *, needs: Needs, heads: int) -> None:
+        self.shards, self.needs, self.heads = shards, needs, heads
 
     def gather(self, indices: list[int], *, width: int, device: torch.device) -> dict:
         """Teacher outputs for rows `indices`, padded to `width` tokens, like `forward_outputs`."""
@@ -344,19 +350,11 @@ def _dense_rows(outputs: dict, lengths: list[int]) -> Rows:
 
 # ---------------------------------------------------------------------------- sparse top-k (causal LMs)
 
-class TopKCache:
+class TopKCache(_Reader):
     """Read side: padded (batch, tokens - 1, k) tensors for a batch of examples."""
 
     def __init__(self, shards: Shards, *, top_k: int, temperature: float, id_bytes: int) -> None:
         self.shards, self.top_k, self.temperature, self.id_bytes = shards, top_k, temperature, id_bytes
-
-    @property
-    def folder(self) -> Path:
-        return self.shards.folder
-
-    @property
-    def build_seconds(self) -> float:
-        return self.shards.build_seconds
 
     @property
     def bytes_per_token(self) -> float:
