@@ -101,6 +101,12 @@ def _files(root):
     return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
+def test_shards_are_1024_rows_and_no_more_than_1024_of_them():
+    from edgekd.training.cache import shard_size
+
+    assert [shard_size(rows) for rows in (1, 800, 1024 * 1024, 1024 * 1024 + 1, 2_000_000)] == [1024] * 4 + [1954]
+
+
 def test_a_lazy_cache_runs_the_teacher_on_a_shard_when_training_first_reads_it(tmp_path):
     teacher = make_classifier("bert", layers=3)
     encoded = _encoded(rows=20)

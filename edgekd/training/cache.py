@@ -6,7 +6,7 @@ A cache folder is named by a hash of everything its contents depend on: the teac
 weights, the data (which fixes the text, the tokenizer and --max-length), what is stored, and
 the order the rows are stored in. That order is the order the first epoch takes them in (or,
 for a --max-steps run that ends inside it, the rows its steps use: the teacher sees no
-others), cut into shards of SHARD_ROWS rows. On one process the cache is written as training
+others), cut into shards of SHARD_ROWS rows (more for over a million rows, `shard_size`). On one process the cache is written as training
 consumes it: the first batch that needs a shard runs the teacher over that shard's rows and
 seals it, so the first step waits for one shard, not for the whole dataset; later epochs and
 later runs read the shards. Under torchrun every rank builds every world-th shard before
@@ -60,6 +60,7 @@ from edgekd.training.objective import Needs, forward_outputs
 
 FORMAT_VERSION = 3  # 3: shards in training order, each sealed as it is written
 SHARD_ROWS = 1024  # the first step waits for one shard of teacher outputs
+MAX_SHARDS = 1024  # larger data get larger shards: each shard's files stay mapped once read
 QKV_NAMES = ("query", "key", "value")
 
 Rows = list[dict[str, np.ndarray]]  # a teacher batch's outputs: per row, its values by name
@@ -179,12 +180,19 @@ class Shards:
         return values_of_rows
 
 
+def shard_size(rows: int) -> int:
+    """Rows a shard holds: SHARD_ROWS, or more, so that there are at most MAX_SHARDS (a process
+    may map only so many files: two million rows make 1,024 shards of 1,954 rows)."""
+    return max(SHARD_ROWS, math.ceil(rows / MAX_SHARDS))
+
+
 def open_shards(teacher: torch.nn.Module, *, root: Path, contents: dict, meta: dict, order: np.ndarray,
-                compute: Callable[[list[int]], Iterator[Rows]], ranks: Ranks, lazy: bool, shard_rows: int,
+                compute: Callable[[list[int]], Iterator[Rows]], ranks: Ranks, lazy: bool, shard_rows: int | None,
                 what: str, unwritable: str, description: str, show_progress: bool) -> Shards:
     """The cache of `teacher`'s outputs over the rows in `order` (`contents`: what else they
     depend on). With `lazy` (one process) nothing is built now: shards are built as they are
     first read. Else every rank builds every world-th missing shard now, with a progress bar."""
+    shard_rows = shard_rows or shard_size(len(order))
     key = teacher_key(teacher, {**contents, "order": hashlib.sha256(order.tobytes()).hexdigest(),
                                 "shard_rows": shard_rows, "format": FORMAT_VERSION})
     folder = Path(root) / key
@@ -308,7 +316,7 @@ class TeacherCache(_Reader):
 def open_or_build(teacher: torch.nn.Module, encoded, needs: Needs, *, root: Path, device: torch.device,
                   pad_token_id: int, ranks: Ranks, batch_size: int = 32, description: str = "teacher outputs",
                   show_progress: bool = True, order: Sequence[int] | None = None, lazy: bool = False,
-                  shard_rows: int = SHARD_ROWS) -> TeacherCache:
+                  shard_rows: int | None = None) -> TeacherCache:
     """The dense cache of this teacher over the rows of `encoded` (Encoded, or Tokenised) in
     `order` (None: every row, in order), storing what `needs` asks for. With `lazy` its shards
     are built as training first reads them; else now, each rank its share."""
@@ -377,7 +385,7 @@ def open_or_build_top_k(teacher: torch.nn.Module, examples, *, top_k: int, tempe
                         vocabulary: int, root: Path | None = None, batch_size: int = 8,
                         device: torch.device = torch.device("cpu"), show_progress: bool = True,
                         ranks: Ranks = Ranks(), order: Sequence[int] | None = None, lazy: bool = False,
-                        shard_rows: int = SHARD_ROWS) -> TopKCache:
+                        shard_rows: int | None = None) -> TopKCache:
     """The top-k cache of this teacher over the examples (edgekd.lm.data.LMExamples) in
     `order` (None: every example, in order), for k and temperature. With `lazy` its shards are
     built as training first reads them; else now, each rank its share."""

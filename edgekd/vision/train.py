@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.config import ImageDistillConfig
-from edgekd.training.cache import SHARD_ROWS, default_cache_root, open_shards
+from edgekd.training.cache import default_cache_root, open_shards
 from edgekd.training.distributed import Ranks
 from edgekd.training.losses import attention_kl, hard_ce, hidden_mse, kd_kl
 from edgekd.training.loop import Trainee, check_first_batch
@@ -323,7 +323,7 @@ def _cached_logits(teacher: nn.Module, processor, dataset: ImageDataset, *, root
 
     shards = open_shards(teacher, root=root / "image-logits", order=np.arange(len(dataset)), compute=compute,
                          contents={"images": dataset_digest(dataset), "processor": processor.to_dict()},
-                         meta={"dtype": "float32"}, ranks=ranks, lazy=False, shard_rows=SHARD_ROWS,
+                         meta={"dtype": "float32"}, ranks=ranks, lazy=False, shard_rows=None,
                          what="teacher cache", unwritable="pass --cache-dir or --no-teacher-cache",
                          description="teacher logits (train)", show_progress=show_progress)
     return np.concatenate(shards.rows("logits", range(len(dataset))))
