@@ -35,7 +35,7 @@ PIPELINES = {text_classification.NAME: text_classification, causal_lm.NAME: caus
 DEFAULTS = {
     "distill": dict(student_init="slice", budget_target="onnx-int8", sequence_length=128, text_column="text",
                     label_column="label", trim_vocab=False, trim_vocab_max_drop=1.0, allow_poor_student=False,
-                    resume=False, overwrite=False, quiet=False, trust_remote_code=False),
+                    resume=False, overwrite=False, quiet=False, trust_remote_code=False, fine_tune_teacher=False),
     "export": dict(targets=("onnx-int8",), text_column="text", label_column="label", max_length=128, verify=(),
                    with_tokenizer=False, overwrite=False, quiet=False),
     "demo": dict(out="runs/demo", max_length=128, repeats=50, student_layers="20", overwrite=False, quiet=False),
@@ -87,6 +87,7 @@ def _task_of(task: str | None, *sources, hub: bool = False) -> str:
 @_libraries_quiet
 def distill(*, teacher: str | tuple | None = None, data: Path | str | list | None = None,
             out: PathLike | None = None, task: str | None = None, split: str | None = None,
+            fine_tune_teacher: bool | None = None,
             recipe: PathLike | None = None, student_layers: str | None = None, student_config: str | None = None,
             student_init: str | None = None, student: str | None = None,
             latency_budget_ms: float | None = None, budget_target: str | None = None,
@@ -150,6 +151,11 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
             embedding (a causal LM's output head too) and tokenizer shrink, kept text tokenizes exactly as
             before; the share of held-out words that tokenize differently is reported (causal LMs: by edgekd
             bench).
+        fine_tune_teacher: Text classifiers: fine-tune --teacher on --data's labels first (a pretrained encoder
+            without a classification head, such as a sentence-transformers checkpoint, or a classifier of other
+            labels: a new head for the data's labels; 3 epochs at learning rate 5e-5, the best epoch on the
+            validation rows kept), once: the fine-tuned teacher is cached under $EDGEKD_CACHE/teachers/ and
+            reused by later runs on the same teacher, data and options.
         trim_vocab_max_drop: With --trim-vocab, the validation accuracy (points) a trim may cost; a trim that
             costs more is not kept: the student is saved with the teacher's vocabulary, with a warning.
         trim_vocab_min_count: With --trim-vocab, keep a token only if the training text uses it at least

@@ -464,10 +464,11 @@ def _one_split(dataset, source: str, *, split: str | None, default_split: str | 
     return dataset[chosen]
 
 
-def load_file(path, *, columns: Columns, label2id: dict[str, int], split: str | None = None,
+def load_file(path, *, columns: Columns, label2id: dict[str, int] | None, split: str | None = None,
               default_split: str | None = None) -> TextDataset:
-    """Read data (see `read_table`) and map its labels onto the teacher's label set `label2id`.
-    The texts stay in the Arrow table; the labels are mapped once per distinct value."""
+    """Read data (see `read_table`) and map its labels onto the teacher's label set `label2id`
+    (None: the data's own labels, sorted). The texts stay in the Arrow table; the labels are
+    mapped once per distinct value."""
     table = read_table(path, split=split, default_split=default_split)
     path = source_name(path)
     if len(table) == 0:
@@ -481,6 +482,14 @@ def load_file(path, *, columns: Columns, label2id: dict[str, int], split: str | 
                         "set --text-column / --label-column / --text-pair-column")
     texts = text_column(table, columns.text, path)
     pairs = text_column(table, columns.text_pair, path) if columns.text_pair else None
+    if label2id is None:  # the data's own labels: every distinct value, by name, sorted
+        arrow, rows = _arrow_of(table)
+        column = arrow.column(columns.label) if columns.label else pa.chunked_array([], pa.string())
+        names = class_names(table).get(columns.label)
+        values = pc.unique(column if rows is None else column.take(pa.array(rows))).to_pylist()
+        values = {str(names[v] if names is not None and isinstance(v, int) and 0 <= v < len(names) else v).strip()
+                  for v in values if v is not None and v != ""}
+        label2id = {name: i for i, name in enumerate(sorted(values))}
     label_names = [name for name, _ in sorted(label2id.items(), key=lambda item: item[1])]
     labels: list[int | None] = [None] * len(table)
     if columns.label:

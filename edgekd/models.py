@@ -26,7 +26,7 @@ from edgekd.errors import UserError, first_line
 
 # What each task's models are called in errors, and how a wrong one is fixed.
 MODEL_KINDS = {"text-classification": ("a sequence classifier", "fine-tune it for classification first "
-                                        "(AutoModelForSequenceClassification)"),
+                                        "(AutoModelForSequenceClassification; a teacher: or pass --fine-tune-teacher)"),
                "causal-lm": ("a causal language model", "pass an AutoModelForCausalLM (or a .gguf file)"),
                "image-classification": ("an image classifier", "fine-tune it for image classification first "
                                         "(AutoModelForImageClassification)")}
@@ -73,11 +73,11 @@ def load_model(name_or_path: str | Path, *, task: str, role: str = "teacher", tr
         raise UserError(f"cannot load {role} from '{source}': {first_line(error)}; "
                         "check that the folder holds weights, config and tokenizer files") from error
     if TASKS[task].contract == "classifier":
-        _check_head(model, loading, role=role, source=source)
+        _check_head(model, loading, role=role, source=source, task=task)
     return model.eval(), tokenizer
 
 
-def _check_head(model: nn.Module, loading: dict, *, role: str, source: str) -> None:
+def _check_head(model: nn.Module, loading: dict, *, role: str, source: str, task: str) -> None:
     """A classifier whose head the checkpoint lacks (saved from the base model, the usual
     mistake) would teach or be measured with random logits: refused by name."""
     prefix = f"{model.base_model_prefix}."
@@ -85,7 +85,8 @@ def _check_head(model: nn.Module, loading: dict, *, role: str, source: str) -> N
     if missing:
         raise UserError(f"{role} '{source}' has no weights for its classification head ({', '.join(missing[:3])}): "
                         "it was saved from the base model, so its logits would be random; fine-tune it for "
-                        "classification first and pass that folder")
+                        "classification first and pass that folder"
+                        + (", or pass --fine-tune-teacher" if (role, task) == ("teacher", "text-classification") else ""))
 
 
 def _refuse_mismatched_weights(source: str, *, task: str, role: str, trust_remote_code: bool) -> None:
@@ -134,6 +135,38 @@ def _check_task(config, *, task: str, role: str, source: str) -> None:
 def load_classifier(name_or_path: str | Path, *, role: str = "teacher", trust_remote_code: bool = False):
     """A sequence classifier and its tokenizer from a folder or hub id."""
     return load_model(name_or_path, task="text-classification", role=role, trust_remote_code=trust_remote_code)
+
+
+def load_for_fine_tuning(name_or_path: str | Path, *, labels: list[str], seed: int, trust_remote_code: bool = False):
+    """A pretrained encoder (a sentence-transformers checkpoint, a masked LM, or a classifier of
+    other labels) as a sequence classifier of `labels`, its head new (drawn with `seed`), and
+    its tokenizer: what --fine-tune-teacher trains."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    source = str(name_or_path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load teacher config from '{source}': {first_line(error)}; "
+                        "pass a model folder or a hub id you can reach") from error
+    if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES and not trust_remote_code:
+        raise UserError(f"teacher '{source}' is a {config.model_type} model, which transformers cannot make a "
+                        "sequence classifier of; --fine-tune-teacher needs an encoder such as BERT or MPNet")
+    torch.manual_seed(seed)  # the new head: the same weights, and the same cache key, every run
+    try:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True,
+            attn_implementation="eager", trust_remote_code=trust_remote_code)
+        tokenizer = load_preprocessor(source, task="text-classification", trust_remote_code=trust_remote_code)
+    except pickle.UnpicklingError as error:
+        raise UserError(f"teacher '{source}' stores its weights as a pickle that holds more than tensors; "
+                        "edgekd never runs such files: convert the weights to safetensors") from error
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot load teacher from '{source}': {first_line(error)}; "
+                        "check that the folder holds weights, config and tokenizer files") from error
+    return model, tokenizer
 
 
 

@@ -35,7 +35,10 @@ def distill(options: dict, *, given: set[str], log: Log):
     config = config_from(DistillConfig, options, given)
     out, init = Path(options["out"]), options["student_init"]
     check_writable(out, overwrite=options["overwrite"] or options["resume"])
-    teacher_model, tokenizer = _teacher(options["teacher"], trust_remote_code=options["trust_remote_code"])
+    if options["fine_tune_teacher"]:
+        teacher_model, tokenizer = fine_tuned_teacher(options, config=config, log=log)
+    else:
+        teacher_model, tokenizer = _teacher(options["teacher"], trust_remote_code=options["trust_remote_code"])
     layers, shape, given_student = options["student_layers"], options["student_config"], options["student"]
     if options["latency_budget_ms"] is not None:
         shape = sized_student_config(teacher_model, tokenizer, task=NAME, budget_ms=options["latency_budget_ms"],
@@ -107,6 +110,69 @@ def make_student(teacher, teacher_tokenizer, *, layers: str | None = None,
     check_compatible(teacher, teacher_tokenizer, student, tokenizer)
     use_eager_attention(student)
     return student, tokenizer
+
+
+# How --fine-tune-teacher trains the teacher (the run's --batch-size, --max-length, --seed and --device)
+TEACHER_EPOCHS, TEACHER_LR = 3, 5e-5
+
+
+def fine_tuned_teacher(options: dict, *, config, log: Log):
+    """--teacher fine-tuned on --data's labels (a new head; trained on the rows the student will
+    train on, the best epoch chosen on the validation rows it will be validated on), once:
+    cached under $EDGEKD_CACHE/teachers/, keyed by the teacher's weights, the data and the
+    recipe, sealed, and loaded from there by later runs."""
+    import hashlib
+    import json
+    from dataclasses import replace
+
+    from edgekd.config import cache_dir
+    from edgekd.data import Tokenised, load_file
+    from edgekd.errors import exclusive
+    from edgekd.integrity import seal, trusted
+    from edgekd.models import load_classifier, load_for_fine_tuning
+    from edgekd.training.cache import teacher_key
+    from edgekd.training.train import distill as run_distill
+
+    source = options["teacher"]
+    if isinstance(source, tuple):
+        raise UserError("--fine-tune-teacher takes the teacher as a folder or hub id; fine-tune a model you hold "
+                        "in memory with edgekd.distill(teacher=None, student=...) first")
+    columns = _columns(options)
+    data = load_file(options["data"], columns=columns, label2id=None, split=options["split"], default_split="train")
+    if not data.has_labels:
+        raise UserError(f"--fine-tune-teacher learns from the labels of --data, and {options['data']} has none; "
+                        "give labelled rows (--label-column)")
+    labels = data.label_names
+    validation, train = held_out(data, options=options, config=config, read=lambda source, split: load_file(
+        source, columns=columns, label2id={name: i for i, name in enumerate(labels)}, split=split,
+        default_split="validation"))
+    recipe = replace(config, epochs=TEACHER_EPOCHS, max_steps=0, lr=TEACHER_LR, hard_label_weight=1.0,
+                     hidden_mse_weight=0.0, attention_weight=0.0, hidden_cosine_weight=0.0, minilm_weight=0.0,
+                     checkpoint_every=0)
+    model, tokenizer = load_for_fine_tuning(source, labels=labels, seed=config.seed,
+                                            trust_remote_code=options["trust_remote_code"])
+    rows = lambda dataset: None if dataset is None else {  # noqa: E731
+        "texts": Tokenised(dataset, tokenizer, max_length=recipe.max_length).digest(),
+        "labels": hashlib.sha256(json.dumps(dataset.labels).encode()).hexdigest()}
+    key = teacher_key(model, {"train": rows(train), "validation": rows(validation), "labels": labels,
+                              "recipe": {name: getattr(recipe, name) for name in (
+                                  "epochs", "lr", "batch_size", "max_length", "seed", "warmup_fraction",
+                                  "weight_decay", "max_grad_norm", "gradient_accumulation")}})
+    folder = Path(options["cache_dir"] or cache_dir()) / "teachers" / f"fine-tuned-{key}"
+    with exclusive(folder, wait=True, what="fine-tuned teacher cache"):
+        if trusted(folder, what="fine-tuned teacher cache"):
+            log(f"teacher: {source} fine-tuned on {len(train)} rows, cached at {folder}")
+        else:
+            log(f"teacher: fine-tuning {source} on {len(train)} rows of {len(labels)} labels "
+                f"({TEACHER_EPOCHS} epochs, once; cached at {folder})")
+            result = run_distill(teacher=None, student=model, tokenizer=tokenizer, train=train, validation=validation,
+                                 config=recipe, out=folder, overwrite=True, show_progress=not options["quiet"],
+                                 cache_dir=options["cache_dir"])
+            if result.validation:
+                log(f"teacher: validation accuracy {result.validation['accuracy']:.4f} "
+                    f"(epoch {result.best_epoch} of {TEACHER_EPOCHS})")
+            seal(folder)  # last: a teacher killed before its checksums are written is fine-tuned again
+    return load_classifier(folder, role="teacher")
 
 
 def _teacher(source, *, trust_remote_code: bool):
