@@ -314,3 +314,14 @@ def test_lm_tokens_stored_on_disk_equal_those_in_memory_and_are_reused(tmp_path,
     assert "ids.npy does not match its checksum); rebuilding" in capsys.readouterr().err
     assert list(rebuilt.input_ids) == list(in_memory.input_ids)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_lm_texts_and_prompts_stay_in_arrow(tmp_path, monkeypatch):
+    from edgekd.data import Texts
+    from edgekd.lm.data import read_texts
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    rows = [{"text": "w1 w2 w3", "prompt": "q1"}, {"text": "w4 w5"}, {"text": "w6 w7", "prompt": 42}]
+    texts, prompts = read_texts(write_jsonl(rows, tmp_path / "lm.jsonl"), prompt_column="prompt")
+    assert isinstance(texts, Texts) and isinstance(prompts, Texts)
+    assert list(texts) == ["w1 w2 w3", "w4 w5", "w6 w7"] and list(prompts) == ["q1", "", "42"]  # none: no prompt

@@ -251,11 +251,14 @@ def batches(examples: LMExamples, *, batch_size: int, shuffle: bool, seed: int =
 
 def read_texts(source, *, text_column: str = "text", prompt_column: str | None = None,
                split: str | None = None, default_split: str | None = None
-               ) -> tuple[Sequence[str], list[str] | None]:
+               ) -> tuple[Sequence[str], Sequence[str] | None]:
     """Texts (and prompts) from any data `edgekd.data.read_table` reads (a .txt file: one text
     per non-empty line). The texts stay in the Arrow table (`edgekd.data.Texts`), read as they
     are tokenised."""
-    from edgekd.data import read_table, source_name, text_column as column_of
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from edgekd.data import Texts, _arrow_of, read_table, source_name, text_column as column_of
 
     table = read_table(source, split=split, default_split=default_split)
     source = source_name(source)
@@ -266,5 +269,8 @@ def read_texts(source, *, text_column: str = "text", prompt_column: str | None =
             raise UserError(f"{source} has no column '{column}' (columns: {', '.join(map(str, table.column_names))}); "
                             "pass --text-column/--prompt-column")
     texts = column_of(table, text_column, source)
-    prompts = [str(value or "") for value in table[prompt_column]] if prompt_column else None
+    prompts = None
+    if prompt_column:  # an Arrow column too, a missing prompt read as none
+        arrow, rows = _arrow_of(table)
+        prompts = Texts(pc.fill_null(pc.cast(arrow.column(prompt_column), pa.string()), ""), rows)
     return texts, prompts
