@@ -104,6 +104,7 @@ class Shards:
         self._rows = order[self._by_row]  # of every row of the data
         self.count = math.ceil(len(order) / shard_rows)
         self.build_seconds = 0.0
+        self.verified: set[int] = set()  # shards another rank of this run verified or built: not hashed again
         self._open: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
     def path(self, shard: int) -> Path:
@@ -121,7 +122,8 @@ class Shards:
             if shard in self._open:
                 continue
             final = self.path(shard)
-            if not trusted(final, what=self.what):  # none yet, or corrupt (said so and removed)
+            if not (shard in self.verified and final.is_dir()) and not trusted(final, what=self.what):
+                # none yet, or corrupt (said so and removed)
                 with exclusive(final, wait=True, what=self.what):  # one builder per shard
                     if not final.is_dir():  # else another run built it while this one waited
                         self._build(shard, final, advance)
@@ -211,6 +213,7 @@ def open_shards(teacher: torch.nn.Module, *, root: Path, contents: dict, meta: d
         with progress_bar(description, total=todo, enabled=show_progress and todo > 0) as advance:
             shards.ensure(mine, advance)
         ranks.barrier()
+        shards.verified.update(range(shards.count))  # each rank checked its share: none is hashed twice
     return shards
 
 
