@@ -100,8 +100,10 @@ class Shards:
                  compute: Callable[[list[int]], Iterator[Rows]], what: str, unwritable: str) -> None:
         self.folder, self.order, self.shard_rows, self.compute = Path(folder), order, shard_rows, compute
         self.what, self.unwritable = what, unwritable
-        self._by_row = np.argsort(order, kind="stable")  # positions, by row: 16 bytes a row held, not a table
-        self._rows = order[self._by_row]  # of every row of the data
+        # a row's position, found by binary search: 16 bytes a row held (a table over every row
+        # of the data would cost 8 bytes a row even when a --max-steps run holds 800 of 2M)
+        self._by_row = np.argsort(order, kind="stable")
+        self._rows = order[self._by_row]  # the rows held, sorted
         self.count = math.ceil(len(order) / shard_rows)
         self.build_seconds = 0.0
         self.verified: set[int] = set()  # shards another rank of this run verified or built: not hashed again
@@ -127,9 +129,7 @@ class Shards:
                 with exclusive(final, wait=True, what=self.what):  # one builder per shard
                     if not final.is_dir():  # else another run built it while this one waited
                         self._build(shard, final, advance)
-            self._open[shard] = {file.stem[len("offsets-"):]: (
-                np.load(final / f"{file.stem[len('offsets-'):]}.npy", mmap_mode="r", allow_pickle=False),
-                np.load(file, allow_pickle=False)) for file in final.glob("offsets-*.npy")}
+            self._open[shard] = _opened(final)
 
     def _build(self, shard: int, final: Path, advance: Callable[[int], None]) -> None:
         started = time.perf_counter()
@@ -180,6 +180,13 @@ class Shards:
             local = position - shard * self.shard_rows
             values_of_rows.append(values[offsets[local]:offsets[local + 1]])
         return values_of_rows
+
+
+def _opened(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A shard's arrays by name: the values memory-mapped, the row offsets read."""
+    names = [path.name[len("offsets-"):-len(".npy")] for path in folder.glob("offsets-*.npy")]
+    return {name: (np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False),
+                   np.load(folder / f"offsets-{name}.npy", allow_pickle=False)) for name in names}
 
 
 def shard_size(rows: int) -> int:
