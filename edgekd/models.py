@@ -86,7 +86,13 @@ def _check_head(model: nn.Module, loading: dict, *, role: str, source: str, task
         raise UserError(f"{role} '{source}' has no weights for its classification head ({', '.join(missing[:3])}): "
                         "it was saved from the base model, so its logits would be random; fine-tune it for "
                         "classification first and pass that folder"
-                        + (", or pass --fine-tune-teacher" if (role, task) == ("teacher", "text-classification") else ""))
+                        + (", or pass --fine-tune-teacher" if role == "teacher" and _fine_tunes_teachers(task) else ""))
+
+
+def _fine_tunes_teachers(task: str) -> bool:
+    from edgekd.tasks import TASKS
+
+    return "fine_tune_teacher" in TASKS[task].options.get("distill", ())
 
 
 def _refuse_mismatched_weights(source: str, *, task: str, role: str, trust_remote_code: bool) -> None:
