@@ -482,10 +482,10 @@ def load_file(path, *, columns: Columns, label2id: dict[str, int] | None, split:
                         "set --text-column / --label-column / --text-pair-column")
     texts = text_column(table, columns.text, path)
     pairs = text_column(table, columns.text_pair, path) if columns.text_pair else None
+    arrow, rows = _arrow_of(table)
+    names = class_names(table).get(columns.label) if columns.label else None
     if label2id is None:  # the data's own labels: every distinct value, by name, sorted
-        arrow, rows = _arrow_of(table)
         column = arrow.column(columns.label) if columns.label else pa.chunked_array([], pa.string())
-        names = class_names(table).get(columns.label)
         values = pc.unique(column if rows is None else column.take(pa.array(rows))).to_pylist()
         values = {str(names[v] if names is not None and isinstance(v, int) and 0 <= v < len(names) else v).strip()
                   for v in values if v is not None and v != ""}
@@ -493,8 +493,7 @@ def load_file(path, *, columns: Columns, label2id: dict[str, int] | None, split:
     label_names = [name for name, _ in sorted(label2id.items(), key=lambda item: item[1])]
     labels: list[int | None] = [None] * len(table)
     if columns.label:
-        arrow, rows = _arrow_of(table)
-        labels = _labels(arrow.column(columns.label), rows, class_names(table).get(columns.label), label2id, path)
+        labels = _labels(arrow.column(columns.label), rows, names, label2id, path)
     return TextDataset(texts=texts, labels=labels, label_names=label_names, text_pairs=pairs)
 
 
@@ -688,10 +687,16 @@ class Tokenised:
         a pass of the tokenizer over all of them."""
         digest = hashlib.sha256(f"{tokenizer_digest(self.tokenizer)}:{self.max_length}".encode())
         for texts in filter(None, (self.dataset.texts, self.dataset.text_pairs)):
-            for start in range(0, len(texts), CHUNK_ROWS):
-                taken = _taken(texts, range(start, min(start + CHUNK_ROWS, len(texts))))
-                digest.update(json.dumps(taken).encode())
+            texts_digest(texts, into=digest)
         return digest.hexdigest()
+
+
+def texts_digest(texts: Sequence[str], *, into=None) -> str:
+    """SHA-256 of `texts` (Texts or a list), read a chunk at a time; with `into`, added to that hash."""
+    digest = into if into is not None else hashlib.sha256()
+    for start in range(0, len(texts), CHUNK_ROWS):
+        digest.update(json.dumps(_taken(texts, range(start, min(start + CHUNK_ROWS, len(texts))))).encode())
+    return digest.hexdigest()
 
 
 def tokenizer_digest(tokenizer) -> str:

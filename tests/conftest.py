@@ -143,3 +143,13 @@ def train_file(tmp_path) -> Path:
 @pytest.fixture
 def test_file(tmp_path) -> Path:
     return write_jsonl(make_rows(24, seed=2), tmp_path / "test.jsonl")
+
+
+def benchmark_module(name: str):
+    """benchmarks/<name>.py, imported as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

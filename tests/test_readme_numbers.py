@@ -5,18 +5,16 @@ not count)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
+
+from conftest import benchmark_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tables_module():
-    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("readme_tables")
 
 
 NUMBER = re.compile(r"^\*?(-?\d[\d,]*(?:\.\d+)?)\s*(%|×|x|MB|ms|min|s)?\*?$")

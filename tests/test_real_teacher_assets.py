@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import bz2
 import hashlib
-import importlib.util
 import io
 import zipfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import benchmark_module
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("real_teacher", ROOT / "benchmarks" / "real_teacher.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("real_teacher")
 
 
 def _pieces(tmp_path, files: dict[str, bytes], count: int) -> list[Path]:

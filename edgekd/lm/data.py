@@ -15,7 +15,6 @@ import hashlib
 import itertools
 import json
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,7 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from edgekd.data import tokenizer_digest
+from edgekd.data import texts_digest, tokenizer_digest
 from edgekd.errors import UserError
 
 
@@ -142,7 +141,7 @@ def encode_texts(texts: Sequence[str], tokenizer, *, max_length: int,
         digest = None
     else:
         arrays, digest = _stored_tokens(tokens, folder=Path(store), key={
-            "texts": _texts_digest(texts), "prompts": None if prompts is None else _texts_digest(prompts),
+            "texts": texts_digest(texts), "prompts": None if prompts is None else texts_digest(prompts),
             "tokenizer": tokenizer_digest(tokenizer), "max_length": max_length, "pack": pack})
     flat_ids, flat_learnt, offsets = arrays
     if pack:  # full sequences of max_length; a last piece of one token is dropped (nothing to predict)
@@ -173,15 +172,6 @@ def _tokens(texts: Sequence[str], tokenizer, *, max_length: int, prompts: Sequen
                 yield tokens, bytes(len(prompt)) + b"\1" * (len(tokens) - len(prompt))
 
 
-def _texts_digest(texts: Sequence[str]) -> str:
-    from edgekd.data import _taken
-
-    digest = hashlib.sha256()
-    for start in range(0, len(texts), TOKENISE_ROWS * 8):
-        digest.update(json.dumps(_taken(texts, range(start, min(start + TOKENISE_ROWS * 8, len(texts))))).encode())
-    return digest.hexdigest()
-
-
 TOKENS_FORMAT = 1
 
 
@@ -190,7 +180,7 @@ def _stored_tokens(tokens: Iterator[tuple[list[int], bytes]], *, folder: Path, k
     """The flat ids, learnt flags and offsets of `tokens`, memory-mapped from `folder/<key>/`:
     written there first (straight to disk, a text at a time; sealed) unless an intact copy is
     there. Returns them and the key, which stands for the tokens' digest."""
-    from edgekd.errors import exclusive
+    from edgekd.errors import atomic_dir, exclusive
     from edgekd.integrity import seal, trusted
     from edgekd.training.cache import NpyAppender
 
@@ -198,28 +188,24 @@ def _stored_tokens(tokens: Iterator[tuple[list[int], bytes]], *, folder: Path, k
     final = folder / digest[:24]
     with exclusive(final, wait=True, what="token cache"):
         if not trusted(final, what="token cache"):
-            staging = final.with_name(f".{final.name}.building")
-            shutil.rmtree(staging, ignore_errors=True)  # holding the lock: a killed run's
             try:
-                staging.mkdir(parents=True)
-                sinks = (NpyAppender(staging / "ids.npy", dtype=np.int32, row_shape=()),
-                         NpyAppender(staging / "learnt.npy", dtype=np.bool_, row_shape=()))
-                offsets = array.array("q", [0])
-                for row_ids, row_learnt in tokens:
-                    sinks[0].append(row_ids)
-                    sinks[1].append(np.frombuffer(row_learnt, dtype=np.bool_))
-                    offsets.append(offsets[-1] + len(row_ids))
-                for sink in sinks:
-                    sink.close()
-                np.save(staging / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
-                seal(staging)
-                staging.rename(final)
-            except BaseException as error:
-                shutil.rmtree(staging, ignore_errors=True)
-                if isinstance(error, OSError):
-                    raise UserError(f"cannot write the token cache under {folder}: {error.strerror}; "
-                                    "set --cache-dir to a writable folder") from error
-                raise
+                with atomic_dir(final, overwrite=True) as staging:  # as every cache is written
+                    sinks = (NpyAppender(staging / "ids.npy", dtype=np.int32, row_shape=()),
+                             NpyAppender(staging / "learnt.npy", dtype=np.bool_, row_shape=()))
+                    offsets = array.array("q", [0])
+                    try:
+                        for row_ids, row_learnt in tokens:
+                            sinks[0].append(row_ids)
+                            sinks[1].append(np.frombuffer(row_learnt, dtype=np.bool_))
+                            offsets.append(offsets[-1] + len(row_ids))
+                    finally:
+                        for sink in sinks:
+                            sink.close()
+                    np.save(staging / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
+                    seal(staging)
+            except OSError as error:
+                raise UserError(f"cannot write the token cache under {folder}: {error.strerror}; "
+                                "set --cache-dir to a writable folder") from error
     arrays = tuple(np.load(final / f"{name}.npy", mmap_mode="r", allow_pickle=False)
                    for name in ("ids", "learnt", "offsets"))
     return arrays, digest

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from edgekd.config import cache_dir
 from edgekd.data import collate
-from edgekd.errors import UserError, atomic_write_text, exclusive
+from edgekd.errors import UserError, atomic_dir, atomic_write_text, exclusive
 from edgekd.integrity import seal, trusted
 from edgekd.progress import console, progress_bar
 from edgekd.training.distributed import Ranks
@@ -132,37 +132,34 @@ class Shards:
             self._open[shard] = _opened(final)
 
     def _build(self, shard: int, final: Path, advance: Callable[[int], None]) -> None:
+        """Run `compute` over the shard's rows and write it as every cache is written: in a
+        staging folder (a killed run's swept), sealed, renamed into place (`atomic_dir`)."""
         started = time.perf_counter()
-        staging = final.with_name(f".{final.name}.building")
-        shutil.rmtree(staging, ignore_errors=True)  # holding the lock: a killed run's
         rows = self.order[shard * self.shard_rows:(shard + 1) * self.shard_rows].tolist()
         writers: dict[str, NpyAppender] = {}
         offsets: dict[str, list[int]] = {}
         try:
-            staging.mkdir(parents=True)
-            for batch in self.compute(rows):
-                for row in batch:
-                    for name, values in row.items():
-                        if name not in writers:
-                            writers[name] = NpyAppender(staging / f"{name}.npy", dtype=values.dtype,
-                                                        row_shape=values.shape[1:])
-                            offsets[name] = [0]
-                        writers[name].append(values)
-                        offsets[name].append(offsets[name][-1] + len(values))
-                advance(len(batch))
-            for name, writer in writers.items():
-                writer.close()
-                np.save(staging / f"offsets-{name}.npy", np.asarray(offsets[name], dtype=np.int64))
-            seal(staging)
-            staging.rename(final)
-        except BaseException as error:  # an error, Ctrl-C or SIGTERM: no half-built shard stays
-            for writer in writers.values():
-                writer.close()
-            shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(error, OSError):
-                raise UserError(f"cannot write the {self.what} under {self.folder.parent}: {error.strerror}; "
-                                f"{self.unwritable}") from error
-            raise
+            with atomic_dir(final) as staging:  # an error, Ctrl-C or SIGTERM: no half-built shard stays
+                try:
+                    for batch in self.compute(rows):
+                        for row in batch:
+                            for name, values in row.items():
+                                if name not in writers:
+                                    writers[name] = NpyAppender(staging / f"{name}.npy", dtype=values.dtype,
+                                                                row_shape=values.shape[1:])
+                                    offsets[name] = [0]
+                                writers[name].append(values)
+                                offsets[name].append(offsets[name][-1] + len(values))
+                        advance(len(batch))
+                finally:
+                    for writer in writers.values():
+                        writer.close()
+                for name, values in offsets.items():
+                    np.save(staging / f"offsets-{name}.npy", np.asarray(values, dtype=np.int64))
+                seal(staging)
+        except OSError as error:
+            raise UserError(f"cannot write the {self.what} under {self.folder.parent}: {error.strerror}; "
+                            f"{self.unwritable}") from error
         self.build_seconds += time.perf_counter() - started
 
     def rows(self, name: str, indices: Sequence[int]) -> list[np.ndarray]:
