@@ -54,8 +54,9 @@ def distill_lm(*, teacher: torch.nn.Module | None, student: torch.nn.Module, tok
     """Train `student` on `train` for `config.total_steps(len(train))` steps and save it to `out`.
 
     With `resume` the run continues from the checkpoint beside `out` (OUT.checkpoints/).
-    Under torchrun every rank calls this: each trains on its rows of every batch, and
-    rank 0 alone builds the teacher cache and writes checkpoints, metrics and the student.
+    Under torchrun every rank calls this: each trains on its rows of every batch and builds
+    every N-th shard of the teacher cache, and rank 0 alone writes checkpoints, metrics and
+    the student.
     With `trim`, the student is saved with its vocabulary (embedding, output head, tokenizer)
     trimmed to the training text's tokens (edgekd/vocab.py).
     """
