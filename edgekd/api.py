@@ -137,7 +137,7 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
         student_config: Student = the teacher shrunk to this shape:
             hidden=192,layers=2,heads=6,intermediate=768. Sliced from the teacher's weights (hidden
             channels, heads and FFN neurons ranked by activation on 512 training texts; BERT, RoBERTa,
-            XLM-R, ELECTRA, DistilBERT, Llama, Qwen2, Mistral); with --student-layers, those teacher layers
+            XLM-R, ELECTRA, DistilBERT, MPNet, Llama, Qwen2, Mistral); with --student-layers, those teacher layers
             are the ones sliced.
         student_init: How a --student-config student starts: slice (from the teacher's weights) or random
             (the configuration alone; embeddings of unchanged shape copied).

@@ -7,7 +7,9 @@ of its output before the attention's output projection, an FFN neuron by its mea
 before the down projection. Padding positions do not count. Decoders with grouped key/value
 heads keep whole groups (ranked by the summed importance of their query heads) and the best
 query heads inside each kept group, so the student's heads map onto its key/value heads as
-the teacher's did. A head keeps its size: the student is a stock configuration of the
+the teacher's did. MPNet keeps the same heads in every layer (ranked by their importance summed
+over the layers), since its relative-position bias is one table of heads that every layer
+adds to its attention scores. A head keeps its size: the student is a stock configuration of the
 teacher's own class with fewer channels, heads and neurons, which transformers loads without
 edgekd and every target exports unchanged.
 
@@ -31,6 +33,7 @@ from edgekd.models import (_intermediate_name, ffn_width, find_layer_list, follo
                            student_from_config, student_maker)
 
 HIDDEN, HEADS, KV, FFN = "hidden", "heads", "kv", "ffn"
+HEAD_IDS = "head ids"  # a dimension of whole heads (not their channels) shared by every layer
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Family:
     ffn_output: str  # pattern of the module whose input is the FFN's neurons
     grouped_kv: bool  # key/value heads are their own count (decoders)
     inner_is_hidden: bool  # the attention's inner size is the hidden size (BERT's configs)
+    shared_heads: bool = False  # every layer keeps the same heads (a per-head table all layers share)
 
 
 _BERT_RULES = (
@@ -75,6 +79,14 @@ _DISTILBERT_RULES = (
     (r"pre_classifier\.bias$", (HIDDEN,)),
     (r"classifier\.weight$", (None, HIDDEN)),
 )
+_MPNET_RULES = (
+    (r"attention\.attn\.(q|k|v)\.weight$", (HEADS, HIDDEN)),
+    (r"attention\.attn\.(q|k|v)\.bias$", (HEADS,)),
+    (r"attention\.attn\.o\.weight$", (HIDDEN, HEADS)),
+    (r"attention\.attn\.o\.bias$", (HIDDEN,)),
+    (r"encoder\.relative_attention_bias\.weight$", (None, HEAD_IDS)),  # (buckets, heads), one for all layers
+    *_BERT_RULES,
+)
 _LLAMA_RULES = (
     (r"embed_tokens\.weight$", (None, HIDDEN)),
     (r"(lm_head|score)\.weight$", (None, HIDDEN)),
@@ -106,10 +118,12 @@ _VIT_RULES = (  # ViT: patch embedding and class token instead of token embeddin
 )
 BERT = Family(_BERT_RULES, r"attention\.output\.dense$", r"\d+\.output\.dense$", grouped_kv=False, inner_is_hidden=True)
 DISTILBERT = Family(_DISTILBERT_RULES, r"attention\.out_lin$", r"ffn\.lin2$", grouped_kv=False, inner_is_hidden=True)
+MPNET = Family(_MPNET_RULES, r"attention\.attn\.o$", r"\d+\.output\.dense$", grouped_kv=False,
+               inner_is_hidden=True, shared_heads=True)
 LLAMA = Family(_LLAMA_RULES, r"self_attn\.o_proj$", r"mlp\.down_proj$", grouped_kv=True, inner_is_hidden=False)
 VIT = Family(_VIT_RULES, r"attention\.o_proj$", r"mlp\.fc2$", grouped_kv=False, inner_is_hidden=True)
 FAMILIES = {"bert": BERT, "roberta": BERT, "xlm-roberta": BERT, "camembert": BERT, "electra": BERT,
-            "distilbert": DISTILBERT, "llama": LLAMA, "qwen2": LLAMA, "mistral": LLAMA, "vit": VIT}
+            "distilbert": DISTILBERT, "mpnet": MPNET, "llama": LLAMA, "qwen2": LLAMA, "mistral": LLAMA, "vit": VIT}
 
 
 def family_of(model: nn.Module) -> Family | None:
@@ -248,9 +262,13 @@ def _units(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
 
 
-def kept_indices(model: nn.Module, shape: Shape, found: Importance) -> dict:
+def kept_indices(model: nn.Module, shape: Shape, found: Importance, *, shared_heads: bool = False) -> dict:
     """What the student keeps: the hidden channels, and per layer the inner-attention
-    channels of its query heads and of its key/value heads, and its FFN neurons."""
+    channels of its query heads and of its key/value heads, and its FFN neurons; with
+    `shared_heads`, the same heads in every layer (and their ids)."""
+    if shared_heads:
+        total = sum(found.heads.values())
+        found = Importance(found.hidden, {layer: total for layer in found.heads}, found.ffn)
     config = model.config
     heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     per_group, kept_per_group = heads // kv_heads, shape.heads // shape.kv_heads
@@ -262,6 +280,8 @@ def kept_indices(model: nn.Module, shape: Shape, found: Importance) -> dict:
         indices[HEADS][layer] = _units(query_heads, shape.head_dim)
         indices[KV][layer] = _units(kept_groups, shape.head_dim)
         indices[FFN][layer] = _top(found.ffn[layer], shape.intermediate)
+    if shared_heads:
+        indices[HEAD_IDS] = query_heads  # every layer's, the same
     return indices
 
 
@@ -276,7 +296,7 @@ def sliced_student(model: nn.Module, values: dict[str, int], batches: list[dict[
         raise UserError(f"edgekd cannot slice the width of a {type(model).__name__} yet (it slices "
                         f"{', '.join(sorted(FAMILIES))}); pass --student-init random")
     shape = student_shape(model, family, values)
-    indices = kept_indices(model, shape, importance(model, family, batches))
+    indices = kept_indices(model, shape, importance(model, family, batches), shared_heads=family.shared_heads)
     student = student_from_config(model, shaped_config(model, family, shape), attn_implementation="eager")
     prefix, _ = find_layer_list(model)
     wanted = student.state_dict()
@@ -314,7 +334,7 @@ def _slice(name: str, tensor: torch.Tensor, *, family: Family, indices: dict, la
     for dimension, role in enumerate(roles):
         if role is None:
             continue
-        index = indices[HIDDEN] if role == HIDDEN else indices[role][layer]
+        index = indices[role] if role in (HIDDEN, HEAD_IDS) else indices[role][layer]
         tensor = tensor.index_select(dimension, index)
     return tensor.clone()
 

@@ -12,10 +12,10 @@ from edgekd.data import TextDataset, sample_batches
 from edgekd.errors import UserError
 from edgekd.metrics import near_chance
 from edgekd.models import model_inputs
-from edgekd.slicing import BERT, LLAMA, configured_student, importance, kept_indices, sliced_student, student_shape
+from edgekd.slicing import BERT, LLAMA, MPNET, configured_student, importance, kept_indices, sliced_student, student_shape
 from lm_tiny import make_llama, make_lm_tokenizer, make_texts
 
-ENCODERS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
+ENCODERS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet"]
 
 
 def _probe(tokenizer, count=24, seed=0):
@@ -96,6 +96,30 @@ def test_the_ranking_keeps_a_planted_strong_neuron_and_head_and_drops_dead_ones(
     heads = sorted({i // 8 for i in indices["heads"][0].tolist()})
     assert 2 in heads and 1 not in heads
     assert student.config.hidden_size == 16 and student.config.num_attention_heads == 2
+
+
+def test_mpnet_keeps_the_same_heads_in_every_layer_and_their_columns_of_the_shared_position_bias():
+    teacher = make_classifier("mpnet", layers=3)
+    with torch.no_grad():  # head 3 is loud in layer 1 only, head 0 silent in layer 0 only
+        teacher.mpnet.encoder.layer[1].attention.attn.v.weight[24:32] *= 50
+        teacher.mpnet.encoder.layer[0].attention.attn.v.weight[0:8].zero_()
+        teacher.mpnet.encoder.layer[0].attention.attn.v.bias[0:8].zero_()
+    probe = _probe(make_tokenizer())
+    wanted = {"hidden": 16, "heads": 2, "intermediate": 64}
+    found = importance(teacher, MPNET, probe)
+    indices = kept_indices(teacher, student_shape(teacher, MPNET, wanted), found, shared_heads=True)
+    total = sum(found.heads.values())
+    best = sorted(sorted(range(4), key=lambda head: -float(total[head]))[:2])
+    assert 3 in best
+    assert indices["head ids"].tolist() == best
+    for layer in range(3):  # one choice for all layers, by the summed importance
+        assert sorted({int(i) // 8 for i in indices["heads"][layer]}) == best
+    student = sliced_student(teacher, wanted, probe)
+    bias = teacher.mpnet.encoder.relative_attention_bias.weight
+    assert torch.equal(student.mpnet.encoder.relative_attention_bias.weight, bias[:, best])
+    assert student.config.num_attention_heads == 2 and student.config.hidden_size == 16
+    with torch.no_grad():
+        assert torch.isfinite(student(**probe[0]).logits).all()
 
 
 def test_a_sliced_student_is_a_stock_model_that_transformers_reloads(tmp_path):
