@@ -176,6 +176,11 @@ def plan(students: str) -> dict[str, dict]:
     for shape, spec in SHAPES.items():
         every[f"{shape} sliced"] = {"student_config": spec, "trim_vocab": True}
         every[f"{shape} random"] = {"student_config": spec, "student_init": "random", "trim_vocab": True}
+    # what might pay at this depth, each against its base row: the plot summaries as
+    # unlabelled text (soft labels only), and TinyBERT's hidden-state loss
+    for shape in ("4x384", "2x192"):
+        every[f"{shape} sliced + plots"] = {**every[f"{shape} sliced"], "plots": True}
+    every["4x384 sliced + hidden mse"] = {**every["4x384 sliced"], "hidden_mse_weight": 1.0}
     if students == "all":
         return every
     wanted = [name.strip() for name in students.split(",")]
@@ -183,6 +188,16 @@ def plan(students: str) -> dict[str, dict]:
     if unknown:
         raise SystemExit(f"unknown student {unknown[0]!r}; choose from {', '.join(every)}")
     return {name: every[name] for name in wanted}
+
+
+def fine_tuned_teacher(work: Path) -> Path:
+    """The teacher `edgekd.distill(fine_tune_teacher=True)` fine-tuned into WORK/cache (the
+    newest, if the recipe changed between runs)."""
+    found = sorted((work / "cache" / "teachers").glob("fine-tuned-*"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"no fine-tuned teacher in {work / 'cache' / 'teachers'}: distil a student without "
+                         "'plots' first")
+    return found[-1]
 
 
 def paired_interval(first, second, *, samples: int = 4000, seed: int = 0) -> list[float]:
@@ -222,21 +237,28 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
         raise SystemExit(f"{missing[0]} is missing: run `real_teacher.py prepare --work {work}` first")
     common = {"teacher": str(work / "all-mpnet-base-v2"), "fine_tune_teacher": True, "data": files["train"],
               "validation_data": files["validation"], "cache_dir": work / "cache", "quiet": True}
+    with_plots = work / "rt-train-plots.jsonl"  # the training reviews, then the plots without a label
+    with_plots.write_text(files["train"].read_text() + "".join(
+        json.dumps({"text": json.loads(line)["text"], "label": ""}) + "\n"
+        for line in (work / "rt-plots.jsonl").read_text().splitlines()))
     rows: dict[str, dict] = {}
     for name, options in plan(students).items():
         folder = work / "students" / name.replace(" ", "-")
         record = folder / "student.json"
         if not record.is_file():
             print(f"student {name}: distilling", flush=True)
-            student = edgekd.distill(**common, **options, out=folder / "student", overwrite=True, log=None)
+            given = dict(common)
+            if options.get("plots"):  # the same teacher, fine-tuned on the labelled reviews alone
+                given.update(teacher=str(fine_tuned_teacher(work)), fine_tune_teacher=False, data=with_plots)
+            student = edgekd.distill(**given, **{k: v for k, v in options.items() if k != "plots"},
+                                     out=folder / "student", overwrite=True, log=None)
             edgekd.export(student.path, out=folder / "export", targets=["onnx-int8"], data=files["validation"],
                           overwrite=True, quiet=True, log=None)
             record.write_text(json.dumps({"options": options, "validation": student.validation,
                                           "best_epoch": student.best_epoch, "vocabulary": student.vocabulary,
                                           "seconds": student.seconds, "steps": student.steps}, default=str))
         rows[name] = {**json.loads(record.read_text()), "folder": str(folder)}
-    fine_tuned = sorted((work / "cache" / "teachers").glob("fine-tuned-*"), key=lambda path: path.stat().st_mtime)
-    teacher_dir = fine_tuned[-1]  # the one these students were distilled from (the newest)
+    teacher_dir = fine_tuned_teacher(work)
     teacher_export = work / "teacher-export"
     if not (teacher_export / "onnx-int8").is_dir():
         print("teacher: exporting to onnx-int8", flush=True)
@@ -265,6 +287,7 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
         by_name = {measured["name"]: measured for measured in report.rows}
         mine, reference = by_name["student/onnx-int8"], by_name["teacher/onnx-int8"]
         row.update(params=mine["params"], int8_size_bytes=mine["size_bytes"], int8_accuracy=float(correct[name].mean()),
+                   teacher_size_bytes=by_name["teacher"]["size_bytes"], teacher_int8_size_bytes=reference["size_bytes"],
                    int8_p50_ms={length: mine["latency_by_length"][length]["p50_ms"]
                                 for length in mine["latency_by_length"]},
                    teacher_p50_ms={length: by_name["teacher"]["latency_by_length"][length]["p50_ms"]
@@ -296,6 +319,8 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
                           "int8_test_accuracy": float(correct["teacher/onnx-int8"].mean())},
               "test_rows": len(test), "test_median_tokens": own_length, "repeats": repeats, "students": rows,
               "sliced_vs_random": sliced_vs_random,
+              "variants": {name: difference(name, name.split(" + ")[0]) for name in rows
+                           if " + " in name and name.split(" + ")[0] in rows},
               "goals": {**goals(rows, teacher_accuracy, float(correct["teacher/onnx-int8"].mean())),
                         "sliced_beat_random": {"met": bool(sliced_vs_random) and all(
                             entry["difference_points"] > 0 and entry["beyond_noise"]
