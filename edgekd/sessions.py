@@ -1,4 +1,4 @@
-"""Sessions on exported files, for every stage: onnxruntime (ONNX and .ort) and ExecuTorch.
+"""Sessions on exported files, for every stage: onnxruntime (ONNX and .ort), ExecuTorch and LiteRT.
 
 A file a runtime cannot load is one clear error. `GraphSession` passes a graph only the
 inputs it has: exporters drop inputs a model ignores (DeBERTa-v2 without token types takes
@@ -13,8 +13,11 @@ import numpy as np
 import torch
 
 from edgekd.errors import UserError, first_line
+from edgekd.progress import quiet_native_output
 
 TEXT_INPUT, PAIR_INPUT = "text", "text_pair"  # the inputs of a model with the tokenizer inside
+LITERT_INSTALL = "pip install -c constraints.txt 'edgekd[litert]'"
+LITERT_SIGNATURE_PREFIX = "serving_default_"  # the LiteRT converter's prefix on input tensor names
 
 
 def string_feeds(texts: list[str], pairs: list[str] | None) -> dict[str, np.ndarray]:
@@ -145,3 +148,48 @@ class ExecutorchSession:
         return np.asarray(outputs[0], dtype=np.float32)
 
 
+class LiteRTSession:
+    """A .tflite on the ai-edge-litert interpreter behind the `run(["logits"], feeds)` call of an
+    onnxruntime session: each row runs alone, its token inputs padded to the graph's length."""
+
+    def __init__(self, path: Path, *, threads: int = 1) -> None:
+        try:
+            with quiet_native_output():
+                from ai_edge_litert.interpreter import Interpreter
+        except ImportError as error:
+            raise UserError("running a .tflite needs the ai-edge-litert interpreter; install it with "
+                            f"{LITERT_INSTALL}") from error
+        with quiet_native_output():
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self.runner = self.interpreter.get_signature_runner()
+        self.shapes = {detail["name"].removeprefix(LITERT_SIGNATURE_PREFIX): tuple(int(n) for n in detail["shape"])
+                       for detail in self.interpreter.get_input_details()}
+        self.dtypes = {detail["name"].removeprefix(LITERT_SIGNATURE_PREFIX): detail["dtype"]
+                       for detail in self.interpreter.get_input_details()}
+        self.input_names = list(self.shapes)
+        # the one token length the graph takes (None for pixels)
+        self.sequence_length = self.shapes["input_ids"][1] if "input_ids" in self.shapes else None
+        self.first = True
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        rows = len(next(iter(feeds.values())))
+        return [np.concatenate([self._row({name: feeds[name][row:row + 1] for name in self.input_names})
+                                for row in range(rows)])]
+
+    def _row(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        fixed = {}
+        for name, value in feeds.items():
+            shape = self.shapes[name]
+            if value.ndim == 2 and value.shape[1] != shape[1]:  # tokens: pad (mask 0) or refuse
+                if value.shape[1] > shape[1]:
+                    raise UserError(f"this .tflite takes {shape[1]} tokens and was given {value.shape[1]}; "
+                                    f"export it with --max-length {value.shape[1]} or truncate to {shape[1]}")
+                value = np.pad(value, ((0, 0), (0, shape[1] - value.shape[1])))
+            fixed[name] = np.ascontiguousarray(value, dtype=self.dtypes[name])
+        if self.first:  # the first call prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            with quiet_native_output():
+                outputs = self.runner(**fixed)
+            self.first = False
+        else:
+            outputs = self.runner(**fixed)
+        return np.asarray(next(iter(outputs.values())), dtype=np.float32).reshape(1, -1)

@@ -16,7 +16,7 @@ import yaml
 from edgekd.errors import UserError, first_line
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-FORMATS = ("onnx", "ort", "pte", "gguf")
+FORMATS = ("onnx", "ort", "pte", "gguf", "tflite")
 GGUF_TYPES = ("q8_0", "q4_k_m")  # llama.cpp's own quantised types: .gguf only
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4", "8da4w", *GGUF_TYPES)  # 8da4w: .pte
 GGUF_PRECISIONS = ("fp16", *GGUF_TYPES)  # llama.cpp's f16, Q8_0 and Q4_K_M, for causal LMs
@@ -28,6 +28,7 @@ EXPORTERS = ("torchscript", "dynamo", "optimum")
 EXECUTION_PROVIDERS = ("cpu", "xnnpack", "nnapi", "coreml")
 EXECUTORCH_BACKENDS = ("xnnpack", "portable")
 PTE_PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "8da4w")
+TFLITE_PRECISIONS = ("fp32", "int8-dynamic")  # LiteRT: the converter's dynamic-range int8
 
 
 def _require(condition: bool, message: str) -> None:
@@ -108,7 +109,7 @@ class Budgets:
 class Target:
     name: str
     description: str  # one line, shown by `edgekd targets`
-    format: str  # onnx, ort, pte or gguf
+    format: str  # onnx, ort, pte, gguf or tflite
     precision: str  # fp32, fp16, int8-dynamic, int8-static or int4 (weight-only)
     tasks: tuple[str, ...] = ("text-classification",)  # the tasks this target applies to
     opset: int = 17  # ONNX opset of the exported graph
@@ -131,6 +132,8 @@ class Target:
                  f"graph_optimization_level must be one of {OPTIMIZATION_LEVELS}")
         _require(self.format != "pte" or self.precision in PTE_PRECISIONS,
                  f"format pte supports precisions {PTE_PRECISIONS}")
+        _require(self.format != "tflite" or (self.precision in TFLITE_PRECISIONS and "causal-lm" not in self.tasks),
+                 f"format tflite serves classifiers at precisions {TFLITE_PRECISIONS}")
         _require(self.format != "gguf" or (self.precision in GGUF_PRECISIONS and list(self.tasks) == ["causal-lm"]),
                  f"format gguf serves causal-lm at precisions {GGUF_PRECISIONS}")
         _require(self.precision not in GGUF_TYPES or self.format == "gguf",

@@ -72,6 +72,11 @@ class TextFeeds:
         if limit is not None and longest > limit:
             raise UserError(f"--sequence-length {longest} is beyond the limit of {candidate.name} "
                             f"({limit} tokens); choose {limit} or fewer")
+        fixed = getattr(candidate.model, "sequence_length", None)  # a .tflite takes one length
+        if fixed is not None and max(longest, self.max_length) > fixed:
+            raise UserError(f"{candidate.name} takes inputs of {fixed} tokens, fixed when it was converted; bench "
+                            f"it with --sequence-length and --max-length of at most {fixed}, or export it with "
+                            f"--max-length {max(longest, self.max_length)}")
         if limit is not None and self.max_length > limit:
             raise UserError(f"--max-length {self.max_length} is beyond the limit of "
                             f"{candidate.name} ({limit} tokens); choose {limit} or fewer")

@@ -228,8 +228,18 @@ def _llama_cpp(spec: dict, feeds: dict):
     return load
 
 
+def _litert(spec: dict, feeds: dict):
+    from edgekd.sessions import LiteRTSession
+
+    def load():
+        session = LiteRTSession(Path(spec["source"]), threads=spec["threads"])
+        chosen = {name: feeds[name] for name in spec["input_names"]}
+        return lambda: session.run(None, chosen)
+    return load
+
+
 CHILD_LOADERS = {"pytorch": _pytorch, "onnx": _onnxruntime, "ort": _onnxruntime,
-                 "pte": _executorch, "gguf": _llama_cpp}
+                 "pte": _executorch, "gguf": _llama_cpp, "tflite": _litert}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgekd.errors import temporary_name
 
-FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "ort": "D", "pte": "^"}
+FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "ort": "D", "pte": "^", "tflite": "v"}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

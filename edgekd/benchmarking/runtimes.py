@@ -6,6 +6,7 @@ Formats and the runtime each is measured with:
     onnx     model.onnx through onnxruntime's CPU execution provider
     ort      model.ort through onnxruntime with ONNX Runtime Mobile's session settings
     pte      model.pte through the ExecuTorch runtime (XNNPACK), when executorch is installed
+    tflite   model.tflite through the ai-edge-litert interpreter (XNNPACK), when it is installed
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Candidate:
 
     name: str  # row name: teacher, student, student/<target>
     runtime: str  # what runs it, as the table shows it: "ort int8-dynamic" (ort = onnxruntime)
-    format: str  # pytorch | onnx | ort | pte
+    format: str  # pytorch | onnx | ort | pte | tflite
     source: Path  # model folder (pytorch) or model file
     model: object  # torch.nn.Module, onnxruntime.InferenceSession or an ExecutorchSession
     input_names: list[str]  # the inputs the model takes (tokens or pixels), in order
@@ -164,7 +165,19 @@ def _load_pte(path: Path, manifest: dict, threads: int):
     return ExecutorchSession(path, names, max_batch=max_batch), names, "executorch"
 
 
-LOADERS: dict[str, Callable] = {"onnx": _load_onnx, "ort": _load_ort, "pte": _load_pte}
+def _load_tflite(path: Path, manifest: dict, threads: int):
+    from edgekd.sessions import LiteRTSession
+
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401 - only to know whether the runtime is installed
+    except ImportError as error:
+        raise Unavailable("the LiteRT interpreter is not installed "
+                          "(pip install 'edgekd[litert]'); .tflite artifacts were skipped") from error
+    session = LiteRTSession(path, threads=threads)
+    return session, session.input_names, "litert"
+
+
+LOADERS: dict[str, Callable] = {"onnx": _load_onnx, "ort": _load_ort, "pte": _load_pte, "tflite": _load_tflite}
 
 
 def feeds_of(candidate: Candidate, batch: dict) -> dict[str, np.ndarray]:

@@ -38,9 +38,10 @@ def targets():
     from edgekd.targets import known_targets, load_target
     from edgekd.tasks import TASKS
 
+    width = max(len(name) for name in known_targets())
     for task in TASKS.values():
         typer.echo(f"{task.name}: {task.summary}")
         for name in known_targets(task.name):
             target = load_target(name)
-            typer.echo(f"  {name:<17} {target.format:<4} {target.precision:<12} "
+            typer.echo(f"  {name:<{width}} {target.format:<6} {target.precision:<12} "
                        f"{target.runtime.threads:>2} thr  {target.description}")

@@ -138,11 +138,13 @@ def check_request(student_dir: Path, targets: list[Target], out: Path, *, overwr
 
 
 def refuse_programs_with_strings(targets: list[Target]) -> None:
-    """--with-tokenizer serves ONNX and .ort targets: an ExecuTorch program has no string operators."""
-    refused = [target.name for target in targets if target.format == "pte"]
+    """--with-tokenizer serves ONNX and .ort targets: an ExecuTorch program or a .tflite has no
+    string operators."""
+    refused = [target for target in targets if target.format in ("pte", "tflite")]
     if refused:
-        raise UserError(f"--with-tokenizer serves ONNX and .ort targets; {refused[0]} is an ExecuTorch "
-                        "program, which has no string operators: export it without --with-tokenizer")
+        kind = "an ExecuTorch program" if refused[0].format == "pte" else "a LiteRT model"
+        raise UserError(f"--with-tokenizer serves ONNX and .ort targets; {refused[0].name} is {kind}, "
+                        "which has no string operators: export it without --with-tokenizer")
 
 
 def check_student_folder(student_dir: Path, *, task: str = "text-classification") -> None:

@@ -23,8 +23,9 @@ from edgekd.data import TextDataset
 from edgekd.errors import GateFailed, UserError
 from edgekd.exporting.artifact import (Artifact, Built, check_request, refuse_programs_with_strings, ship_onnx,
                                        write_target)
+from edgekd.exporting.litert import TFLITE_FILE, export_tflite
 from edgekd.exporting.mobile import PTE_FILE, export_pte
-from edgekd.exporting.inputs import PixelInputs, TokenInputs, sample_rows
+from edgekd.exporting.inputs import PARITY_SHAPES, PixelInputs, TokenInputs, sample_rows
 from edgekd.exporting.onnx import check_onnx_file, export_graph, input_names_of, opset_of
 from edgekd.exporting.parity import LOGIT_TOLERANCE, Parity, check_parity
 from edgekd.exporting.quantize import (build_precision, calibrate, quantizable_nodes, quantize_dynamic,
@@ -32,7 +33,7 @@ from edgekd.exporting.quantize import (build_precision, calibrate, quantizable_n
 from edgekd.exporting.sensitivity import Int8Search, quantize_within_budget
 from edgekd.exporting.validation import Accuracy, ValidationSet, measure, reference_set, session_logits
 from edgekd.models import load_model, model_inputs
-from edgekd.sessions import ExecutorchSession, onnx_session
+from edgekd.sessions import ExecutorchSession, LiteRTSession, onnx_session
 from edgekd.targets import Target
 from edgekd.tasks import TASKS
 
@@ -157,6 +158,11 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
                                                            "batches": len(context.calibration)}}
             session = ExecutorchSession(model_path, context.inputs.names,
                                         max_batch=details["delegation"].get("max_batch"))
+        elif target.format == "tflite":
+            model_path = staging / TFLITE_FILE
+            details.update(export_tflite(context.model, context.inputs, model_path, precision=target.precision,
+                                         sequence_length=context.max_length))
+            session = LiteRTSession(model_path, threads=target.runtime.threads)
         else:
             onnx_path = (staging if target.format == "onnx" else context.scratch / target.name) / MODEL_FILE
             onnx_path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +178,9 @@ def _export_one(target: Target, context: _Context, out: Path, *, overwrite: bool
             details["verified"] = {"arm64": _verified_on_arm64(target, model_path, session, context)}
         # the graph's own inputs: an exporter drops those the model ignores
         inputs = getattr(session, "input_names", context.inputs.names)
-        return Built(model_file=model_path.name, inputs={name: context.inputs.axes() for name in inputs},
+        axes = {name: details["input_shapes"][name] if target.format == "tflite" else context.inputs.axes()
+                for name in inputs}  # a .tflite takes one fixed shape
+        return Built(model_file=model_path.name, inputs=axes,
                      outputs={"logits": ["batch", "num_labels"]}, parity=asdict(parity),
                      details=_manifest_details(target, accuracy, details), weight_files=weight_files,
                      checks={"parity": parity, "accuracy": accuracy,
@@ -274,8 +282,11 @@ def _search_failure(target: Target, search: Int8Search) -> str:
 # ------------------------------------------------------------------------------ checks
 
 def _checked_parity(target: Target, session, context: _Context) -> Parity:
-    parity = check_parity(session, context.model, context.inputs.random_feeds(),
-                          tolerance=LOGIT_TOLERANCE.get(target.precision))
+    feeds = context.inputs.random_feeds()
+    if target.format == "tflite":  # a fixed length: no longer rows than it was converted for
+        feeds = context.inputs.random_feeds(shapes=[(batch, min(length, context.max_length))
+                                                    for batch, length in PARITY_SHAPES])
+    parity = check_parity(session, context.model, feeds, tolerance=LOGIT_TOLERANCE.get(target.precision))
     if not parity.passed:
         raise UserError(f"target '{target.name}': exported logits differ from PyTorch by "
                         f"{parity.max_abs_diff:.2e} (> {parity.tolerance:.0e}); "
@@ -342,8 +353,9 @@ def _with_tokenizer(target: Target, context: _Context, onnx_path: Path, session,
 
 def _verified_on_arm64(target: Target, model_path: Path, session, context: _Context) -> dict:
     """The artifact run under arm64 emulation against its x86 run (edgekd/exporting/verify.py)."""
-    if target.format == "pte":
-        return {"passed": None, "note": "not run: ExecuTorch's runtime is verified on x86 only"}
+    if target.format in ("pte", "tflite"):
+        runtime = "ExecuTorch's" if target.format == "pte" else "LiteRT's"
+        return {"passed": None, "note": f"not run: {runtime} runtime is verified on x86 only"}
     from edgekd.exporting.verify import verify_arm64
 
     rows = context.validation or _random_rows(context)
@@ -396,7 +408,7 @@ def _manifest_details(target: Target, accuracy: Accuracy | None, details: dict) 
     """What a classifier's manifest adds to every task's fields."""
     return {
         "opset": details.get("opset"),  # as written; None for .pte
-        "exporter": target.exporter if target.format != "pte" else "torch.export",
+        "exporter": {"pte": "torch.export", "tflite": "litert-torch"}.get(target.format, target.exporter),
         "graph_optimization_level": target.graph_optimization_level,
         "accuracy": {**asdict(accuracy), "verdict": accuracy.describe()} if accuracy is not None else {
             "checked": False,
