@@ -113,3 +113,16 @@ def test_refusals_are_one_line(tmp_path, student_dir):
     assert result.exit_code != 0
     assert "--with-tokenizer serves ONNX and .ort targets; litert is a LiteRT model" in result.output
     assert not (tmp_path / "e").exists()
+
+
+def test_the_terminal_stays_quiet_without_debug(student_dir, tmp_path):
+    # a real process: the converter's prints, bars and absl/TensorFlow Lite native lines stay off the terminal
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "edgekd", "export", str(student_dir), "--target", "litert",
+                             "--target", "litert-int8", "--max-length", "32", "--out", str(tmp_path / "e")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == ""
+    assert "exported to" in result.stdout and "LiteRT-Torch" not in result.stdout
