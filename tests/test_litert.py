@@ -126,3 +126,12 @@ def test_the_terminal_stays_quiet_without_debug(student_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr == ""
     assert "exported to" in result.stdout and "LiteRT-Torch" not in result.stdout
+
+
+def test_verify_arm64_says_why_a_tflite_is_checked_on_x86_only(exported, tmp_path):
+    student, _, _ = exported
+    (artifact,) = export(student, targets=[load_target("litert")], out=tmp_path / "v", verify=("arm64",),
+                         max_length=16)
+    manifest = json.loads((artifact.folder / "edgekd.json").read_text())
+    assert manifest["verified"]["arm64"]["passed"] is None
+    assert "no Linux aarch64 wheel" in manifest["verified"]["arm64"]["note"]
