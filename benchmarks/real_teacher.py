@@ -200,16 +200,6 @@ def fine_tuned_teacher(work: Path) -> Path:
     return found[-1]
 
 
-def paired_interval(first, second, *, samples: int = 4000, seed: int = 0) -> list[float]:
-    """95% bootstrap interval of mean(first) - mean(second) over the same rows, in points."""
-    import numpy as np
-
-    generator = np.random.default_rng(seed)
-    picks = generator.integers(0, len(first), size=(samples, len(first)))
-    differences = np.sort(100 * (first[picks].mean(1) - second[picks].mean(1)))
-    return [float(differences[int(0.025 * samples)]), float(differences[int(0.975 * samples)])]
-
-
 def correct_rows(candidate, feeds, labels, teacher_model):
     """1.0 where `candidate` (a bench candidate) predicts a test row's label, else 0.0."""
     feeds.prepare(candidate, teacher_model)
@@ -226,6 +216,7 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
     from edgekd.benchmarking.feeds import TextFeeds
     from edgekd.benchmarking.runtimes import artifact_candidate, torch_candidate
     from edgekd.data import Columns, load_file
+    from edgekd.metrics import paired_interval
     from edgekd.models import load_classifier
     from edgekd.progress import silence_libraries
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -37,17 +36,6 @@ RECIPES = {"slice": 3e-4, "random": 1e-3, "layer cut": 1e-4}  # peak learning ra
 SLICED_RECIPES = {"kd lr 1e-4": {"lr": 1e-4}, "kd lr 3e-4": {"lr": 3e-4},
                   "kd + hidden mse lr 3e-4": {"lr": 3e-4, "hidden_mse_weight": 1.0},
                   "kd + minilm lr 3e-4": {"lr": 3e-4, "minilm_weight": 1.0}}
-
-
-def paired_interval(first: np.ndarray, second: np.ndarray, *, samples: int = 4000, seed: int = 0) -> list[float]:
-    """95% bootstrap interval of mean(first) - mean(second) over the same rows, in points."""
-    generator = random.Random(seed)
-    count, differences = len(first), []
-    for _ in range(samples):
-        picks = [generator.randrange(count) for _ in range(count)]
-        differences.append(100 * (first[picks].mean() - second[picks].mean()))
-    differences.sort()
-    return [differences[int(0.025 * samples)], differences[int(0.975 * samples)]]
 
 
 def main() -> None:
@@ -69,6 +57,7 @@ def main() -> None:
     from edgekd.tasks.text_demo import LAYER_CUT, STUDENT_RECIPE, TEACHER_RECIPE, build_teacher
     from edgekd.training.train import distill
     from edgekd.exporting.stage import export
+    from edgekd.metrics import paired_interval
     from edgekd.models import count_parameters, layer_count, load_classifier, parse_layers, save_model, select_layers
     from edgekd.slicing import configured_student
     from edgekd.vocab import plan_trim

@@ -64,6 +64,28 @@ def test_latency_is_measured_interleaved():
     assert all(len(v) == 3 for v in seconds.values())
 
 
+def test_the_paired_interval_is_the_row_bootstrap_drawn_from_its_multinomial():
+    from edgekd.metrics import paired_interval
+
+    rng = np.random.default_rng(3)
+    first = (rng.random(400) < 0.8).astype(int)
+    second = np.where(rng.random(400) < 0.9, first, 1 - first)  # agrees on about 90% of rows
+    low, high = paired_interval(first, second, samples=4000, seed=1)
+    # the textbook bootstrap, resampling rows, gives the same interval within its own noise
+    picks = np.random.default_rng(2).integers(0, 400, size=(4000, 400))
+    resampled = np.sort(100 * (first[picks].mean(1) - second[picks].mean(1)))
+    assert low == pytest.approx(resampled[100], abs=0.6) and high == pytest.approx(resampled[3900], abs=0.6)
+    assert low < 100 * (first.mean() - second.mean()) < high
+    # the normal approximation of the paired difference: half-width 1.96 standard errors
+    difference = first - second
+    half = 1.96 * 100 * difference.std() / np.sqrt(400)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.15)
+    assert paired_interval(first, first) == [0.0, 0.0]
+    assert paired_interval([1, 1, 1], [0, 0, 0]) == [100.0, 100.0]
+    with pytest.raises(ValueError):
+        paired_interval([1, 0], [1])
+
+
 def test_latency_summary_percentiles_spread_and_throughput():
     summary = summarize(np.array([0.001, 0.002, 0.003, 0.004]))
     assert summary["p50_ms"] == pytest.approx(2.5) and summary["iqr_ms"] == pytest.approx(1.5)
@@ -77,7 +99,7 @@ def test_report_schema_rows_for_teacher_student_and_every_artifact(teacher_dir, 
                                                                    teacher, data, tmp_path):
     report = bench(teacher=teacher_dir, student=student_dir, artifacts=exported, data=data,
                    teacher_model=teacher, sequence_lengths=[32, 16], cache_folder=tmp_path, **FAST)
-    assert report["schema_version"] == SCHEMA_VERSION == 6 and report["task"] == "text-classification"
+    assert report["schema_version"] == SCHEMA_VERSION == 7 and report["task"] == "text-classification"
     assert {"rows", "machine", "data", "settings", "peak", "warnings", "gates", "skipped"} <= set(report)
     assert [r["name"] for r in report["rows"]] == ["teacher", "student", "student/onnx-fp32",
                                                    "student/onnx-int8"]
@@ -95,6 +117,12 @@ def test_report_schema_rows_for_teacher_student_and_every_artifact(teacher_dir, 
     # the fp32 ONNX export computes the same function as the PyTorch student
     assert rows["student/onnx-fp32"]["quality"]["accuracy"] == rows["student"]["quality"]["accuracy"]
     assert rows["student/onnx-fp32"]["accuracy_drop"] == 0.0
+    # each drop comes with its paired interval: none for the teacher against itself, and it holds the drop
+    assert rows["teacher"]["accuracy_drop_vs_teacher_ci95"] == [0.0, 0.0]
+    assert rows["student/onnx-fp32"]["accuracy_drop_ci95"] == [0.0, 0.0]  # same predictions, row by row
+    for row in report["rows"]:
+        low, high = row["accuracy_drop_vs_teacher_ci95"]
+        assert low <= row["accuracy_drop_vs_teacher"] + 1e-9 and row["accuracy_drop_vs_teacher"] <= high + 1e-9
     # the same matrix multiplies, counted by PyTorch and from the ONNX graph
     assert rows["student"]["efficiency"]["operations"] == rows["student/onnx-fp32"]["efficiency"]["operations"]
     assert rows["student/onnx-int8"]["efficiency"]["int8_operations"] > 0

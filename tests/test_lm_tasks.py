@@ -102,7 +102,7 @@ def test_export_and_bench_find_a_causal_lm_in_config_json(lm, tmp_path):
     assert result.exit_code == 0, result.output
     assert "ppl" in result.output and "decode t/s" in result.output
     report = json.loads((export / "report.json").read_text())  # beside the artifacts, as for classifiers
-    assert report["task"] == "causal-lm" and report["schema_version"] == 6
+    assert report["task"] == "causal-lm" and report["schema_version"] == 7
     assert [row["name"] for row in report["rows"]] == ["teacher", "student", "student/onnx-fp32", "student/onnx-int8"]
     assert (export / "report.md").read_text().startswith("# edgekd bench report")
     # every key the report holds is documented in docs/report-schema.md, as for classifiers

@@ -28,7 +28,7 @@ from edgekd.config import cache_dir
 from edgekd.data import TextDataset
 from edgekd.errors import UserError, first_line
 from edgekd.manifest import artifact_folders, read_manifest
-from edgekd.metrics import quality
+from edgekd.metrics import paired_interval, quality
 from edgekd.models import load_model
 from edgekd.progress import progress_bar
 from edgekd.targets import known_targets, load_target
@@ -111,6 +111,7 @@ class ClassifierMeasurement:
         self.latency_feeds: dict = {}
         self.not_measured: list[str] = []
         self.peaks: dict = {}
+        self.correct: dict[str, np.ndarray] = {}  # per labelled row: 1 where a model is right
 
     def candidates(self) -> tuple[list[Candidate], list[dict]]:
         candidates, skipped = _candidates(self.teacher, self.model, student=self.student, artifacts=self.artifacts,
@@ -129,6 +130,8 @@ class ClassifierMeasurement:
     def quality(self, candidates: list[Candidate]) -> dict[str, dict]:
         logits = _all_logits(candidates, feeds=self.feeds, show_progress=self.show_progress)
         labels = np.array([-1 if label is None else label for label in self.data.labels])
+        labelled = labels >= 0
+        self.correct = {name: (values.argmax(-1) == labels)[labelled] for name, values in logits.items()}
         qualities = {}
         for candidate in candidates:
             name = candidate.name
@@ -167,8 +170,13 @@ class ClassifierMeasurement:
     def compare(self, rows: list[dict]) -> None:
         accuracy = {row["name"]: row["quality"]["accuracy"] for row in rows}
         for row in rows:
-            row["accuracy_drop"] = 100 * (accuracy[row["reference"] or "teacher"] - row["quality"]["accuracy"])
+            reference = row["reference"] or "teacher"
+            row["accuracy_drop"] = 100 * (accuracy[reference] - row["quality"]["accuracy"])
             row["accuracy_drop_vs_teacher"] = 100 * (accuracy["teacher"] - row["quality"]["accuracy"])
+            for key, against in (("accuracy_drop_ci95", reference), ("accuracy_drop_vs_teacher_ci95", "teacher")):
+                mine = self.correct.get(row["name"])
+                row[key] = (None if mine is None or not len(mine)
+                            else paired_interval(self.correct[against], mine))
 
     def record(self, candidates: list[Candidate]) -> dict:
         data = self.data

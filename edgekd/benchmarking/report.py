@@ -13,7 +13,7 @@ from rich.table import Table
 from edgekd.errors import atomic_write_text
 from edgekd.tasks import TASKS
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # (header, key, format) of the quality-and-size table
 COLUMNS = [
     ("model", "name", "{}"),
