@@ -172,10 +172,11 @@ def prepare(work: Path) -> dict:
 def plan(students: str) -> dict[str, dict]:
     """Student name -> the edgekd.distill options that make it, for the comma-separated
     `students` (names as below; "all" for every one)."""
-    every = {"6x768 layer cut": {"student_layers": "6"}}
+    every = {}  # the quick ones first: an interrupted run keeps each finished student
     for shape, spec in SHAPES.items():
         every[f"{shape} sliced"] = {"student_config": spec, "trim_vocab": True}
         every[f"{shape} random"] = {"student_config": spec, "student_init": "random", "trim_vocab": True}
+    every["6x768 layer cut"] = {"student_layers": "6"}
     # what might pay at this depth, each against its base row: the plot summaries as
     # unlabelled text (soft labels only), and TinyBERT's hidden-state loss
     for shape in ("4x384", "2x192"):
