@@ -113,7 +113,8 @@ def executorch_threads(threads: int) -> None:
     try:
         from executorch.extension.pybindings import portable_lib
 
-        portable_lib._unsafe_reset_threadpool(threads)
+        with quiet_native_output():  # "[threadpool.cpp:66] Resetting threadpool to 1 threads."
+            portable_lib._unsafe_reset_threadpool(threads)
     except (ImportError, AttributeError):
         pass  # older releases: the pool keeps its default size (all cores)
 
