@@ -173,10 +173,9 @@ class ClassifierMeasurement:
             reference = row["reference"] or "teacher"
             row["accuracy_drop"] = 100 * (accuracy[reference] - row["quality"]["accuracy"])
             row["accuracy_drop_vs_teacher"] = 100 * (accuracy["teacher"] - row["quality"]["accuracy"])
+            mine = self.correct.get(row["name"])
             for key, against in (("accuracy_drop_ci95", reference), ("accuracy_drop_vs_teacher_ci95", "teacher")):
-                mine = self.correct.get(row["name"])
-                row[key] = (None if mine is None or not len(mine)
-                            else paired_interval(self.correct[against], mine))
+                row[key] = None if mine is None or not len(mine) else paired_interval(self.correct[against], mine)
 
     def record(self, candidates: list[Candidate]) -> dict:
         data = self.data

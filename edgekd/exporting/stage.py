@@ -282,11 +282,11 @@ def _search_failure(target: Target, search: Int8Search) -> str:
 # ------------------------------------------------------------------------------ checks
 
 def _checked_parity(target: Target, session, context: _Context) -> Parity:
-    feeds = context.inputs.random_feeds()
+    shapes = PARITY_SHAPES
     if target.format == "tflite":  # a fixed length: no longer rows than it was converted for
-        feeds = context.inputs.random_feeds(shapes=[(batch, min(length, context.max_length))
-                                                    for batch, length in PARITY_SHAPES])
-    parity = check_parity(session, context.model, feeds, tolerance=LOGIT_TOLERANCE.get(target.precision))
+        shapes = [(batch, min(length, context.max_length)) for batch, length in PARITY_SHAPES]
+    parity = check_parity(session, context.model, context.inputs.random_feeds(shapes=shapes),
+                          tolerance=LOGIT_TOLERANCE.get(target.precision))
     if not parity.passed:
         raise UserError(f"target '{target.name}': exported logits differ from PyTorch by "
                         f"{parity.max_abs_diff:.2e} (> {parity.tolerance:.0e}); "
