@@ -216,11 +216,7 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
     import numpy as np
 
     import edgekd
-    from edgekd.benchmarking.feeds import TextFeeds
-    from edgekd.benchmarking.runtimes import artifact_candidate, torch_candidate
-    from edgekd.data import Columns, load_file
     from edgekd.metrics import paired_interval
-    from edgekd.models import load_classifier
     from edgekd.progress import silence_libraries
 
     silence_libraries()
@@ -236,6 +232,8 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
         json.dumps({"text": json.loads(line)["text"], "label": ""}) + "\n"
         for line in (work / "rt-plots.jsonl").read_text().splitlines()))
     rows: dict[str, dict] = {}
+    correct: dict[str, np.ndarray] = {}
+    measured = None  # what every student's bench shares, made once the teacher is fine-tuned
     for name, options in plan(students).items():
         folder = work / "students" / name.replace(" ", "-")
         record = folder / "student.json"
@@ -251,48 +249,18 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
             record.write_text(json.dumps({"options": options, "validation": student.validation,
                                           "best_epoch": student.best_epoch, "vocabulary": student.vocabulary,
                                           "seconds": student.seconds, "steps": student.steps}, default=str))
-        rows[name] = {**json.loads(record.read_text()), "folder": str(folder)}
-    teacher_dir = fine_tuned_teacher(work)
-    teacher_export = work / "teacher-export"
-    if not (teacher_export / "onnx-int8").is_dir():
-        print("teacher: exporting to onnx-int8", flush=True)
-        edgekd.export(teacher_dir, out=teacher_export, targets=["onnx-int8"], data=files["validation"],
-                      overwrite=True, quiet=True, log=None)
-
-    teacher, tokenizer = load_classifier(teacher_dir, role="teacher")
-    test = load_file(files["test"], columns=Columns(), label2id=teacher.config.label2id)
-    labels = np.array(test.labels)
-    own_length = int(np.median([len(tokenizer(text)["input_ids"]) for text in test.texts]))
-    feeds = TextFeeds(test, tokenizer, max_length=128, sequence_lengths=(128,))
-    correct = {"teacher": correct_rows(torch_candidate("teacher", teacher, teacher_dir, threads=2), feeds, labels,
-                                       teacher),
-               "teacher/onnx-int8": correct_rows(artifact_candidate(teacher_export / "onnx-int8", threads=2,
-                                                                    teacher_folder=teacher_dir),
-                                                 feeds, labels, teacher)}
-    for name, row in rows.items():
-        folder = Path(row["folder"])
-        print(f"student {name}: bench", flush=True)
-        correct[name] = correct_rows(artifact_candidate(folder / "export" / "onnx-int8", threads=2), feeds, labels,
-                                     teacher)
-        report = edgekd.bench(teacher=str(teacher_dir), data=files["test"], artifacts=[folder / "export"],
-                              teacher_artifacts=[teacher_export], sequence_length=[128, own_length], threads=1,
-                              repeats=repeats, throughput_batch=0, memory=False, roofline=False, plot=False,
-                              out=folder / "bench", quiet=True, log=None)
-        by_name = {measured["name"]: measured for measured in report.rows}
-        mine, reference = by_name["student/onnx-int8"], by_name["teacher/onnx-int8"]
-        row.update(params=mine["params"], int8_size_bytes=mine["size_bytes"], int8_accuracy=float(correct[name].mean()),
-                   teacher_size_bytes=by_name["teacher"]["size_bytes"], teacher_int8_size_bytes=reference["size_bytes"],
-                   int8_p50_ms={length: mine["latency_by_length"][length]["p50_ms"]
-                                for length in mine["latency_by_length"]},
-                   teacher_p50_ms={length: by_name["teacher"]["latency_by_length"][length]["p50_ms"]
-                                   for length in mine["latency_by_length"]},
-                   teacher_int8_p50_ms={length: reference["latency_by_length"][length]["p50_ms"]
-                                        for length in mine["latency_by_length"]},
-                   warnings=report.data["warnings"], machine=report.data["machine"])
-        row["speedup_over_teacher_pytorch"] = {length: row["teacher_p50_ms"][length] / row["int8_p50_ms"][length]
-                                               for length in row["int8_p50_ms"]}
-        row["speedup_over_teacher_int8"] = {length: row["teacher_int8_p50_ms"][length] / row["int8_p50_ms"][length]
-                                            for length in row["int8_p50_ms"]}
+        if measured is None:
+            measured = _shared_measurements(work, files, correct)
+        benched = folder / "bench.json"  # each student's bench kept as it finishes: a rerun resumes
+        if not benched.is_file():
+            print(f"student {name}: bench", flush=True)
+            benched.write_text(json.dumps(_bench_student(folder, measured, repeats=repeats), default=str))
+        row = {**json.loads(record.read_text()), **json.loads(benched.read_text()), "folder": str(folder)}
+        correct[name] = np.array(row.pop("correct_rows"), dtype=float)
+        rows[name] = row
+    if measured is None:
+        raise SystemExit("no student was planned")
+    teacher_dir, teacher, test = measured["teacher_dir"], measured["teacher"], measured["test"]
 
     def difference(first: str, second: str) -> dict:
         interval = paired_interval(correct[first], correct[second])
@@ -311,7 +279,7 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
               "teacher": {"source": "all-mpnet-base-v2, fine-tuned on the training movies", "folder": str(teacher_dir),
                           "params": sum(p.numel() for p in teacher.parameters()), "test_accuracy": teacher_accuracy,
                           "int8_test_accuracy": float(correct["teacher/onnx-int8"].mean())},
-              "test_rows": len(test), "test_median_tokens": own_length, "repeats": repeats, "students": rows,
+              "test_rows": len(test), "test_median_tokens": measured["own_length"], "repeats": repeats, "students": rows,
               "sliced_vs_random": sliced_vs_random,
               "variants": {name: difference(name, name.split(" + ")[0]) for name in rows
                            if " + " in name and name.split(" + ")[0] in rows},
@@ -324,6 +292,76 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def _shared_measurements(work: Path, files: dict[str, Path], correct: dict) -> dict:
+    """The fine-tuned teacher, its int8 export, the test rows and the teacher's and its export's
+    per-row correctness on them (into `correct`): what every student's bench is set against."""
+    import numpy as np
+
+    import edgekd
+    from edgekd.benchmarking.feeds import TextFeeds
+    from edgekd.benchmarking.runtimes import artifact_candidate, torch_candidate
+    from edgekd.data import Columns, load_file
+    from edgekd.models import load_classifier
+
+    teacher_dir = fine_tuned_teacher(work)
+    teacher_export = work / "teacher-export"
+    if not (teacher_export / "onnx-int8").is_dir():
+        print("teacher: exporting to onnx-int8", flush=True)
+        edgekd.export(teacher_dir, out=teacher_export, targets=["onnx-int8"], data=files["validation"],
+                      overwrite=True, quiet=True, log=None)
+    teacher, tokenizer = load_classifier(teacher_dir, role="teacher")
+    test = load_file(files["test"], columns=Columns(), label2id=teacher.config.label2id)
+    labels = np.array(test.labels)
+    feeds = TextFeeds(test, tokenizer, max_length=128, sequence_lengths=(128,))
+    saved = work / "teacher-correct.json"  # the teacher's pass over the test rows, made once
+    if not saved.is_file() or json.loads(saved.read_text()).get("teacher") != str(teacher_dir):
+        saved.write_text(json.dumps({
+            "teacher": str(teacher_dir),
+            "teacher_rows": correct_rows(torch_candidate("teacher", teacher, teacher_dir, threads=2), feeds, labels,
+                                         teacher).tolist(),
+            "int8_rows": correct_rows(artifact_candidate(teacher_export / "onnx-int8", threads=2,
+                                                         teacher_folder=teacher_dir), feeds, labels, teacher).tolist()}))
+    known = json.loads(saved.read_text())
+    correct["teacher"] = np.array(known["teacher_rows"], dtype=float)
+    correct["teacher/onnx-int8"] = np.array(known["int8_rows"], dtype=float)
+    # latency needs only a few rows: accuracy comes from the pass over every test row above
+    latency_rows = work / "rt-test-latency.jsonl"
+    latency_rows.write_text("".join(files["test"].read_text().splitlines(keepends=True)[:64]))
+    return {"teacher_dir": teacher_dir, "teacher_export": teacher_export, "teacher": teacher, "test": test,
+            "labels": labels, "feeds": feeds, "latency_rows": latency_rows,
+            "own_length": int(np.median([len(tokenizer(text)["input_ids"]) for text in test.texts]))}
+
+
+def _bench_student(folder: Path, measured: dict, *, repeats: int) -> dict:
+    """One student's int8 export: its correctness on every test row, and its latency against the
+    teacher in PyTorch and the teacher's int8 export, interleaved in one edgekd.bench run."""
+    import edgekd
+    from edgekd.benchmarking.runtimes import artifact_candidate
+
+    correct = correct_rows(artifact_candidate(folder / "export" / "onnx-int8", threads=2), measured["feeds"],
+                           measured["labels"], measured["teacher"])
+    report = edgekd.bench(teacher=str(measured["teacher_dir"]), data=measured["latency_rows"],
+                          artifacts=[folder / "export"], teacher_artifacts=[measured["teacher_export"]],
+                          sequence_length=[128, measured["own_length"]], threads=1, repeats=repeats,
+                          throughput_batch=0, memory=False, roofline=False, plot=False, out=folder / "bench",
+                          quiet=True, log=None)
+    by_name = {entry["name"]: entry for entry in report.rows}
+    mine, reference = by_name["student/onnx-int8"], by_name["teacher/onnx-int8"]
+    lengths = list(mine["latency_by_length"])
+    row = {"correct_rows": correct.tolist(), "params": mine["params"], "int8_size_bytes": mine["size_bytes"],
+           "int8_accuracy": float(correct.mean()), "teacher_size_bytes": by_name["teacher"]["size_bytes"],
+           "teacher_int8_size_bytes": reference["size_bytes"],
+           "int8_p50_ms": {length: mine["latency_by_length"][length]["p50_ms"] for length in lengths},
+           "teacher_p50_ms": {length: by_name["teacher"]["latency_by_length"][length]["p50_ms"] for length in lengths},
+           "teacher_int8_p50_ms": {length: reference["latency_by_length"][length]["p50_ms"] for length in lengths},
+           "warnings": report.data["warnings"], "machine": report.data["machine"]}
+    row["speedup_over_teacher_pytorch"] = {length: row["teacher_p50_ms"][length] / row["int8_p50_ms"][length]
+                                           for length in lengths}
+    row["speedup_over_teacher_int8"] = {length: row["teacher_int8_p50_ms"][length] / row["int8_p50_ms"][length]
+                                        for length in lengths}
+    return row
 
 
 def goals(rows: dict[str, dict], teacher_accuracy: float, teacher_int8_accuracy: float) -> dict:
