@@ -11,7 +11,10 @@ reads plain files. `run` is the benchmark, through edgekd's own three functions:
   movies once (cached and sealed in WORK/cache/teachers/) and distils each student from it,
   every option at its default: a layer cut (6 of 12 layers, the DistilBERT shape), slices
   (4 x 384, 4 x 320, 2 x 256, 2 x 192; --trim-vocab, judged on the validation movies by its
-  own budget) and the same shapes from random weights;
+  own budget) and the same shapes from random weights; then variants, each set against its
+  base student: the plot summaries as unlabelled text (soft labels only), TinyBERT's
+  hidden-state MSE, and shrinking in steps (4 x 384 sliced from the 6-layer student and
+  distilled from it, a teacher assistant);
 - `edgekd.export(..., targets=["onnx-int8"])` exports every student and the teacher, each
   held to the target's accuracy budget on the validation movies;
 - `edgekd.bench(...)` measures each student's int8 export against the teacher in PyTorch and
@@ -184,6 +187,8 @@ def plan(students: str) -> dict[str, dict]:
     for shape in ("4x384", "2x192"):
         every[f"{shape} sliced + plots"] = {**every[f"{shape} sliced"], "plots": True}
     every["4x384 sliced + hidden mse"] = {**every["4x384 sliced"], "hidden_mse_weight": 1.0}
+    # shrinking in steps: sliced from the 6-layer student and distilled from it (a teacher assistant)
+    every["4x384 sliced + via 6x768"] = {**every["4x384 sliced"], "via": "6x768 layer cut"}
     if students == "all":
         return every
     wanted = [name.strip() for name in students.split(",")]
@@ -242,7 +247,12 @@ def run(work: Path, *, students: str, repeats: int, note: str) -> dict:
             given = dict(common)
             if options.get("plots"):  # the same teacher, fine-tuned on the labelled reviews alone
                 given.update(teacher=str(fine_tuned_teacher(work)), fine_tune_teacher=False, data=with_plots)
-            student = edgekd.distill(**given, **{k: v for k, v in options.items() if k != "plots"},
+            if options.get("via"):  # an earlier student of this run is the teacher
+                assistant = work / "students" / options["via"].replace(" ", "-") / "student"
+                if not (assistant / "config.json").is_file():
+                    raise SystemExit(f"student {name!r} needs {options['via']!r} first: put it earlier in --students")
+                given.update(teacher=str(assistant), fine_tune_teacher=False)
+            student = edgekd.distill(**given, **{k: v for k, v in options.items() if k not in ("plots", "via")},
                                      out=folder / "student", overwrite=True, log=None)
             edgekd.export(student.path, out=folder / "export", targets=["onnx-int8"], data=files["validation"],
                           overwrite=True, quiet=True, log=None)
