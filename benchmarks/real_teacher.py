@@ -13,8 +13,9 @@ reads plain files. `run` is the benchmark, through edgekd's own three functions:
   (4 x 384, 4 x 320, 2 x 256, 2 x 192; --trim-vocab, judged on the validation movies by its
   own budget) and the same shapes from random weights; then variants, each set against its
   base student: the plot summaries as unlabelled text (soft labels only), TinyBERT's
-  hidden-state MSE, and shrinking in steps (4 x 384 sliced from the 6-layer student and
-  distilled from it, a teacher assistant);
+  hidden-state MSE, two word-substituted copies of every review (--augment 2), and
+  shrinking in steps (4 x 384 sliced from the 6-layer student and distilled from it, a
+  teacher assistant);
 - `edgekd.export(..., targets=["onnx-int8"])` exports every student and the teacher, each
   held to the target's accuracy budget on the validation movies;
 - `edgekd.bench(...)` measures each student's int8 export against the teacher in PyTorch and
@@ -187,6 +188,8 @@ def plan(students: str) -> dict[str, dict]:
     for shape in ("4x384", "2x192"):
         every[f"{shape} sliced + plots"] = {**every[f"{shape} sliced"], "plots": True}
     every["4x384 sliced + hidden mse"] = {**every["4x384 sliced"], "hidden_mse_weight": 1.0}
+    # TinyBERT's augmentation (--augment): two word-substituted copies of every training review
+    every["2x192 sliced + augment"] = {**every["2x192 sliced"], "augment": 2}
     # shrinking in steps: sliced from the 6-layer student and distilled from it (a teacher assistant)
     every["4x384 sliced + via 6x768"] = {**every["4x384 sliced"], "via": "6x768 layer cut"}
     if students == "all":

@@ -34,7 +34,7 @@ PIPELINES = {text_classification.NAME: text_classification, causal_lm.NAME: caus
 # defaults of the options that no config holds; a task's own differ in its `defaults`
 DEFAULTS = {
     "distill": dict(student_init="slice", budget_target="onnx-int8", sequence_length=128, text_column="text",
-                    label_column="label", trim_vocab=False, trim_vocab_max_drop=1.0, allow_poor_student=False,
+                    label_column="label", trim_vocab=False, trim_vocab_max_drop=1.0, augment=0, allow_poor_student=False,
                     resume=False, overwrite=False, quiet=False, trust_remote_code=False, fine_tune_teacher=False),
     "export": dict(targets=("onnx-int8",), text_column="text", label_column="label", max_length=128, verify=(),
                    with_tokenizer=False, overwrite=False, quiet=False),
@@ -92,7 +92,7 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
             student_init: str | None = None, student: str | None = None,
             latency_budget_ms: float | None = None, budget_target: str | None = None,
             trim_vocab: bool | None = None, trim_vocab_min_count: int | None = None,
-            trim_vocab_max_drop: float | None = None,
+            trim_vocab_max_drop: float | None = None, augment: int | None = None,
             sequence_length: int | None = None, validation_data: Path | str | list | None = None,
             validation_split: str | None = None,
             validation_fraction: float | None = None, validation_rows: int | None = None,
@@ -160,6 +160,10 @@ def distill(*, teacher: str | tuple | None = None, data: Path | str | list | Non
             costs more is not kept: the student is saved with the teacher's vocabulary, with a warning.
         trim_vocab_min_count: With --trim-vocab, keep a token only if the training text uses it at least
             this often
+        augment: Also train on this many word-substituted copies of every training row (TinyBERT's
+            augmentation: each word replaced with probability 0.4 by one of its 15 nearest words in the
+            teacher's input embeddings), taught by the teacher's soft labels alone; 0 = off. Each copy costs
+            as much training time as the data itself.
         sequence_length: Tokens per input when timing a --latency-budget-ms (causal LMs: the cache length).
         validation_data: Validation data for choosing the best epoch (default: a slice of --data).
         validation_split: Split of a --validation-data dataset (default: validation).

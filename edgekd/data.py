@@ -91,11 +91,12 @@ class Texts(Sequence[str]):
 
 
 def _subset(values: Sequence, indices: Sequence[int]):
-    return values.subset(indices) if isinstance(values, Texts) else [values[i] for i in indices]
+    """Rows of a text column: a view of Texts (and edgekd.augment's copies), a list of a list."""
+    return values.subset(indices) if hasattr(values, "subset") else [values[i] for i in indices]
 
 
 def _taken(values: Sequence, indices: Sequence[int]) -> list:
-    return values.take(indices) if isinstance(values, Texts) else [values[i] for i in indices]
+    return values.take(indices) if hasattr(values, "take") else [values[i] for i in indices]
 
 
 @dataclass(frozen=True)

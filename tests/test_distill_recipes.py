@@ -62,7 +62,7 @@ def test_every_config_field_is_a_cli_option_and_back():
                                 "student_init", "student", "latency_budget_ms", "budget_target", "trim_vocab",
                                 "trim_vocab_min_count", "trim_vocab_max_drop", "sequence_length", "validation_data",
                                 "validation_split", "text_column", "label_column", "text_pair_column", "cache_dir", "allow_poor_student",
-                                "resume", "overwrite", "quiet", "trust_remote_code", "fine_tune_teacher"}
+                                "resume", "overwrite", "quiet", "trust_remote_code", "fine_tune_teacher", "augment"}
 
 
 def test_every_causal_lm_config_field_is_an_option_both_tasks_share_or_its_own():

@@ -55,7 +55,7 @@ TEXT_CLASSIFICATION = Task(
     auto_class="AutoModelForSequenceClassification", architecture_endings=("ForSequenceClassification",),
     options={"distill": frozenset({*_CLASSIFIER_TRAINING, *_TEXT_INPUTS, "text_pair_column", "gradient_accumulation",
                                    "hidden_cosine_weight", "minilm_weight", "minilm_relation_heads",
-                                   "trim_vocab_max_drop", "fine_tune_teacher"}),
+                                   "trim_vocab_max_drop", "fine_tune_teacher", "augment"}),
              "export": frozenset({"calibration_data", "label_column", "text_pair_column", "exporter", "verify",
                                   "text_column", "max_length", "with_tokenizer"}),
              "bench": frozenset({"label_column", "text_pair_column", "sequence_length", "threads", "repeats",

@@ -59,6 +59,9 @@ def distill(options: dict, *, given: set[str], log: Log):
         init=init, probe=probe)
     validation, train = held_out(train, options=options, config=config, read=lambda source, split: load_file(
         source, columns=columns, label2id=label2id, split=split, default_split="validation"))
+    if options["augment"]:
+        train = _augmented(train, copies=options["augment"], teacher=teacher_model, tokenizer=tokenizer,
+                           seed=config.seed, log=log)
     trimming = options["trim_vocab"]  # only then is every text read here
     trim = vocabulary_trim(trimming, options["trim_vocab_min_count"], texts=_all_texts(train) if trimming else [],
                            held_out=_all_texts(validation) if validation is not None and trimming else None,
@@ -194,6 +197,20 @@ def _reshaped_student_lr(config, teacher_model, spec: str, init: str, *, given: 
     reshaped = any(key in parse_student_config(spec) for key in WIDTH_KEYS)
     random_init = init == "random" or (reshaped and family_of(teacher_model) is None)
     return student_lr(config, random_init=random_init, reshaped=reshaped, given=given, log=log)
+
+
+def _augmented(train, *, copies: int, teacher, tokenizer, seed: int, log: Log):
+    """The training rows and `copies` unlabelled word-substituted copies of each (--augment)."""
+    from edgekd.augment import augmented
+
+    if not (isinstance(copies, int) and 0 <= copies <= 100):
+        raise UserError(f"--augment must be a whole number of copies from 0 to 100, got {copies}")
+    rows = len(train)
+    train = augmented(train, copies=copies, embeddings=teacher.get_input_embeddings().weight, tokenizer=tokenizer,
+                      seed=seed)
+    log(f"augment: {rows:,} training rows and {rows * copies:,} word-substituted copies (taught by the "
+        "teacher's soft labels alone)")
+    return train
 
 
 def _all_texts(dataset) -> list[str]:
