@@ -90,13 +90,18 @@ class Texts(Sequence[str]):
     __hash__ = None
 
 
+def _read_a_slice_at_a_time(values: Sequence) -> bool:
+    """Texts, and edgekd.augment's copies of them: columns with take() and subset()."""
+    return hasattr(values, "subset") and hasattr(values, "take")
+
+
 def _subset(values: Sequence, indices: Sequence[int]):
-    """Rows of a text column: a view of Texts (and edgekd.augment's copies), a list of a list."""
-    return values.subset(indices) if hasattr(values, "subset") else [values[i] for i in indices]
+    """Rows of a text column: a view of a column read a slice at a time, else a list."""
+    return values.subset(indices) if _read_a_slice_at_a_time(values) else [values[i] for i in indices]
 
 
 def _taken(values: Sequence, indices: Sequence[int]) -> list:
-    return values.take(indices) if hasattr(values, "take") else [values[i] for i in indices]
+    return values.take(indices) if _read_a_slice_at_a_time(values) else [values[i] for i in indices]
 
 
 @dataclass(frozen=True)
