@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from edgekd.data import Column, _taken
+
 RATE = 0.4  # chance that a word of a copy is replaced
 CANDIDATES = 15  # nearest words a replacement is drawn from
 WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two or more letters
@@ -56,10 +58,14 @@ class Neighbours:
         ids = _single_tokens(tokenizer, words)
         kept = [(word, token) for word, token in zip(words, ids) if token is not None and token < len(embeddings)]
         self.words = [word for word, _ in kept]
-        rows = embeddings.detach().float()[[token for _, token in kept]]
-        self.pool = torch.nn.functional.normalize(rows, dim=-1)
+        self.pool = self._unit_rows(embeddings, [token for _, token in kept])
         self.embeddings = embeddings
         self.known: dict[str, tuple[str, ...]] = {}
+
+    @staticmethod
+    def _unit_rows(embeddings: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+        """Those rows of `embeddings`, in float32, scaled to unit length (only they are copied)."""
+        return torch.nn.functional.normalize(embeddings.detach()[tokens].float(), dim=-1)
 
     def key(self, word: str) -> str:
         return word.lower() if self.lowercase else word
@@ -76,7 +82,7 @@ class Neighbours:
         found = [(word, token) for word, token in zip(new, ids) if word not in self.known]
         if not found:
             return
-        queries = torch.nn.functional.normalize(self.embeddings.detach().float()[[t for _, t in found]], dim=-1)
+        queries = self._unit_rows(self.embeddings, [token for _, token in found])
         with torch.no_grad():
             nearest = (queries @ self.pool.T).topk(min(self.candidates + 1, len(self.words)), dim=-1).indices
         for (word, _), row in zip(found, nearest.tolist()):
@@ -100,7 +106,7 @@ def substituted(text: str, neighbours: Neighbours, generator: random.Random, *, 
     return WORD.sub(replace, text)
 
 
-class WithCopies(Sequence[str]):
+class WithCopies(Column):
     """`texts` followed by `copies` word-substituted copies of each: row n*k + i (k >= 1) is the
     k-th copy of text i, made from (seed, salt, row) whenever it is read. `rows` picks and
     orders rows (a split, a subset), as in edgekd.data.Texts."""
@@ -114,8 +120,6 @@ class WithCopies(Sequence[str]):
         return len(self.texts) * (1 + self.copies) if self.rows is None else len(self.rows)
 
     def take(self, indices: Sequence[int]) -> list[str]:
-        from edgekd.data import _taken
-
         chosen = np.asarray(indices, dtype=np.int64)
         if self.rows is not None:
             chosen = self.rows[chosen]
@@ -130,17 +134,6 @@ class WithCopies(Sequence[str]):
         chosen = np.asarray(indices, dtype=np.int64)
         return WithCopies(self.texts, copies=self.copies, neighbours=self.neighbours, seed=self.seed,
                           salt=self.salt, rows=chosen if self.rows is None else self.rows[chosen])
-
-    def __getitem__(self, key):
-        if isinstance(key, slice):
-            return self.take(range(*key.indices(len(self))))
-        return self.take([range(len(self))[key]])[0]
-
-    def __iter__(self):
-        from edgekd.data import CHUNK_ROWS
-
-        for start in range(0, len(self), CHUNK_ROWS):
-            yield from self.take(range(start, min(start + CHUNK_ROWS, len(self))))
 
 
 def augmented(dataset, *, copies: int, embeddings: torch.Tensor, tokenizer, seed: int):

@@ -40,7 +40,32 @@ class Columns:
     text_pair: str | None = None  # second text of text-pair tasks (NLI, paraphrase)
 
 
-class Texts(Sequence[str]):
+class Column(Sequence[str]):
+    """A text column read a slice at a time, never held whole: a subclass gives __len__,
+    take(indices) (the texts, as a list) and subset(indices) (a view of those rows)."""
+
+    def take(self, indices: Sequence[int]) -> list[str]:
+        raise NotImplementedError
+
+    def subset(self, indices: Sequence[int]) -> Column:
+        raise NotImplementedError
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self.take(range(*key.indices(len(self))))
+        return self.take([range(len(self))[key]])[0]
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), CHUNK_ROWS):
+            yield from self.take(range(start, min(start + CHUNK_ROWS, len(self))))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
+
+    __hash__ = None
+
+
+class Texts(Column):
     """A text column of an Arrow table, read a slice at a time: the strings of the whole column
     are never held at once. `rows` picks and orders rows (a split, a subset)."""
 
@@ -51,11 +76,6 @@ class Texts(Sequence[str]):
 
     def __len__(self) -> int:
         return len(self.column) if self.rows is None else len(self.rows)
-
-    def __getitem__(self, key):
-        if isinstance(key, slice):
-            return self.take(range(*key.indices(len(self))))
-        return self.take([range(len(self))[key]])[0]
 
     def take(self, indices: Sequence[int]) -> list[str]:
         """The texts at `indices`, as a list: a run of rows is one zero-copy slice, other rows
@@ -80,28 +100,14 @@ class Texts(Sequence[str]):
         chosen = np.asarray(indices, dtype=np.int64)
         return Texts(self.column, chosen if self.rows is None else self.rows[chosen])
 
-    def __iter__(self) -> Iterator[str]:
-        for start in range(0, len(self), CHUNK_ROWS):
-            yield from self.take(range(start, min(start + CHUNK_ROWS, len(self))))
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
-
-    __hash__ = None
-
-
-def _read_a_slice_at_a_time(values: Sequence) -> bool:
-    """Texts, and edgekd.augment's copies of them: columns with take() and subset()."""
-    return hasattr(values, "subset") and hasattr(values, "take")
-
 
 def _subset(values: Sequence, indices: Sequence[int]):
-    """Rows of a text column: a view of a column read a slice at a time, else a list."""
-    return values.subset(indices) if _read_a_slice_at_a_time(values) else [values[i] for i in indices]
+    """Rows of a text column: a view of a Column, else a list."""
+    return values.subset(indices) if isinstance(values, Column) else [values[i] for i in indices]
 
 
 def _taken(values: Sequence, indices: Sequence[int]) -> list:
-    return values.take(indices) if _read_a_slice_at_a_time(values) else [values[i] for i in indices]
+    return values.take(indices) if isinstance(values, Column) else [values[i] for i in indices]
 
 
 @dataclass(frozen=True)
